@@ -1,0 +1,152 @@
+"""Loading, validating and hashing the run configuration.
+
+The JSON schema in ``config/schema/config.schema.yaml`` is the single source of truth for
+keys, types and defaults. ``validate_config`` fills defaults in place and turns the first
+schema violation into a one-line ``CausalKLError`` naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from causal_kl.errors import CausalKLError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+
+PRODUCTION = {
+    "corpus.name": "openbmb/Ultra-FineWeb",
+    "corpus.split": "en",
+    "corpus.rows": [100000, 100200],
+    "model.path": "google/gemma-3-27b-it",
+    "model.layer": 41,
+    "seed": 42,
+}
+"""The reference write-up's configuration; a run matching it shows the published numbers."""
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def validate_config(config: dict, source: str | Path = "config", schema: dict | None = None) -> dict:
+    """Validate ``config`` against the schema, filling defaults in place; return it.
+
+    Raises CausalKLError (one line: file, key, fix) on the first violation.
+    """
+    schema = schema or load_schema()
+    # defaults of nested objects are filled on a second pass once their parents exist
+    for _ in range(2):
+        errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.path), list(e.path)))
+        if not errors:
+            continue
+        raise _config_error(errors[0], source, schema)
+    return config
+
+
+def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: dict) -> CausalKLError:
+    key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        bad = extra[0] if extra else "?"
+        full = f"{key}.{bad}" if key != "(top level)" else bad
+        close = difflib.get_close_matches(bad, allowed, n=1)
+        fix = f"did you mean '{close[0]}'? " if close else ""
+        fix += f"allowed keys here: {', '.join(allowed)}" if allowed else "remove the key"
+        return CausalKLError(source, full, f"unknown key '{bad}'", fix)
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        full = f"{key}.{missing}" if key != "(top level)" else missing
+        return CausalKLError(source, full, "required key is missing", f"add '{missing}' to the config")
+    if err.validator in ("type", "enum"):
+        expect = err.validator_value
+        want = f"one of {expect}" if err.validator == "enum" else f"a value of type {expect}"
+        return CausalKLError(source, key, f"got {err.instance!r}", f"set it to {want}")
+    return CausalKLError(source, key, err.message, f"see config/schema/config.schema.yaml for '{key}'")
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config, apply ``overrides`` (deep-merged) and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise CausalKLError(path, None, "config file not found", "pass an existing YAML file with --configfile")
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config, path)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """A short, stable hash of the resolved config (key order does not matter)."""
+    canon = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def get(config: dict, dotted: str, default: Any = None) -> Any:
+    cur: Any = config
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def is_production(config: dict) -> bool:
+    """True when the run is the reference write-up's configuration."""
+    return all(get(config, k) == v for k, v in PRODUCTION.items())
+
+
+def show_reference(config: dict) -> bool:
+    mode = get(config, "analysis.reference", "auto")
+    return mode == "always" or (mode == "auto" and is_production(config))
+
+
+def run_record(config: dict) -> dict:
+    """The content of ``results/{run}/run.json``."""
+    from causal_kl.io import code_version
+
+    return {
+        "run": config["run"],
+        "config": config,
+        "config_hash": config_hash(config),
+        "model": config["model"]["path"],
+        "layer": config["model"]["layer"],
+        "code_version": code_version(),
+        "production": is_production(config),
+    }

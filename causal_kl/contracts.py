@@ -1,0 +1,144 @@
+"""Data contracts: the column names and dtypes of every parquet file passed between rules.
+
+Writers, readers and tests import these; nothing else spells out a column list.
+Vectors are fixed-size lists of float32 (``VECTOR``), their width the model's ``d``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from causal_kl.errors import CausalKLError
+
+VECTOR = "fixed_size_list<float32>[d]"
+"""Marker for a vector column; ``Contract.schema(d)`` resolves it to ``pa.list_(pa.float32(), d)``."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    columns: tuple[tuple[str, object], ...]
+    doc: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c, _ in self.columns]
+
+    def schema(self, d: int | None = None) -> pa.Schema:
+        fields = []
+        for col, typ in self.columns:
+            if typ == VECTOR:
+                if d is None:
+                    raise ValueError(f"contract {self.name}: vector width d is required for {col}")
+                typ = pa.list_(pa.float32(), d)
+            fields.append(pa.field(col, typ))
+        return pa.schema(fields)
+
+    def check(self, table: pa.Table, path: str | Path, d: int | None = None) -> None:
+        """Raise a CausalKLError naming the file and column when ``table`` breaks the contract."""
+        missing = [c for c in self.names if c not in table.column_names]
+        if missing:
+            raise CausalKLError(
+                path, missing[0], f"column missing from {self.name} table (has {table.column_names})",
+                f"write the file with the columns {self.names}",
+            )
+        for col, typ in self.columns:
+            actual = table.schema.field(col).type
+            if typ == VECTOR:
+                if not pa.types.is_fixed_size_list(actual) and not pa.types.is_list(actual):
+                    raise CausalKLError(path, col, f"expected a vector column, found {actual}",
+                                        "store vectors as fixed-size lists of float32")
+                if d is not None and pa.types.is_fixed_size_list(actual) and actual.list_size != d:
+                    raise CausalKLError(path, col, f"vector width {actual.list_size} != model width {d}",
+                                        "use vectors of the model's hidden size for the configured layer")
+
+
+SITES = Contract(
+    "sites",
+    (
+        ("site_id", pa.int64()),
+        ("doc_id", pa.string()),
+        ("position", pa.int64()),
+        ("token_id", pa.int64()),
+        ("next_token_id", pa.int64()),  # -1 when the document ends at the site
+        ("shard", pa.int64()),
+    ),
+    "one row per site, in stage-0 order; site_id is the row index",
+)
+
+DOCS = Contract(
+    "docs",
+    (
+        ("doc_id", pa.string()),
+        ("row", pa.int64()),
+        ("n_tokens", pa.int64()),  # tokens of the document after truncation to max_length
+        ("input_ids", pa.list_(pa.int32())),  # up to and including last site position + 32
+    ),
+    "one row per document that has at least one site",
+)
+
+GOLD = Contract(
+    "gold",
+    (("site_id", pa.int64()), ("layer", pa.int64()), ("activation", VECTOR)),
+    "the output of block L at each site's position",
+)
+
+REEXTRACT = Contract(
+    "reextract",
+    (("site_id", pa.int64()), ("cos", pa.float64())),
+    "cos(stored gold, re-extracted gold) per site",
+)
+
+RECON = Contract(
+    "recon",
+    (("site_id", pa.int64()), ("reconstruction", VECTOR)),
+    "a route's reconstruction per site, at the norm the route produced it",
+)
+
+CONDITION_CHOICES = Contract(
+    "condition_choices",
+    (
+        ("site_id", pa.int64()),
+        ("same_doc_source", pa.int64()),  # site_id whose gold is used, -1 when the site has no sibling
+        ("cross_doc_source", pa.int64()),
+    ),
+    "the seeded resample choices, recorded so a rerun is bit-identical",
+)
+
+PATCH = Contract(
+    "patch",
+    (
+        ("site_id", pa.int64()),
+        ("route", pa.string()),  # "" for the route-independent floors
+        ("condition", pa.string()),
+        ("offset", pa.int32()),
+        ("kl", pa.float32()),
+        ("ce", pa.float32()),
+        ("delta_ce", pa.float32()),
+    ),
+    "KL(clean||patched), CE and delta-CE per site, condition and offset (offsets past the document's end absent)",
+)
+
+GEOMETRY = Contract(
+    "geometry",
+    (
+        ("site_id", pa.int64()),
+        ("cos", pa.float64()),
+        ("direction_mse", pa.float64()),
+        ("gold_norm", pa.float64()),
+        ("recon_norm", pa.float64()),
+        ("noise_norm", pa.float64()),  # ||recon_goldnorm - gold||, the matched-noise error norm
+    ),
+    "per-site geometry of a route's reconstruction against the gold",
+)
+
+EXPLANATIONS = Contract(
+    "explanations",
+    (("site_id", pa.int64()), ("explanation", pa.string())),
+    "a text explanation per site (NLA AV output, read by nla_ar)",
+)
+
+ALL = {c.name: c for c in (SITES, DOCS, GOLD, REEXTRACT, RECON, CONDITION_CHOICES, PATCH, GEOMETRY, EXPLANATIONS)}

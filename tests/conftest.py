@@ -1,0 +1,43 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import fixtures  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory) -> Path:
+    return fixtures.tiny_gemma3_text(tmp_path_factory.mktemp("gemma3") / "model")
+
+
+@pytest.fixture(scope="session")
+def gemma3_mm_dir(tmp_path_factory) -> Path:
+    return fixtures.tiny_gemma3_multimodal(tmp_path_factory.mktemp("gemma3mm") / "model")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return fixtures.tiny_llama(tmp_path_factory.mktemp("llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory) -> Path:
+    return fixtures.tiny_qwen2(tmp_path_factory.mktemp("qwen2") / "model")
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory) -> Path:
+    return fixtures.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.parquet")

@@ -1,0 +1,143 @@
+"""Tiny checkpoints built by the tests themselves, in the formats real runs use.
+
+Each builder writes a ``save_pretrained`` folder (config.json, model.safetensors, tokenizer)
+so it loads through exactly the code path of a real model.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+WORDS = [
+    "the", "model", "reads", "a", "state", "and", "writes", "its", "next", "token", "layer", "window",
+    "attention", "cache", "prefix", "patch", "noise", "gold", "site", "document", "offset", "loss",
+    "of", "to", "in", "is", "for", "with", "on", "that", "by", "this", "we", "it", "as", "at", "from",
+    "0", "1", "2", "3", "42", "1000", "2048",
+]
+
+
+def make_texts(n_docs: int, n_words: tuple[int, int] = (250, 400), seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_docs):
+        n = rng.randint(*n_words)
+        words = [rng.choice(WORDS) for _ in range(n)]
+        for i in range(0, n, rng.randint(7, 15)):
+            words[i] = words[i].capitalize() + "."
+        out.append(" ".join(words))
+    return out
+
+
+def write_corpus(path: Path, n_docs: int = 30, column: str = "content", seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({column: make_texts(n_docs, seed=seed)}).to_parquet(path)
+    return path
+
+
+def make_tokenizer(vocab_size: int = 256):
+    """A byte-level BPE tokenizer with Gemma-like <bos>/<eos>/<pad>, trained on fixture text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(make_texts(40, seed=123) + [string.printable], trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def _finish(model, tokenizer, path: Path, boost_norm: float | None) -> Path:
+    if boost_norm is not None:
+        with torch.no_grad():
+            norm = model.get_decoder().norm if hasattr(model, "get_decoder") else model.model.norm
+            norm.weight.fill_(boost_norm)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def gemma3_text_config(vocab_size: int, **kw):
+    from transformers import Gemma3TextConfig
+
+    args = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=24,
+        max_position_embeddings=1024, final_logit_softcapping=30.0, query_pre_attn_scalar=16,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+    )
+    args.update(kw)
+    return Gemma3TextConfig(**args)
+
+
+def tiny_gemma3_text(path: Path, seed: int = 0, boost_norm: float | None = 6.0, **kw) -> Path:
+    """Gemma3ForCausalLM: 6 blocks (2 sliding : 1 full), window 24, soft-cap 30."""
+    from transformers import Gemma3ForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(gemma3_text_config(len(tokenizer), **kw))
+    return _finish(model, tokenizer, path, boost_norm)
+
+
+def tiny_gemma3_multimodal(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
+    """Gemma3ForConditionalGeneration (the production checkpoint's class) with a tiny vision tower."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    tokenizer = make_tokenizer()
+    text = gemma3_text_config(len(tokenizer) + 8)
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                       image_token_index=len(tokenizer) + 4, boi_token_index=len(tokenizer) + 5,
+                       eoi_token_index=len(tokenizer) + 6)
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(cfg)
+    if boost_norm is not None:
+        with torch.no_grad():
+            model.model.language_model.norm.weight.fill_(boost_norm)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_llama(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(LlamaForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def tiny_qwen2(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(Qwen2ForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def random_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
