@@ -72,6 +72,14 @@ class LoadedModel:
     def layer_type(self, i: int) -> str:
         return self.layer_types[i] if self.layer_types else "full_attention"
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head and (where the model's own forward applies it) soft-cap: ``[..., d] -> [..., vocab]``."""
+        out = self.lm_head(self.final_norm(hidden))
+        if self.final_logit_softcapping is not None:
+            cap = self.final_logit_softcapping
+            out = torch.tanh(out / cap) * cap
+        return out
+
     def check_layer(self, layer: int, source: str = "config") -> None:
         if not 0 <= layer < self.n_layers:
             raise CausalKLError(
@@ -80,13 +88,6 @@ class LoadedModel:
                 f"set model.layer to a block index below {self.n_layers}",
             )
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm, LM head and soft-cap, exactly as the model's own forward: ``[..., d] -> [..., vocab]``."""
-        out = self.lm_head(self.final_norm(hidden))
-        if self.final_logit_softcapping is not None:
-            cap = self.final_logit_softcapping
-            out = torch.tanh(out / cap) * cap
-        return out
 
 
 def resolve_device(device: str) -> torch.device:
@@ -187,7 +188,7 @@ def wrap_model(model: nn.Module, path: str = "<in memory>") -> LoadedModel:
     # the final soft-cap lives in the outer model's forward; read it from the text config
     softcap = getattr(text_config, "final_logit_softcapping", None)
     layer_types = getattr(text_config, "layer_types", None)
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         decoder=decoder,
         layers=decoder.layers,
@@ -201,3 +202,35 @@ def wrap_model(model: nn.Module, path: str = "<in memory>") -> LoadedModel:
         layer_types=list(layer_types) if layer_types else None,
         final_logit_softcapping=softcap,
     )
+    calibrate_head(loaded)
+    return loaded
+
+
+@torch.no_grad()
+def calibrate_head(loaded: LoadedModel, n_tokens: int = 6) -> None:
+    """Make ``loaded.logits`` reproduce the model's own final logits.
+
+    The final-logit soft-cap is applied by some wrappers' forward and not by others
+    (transformers' Gemma3ForCausalLM applies ``final_logit_softcapping``; its multimodal
+    Gemma3ForConditionalGeneration does not). Rather than trust the config, one short forward
+    decides: the model's logits are compared with the head applied to the decoder's output,
+    with and without the cap. Any other post-processing is an error naming the architecture.
+    """
+    vocab = int(getattr(loaded.text_config, "vocab_size", 2))
+    x = (torch.arange(n_tokens, device=loaded.device) * 7919 % max(vocab - 1, 1) + 1)[None]
+    ref = loaded.model(input_ids=x, use_cache=False).logits.float()
+    normed = loaded.decoder(input_ids=x, use_cache=False).last_hidden_state
+    raw = loaded.lm_head(normed).float()
+    options = {None: raw}
+    cap = loaded.final_logit_softcapping
+    if cap is not None:
+        options[cap] = torch.tanh(raw / cap) * cap
+    errs = {k: float((v - ref).abs().max()) for k, v in options.items()}
+    best = min(errs, key=errs.get)
+    scale = float(ref.abs().max()) + 1e-6
+    tol = 1e-3 if loaded.dtype in (torch.float32, torch.float64) else 5e-2
+    if errs[best] > tol * max(scale, 1.0):
+        raise CausalKLError(loaded.path, "architecture",
+                            f"{loaded.architecture}'s final logits are not norm -> LM head (-> soft-cap) of its decoder (off by {errs[best]:.3g})",
+                            "set patch.method: naive for this model")
+    loaded.final_logit_softcapping = best

@@ -1,0 +1,178 @@
+"""Gold extraction (the output of block L at each site) and stored golds (NLA base.parquet).
+
+Layer convention: "layer L" is the output of decoder block index L, i.e. HF
+``output_hidden_states[L + 1]``. Extraction stops the forward after block L.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from causal_kl.contracts import GOLD
+from causal_kl.errors import CausalKLError
+from causal_kl.io import arrow_to_vectors, read_parquet
+from causal_kl.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+NLA_BASE_COLUMNS = ("doc_id", "n_raw_tokens", "detokenized_text_truncated", "activation_vector", "activation_layer")
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def block_output(loaded: LoadedModel, input_ids: Sequence[int], layer: int, upto: int | None = None) -> torch.Tensor:
+    """Output of decoder block ``layer`` for one document: ``[T, d]`` (T = ``upto`` or len(input_ids)).
+
+    Runs the model's own forward and stops it right after block ``layer``.
+    """
+    loaded.check_layer(layer)
+    ids = list(input_ids)[: upto if upto is not None else None]
+    x = torch.tensor([ids], dtype=torch.long, device=loaded.device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_mod, _inp, out):
+        captured["h"] = (out[0] if isinstance(out, tuple) else out).detach()
+        raise _StopForward
+
+    handle = loaded.layers[layer].register_forward_hook(hook)
+    try:
+        loaded.model(input_ids=x, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"][0]
+
+
+@torch.no_grad()
+def extract_golds(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
+                  positions: Sequence[int], layer: int, progress: bool = False) -> np.ndarray:
+    """Block-``layer`` output at each (doc_id, position): ``[n_sites, d]`` float32.
+
+    One forward per document, truncated after its last requested position.
+    """
+    from tqdm import tqdm
+
+    out = np.zeros((len(doc_ids), loaded.d_model), dtype=np.float32)
+    by_doc: dict[str, list[int]] = {}
+    for i, d in enumerate(doc_ids):
+        by_doc.setdefault(d, []).append(i)
+    for doc, idx in tqdm(by_doc.items(), desc="gold", unit="doc", disable=not progress):
+        pos = [int(positions[i]) for i in idx]
+        ids = doc_tokens[doc]
+        if max(pos) >= len(ids):
+            raise CausalKLError(None, "position", f"position {max(pos)} is past the end of {doc} ({len(ids)} tokens)",
+                                "rebuild sites.parquet and docs.parquet together")
+        h = block_output(loaded, ids, layer, upto=max(pos) + 1)
+        out[idx] = h[pos].float().cpu().numpy()
+    return out
+
+
+def check_vectors(vectors: np.ndarray, path: str, field: str, d: int | None = None) -> None:
+    """Width and finiteness of a ``[n, d]`` vector block, with a one-line error."""
+    if vectors.ndim != 2:
+        raise CausalKLError(path, field, f"expected one vector per row, got shape {vectors.shape}", "store [n, d] vectors")
+    if d is not None and vectors.shape[1] != d:
+        raise CausalKLError(path, field, f"vector width {vectors.shape[1]} != model width {d}",
+                            "use vectors of the model's hidden size at the configured layer")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise CausalKLError(path, field, f"{int(bad.sum())} vectors contain NaN or inf (first at row {int(np.argmax(bad))})",
+                            "recompute those vectors or drop the sites")
+
+
+def read_gold(path: str, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(site_ids [n], vectors [n, d])`` from a GOLD parquet, checked."""
+    t = read_parquet(path, GOLD, d)
+    vec = arrow_to_vectors(t["activation"], path, "activation")
+    check_vectors(vec, path, "activation", d)
+    return t["site_id"].to_numpy(), vec
+
+
+def read_nla_base(path: str, sites: pa.Table, layer: int, d: int) -> np.ndarray:
+    """Map an NLA ``base.parquet`` onto the run's sites: ``[n_sites, d]`` float32 in site order.
+
+    Rows are matched on ``(doc_id, n_raw_tokens - 1) == (doc_id, position)``; width, layer,
+    finiteness and coverage are checked against the run with one-line errors.
+    """
+    t = read_parquet(path)
+    missing = [c for c in ("doc_id", "n_raw_tokens", "activation_vector") if c not in t.column_names]
+    if missing:
+        raise CausalKLError(path, missing[0], f"column missing from NLA base.parquet (has {t.column_names})",
+                            f"an NLA base.parquet has the columns {list(NLA_BASE_COLUMNS)}")
+    if "activation_layer" in t.column_names:
+        layers = set(t["activation_layer"].to_pylist())
+        if layers != {layer}:
+            raise CausalKLError(path, "activation_layer", f"stored golds are from layer(s) {sorted(layers)}, the run patches layer {layer}",
+                                "set model.layer to the stored golds' layer, or use a base.parquet extracted at this layer")
+    vec = arrow_to_vectors(t["activation_vector"], path, "activation_vector")
+    check_vectors(vec, path, "activation_vector", d)
+    key = {(doc, int(n) - 1): i for i, (doc, n) in enumerate(zip(t["doc_id"].to_pylist(), t["n_raw_tokens"].to_pylist()))}
+    site_docs = sites["doc_id"].to_pylist()
+    site_pos = sites["position"].to_pylist()
+    idx = []
+    for doc, p in zip(site_docs, site_pos):
+        i = key.get((doc, int(p)))
+        if i is None:
+            known = sorted({k[0] for k in key})[:3]
+            raise CausalKLError(path, "doc_id/n_raw_tokens",
+                                f"no stored gold for site ({doc}, position {p}); the file has doc ids like {known}",
+                                "use the base.parquet of the same corpus, rows, seed and tokenizer as this run (doc_id = corpus:split:row, n_raw_tokens = position + 1)")
+        idx.append(i)
+    return vec[np.asarray(idx, dtype=np.int64)]
+
+
+def nla_base_table(sites: pa.Table, doc_tokens: dict[str, Sequence[int]], vectors: np.ndarray, layer: int,
+                   tokenizer=None, round_trip: str | None = "bfloat16") -> pa.Table:
+    """Write golds in NLA's base.parquet format (the demo exercises the stored-gold path with it).
+
+    ``round_trip`` stores the vectors through that dtype, as golds extracted on another box in
+    bf16 would be: the gold-repatch floor then measures a real harness difference.
+    """
+    from causal_kl.io import vectors_to_arrow
+
+    v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    if round_trip:
+        v = v.to(getattr(torch, round_trip)).float()
+    docs = sites["doc_id"].to_pylist()
+    pos = sites["position"].to_pylist()
+    texts = []
+    for doc, p in zip(docs, pos):
+        ids = list(doc_tokens[doc])[: int(p) + 1]
+        texts.append(tokenizer.decode(ids) if tokenizer is not None else "")
+    return pa.table({
+        "doc_id": pa.array(docs, pa.string()),
+        "n_raw_tokens": pa.array([int(p) + 1 for p in pos], pa.int64()),
+        "detokenized_text_truncated": pa.array(texts, pa.string()),
+        "activation_vector": vectors_to_arrow(v.numpy()),
+        "activation_layer": pa.array([layer] * len(docs), pa.int64()),
+    })
+
+
+def reextract_cos(stored: np.ndarray, extracted: np.ndarray) -> np.ndarray:
+    """Per-site cosine of stored vs re-extracted golds (float64)."""
+    a = stored.astype(np.float64)
+    b = extracted.astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+
+
+def reextract_summary(cos: np.ndarray, threshold: float) -> dict:
+    worst = int(np.argmin(cos)) if len(cos) else -1
+    return {
+        "n": int(len(cos)),
+        "min_cos": float(cos.min()) if len(cos) else None,
+        "median_cos": float(np.median(cos)) if len(cos) else None,
+        "worst_row": worst,
+        "threshold": float(threshold),
+        "passed": bool(len(cos) and cos.min() >= threshold),
+    }

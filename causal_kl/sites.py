@@ -1,0 +1,181 @@
+"""Corpus slicing and NLA-compatible site sampling (NLA stage 0).
+
+A document is row ``r`` of ``corpus:split``; its ``doc_id`` is ``f"{corpus}:{split}:{r}"``.
+Each document is tokenized with special tokens (BOS) and truncated to ``max_length``.
+Candidate positions are ``p >= min_position`` whose token is not special; ``k =
+min(positions_per_doc, len(candidates))`` of them are drawn with ``rng.sample`` where
+``rng = random.Random(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest())``.
+Documents without a candidate are skipped and counted. Sites are numbered in stage-0
+order (documents in row order, each document's positions in the order ``rng.sample``
+returned them) and capped at ``max_sites`` by taking the first N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+
+from causal_kl import N_OFFSETS
+from causal_kl.errors import CausalKLError
+
+log = logging.getLogger(__name__)
+
+
+def doc_id_for(corpus: str, split: str, row: int) -> str:
+    return f"{corpus}:{split}:{row}"
+
+
+def doc_rng(seed: int, doc_id: str) -> random.Random:
+    """The per-document RNG of NLA stage 0."""
+    return random.Random(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest())
+
+
+def candidate_positions(input_ids: Sequence[int], special_ids: Iterable[int], min_position: int) -> list[int]:
+    """Positions ``>= min_position`` whose token is not a special token, in order."""
+    special = set(int(s) for s in special_ids)
+    return [p for p in range(min_position, len(input_ids)) if int(input_ids[p]) not in special]
+
+
+def sample_doc_positions(input_ids: Sequence[int], special_ids: Iterable[int], seed: int, doc_id: str,
+                         k: int, min_position: int) -> list[int]:
+    """The positions stage 0 samples in one document, in ``rng.sample`` order (empty if no candidate)."""
+    cands = candidate_positions(input_ids, special_ids, min_position)
+    if not cands:
+        return []
+    return doc_rng(seed, doc_id).sample(cands, k=min(k, len(cands)))
+
+
+def load_corpus_rows(corpus: dict, rows: Sequence[int] | None = None, source: str = "config") -> list[tuple[int, str]]:
+    """Rows ``[start, stop)`` of the corpus as ``(row, text)``, through ``datasets``.
+
+    ``corpus.path`` (a local parquet file or folder) is read with the parquet builder; otherwise
+    ``corpus.name`` is streamed from the hub. One code path: both are streamed and sliced.
+    """
+    import datasets
+
+    start, stop = rows if rows is not None else corpus["rows"]
+    if stop <= start:
+        raise CausalKLError(source, "corpus.rows", f"empty row range [{start}, {stop})", "give rows as [start, stop) with stop > start")
+    column = corpus["column"]
+    path = corpus.get("path")
+    datasets.logging.set_verbosity_error()
+    try:
+        if path:
+            p = Path(path)
+            if not p.exists():
+                raise CausalKLError(path, "corpus.path", "corpus file not found", "build the demo corpus (snakemake resources/demo/corpus.parquet) or fix corpus.path")
+            files = sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else [str(p)]
+            ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(corpus["name"], split=corpus.get("split", "train"), streaming=True)
+    except CausalKLError:
+        raise
+    except Exception as e:  # datasets raises many types for a bad source
+        raise CausalKLError(path or corpus["name"], "corpus", f"cannot open the corpus ({str(e).splitlines()[0]})",
+                            "check corpus.name/path/split, or give a local parquet via corpus.path") from e
+    where = path or f"{corpus['name']}:{corpus.get('split')}"
+    features = getattr(ds, "features", None)
+    if features is not None and column not in features:
+        raise CausalKLError(where, "corpus.column", f"column '{column}' not in the corpus (has {sorted(features)})",
+                            f"set corpus.column to one of {sorted(features)}")
+    out = []
+    for i, rec in enumerate(ds.skip(start).take(stop - start)):
+        if column not in rec:
+            raise CausalKLError(where, "corpus.column", f"column '{column}' not in the corpus (has {sorted(rec)})",
+                                f"set corpus.column to one of {sorted(rec)}")
+        out.append((start + i, rec[column] or ""))
+    if len(out) < stop - start:
+        raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({start + len(out)} rows)",
+                            f"set corpus.rows within [0, {start + len(out)}]")
+    return out
+
+
+def tokenize_docs(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Tokenize with special tokens (BOS as the model expects), truncated at ``max_length``."""
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length)
+    return [list(map(int, ids)) for ids in enc["input_ids"]]
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    ids = set(int(i) for i in (tokenizer.all_special_ids or []))
+    return ids
+
+
+@dataclass
+class SiteSample:
+    """Stage-0 output: documents (with their kept tokens) and sites in stage-0 order."""
+
+    docs: pa.Table
+    sites: pa.Table
+    stats: dict = field(default_factory=dict)
+
+
+def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequence[Sequence[int]], special_ids: Iterable[int],
+                 seed: int, positions_per_doc: int, min_position: int, max_sites: int, shard_size: int) -> SiteSample:
+    """Sample sites in every document, cap at ``max_sites``, and assign shards.
+
+    ``docs`` keeps each document's tokens up to and including ``last site position + 32``
+    (so offset 31 has its true next token), and ``n_tokens`` its full tokenized length.
+    """
+    special = set(special_ids)
+    site_rows: list[tuple[str, int, int, int]] = []
+    kept_docs: list[tuple[str, int, int, list[int]]] = []
+    skipped = 0
+    for doc_id, row, ids in zip(doc_ids, rows, token_ids):
+        if len(site_rows) >= max_sites:
+            break
+        positions = sample_doc_positions(ids, special, seed, doc_id, positions_per_doc, min_position)
+        if not positions:
+            skipped += 1
+            continue
+        positions = positions[: max_sites - len(site_rows)]
+        for p in positions:
+            nxt = int(ids[p + 1]) if p + 1 < len(ids) else -1
+            site_rows.append((doc_id, p, int(ids[p]), nxt))
+        last = max(positions)
+        kept_docs.append((doc_id, int(row), len(ids), list(ids[: last + N_OFFSETS + 1])))
+    n = len(site_rows)
+    sites = pa.table({
+        "site_id": pa.array(range(n), pa.int64()),
+        "doc_id": pa.array([s[0] for s in site_rows], pa.string()),
+        "position": pa.array([s[1] for s in site_rows], pa.int64()),
+        "token_id": pa.array([s[2] for s in site_rows], pa.int64()),
+        "next_token_id": pa.array([s[3] for s in site_rows], pa.int64()),
+        "shard": pa.array([i // shard_size for i in range(n)], pa.int64()),
+    })
+    docs = pa.table({
+        "doc_id": pa.array([d[0] for d in kept_docs], pa.string()),
+        "row": pa.array([d[1] for d in kept_docs], pa.int64()),
+        "n_tokens": pa.array([d[2] for d in kept_docs], pa.int64()),
+        "input_ids": pa.array([d[3] for d in kept_docs], pa.list_(pa.int32())),
+    })
+    stats = {"n_sites": n, "n_docs": len(kept_docs), "docs_without_candidates": skipped,
+             "n_docs_read": len(doc_ids)}
+    return SiteSample(docs=docs, sites=sites, stats=stats)
+
+
+def build_sites(config: dict, tokenizer, source: str = "config") -> SiteSample:
+    """Read the configured corpus rows, tokenize and sample sites (the `sites` rule)."""
+    c = config["corpus"]
+    s = config["sites"]
+    rows = load_corpus_rows(c, source=source)
+    doc_ids = [doc_id_for(c["name"], c.get("split", "train"), r) for r, _ in rows]
+    token_ids = tokenize_docs(tokenizer, [t for _, t in rows], s["max_length"])
+    sample = sample_sites(doc_ids, [r for r, _ in rows], token_ids, special_token_ids(tokenizer), config["seed"],
+                          s["positions_per_doc"], s["min_position"], s["max_sites"], s["shard_size"])
+    if sample.stats["n_sites"] == 0:
+        raise CausalKLError(source, "corpus.rows", "no document has a candidate position (every document is shorter than sites.min_position)",
+                            "use longer documents, more rows, or a smaller sites.min_position")
+    return sample
+
+
+def shard_table(sites: pa.Table, shard: int) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return sites.filter(pc.equal(sites["shard"], shard))
