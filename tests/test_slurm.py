@@ -1,0 +1,155 @@
+"""profiles/slurm on a real single-node SLURM started by the test.
+
+The cluster (tests/slurm_harness.py) has partitions named like the profile's placeholders
+(`cpu`, `gpu`) and one pretend GPU, so the profile runs unchanged; the only test-only
+overrides are a short first status check and the account. Each test proves:
+
+- the jobs went through SLURM: Snakemake logs "submitted with SLURM jobid N" per job and
+  accounting (``sacct``) lists every one of those ids as COMPLETED;
+- the GPU rules requested a GPU: their ``AllocTRES`` holds ``gres/gpu=1`` (and the job saw
+  ``CUDA_VISIBLE_DEVICES=0``), the CPU rules' does not;
+- the outputs equal a local ``--cores`` run of the same workflow.
+
+Accounting (mariadb + slurmdbd) is on by default; ``CAUSAL_KL_SLURM_ACCOUNTING=0`` runs
+the same checks in the plugin's squeue status mode, reading the GPU request from
+slurmctld's log instead of sacct.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from slurm_harness import HarnessUnavailable, SlurmCluster, run_snakemake, slurm_cluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE = ROOT / "profiles" / "slurm"
+SNAKEMAKE_TIMEOUT_S = 150
+"""Hard limit of one Snakemake call; the tiny workflow takes ~30 s through SLURM."""
+
+TINY_SNAKEFILE = r'''
+# Two rules named like the pipeline's: `sites` runs on CPU, `gold` gets gpu=1 from the profile.
+rule all:
+    input:
+        "results/tiny/gold.txt",
+
+rule sites:
+    output:
+        sites="results/tiny/sites.txt",
+    log:
+        "logs/tiny/sites.log",
+    shell:
+        "seq 1 7 > {output.sites}; "
+        "echo slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}} > {log}"
+
+rule gold:
+    input:
+        sites="results/tiny/sites.txt",
+    output:
+        gold="results/tiny/gold.txt",
+    log:
+        "logs/tiny/gold.log",
+    shell:
+        "awk '{{print $1, $1 * $1}}' {input.sites} > {output.gold}; "
+        "echo slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}} > {log}"
+'''
+
+
+def accounting_enabled() -> bool:
+    return os.environ.get("CAUSAL_KL_SLURM_ACCOUNTING", "1") != "0"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A running cluster for this module; daemons stopped by PID afterwards."""
+    try:
+        ctx = slurm_cluster(tmp_path_factory.mktemp("slurm"), accounting=accounting_enabled())
+        c = ctx.__enter__()
+    except HarnessUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield c
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def profile_overrides(cluster: SlurmCluster) -> list[str]:
+    """Test-only command-line overrides on top of ``--profile profiles/slurm``.
+
+    The profile's default-resources are kept and only an account is added (a CLI list
+    replaces the profile's, so they are restated); with accounting the account is the
+    one slurmdbd creates, without it the plugin's squeue mode is switched on.
+    """
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    defaults = dict(profile["default-resources"])
+    args = ["--slurm-init-seconds-before-status-checks", "3", "--jobs", "4"]
+    if cluster.accounting:
+        defaults["slurm_account"] = "root"
+    else:
+        args += ["--slurm-no-account", "--slurm-status-command", "squeue",
+                 "--slurm-init-seconds-before-status-checks", "7"]
+    args += ["--default-resources", *[f"{k}={v}" for k, v in defaults.items()]]
+    return args
+
+
+def run_env(cluster: SlurmCluster) -> dict[str, str]:
+    env = dict(cluster.env)
+    env.pop("SLURM_CONF", None)  # what a user has: the config at /etc/slurm/slurm.conf
+    return env
+
+
+def assert_went_through_slurm(cluster: SlurmCluster, jobs: dict[str, str], gpu_rules: set[str]) -> None:
+    """Every submitted job finished in SLURM; exactly the GPU rules were allocated a GPU."""
+    assert jobs, "no 'submitted with SLURM jobid' line in Snakemake's log"
+    if cluster.accounting:
+        rows = {r["JobID"]: r for r in cluster.sacct(list(jobs))}
+        assert set(rows) == set(jobs), f"sacct lists {sorted(rows)}, Snakemake submitted {sorted(jobs)}"
+        for jid, rule in jobs.items():
+            assert rows[jid]["State"] == "COMPLETED", (rule, rows[jid])
+            has_gpu = "gres/gpu=1" in rows[jid]["AllocTRES"]
+            assert has_gpu == (rule in gpu_rules), (rule, rows[jid]["AllocTRES"])
+    else:
+        ctl = cluster.controller_log()
+        for jid, rule in jobs.items():
+            assert f"JobId={jid} " in ctl, f"slurmctld.log never mentions job {jid} ({rule})"
+            show = cluster.run(["scontrol", "show", "job", jid]).stdout
+            assert "JobState=COMPLETED" in show, (rule, show)
+            has_gpu = "gres/gpu=1" in show or "gres:gpu:1" in show
+            assert has_gpu == (rule in gpu_rules), (rule, show)
+
+
+def make_workflow(dest: Path, snakefile: str) -> Path:
+    dest.mkdir(parents=True)
+    (dest / "Snakefile").write_text(snakefile)
+    return dest
+
+
+def test_tiny_workflow_runs_through_slurm_and_matches_local(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Two rules through profiles/slurm: SLURM ran both, `gold` got a GPU, outputs equal a local run."""
+    local = make_workflow(tmp_path / "local", TINY_SNAKEFILE)
+    r_local = run_snakemake(["--cores", "1"], local, timeout_s=60, log_path=tmp_path / "local.log")
+    assert r_local.returncode == 0, r_local.log[-3000:]
+
+    wf = make_workflow(tmp_path / "slurm", TINY_SNAKEFILE)
+    r = run_snakemake(["--profile", str(PROFILE), *profile_overrides(cluster)], wf,
+                      timeout_s=SNAKEMAKE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm.log")
+    assert not r.timed_out, f"snakemake hung and was killed after {r.seconds:.0f}s\n{r.log[-3000:]}\n{cluster.log_tail()}"
+    assert r.returncode == 0, f"{r.log[-4000:]}\n{cluster.log_tail()}"
+
+    jobs = r.slurm_jobs()
+    assert sorted(jobs.values()) == ["gold", "sites"], jobs
+    assert_went_through_slurm(cluster, jobs, gpu_rules={"gold"})
+    # the jobs ran inside SLURM allocations, and only gold's had a GPU device
+    assert "gpus=0" in (wf / "logs/tiny/gold.log").read_text()
+    assert "gpus=none" in (wf / "logs/tiny/sites.log").read_text()
+    assert "slurm_job=none" not in (wf / "logs/tiny/sites.log").read_text()
+
+    for out in ("results/tiny/sites.txt", "results/tiny/gold.txt"):
+        assert (wf / out).read_bytes() == (local / out).read_bytes(), out
