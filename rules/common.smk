@@ -58,3 +58,12 @@ def all_targets():
     targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet"]
     targets += analysis_targets()
     return targets
+
+
+def mem_mb(base):
+    """A rule's ``mem_mb``: ``base`` MB on the first attempt, ``base * attempt`` on each retry.
+
+    ``resources: mem_mb=mem_mb(4000)``; with ``--retries`` (set in profiles/) a job killed
+    for memory is resubmitted asking for more (SLURM: ``sbatch --mem``).
+    """
+    return lambda wildcards, attempt: base * attempt
