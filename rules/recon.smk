@@ -1,1 +1,187 @@
-# placeholder: filled in by the recon stage
+# Reconstruction routes: one rule per route kind writing R/recon/{route}.parquet, then the geometry of
+# every route. Each route-kind rule only matches the routes of its kind (wildcard constraint), so
+# adding a route to the config adds only that route's jobs.
+import re
+from pathlib import Path
+
+from causal_kl.routes.file import input_files as file_route_inputs
+
+
+def routes_of_kind(*kinds):
+    return [name for name, route in config["routes"].items() if route["kind"] in kinds]
+
+
+def route_regex(*kinds):
+    """A wildcard constraint matching exactly the configured routes of these kinds (nothing when none)."""
+    names = routes_of_kind(*kinds)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def route_config(wildcards):
+    return config["routes"][wildcards.route]
+
+
+def route_params(wildcards):
+    """What a route's reconstruction depends on: its config entry without the geometry re-check keys."""
+    return {k: v for k, v in route_config(wildcards).items() if k not in ("expected_fve", "fve_tolerance")}
+
+
+def train_gold_path(wildcards):
+    """Training golds are shared by every route that trains on the same rows."""
+    start, stop = route_config(wildcards)["train_rows"]
+    return f"{R}/train_gold/rows_{start}_{stop}.parquet"
+
+
+def local_checkpoint(key):
+    """A route's checkpoint directory as an input when it is a local path (a hub id is not a file)."""
+
+    def inputs(wildcards):
+        path = route_config(wildcards)[key]
+        return [path] if Path(path).exists() else []
+
+    return inputs
+
+
+def nla_explanations(wildcards):
+    """nla_av routes make their explanations; nla_ar routes read them from the configured file."""
+    route = route_config(wildcards)
+    if route["kind"] == "nla_av":
+        return f"{R}/explanations/{wildcards.route}.parquet"
+    return route["explanations"]
+
+
+def recon_targets():
+    """Every route's reconstructions and geometry (per-site table and FVE summary)."""
+    return [f"{R}/geometry/{route}.{ext}" for route in ROUTES for ext in ("parquet", "json")]
+
+
+rule train_gold:
+    wildcard_constraints:
+        start=r"\d+",
+        stop=r"\d+",
+    input:
+        corpus=corpus_input(),
+        model=model_input(),
+    output:
+        gold=f"{R}/train_gold/rows_{{start}}_{{stop}}.parquet",
+    log:
+        f"{LOGS}/train_gold/rows_{{start}}_{{stop}}.log",
+    params:
+        rows=lambda w: [int(w.start), int(w.stop)],
+        layer=config["model"]["layer"],
+        sampling={"seed": config["seed"], **{k: config["sites"][k] for k in ("positions_per_doc", "min_position", "max_length")}},
+    resources:
+        **gpu_resources("train_gold"),
+    script:
+        "../workflow_scripts/train_gold.py"
+
+
+rule recon_file:
+    wildcard_constraints:
+        route=route_regex("file"),
+    input:
+        vectors=lambda w: file_route_inputs(route_config(w)),
+        sites=f"{R}/sites.parquet",
+        gold=stored_gold(),
+    output:
+        recon=f"{R}/recon/{{route}}.parquet",
+    log:
+        f"{LOGS}/recon/{{route}}.log",
+    params:
+        route=route_params,
+    script:
+        "../workflow_scripts/recon.py"
+
+
+rule recon_pca:
+    wildcard_constraints:
+        route=route_regex("pca"),
+    input:
+        train_gold=train_gold_path,
+        sites=f"{R}/sites.parquet",
+        gold=stored_gold(),
+    output:
+        recon=f"{R}/recon/{{route}}.parquet",
+    log:
+        f"{LOGS}/recon/{{route}}.log",
+    params:
+        route=route_params,
+    script:
+        "../workflow_scripts/recon.py"
+
+
+rule recon_text_channel:
+    wildcard_constraints:
+        route=route_regex("text_channel"),
+    input:
+        train_gold=train_gold_path,
+        sites=f"{R}/sites.parquet",
+        gold=stored_gold(),
+        model=model_input(),
+    output:
+        recon=f"{R}/recon/{{route}}.parquet",
+        explanations=f"{R}/explanations/{{route}}.parquet",
+    log:
+        f"{LOGS}/recon/{{route}}.log",
+    params:
+        route=route_params,
+    resources:
+        **gpu_resources("recon_text_channel"),
+    script:
+        "../workflow_scripts/recon.py"
+
+
+rule explain_nla_av:
+    wildcard_constraints:
+        route=route_regex("nla_av"),
+    input:
+        sites=f"{R}/sites.parquet",
+        gold=stored_gold(),
+        checkpoint=local_checkpoint("checkpoint"),
+    output:
+        explanations=f"{R}/explanations/{{route}}.parquet",
+    log:
+        f"{LOGS}/explanations/{{route}}.log",
+    params:
+        route=route_params,
+    resources:
+        **gpu_resources("explain_nla_av"),
+    script:
+        "../workflow_scripts/explain.py"
+
+
+rule recon_nla_ar:
+    wildcard_constraints:
+        route=route_regex("nla_ar", "nla_av"),
+    input:
+        explanations=nla_explanations,
+        sites=f"{R}/sites.parquet",
+        gold=stored_gold(),
+        checkpoint=lambda w: local_checkpoint("ar_checkpoint" if route_config(w)["kind"] == "nla_av" else "checkpoint")(w),
+    output:
+        recon=f"{R}/recon/{{route}}.parquet",
+    log:
+        f"{LOGS}/recon/{{route}}.log",
+    params:
+        route=route_params,
+    resources:
+        **gpu_resources("recon_nla_ar"),
+    script:
+        "../workflow_scripts/recon.py"
+
+
+rule geometry:
+    input:
+        recon=f"{R}/recon/{{route}}.parquet",
+        gold=stored_gold(),
+        sites=f"{R}/sites.parquet",
+    output:
+        table=f"{R}/geometry/{{route}}.parquet",
+        summary=f"{R}/geometry/{{route}}.json",
+    log:
+        f"{LOGS}/geometry/{{route}}.log",
+    params:
+        route=route_config,
+        variance_constant=config["geometry"]["variance_constant"],
+    script:
+        "../workflow_scripts/geometry.py"

@@ -1,0 +1,7 @@
+"""A route's reconstructions (rules recon_<kind>): the route kind's ``reconstruct`` step."""
+from causal_kl.analysis import setup_logging
+from causal_kl.routes import RouteJob, route_kind
+
+setup_logging(snakemake.log[0])  # noqa: F821
+job = RouteJob.from_snakemake(snakemake)  # noqa: F821
+route_kind(job.kind).reconstruct(job)
