@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from causal_kl.errors import CausalKLError
-from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, write_recon
+from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, train_rows, write_recon
 from causal_kl.routes.training import read_training_golds
 
 
@@ -43,6 +43,7 @@ def project(basis: PCABasis, gold: np.ndarray) -> np.ndarray:
 
 
 def run(job: RouteJob) -> None:
+    train_rows(job)  # disjoint from the eval rows, before any work
     sites = read_sites(job.sites)
     site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
     _, train = read_training_golds(job.train_gold, set(sites.column("doc_id").to_pylist()))

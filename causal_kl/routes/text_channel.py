@@ -22,7 +22,7 @@ import torch
 from causal_kl.contracts import EXPLANATIONS
 from causal_kl.io import write_parquet
 from causal_kl.models import LoadedModel, load_model
-from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, route_provenance, write_recon
+from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, train_rows, route_provenance, write_recon
 from causal_kl.routes.training import read_training_golds
 
 
@@ -32,7 +32,7 @@ def verbalise(loaded: LoadedModel, gold: np.ndarray, top_k: int, batch_size: int
     texts: list[str] = []
     tok = loaded.tokenizer
     for i in range(0, len(gold), batch_size):
-        h = torch.from_numpy(np.asarray(gold[i:i + batch_size], dtype=np.float32)).to(loaded.device, loaded.dtype)
+        h = torch.tensor(np.asarray(gold[i:i + batch_size]), dtype=loaded.dtype, device=loaded.device)  # [batch, d]
         top = loaded.logits(h).float().topk(top_k, dim=-1).indices.cpu().tolist()
         texts += [json.dumps([tok.decode([t]) for t in row], ensure_ascii=False) for row in top]
     return texts
@@ -92,6 +92,7 @@ class TextReconstructor:
 def run(job: RouteJob) -> None:
     """Verbalise training and eval golds, fit the reconstructor on training text, reconstruct eval sites from text."""
     config = job.config
+    train_rows(job)  # disjoint from the eval rows, before any work
     sites = read_sites(job.sites)
     site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
     _, train = read_training_golds(job.train_gold, set(sites.column("doc_id").to_pylist()))
