@@ -71,7 +71,10 @@ rule train_gold:
         layer=config["model"]["layer"],
         sampling={"seed": config["seed"], **{k: config["sites"][k] for k in ("positions_per_doc", "min_position", "max_length")}},
     resources:
-        **gpu_resources("train_gold"),
+        **gpu_resources(),
+        mem_mb=mem_mb(8000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/train_gold.py"
 
@@ -89,6 +92,10 @@ rule recon_file:
         f"{LOGS}/recon/{{route}}.log",
     params:
         route=route_params,
+    resources:
+        mem_mb=mem_mb(4000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/recon.py"
 
@@ -106,6 +113,10 @@ rule recon_pca:
         f"{LOGS}/recon/{{route}}.log",
     params:
         route=route_params,
+    resources:
+        mem_mb=mem_mb(4000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/recon.py"
 
@@ -126,7 +137,10 @@ rule recon_text_channel:
     params:
         route=route_params,
     resources:
-        **gpu_resources("recon_text_channel"),
+        **gpu_resources(),
+        mem_mb=mem_mb(8000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/recon.py"
 
@@ -145,7 +159,10 @@ rule explain_nla_av:
     params:
         route=route_params,
     resources:
-        **gpu_resources("explain_nla_av"),
+        **gpu_resources(),
+        mem_mb=mem_mb(8000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/explain.py"
 
@@ -165,7 +182,10 @@ rule recon_nla_ar:
     params:
         route=route_params,
     resources:
-        **gpu_resources("recon_nla_ar"),
+        **gpu_resources(),
+        mem_mb=mem_mb(8000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/recon.py"
 
@@ -183,5 +203,9 @@ rule geometry:
     params:
         route=route_config,
         variance_constant=config["geometry"]["variance_constant"],
+    resources:
+        mem_mb=mem_mb(4000),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/geometry.py"

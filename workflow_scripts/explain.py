@@ -1,7 +1,5 @@
-"""A route's explanations from the golds (rule explain_nla_av): the route kind's ``explain`` step."""
-from causal_kl.analysis import setup_logging
-from causal_kl.routes import RouteJob, route_kind
+"""Rule explain_nla_av: a route's explanations from the golds (the route kind's explain step)."""
+from causal_kl.logs import run_script
+from causal_kl.routes import explain_job
 
-setup_logging(snakemake.log[0])  # noqa: F821
-job = RouteJob.from_snakemake(snakemake)  # noqa: F821
-route_kind(job.kind).explain(job)
+run_script(explain_job, snakemake)  # noqa: F821

@@ -1,7 +1,6 @@
-"""A route's geometry against the golds (rule geometry): per-site table and FVE summary."""
-from causal_kl.analysis import setup_logging
+"""Rule geometry: a route's per-site geometry against the golds and its FVE summary."""
 from causal_kl.geometry import compute_geometry
+from causal_kl.logs import run_script
 
-setup_logging(snakemake.log[0])  # noqa: F821
-compute_geometry(snakemake.input.recon, snakemake.input.gold, snakemake.input.sites,  # noqa: F821
-                 snakemake.output.table, snakemake.output.summary, snakemake.wildcards.route, snakemake.config)  # noqa: F821
+run_script(lambda s: compute_geometry(s.input.recon, s.input.gold, s.input.sites, s.output.table, s.output.summary,
+                                      s.wildcards.route, s.config), snakemake)  # noqa: F821

@@ -1,7 +1,5 @@
-"""A route's reconstructions (rules recon_<kind>): the route kind's ``reconstruct`` step."""
-from causal_kl.analysis import setup_logging
-from causal_kl.routes import RouteJob, route_kind
+"""Rules recon_<kind>: a route's reconstructions (the route kind's reconstruct step)."""
+from causal_kl.logs import run_script
+from causal_kl.routes import reconstruct_job
 
-setup_logging(snakemake.log[0])  # noqa: F821
-job = RouteJob.from_snakemake(snakemake)  # noqa: F821
-route_kind(job.kind).reconstruct(job)
+run_script(reconstruct_job, snakemake)  # noqa: F821

@@ -1,6 +1,5 @@
-"""Golds of route-training documents (rule train_gold)."""
-from causal_kl.analysis import setup_logging
+"""Rule train_gold: golds of route-training documents."""
+from causal_kl.logs import run_script
 from causal_kl.routes.training import write_training_golds
 
-setup_logging(snakemake.log[0])  # noqa: F821
-write_training_golds(snakemake.config, tuple(snakemake.params.rows), snakemake.output.gold)  # noqa: F821
+run_script(lambda s: write_training_golds(s.config, tuple(s.params.rows), s.output.gold), snakemake)  # noqa: F821

@@ -46,4 +46,18 @@ def route_kind(kind: str) -> RouteKind:
     return ROUTE_KINDS[kind]
 
 
-__all__ = ["ROUTE_KINDS", "RouteJob", "RouteKind", "route_kind"]
+
+
+def reconstruct_job(smk) -> None:
+    """Rules ``recon_<kind>``: the route kind's reconstruct step on a Snakemake job."""
+    job = RouteJob.from_snakemake(smk)
+    route_kind(job.kind).reconstruct(job)
+
+
+def explain_job(smk) -> None:
+    """Rule ``explain_nla_av``: the route kind's explain step on a Snakemake job."""
+    job = RouteJob.from_snakemake(smk)
+    route_kind(job.kind).explain(job)
+
+
+__all__ = ["ROUTE_KINDS", "RouteJob", "RouteKind", "explain_job", "reconstruct_job", "route_kind"]
