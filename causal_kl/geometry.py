@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from causal_kl.config import config_hash
 from causal_kl.contracts import GEOMETRY, RECON
 from causal_kl.errors import CausalKLError
 from causal_kl.io import arrow_to_vectors, provenance, read_parquet, write_json, write_parquet
+from causal_kl.routes.base import gold_for_sites, read_sites
 
 PASS, FAIL, NOT_RUN = "✓", "✗", "–"
 
@@ -110,9 +112,6 @@ def compute_geometry(recon_path: str | Path, gold_path: str | Path, sites_path: 
     Raises CausalKLError (after nothing is written) when the route states an ``expected_fve``
     and the recomputed FVE differs by more than ``fve_tolerance``.
     """
-    from causal_kl.config import config_hash
-    from causal_kl.routes.base import gold_for_sites, read_sites
-
     route = config["routes"][route_name]
     site_ids = np.asarray(read_sites(sites_path).column("site_id").to_numpy(), dtype=np.int64)
     gold = gold_for_sites(gold_path, site_ids)

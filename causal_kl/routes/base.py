@@ -8,7 +8,7 @@ site. External files (reconstructions, explanations) may name sites by ``site_id
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,8 @@ class RouteJob:
     sites: Path
     gold: Path
     out: Path | None = None
-    docs: Path | None = None
     train_gold: Path | None = None
     explanations: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -66,7 +64,6 @@ class RouteJob:
             sites=Path(inp.sites),
             gold=Path(inp.gold),
             out=opt(out, "recon"),
-            docs=opt(inp, "docs"),
             train_gold=opt(inp, "train_gold"),
             explanations=opt(out, "explanations") or opt(inp, "explanations"),
         )
