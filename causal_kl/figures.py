@@ -1,0 +1,241 @@
+"""The write-up's figures (seaborn), one function each, plus the multi-route comparison.
+
+Each function takes already-computed data keyed by route (one panel, bar group or line set
+per route) and plotting options, and returns a matplotlib Figure; :func:`save` writes it as
+PNG and SVG atomically. KL values of exactly 0 cannot sit on a log axis: they are drawn at
+``kl_floor`` and the axis label says so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import textwrap  # noqa: E402
+
+from causal_kl.analysis import LABELS, TABLE_ORDER  # noqa: E402
+from causal_kl.io import atomic_path  # noqa: E402
+
+PALETTE = {
+    "gold": "#999999",
+    "recon_goldnorm": "#1f77b4",
+    "recon_rawnorm": "#6baed6",
+    "noise_matched": "#ff7f0e",
+    "resample_same_doc": "#2ca02c",
+    "resample_cross_doc": "#006d2c",
+    "zero": "#d62728",
+    "mean": "#9467bd",
+}
+
+
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=1.0)
+
+
+def _log_ticks(axis, values) -> None:
+    """Short plain-number labels on a log axis: minor ticks at 2 and 5 labelled when the data span < 2.5 decades."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    fmt = FuncFormatter(lambda t, _: f"{t:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    span = np.log10(v.max() / v.min()) if v.size > 1 else 0.0
+    axis.set_minor_formatter(fmt if span < 2.5 else NullFormatter())
+
+
+def _grid(n: int, width: float, height: float, max_cols: int = 3):
+    cols = min(max(n, 1), max_cols)
+    rows = math.ceil(max(n, 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def fig1_geometry_vs_kl(
+    data: Mapping[str, pd.DataFrame],
+    correlation: Mapping[str, Mapping],
+    subsample: int = 400,
+    seed: int = 0,
+    width: float = 5.5,
+    height: float = 4.5,
+    point_size: float = 14.0,
+    alpha: float = 0.5,
+    kl_floor: float = 1e-6,
+) -> plt.Figure:
+    """Direction-MSE vs KL@0 (recon, gold norm) per site, log–log, one panel per route, ρ in the title.
+
+    ``data[route]`` has columns ``direction_mse`` and ``kl0_recon_goldnorm``;
+    ``correlation[route]`` is the route's ``correlation`` record (``dmse_vs_kl0.rho/p/n``).
+    """
+    _theme()
+    fig, axes = _grid(len(data), width, height)
+    for ax, (route, df) in zip(axes, data.items()):
+        df = df[["direction_mse", "kl0_recon_goldnorm"]].dropna()
+        n_all = len(df)
+        if len(df) > subsample:
+            df = df.sample(n=subsample, random_state=seed)
+        x = df["direction_mse"].clip(lower=1e-12)
+        y = df["kl0_recon_goldnorm"].clip(lower=kl_floor)
+        sns.scatterplot(x=x, y=y, ax=ax, s=point_size, alpha=alpha, color=PALETTE["recon_goldnorm"],
+                        edgecolor="none")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_ticks(ax.xaxis, x)
+        _log_ticks(ax.yaxis, y)
+        c = correlation.get(route, {}).get("dmse_vs_kl0", {})
+        rho, p = c.get("rho", float("nan")), c.get("p", float("nan"))
+        ax.set_title(f"{route}: Spearman ρ = {rho:.3f} (p = {p:.2g})\n{len(df)} of {n_all} sites shown",
+                     fontsize=10)
+        ax.set_xlabel("direction-MSE (what FVE measures)")
+        ax.set_ylabel("KL@0, nats (what the model feels)")
+    fig.tight_layout()
+    return fig
+
+
+FIG2_CONDITIONS = ("noise_matched", "recon_goldnorm", "resample_same_doc", "resample_cross_doc")
+
+
+def fig2_damage_per_energy(
+    data: Mapping[str, Mapping],
+    width: float = 7.0,
+    height: float = 4.5,
+) -> plt.Figure:
+    """Median KL@0 per unit squared error norm, normalised to noise = 1, log scale, with CIs.
+
+    ``data[route]`` is the route's ``energy`` record (``normalised[condition] = {value, lo, hi}``).
+    """
+    _theme()
+    rows = []
+    for route, rec in data.items():
+        for c in FIG2_CONDITIONS:
+            v = rec.get("normalised", {}).get(c, {})
+            rows.append({"route": route, "condition": LABELS[c], "key": c, "value": v.get("value", np.nan),
+                         "lo": v.get("lo", np.nan), "hi": v.get("hi", np.nan)})
+    df = pd.DataFrame(rows, columns=["route", "condition", "key", "value", "lo", "hi"])
+    n_routes = max(len(data), 1)
+    fig, ax = plt.subplots(figsize=(width, height))
+    x = np.arange(len(FIG2_CONDITIONS))
+    w = 0.8 / n_routes
+    colors = sns.color_palette("deep", n_routes) if n_routes > 1 else [PALETTE["recon_goldnorm"]]
+    for j, route in enumerate(data):
+        sub = df[df["route"] == route].set_index("key").reindex(list(FIG2_CONDITIONS))
+        xx = x + (j - (n_routes - 1) / 2) * w
+        v, lo, hi = (sub[k].to_numpy(dtype=np.float64) for k in ("value", "lo", "hi"))
+        ok = np.isfinite(v) & (v > 0)
+        bar_colors = [PALETTE[c] for c in FIG2_CONDITIONS] if n_routes == 1 else colors[j]
+        ax.bar(xx[ok], v[ok], width=w * 0.92, color=np.array(bar_colors, dtype=object)[ok].tolist()
+               if n_routes == 1 else bar_colors, label=route)
+        has_ci = ok & np.isfinite(lo) & np.isfinite(hi) & (lo > 0)
+        if has_ci.any():
+            ax.errorbar(xx[has_ci], v[has_ci], yerr=[v[has_ci] - lo[has_ci], hi[has_ci] - v[has_ci]],
+                        fmt="none", ecolor="black", capsize=3, lw=1)
+        for xi, vi, hi_i in zip(xx[ok], v[ok], np.where(np.isfinite(hi), hi, v)[ok]):
+            ax.annotate(f"{vi:.3g}×", (xi, max(vi, hi_i)), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x)
+    ax.set_xticklabels([textwrap.fill(LABELS[c], 14) for c in FIG2_CONDITIONS])
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="#555555", ls="--", lw=1)
+    ax.set_xlabel("")
+    ax.set_ylabel("KL@0 / ‖error‖², median,\nrelative to matched noise")
+    ax.set_title("Causal damage per unit squared error norm (noise = 1)", fontsize=11)
+    lo_y, hi_y = ax.get_ylim()
+    ax.set_ylim(lo_y, hi_y * 3)  # room for the labels above the tallest bar
+    if n_routes > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), title="route", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def fig3_kl_by_offset(
+    data: Mapping[str, pd.DataFrame],
+    width: float = 6.5,
+    height: float = 4.5,
+    kl_floor: float = 1e-6,
+    linewidth: float = 1.6,
+) -> plt.Figure:
+    """Median KL by offset from the patch (log10), one line per condition, one panel per route.
+
+    ``data[route]`` is the route's offsets table (``offset`` + one column per condition).
+    """
+    _theme()
+    fig, axes = _grid(len(data), width, height)
+    for ax, (route, df) in zip(axes, data.items()):
+        for c in TABLE_ORDER:
+            if c not in df:
+                continue
+            y = df[c].to_numpy(dtype=np.float64)
+            ax.plot(df["offset"], np.log10(np.clip(y, kl_floor, None)), marker="o", ms=3, lw=linewidth,
+                    color=PALETTE[c], label=LABELS[c], ls="--" if c == "gold" else "-")
+        ax.set_xlabel("offset from the patched position (tokens)")
+        ax.set_ylabel("log10 median KL (nats)")
+        ax.set_title(route, fontsize=10)
+        ax.set_xlim(-0.5, max(float(df["offset"].max()) if len(df) else 1.0, 1.0) + 0.5)
+    handles, labels = axes[0].get_legend_handles_labels() if axes else ([], [])
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 1.0),
+                   fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def fig_routes(routes: pd.DataFrame, width: float = 11.0, height_per_route: float = 0.6) -> plt.Figure:
+    """Multi-route comparison: loss recovered (vs cross-doc) and median KL@0 per route, with CIs.
+
+    ``routes`` is :func:`causal_kl.tables.routes_table`'s output; one row of points per route,
+    one marker per condition (reconstruction at gold norm, at raw norm, matched noise).
+    """
+    _theme()
+    n = max(len(routes), 1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(width, 1.8 + height_per_route * n * 1.5))
+    tags = (("recon", "reconstruction (gold norm)", "o"), ("rawnorm", "reconstruction (raw norm)", "s"),
+            ("noise", "matched-MSE noise", "D"))
+    colors = (PALETTE["recon_goldnorm"], PALETTE["recon_rawnorm"], PALETTE["noise_matched"])
+    y = np.arange(n)
+    step = 0.6 / len(tags)
+    for j, ((tag, label, marker), color) in enumerate(zip(tags, colors)):
+        yy = y + (j - (len(tags) - 1) / 2) * step
+        for ax, key in ((a1, f"{tag}_loss_recovered"), (a2, f"{tag}_kl0_median")):
+            v = routes[key].to_numpy(dtype=np.float64)
+            lo = routes[f"{key}_lo"].to_numpy(dtype=np.float64)
+            hi = routes[f"{key}_hi"].to_numpy(dtype=np.float64)
+            err = np.vstack([np.where(np.isfinite(lo), v - lo, 0), np.where(np.isfinite(hi), hi - v, 0)])
+            ax.errorbar(v, yy, xerr=err, fmt=marker, color=color, label=label, capsize=3, ms=6, lw=1.2)
+    for ax in (a1, a2):
+        ax.set_yticks(y)
+        ax.set_yticklabels(routes["route"].tolist())
+        ax.set_ylim(n - 0.5, -0.5)
+    a1.set_xlabel("loss recovered vs cross-doc resample,\n1 − mean ΔCE / mean ΔCE(cross-doc)")
+    a2.set_xlabel("median KL@0, nats")
+    a1.set_title("Loss recovered (95% CI)", fontsize=11)
+    a2.set_title("Median KL@0 (95% CI)", fontsize=11)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    return fig
+
+
+def save(fig: plt.Figure, png: str | Path, svg: str | Path | None = None, dpi: int = 150) -> None:
+    """Write ``fig`` to PNG (and SVG) atomically and close it."""
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    if svg is not None:
+        with atomic_path(svg) as tmp:
+            fig.savefig(tmp, format="svg", bbox_inches="tight")
+    plt.close(fig)
+
+
+__all__ = ["FIG2_CONDITIONS", "PALETTE", "fig1_geometry_vs_kl", "fig2_damage_per_energy",
+           "fig3_kl_by_offset", "fig_routes", "save"]

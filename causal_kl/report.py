@@ -1,0 +1,301 @@
+"""The self-contained HTML report of one run: provenance, floor gate, every table, statistic and figure.
+
+Figures are embedded as base64 PNG and the style sheet is inline, so the one file opens
+offline and can be mailed around. A failed floor gate is shown at the top in red; the report
+is still written. Captions come from ``reports/*.rst`` (the same files ``snakemake --report``
+shows), with the reStructuredText markup stripped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from causal_kl import tables
+from causal_kl.io import write_text
+
+CAPTIONS_DIR = Path(__file__).resolve().parent.parent / "reports"
+
+SECTIONS = ("conditions", "quartiles", "energy", "offsets", "token_classes", "statistics")
+"""Per-route sections, in the write-up's order (§2, §4 quartiles, §4 energy, §5, token classes, all stats)."""
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;
+ padding:24px 32px;color:#222;line-height:1.45}
+h1{font-size:26px;margin:0 0 6px} h2{font-size:21px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
+h3{font-size:17px;margin:26px 0 8px} .sub{color:#666;margin:0 0 16px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0 4px;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f3f4f6;position:sticky;top:0} td.txt,th.txt{text-align:left}
+tr:nth-child(even) td{background:#fafafa}
+.pub{color:#6b21a8} .diff{color:#9a3412}
+.gate{border-radius:6px;padding:12px 16px;margin:14px 0 18px;font-size:15px}
+.gate.pass{background:#ecfdf5;border:2px solid #059669} .gate.fail{background:#fef2f2;border:2px solid #dc2626;color:#991b1b}
+.gate table{font-size:13px;display:table} .ok{color:#059669;font-weight:bold} .bad{color:#dc2626;font-weight:bold}
+.caption{color:#444;font-size:13px;max-width:1100px;margin:4px 0 14px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:170px}
+.card .v{font-size:22px;font-weight:600} .card .l{font-size:12px;color:#555}
+figure{margin:10px 0 20px} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#444;font-size:13px;max-width:1100px}
+nav{font-size:13px;margin:8px 0} nav a{margin-right:12px}
+details summary{cursor:pointer;color:#1d4ed8;margin:6px 0}
+"""
+
+
+def caption(name: str, directory: str | Path = CAPTIONS_DIR) -> str:
+    """The caption ``reports/{name}.rst`` as plain text (reST markup and Jinja expressions removed)."""
+    path = Path(directory) / f"{name}.rst"
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    text = re.sub(r"\{\{.*?\}\}", "", text)
+    text = re.sub(r"``(.*?)``", r"\1", text)
+    text = re.sub(r"\*\*(.*?)\*\*", r"\1", text)
+    text = re.sub(r"\*(.*?)\*", r"\1", text)
+    text = re.sub(r":\w+:`(.*?)`", r"\1", text)
+    return " ".join(text.split())
+
+
+def _img(path: str | Path) -> str:
+    """A PNG as an inline ``data:`` image, shown at 100 CSS px per inch of the figure (dpi from its pHYs chunk)."""
+    raw = Path(path).read_bytes()
+    style = ""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        width = int.from_bytes(raw[16:20], "big")
+        i = raw.find(b"pHYs")
+        dpi = int.from_bytes(raw[i + 4:i + 8], "big") * 0.0254 if i > 0 else 100.0
+        style = f' style="width:{width * 100.0 / max(dpi, 1.0):.0f}px"'
+    data = base64.b64encode(raw).decode("ascii")
+    return f'<img alt="{html.escape(Path(path).stem)}"{style} src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: Any, col: str = "") -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if col.startswith("loss_recovered") or col.endswith("loss_recovered") or "share" in col:
+            return f"{100 * v:.1f}%"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        return f"{v:.4f}" if 1e-3 <= a < 100 else f"{v:.3g}"
+    return html.escape(str(v))
+
+
+def display_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Fold ``x``, ``x_lo``, ``x_hi`` into one ``x [95% CI]`` text column; format numbers."""
+    out = {}
+    cols = list(df.columns)
+    for col in cols:
+        if col.endswith("_lo") or col.endswith("_hi"):
+            base = col[:-3]
+            if base in cols:
+                continue
+        vals = df[col].tolist()
+        if f"{col}_lo" in cols and f"{col}_hi" in cols:
+            lo, hi = df[f"{col}_lo"].tolist(), df[f"{col}_hi"].tolist()
+            out[col] = [f"{_fmt(v, col)} [{_fmt(a, col)}, {_fmt(b, col)}]" if np.isfinite(a if a is not None else np.nan)
+                        else _fmt(v, col) for v, a, b in zip(vals, lo, hi)]
+        else:
+            base = col.rsplit("_published", 1)[0].rsplit("_diff", 1)[0]
+            out[col] = [_fmt(v, base) for v in vals]
+    return pd.DataFrame(out)
+
+
+def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
+    """A DataFrame as an HTML table; published/diff columns tinted, CI columns folded."""
+    df = df[[c for c in df.columns if c not in drop]]
+    disp = display_frame(df)
+    head = []
+    for c in disp.columns:
+        cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
+        txt = " txt" if df[c].dtype == object and c not in [] else ""
+        head.append(f'<th class="{cls}{txt}">{html.escape(c)}</th>')
+    body = []
+    for _, row in disp.iterrows():
+        cells = []
+        for c in disp.columns:
+            cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
+            txt = " txt" if df[c].dtype == object else ""
+            cells.append(f'<td class="{cls}{txt}">{row[c]}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table><thead><tr>" + "".join(head) + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+
+
+def gate_html(gate: Mapping[str, Any]) -> str:
+    """The floor-check gate box: green when every check that ran passed, red otherwise."""
+    checks = gate.get("checks", [])
+    if isinstance(checks, Mapping):  # {name: {value, bound, passed}} form
+        checks = [{"name": k, "label": k, **v, "pass": v.get("passed", v.get("pass"))} for k, v in checks.items()]
+    passed = gate.get("pass", gate.get("passed"))
+    if passed is None:
+        passed = all(c.get("pass") is not False for c in checks)
+    rows = []
+    for c in checks:
+        ok = c.get("pass")
+        mark = '<span class="ok">✓</span>' if ok else ('<span class="bad">✗</span>' if ok is False else "–")
+        rows.append(f"<tr><td>{mark}</td><td class='txt'>{html.escape(str(c.get('label', c.get('name'))))}</td>"
+                    f"<td>{_fmt(c.get('value'))}</td><td class='txt'>{html.escape(str(c.get('bound')))}</td>"
+                    f"<td class='txt'>{html.escape(str(c.get('detail', '')))}</td></tr>")
+    title = ("✓ Floor checks passed" if passed else
+             "✗ FLOOR CHECK FAILED: the numbers below are not trustworthy until the failing check is fixed")
+    return (f'<div class="gate {"pass" if passed else "fail"}" id="gate"><b>{title}</b>'
+            f'<div>{html.escape(str(gate.get("line", "")))}</div>'
+            "<table><thead><tr><th></th><th class='txt'>check</th><th>value</th><th class='txt'>bound</th>"
+            "<th class='txt'>detail</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            f'<div class="caption">{html.escape(caption("gate"))}</div></div>')
+
+
+def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[str]) -> str:
+    cfg = run.get("config", {}) or {}
+    corpus = cfg.get("corpus", {}) or {}
+    items = [
+        ("run", run.get("run")), ("model", run.get("model")), ("layer", run.get("layer")),
+        ("corpus", f"{corpus.get('name', '?')} · {corpus.get('split', '?')} · rows {corpus.get('rows', '?')}"),
+        ("sites", n_sites), ("seed", cfg.get("seed")), ("routes", ", ".join(routes) or "none"),
+        ("config hash", run.get("config_hash")), ("code version", run.get("code_version")),
+        ("production configuration", run.get("production")),
+    ]
+    rows = "".join(f"<tr><td class='txt'>{html.escape(k)}</td><td class='txt'>{_fmt(v)}</td></tr>" for k, v in items)
+    return f"<table id='provenance'><tbody>{rows}</tbody></table>"
+
+
+def _figure(path: str | Path | None, cap: str) -> str:
+    if not path or not Path(path).exists():
+        return f"<p class='caption'>(figure missing: {html.escape(str(path))})</p>"
+    return f"<figure>{_img(path)}<figcaption>{html.escape(cap)}</figcaption></figure>"
+
+
+def _cards(stats: Mapping[str, Any]) -> str:
+    h = stats.get("headline", {})
+    p = stats.get("paired", {}).get("recon_goldnorm", {})
+    c = stats.get("correlation", {}).get("dmse_vs_kl0", {})
+    e = stats.get("energy", {})
+    a = e.get("alpha", {}).get("resample_cross_doc", {}).get("recon_goldnorm")
+    cards = [
+        (_fmt(h.get("loss_recovered_vs_resample_cross_doc"), "loss_recovered"), "loss recovered vs cross-doc resample"),
+        (_fmt(h.get("median_kl0_recon")), "median KL@0, reconstruction (nats)"),
+        (_fmt(h.get("median_kl0_gold_floor")), "gold-repatch floor, median KL@0"),
+        (_fmt(h.get("fve")), "FVE"),
+        (_fmt(c.get("rho")), "Spearman ρ, direction-MSE vs KL@0"),
+        (f"{p.get('median_ratio', float('nan')):.2f}×", "paired recon / noise KL, median"),
+        (_fmt(a, "share"), "mixture α (cross-doc anchor)"),
+    ]
+    return "<div class='cards'>" + "".join(
+        f"<div class='card'><div class='v'>{v}</div><div class='l'>{html.escape(l)}</div></div>" for v, l in cards
+    ) + "</div>"
+
+
+def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, Any] | None) -> str:
+    """One route: headline cards, the four tables, statistics, three figures."""
+    rid = re.sub(r"[^A-Za-z0-9_-]", "-", route)
+    stats = json.loads(Path(files["stats"]).read_text())
+    parts = [f"<h2 id='route-{rid}'>Route <code>{html.escape(route)}</code></h2>", _cards(stats)]
+    parts.append(f"<h3 id='conditions-{rid}'>Conditions (§2)</h3>")
+    cond = tables_read(files["conditions"])
+    loss_cols = [c for c in cond.columns if c.startswith("loss_recovered_vs_")]
+    headline = [c for c in loss_cols if c.startswith("loss_recovered_vs_resample_cross_doc")]
+    parts.append(html_table(cond.drop(columns=[c for c in loss_cols if c not in headline] + ["condition"])))
+    parts.append("<p class='caption'>Loss recovered against every floor F, 1 − mean ΔCE@0 / mean ΔCE@0(F):</p>")
+    parts.append(html_table(cond[["label"] + [c for c in loss_cols if not c.endswith("_published")
+                                                and not c.endswith("_diff")]]))
+    parts.append(f"<div class='caption'>{html.escape(caption('conditions'))}</div>")
+    parts.append(f"<h3 id='geometry-{rid}'>Geometric error vs causal damage (§3)</h3>")
+    parts.append(_figure(files.get("fig1"), caption("fig1")))
+    parts.append(f"<h3 id='quartiles-{rid}'>Quartiles of geometric error (§4)</h3>")
+    parts.append(html_table(tables_read(files["quartiles"])))
+    parts.append(f"<div class='caption'>{html.escape(caption('quartiles'))}</div>")
+    parts.append(f"<h3 id='energy-{rid}'>Damage per unit energy (§4)</h3>")
+    parts.append(_figure(files.get("fig2"), caption("fig2")))
+    parts.append(f"<h3 id='offsets-{rid}'>KL by offset (§5)</h3>")
+    parts.append(_figure(files.get("fig3"), caption("fig3")))
+    parts.append("<details><summary>offsets table: median KL per condition at each offset</summary>"
+                 + html_table(tables_read(files["offsets"])) + "</details>")
+    parts.append(f"<div class='caption'>{html.escape(caption('offsets'))}</div>")
+    parts.append(f"<h3 id='token_classes-{rid}'>Token classes</h3>")
+    parts.append(html_table(tables_read(files["token_classes"]), drop=("member",)))
+    parts.append(f"<div class='caption'>{html.escape(caption('token_classes'))}</div>")
+    parts.append(f"<h3 id='statistics-{rid}'>Statistics</h3>")
+    st = tables.stats_table({k: v for k, v in stats.items() if k != "route"},
+                            (reference or {}).get("stats") if reference is not None else None)
+    parts.append(html_table(st))
+    parts.append(f"<div class='caption'>{html.escape(caption('stats'))}</div>")
+    return "\n".join(parts)
+
+
+def tables_read(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def build_report(
+    run_json: str | Path,
+    gate_json: str | Path,
+    routes: Mapping[str, Mapping[str, str]],
+    comparison: Mapping[str, str],
+    out: str | Path,
+    reference: bool = False,
+    reference_dir: str | Path | None = None,
+) -> str:
+    """Write ``out`` (one self-contained HTML file) and return its text.
+
+    ``routes[route]`` maps ``conditions, quartiles, offsets, token_classes`` (CSV), ``stats``
+    (JSON), ``fig1, fig2, fig3`` (PNG) to paths; ``comparison`` maps ``routes`` (CSV) and
+    ``fig1, fig2, fig3, fig_routes`` (PNG). ``reference`` adds the published numbers to the
+    statistics table (the CSV tables carry them already when the run was built with them).
+    """
+    run = json.loads(Path(run_json).read_text()) if Path(run_json).exists() else {}
+    gate = json.loads(Path(gate_json).read_text()) if Path(gate_json).exists() else {
+        "checks": [], "pass": False, "line": "gate result missing"}
+    ref = tables.load_reference(reference_dir or tables.REFERENCE_DIR) if reference else None
+    n_sites = None
+    if routes:
+        first = next(iter(routes.values()))
+        try:
+            n_sites = int(json.loads(Path(first["stats"]).read_text())["headline"]["n_sites"])
+        except (KeyError, OSError, ValueError):
+            n_sites = None
+    names = list(routes)
+    nav = ["<a href='#gate'>floor gate</a>", "<a href='#comparison'>all routes</a>"] + [
+        f"<a href='#route-{re.sub(r'[^A-Za-z0-9_-]', '-', r)}'>{html.escape(r)}</a>" for r in names]
+    body = [
+        f"<h1>Causal KL report: run <code>{html.escape(str(run.get('run', '?')))}</code></h1>",
+        f"<p class='sub'>{html.escape(caption('report'))}</p>",
+        gate_html(gate),
+        "<h2 id='provenance-h'>Provenance</h2>", provenance_html(run, n_sites, names),
+        "<nav>" + " ".join(nav) + "</nav>",
+    ]
+    if reference:
+        body.append("<p class='caption'>Published values of the reference write-up are shown beside the "
+                    "measured ones (<span class='pub'>_published</span>) with the difference "
+                    "(<span class='diff'>_diff</span> = measured − published).</p>")
+    body.append("<h2 id='comparison'>All routes</h2>")
+    if comparison.get("routes") and Path(comparison["routes"]).exists():
+        body.append(html_table(tables_read(comparison["routes"])))
+        body.append(f"<div class='caption'>{html.escape(caption('routes'))}</div>")
+    body.append(_figure(comparison.get("fig_routes"), caption("fig_routes")))
+    for key in ("fig1", "fig2", "fig3"):
+        if comparison.get(key):
+            body.append(_figure(comparison[key], caption(key) + " All routes of the run."))
+    for r in names:
+        body.append(route_section(r, routes[r], ref))
+    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+           f"<title>causal-kl report: {html.escape(str(run.get('run', '')))}</title>"
+           f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    write_text(out, doc)
+    return doc
+
+
+__all__ = ["CAPTIONS_DIR", "SECTIONS", "build_report", "caption", "display_frame", "gate_html", "html_table"]

@@ -1,0 +1,7 @@
+"""Multi-route comparison table."""
+from causal_kl.analysis import setup_logging
+from causal_kl import analysis_jobs as jobs
+
+setup_logging(snakemake.log[0])
+i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards
+jobs.job_routes(jobs.named(i, "conditions"), jobs.named(i, "geometry"), o[0])
