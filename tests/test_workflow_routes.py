@@ -87,3 +87,30 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     assert all(route == "second" or rule in AGGREGATES for rule, route in jobs), jobs
     n_shards = sites.shard.nunique()
     assert sum(rule == "patch_route" for rule, _ in jobs) == n_shards
+
+
+def test_each_route_kind_gets_its_rules(root, tmp_path):
+    """Dry run with one route of every kind: each kind's rule chain, one shared training-gold job."""
+    _copy_workflow(root, tmp_path)
+    for f in ("r.npy", "r.site_ids.npy", "ex.parquet"):
+        (tmp_path / f).write_bytes(b"")
+    routes = {
+        "f": {"kind": "file", "path": str(tmp_path / "r.npy")},
+        "p": {"kind": "pca", "train_rows": [4, 8], "k": 2},
+        "t": {"kind": "text_channel", "train_rows": [4, 8]},
+        "ar": {"kind": "nla_ar", "checkpoint": "ar-ckpt", "explanations": str(tmp_path / "ex.parquet")},
+        "av": {"kind": "nla_av", "checkpoint": "av-ckpt", "ar_checkpoint": "ar-ckpt"},
+    }
+    config = {"run": "t", "device": "cpu", "corpus": {"name": "c", "path": "corpus.parquet", "column": "content", "rows": [0, 4]},
+              "model": {"path": "model", "layer": 2}, "routes": routes}
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    jobs = _dry_run_jobs(_snakemake(tmp_path, "-n", *[f"results/t/geometry/{r}.json" for r in routes]))
+    by_route = {}
+    for rule, route in jobs:
+        by_route.setdefault(route, set()).add(rule)
+    assert by_route["f"] == {"recon_file", "geometry"}
+    assert by_route["p"] == {"recon_pca", "geometry"}
+    assert by_route["t"] == {"recon_text_channel", "geometry"}
+    assert by_route["ar"] == {"recon_nla_ar", "geometry"}
+    assert by_route["av"] == {"explain_nla_av", "recon_nla_ar", "geometry"}
+    assert sum(rule == "train_gold" for rule, _ in jobs) == 1
