@@ -78,15 +78,19 @@ def goldnorm(recon: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.where(rn > 0, r / np.maximum(rn, 1e-300), 0.0) * np.linalg.norm(g, axis=1, keepdims=True)
 
 
-def route_vectors(gold: np.ndarray, recon: np.ndarray, site_ids: Sequence[int], seed: int) -> dict[str, np.ndarray]:
-    """The three per-route conditions, ``[n, d]`` float32 each, rows in ``site_ids`` order."""
+def route_vectors(gold: np.ndarray, recon: np.ndarray, site_ids: Sequence[int], seed: int,
+                  directions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The three per-route conditions, ``[n, d]`` float32 each, rows in ``site_ids`` order.
+
+    ``directions`` are the recorded noise directions (``noise_directions`` when not given)."""
     if recon.shape != gold.shape:
         raise CausalKLError("recon", "reconstruction", f"shape {recon.shape} != gold shape {gold.shape}",
                             "give one reconstruction of the model's width per site")
     g = gold.astype(np.float64)
     rg = goldnorm(recon, gold)
     e = np.linalg.norm(rg - g, axis=1, keepdims=True)
-    u = noise_directions(site_ids, gold.shape[1], seed)
+    u = noise_directions(site_ids, gold.shape[1], seed) if directions is None else directions.astype(np.float64)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)  # stored float32 directions, renormalised: ||noise - g|| = e
     return {
         "recon_goldnorm": rg.astype(np.float32),
         "recon_rawnorm": recon.astype(np.float32),

@@ -50,7 +50,7 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def validate_config(config: dict, source: str | Path = "config", schema: dict | None = None) -> dict:

@@ -160,7 +160,7 @@ def load_model(
     return loaded
 
 
-def find_decoder(model: nn.Module) -> nn.Module:
+def find_decoder(model: nn.Module, path: str | None = None) -> nn.Module:
     """The module holding ``layers``/``norm``/``embed_tokens``: model.model, or model.model.language_model."""
     candidates = []
     inner = getattr(model, "model", None)
@@ -170,13 +170,13 @@ def find_decoder(model: nn.Module) -> nn.Module:
     for c in candidates:
         if c is not None and isinstance(getattr(c, "layers", None), nn.ModuleList) and hasattr(c, "norm"):
             return c
-    raise CausalKLError(None, "model", f"cannot find the decoder blocks of {type(model).__name__}",
-                        "use a decoder-only transformers model whose decoder has .layers and .norm")
+    raise CausalKLError(path, "architecture", f"cannot find the decoder blocks of {type(model).__name__}",
+                        "use a decoder-only transformers model whose decoder has .layers and .norm (Gemma-3, Llama, Qwen2, ...)")
 
 
 def wrap_model(model: nn.Module, path: str = "<in memory>") -> LoadedModel:
     """Find the parts of an already-built HF causal LM."""
-    decoder = find_decoder(model)
+    decoder = find_decoder(model, path)
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if lm_head is None:
         lm_head = getattr(model, "lm_head", None)

@@ -50,7 +50,7 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     logp_clean: ``[..., W, vocab]`` float32 log-probabilities of the clean run;
     logp_patched: ``[..., W, vocab]`` (broadcastable), next_tokens ``[..., W]`` (any value where
     ``valid`` is False), valid ``[..., W]`` bool. Returns three ``[..., W]`` float32 tensors
-    with NaN where not valid.
+    with NaN where not valid, in the dtype of the inputs (float32 at least).
     """
     logp_clean = logp_clean.expand_as(logp_patched)
     p_clean = logp_clean.exp()
@@ -62,12 +62,17 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     kl = torch.where(valid, kl, nan)
     ce = torch.where(valid, ce, nan)
     dce = torch.where(valid, ce - ce_clean, nan)
-    return kl.float(), ce.float(), dce.float()
+    return kl, ce, dce
+
+
+def _readout_dtype(t: torch.Tensor) -> torch.Tensor:
+    """Logits at least in float32 (float64 stays float64, so a float64 run is exact end to end)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = frozenset()) -> torch.Tensor:
     """Final norm, LM head, soft-cap, float32 log-softmax: ``[..., d] -> [..., vocab]``."""
-    logits = loaded.lm_head(loaded.final_norm(hidden)).float()
+    logits = _readout_dtype(loaded.lm_head(loaded.final_norm(hidden)))
     cap = loaded.final_logit_softcapping
     if cap is not None and "softcap" not in ablate:
         logits = torch.tanh(logits / cap) * cap
@@ -134,7 +139,7 @@ def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: 
     V = site.vectors.shape[0]
     vec = site.vectors.to(dev, loaded.dtype)
 
-    clean = loaded.model(input_ids=x, logits_to_keep=keep, use_cache=False).logits.float()  # [1, keep, vocab]
+    clean = _readout_dtype(loaded.model(input_ids=x, logits_to_keep=keep, use_cache=False).logits)  # [1, keep, vocab]
 
     def hook(_mod, _inp, out):
         h = out[0] if isinstance(out, tuple) else out
@@ -144,7 +149,7 @@ def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: 
 
     handle = loaded.layers[layer].register_forward_hook(hook)
     try:
-        patched = loaded.model(input_ids=x.expand(V, -1), logits_to_keep=keep, use_cache=False).logits.float()
+        patched = _readout_dtype(loaded.model(input_ids=x.expand(V, -1), logits_to_keep=keep, use_cache=False).logits)
     finally:
         handle.remove()
     lp_clean = torch.log_softmax(clean, -1)
@@ -162,9 +167,9 @@ def _result(site: SiteVariants, input_ids: Sequence[int], lp_clean: torch.Tensor
     ce_clean = torch.where(valid, ce_clean, torch.tensor(float("nan"), device=ce_clean.device))
 
     def pad(a: torch.Tensor) -> np.ndarray:
-        a = a.float().cpu().numpy()
+        a = a.cpu().numpy()
         if a.shape[-1] < N_OFFSETS:
-            a = np.concatenate([a, np.full(a.shape[:-1] + (N_OFFSETS - a.shape[-1],), np.nan, np.float32)], -1)
+            a = np.concatenate([a, np.full(a.shape[:-1] + (N_OFFSETS - a.shape[-1],), np.nan, a.dtype)], -1)
         return a
 
     v = np.zeros(N_OFFSETS, dtype=bool)
@@ -186,8 +191,10 @@ class _PrefixCache:
         self.ablate = ablate
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if "layer_idx" in self.ablate:  # trap: every block reads the first patched block's entry
-            layer_idx = min(self.prefix)
+        if "layer_idx" in self.ablate:  # trap: a block reads another block's entry (of the same shape)
+            shape = self.prefix[layer_idx][0].shape
+            others = [k for k in sorted(self.prefix) if k != layer_idx and self.prefix[k][0].shape == shape]
+            layer_idx = others[0] if others else layer_idx
         self.seen.add(layer_idx)
         pk, pv = self.prefix[layer_idx]
         return torch.cat([pk, key_states], dim=2), torch.cat([pv, value_states], dim=2)
@@ -363,9 +370,9 @@ def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites:
     for si, site in enumerate(sites):
         w = min(N_OFFSETS, T - site.position)
         clean_hidden = state.final_hidden[site.position: site.position + w]
-        logits = loaded.lm_head(clean_hidden).float()
+        logits = _readout_dtype(loaded.lm_head(clean_hidden))
         cap = loaded.final_logit_softcapping
-        if cap is not None:
+        if cap is not None and "softcap" not in ablate:
             logits = torch.tanh(logits / cap) * cap
         lp_clean = torch.log_softmax(logits, -1)
         lp_patch = log_probs(loaded, h[si, :, :w], ablate)

@@ -42,9 +42,19 @@ def corpus_input():
     return [config["corpus"]["path"]] if config.get("demo") else []
 
 
-def gpu_resources(rule_name):
-    """Resources for GPU rules; a cluster profile maps gpu=1 to --gpus=1."""
-    return {"gpu": 1 if config["device"] in ("cuda",) else 0}
+def gpu_count():
+    """GPUs a model job asks for: 1 unless the run is pinned to the CPU (a cluster profile maps gpu=1 to --gpus=1)."""
+    return 0 if config["device"] == "cpu" else 1
+
+
+def gpu_resources(rule_name=None):
+    """Resources for model rules, as a dict to splat into `resources:`."""
+    return {"gpu": gpu_count()}
+
+
+def stored_base():
+    """The NLA base.parquet holding the stored golds: the configured one, or the one the demo writes."""
+    return config["gold"]["stored"] or f"{R}/base.parquet"
 
 
 def stored_gold():
@@ -55,7 +65,7 @@ def stored_gold():
 
 
 def all_targets():
-    targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet"]
+    targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"]
     targets += analysis_targets()
     return targets
 

@@ -1,1 +1,90 @@
-# placeholder: filled in by the patch stage
+# Conditions (seeded choices, recorded) and the patch engine: floors once per run, routes per route.
+
+
+rule conditions:
+    input:
+        gold=stored_gold(),
+        sites=f"{R}/sites.parquet",
+    output:
+        choices=f"{R}/conditions/choices.parquet",
+        mean=f"{R}/conditions/mean.parquet",
+        noise=f"{R}/conditions/noise.parquet",
+    log:
+        f"{LOGS}/conditions.log",
+    params:
+        seed=config["seed"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/conditions.py"
+
+
+rule patch_floors:
+    input:
+        sites=f"{R}/sites/shard_{{shard}}.parquet",
+        docs=f"{R}/docs.parquet",
+        gold=stored_gold(),
+        choices=f"{R}/conditions/choices.parquet",
+        mean=f"{R}/conditions/mean.parquet",
+        model=model_input(),
+    output:
+        f"{R}/patch/floors/shard_{{shard}}.parquet",
+    log:
+        f"{LOGS}/patch/floors/shard_{{shard}}.log",
+    params:
+        model=config["model"],
+        patch=config["patch"],
+        dtype=config["dtype"],
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/patch_floors.py"
+
+
+rule patch_route:
+    input:
+        sites=f"{R}/sites/shard_{{shard}}.parquet",
+        docs=f"{R}/docs.parquet",
+        gold=stored_gold(),
+        recon=f"{R}/recon/{{route}}.parquet",
+        noise=f"{R}/conditions/noise.parquet",
+        model=model_input(),
+    output:
+        f"{R}/patch/{{route}}/shard_{{shard}}.parquet",
+    log:
+        f"{LOGS}/patch/{{route}}/shard_{{shard}}.log",
+    params:
+        model=config["model"],
+        patch=config["patch"],
+        dtype=config["dtype"],
+        device=config["device"],
+        seed=config["seed"],
+    wildcard_constraints:
+        route=r"(?!floors$)[A-Za-z0-9_.-]+",
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/patch_route.py"
+
+
+rule patch_aggregate:
+    input:
+        floors=expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=SHARDS),
+        routes=expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=SHARDS),
+    output:
+        f"{R}/patch.parquet",
+    log:
+        f"{LOGS}/patch_aggregate.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/patch_aggregate.py"

@@ -1,1 +1,37 @@
-# placeholder: filled in by the sites stage
+# Corpus slicing and NLA stage-0 site sampling; the run record.
+
+
+rule run_record:
+    output:
+        json=f"{R}/run.json",
+    log:
+        f"{LOGS}/run_record.log",
+    params:
+        config=config,
+    script:
+        "../workflow_scripts/run_record.py"
+
+
+rule sites:
+    input:
+        corpus=corpus_input(),
+        model=model_input(),
+    output:
+        docs=f"{R}/docs.parquet",
+        sites=f"{R}/sites.parquet",
+        shards=expand(f"{R}/sites/shard_{{shard}}.parquet", shard=SHARDS),
+        stats=f"{R}/sites.json",
+    log:
+        f"{LOGS}/sites.log",
+    params:
+        corpus=config["corpus"],
+        sites=config["sites"],
+        seed=config["seed"],
+        model=config["model"]["path"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/sites.py"

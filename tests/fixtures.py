@@ -85,8 +85,12 @@ def gemma3_text_config(vocab_size: int, **kw):
     return Gemma3TextConfig(**args)
 
 
-def tiny_gemma3_text(path: Path, seed: int = 0, boost_norm: float | None = 6.0, **kw) -> Path:
-    """Gemma3ForCausalLM: 6 blocks (2 sliding : 1 full), window 24, soft-cap 30."""
+def tiny_gemma3_text(path: Path, seed: int = 0, boost_norm: float | None = 40.0, **kw) -> Path:
+    """Gemma3ForCausalLM: 6 blocks (2 sliding : 1 full), window 24, soft-cap 30.
+
+    The final norm's weight is raised so the logits reach about +-30 and the soft-cap is active
+    (with plain random init they stay near +-5 and barely exercise it).
+    """
     from transformers import Gemma3ForCausalLM
 
     tokenizer = make_tokenizer()
@@ -95,7 +99,7 @@ def tiny_gemma3_text(path: Path, seed: int = 0, boost_norm: float | None = 6.0, 
     return _finish(model, tokenizer, path, boost_norm)
 
 
-def tiny_gemma3_multimodal(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
+def tiny_gemma3_multimodal(path: Path, seed: int = 0, boost_norm: float | None = 40.0) -> Path:
     """Gemma3ForConditionalGeneration (the production checkpoint's class) with a tiny vision tower."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 

@@ -1,0 +1,60 @@
+"""Config schema: defaults, one-line errors naming file, key and fix; the snakemake validator agrees."""
+import copy
+
+import pytest
+import yaml
+
+from causal_kl.config import config_hash, is_production, load_config, validate_config
+from causal_kl.errors import CausalKLError
+
+MIN = {"corpus": {"name": "c", "column": "content", "rows": [0, 10]}, "model": {"path": "m", "layer": 1}}
+
+
+def test_demo_and_production_configs_validate(root):
+    demo = load_config(root / "config/config.yaml")
+    assert demo["run"] == "demo" and demo["sites"]["shard_size"] == 100
+    prod = load_config(root / "config/gemma3-27b.yaml")
+    assert prod["model"]["layer"] == 41 and prod["corpus"]["rows"] == [100000, 100200]
+    assert prod["sites"]["max_sites"] == 1000 and prod["dtype"] == "bfloat16"
+    assert is_production(prod) and not is_production(demo)
+
+
+def test_defaults_are_filled():
+    c = validate_config(copy.deepcopy(MIN))
+    assert c["sites"] == {"positions_per_doc": 10, "min_position": 50, "max_length": 2048, "max_sites": 1000, "shard_size": 100}
+    assert c["patch"]["method"] == "fast" and c["seed"] == 42 and c["gold"]["min_cos"] == 0.999
+
+
+@pytest.mark.parametrize("bad, key, fix", [
+    ({"sitse": {}}, "sitse", "did you mean 'sites'"),
+    ({"sites": {"max_site": 5}}, "sites.max_site", "did you mean 'max_sites'"),
+    ({"model": {"path": "m", "layer": "forty"}}, "model.layer", "integer"),
+    ({"device": "tpu"}, "device", "one of"),
+    ({"model": {"path": "m"}}, "model.layer", "add 'layer'"),
+])
+def test_schema_errors_are_one_line_with_file_key_fix(bad, key, fix, tmp_path):
+    cfg = copy.deepcopy(MIN)
+    for k, v in bad.items():
+        cfg[k] = v
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CausalKLError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path)) and key in msg and "Fix:" in msg and fix in msg
+
+
+def test_snakemake_validate_accepts_what_we_accept(root):
+    from snakemake.utils import validate
+
+    c = validate_config(copy.deepcopy(MIN))
+    validate(c, str(root / "config/schema/config.schema.yaml"))  # raises on disagreement
+
+
+def test_config_hash_ignores_key_order():
+    a = validate_config(copy.deepcopy(MIN))
+    b = dict(reversed(list(copy.deepcopy(a).items())))
+    assert config_hash(a) == config_hash(b)
+    b["seed"] = 7
+    assert config_hash(a) != config_hash(b)
