@@ -88,7 +88,7 @@ def reconstruct(ar: ARModel, explanations: list[str], batch_size: int = 16, prog
 
     tok = ar.loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    prompts = [ar.template.replace("{explanation}", e) for e in explanations]
+    prompts = [ar.template.format(explanation=e) for e in explanations]  # as NLA fills it
     ids = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), ar.loaded.d_model), dtype=np.float32)

@@ -78,7 +78,7 @@ def load_av(checkpoint: str | Path, d: int, dtype: str = "float32", device: str 
     if loaded.d_model != d:
         raise CausalKLError(Path(checkpoint) / "config.json", "hidden_size", f"{loaded.d_model} != the run's model width {d}",
                             "use the AV trained on the run's model")
-    ids = chat_prompt_ids(loaded.tokenizer, tmpl.replace("{injection_char}", char), checkpoint)
+    ids = chat_prompt_ids(loaded.tokenizer, tmpl.format(injection_char=char), checkpoint)
     pos = find_injection(ids, token_id, left, right, checkpoint)
     return AVModel(loaded=loaded, prompt_ids=ids, injection_position=pos, injection_scale=scale, checkpoint=str(checkpoint))
 

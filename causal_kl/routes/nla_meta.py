@@ -52,6 +52,12 @@ def template(meta: dict, keys: tuple[str, ...], placeholder: str, checkpoint: st
             if "{" + placeholder + "}" not in text:
                 raise CausalKLError(Path(checkpoint) / META_FILE, f"prompt_templates.{key}",
                                     f"template has no {{{placeholder}}} placeholder", f"restore the template with {{{placeholder}}}")
+            try:
+                text.format(**{placeholder: ""})
+            except (KeyError, IndexError, ValueError) as e:
+                raise CausalKLError(Path(checkpoint) / META_FILE, f"prompt_templates.{key}",
+                                    f"template cannot be filled with str.format ({e!r})",
+                                    f"keep only the {{{placeholder}}} placeholder and write literal braces as {{{{ }}}}") from e
             return text
     raise CausalKLError(Path(checkpoint) / META_FILE, f"prompt_templates.{keys[0]}", "template missing",
                         f"add prompt_templates.{keys[0]} to the sidecar")
