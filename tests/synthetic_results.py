@@ -110,3 +110,51 @@ if __name__ == "__main__":  # pragma: no cover
 
     print(make_results(Path(sys.argv[1])))
     print(json.dumps({"ok": True}))
+
+
+def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), tokenizer: Path | None = None,
+                  reference: bool = False, n_boot: int = 50, config: dict | None = None) -> dict:
+    """Run every analysis job (no Snakemake) on a synthetic run; return the report's file map."""
+    from causal_kl import analysis_jobs as jobs
+
+    R = Path(R)
+    jobs.job_error_norms(R / "stored_gold.parquet", R / "conditions/choices.parquet", R / "conditions/mean.parquet",
+                         R / "analysis/error_norms.parquet")
+    files: dict = {}
+    for r in routes:
+        ps = R / f"analysis/{r}/per_site.parquet"
+        jobs.job_per_site(R / "patch.parquet", R / f"geometry/{r}.parquet", R / "analysis/error_norms.parquet",
+                          R / "sites.parquet", r, ps)
+        t = {k: R / f"tables/{r}/{k}.csv" for k in ("conditions", "quartiles", "offsets", "token_classes")}
+        jobs.job_conditions(ps, t["conditions"], n_boot, 0, 0.95, reference)
+        jobs.job_quartiles(ps, R / f"geometry/{r}.json", R / "stored_gold.parquet", t["quartiles"], n_boot, 0, 0.95,
+                           reference)
+        jobs.job_offsets(R / "patch.parquet", r, t["offsets"], reference)
+        if tokenizer is not None:
+            jobs.job_token_classes(ps, str(tokenizer), {"space": r"^\s"}, t["token_classes"], reference)
+        parts = {}
+        for kind in ("correlation", "paired", "energy", "floor_offsets"):
+            parts[kind] = R / f"stats/{r}/{kind}.json"
+            kw = {"n_boot": n_boot} if kind in ("paired", "energy") else {}
+            if kind == "floor_offsets":
+                kw = {"tolerance": 2.0, "min_kl": 1e-4}
+            jobs.job_stat(kind, parts[kind], per_site=ps, offsets=t["offsets"], **kw)
+        jobs.job_stats_merge(parts, t["conditions"], R / f"geometry/{r}.json", r, R / f"stats/{r}.json")
+        figs = {}
+        for key, name in (("fig1", "fig1_geometry_vs_kl"), ("fig2", "fig2_damage_per_energy"),
+                          ("fig3", "fig3_kl_by_offset")):
+            figs[key] = R / f"figures/{r}/{name}.png"
+        jobs.job_fig1({r: ps}, {r: parts["correlation"]}, figs["fig1"], figs["fig1"].with_suffix(".svg"), 80)
+        jobs.job_fig2({r: parts["energy"]}, figs["fig2"], figs["fig2"].with_suffix(".svg"), 80)
+        jobs.job_fig3({r: t["offsets"]}, figs["fig3"], figs["fig3"].with_suffix(".svg"), 80)
+        files[r] = {**{k: str(v) for k, v in t.items()}, "stats": str(R / f"stats/{r}.json"),
+                    **{k: str(v) for k, v in figs.items()}}
+    jobs.job_routes({r: files[r]["conditions"] for r in routes}, {r: R / f"geometry/{r}.json" for r in routes},
+                    R / "tables/routes.csv")
+    jobs.job_fig_routes(R / "tables/routes.csv", R / "figures/routes_comparison.png",
+                        R / "figures/routes_comparison.svg", 80)
+    cfg = config or {"gold": {"min_cos": 0.999}, "patch": {"gold_repatch_kl_max": 0.01}, "routes": {}}
+    jobs.job_gate(R / "patch.parquet", str(R / "reextract.json"), {r: str(R / f"geometry/{r}.json") for r in routes},
+                  cfg, R / "gate.json")
+    comparison = {"routes": str(R / "tables/routes.csv"), "fig_routes": str(R / "figures/routes_comparison.png")}
+    return {"routes": files, "comparison": comparison}

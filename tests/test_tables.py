@@ -1,0 +1,158 @@
+"""Tables and statistic records on a synthetic run, against direct pandas/numpy computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causal_kl import analysis, tables
+from causal_kl.io import arrow_to_vectors, read_parquet
+from synthetic_results import build_outputs, make_results, write_tokenizer
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    R = make_results(root, routes=("toy", "toy2"))
+    tok = write_tokenizer(root / "tok")
+    files = build_outputs(R, routes=("toy", "toy2"), tokenizer=tok)
+    return R, files, tok
+
+
+def _patch0(R: Path, route: str) -> pd.DataFrame:
+    p = pd.read_parquet(R / "patch.parquet")
+    p = p[(p["offset"] == 0) & p["route"].isin(["", route])]
+    return p
+
+
+def test_error_norms_against_gold_vectors(run):
+    R, _, _ = run
+    en = pd.read_parquet(R / "analysis/error_norms.parquet").set_index("site_id")
+    t = read_parquet(R / "stored_gold.parquet")
+    g = dict(zip(t["site_id"].to_pylist(), arrow_to_vectors(t["activation"]).astype(np.float64)))
+    ch = pd.read_parquet(R / "conditions/choices.parquet").set_index("site_id")
+    mean = np.stack(list(g.values())).mean(axis=0)
+    for s, row in ch.iterrows():
+        assert en.loc[s, "zero"] == pytest.approx(np.linalg.norm(g[s]), rel=1e-5)
+        assert en.loc[s, "mean"] == pytest.approx(np.linalg.norm(mean - g[s]), rel=1e-4)
+        assert en.loc[s, "resample_cross_doc"] == pytest.approx(np.linalg.norm(g[row.cross_doc_source] - g[s]), rel=1e-5)
+        if row.same_doc_source < 0:
+            assert np.isnan(en.loc[s, "resample_same_doc"])
+        else:
+            assert en.loc[s, "resample_same_doc"] == pytest.approx(np.linalg.norm(g[row.same_doc_source] - g[s]), rel=1e-5)
+
+
+def test_conditions_table_against_pandas(run):
+    R, files, _ = run
+    df = pd.read_csv(files["routes"]["toy"]["conditions"]).set_index("condition")
+    p = _patch0(R, "toy")
+    med = p.groupby("condition")["kl"].median()
+    mean_dce = p.groupby("condition")["delta_ce"].mean()
+    for c in analysis.TABLE_ORDER:
+        sub = p[p["condition"] == c]
+        assert df.loc[c, "n"] == sub["site_id"].nunique()
+        assert df.loc[c, "kl0_median"] == pytest.approx(med[c], rel=1e-5)
+        assert df.loc[c, "kl0_p90"] == pytest.approx(np.quantile(sub["kl"].astype(float), 0.9), rel=1e-5)
+        assert df.loc[c, "kl0_median_lo"] <= df.loc[c, "kl0_median"] <= df.loc[c, "kl0_median_hi"]
+        for f in analysis.LOSS_FLOORS:
+            want = 1 - mean_dce[c] / mean_dce[f]
+            assert df.loc[c, f"loss_recovered_vs_{f}"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert df.loc["resample_same_doc", "n"] < df.loc["resample_cross_doc", "n"]  # a site with no sibling
+    assert "kl0_median_published" not in df.columns
+
+
+def test_quartile_table_against_pandas(run):
+    R, files, _ = run
+    q = pd.read_csv(files["routes"]["toy"]["quartiles"])
+    geo = pd.read_parquet(R / "geometry/toy.parquet").set_index("site_id")
+    p = _patch0(R, "toy")
+    kl = p.pivot_table(index="site_id", columns="condition", values="kl")
+    d = geo["direction_mse"].sort_values()
+    chunks = np.array_split(d.index.to_numpy(), 4)
+    var = json.loads((R / "geometry/toy.json").read_text())["variance"]
+    for i, ids in enumerate(chunks):
+        row = q.iloc[i]
+        assert row["n"] == len(ids)
+        assert row["dmse_min"] == pytest.approx(d.loc[ids].min(), rel=1e-5)
+        assert row["fve_equiv"] == pytest.approx(1 - d.loc[ids].mean() / var, rel=1e-6)
+        assert row["kl_recon_median"] == pytest.approx(kl.loc[ids, "recon_goldnorm"].median(), rel=1e-5)
+        ratio = (kl.loc[ids, "recon_goldnorm"] / kl.loc[ids, "noise_matched"]).median()
+        assert row["ratio_median"] == pytest.approx(ratio, rel=1e-5)
+
+
+def test_offsets_table_against_groupby(run):
+    R, files, _ = run
+    o = pd.read_csv(files["routes"]["toy"]["offsets"]).set_index("offset")
+    p = pd.read_parquet(R / "patch.parquet")
+    p = p[p["route"].isin(["", "toy"])]
+    want = p.groupby(["offset", "condition"])["kl"].median().unstack()
+    assert list(o.index) == list(range(32))
+    for c in analysis.TABLE_ORDER:
+        np.testing.assert_allclose(o[c].to_numpy(), want[c].to_numpy(), rtol=1e-5)
+    assert o.loc[25, "n_sites"] < o.loc[0, "n_sites"]  # documents ending early
+
+
+def test_token_class_table(run):
+    R, files, tok = run
+    from transformers import AutoTokenizer
+
+    t = pd.read_csv(files["routes"]["toy"]["token_classes"])
+    ps = pd.read_parquet(R / "analysis/toy/per_site.parquet")
+    text = ps["token_id"].map(lambda i: AutoTokenizer.from_pretrained(str(tok)).decode([int(i)]))
+    digit = text.str.fullmatch(r"\s*\d+\s*").to_numpy()
+    row = t[(t["token_class"] == "digit") & t["member"]].iloc[0]
+    assert row["n"] == digit.sum()
+    rest = t[(t["token_class"] == "digit") & ~t["member"]].iloc[0]
+    assert rest["kl0_median_recon_goldnorm"] == pytest.approx(ps.loc[~digit, "kl0_recon_goldnorm"].median())
+    assert set(t["token_class"]) == {"digit", "space"}  # the configured class is added to the write-up's
+
+
+def test_statistics_records(run):
+    R, _, _ = run
+    from scipy import stats as sps
+
+    st = json.loads((R / "stats/toy.json").read_text())
+    ps = pd.read_parquet(R / "analysis/toy/per_site.parquet")
+    rho = sps.spearmanr(ps["direction_mse"], ps["kl0_recon_goldnorm"]).statistic
+    assert st["correlation"]["dmse_vs_kl0"]["rho"] == pytest.approx(rho)
+    w = sps.wilcoxon(ps["kl0_recon_goldnorm"], ps["kl0_noise_matched"])
+    assert st["paired"]["recon_goldnorm"]["wilcoxon_p"] == pytest.approx(w.pvalue)
+    share = (ps["kl0_recon_goldnorm"] > ps["kl0_noise_matched"]).mean()
+    assert st["paired"]["recon_goldnorm"]["share_a_worse"] == pytest.approx(share)
+    noise = (ps["kl0_noise_matched"] / ps["noise_norm"] ** 2).median()
+    for c in ("recon_goldnorm", "resample_same_doc", "resample_cross_doc"):
+        s = (ps[f"kl0_{c}"] / ps[f"err_{c}"] ** 2).median() / noise
+        assert st["energy"]["normalised"][c]["value"] == pytest.approx(s, rel=1e-6)
+    s_r = st["energy"]["normalised"]["recon_goldnorm"]["value"]
+    s_c = st["energy"]["normalised"]["resample_cross_doc"]["value"]
+    assert st["energy"]["alpha"]["resample_cross_doc"]["recon_goldnorm"] == pytest.approx((s_r - 1) / (s_c - 1))
+    assert st["floor_offsets"]["first_offset_at_floor"]["resample_cross_doc"] is not None
+    assert st["headline"]["n_sites"] == len(ps)
+
+
+def test_with_reference_columns():
+    measured = pd.DataFrame({"condition": ["gold", "zero"], "kl0_median": [0.001, 7.0],
+                             "kl0_median_lo": [0.0, 6.0], "kl0_median_hi": [0.002, 8.0], "n": [10, 10]})
+    ref = tables.load_reference()
+    out = tables.with_reference(measured, ref["conditions"], "condition")
+    cols = list(out.columns)
+    assert cols.index("kl0_median_published") == cols.index("kl0_median_hi") + 1
+    assert out.loc[1, "kl0_median_published"] == pytest.approx(6.5473)
+    assert out.loc[1, "kl0_median_diff"] == pytest.approx(7.0 - 6.5473)
+    assert "n_published" not in cols
+    assert tables.with_reference(measured, None, "condition").equals(measured)
+
+
+def test_reference_files_hold_the_writeup_numbers():
+    ref = tables.load_reference()
+    c = ref["conditions"].set_index("condition")
+    assert c.loc["recon_goldnorm", "kl0_median"] == pytest.approx(0.0657)
+    assert c.loc["resample_cross_doc", "dce0_median"] == pytest.approx(12.007)
+    q = ref["quartiles"].set_index("quartile")
+    assert q.loc["Q4", "ratio_median"] == pytest.approx(1.05)
+    assert ref["stats"]["correlation"]["dmse_vs_kl0"]["rho"] == pytest.approx(-0.025)
+    assert ref["stats"]["energy"]["normalised"]["resample_same_doc"]["value"] == pytest.approx(42)
