@@ -42,23 +42,24 @@ class ModelConfig:
     sliding_per_global: int = 2  # layer pattern: this many sliding layers, then one global, repeated
     final_logit_softcapping: float = 30.0
     max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False  # Gemma ties them; untied, the head learns bigram statistics sooner
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation of the demo model (``demo.train`` in the config)."""
 
-    steps: int = 300
-    batch_size: int = 8
+    steps: int = 400
+    batch_size: int = 4
     seq_len: int = 512
-    lr: float = 3e-3
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2
-    log_every: int = 10
+    log_every: int = 25
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def gemma3_config(model_cfg: ModelConfig, tokenizer: Any):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=m.tie_word_embeddings,
     )
 
 
