@@ -58,3 +58,13 @@ def test_config_hash_ignores_key_order():
     assert config_hash(a) == config_hash(b)
     b["seed"] = 7
     assert config_hash(a) != config_hash(b)
+
+
+def test_cli_validate_reports_one_line(tmp_path, capsys):
+    from causal_kl.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(dict(MIN, sitse={})))
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sitse" in err and "did you mean 'sites'" in err
