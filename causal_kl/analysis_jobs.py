@@ -82,11 +82,13 @@ def job_offsets(patch: str, route: str, out: str, reference: bool) -> None:
     _write_csv(tables.with_reference(df, _reference(reference, "offsets"), "offset"), out)
 
 
-def job_token_classes(per_site: str, model_path: str, classes: Mapping[str, str], out: str, reference: bool) -> None:
+def job_token_classes(per_site: str, model_path: str, classes: Mapping[str, str], out: str, reference: bool,
+                      geometry_json: str | None = None) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    df = tables.token_class_table(pd.read_parquet(per_site), lambda t: tok.decode([t]), classes)
+    var = geometry_variance(read_json(geometry_json))
+    df = tables.token_class_table(pd.read_parquet(per_site), lambda t: tok.decode([t]), classes, var)
     _write_csv(tables.with_reference(df, _reference(reference, "token_classes"), "group"), out)
 
 

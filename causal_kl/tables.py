@@ -93,11 +93,12 @@ def offsets_table(patch: pd.DataFrame) -> pd.DataFrame:
 
 
 def token_class_table(per_site: pd.DataFrame, decode: Callable[[int], str],
-                      classes: Mapping[str, str] | None = None) -> pd.DataFrame:
+                      classes: Mapping[str, str] | None = None, variance: float | None = None) -> pd.DataFrame:
     """Median KL@0 of the route conditions for sites whose token is / is not in each class.
 
     ``classes`` maps a class name to a regex searched in the decoded token at the site;
-    the write-up's digit class is always included.
+    the write-up's digit class is always included. With ``variance`` (Var), each group's
+    FVE-equivalent (1 − mean direction-MSE / Var) is reported too.
     """
     classes = {**DIGIT_CLASS, **dict(classes or {})}
     text = per_site["token_id"].map(lambda t: decode(int(t)))
@@ -109,6 +110,8 @@ def token_class_table(per_site: pd.DataFrame, decode: Callable[[int], str],
             m = member == is_member
             row = {"token_class": name, "member": is_member,
                    "group": name if is_member else f"not {name}", "n": int(m.sum())}
+            if variance is not None:
+                row["fve_equiv"] = stats.fve_equivalent(per_site.loc[m, "direction_mse"].to_numpy(), variance)
             for c in ("recon_goldnorm", "recon_rawnorm", "noise_matched"):
                 row[f"kl0_median_{c}"] = stats.nanmedian(per_site.loc[m, f"kl0_{c}"].to_numpy())
             rows.append(row)

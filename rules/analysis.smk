@@ -125,6 +125,7 @@ rule table_offsets:
 rule table_token_classes:
     input:
         per_site=f"{R}/analysis/{{route}}/per_site.parquet",
+        geometry_json=f"{R}/geometry/{{route}}.json",
         model=model_input(),
         reference=reference_input("token_classes.csv"),
     output:

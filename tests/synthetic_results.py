@@ -131,7 +131,8 @@ def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), tokenizer: Path |
                            reference)
         jobs.job_offsets(R / "patch.parquet", r, t["offsets"], reference)
         if tokenizer is not None:
-            jobs.job_token_classes(ps, str(tokenizer), {"space": r"^\s"}, t["token_classes"], reference)
+            jobs.job_token_classes(ps, str(tokenizer), {"space": r"^\s"}, t["token_classes"], reference,
+                                   R / f"geometry/{r}.json")
         parts = {}
         for kind in ("correlation", "paired", "energy", "floor_offsets"):
             parts[kind] = R / f"stats/{r}/{kind}.json"

@@ -108,6 +108,9 @@ def test_token_class_table(run):
     assert row["n"] == digit.sum()
     rest = t[(t["token_class"] == "digit") & ~t["member"]].iloc[0]
     assert rest["kl0_median_recon_goldnorm"] == pytest.approx(ps.loc[~digit, "kl0_recon_goldnorm"].median())
+    geo_var = json.loads((R / "geometry/toy.json").read_text())["variance"]
+    assert row["fve_equiv"] == pytest.approx(1 - ps.loc[digit, "direction_mse"].mean() / geo_var) if digit.any() \
+        else np.isnan(row["fve_equiv"])
     assert set(t["token_class"]) == {"digit", "space"}  # the configured class is added to the write-up's
 
 
