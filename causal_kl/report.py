@@ -122,7 +122,7 @@ def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
     head = []
     for c in disp.columns:
         cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
-        txt = " txt" if df[c].dtype == object and c not in [] else ""
+        txt = " txt" if df[c].dtype == object else ""
         head.append(f'<th class="{cls}{txt}">{html.escape(c)}</th>')
     body = []
     for _, row in disp.iterrows():

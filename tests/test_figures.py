@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from causal_kl import figures
-from causal_kl.io import read_parquet  # noqa: F401  (contracts are exercised by the synthetic writer)
 from synthetic_results import build_outputs, make_results, write_tokenizer
 
 
