@@ -68,7 +68,7 @@ def test_verbaliser_is_the_logit_lens(setup):
         logits = m.lm_head(m.model.norm(torch.from_numpy(gold)))
         logits = torch.tanh(logits / 30.0) * 30.0
     for text, row in zip(texts, logits.topk(4).indices.tolist()):
-        assert json.loads(text) == [loaded.tokenizer.decode([t]) for t in row]
+        assert json.loads(text) == [loaded.tokenizer.convert_ids_to_tokens(t) for t in row]
 
 
 def test_reconstructor_is_ridge_on_text_features():

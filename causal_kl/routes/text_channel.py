@@ -2,7 +2,8 @@
 
 Verbaliser: the logit lens at layer L. A gold ``g`` goes through the model's final norm, LM
 head and soft-cap, and the ``top_k`` tokens (most likely first) are written out as text, a JSON
-list of the decoded token strings, e.g. ``["the", " model", "."]``.
+list of the tokenizer's token strings, e.g. ``["the", "Ġmodel", "."]`` (token strings, not decoded
+text: two byte-level tokens that decode to the same partial character stay distinct).
 
 Reconstructor: sees only that text. It parses the list back into strings and maps them to
 rank-weighted bag-of-token features (weight ``1 / (rank + 1)`` per string of its training
@@ -28,13 +29,13 @@ from causal_kl.routes.training import read_training_golds
 
 @torch.no_grad()
 def verbalise(loaded: LoadedModel, gold: np.ndarray, top_k: int, batch_size: int = 256) -> list[str]:
-    """Logit-lens text of each gold ``[n, d]``: JSON list of the ``top_k`` decoded tokens, most likely first."""
+    """Logit-lens text of each gold ``[n, d]``: JSON list of the ``top_k`` token strings, most likely first."""
     texts: list[str] = []
     tok = loaded.tokenizer
     for i in range(0, len(gold), batch_size):
         h = torch.tensor(np.asarray(gold[i:i + batch_size]), dtype=loaded.dtype, device=loaded.device)  # [batch, d]
         top = loaded.logits(h).float().topk(top_k, dim=-1).indices.cpu().tolist()
-        texts += [json.dumps([tok.decode([t]) for t in row], ensure_ascii=False) for row in top]
+        texts += [json.dumps(tok.convert_ids_to_tokens(row), ensure_ascii=False) for row in top]
     return texts
 
 
