@@ -31,9 +31,9 @@ body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 au
  padding:24px 32px;color:#222;line-height:1.45}
 h1{font-size:26px;margin:0 0 6px} h2{font-size:21px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
 h3{font-size:17px;margin:26px 0 8px} .sub{color:#666;margin:0 0 16px}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0 4px;display:block;overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f3f4f6;position:sticky;top:0} td.txt,th.txt{text-align:left}
+th{background:#f3f4f6;white-space:normal;max-width:150px;vertical-align:bottom} td.txt,th.txt{text-align:left}
 tr:nth-child(even) td{background:#fafafa}
 .pub{color:#6b21a8} .diff{color:#9a3412}
 .gate{border-radius:6px;padding:12px 16px;margin:14px 0 18px;font-size:15px}
@@ -86,6 +86,8 @@ def _fmt(v: Any, col: str = "") -> str:
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         v = float(v)
+        if col in ("n", "n_sites") or col.startswith("n_"):
+            return str(int(round(v)))
         if col.startswith("loss_recovered") or col.endswith("loss_recovered") or "share" in col:
             return f"{100 * v:.1f}%"
         if v == 0:
@@ -123,7 +125,7 @@ def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
     for c in disp.columns:
         cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
         txt = " txt" if df[c].dtype == object else ""
-        head.append(f'<th class="{cls}{txt}">{html.escape(c)}</th>')
+        head.append(f'<th class="{cls}{txt}">{html.escape(c).replace("_", "_<wbr>")}</th>')
     body = []
     for _, row in disp.iterrows():
         cells = []
@@ -208,7 +210,10 @@ def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, 
     cond = tables_read(files["conditions"])
     loss_cols = [c for c in cond.columns if c.startswith("loss_recovered_vs_")]
     headline = [c for c in loss_cols if c.startswith("loss_recovered_vs_resample_cross_doc")]
-    parts.append(html_table(cond.drop(columns=[c for c in loss_cols if c not in headline] + ["condition"])))
+    kl_cols = [c for c in cond.columns if c.startswith("kl0_")]
+    rest = [c for c in cond.columns if c not in kl_cols + loss_cols + ["condition", "label", "n"]]
+    parts.append(html_table(cond[["label", "n"] + kl_cols]))
+    parts.append(html_table(cond[["label"] + rest + headline]))
     parts.append("<p class='caption'>Loss recovered against every floor F, 1 − mean ΔCE@0 / mean ΔCE@0(F):</p>")
     parts.append(html_table(cond[["label"] + [c for c in loss_cols if not c.endswith("_published")
                                                 and not c.endswith("_diff")]]))
