@@ -66,6 +66,10 @@ def stored_gold():
 
 def all_targets():
     targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"]
+    # the shards themselves, so that a deleted or failed shard is rebuilt by a plain `snakemake`
+    targets += expand(f"{R}/gold/shard_{{shard}}.parquet", shard=SHARDS)
+    targets += expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=SHARDS)
+    targets += expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=SHARDS)
     targets += analysis_targets()
     return targets
 
