@@ -38,7 +38,7 @@ def test_report_is_self_contained_with_every_section(tmp_path, tok):
     assert html.count("<img") == 3 * 2 + 1  # three figures per route + the routes comparison
     assert "id='provenance'" in html and "abc123" in html  # config hash
     assert "not reproducible from its own definition" in html  # the floor-row loss-recovered note
-    assert "_published" not in html
+    assert "_published" not in html.replace("<wbr>", "")
 
 
 def test_gate_is_first_and_red_when_failed(tmp_path, tok):
@@ -64,4 +64,5 @@ def test_reference_columns_only_when_shown(tmp_path, tok):
     assert "ratio_median_published" in pd.read_csv(R / "tables/toy/quartiles.csv")
     assert "kl0_median_recon_goldnorm_published" in pd.read_csv(R / "tables/toy/token_classes.csv")
     assert "resample_cross_doc_published" in pd.read_csv(R / "tables/toy/offsets.csv")
-    assert "kl0_median_published" in html and ">published<" in html  # tables and the statistics table
+    text = html.replace("<wbr>", "")  # headers may break at underscores
+    assert "kl0_median_published" in text and ">published<" in text  # tables and the statistics table
