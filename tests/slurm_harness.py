@@ -422,7 +422,8 @@ class SnakemakeRun:
 
     @property
     def timed_out(self) -> bool:
-        return self.returncode in (124, 137)
+        # 124: TERM at the limit; 137 or -9: KILL after -k (timeout kills its own process group)
+        return self.returncode in (124, 137, -9)
 
     def slurm_jobs(self) -> dict[str, str]:
         """``{slurm_jobid: rule}`` from the plugin's "submitted with SLURM jobid N (log: …/rule_R/N.log)"."""

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
+
+import fixtures
 
 from slurm_harness import HarnessUnavailable, SlurmCluster, run_snakemake, slurm_cluster
 
@@ -32,7 +38,18 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "profiles" / "slurm"
 SNAKEMAKE_TIMEOUT_S = 150
-"""Hard limit of one Snakemake call; the tiny workflow takes ~30 s through SLURM."""
+"""Hard limit of one Snakemake call on the tiny workflow (~30 s through SLURM)."""
+PIPELINE_TIMEOUT_S = 540
+"""Hard limit of one Snakemake call on the reduced pipeline: five dependent levels of jobs, each a
+fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min on a busy one."""
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "reports", "envs"]
+"""What a copy of the pipeline needs (the causal_kl package is imported from the install)."""
+PIPELINE_RUN = "slurmtest"
+PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/{name}.parquet" for name in ("sites", "gold", "patch")]
+PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
+                 "sites"]
+"""The jobs the targets need: two shards, the floors only (no routes)."""
+GPU_RULES = {"gold", "patch_floors", "patch_route", "recon_nla_ar", "recon_nla_av"}
 
 TINY_SNAKEFILE = r'''
 # Two rules named like the pipeline's: `sites` runs on CPU, `gold` gets gpu=1 from the profile.
@@ -153,3 +170,77 @@ def test_tiny_workflow_runs_through_slurm_and_matches_local(cluster: SlurmCluste
 
     for out in ("results/tiny/sites.txt", "results/tiny/gold.txt"):
         assert (wf / out).read_bytes() == (local / out).read_bytes(), out
+
+
+@pytest.fixture(scope="module")
+def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Gemma-3 checkpoint and a 12-document corpus, built once (no demo training)."""
+    d = tmp_path_factory.mktemp("pipeline_inputs")
+    fixtures.tiny_gemma3_text(d / "model")
+    fixtures.write_corpus(d / "corpus.parquet", n_docs=12)
+    return d
+
+
+def make_pipeline(dest: Path, inputs: Path) -> Path:
+    """A copy of this checkout's workflow whose config is the demo reduced to two shards.
+
+    The demo's own model would have to be trained first (minutes), so the run points at
+    the tests' tiny checkpoint and corpus instead; every rule it runs is the real one.
+    """
+    dest.mkdir(parents=True)
+    for part in WORKFLOW_PARTS:
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / part)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.pop("demo", None)
+    config.update(
+        run=PIPELINE_RUN,
+        corpus={"name": "causal-kl/test-corpus", "path": str(inputs / "corpus.parquet"), "split": "train",
+                "column": "content", "rows": [0, 6]},
+        model={"path": str(inputs / "model"), "layer": 3},
+        sites={"positions_per_doc": 4, "min_position": 50, "max_length": 256, "max_sites": 20, "shard_size": 10},
+        gold={"write_demo_base": False},
+        routes={},
+    )
+    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def assert_tables_equal(a: Path, b: Path) -> None:
+    """Same schema and rows; floats equal to float32 round-off (separate processes, same CPU)."""
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert ta.schema.remove_metadata() == tb.schema.remove_metadata(), a.name
+    assert ta.num_rows == tb.num_rows > 0, a.name
+    for name in ta.column_names:
+        ca, cb = ta[name].combine_chunks(), tb[name].combine_chunks()
+        if pa.types.is_list(ca.type) or pa.types.is_fixed_size_list(ca.type):
+            ca, cb = ca.flatten(), cb.flatten()
+        if pa.types.is_floating(ca.type):
+            np.testing.assert_allclose(ca.to_numpy(zero_copy_only=False), cb.to_numpy(zero_copy_only=False),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{a.name}:{name}")
+        else:
+            assert ca.equals(cb), f"{a.name}:{name}"
+
+
+def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster, pipeline_inputs: Path,
+                                                           tmp_path: Path) -> None:
+    """The real sites -> gold -> patch_floors chain, two shards, through profiles/slurm."""
+    local = make_pipeline(tmp_path / "local", pipeline_inputs)
+    wf = make_pipeline(tmp_path / "slurm", pipeline_inputs)
+    # the local reference runs while the SLURM run waits on its status polls
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_run = pool.submit(run_snakemake, ["--cores", "1", *PIPELINE_TARGETS], local,
+                                timeout_s=PIPELINE_TIMEOUT_S, log_path=tmp_path / "local.log")
+        # targets first: --default-resources takes every value after it
+        r = run_snakemake([*PIPELINE_TARGETS, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
+                          timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm.log")
+        r_local = local_run.result()
+    assert r_local.returncode == 0, r_local.log[-4000:]
+    assert not r.timed_out, f"snakemake hung and was killed after {r.seconds:.0f}s\n{r.log[-3000:]}\n{cluster.log_tail()}"
+    assert r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
+
+    jobs = r.slurm_jobs()
+    assert sorted(jobs.values()) == PIPELINE_JOBS, jobs
+    assert_went_through_slurm(cluster, jobs, gpu_rules=GPU_RULES)
+    for target in PIPELINE_TARGETS:
+        assert_tables_equal(wf / target, local / target)
