@@ -122,11 +122,16 @@ def run_env(cluster: SlurmCluster) -> dict[str, str]:
     return env
 
 
-def assert_went_through_slurm(cluster: SlurmCluster, jobs: dict[str, str], gpu_rules: set[str]) -> None:
-    """Every submitted job finished in SLURM; exactly the GPU rules were allocated a GPU."""
+def assert_went_through_slurm(cluster: SlurmCluster, jobs: dict[str, str], gpu_rules: set[str],
+                              evidence: Path) -> None:
+    """Every submitted job finished in SLURM; exactly the GPU rules were allocated a GPU.
+
+    What SLURM said is written to ``evidence`` (kept in pytest's tmp dir for a look).
+    """
     assert jobs, "no 'submitted with SLURM jobid' line in Snakemake's log"
     if cluster.accounting:
         rows = {r["JobID"]: r for r in cluster.sacct(list(jobs))}
+        evidence.write_text("".join(f"{jobs.get(j, '?')}\t{r}\n" for j, r in sorted(rows.items(), key=lambda x: int(x[0]))))
         assert set(rows) == set(jobs), f"sacct lists {sorted(rows)}, Snakemake submitted {sorted(jobs)}"
         for jid, rule in jobs.items():
             assert rows[jid]["State"] == "COMPLETED", (rule, rows[jid])
@@ -137,6 +142,8 @@ def assert_went_through_slurm(cluster: SlurmCluster, jobs: dict[str, str], gpu_r
         for jid, rule in jobs.items():
             assert f"JobId={jid} " in ctl, f"slurmctld.log never mentions job {jid} ({rule})"
             show = cluster.run(["scontrol", "show", "job", jid]).stdout
+            with open(evidence, "a") as fh:
+                fh.write(f"{rule}\t{show}\n")
             assert "JobState=COMPLETED" in show, (rule, show)
             has_gpu = "gres/gpu=1" in show or "gres:gpu:1" in show
             assert has_gpu == (rule in gpu_rules), (rule, show)
@@ -162,7 +169,7 @@ def test_tiny_workflow_runs_through_slurm_and_matches_local(cluster: SlurmCluste
 
     jobs = r.slurm_jobs()
     assert sorted(jobs.values()) == ["gold", "sites"], jobs
-    assert_went_through_slurm(cluster, jobs, gpu_rules={"gold"})
+    assert_went_through_slurm(cluster, jobs, gpu_rules={"gold"}, evidence=tmp_path / "slurm_jobs.txt")
     # the jobs ran inside SLURM allocations, and only gold's had a GPU device
     assert "gpus=0" in (wf / "logs/tiny/gold.log").read_text()
     assert "gpus=none" in (wf / "logs/tiny/sites.log").read_text()
@@ -241,6 +248,6 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
 
     jobs = r.slurm_jobs()
     assert sorted(jobs.values()) == PIPELINE_JOBS, jobs
-    assert_went_through_slurm(cluster, jobs, gpu_rules=GPU_RULES)
+    assert_went_through_slurm(cluster, jobs, gpu_rules=GPU_RULES, evidence=tmp_path / "slurm_jobs.txt")
     for target in PIPELINE_TARGETS:
         assert_tables_equal(wf / target, local / target)
