@@ -17,7 +17,7 @@ rule gold:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
     conda:
         "../envs/torch.yaml"
     script:

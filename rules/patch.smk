@@ -39,7 +39,7 @@ rule patch_floors:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
     conda:
         "../envs/torch.yaml"
     script:
@@ -69,7 +69,7 @@ rule patch_route:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
     conda:
         "../envs/torch.yaml"
     script:

@@ -30,7 +30,7 @@ rule sites:
         model=config["model"]["path"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
     conda:
         "../envs/torch.yaml"
     script:
