@@ -46,7 +46,7 @@ def test_contract_errors_name_file_and_column(tmp_path):
     write_parquet(tmp_path / "g.parquet", {"site_id": [0], "layer": [1], "activation": np.zeros((1, 4), np.float32)})
     with pytest.raises(CausalKLError, match=r"g.parquet: activation: vector width 4 != model width 8"):
         read_parquet(tmp_path / "g.parquet", GOLD, 8)
-    with pytest.raises(CausalKLError, match=r"g.parquet: kl: column missing from patch table"):
+    with pytest.raises(CausalKLError, match=r"g.parquet: route: column missing from patch table"):
         read_parquet(tmp_path / "g.parquet", PATCH)
     with pytest.raises(CausalKLError, match="file not found"):
         read_parquet(tmp_path / "nope.parquet")
