@@ -92,26 +92,34 @@ def flops_per_token_layer(shape: dict, n_keys: float) -> float:
 
 
 def path_flops(shape: dict, docs) -> tuple[float, float]:
-    """FLOPs each path must do for these sites: (naive, fast)."""
+    """FLOPs each path must do for these sites: (naive, fast).
+
+    Per token and block: the linear maps plus attention over the keys the token may see
+    (t + 1 in global blocks, min(t + 1, W) in sliding ones); the LM head at readout positions.
+    """
     L, n, W, d, V = shape["layer"], shape["num_hidden_layers"], shape["sliding_window"], shape["hidden_size"], shape["vocab_size"]
     kinds = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
     head = 2 * d * V
+    linear = flops_per_token_layer(shape, 0)
+    per_key = flops_per_token_layer(shape, 1) - linear
 
-    def keys(t, kind):
-        return t + 1 if kind == "full_attention" else min(t + 1, W)
+    def span(a: int, b: int, blocks) -> float:
+        """FLOPs for tokens a..b-1 through ``blocks``."""
+        t = np.arange(a, b, dtype=np.float64)
+        total = 0.0
+        for l in blocks:
+            keys = t + 1 if kinds[l] == "full_attention" else np.minimum(t + 1, W)
+            total += len(t) * linear + per_key * keys.sum()
+        return total
 
     naive = fast = 0.0
     for ids, positions in docs:
         T = len(ids)
-        end_doc = max(positions) + 32
-        # fast: one clean pass over the document (through its last window), head at every window position
-        fast += sum(flops_per_token_layer(shape, keys(t, kinds[l])) for t in range(min(T, end_doc)) for l in range(n))
+        fast += span(0, min(T, max(positions) + 32), range(n))  # one clean pass through the last window
         for p in positions:
             w = min(32, T - p)
-            fast += w * head
-            fast += N_VARIANTS * (sum(flops_per_token_layer(shape, keys(p + i, kinds[l])) for i in range(w) for l in range(L + 1, n)) + w * head)
-            one = sum(flops_per_token_layer(shape, keys(t, kinds[l])) for t in range(p + w) for l in range(n)) + w * head
-            naive += (N_VARIANTS + 1) * one  # every variant and the clean run
+            fast += w * head + N_VARIANTS * (span(p, p + w, range(L + 1, n)) + w * head)
+            naive += (N_VARIANTS + 1) * (span(0, p + w, range(n)) + w * head)  # every variant and the clean run
     return naive, fast
 
 
