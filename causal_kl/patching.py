@@ -52,9 +52,11 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     ``valid`` is False), valid ``[..., W]`` bool. Returns three ``[..., W]`` float32 tensors
     with NaN where not valid, in the dtype of the inputs (float32 at least).
     """
-    logp_clean = logp_clean.expand_as(logp_patched)
-    p_clean = logp_clean.exp()
+    p_clean = logp_clean.exp()  # once per clean row, broadcast over the variants
+    # the elementwise form keeps tiny KLs (the gold-repatch floor, ~1e-6) accurate; entropy minus
+    # cross-entropy would lose them to cancellation against a ~5-nat entropy in float32
     kl = (p_clean * (logp_clean - logp_patched)).sum(-1)
+    logp_clean = logp_clean.expand_as(logp_patched)
     idx = next_tokens.clamp_min(0).unsqueeze(-1)
     ce = -logp_patched.gather(-1, idx.expand(*logp_patched.shape[:-1], 1)).squeeze(-1)
     ce_clean = -logp_clean.gather(-1, idx.expand(*logp_clean.shape[:-1], 1)).squeeze(-1)
@@ -75,7 +77,7 @@ def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = fro
     logits = _readout_dtype(loaded.lm_head(loaded.final_norm(hidden)))
     cap = loaded.final_logit_softcapping
     if cap is not None and "softcap" not in ablate:
-        logits = torch.tanh(logits / cap) * cap
+        logits = logits.div_(cap).tanh_().mul_(cap)  # in place: the logits are the largest tensor here
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -407,6 +409,8 @@ def patch_document(loaded: LoadedModel, input_ids: Sequence[int], layer: int, si
         return [naive_site(loaded, input_ids, layer, s) for s in sites]
     if method != "fast":
         raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
+    # nothing after the last window's last position can affect any readout: the clean pass stops there
+    input_ids = list(input_ids[: max(s.position for s in sites) + N_OFFSETS + 1])
     state = clean_pass(loaded, input_ids, layer)
     groups: dict[int, list[SiteVariants]] = {}
     for s in sites:
