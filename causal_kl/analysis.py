@@ -56,16 +56,6 @@ PER_SITE_COLUMNS = ("site_id", "doc_id", "token_id", "ce0_clean", "cos", "direct
                     "gold_norm", "recon_norm", "noise_norm")
 
 
-def setup_logging(path: str | Path | None) -> None:
-    """Send this job's log (and warnings) to ``path``; used by the workflow scripts."""
-    if path is None:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=str(path), level=logging.INFO, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.captureWarnings(True)
-
-
 def read_patch(path: str | Path, route: str | None = None, offsets: Iterable[int] | None = None) -> pd.DataFrame:
     """PATCH rows of the floors and (when given) one route, optionally only some offsets."""
     table = read_parquet(path, PATCH)
@@ -214,5 +204,5 @@ def read_sites(path: str | Path) -> pd.DataFrame:
 __all__ = [
     "FLOOR_CONDITIONS", "LABELS", "LOSS_FLOORS", "MEASURED", "TABLE_ORDER", "error_norms",
     "find_key", "geometry_fve", "geometry_variance", "per_site_table", "read_geometry", "read_gold",
-    "read_json", "read_patch", "read_sites", "setup_logging", "wide",
+    "read_json", "read_patch", "read_sites", "wide",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,8 +22,7 @@ from causal_kl.contracts import CONDITION_CHOICES, DOCS, GOLD, PATCH, RECON, REE
 from causal_kl.errors import CausalKLError
 from causal_kl.gold import (check_vectors, extract_golds, nla_base_table, read_gold, read_nla_base,
                             reextract_cos, reextract_summary)
-from causal_kl.io import (arrow_to_vectors, concat_parquet, provenance, read_parquet, vectors_to_arrow,
-                          write_json, write_parquet)
+from causal_kl.io import arrow_to_vectors, concat_parquet, provenance, read_parquet, write_json, write_parquet
 from causal_kl.models import LoadedModel, load_model
 from causal_kl.patching import SiteVariants, patch_document, results_table
 from causal_kl.sites import build_sites, shard_table

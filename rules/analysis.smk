@@ -48,6 +48,8 @@ rule error_norms:
         f"{R}/analysis/error_norms.parquet",
     log:
         f"{LOGS}/analysis/error_norms.log",
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/analysis_error_norms.py"
 
@@ -62,6 +64,8 @@ rule per_site:
         f"{R}/analysis/{{route}}/per_site.parquet",
     log:
         f"{LOGS}/analysis/{{route}}/per_site.log",
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/analysis_per_site.py"
 
@@ -83,6 +87,8 @@ rule table_conditions:
         seed=config["seed"],
         ci=AN["ci"],
         reference=SHOW_REF,
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_conditions.py"
 
@@ -103,6 +109,8 @@ rule table_quartiles:
         seed=config["seed"],
         ci=AN["ci"],
         reference=SHOW_REF,
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_quartiles.py"
 
@@ -118,6 +126,8 @@ rule table_offsets:
         f"{LOGS}/analysis/{{route}}/table_offsets.log",
     params:
         reference=SHOW_REF,
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_offsets.py"
 
@@ -137,6 +147,8 @@ rule table_token_classes:
         model=model_path(),
         classes=AN["token_classes"],
         reference=SHOW_REF,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/table_token_classes.py"
 
@@ -150,6 +162,8 @@ rule table_routes:
                subcategory="all routes"),
     log:
         f"{LOGS}/analysis/table_routes.log",
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_routes.py"
 
@@ -167,6 +181,8 @@ rule stat_correlation:
     params:
         kind="correlation",
         options={},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/stat_one.py"
 
@@ -181,6 +197,8 @@ rule stat_paired:
     params:
         kind="paired",
         options={"n_boot": AN["bootstrap"], "seed": config["seed"], "ci": AN["ci"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/stat_one.py"
 
@@ -195,6 +213,8 @@ rule stat_energy:
     params:
         kind="energy",
         options={"n_boot": AN["bootstrap"], "seed": config["seed"], "ci": AN["ci"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/stat_one.py"
 
@@ -209,6 +229,8 @@ rule stat_floor_offsets:
     params:
         kind="floor_offsets",
         options={"tolerance": AN["floor_tolerance"], "min_kl": AN["floor_min_kl"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/stat_one.py"
 
@@ -222,6 +244,8 @@ rule stats_route:
         f"{R}/stats/{{route}}.json",
     log:
         f"{LOGS}/analysis/{{route}}/stats.log",
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/stats_merge.py"
 
@@ -238,6 +262,8 @@ rule gate:
     params:
         min_cos=config["gold"]["min_cos"],
         gold_repatch_kl_max=config["patch"]["gold_repatch_kl_max"],
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/gate.py"
 
@@ -258,6 +284,8 @@ rule fig1_route:
     params:
         dpi=FIGS["dpi"],
         style={**FIGS["fig1"], "subsample": AN["fig1_subsample"], "seed": config["seed"], "kl_floor": FIGS["kl_floor"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig1.py"
 
@@ -274,6 +302,8 @@ rule fig2_route:
     params:
         dpi=FIGS["dpi"],
         style=FIGS["fig2"],
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig2.py"
 
@@ -290,6 +320,8 @@ rule fig3_route:
     params:
         dpi=FIGS["dpi"],
         style={**FIGS["fig3"], "kl_floor": FIGS["kl_floor"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig3.py"
 
@@ -307,6 +339,8 @@ rule fig1_all:
     params:
         dpi=FIGS["dpi"],
         style={**FIGS["fig1"], "subsample": AN["fig1_subsample"], "seed": config["seed"], "kl_floor": FIGS["kl_floor"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig1.py"
 
@@ -323,6 +357,8 @@ rule fig2_all:
     params:
         dpi=FIGS["dpi"],
         style=FIGS["fig2"],
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig2.py"
 
@@ -339,6 +375,8 @@ rule fig3_all:
     params:
         dpi=FIGS["dpi"],
         style={**FIGS["fig3"], "kl_floor": FIGS["kl_floor"]},
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig3.py"
 
@@ -355,5 +393,7 @@ rule fig_routes:
     params:
         dpi=FIGS["dpi"],
         style=FIGS["routes"],
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig_routes.py"

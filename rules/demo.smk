@@ -13,6 +13,8 @@ if config.get("demo"):
         params:
             corpus=DEMO["corpus"],
             seed=DEMO["seed"],
+        conda:
+            "../envs/torch.yaml"
         script:
             "../workflow_scripts/demo_corpus.py"
 
@@ -27,6 +29,8 @@ if config.get("demo"):
             tokenizer=DEMO["tokenizer"],
             data=DEMO["data"],
             column=config["corpus"]["column"],
+        conda:
+            "../envs/torch.yaml"
         script:
             "../workflow_scripts/demo_tokenizer.py"
 
@@ -46,5 +50,7 @@ if config.get("demo"):
             seed=DEMO["seed"],
             column=config["corpus"]["column"],
         threads: DEMO["train"]["threads"]
+        conda:
+            "../envs/torch.yaml"
         script:
             "../workflow_scripts/demo_model.py"

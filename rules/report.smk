@@ -42,5 +42,7 @@ rule report_html:
         routes={r: report_route_files(r) for r in ROUTES},
         comparison=report_comparison_files(),
         reference=SHOW_REF,
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../workflow_scripts/report_html.py"

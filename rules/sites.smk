@@ -8,6 +8,8 @@ rule run_record:
         f"{LOGS}/run_record.log",
     params:
         config=config,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/run_record.py"
 

@@ -4,7 +4,6 @@ Fixtures: tiny Gemma-3 (sliding window 24 < document length, 2 sliding : 1 globa
 with the final norm raised so the cap is active), the multimodal Gemma-3 wrapper, Llama.
 """
 import contextlib
-import warnings
 
 import numpy as np
 import pytest

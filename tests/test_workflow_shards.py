@@ -7,29 +7,16 @@ shard (plus the aggregate that collects them).
 """
 
 import pandas as pd
-import yaml
 
-from test_workflow_routes import _copy_workflow, _dry_run_jobs, _snakemake
-
-
-def _shards(out, rule):
-    import re
-
-    return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: shard=(\d+)", out))
+from workflow_helpers import copy_workflow, dry_run_jobs, dry_run_shards, run_snakemake, tiny_config, write_config
 
 
 def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
-    _copy_workflow(root, tmp_path)
-    config = {
-        "run": "t", "seed": 42, "device": "cpu", "dtype": "float32",
-        "corpus": {"name": "c", "path": str(corpus_path), "split": "train", "column": "content", "rows": [0, 3]},
-        "model": {"path": str(gemma3_dir), "layer": 2},
-        "sites": {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 9, "shard_size": 3},
-        "gold": {"write_demo_base": True},
-        "routes": {},
-    }
-    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
-    _snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json")
+    copy_workflow(tmp_path, root)
+    sites = {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 9, "shard_size": 3}
+    corpus = dict(tiny_config(corpus_path, gemma3_dir)["corpus"], rows=[0, 3])
+    write_config(tmp_path, tiny_config(corpus_path, gemma3_dir, sites=sites, corpus=corpus, gold={"write_demo_base": True}))
+    run_snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json")
     R = tmp_path / "results/t"
     patch = pd.read_parquet(R / "patch.parquet")
     sites = pd.read_parquet(R / "sites.parquet")
@@ -47,15 +34,15 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     # a deleted gold shard: only that shard is re-extracted (what reads the golds reruns after it)
     (R / "gold/shard_001.parquet").unlink()
     targets = ["results/t/patch.parquet", *(f"results/t/gold/shard_{i:03d}.parquet" for i in range(3))]
-    out = _snakemake(tmp_path, "-n", *targets)
-    assert [r for r, _ in _dry_run_jobs(out)].count("gold") == 1 and _shards(out, "gold") == ["001"]
-    _snakemake(tmp_path, *targets)
+    out = run_snakemake(tmp_path, "-n", *targets)
+    assert [r for r, _ in dry_run_jobs(out)].count("gold") == 1 and dry_run_shards(out, "gold") == ["001"]
+    run_snakemake(tmp_path, *targets)
     # everything downstream reran; seeded, recorded choices make the rerun bit-identical
     pd.testing.assert_frame_equal(pd.read_parquet(R / "patch.parquet"), patch)
 
     # a deleted (or failed) patch shard reruns alone, then the aggregate
     (R / "patch/floors/shard_002.parquet").unlink()
-    out = _snakemake(tmp_path, "-n", "results/t/patch.parquet", "results/t/patch/floors/shard_002.parquet")
-    jobs = _dry_run_jobs(out)
+    out = run_snakemake(tmp_path, "-n", "results/t/patch.parquet", "results/t/patch/floors/shard_002.parquet")
+    jobs = dry_run_jobs(out)
     assert sorted(r for r, _ in jobs) == ["patch_aggregate", "patch_floors"], jobs
-    assert _shards(out, "patch_floors") == ["002"]
+    assert dry_run_shards(out, "patch_floors") == ["002"]

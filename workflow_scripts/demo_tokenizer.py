@@ -1,11 +1,11 @@
 """The demo tokenizer (rule demo_tokenizer): a byte-level BPE trained on the model-training rows."""
-import logging
-
 from causal_kl.demo.tokenizer import build_tokenizer
+from causal_kl.logs import run_script
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, force=True,  # noqa: F821
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-build_tokenizer(snakemake.input.corpus, snakemake.output.tokenizer,  # noqa: F821
-                vocab_size=snakemake.params.tokenizer["vocab_size"],  # noqa: F821
-                train_rows=(snakemake.params.data["train_start"], None),  # noqa: F821
-                column=snakemake.params.column)  # noqa: F821
+
+def main(s):
+    build_tokenizer(s.input.corpus, s.output.tokenizer, vocab_size=s.params.tokenizer["vocab_size"],
+                    train_rows=(s.params.data["train_start"], None), column=s.params.column)
+
+
+run_script(main, snakemake)  # noqa: F821

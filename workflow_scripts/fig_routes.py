@@ -1,7 +1,11 @@
 """Multi-route comparison figure."""
-from causal_kl.analysis import setup_logging
 from causal_kl import analysis_jobs as jobs
+from causal_kl.logs import run_script
 
-setup_logging(snakemake.log[0])
-i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards
-jobs.job_fig_routes(i.routes, o.png, o.svg, p.dpi, **p.style)
+
+def main(s):
+    i, o, p = s.input, s.output, s.params
+    jobs.job_fig_routes(i.routes, o.png, o.svg, p.dpi, **p.style)
+
+
+run_script(main, snakemake)  # noqa: F821

@@ -1,9 +1,11 @@
 """The self-contained HTML report of the run."""
-from causal_kl.analysis import setup_logging
-from causal_kl import analysis_jobs as jobs
+from causal_kl.logs import run_script
 
-setup_logging(snakemake.log[0])
-i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards
-from causal_kl.report import build_report
 
-build_report(i.run, i.gate, p.routes, p.comparison, o[0], reference=p.reference)
+def main(s):
+    i, o, p = s.input, s.output, s.params
+    from causal_kl.report import build_report
+    build_report(i.run, i.gate, p.routes, p.comparison, o[0], reference=p.reference)
+
+
+run_script(main, snakemake)  # noqa: F821

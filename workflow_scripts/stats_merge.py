@@ -1,7 +1,11 @@
 """A route's statistics JSON: every record plus the headline."""
-from causal_kl.analysis import setup_logging
 from causal_kl import analysis_jobs as jobs
+from causal_kl.logs import run_script
 
-setup_logging(snakemake.log[0])
-i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards
-jobs.job_stats_merge(jobs.named(i, "part"), i.conditions, i.geometry_json, snakemake.wildcards.route, o[0])
+
+def main(s):
+    i, o = s.input, s.output
+    jobs.job_stats_merge(jobs.named(i, "part"), i.conditions, i.geometry_json, s.wildcards.route, o[0])
+
+
+run_script(main, snakemake)  # noqa: F821
