@@ -18,7 +18,6 @@ slurmctld's log instead of sacct.
 from __future__ import annotations
 
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +30,7 @@ import yaml
 
 import fixtures
 
+from workflow_helpers import copy_workflow
 from slurm_harness import HarnessUnavailable, SlurmCluster, run_snakemake, slurm_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -42,8 +42,6 @@ SNAKEMAKE_TIMEOUT_S = 150
 PIPELINE_TIMEOUT_S = 540
 """Hard limit of one Snakemake call on the reduced pipeline: five dependent levels of jobs, each a
 fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min on a busy one."""
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "reports", "envs"]
-"""What a copy of the pipeline needs (the causal_kl package is imported from the install)."""
 PIPELINE_RUN = "slurmtest"
 PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/{name}.parquet" for name in ("sites", "gold", "patch")]
 PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
@@ -194,10 +192,7 @@ def make_pipeline(dest: Path, inputs: Path) -> Path:
     The demo's own model would have to be trained first (minutes), so the run points at
     the tests' tiny checkpoint and corpus instead; every rule it runs is the real one.
     """
-    dest.mkdir(parents=True)
-    for part in WORKFLOW_PARTS:
-        src = ROOT / part
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / part)
+    copy_workflow(dest)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.pop("demo", None)
     config.update(
