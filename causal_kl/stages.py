@@ -185,7 +185,7 @@ def _patch_shard(config: dict, loaded: LoadedModel, sites: pa.Table, docs: dict[
     names = list(variants)
     results = []
     bar = tqdm(total=len(site_ids), desc=f"patch {route or 'floors'}", unit="site")
-    for doc, rows in by_doc.items():
+    for k, (doc, rows) in enumerate(by_doc.items()):
         sv = []
         for i in rows:
             keep = [n for n in names if variants[n][1][i]]
@@ -193,6 +193,7 @@ def _patch_shard(config: dict, loaded: LoadedModel, sites: pa.Table, docs: dict[
             sv.append(SiteVariants(site_ids[i], positions[i], keep, vec))
         results += patch_document(loaded, docs[doc], layer, sv, config["patch"]["method"], config["patch"]["sites_per_batch"], doc)
         bar.update(len(rows))
+        log.info("patch %s: document %d/%d done (%s, %d sites)", route or "floors", k + 1, len(by_doc), doc, len(rows))
     bar.close()
     return results_table(results, route, include_clean)
 

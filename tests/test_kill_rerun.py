@@ -12,6 +12,9 @@ a job killed at its time limit), while one shard is half-way through. The test p
   (and the aggregate that needs it): the shards finished before the kill are not started
   again (ledger of job starts, unchanged mtimes);
 - the final outputs equal those of an uninterrupted run in another directory.
+
+The second test does the same to the pipeline's own ``patch_floors`` rule (tiny Gemma-3, naive
+method so a shard takes a few seconds), SIGKILLed once a shard has logged 2 of its 4 documents.
 """
 
 from __future__ import annotations
@@ -153,10 +156,10 @@ def wait_mid_shard(wf: Path, proc: subprocess.Popen, timeout_s: float = 90) -> s
 
 
 def read_outputs(wf: Path) -> dict[str, object]:
-    """Every non-hidden file under results/ as a pyarrow table (without schema metadata)."""
+    """Every non-hidden parquet file under results/ as a pyarrow table (without schema metadata)."""
     out = {}
     for p in sorted((wf / "results").rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
+        if p.is_file() and not p.name.startswith(".") and p.suffix == ".parquet":
             out[str(p.relative_to(wf))] = pq.read_table(p).replace_schema_metadata(None)
     return out
 
@@ -213,3 +216,56 @@ def test_sigkill_mid_shard_then_rerun_incomplete(tmp_path: Path) -> None:
     assert set(final) == set(expected)
     for name, table in final.items():
         assert table.equals(expected[name]), name
+
+
+def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_dir, corpus_path) -> None:
+    """The same guarantees on the pipeline's own patch_floors rule, killed inside its second shard."""
+    from workflow_helpers import copy_workflow, run_snakemake as run_wf, tiny_config, write_config
+
+    sites = {"positions_per_doc": 2, "min_position": 50, "max_length": 256, "max_sites": 16, "shard_size": 8}
+    cfg = tiny_config(corpus_path, gemma3_dir, sites=sites, patch={"method": "naive"})
+    cfg["corpus"]["rows"] = [0, 8]
+    wf = copy_workflow(tmp_path / "killed")
+    write_config(wf, cfg)
+    run_wf(wf, "results/t/conditions/choices.parquet", "results/t/conditions/mean.parquet")
+    reference = tmp_path / "reference"
+    import shutil
+
+    shutil.copytree(wf, reference)
+    run_wf(reference, "results/t/patch.parquet")
+    expected = read_outputs(reference)
+
+    floors = wf / "results/t/patch/floors"
+    logs = [wf / f"logs/t/patch/floors/shard_{i:03d}.log" for i in range(2)]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(["timeout", "-k", "10", str(4 * TIMEOUT_S), sys.executable, "-m", "snakemake", "--cores", "1",
+                                 "results/t/patch.parquet"], cwd=wf, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            deadline = time.monotonic() + 4 * TIMEOUT_S
+            killed = None
+            while killed is None:  # the first shard that is half-way (2 of its 4 documents) and not finished
+                assert proc.poll() is None, "snakemake finished before it could be killed"
+                assert time.monotonic() < deadline, "no patch shard got half-way"
+                for i, lg in enumerate(logs):
+                    if lg.exists() and "document 2/4 done" in lg.read_text() and "document 4/4 done" not in lg.read_text():
+                        killed = f"{i:03d}"
+                time.sleep(0.02)
+            done_before = {p.name: p.stat().st_mtime_ns for p in floors.glob("shard_*.parquet")}
+            sigkill_tree(proc)
+        finally:
+            if proc.poll() is None:
+                sigkill_tree(proc)
+
+    assert not (floors / f"shard_{killed}.parquet").exists() and not (wf / "results/t/patch.parquet").exists()
+    assert all(p.name.startswith(".") for p in floors.iterdir() if p.name not in done_before)
+    for name in done_before:  # what exists after the kill is complete
+        assert read_outputs(wf)[f"results/t/patch/floors/{name}"].equals(expected[f"results/t/patch/floors/{name}"])
+    run_wf(wf, "--unlock")
+    out = run_wf(wf, "--rerun-incomplete", "results/t/patch.parquet")
+    assert out.count("rule patch_floors:") == 2 - len(done_before)  # the killed shard (and one never started)
+    for name, mtime in done_before.items():
+        assert (floors / name).stat().st_mtime_ns == mtime
+    final = read_outputs(wf)
+    for name in ("results/t/patch/floors/shard_000.parquet", "results/t/patch/floors/shard_001.parquet", "results/t/patch.parquet"):
+        assert final[name].equals(expected[name]), name
