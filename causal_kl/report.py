@@ -236,9 +236,47 @@ def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, 
     parts.append(f"<h3 id='statistics-{rid}'>Statistics</h3>")
     st = tables.stats_table({k: v for k, v in stats.items() if k != "route"},
                             (reference or {}).get("stats") if reference is not None else None)
-    parts.append(html_table(st))
+    parts.append(html_table(key_statistics(stats)))
+    parts.append(f"<details><summary>every statistic of the route ({len(st)} values, as in stats/{html.escape(str(stats.get('route', '')))}.json)</summary>"
+                 + html_table(st) + "</details>")
     parts.append(f"<div class='caption'>{html.escape(caption('stats'))}</div>")
     return "\n".join(parts)
+
+
+def key_statistics(stats: dict) -> pd.DataFrame:
+    """The statistics a reader looks for first, one row each, from a route's stats JSON."""
+    def g(*keys):
+        cur = stats
+        for k in keys:
+            if not isinstance(cur, dict) or k not in cur:
+                return None
+            cur = cur[k]
+        return cur
+
+    def num(v, fmt="{:.3g}"):
+        return "–" if v is None else fmt.format(v)
+
+    def ci(d, fmt="{:.3g}"):
+        if not isinstance(d, dict):
+            return "–"
+        return f"{num(d.get('value', d.get('median_ratio')), fmt)} [{num(d.get('lo', d.get('median_ratio_lo')), fmt)}, {num(d.get('hi', d.get('median_ratio_hi')), fmt)}]"
+
+    rows = []
+    for label, key in (("Spearman ρ: direction-MSE vs KL@0", "dmse_vs_kl0"), ("Spearman ρ: clean CE@0 vs KL@0", "clean_ce_vs_kl0")):
+        c = g("correlation", key) or {}
+        rows.append((label, f"{num(c.get('rho'))} (p = {num(c.get('p'), '{:.2g}')}, n = {c.get('n', '–')})"))
+    pr = g("paired", "recon_goldnorm") or {}
+    rows.append(("recon / matched-noise KL@0, median per-site ratio [95% CI]", ci(pr)))
+    rows.append(("share of sites where recon is worse than noise", num(pr.get("share_a_worse"), "{:.1%}")))
+    rows.append(("Wilcoxon signed-rank p (recon vs noise)", num(pr.get("wilcoxon_p"), "{:.2g}")))
+    for cond, label in (("recon_goldnorm", "recon"), ("resample_same_doc", "resample, same doc"), ("resample_cross_doc", "resample, cross-doc")):
+        rows.append((f"damage per unit energy, {label} (noise = 1) [95% CI]", ci(g("energy", "normalised", cond))))
+    for anchor, label in (("resample_same_doc", "same-doc"), ("resample_cross_doc", "cross-doc")):
+        rows.append((f"mixture share α, {label} anchor", num(g("energy", "alpha", anchor, "recon_goldnorm"), "{:.1%}")))
+    first = g("floor_offsets", "first_offset_at_floor") or {}
+    if first:
+        rows.append(("first offset at the gold floor", ", ".join(f"{k} {v}" for k, v in first.items())))
+    return pd.DataFrame(rows, columns=["statistic", "value"])
 
 
 def tables_read(path: str | Path) -> pd.DataFrame:
