@@ -28,12 +28,12 @@ def copy_workflow(dest: Path, root: Path = ROOT) -> Path:
     return dest
 
 
-def tiny_config(corpus: Path, model: Path, **over) -> dict:
+def tiny_config(corpus_path: Path, model_path: Path, **over) -> dict:
     """A run of a few sites on the tests' tiny Gemma-3 and fixture corpus (no demo assets)."""
     config = {
         "run": "t", "seed": 42, "device": "cpu", "dtype": "float32",
-        "corpus": {"name": "c", "path": str(corpus), "split": "train", "column": "content", "rows": [0, 4]},
-        "model": {"path": str(model), "layer": 2},
+        "corpus": {"name": "c", "path": str(corpus_path), "split": "train", "column": "content", "rows": [0, 4]},
+        "model": {"path": str(model_path), "layer": 2},
         "sites": {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 6, "shard_size": 3},
         "routes": {},
     }
