@@ -121,26 +121,26 @@ def tiny_gemma3_multimodal(path: Path, seed: int = 0, boost_norm: float | None =
     return path
 
 
+def _tiny_plain_decoder(path: Path, config_cls, model_cls, seed: int, boost_norm: float | None) -> Path:
+    """A 4-block Llama-style decoder (one rotary embedding, no sliding window, no soft-cap)."""
+    tokenizer = make_tokenizer()
+    cfg = config_cls(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(model_cls(cfg), tokenizer, path, boost_norm)
+
+
 def tiny_llama(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(seed)
-    return _finish(LlamaForCausalLM(cfg), tokenizer, path, boost_norm)
+    return _tiny_plain_decoder(path, LlamaConfig, LlamaForCausalLM, seed, boost_norm)
 
 
 def tiny_qwen2(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = make_tokenizer()
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(seed)
-    return _finish(Qwen2ForCausalLM(cfg), tokenizer, path, boost_norm)
+    return _tiny_plain_decoder(path, Qwen2Config, Qwen2ForCausalLM, seed, boost_norm)
 
 
 def random_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:

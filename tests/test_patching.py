@@ -63,7 +63,7 @@ def max_diff(a, b):
     return dk, dc
 
 
-@pytest.mark.parametrize("fixture", ["gemma3_dir", "gemma3_mm_dir", "llama_dir"])
+@pytest.mark.parametrize("fixture", ["gemma3_dir", "gemma3_mm_dir", "llama_dir", "qwen2_dir"])
 def test_fast_equals_naive_float32(fixture, request):
     m = load_model(request.getfixturevalue(fixture), dtype="float32")
     ids, sites = doc_and_sites(m)
