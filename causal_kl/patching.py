@@ -71,9 +71,9 @@ def _readout_dtype(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = frozenset()) -> torch.Tensor:
-    """Final norm, LM head, soft-cap, float32 log-softmax: ``[..., d] -> [..., vocab]``."""
-    logits = _readout_dtype(loaded.lm_head(loaded.final_norm(hidden)))
+def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = frozenset(), normed: bool = False) -> torch.Tensor:
+    """Final norm (unless ``normed``), LM head, soft-cap, float32 log-softmax: ``[..., d] -> [..., vocab]``."""
+    logits = _readout_dtype(loaded.lm_head(hidden if normed else loaded.final_norm(hidden)))
     cap = loaded.final_logit_softcapping
     if cap is not None and "softcap" not in ablate:
         logits = logits.div_(cap).tanh_().mul_(cap)  # in place: the logits are the largest tensor here
@@ -370,12 +370,7 @@ def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites:
     h = h.reshape(S, V, N_OFFSETS, -1)
     for si, site in enumerate(sites):
         w = min(N_OFFSETS, T - site.position)
-        clean_hidden = state.final_hidden[site.position: site.position + w]
-        logits = _readout_dtype(loaded.lm_head(clean_hidden))
-        cap = loaded.final_logit_softcapping
-        if cap is not None and "softcap" not in ablate:
-            logits = torch.tanh(logits / cap) * cap
-        lp_clean = torch.log_softmax(logits, -1)
+        lp_clean = log_probs(loaded, state.final_hidden[site.position: site.position + w], ablate, normed=True)
         lp_patch = log_probs(loaded, h[si, :, :w], ablate)
         results.append(_result(site, input_ids, lp_clean, lp_patch))
     return results

@@ -199,10 +199,11 @@ def _patch_shard(config: dict, loaded: LoadedModel, sites: pa.Table, docs: dict[
 
 
 def _shard_inputs(config: dict, sites_path: str, docs_path: str, gold_path: str):
+    """The shard's sites, its documents' tokens, every gold of the run and the shard's own golds."""
     sites = read_parquet(sites_path, SITES)
     ids, gold = read_gold(gold_path)
     want = sites["site_id"].to_numpy()
-    return sites, read_docs(docs_path), _by_site(ids, gold, want, gold_path), want
+    return sites, read_docs(docs_path), (ids, gold), _by_site(ids, gold, want, gold_path), want
 
 
 def stage_patch_floors(config: dict, sites_path: str, docs_path: str, gold_path: str, choices_path: str, mean_path: str, out: str) -> None:
@@ -211,8 +212,7 @@ def stage_patch_floors(config: dict, sites_path: str, docs_path: str, gold_path:
     if sites.num_rows == 0:
         write_parquet(out, PATCH.schema().empty_table(), PATCH, meta=meta)
         return
-    sites, docs, gold, want = _shard_inputs(config, sites_path, docs_path, gold_path)
-    all_ids, all_gold = read_gold(gold_path)
+    sites, docs, (all_ids, all_gold), _, want = _shard_inputs(config, sites_path, docs_path, gold_path)
     choices = read_parquet(choices_path, CONDITION_CHOICES)
     mean = arrow_to_vectors(read_parquet(mean_path)["mean"], mean_path, "mean")[0]
     fv = floor_vectors(all_gold, all_ids.tolist(), choices, mean)
@@ -239,7 +239,7 @@ def stage_patch_route(config: dict, route: str, sites_path: str, docs_path: str,
     if sites.num_rows == 0:
         write_parquet(out, PATCH.schema().empty_table(), PATCH, meta=meta)
         return
-    sites, docs, gold, want = _shard_inputs(config, sites_path, docs_path, gold_path)
+    sites, docs, _, gold, want = _shard_inputs(config, sites_path, docs_path, gold_path)
     rid, rvec = read_recon(recon_path, gold.shape[1])
     recon = _by_site(rid, rvec, want, recon_path)
     nt = read_parquet(noise_path)
