@@ -1,4 +1,4 @@
-"""The nine conditions: the vector each one places at (L, p).
+"""The nine conditions: their names (the API), how they are grouped and shown, and the vector each one places at (L, p).
 
 | condition | vector |
 |---|---|
@@ -12,7 +12,9 @@
 | zero | the zero vector |
 | mean | the mean gold over the eval set |
 
-Every random choice is a pure function of (seed, site_id), so reruns are bit-identical.
+This module is the one home of the condition vocabulary: no other module spells a condition's
+name; they import the constants below. Every random choice is a pure function of
+(seed, site_id), so reruns are bit-identical.
 """
 
 from __future__ import annotations
@@ -25,6 +27,62 @@ import numpy as np
 import pyarrow as pa
 
 from causal_kl.errors import CausalKLError
+
+
+CLEAN = "clean"
+GOLD = "gold"
+RECON = "recon_goldnorm"
+RECON_RAW = "recon_rawnorm"
+NOISE = "noise_matched"
+SAME_DOC = "resample_same_doc"
+CROSS_DOC = "resample_cross_doc"
+ZERO = "zero"
+MEAN = "mean"
+
+CONDITIONS = (CLEAN, GOLD, RECON, RECON_RAW, NOISE, SAME_DOC, CROSS_DOC, ZERO, MEAN)
+"""The nine conditions of the design card, in its order; their names are the API."""
+
+FLOOR_CONDITIONS = (GOLD, SAME_DOC, CROSS_DOC, ZERO, MEAN)
+"""Route-independent conditions: computed once per run ("floors") and shared by every route."""
+
+ROUTE_CONDITIONS = (RECON, RECON_RAW, NOISE)
+"""Conditions computed per route."""
+
+MEASURED = tuple(c for c in CONDITIONS if c != CLEAN)
+"""The eight patched conditions."""
+
+TABLE_ORDER = (GOLD, RECON, RECON_RAW, NOISE, SAME_DOC, CROSS_DOC, ZERO, MEAN)
+"""The write-up's table order (floors and route conditions mixed)."""
+
+LOSS_FLOORS = (CROSS_DOC, SAME_DOC, ZERO, MEAN)
+"""Floors that loss recovered is reported against; the first is the headline."""
+
+HEADLINE_FLOOR = LOSS_FLOORS[0]
+
+ERROR_FLOORS = (SAME_DOC, CROSS_DOC, ZERO, MEAN)
+"""Route-independent conditions whose error norm ``‖v − g‖`` is computed once per run."""
+
+RESAMPLES = (SAME_DOC, CROSS_DOC)
+"""The on-manifold "content removed" floors (the mixture-α anchors)."""
+
+ENERGY_CONDITIONS = (NOISE, RECON, RECON_RAW, SAME_DOC, CROSS_DOC, ZERO, MEAN)
+"""Conditions whose damage per unit squared error norm is reported (noise first: it is the unit)."""
+
+LABELS = {
+    CLEAN: "clean",
+    GOLD: "gold repatch (floor)",
+    RECON: "reconstruction (gold norm)",
+    RECON_RAW: "reconstruction (raw norm)",
+    NOISE: "matched-MSE noise",
+    SAME_DOC: "resample, same doc",
+    CROSS_DOC: "resample, cross-doc",
+    ZERO: "zero ablation",
+    MEAN: "mean ablation",
+}
+"""Human names of the conditions, as the write-up prints them."""
+
+RESAMPLE_SOURCE_COLUMNS = {SAME_DOC: "same_doc_source", CROSS_DOC: "cross_doc_source"}
+"""The ``CONDITION_CHOICES`` column recording each resample's source site."""
 
 
 def _site_rng(seed: int, tag: str, site_id: int) -> random.Random:
@@ -45,8 +103,8 @@ def resample_choices(site_ids: Sequence[int], doc_ids: Sequence[str], seed: int)
     for s, d in zip(site_ids, doc_ids):
         sibs = [x for x in by_doc[d] if x != s]
         own = set(by_doc[d])
-        same.append(_site_rng(seed, "resample_same_doc", s).choice(sorted(sibs)) if sibs else -1)
-        rng = _site_rng(seed, "resample_cross_doc", s)
+        same.append(_site_rng(seed, SAME_DOC, s).choice(sorted(sibs)) if sibs else -1)
+        rng = _site_rng(seed, CROSS_DOC, s)
         # rejection sampling over the sorted pool: same law as choice(others), no O(n) list per site
         while True:
             c = order[rng.randrange(len(order))]
@@ -92,9 +150,9 @@ def route_vectors(gold: np.ndarray, recon: np.ndarray, site_ids: Sequence[int], 
     u = noise_directions(site_ids, gold.shape[1], seed) if directions is None else directions.astype(np.float64)
     u = u / np.linalg.norm(u, axis=1, keepdims=True)  # stored float32 directions, renormalised: ||noise - g|| = e
     return {
-        "recon_goldnorm": rg.astype(np.float32),
-        "recon_rawnorm": recon.astype(np.float32),
-        "noise_matched": (g + e * u).astype(np.float32),
+        RECON: rg.astype(np.float32),
+        RECON_RAW: recon.astype(np.float32),
+        NOISE: (g + e * u).astype(np.float32),
     }
 
 
@@ -118,11 +176,11 @@ def floor_vectors(gold: np.ndarray, site_ids: Sequence[int], choices: pa.Table, 
         cross[i] = gold[index[b]] if b in index else _missing(b)
     ones = np.ones(n, dtype=bool)
     return {
-        "gold": (gold.astype(np.float32), ones),
-        "resample_same_doc": (same.astype(np.float32), same_ok),
-        "resample_cross_doc": (cross.astype(np.float32), ones),
-        "zero": (np.zeros_like(gold, dtype=np.float32), ones),
-        "mean": (np.broadcast_to(mean.astype(np.float32), gold.shape).copy(), ones),
+        GOLD: (gold.astype(np.float32), ones),
+        SAME_DOC: (same.astype(np.float32), same_ok),
+        CROSS_DOC: (cross.astype(np.float32), ones),
+        ZERO: (np.zeros_like(gold, dtype=np.float32), ones),
+        MEAN: (np.broadcast_to(mean.astype(np.float32), gold.shape).copy(), ones),
     }
 
 

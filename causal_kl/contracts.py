@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from causal_kl.conditions import ERROR_FLOORS, MEASURED
 from causal_kl.errors import CausalKLError
 
 VECTOR = "fixed_size_list<float32>[d]"
@@ -63,6 +64,7 @@ SITES = Contract(
         ("doc_id", pa.string()),
         ("position", pa.int64()),
         ("token_id", pa.int64()),
+        ("token", pa.string()),  # the site's token decoded alone (token classes are read from it)
         ("next_token_id", pa.int64()),  # -1 when the document ends at the site
         ("shard", pa.int64()),
     ),
@@ -108,6 +110,18 @@ CONDITION_CHOICES = Contract(
     "the seeded resample choices, recorded so a rerun is bit-identical",
 )
 
+EVAL_MEAN = Contract(
+    "eval_mean",
+    (("mean", VECTOR), ("n", pa.int64())),
+    "one row: the mean gold over the eval set (the `mean` condition) and the number of golds averaged",
+)
+
+NOISE_DIRECTIONS = Contract(
+    "noise_directions",
+    (("site_id", pa.int64()), ("direction", VECTOR)),
+    "the seeded uniform unit direction of each site's matched noise, recorded so a rerun is bit-identical",
+)
+
 PATCH = Contract(
     "patch",
     (
@@ -135,10 +149,36 @@ GEOMETRY = Contract(
     "per-site geometry of a route's reconstruction against the gold",
 )
 
+ERROR_NORMS = Contract(
+    "error_norms",
+    (("site_id", pa.int64()), *((c, pa.float64()) for c in ERROR_FLOORS)),
+    "per site, the norm of the error ||v - g|| each route-independent floor places at (L, p) (NaN: no same-doc sibling)",
+)
+
+PER_SITE = Contract(
+    "per_site",
+    (
+        ("site_id", pa.int64()),
+        ("doc_id", pa.string()),
+        ("token_id", pa.int64()),
+        ("token", pa.string()),
+        ("ce0_clean", pa.float64()),
+        ("cos", pa.float64()),
+        ("direction_mse", pa.float64()),
+        ("gold_norm", pa.float64()),
+        ("recon_norm", pa.float64()),
+        ("noise_norm", pa.float64()),
+        *((f"{k}_{c}", pa.float64()) for c in MEASURED for k in ("kl0", "dce0")),
+        *((f"err_{c}", pa.float64()) for c in MEASURED),
+    ),
+    "a route's sites at offset 0: KL, delta-CE and error norm of every condition (NaN where a site lacks it), geometry",
+)
+
 EXPLANATIONS = Contract(
     "explanations",
     (("site_id", pa.int64()), ("explanation", pa.string())),
     "a text explanation per site (NLA AV output, read by nla_ar)",
 )
 
-ALL = {c.name: c for c in (SITES, DOCS, GOLD, REEXTRACT, RECON, CONDITION_CHOICES, PATCH, GEOMETRY, EXPLANATIONS)}
+ALL = {c.name: c for c in (SITES, DOCS, GOLD, REEXTRACT, RECON, CONDITION_CHOICES, EVAL_MEAN, NOISE_DIRECTIONS, PATCH,
+                           GEOMETRY, ERROR_NORMS, PER_SITE, EXPLANATIONS)}
