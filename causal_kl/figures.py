@@ -22,18 +22,20 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import textwrap  # noqa: E402
 
-from causal_kl.analysis import LABELS, TABLE_ORDER  # noqa: E402
+from causal_kl.conditions import (CROSS_DOC, GOLD, LABELS, MEAN, NOISE, RECON, RECON_RAW, SAME_DOC,  # noqa: E402
+                                  TABLE_ORDER, ZERO)
 from causal_kl.io import atomic_path  # noqa: E402
+from causal_kl.tables import ROUTE_TAGS  # noqa: E402
 
 PALETTE = {
-    "gold": "#999999",
-    "recon_goldnorm": "#1f77b4",
-    "recon_rawnorm": "#6baed6",
-    "noise_matched": "#ff7f0e",
-    "resample_same_doc": "#2ca02c",
-    "resample_cross_doc": "#006d2c",
-    "zero": "#d62728",
-    "mean": "#9467bd",
+    GOLD: "#999999",
+    RECON: "#1f77b4",
+    RECON_RAW: "#6baed6",
+    NOISE: "#ff7f0e",
+    SAME_DOC: "#2ca02c",
+    CROSS_DOC: "#006d2c",
+    ZERO: "#d62728",
+    MEAN: "#9467bd",
 }
 
 
@@ -80,13 +82,14 @@ def fig1_geometry_vs_kl(
     _theme()
     fig, axes = _grid(len(data), width, height)
     for ax, (route, df) in zip(axes, data.items()):
-        df = df[["direction_mse", "kl0_recon_goldnorm"]].dropna()
+        kl0 = f"kl0_{RECON}"
+        df = df[["direction_mse", kl0]].dropna()
         n_all = len(df)
         if len(df) > subsample:
             df = df.sample(n=subsample, random_state=seed)
         x = df["direction_mse"].clip(lower=1e-12)
-        y = df["kl0_recon_goldnorm"].clip(lower=kl_floor)
-        sns.scatterplot(x=x, y=y, ax=ax, s=point_size, alpha=alpha, color=PALETTE["recon_goldnorm"],
+        y = df[kl0].clip(lower=kl_floor)
+        sns.scatterplot(x=x, y=y, ax=ax, s=point_size, alpha=alpha, color=PALETTE[RECON],
                         edgecolor="none")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -103,7 +106,7 @@ def fig1_geometry_vs_kl(
     return fig
 
 
-FIG2_CONDITIONS = ("noise_matched", "recon_goldnorm", "resample_same_doc", "resample_cross_doc")
+FIG2_CONDITIONS = (NOISE, RECON, SAME_DOC, CROSS_DOC)
 
 
 def fig2_damage_per_energy(
@@ -127,7 +130,7 @@ def fig2_damage_per_energy(
     fig, ax = plt.subplots(figsize=(width, height))
     x = np.arange(len(FIG2_CONDITIONS))
     w = 0.8 / n_routes
-    colors = sns.color_palette("deep", n_routes) if n_routes > 1 else [PALETTE["recon_goldnorm"]]
+    colors = sns.color_palette("deep", n_routes) if n_routes > 1 else [PALETTE[RECON]]
     for j, route in enumerate(data):
         sub = df[df["route"] == route].set_index("key").reindex(list(FIG2_CONDITIONS))
         xx = x + (j - (n_routes - 1) / 2) * w
@@ -177,7 +180,7 @@ def fig3_kl_by_offset(
                 continue
             y = df[c].to_numpy(dtype=np.float64)
             ax.plot(df["offset"], np.log10(np.clip(y, kl_floor, None)), marker="o", ms=3, lw=linewidth,
-                    color=PALETTE[c], label=LABELS[c], ls="--" if c == "gold" else "-")
+                    color=PALETTE[c], label=LABELS[c], ls="--" if c == GOLD else "-")
         ax.set_xlabel("offset from the patched position (tokens)")
         ax.set_ylabel("log10 median KL (nats)")
         ax.set_title(route, fontsize=10)
@@ -201,9 +204,8 @@ def fig_routes(routes: pd.DataFrame, width: float = 11.0, height_per_route: floa
     _theme()
     n = max(len(routes), 1)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(width, 1.8 + height_per_route * n * 1.5))
-    tags = (("recon", "reconstruction (gold norm)", "o"), ("rawnorm", "reconstruction (raw norm)", "s"),
-            ("noise", "matched-MSE noise", "D"))
-    colors = (PALETTE["recon_goldnorm"], PALETTE["recon_rawnorm"], PALETTE["noise_matched"])
+    tags = tuple((tag, LABELS[c], marker) for (c, tag), marker in zip(ROUTE_TAGS, "osD"))
+    colors = tuple(PALETTE[c] for c, _ in ROUTE_TAGS)
     y = np.arange(n)
     step = 0.6 / len(tags)
     for j, ((tag, label, marker), color) in enumerate(zip(tags, colors)):

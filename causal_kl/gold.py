@@ -13,9 +13,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from causal_kl.contracts import GOLD
 from causal_kl.errors import CausalKLError
-from causal_kl.io import arrow_to_vectors, read_parquet
+from causal_kl.io import arrow_to_vectors, check_vectors, read_parquet
 from causal_kl.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -74,27 +73,6 @@ def extract_golds(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc
         h = block_output(loaded, ids, layer, upto=max(pos) + 1)
         out[idx] = h[pos].float().cpu().numpy()
     return out
-
-
-def check_vectors(vectors: np.ndarray, path: str, field: str, d: int | None = None) -> None:
-    """Width and finiteness of a ``[n, d]`` vector block, with a one-line error."""
-    if vectors.ndim != 2:
-        raise CausalKLError(path, field, f"expected one vector per row, got shape {vectors.shape}", "store [n, d] vectors")
-    if d is not None and vectors.shape[1] != d:
-        raise CausalKLError(path, field, f"vector width {vectors.shape[1]} != model width {d}",
-                            "use vectors of the model's hidden size at the configured layer")
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise CausalKLError(path, field, f"{int(bad.sum())} vectors contain NaN or inf (first at row {int(np.argmax(bad))})",
-                            "recompute those vectors or drop the sites")
-
-
-def read_gold(path: str, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(site_ids [n], vectors [n, d])`` from a GOLD parquet, checked."""
-    t = read_parquet(path, GOLD, d)
-    vec = arrow_to_vectors(t["activation"], path, "activation")
-    check_vectors(vec, path, "activation", d)
-    return t["site_id"].to_numpy(), vec
 
 
 def read_nla_base(path: str, sites: pa.Table, layer: int, d: int) -> np.ndarray:

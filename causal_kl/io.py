@@ -1,8 +1,13 @@
-"""Atomic writes, provenance metadata and vector columns.
+"""Atomic writes, provenance metadata, vector columns, and one reader per data contract.
 
 Every file this package writes goes to a temporary name beside its target and is renamed
 into place, so a killed job never leaves a half-written output. Parquet files carry a
 ``causal_kl`` metadata entry: config hash, model, code version, what made them.
+
+Readers (``read_sites``, ``read_docs``, ``read_gold``, ``read_recon``, ``read_choices``,
+``read_mean``, ``read_noise``, ``read_patch``, ``read_geometry``): one per contract of
+``causal_kl.contracts``, each checking the contract with one-line errors; and
+``vectors_for_sites``, the one way to take "the vectors of these site ids, in this order".
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from causal_kl import __version__
-from causal_kl.contracts import Contract
+from causal_kl.contracts import (CONDITION_CHOICES, DOCS, EVAL_MEAN, GEOMETRY, GOLD, NOISE_DIRECTIONS, PATCH, RECON,
+                                 SITES, Contract)
 from causal_kl.errors import CausalKLError
 
 PROVENANCE_KEY = b"causal_kl"
@@ -50,6 +56,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, df) -> None:
+    """A table (DataFrame) as CSV with 6 significant digits, atomically."""
+    write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def read_csv(path: str | Path):
+    """A table the pipeline wrote as CSV, as a DataFrame."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -188,3 +206,139 @@ def concat_parquet(paths: list[str | Path], out: str | Path, contract: Contract 
         table = contract.schema(d).empty_table() if contract else pa.table({})
     write_parquet(out, table, contract, d, meta)
     return table
+
+
+# ---------------------------------------------------------------------------- one reader per contract
+def check_vectors(vectors: np.ndarray, path: str | Path, field: str, d: int | None = None) -> None:
+    """Width and finiteness of a ``[n, d]`` vector block, with a one-line error."""
+    if vectors.ndim != 2:
+        raise CausalKLError(path, field, f"expected one vector per row, got shape {vectors.shape}", "store [n, d] vectors")
+    if d is not None and vectors.shape[1] != d:
+        raise CausalKLError(path, field, f"vector width {vectors.shape[1]} != model width {d}",
+                            "use vectors of the model's hidden size at the configured layer")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise CausalKLError(path, field, f"{int(bad.sum())} vectors contain NaN or inf (first at row {int(np.argmax(bad))})",
+                            "recompute those vectors or drop the sites")
+
+
+def preview(values: list) -> str:
+    """The first three values of a list, for error messages."""
+    return ", ".join(str(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+
+
+def vectors_for_sites(site_ids: np.ndarray, vectors: np.ndarray, want: np.ndarray, path: str | Path,
+                      field: str = "site_id", exact: bool = False, fix: str | None = None) -> np.ndarray:
+    """The rows of ``vectors [n, d]`` (one per ``site_ids [n]``) for the sites ``want``, in that order.
+
+    A site of ``want`` without a row is an error; with ``exact`` so are duplicate rows and rows
+    for sites not in ``want`` (a file meant to hold exactly the run's sites). Errors name
+    ``path`` and ``field`` on one line; ``fix`` says how to mend the file.
+    """
+    site_ids = np.asarray(site_ids, dtype=np.int64)
+    if len(site_ids) != len(vectors):
+        raise CausalKLError(path, field, f"{len(vectors)} vectors but {len(site_ids)} site ids",
+                            "write exactly one site id per vector")
+    index = {int(s): i for i, s in enumerate(site_ids)}
+    fix = fix or "write a vector for every site of the run's sites.parquet"
+    if exact:
+        if len(index) != len(site_ids):
+            uniq, counts = np.unique(site_ids, return_counts=True)
+            raise CausalKLError(path, "site_id", f"duplicate sites ({preview(uniq[counts > 1].tolist())})",
+                                "write one vector per site")
+        extra = sorted(set(index) - set(int(s) for s in want))
+        if extra:
+            raise CausalKLError(path, "site_id", f"{len(extra)} extra sites not in the eval set ({preview(extra)})",
+                                "keep only rows for the sites of the run's sites.parquet")
+    missing = [int(s) for s in want if int(s) not in index]
+    if missing:
+        raise CausalKLError(path, "site_id", f"{len(missing)} eval sites missing ({preview(missing)})", fix)
+    return vectors[[index[int(s)] for s in want]]
+
+
+def read_sites(path: str | Path) -> pa.Table:
+    """``SITES``: one row per site, in stage-0 order."""
+    return read_parquet(path, SITES)
+
+
+def read_docs(path: str | Path) -> dict[str, list[int]]:
+    """``DOCS`` as ``{doc_id: input_ids}`` (the tokens the patch engine needs)."""
+    t = read_parquet(path, DOCS)
+    return {d: list(ids) for d, ids in zip(t["doc_id"].to_pylist(), t["input_ids"].to_pylist())}
+
+
+def _vector_table(path: str | Path, contract: Contract, column: str, d: int | None) -> tuple[np.ndarray, np.ndarray]:
+    t = read_parquet(path, contract, d)
+    vec = arrow_to_vectors(t[column], path, column)
+    check_vectors(vec, path, column, d)
+    return np.asarray(t["site_id"].to_numpy(), dtype=np.int64), vec
+
+
+def read_gold(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``GOLD`` as ``(site_ids [n], activations [n, d] float32)``, width and finiteness checked."""
+    return _vector_table(path, GOLD, "activation", d)
+
+
+def read_recon(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``RECON`` as ``(site_ids [n], reconstructions [n, d] float32)``, width and finiteness checked."""
+    return _vector_table(path, RECON, "reconstruction", d)
+
+
+def read_noise(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``NOISE_DIRECTIONS`` as ``(site_ids [n], unit directions [n, d] float32)``."""
+    return _vector_table(path, NOISE_DIRECTIONS, "direction", d)
+
+
+def read_choices(path: str | Path) -> pa.Table:
+    """``CONDITION_CHOICES``: the recorded resample sources per site."""
+    return read_parquet(path, CONDITION_CHOICES)
+
+
+def read_mean(path: str | Path) -> np.ndarray:
+    """The eval-set mean gold ``[d]`` (float32) from ``conditions/mean.parquet``."""
+    t = read_parquet(path, EVAL_MEAN)
+    return arrow_to_vectors(t["mean"], path, "mean")[0]
+
+
+def read_patch(path: str | Path, route: str | None = None, offsets: list[int] | None = None):
+    """``PATCH`` rows (a DataFrame) of the floors and, when given, one route; optionally only some offsets.
+
+    A route's own rows of floor conditions (there should be none) are dropped, so each
+    (site, condition, offset) appears once.
+    """
+    import pyarrow.compute as pc
+
+    from causal_kl.conditions import ROUTE_CONDITIONS
+
+    table = read_parquet(path, PATCH)
+    mask = pc.equal(table["route"], "")
+    if route is not None:
+        mask = pc.or_(mask, pc.equal(table["route"], route))
+    if offsets is not None:
+        mask = pc.and_(mask, pc.is_in(table["offset"], value_set=pa.array(list(offsets), pa.int32())))
+    df = table.filter(mask).to_pandas()
+    if route is not None:
+        df = df[~((df["route"] == route) & ~df["condition"].isin(ROUTE_CONDITIONS))]
+        if not df["route"].eq(route).any():
+            raise CausalKLError(path, "route", f"no rows for route '{route}'",
+                                f"patch the route first (snakemake {Path(path).parent}/patch/{route}/...)")
+    if not df["route"].eq("").any():
+        raise CausalKLError(path, "route", "no floor rows (route \"\")", "patch the floors first")
+    return df
+
+
+def read_geometry(path: str | Path):
+    """``GEOMETRY`` as a DataFrame (one row per site)."""
+    return read_parquet(path, GEOMETRY).to_pandas()
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file the pipeline wrote, as a dict; a missing or broken one is a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise CausalKLError(path, None, "file not found", "build it with snakemake")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CausalKLError(path, None, f"not valid JSON ({e.msg})", "delete the file and rerun snakemake") from e
+    return obj if isinstance(obj, dict) else {"value": obj}

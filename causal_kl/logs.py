@@ -27,16 +27,3 @@ def setup(log_paths: Sequence[str] | str | None, name: str = "causal_kl") -> log
     for noisy in ("transformers", "datasets", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(name)
-
-
-def run_script(func, snakemake) -> None:
-    """Run ``func(snakemake)`` with logging set up; a CausalKLError becomes one line and exit 1."""
-    from causal_kl.errors import CausalKLError
-
-    log = setup(list(snakemake.log) if snakemake.log else None)
-    try:
-        func(snakemake)
-    except CausalKLError as e:
-        log.error("%s", e)
-        print(f"causal-kl: {e}", file=sys.stderr)
-        sys.exit(1)

@@ -18,36 +18,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from causal_kl import tables
-from causal_kl.io import write_text
+from causal_kl.conditions import CROSS_DOC, HEADLINE_FLOOR, LABELS, RECON, RESAMPLES, SAME_DOC
+from causal_kl.io import read_csv, write_text
+from causal_kl.records import stats_table
+from causal_kl.reference import REFERENCE_DIR, load_reference
 
 CAPTIONS_DIR = Path(__file__).resolve().parent.parent / "reports"
 
-SECTIONS = ("conditions", "quartiles", "energy", "offsets", "token_classes", "statistics")
-"""Per-route sections, in the write-up's order (§2, §4 quartiles, §4 energy, §5, token classes, all stats)."""
-
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;
- padding:24px 32px;color:#222;line-height:1.45}
-h1{font-size:26px;margin:0 0 6px} h2{font-size:21px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
-h3{font-size:17px;margin:26px 0 8px} .sub{color:#666;margin:0 0 16px}
-table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px;display:block;overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f3f4f6;white-space:normal;max-width:150px;vertical-align:bottom} td.txt,th.txt{text-align:left}
-tr:nth-child(even) td{background:#fafafa}
-.pub{color:#6b21a8} .diff{color:#9a3412}
-.gate{border-radius:6px;padding:12px 16px;margin:14px 0 18px;font-size:15px}
-.gate.pass{background:#ecfdf5;border:2px solid #059669} .gate.fail{background:#fef2f2;border:2px solid #dc2626;color:#991b1b}
-.gate table{font-size:13px;display:table} .ok{color:#059669;font-weight:bold} .bad{color:#dc2626;font-weight:bold}
-.caption{color:#444;font-size:13px;max-width:1100px;margin:4px 0 14px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:170px}
-.card .v{font-size:22px;font-weight:600} .card .l{font-size:12px;color:#555}
-figure{margin:10px 0 20px} figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#444;font-size:13px;max-width:1100px}
-nav{font-size:13px;margin:8px 0} nav a{margin-right:12px}
-details summary{cursor:pointer;color:#1d4ed8;margin:6px 0}
-"""
+CSS_PATH = CAPTIONS_DIR / "report.css"
+"""The report's style sheet, inlined into the page so the one file opens offline."""
 
 
 def caption(name: str, directory: str | Path = CAPTIONS_DIR) -> str:
@@ -140,9 +119,7 @@ def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
 def gate_html(gate: Mapping[str, Any]) -> str:
     """The floor-check gate box: green when every check that ran passed, red otherwise."""
     checks = gate.get("checks", [])
-    if isinstance(checks, Mapping):  # {name: {value, bound, passed}} form
-        checks = [{"name": k, "label": k, **v, "pass": v.get("passed", v.get("pass"))} for k, v in checks.items()]
-    passed = gate.get("pass", gate.get("passed"))
+    passed = gate.get("pass")
     if passed is None:
         passed = all(c.get("pass") is not False for c in checks)
     rows = []
@@ -183,12 +160,12 @@ def _figure(path: str | Path | None, cap: str) -> str:
 
 def _cards(stats: Mapping[str, Any]) -> str:
     h = stats.get("headline", {})
-    p = stats.get("paired", {}).get("recon_goldnorm", {})
+    p = stats.get("paired", {}).get(RECON, {})
     c = stats.get("correlation", {}).get("dmse_vs_kl0", {})
     e = stats.get("energy", {})
-    a = e.get("alpha", {}).get("resample_cross_doc", {}).get("recon_goldnorm")
+    a = e.get("alpha", {}).get(CROSS_DOC, {}).get(RECON)
     cards = [
-        (_fmt(h.get("loss_recovered_vs_resample_cross_doc"), "loss_recovered"), "loss recovered vs cross-doc resample"),
+        (_fmt(h.get(f"loss_recovered_vs_{HEADLINE_FLOOR}"), "loss_recovered"), "loss recovered vs cross-doc resample"),
         (_fmt(h.get("median_kl0_recon")), "median KL@0, reconstruction (nats)"),
         (_fmt(h.get("median_kl0_gold_floor")), "gold-repatch floor, median KL@0"),
         (_fmt(h.get("fve")), "FVE"),
@@ -207,9 +184,9 @@ def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, 
     stats = json.loads(Path(files["stats"]).read_text())
     parts = [f"<h2 id='route-{rid}'>Route <code>{html.escape(route)}</code></h2>", _cards(stats)]
     parts.append(f"<h3 id='conditions-{rid}'>Conditions (§2)</h3>")
-    cond = tables_read(files["conditions"])
+    cond = read_csv(files["conditions"])
     loss_cols = [c for c in cond.columns if c.startswith("loss_recovered_vs_")]
-    headline = [c for c in loss_cols if c.startswith("loss_recovered_vs_resample_cross_doc")]
+    headline = [c for c in loss_cols if c.startswith(f"loss_recovered_vs_{HEADLINE_FLOOR}")]
     kl_cols = [c for c in cond.columns if c.startswith("kl0_")]
     rest = [c for c in cond.columns if c not in kl_cols + loss_cols + ["condition", "label", "n"]]
     parts.append(html_table(cond[["label", "n"] + kl_cols]))
@@ -221,21 +198,21 @@ def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, 
     parts.append(f"<h3 id='geometry-{rid}'>Geometric error vs causal damage (§3)</h3>")
     parts.append(_figure(files.get("fig1"), caption("fig1")))
     parts.append(f"<h3 id='quartiles-{rid}'>Quartiles of geometric error (§4)</h3>")
-    parts.append(html_table(tables_read(files["quartiles"])))
+    parts.append(html_table(read_csv(files["quartiles"])))
     parts.append(f"<div class='caption'>{html.escape(caption('quartiles'))}</div>")
     parts.append(f"<h3 id='energy-{rid}'>Damage per unit energy (§4)</h3>")
     parts.append(_figure(files.get("fig2"), caption("fig2")))
     parts.append(f"<h3 id='offsets-{rid}'>KL by offset (§5)</h3>")
     parts.append(_figure(files.get("fig3"), caption("fig3")))
     parts.append("<details><summary>offsets table: median KL per condition at each offset</summary>"
-                 + html_table(tables_read(files["offsets"])) + "</details>")
+                 + html_table(read_csv(files["offsets"])) + "</details>")
     parts.append(f"<div class='caption'>{html.escape(caption('offsets'))}</div>")
     parts.append(f"<h3 id='token_classes-{rid}'>Token classes</h3>")
-    parts.append(html_table(tables_read(files["token_classes"]), drop=("member",)))
+    parts.append(html_table(read_csv(files["token_classes"]), drop=("member",)))
     parts.append(f"<div class='caption'>{html.escape(caption('token_classes'))}</div>")
     parts.append(f"<h3 id='statistics-{rid}'>Statistics</h3>")
-    st = tables.stats_table({k: v for k, v in stats.items() if k != "route"},
-                            (reference or {}).get("stats") if reference is not None else None)
+    st = stats_table({k: v for k, v in stats.items() if k != "route"},
+                     (reference or {}).get("stats") if reference is not None else None)
     parts.append(html_table(key_statistics(stats)))
     parts.append(f"<details><summary>every statistic of the route ({len(st)} values, as in stats/{html.escape(str(stats.get('route', '')))}.json)</summary>"
                  + html_table(st) + "</details>")
@@ -265,22 +242,18 @@ def key_statistics(stats: dict) -> pd.DataFrame:
     for label, key in (("Spearman ρ: direction-MSE vs KL@0", "dmse_vs_kl0"), ("Spearman ρ: clean CE@0 vs KL@0", "clean_ce_vs_kl0")):
         c = g("correlation", key) or {}
         rows.append((label, f"{num(c.get('rho'))} (p = {num(c.get('p'), '{:.2g}')}, n = {c.get('n', '–')})"))
-    pr = g("paired", "recon_goldnorm") or {}
+    pr = g("paired", RECON) or {}
     rows.append(("recon / matched-noise KL@0, median per-site ratio [95% CI]", ci(pr)))
     rows.append(("share of sites where recon is worse than noise", num(pr.get("share_a_worse"), "{:.1%}")))
     rows.append(("Wilcoxon signed-rank p (recon vs noise)", num(pr.get("wilcoxon_p"), "{:.2g}")))
-    for cond, label in (("recon_goldnorm", "recon"), ("resample_same_doc", "resample, same doc"), ("resample_cross_doc", "resample, cross-doc")):
+    for cond, label in ((RECON, "recon"), *((r, LABELS[r]) for r in RESAMPLES)):
         rows.append((f"damage per unit energy, {label} (noise = 1) [95% CI]", ci(g("energy", "normalised", cond))))
-    for anchor, label in (("resample_same_doc", "same-doc"), ("resample_cross_doc", "cross-doc")):
-        rows.append((f"mixture share α, {label} anchor", num(g("energy", "alpha", anchor, "recon_goldnorm"), "{:.1%}")))
+    for anchor, label in ((SAME_DOC, "same-doc"), (CROSS_DOC, "cross-doc")):
+        rows.append((f"mixture share α, {label} anchor", num(g("energy", "alpha", anchor, RECON), "{:.1%}")))
     first = g("floor_offsets", "first_offset_at_floor") or {}
     if first:
         rows.append(("first offset at the gold floor", ", ".join(f"{k} {v}" for k, v in first.items())))
     return pd.DataFrame(rows, columns=["statistic", "value"])
-
-
-def tables_read(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path)
 
 
 def build_report(
@@ -302,7 +275,7 @@ def build_report(
     run = json.loads(Path(run_json).read_text()) if Path(run_json).exists() else {}
     gate = json.loads(Path(gate_json).read_text()) if Path(gate_json).exists() else {
         "checks": [], "pass": False, "line": "gate result missing"}
-    ref = tables.load_reference(reference_dir or tables.REFERENCE_DIR) if reference else None
+    ref = load_reference(reference_dir or REFERENCE_DIR) if reference else None
     n_sites = None
     if routes:
         first = next(iter(routes.values()))
@@ -326,7 +299,7 @@ def build_report(
                     "(<span class='diff'>_diff</span> = measured − published).</p>")
     body.append("<h2 id='comparison'>All routes</h2>")
     if comparison.get("routes") and Path(comparison["routes"]).exists():
-        body.append(html_table(tables_read(comparison["routes"])))
+        body.append(html_table(read_csv(comparison["routes"])))
         body.append(f"<div class='caption'>{html.escape(caption('routes'))}</div>")
     body.append(_figure(comparison.get("fig_routes"), caption("fig_routes")))
     for key in ("fig1", "fig2", "fig3"):
@@ -336,9 +309,9 @@ def build_report(
         body.append(route_section(r, routes[r], ref))
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>causal-kl report: {html.escape(str(run.get('run', '')))}</title>"
-           f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+           f"<style>{CSS_PATH.read_text()}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     write_text(out, doc)
     return doc
 
 
-__all__ = ["CAPTIONS_DIR", "SECTIONS", "build_report", "caption", "display_frame", "gate_html", "html_table"]
+__all__ = ["CAPTIONS_DIR", "build_report", "caption", "display_frame", "gate_html", "html_table"]

@@ -17,7 +17,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pyarrow as pa
 
@@ -96,6 +96,17 @@ def load_corpus_rows(corpus: dict, rows: Sequence[int] | None = None, source: st
     return out
 
 
+def load_tokenizer(path: str):
+    """The tokenizer saved beside a model (``model.path``), with a one-line error when there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CausalKLError(path, "tokenizer", f"cannot load the tokenizer ({str(e).splitlines()[0]})",
+                            "point model.path at a folder with tokenizer files, or a hub id with network access") from e
+
+
 def tokenize_docs(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Tokenize with special tokens (BOS as the model expects), truncated at ``max_length``."""
     enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length)
@@ -117,11 +128,13 @@ class SiteSample:
 
 
 def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequence[Sequence[int]], special_ids: Iterable[int],
-                 seed: int, positions_per_doc: int, min_position: int, max_sites: int, shard_size: int) -> SiteSample:
+                 seed: int, positions_per_doc: int, min_position: int, max_sites: int, shard_size: int,
+                 decode: Callable[[int], str] | None = None) -> SiteSample:
     """Sample sites in every document, cap at ``max_sites``, and assign shards.
 
     ``docs`` keeps each document's tokens up to and including ``last site position + 32``
     (so offset 31 has its true next token), and ``n_tokens`` its full tokenized length.
+    ``decode`` turns a token id into its text (the sites' ``token`` column; empty without it).
     """
     special = set(special_ids)
     site_rows: list[tuple[str, int, int, int]] = []
@@ -146,6 +159,7 @@ def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequenc
         "doc_id": pa.array([s[0] for s in site_rows], pa.string()),
         "position": pa.array([s[1] for s in site_rows], pa.int64()),
         "token_id": pa.array([s[2] for s in site_rows], pa.int64()),
+        "token": pa.array([decode(s[2]) if decode else "" for s in site_rows], pa.string()),
         "next_token_id": pa.array([s[3] for s in site_rows], pa.int64()),
         "shard": pa.array([i // shard_size for i in range(n)], pa.int64()),
     })
@@ -160,15 +174,14 @@ def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequenc
     return SiteSample(docs=docs, sites=sites, stats=stats)
 
 
-def build_sites(config: dict, tokenizer, source: str = "config") -> SiteSample:
-    """Read the configured corpus rows, tokenize and sample sites (the `sites` rule)."""
-    c = config["corpus"]
-    s = config["sites"]
-    rows = load_corpus_rows(c, source=source)
-    doc_ids = [doc_id_for(c["name"], c.get("split", "train"), r) for r, _ in rows]
-    token_ids = tokenize_docs(tokenizer, [t for _, t in rows], s["max_length"])
-    sample = sample_sites(doc_ids, [r for r, _ in rows], token_ids, special_token_ids(tokenizer), config["seed"],
-                          s["positions_per_doc"], s["min_position"], s["max_sites"], s["shard_size"])
+def build_sites(corpus: dict, sampling: dict, seed: int, tokenizer, source: str = "config") -> SiteSample:
+    """Read the corpus rows (``corpus``), tokenize and sample sites (``sampling``: the config's ``sites`` block)."""
+    rows = load_corpus_rows(corpus, source=source)
+    doc_ids = [doc_id_for(corpus["name"], corpus.get("split", "train"), r) for r, _ in rows]
+    token_ids = tokenize_docs(tokenizer, [t for _, t in rows], sampling["max_length"])
+    sample = sample_sites(doc_ids, [r for r, _ in rows], token_ids, special_token_ids(tokenizer), seed,
+                          sampling["positions_per_doc"], sampling["min_position"], sampling["max_sites"],
+                          sampling["shard_size"], decode=lambda t: tokenizer.decode([t]))
     if sample.stats["n_sites"] == 0:
         raise CausalKLError(source, "corpus.rows", "no document has a candidate position (every document is shorter than sites.min_position)",
                             "use longer documents, more rows, or a smaller sites.min_position")

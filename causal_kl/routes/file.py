@@ -20,9 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from causal_kl.errors import CausalKLError
-from causal_kl.io import arrow_to_vectors, read_parquet
-from causal_kl.gold import read_gold
-from causal_kl.routes.base import RouteJob, check_vectors, read_sites, site_ids_for, write_recon
+from causal_kl.io import arrow_to_vectors, check_vectors, read_parquet, vectors_for_sites
+from causal_kl.routes.base import site_ids_for
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".safetensors": "safetensors"}
 
@@ -91,11 +90,12 @@ def load_vectors(route: dict, sites: pa.Table) -> tuple[np.ndarray, np.ndarray, 
     raise CausalKLError(path, "format", f"unknown format '{fmt}'", "use parquet, npy or safetensors")
 
 
-def run(job: RouteJob) -> None:
-    """Read, check and write a ``file`` route's reconstructions."""
-    sites = read_sites(job.sites)
+def reconstruct(route: dict, sites: pa.Table, d: int) -> np.ndarray:
+    """A ``file`` route's reconstructions ``[n_sites, d]`` in the order of ``sites``, every row checked."""
     want = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
-    _, gold = read_gold(str(job.gold))
-    ids, vectors, field_name = load_vectors(job.route, sites)
-    recon = check_vectors(ids, vectors, want, gold.shape[1], job.route["path"], field_name)
-    write_recon(job, want, recon, source_file=str(job.route["path"]))
+    ids, vectors, field_name = load_vectors(route, sites)
+    vectors = np.asarray(vectors)
+    check_vectors(vectors, route["path"], field_name, d)
+    recon = vectors_for_sites(ids, vectors, want, route["path"], field_name, exact=True,
+                              fix="write a reconstruction for every site of the run's sites.parquet")
+    return recon.astype(np.float32)

@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from causal_kl.errors import CausalKLError
-from causal_kl.gold import read_gold
-from causal_kl.io import read_parquet
+from causal_kl.io import preview, read_parquet
 from causal_kl.models import LoadedModel, load_model
-from causal_kl.routes.base import RouteJob, read_sites, site_ids_for, write_recon
+from causal_kl.routes.base import site_ids_for
 from causal_kl.routes.nla_meta import check_width, meta_field, read_meta, template
 
 VALUE_HEAD = "value_head.safetensors"
@@ -121,18 +120,12 @@ def read_explanations(path: str | Path, sites) -> dict[int, str]:
     return dict(zip(ids.tolist(), texts))
 
 
-def run(job: RouteJob) -> None:
-    config = job.config
-    sites = read_sites(job.sites)
-    site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
-    explanations = read_explanations(job.explanations, sites)
+def explanations_for_sites(path: str | Path, sites) -> list[str]:
+    """The explanation of every eval site, in site order; a site without one is an error."""
+    explanations = read_explanations(path, sites)
+    site_ids = sites.column("site_id").to_pylist()
     missing = [int(s) for s in site_ids if int(s) not in explanations]
     if missing:
-        raise CausalKLError(job.explanations, "site_id", f"{len(missing)} eval sites have no explanation (first {missing[:3]})",
-                            "write an explanation for every site in results/{run}/sites.parquet")
-    d = read_gold(str(job.gold))[1].shape[1]
-    checkpoint = job.route["ar_checkpoint"] if job.kind == "nla_av" else job.route["checkpoint"]
-    ar = load_ar(checkpoint, int(config["model"]["layer"]), d, config["dtype"], config["device"])
-    recon = reconstruct(ar, [explanations[int(s)] for s in site_ids], int(job.route.get("batch_size", 16)), progress=True)
-    write_recon(job, site_ids, recon, checkpoint=ar.checkpoint, mse_scale=ar.mse_scale,
-                explanations=str(job.explanations))
+        raise CausalKLError(path, "site_id", f"{len(missing)} eval sites have no explanation (first {preview(missing)})",
+                            "write an explanation for every site of the run's sites.parquet")
+    return [explanations[int(s)] for s in site_ids]

@@ -21,14 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from causal_kl.contracts import EXPLANATIONS
 from causal_kl.errors import CausalKLError
-from causal_kl.io import write_parquet
 from causal_kl.models import LoadedModel, load_model
-from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, route_provenance
 from causal_kl.routes.nla_meta import META_FILE, check_width, meta_field, read_meta, template
 
 EXPLANATION_RE = re.compile(r"<explanation>(.*?)(?:</explanation>|$)", re.S)
@@ -124,21 +120,3 @@ def explain(av: AVModel, gold: np.ndarray, max_new_tokens: int = 64, do_sample: 
         out = model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # [b, new tokens]
         texts += tok.batch_decode(out, skip_special_tokens=True)
     return texts
-
-
-def run(job: RouteJob) -> None:
-    """Write the explanations of every eval gold (``job.explanations``) for the ``nla_ar`` step."""
-    config, route = job.config, job.route
-    sites = read_sites(job.sites)
-    site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
-    gold = gold_for_sites(job.gold, site_ids)
-    av = load_av(route["checkpoint"], gold.shape[1], config["dtype"], config["device"])
-    raw = explain(av, gold, int(route.get("max_new_tokens", 64)), bool(route.get("do_sample", False)),
-                  float(route.get("temperature", 1.0)), float(route.get("top_p", 1.0)),
-                  int(route["seed"] if route.get("seed") is not None else config["seed"]), int(route.get("batch_size", 16)), progress=True)
-    table = pa.table({"site_id": pa.array(site_ids, pa.int64()),
-                      "explanation": pa.array([extract_explanation(t) for t in raw], pa.string()),
-                      "generation": pa.array(raw, pa.string())})
-    write_parquet(job.explanations, table, EXPLANATIONS,
-                  meta=route_provenance(job, checkpoint=av.checkpoint, injection_scale=av.injection_scale,
-                                        n_without_tags=sum("<explanation>" not in t for t in raw)))

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from causal_kl.errors import CausalKLError
-from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, train_rows, write_recon
-from causal_kl.routes.training import read_training_golds
 
 
 @dataclass
@@ -40,14 +38,3 @@ def project(basis: PCABasis, gold: np.ndarray) -> np.ndarray:
     """``gold [n, d]`` -> its projection ``[n, d]`` (float32) onto the basis, mean added back."""
     centred = np.asarray(gold, dtype=np.float64) - basis.mean
     return (basis.mean + centred @ basis.components.T @ basis.components).astype(np.float32)
-
-
-def run(job: RouteJob) -> None:
-    train_rows(job)  # disjoint from the eval rows, before any work
-    sites = read_sites(job.sites)
-    site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
-    _, train = read_training_golds(job.train_gold, set(sites.column("doc_id").to_pylist()))
-    basis = fit_pca(train, int(job.route["k"]), bool(job.route.get("center", True)), job.source)
-    gold = gold_for_sites(job.gold, site_ids)
-    write_recon(job, site_ids, project(basis, gold), n_train=len(train),
-                explained_variance_ratio=float(basis.explained_variance_ratio.sum()))

@@ -17,14 +17,9 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from causal_kl.contracts import EXPLANATIONS
-from causal_kl.io import write_parquet
-from causal_kl.models import LoadedModel, load_model
-from causal_kl.routes.base import RouteJob, gold_for_sites, read_sites, train_rows, route_provenance, write_recon
-from causal_kl.routes.training import read_training_golds
+from causal_kl.models import LoadedModel
 
 
 @torch.no_grad()
@@ -90,21 +85,14 @@ class TextReconstructor:
         return (self.features(texts, self.vocab) @ self.weights + self.intercept).astype(np.float32)
 
 
-def run(job: RouteJob) -> None:
-    """Verbalise training and eval golds, fit the reconstructor on training text, reconstruct eval sites from text."""
-    config = job.config
-    train_rows(job)  # disjoint from the eval rows, before any work
-    sites = read_sites(job.sites)
-    site_ids = np.asarray(sites.column("site_id").to_numpy(), dtype=np.int64)
-    _, train = read_training_golds(job.train_gold, set(sites.column("doc_id").to_pylist()))
-    loaded = load_model(config["model"]["path"], dtype=config["dtype"], device=config["device"])
-    top_k = int(job.route.get("top_k", 8))
-    gold = gold_for_sites(job.gold, site_ids)
+def reconstruct(loaded: LoadedModel, train: np.ndarray, gold: np.ndarray, top_k: int = 8,
+                ridge_alpha: float = 1.0) -> tuple[list[str], np.ndarray, TextReconstructor]:
+    """Verbalise training and eval golds, fit the reconstructor on training text, reconstruct eval golds from text.
+
+    ``train [m, d]``, ``gold [n, d]``; returns the eval texts, their reconstructions ``[n, d]``
+    float32 and the fitted reconstructor.
+    """
     train_texts = verbalise(loaded, train, top_k)
     eval_texts = verbalise(loaded, gold, top_k)
-    reconstructor = TextReconstructor.fit(train_texts, train, float(job.route.get("ridge_alpha", 1.0)))
-    recon = reconstructor.predict(eval_texts)
-    write_parquet(job.explanations, pa.table({"site_id": pa.array(site_ids, pa.int64()),
-                                              "explanation": pa.array(eval_texts, pa.string())}),
-                  EXPLANATIONS, meta=route_provenance(job))
-    write_recon(job, site_ids, recon, n_train=len(train), n_features=len(reconstructor.vocab), top_k=top_k)
+    reconstructor = TextReconstructor.fit(train_texts, train, ridge_alpha)
+    return eval_texts, reconstructor.predict(eval_texts), reconstructor

@@ -20,25 +20,20 @@ from causal_kl.io import arrow_to_vectors, read_parquet, vectors_to_arrow
 from causal_kl.models import LoadedModel
 from causal_kl.sites import doc_id_for, load_corpus_rows, sample_sites, special_token_ids, tokenize_docs
 
-TRAIN_COLUMNS = ("doc_id", "position")
-"""Columns a training-gold file carries beside the ``GOLD`` contract's."""
-
-
-def training_golds(loaded: LoadedModel, config: dict, rows: tuple[int, int], max_sites: int | None = None,
-                   progress: bool = False) -> pa.Table:
+def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int, layer: int, rows: tuple[int, int],
+                   max_sites: int | None = None, progress: bool = False) -> pa.Table:
     """Sample sites in corpus rows ``[start, stop)`` like the eval sites and extract their golds.
 
-    Returns a ``GOLD`` table (site_id numbered from 0 within the training set, layer,
-    activation ``[n, d]``) plus ``doc_id`` and ``position``.
+    ``corpus`` and ``sampling`` are the run's ``corpus`` and ``sites`` blocks. Returns a ``GOLD``
+    table (site_id numbered from 0 within the training set, layer, activation ``[n, d]``) plus
+    ``doc_id`` and ``position``.
     """
-    c, s = config["corpus"], config["sites"]
-    layer = int(config["model"]["layer"])
-    corpus_rows = load_corpus_rows(c, list(rows), source=f"training rows {list(rows)}")
-    doc_ids = [doc_id_for(c["name"], c.get("split", "train"), r) for r, _ in corpus_rows]
-    token_ids = tokenize_docs(loaded.tokenizer, [t for _, t in corpus_rows], s["max_length"])
+    corpus_rows = load_corpus_rows(corpus, list(rows), source=f"training rows {list(rows)}")
+    doc_ids = [doc_id_for(corpus["name"], corpus.get("split", "train"), r) for r, _ in corpus_rows]
+    token_ids = tokenize_docs(loaded.tokenizer, [t for _, t in corpus_rows], sampling["max_length"])
     cap = max_sites or sum(len(t) for t in token_ids)
     sample = sample_sites(doc_ids, [r for r, _ in corpus_rows], token_ids, special_token_ids(loaded.tokenizer),
-                          config["seed"], s["positions_per_doc"], s["min_position"], cap, shard_size=cap)
+                          seed, sampling["positions_per_doc"], sampling["min_position"], cap, shard_size=cap)
     n = sample.sites.num_rows
     if n == 0:
         raise CausalKLError("config", "train_rows", f"no training site in rows {list(rows)}",
@@ -67,18 +62,3 @@ def read_training_golds(path: str | Path, eval_doc_ids: set[str] | None = None) 
             raise CausalKLError(path, "doc_id", f"{len(shared)} training documents are eval documents ({shared[0]}, ...)",
                                 "choose train_rows disjoint from corpus.rows")
     return docs, arrow_to_vectors(table.column("activation"), path, "activation")
-
-
-def write_training_golds(config: dict, rows: tuple[int, int], out: str | Path) -> None:
-    """The ``train_gold`` rule: load the run's model, extract training golds for ``rows``, write them."""
-    from causal_kl.config import config_hash
-    from causal_kl.io import provenance, write_parquet
-    from causal_kl.models import load_model
-
-    loaded = load_model(config["model"]["path"], dtype=config["dtype"], device=config["device"],
-                        attn_implementation=config["model"].get("attn_implementation", "sdpa"))
-    loaded.check_layer(int(config["model"]["layer"]))
-    table = training_golds(loaded, config, rows, progress=True)
-    meta = provenance(config_hash=config_hash(config), model=config["model"]["path"], train_rows=list(rows),
-                      layer=int(config["model"]["layer"]))
-    write_parquet(out, table, GOLD, loaded.d_model, meta=meta)
