@@ -1,5 +1,6 @@
 # causal-kl: splice reconstructions back into a language model and measure what it loses.
 # `snakemake --cores 2` runs the demo (config/config.yaml); pass --configfile for another run.
+# Map of the house (rule -> script -> job -> domain modules): docs/ARCHITECTURE.md.
 
 configfile: "config/config.yaml"
 
@@ -10,7 +11,9 @@ include: "rules/sites.smk"
 include: "rules/gold.smk"
 include: "rules/recon.smk"
 include: "rules/patch.smk"
-include: "rules/analysis.smk"
+include: "rules/tables.smk"
+include: "rules/statistics.smk"
+include: "rules/figures.smk"
 include: "rules/report.smk"
 
 

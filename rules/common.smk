@@ -1,12 +1,13 @@
-# Shared by every rule: config validation, run paths, shard ids, wildcard constraints.
-import json
+# Shared by every rule: config validation, run paths, shard ids, wildcard constraints, resources.
 import math
+from pathlib import Path
 import sys
 
 from snakemake.utils import validate
 
-from causal_kl.config import config_hash, validate_config
+from causal_kl.config import show_reference, validate_config
 from causal_kl.errors import CausalKLError
+from causal_kl.reference import REFERENCE_DIR
 
 try:
     # one-line, file/key/fix error before snakemake's own (longer) schema report
@@ -21,7 +22,9 @@ LOGS = f"logs/{RUN}"
 N_SHARDS = math.ceil(config["sites"]["max_sites"] / config["sites"]["shard_size"])
 SHARDS = [f"{i:03d}" for i in range(N_SHARDS)]
 ROUTES = sorted(config.get("routes", {}))
-CONFIG_HASH = config_hash(config)
+MODEL = config["model"]
+LAYER = MODEL["layer"]
+SHOW_REF = show_reference(config)
 
 
 wildcard_constraints:
@@ -29,27 +32,39 @@ wildcard_constraints:
     route=r"[A-Za-z0-9_.-]+",
 
 
-def model_path():
-    return config["model"]["path"]
-
-
 def model_input():
     """The model directory as a Snakemake input when the demo builds it, else nothing (hub id or external path)."""
-    return [config["model"]["path"]] if config.get("demo") else []
+    return [MODEL["path"]] if config.get("demo") else []
 
 
 def corpus_input():
     return [config["corpus"]["path"]] if config.get("demo") else []
 
 
-def gpu_count():
-    """GPUs a model job asks for: 1 unless the run is pinned to the CPU (a cluster profile maps gpu=1 to --gpus=1)."""
-    return 0 if config["device"] == "cpu" else 1
+def mem_mb(base):
+    """A rule's ``mem_mb``: ``base`` MB on the first attempt, ``base * attempt`` on each retry.
+
+    ``resources: mem_mb=mem_mb(4000)``; with ``--retries`` (set in profiles/) a job killed
+    for memory is resubmitted asking for more (SLURM: ``sbatch --mem``).
+    """
+    return lambda wildcards, attempt: base * attempt
 
 
-def gpu_resources(rule_name=None):
-    """Resources for model rules, as a dict to splat into `resources:`."""
-    return {"gpu": gpu_count()}
+MODEL_THREADS = 2
+"""Threads of a model job (gold, patch, model routes)."""
+
+
+def model_resources(base_mb=8000):
+    """``resources:`` of a model job: one GPU unless the run is pinned to the CPU, memory growing on retry.
+
+    A cluster profile maps ``gpu=1`` to ``--gpus=1``.
+    """
+    return {"gpu": 0 if config["device"] == "cpu" else 1, "mem_mb": mem_mb(base_mb)}
+
+
+def model_params():
+    """The params every model job reads: the model block, dtype and device."""
+    return {"model": MODEL, "dtype": config["dtype"], "device": config["device"]}
 
 
 def stored_base():
@@ -64,6 +79,16 @@ def stored_gold():
     return f"{R}/gold.parquet"
 
 
+def reference_input(name):
+    """The published table a table rule compares with, as an input (only when the run shows the reference)."""
+    return [str(REFERENCE_DIR / f"{name}.csv")] if SHOW_REF else []
+
+
+def per_route(pattern):
+    """``pattern`` (with ``{route}``) for every route of the run, in ROUTES order."""
+    return [pattern.format(route=r) for r in ROUTES]
+
+
 def all_targets():
     targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"]
     # the shards themselves, so that a deleted or failed shard is rebuilt by a plain `snakemake`
@@ -74,10 +99,32 @@ def all_targets():
     return targets
 
 
-def mem_mb(base):
-    """A rule's ``mem_mb``: ``base`` MB on the first attempt, ``base * attempt`` on each retry.
+AN = config["analysis"]
+FIGS = AN["figures"]
+BOOTSTRAP = {"n_boot": AN["bootstrap"], "seed": config["seed"], "ci": AN["ci"]}
+"""The site bootstrap of every CI (tables and statistics)."""
+FIG_NAMES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
+ROUTE_TABLES = ("conditions", "quartiles", "offsets", "token_classes")
+STATS = ("correlation", "paired", "energy", "floor_offsets")
 
-    ``resources: mem_mb=mem_mb(4000)``; with ``--retries`` (set in profiles/) a job killed
-    for memory is resubmitted asking for more (SLURM: ``sbatch --mem``).
-    """
-    return lambda wildcards, attempt: base * attempt
+
+def figure_outputs(path):
+    """A figure rule's outputs: ``path``.png (in Snakemake's report, with its caption) and ``path``.svg."""
+    name = Path(path).name
+    caption = next((k for k, v in FIG_NAMES.items() if v == name), "fig_routes")
+    sub = "{route}" if "{route}" in path else "all routes"
+    return {"png": report(f"{path}.png", caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
+            "svg": f"{path}.svg"}
+
+
+def analysis_targets():
+    """Every table, statistic and figure of the run, plus the gate and the report."""
+    t = [f"{R}/gate.json", f"{R}/report.html"]
+    for r in ROUTES:
+        t += [f"{R}/tables/{r}/{name}.csv" for name in ROUTE_TABLES]
+        t += [f"{R}/stats/{r}/{name}.json" for name in STATS] + [f"{R}/stats/{r}.json"]
+        t += [f"{R}/figures/{r}/{f}.{ext}" for f in FIG_NAMES.values() for ext in ("png", "svg")]
+    if ROUTES:
+        t += [f"{R}/tables/routes.csv"]
+        t += [f"{R}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")]
+    return t

@@ -11,7 +11,7 @@ if config.get("demo"):
         log:
             "logs/demo/corpus.log",
         params:
-            corpus=DEMO["corpus"],
+            settings=DEMO["corpus"],
             seed=DEMO["seed"],
         conda:
             "../envs/torch.yaml"
@@ -26,7 +26,7 @@ if config.get("demo"):
         log:
             "logs/demo/tokenizer.log",
         params:
-            tokenizer=DEMO["tokenizer"],
+            settings=DEMO["tokenizer"],
             data=DEMO["data"],
             column=config["corpus"]["column"],
         conda:
@@ -39,12 +39,12 @@ if config.get("demo"):
             corpus=config["corpus"]["path"],
             tokenizer="resources/demo/tokenizer",
         output:
-            model=directory(config["model"]["path"]),
+            model=directory(MODEL["path"]),
             training="resources/demo/training.json",
         log:
             "logs/demo/model.log",
         params:
-            model=DEMO["model"],
+            architecture=DEMO["model"],
             train=DEMO["train"],
             data=DEMO["data"],
             seed=DEMO["seed"],

@@ -5,19 +5,16 @@ rule gold:
     input:
         sites=f"{R}/sites/shard_{{shard}}.parquet",
         docs=f"{R}/docs.parquet",
-        model=model_input(),
+        model_dir=model_input(),
     output:
-        f"{R}/gold/shard_{{shard}}.parquet",
+        gold=f"{R}/gold/shard_{{shard}}.parquet",
     log:
         f"{LOGS}/gold/shard_{{shard}}.log",
     params:
-        model=config["model"],
-        dtype=config["dtype"],
-        device=config["device"],
-    threads: 2
+        **model_params(),
+    threads: MODEL_THREADS
     resources:
-        gpu=gpu_count(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -26,17 +23,15 @@ rule gold:
 
 rule gold_aggregate:
     input:
-        expand(f"{R}/gold/shard_{{shard}}.parquet", shard=SHARDS),
+        shards=expand(f"{R}/gold/shard_{{shard}}.parquet", shard=SHARDS),
     output:
-        f"{R}/gold.parquet",
+        gold=f"{R}/gold.parquet",
     log:
         f"{LOGS}/gold_aggregate.log",
-    params:
-        contract="gold",
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/concat.py"
+        "../workflow_scripts/gold_aggregate.py"
 
 
 rule demo_base:
@@ -44,11 +39,14 @@ rule demo_base:
         gold=f"{R}/gold.parquet",
         sites=f"{R}/sites.parquet",
         docs=f"{R}/docs.parquet",
-        model=model_input(),
+        model_dir=model_input(),
     output:
-        f"{R}/base.parquet",
+        base=f"{R}/base.parquet",
     log:
         f"{LOGS}/demo_base.log",
+    params:
+        layer=LAYER,
+        model=MODEL["path"],
     conda:
         "../envs/torch.yaml"
     script:
@@ -68,6 +66,7 @@ rule stored_gold:
         f"{LOGS}/stored_gold.log",
     params:
         min_cos=config["gold"]["min_cos"],
+        layer=LAYER,
     conda:
         "../envs/torch.yaml"
     script:

@@ -26,20 +26,17 @@ rule patch_floors:
         gold=stored_gold(),
         choices=f"{R}/conditions/choices.parquet",
         mean=f"{R}/conditions/mean.parquet",
-        model=model_input(),
+        model_dir=model_input(),
     output:
-        f"{R}/patch/floors/shard_{{shard}}.parquet",
+        floors=f"{R}/patch/floors/shard_{{shard}}.parquet",
     log:
         f"{LOGS}/patch/floors/shard_{{shard}}.log",
     params:
-        model=config["model"],
+        **model_params(),
         patch=config["patch"],
-        dtype=config["dtype"],
-        device=config["device"],
-    threads: 2
+    threads: MODEL_THREADS
     resources:
-        gpu=gpu_count(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -47,29 +44,26 @@ rule patch_floors:
 
 
 rule patch_route:
+    wildcard_constraints:
+        route=r"(?!floors$)[A-Za-z0-9_.-]+",
     input:
         sites=f"{R}/sites/shard_{{shard}}.parquet",
         docs=f"{R}/docs.parquet",
         gold=stored_gold(),
         recon=f"{R}/recon/{{route}}.parquet",
         noise=f"{R}/conditions/noise.parquet",
-        model=model_input(),
+        model_dir=model_input(),
     output:
-        f"{R}/patch/{{route}}/shard_{{shard}}.parquet",
+        patched=f"{R}/patch/{{route}}/shard_{{shard}}.parquet",
     log:
         f"{LOGS}/patch/{{route}}/shard_{{shard}}.log",
     params:
-        model=config["model"],
+        **model_params(),
         patch=config["patch"],
-        dtype=config["dtype"],
-        device=config["device"],
         seed=config["seed"],
-    wildcard_constraints:
-        route=r"(?!floors$)[A-Za-z0-9_.-]+",
-    threads: 2
+    threads: MODEL_THREADS
     resources:
-        gpu=gpu_count(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -81,7 +75,7 @@ rule patch_aggregate:
         floors=expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=SHARDS),
         routes=expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=SHARDS),
     output:
-        f"{R}/patch.parquet",
+        patch=f"{R}/patch.parquet",
     log:
         f"{LOGS}/patch_aggregate.log",
     conda:

@@ -7,13 +7,9 @@ from pathlib import Path
 from causal_kl.routes.file import input_files as file_route_inputs
 
 
-def routes_of_kind(*kinds):
-    return [name for name, route in config["routes"].items() if route["kind"] in kinds]
-
-
 def route_regex(*kinds):
     """A wildcard constraint matching exactly the configured routes of these kinds (nothing when none)."""
-    names = routes_of_kind(*kinds)
+    names = [name for name, route in config["routes"].items() if route["kind"] in kinds]
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
@@ -32,14 +28,11 @@ def train_gold_path(wildcards):
     return f"{R}/train_gold/rows_{start}_{stop}.parquet"
 
 
-def local_checkpoint(key):
+def local_checkpoint(wildcards):
     """A route's checkpoint directory as an input when it is a local path (a hub id is not a file)."""
-
-    def inputs(wildcards):
-        path = route_config(wildcards)[key]
-        return [path] if Path(path).exists() else []
-
-    return inputs
+    route = route_config(wildcards)
+    path = route["ar_checkpoint"] if route["kind"] == "nla_av" else route["checkpoint"]
+    return [path] if Path(path).exists() else []
 
 
 def nla_explanations(wildcards):
@@ -50,9 +43,8 @@ def nla_explanations(wildcards):
     return route["explanations"]
 
 
-def recon_targets():
-    """Every route's reconstructions and geometry (per-site table and FVE summary)."""
-    return [f"{R}/geometry/{route}.{ext}" for route in ROUTES for ext in ("parquet", "json")]
+SAMPLING = {"seed": config["seed"], "sampling": config["sites"], "corpus": config["corpus"]}
+"""How route-training documents are sampled: exactly like the eval sites."""
 
 
 rule train_gold:
@@ -60,19 +52,18 @@ rule train_gold:
         start=r"\d+",
         stop=r"\d+",
     input:
-        corpus=corpus_input(),
-        model=model_input(),
+        corpus_file=corpus_input(),
+        model_dir=model_input(),
     output:
         gold=f"{R}/train_gold/rows_{{start}}_{{stop}}.parquet",
     log:
         f"{LOGS}/train_gold/rows_{{start}}_{{stop}}.log",
     params:
         rows=lambda w: [int(w.start), int(w.stop)],
-        layer=config["model"]["layer"],
-        sampling={"seed": config["seed"], **{k: config["sites"][k] for k in ("positions_per_doc", "min_position", "max_length")}},
+        **SAMPLING,
+        **model_params(),
     resources:
-        **gpu_resources(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
@@ -91,13 +82,13 @@ rule recon_file:
     log:
         f"{LOGS}/recon/{{route}}.log",
     params:
-        route=route_params,
+        route_entry=route_params,
     resources:
         mem_mb=mem_mb(4000),
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/recon.py"
+        "../workflow_scripts/recon_file.py"
 
 
 rule recon_pca:
@@ -112,13 +103,14 @@ rule recon_pca:
     log:
         f"{LOGS}/recon/{{route}}.log",
     params:
-        route=route_params,
+        route_entry=route_params,
+        eval_rows=config["corpus"]["rows"],
     resources:
         mem_mb=mem_mb(4000),
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/recon.py"
+        "../workflow_scripts/recon_pca.py"
 
 
 rule recon_text_channel:
@@ -128,21 +120,22 @@ rule recon_text_channel:
         train_gold=train_gold_path,
         sites=f"{R}/sites.parquet",
         gold=stored_gold(),
-        model=model_input(),
+        model_dir=model_input(),
     output:
         recon=f"{R}/recon/{{route}}.parquet",
         explanations=f"{R}/explanations/{{route}}.parquet",
     log:
         f"{LOGS}/recon/{{route}}.log",
     params:
-        route=route_params,
+        route_entry=route_params,
+        eval_rows=config["corpus"]["rows"],
+        **model_params(),
     resources:
-        **gpu_resources(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/recon.py"
+        "../workflow_scripts/recon_text_channel.py"
 
 
 rule explain_nla_av:
@@ -151,20 +144,22 @@ rule explain_nla_av:
     input:
         sites=f"{R}/sites.parquet",
         gold=stored_gold(),
-        checkpoint=local_checkpoint("checkpoint"),
+        checkpoint=lambda w: [p for p in [route_config(w)["checkpoint"]] if Path(p).exists()],
     output:
         explanations=f"{R}/explanations/{{route}}.parquet",
     log:
         f"{LOGS}/explanations/{{route}}.log",
     params:
-        route=route_params,
+        route_entry=route_params,
+        dtype=config["dtype"],
+        device=config["device"],
+        seed=config["seed"],
     resources:
-        **gpu_resources(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/explain.py"
+        "../workflow_scripts/explain_nla_av.py"
 
 
 rule recon_nla_ar:
@@ -174,20 +169,22 @@ rule recon_nla_ar:
         explanations=nla_explanations,
         sites=f"{R}/sites.parquet",
         gold=stored_gold(),
-        checkpoint=lambda w: local_checkpoint("ar_checkpoint" if route_config(w)["kind"] == "nla_av" else "checkpoint")(w),
+        checkpoint=local_checkpoint,
     output:
         recon=f"{R}/recon/{{route}}.parquet",
     log:
         f"{LOGS}/recon/{{route}}.log",
     params:
-        route=route_params,
+        route_entry=route_params,
+        layer=LAYER,
+        dtype=config["dtype"],
+        device=config["device"],
     resources:
-        **gpu_resources(),
-        mem_mb=mem_mb(8000),
+        **model_resources(),
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/recon.py"
+        "../workflow_scripts/recon_nla_ar.py"
 
 
 rule geometry:
@@ -201,7 +198,7 @@ rule geometry:
     log:
         f"{LOGS}/geometry/{{route}}.log",
     params:
-        route=route_config,
+        route_entry=route_config,
         variance_constant=config["geometry"]["variance_constant"],
     resources:
         mem_mb=mem_mb(4000),

@@ -16,8 +16,8 @@ rule run_record:
 
 rule sites:
     input:
-        corpus=corpus_input(),
-        model=model_input(),
+        corpus_file=corpus_input(),
+        model_dir=model_input(),
     output:
         docs=f"{R}/docs.parquet",
         sites=f"{R}/sites.parquet",
@@ -27,9 +27,9 @@ rule sites:
         f"{LOGS}/sites.log",
     params:
         corpus=config["corpus"],
-        sites=config["sites"],
+        sampling=config["sites"],
         seed=config["seed"],
-        model=config["model"]["path"],
+        model=MODEL["path"],
     threads: 1
     resources:
         mem_mb=mem_mb(4000),

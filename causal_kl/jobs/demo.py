@@ -1,0 +1,30 @@
+"""Jobs of ``rules/demo.smk``: the offline demo's corpus, tokenizer and tiny Gemma-3."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: threads sleep when they wait, shared CPUs stay fast
+
+from causal_kl.demo.corpus import CorpusConfig, build_corpus  # noqa: E402
+from causal_kl.demo.tokenizer import build_tokenizer  # noqa: E402
+from causal_kl.demo.train import DataSplit, ModelConfig, TrainConfig, build_model  # noqa: E402
+
+
+def demo_corpus(corpus: str, settings: dict, seed: int) -> None:
+    """Python's own documentation packed into documents (``resources/demo/corpus.parquet``)."""
+    build_corpus(corpus, CorpusConfig(**settings, seed=seed))
+
+
+def demo_tokenizer(corpus: str, tokenizer: str, settings: dict, data: dict, column: str) -> None:
+    """A byte-level BPE trained on the model-training rows of the demo corpus."""
+    build_tokenizer(corpus, tokenizer, vocab_size=settings["vocab_size"], train_rows=(data["train_start"], None),
+                    column=column)
+
+
+def demo_model(corpus: str, tokenizer: str, model: str, training: str, architecture: dict, train: dict, data: dict,
+               seed: int, column: str) -> None:
+    """A tiny Gemma-3 trained on the demo corpus and scored against count baselines."""
+    split = dict(data, eval_rows=tuple(data["eval_rows"]))
+    build_model(corpus, tokenizer, model, training, ModelConfig(**architecture), TrainConfig(**train, seed=seed),
+                DataSplit(**split, column=column))

@@ -1,0 +1,91 @@
+"""Jobs of ``rules/gold.smk``: gold extraction per shard, its aggregate, stored golds and the re-extract check."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from causal_kl.contracts import GOLD, REEXTRACT
+from causal_kl.errors import CausalKLError
+from causal_kl.gold import extract_golds, nla_base_table, read_nla_base, reextract_cos, reextract_summary
+from causal_kl.io import provenance as provenance_record
+from causal_kl.io import read_docs, read_gold, read_parquet, read_sites, write_json, write_parquet
+from causal_kl.models import load_model
+from causal_kl.sites import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_run_model(model: dict, dtype: str, device: str):
+    """The run's model (``model``: the config's model block), checked against its layer."""
+    loaded = load_model(model["path"], dtype, device, model.get("attn_implementation", "sdpa"), with_tokenizer=False)
+    loaded.check_layer(model["layer"])
+    log.info("loaded %s (%s, %d blocks, d=%d) on %s in %s", model["path"], loaded.architecture, loaded.n_layers,
+             loaded.d_model, loaded.device, loaded.dtype)
+    return loaded
+
+
+def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
+    return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
+
+
+def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, dtype: str, device: str, shard: str,
+         provenance: dict) -> None:
+    """Block-L output at each site of one shard."""
+    table = read_sites(sites)
+    layer = model["layer"]
+    meta = provenance_record(**provenance, dtype=dtype)
+    if table.num_rows == 0:
+        write_parquet(gold, {"site_id": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
+                             "activation": pa.array([], pa.list_(pa.float32(), 1))}, meta=meta)
+        return
+    loaded = load_run_model(model, dtype, device)
+    t0 = time.time()
+    vec = extract_golds(loaded, read_docs(docs), table["doc_id"].to_pylist(), table["position"].to_pylist(), layer,
+                        progress=True)
+    log.info("gold: %d sites in %.1f s", len(vec), time.time() - t0)
+    write_parquet(gold, _gold_table(table["site_id"], layer, vec), GOLD, loaded.d_model, meta=meta)
+
+
+def gold_aggregate(shards: list[str], gold: str, provenance: dict) -> None:
+    """Every gold shard -> ``gold.parquet`` (empty shards, whose width is unknown, are left out)."""
+    tables = [t for t in (read_parquet(p, GOLD) for p in shards) if t.num_rows]
+    d = max(t.schema.field("activation").type.list_size for t in tables)
+    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    write_parquet(gold, merged, GOLD, d, meta=provenance_record(**provenance))
+
+
+def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str, layer: int, model: str,
+              provenance: dict) -> None:
+    """Write the extracted golds as an NLA base.parquet (through bf16), so the demo exercises stored golds."""
+    table = read_sites(sites)
+    ids, vec = read_gold(gold)
+    if not np.array_equal(ids, table["site_id"].to_numpy()):
+        raise CausalKLError(gold, "site_id", "gold sites do not match sites.parquet", "delete gold.parquet and rerun")
+    base_table = nla_base_table(table, read_docs(docs), vec, layer, load_tokenizer(model))
+    write_parquet(base, base_table, meta=provenance_record(**provenance))
+
+
+def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, summary: str, min_cos: float,
+                layer: int, provenance: dict) -> None:
+    """Map the NLA base.parquet onto the sites, check it against the re-extracted golds, keep it as the stored golds."""
+    table = read_sites(sites)
+    ids, extracted = read_gold(gold)
+    vectors = read_nla_base(base, table, layer, extracted.shape[1])
+    cos = reextract_cos(vectors, extracted)
+    record = reextract_summary(cos, min_cos)
+    record["site_id_worst"] = int(ids[record["worst_row"]]) if len(ids) else None
+    record["stored"] = str(base)
+    meta = provenance_record(**provenance, stored=str(base))
+    write_parquet(reextract, {"site_id": ids, "cos": cos}, REEXTRACT, meta=meta)
+    write_json(summary, record)
+    if not record["passed"]:
+        raise CausalKLError(base, "activation_vector",
+                            f"re-extract check failed: min cos(stored, re-extracted) = {record['min_cos']:.6f} < {min_cos} "
+                            f"(site {record['site_id_worst']}); see {reextract}",
+                            "check that the stored golds come from the same model, layer, corpus rows and tokenizer (or lower gold.min_cos)")
+    log.info("re-extract check: min cos %.6f >= %s over %d sites", record["min_cos"], min_cos, record["n"])
+    write_parquet(stored, _gold_table(ids, layer, vectors), GOLD, vectors.shape[1], meta=meta)

@@ -1,0 +1,116 @@
+"""Jobs of ``rules/patch.smk``: the recorded conditions, the patch engine per shard (floors, routes), the aggregate."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from causal_kl.conditions import (FLOOR_CONDITIONS, RESAMPLE_SOURCE_COLUMNS, ROUTE_CONDITIONS, SAME_DOC, eval_mean,
+                                  floor_vectors, noise_directions, resample_choices, route_vectors)
+from causal_kl.contracts import CONDITION_CHOICES, EVAL_MEAN, NOISE_DIRECTIONS, PATCH
+from causal_kl.errors import CausalKLError
+from causal_kl.io import concat_parquet
+from causal_kl.io import provenance as provenance_record
+from causal_kl.io import (read_choices, read_docs, read_gold, read_mean, read_noise, read_recon, read_sites,
+                          vectors_for_sites, write_parquet)
+from causal_kl.jobs.gold import load_run_model
+from causal_kl.models import LoadedModel
+from causal_kl.patching import SiteVariants, patch_document, results_table
+
+log = logging.getLogger(__name__)
+
+
+def conditions(gold: str, sites: str, choices: str, mean: str, noise: str, seed: int, provenance: dict) -> None:
+    """Seeded resample choices, the eval-set mean gold and the noise directions, recorded so reruns are bit-identical."""
+    table = read_sites(sites)
+    ids, vectors = read_gold(gold)
+    if not np.array_equal(ids, table["site_id"].to_numpy()):
+        raise CausalKLError(gold, "site_id", "the golds' site ids do not match sites.parquet",
+                            "delete the golds and rerun, so they are extracted for this run's sites")
+    meta = provenance_record(**provenance, seed=seed)
+    picks = resample_choices(ids.tolist(), table["doc_id"].to_pylist(), seed)
+    write_parquet(choices, picks, CONDITION_CHOICES, meta=meta)
+    write_parquet(mean, {"mean": eval_mean(vectors)[None].astype(np.float32), "n": pa.array([len(ids)], pa.int64())},
+                  EVAL_MEAN, vectors.shape[1], meta=meta)
+    directions = noise_directions(ids.tolist(), vectors.shape[1], seed).astype(np.float32)
+    write_parquet(noise, {"site_id": ids, "direction": directions}, NOISE_DIRECTIONS, vectors.shape[1], meta=meta)
+    n_no_sib = int((picks[RESAMPLE_SOURCE_COLUMNS[SAME_DOC]].to_numpy() < 0).sum())
+    log.info("conditions: %d sites, %d without a same-document sibling (excluded from %s)", len(ids), n_no_sib, SAME_DOC)
+
+
+def _patch_shard(loaded: LoadedModel, sites: pa.Table, docs: dict[str, list[int]], layer: int, patch: dict,
+                 variants: dict[str, tuple[np.ndarray, np.ndarray]], label: str) -> list:
+    """Patch every site of a shard, document by document: ``variants[name] = (vectors [n, d], valid [n])``."""
+    from tqdm import tqdm
+
+    by_doc: dict[str, list[int]] = {}
+    for i, d in enumerate(sites["doc_id"].to_pylist()):
+        by_doc.setdefault(d, []).append(i)
+    site_ids = sites["site_id"].to_pylist()
+    positions = sites["position"].to_pylist()
+    names = list(variants)
+    results = []
+    bar = tqdm(total=len(site_ids), desc=f"patch {label}", unit="site")
+    for k, (doc, rows) in enumerate(by_doc.items()):
+        sv = []
+        for i in rows:
+            keep = [n for n in names if variants[n][1][i]]
+            vec = torch.from_numpy(np.stack([variants[n][0][i] for n in keep]))
+            sv.append(SiteVariants(site_ids[i], positions[i], keep, vec))
+        results += patch_document(loaded, docs[doc], layer, sv, patch["method"], patch["sites_per_batch"], doc)
+        bar.update(len(rows))
+        log.info("patch %s: document %d/%d done (%s, %d sites)", label, k + 1, len(by_doc), doc, len(rows))
+    bar.close()
+    return results
+
+
+def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, model_dir: list[str], floors: str,
+                 model: dict, patch: dict, dtype: str, device: str, shard: str, provenance: dict) -> None:
+    """The route-independent conditions (and clean) for one shard."""
+    table = read_sites(sites)
+    meta = provenance_record(**provenance, method=patch["method"])
+    if table.num_rows == 0:
+        write_parquet(floors, PATCH.schema().empty_table(), PATCH, meta=meta)
+        return
+    all_ids, all_gold = read_gold(gold)
+    fv = floor_vectors(all_gold, all_ids.tolist(), read_choices(choices), read_mean(mean))
+    rows = vectors_for_sites(all_ids, np.arange(len(all_ids)), table["site_id"].to_numpy(), gold)
+    variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
+    loaded = load_run_model(model, dtype, device)
+    t0 = time.time()
+    results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, "floors")
+    log.info("floors: %d sites in %.1f s", table.num_rows, time.time() - t0)
+    write_parquet(floors, results_table(results, "", include_clean=True), PATCH, meta=meta)
+
+
+def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_dir: list[str], patched: str,
+                model: dict, patch: dict, dtype: str, device: str, seed: int, route: str, shard: str,
+                provenance: dict) -> None:
+    """``recon_goldnorm``, ``recon_rawnorm`` and ``noise_matched`` of one route for one shard."""
+    table = read_sites(sites)
+    meta = provenance_record(**provenance, route=route, method=patch["method"])
+    if table.num_rows == 0:
+        write_parquet(patched, PATCH.schema().empty_table(), PATCH, meta=meta)
+        return
+    want = table["site_id"].to_numpy()
+    gold_ids, gold_vectors = read_gold(gold)
+    golds = vectors_for_sites(gold_ids, gold_vectors, want, gold)
+    recons = vectors_for_sites(*read_recon(recon, golds.shape[1]), want, recon)
+    directions = vectors_for_sites(*read_noise(noise), want, noise)
+    rv = route_vectors(golds, recons, want.tolist(), seed, directions=directions)
+    ones = np.ones(len(want), dtype=bool)
+    variants = {c: (rv[c], ones) for c in ROUTE_CONDITIONS}
+    loaded = load_run_model(model, dtype, device)
+    t0 = time.time()
+    results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, route)
+    log.info("route %s: %d sites in %.1f s", route, table.num_rows, time.time() - t0)
+    write_parquet(patched, results_table(results, route, include_clean=False), PATCH, meta=meta)
+
+
+def patch_aggregate(floors: list[str], routes: list[str], patch: str, provenance: dict) -> None:
+    """Every shard of the floors and of every route -> ``results/{run}/patch.parquet``."""
+    concat_parquet(list(floors) + list(routes), patch, PATCH, meta=provenance_record(**provenance))

@@ -1,0 +1,131 @@
+"""Jobs of ``rules/recon.smk``: training golds, one reconstruction job per route kind, and each route's geometry."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from causal_kl.contracts import EXPLANATIONS, GEOMETRY, GOLD
+from causal_kl.geometry import check_recheck, geometry_summary, site_geometry
+from causal_kl.io import provenance as provenance_record
+from causal_kl.io import read_gold, read_recon, read_sites, vectors_for_sites, write_json, write_parquet
+from causal_kl.models import load_model
+from causal_kl.routes import file as file_route
+from causal_kl.routes import nla_ar, nla_av, pca, text_channel
+from causal_kl.routes.base import check_train_rows, write_recon
+from causal_kl.routes.training import read_training_golds, training_golds
+
+log = logging.getLogger(__name__)
+
+
+def _route_meta(provenance: dict, route: str, entry: dict, **extra) -> dict:
+    return provenance_record(**provenance, route=route, kind=entry["kind"], route_config=entry, **extra)
+
+
+def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The eval sites, their ids and their golds in site order."""
+    table = read_sites(sites)
+    site_ids = np.asarray(table.column("site_id").to_numpy(), dtype=np.int64)
+    gold_ids, vectors = read_gold(gold)
+    return table, site_ids, vectors_for_sites(gold_ids, vectors, site_ids, gold,
+                                              fix="delete the golds and rerun, so they are extracted for this run's sites")
+
+
+def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
+               seed: int, model: dict, dtype: str, device: str, start: str, stop: str, provenance: dict) -> None:
+    """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites."""
+    loaded = load_model(model["path"], dtype=dtype, device=device,
+                        attn_implementation=model.get("attn_implementation", "sdpa"))
+    loaded.check_layer(int(model["layer"]))
+    table = training_golds(loaded, corpus, sampling, seed, int(model["layer"]), tuple(rows), progress=True)
+    write_parquet(gold, table, GOLD, loaded.d_model, meta=provenance_record(**provenance, train_rows=list(rows)))
+
+
+def recon_file(vectors: list[str], sites: str, gold: str, recon: str, route_entry: dict, route: str,
+               provenance: dict) -> None:
+    """A ``file`` route: read, check and write reconstructions computed elsewhere."""
+    table, site_ids, golds = _eval_golds(sites, gold)
+    recons = file_route.reconstruct(route_entry, table, golds.shape[1])
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, source_file=str(route_entry["path"])))
+
+
+def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: dict, eval_rows: list[int], route: str,
+              provenance: dict) -> None:
+    """A ``pca`` route: projection onto the top-k principal directions of training golds."""
+    source = f"config routes.{route}"
+    check_train_rows(route_entry["train_rows"], eval_rows, source)
+    table, site_ids, golds = _eval_golds(sites, gold)
+    _, train = read_training_golds(train_gold, set(table.column("doc_id").to_pylist()))
+    basis = pca.fit_pca(train, int(route_entry["k"]), bool(route_entry.get("center", True)), source)
+    write_recon(recon, site_ids, pca.project(basis, golds),
+                _route_meta(provenance, route, route_entry, n_train=len(train),
+                            explained_variance_ratio=float(basis.explained_variance_ratio.sum())))
+
+
+def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
+                       route_entry: dict, eval_rows: list[int], model: dict, dtype: str, device: str, route: str,
+                       provenance: dict) -> None:
+    """A ``text_channel`` route: logit-lens words of each gold, ridge regression from that text back to a vector."""
+    check_train_rows(route_entry["train_rows"], eval_rows, f"config routes.{route}")
+    table, site_ids, golds = _eval_golds(sites, gold)
+    _, train = read_training_golds(train_gold, set(table.column("doc_id").to_pylist()))
+    loaded = load_model(model["path"], dtype=dtype, device=device)
+    top_k = int(route_entry.get("top_k", 8))
+    texts, recons, reconstructor = text_channel.reconstruct(loaded, train, golds, top_k,
+                                                            float(route_entry.get("ridge_alpha", 1.0)))
+    write_parquet(explanations, pa.table({"site_id": pa.array(site_ids, pa.int64()),
+                                          "explanation": pa.array(texts, pa.string())}),
+                  EXPLANATIONS, meta=_route_meta(provenance, route, route_entry))
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, n_train=len(train),
+                                                     n_features=len(reconstructor.vocab), top_k=top_k))
+
+
+def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict, dtype: str,
+                   device: str, seed: int, route: str, provenance: dict) -> None:
+    """An ``nla_av`` route's first step: the AV verbalises every eval gold; its explanations feed ``recon_nla_ar``."""
+    _, site_ids, golds = _eval_golds(sites, gold)
+    av = nla_av.load_av(route_entry["checkpoint"], golds.shape[1], dtype, device)
+    raw = nla_av.explain(av, golds, int(route_entry.get("max_new_tokens", 64)), bool(route_entry.get("do_sample", False)),
+                         float(route_entry.get("temperature", 1.0)), float(route_entry.get("top_p", 1.0)),
+                         int(route_entry["seed"] if route_entry.get("seed") is not None else seed),
+                         int(route_entry.get("batch_size", 16)), progress=True)
+    table = pa.table({"site_id": pa.array(site_ids, pa.int64()),
+                      "explanation": pa.array([nla_av.extract_explanation(t) for t in raw], pa.string()),
+                      "generation": pa.array(raw, pa.string())})
+    write_parquet(explanations, table, EXPLANATIONS,
+                  meta=_route_meta(provenance, route, route_entry, checkpoint=av.checkpoint,
+                                   injection_scale=av.injection_scale,
+                                   n_without_tags=sum("<explanation>" not in t for t in raw)))
+
+
+def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
+                 layer: int, dtype: str, device: str, route: str, provenance: dict) -> None:
+    """An ``nla_ar`` route (and an ``nla_av`` route's second step): the AR reconstructs each site from its explanation."""
+    table, site_ids, golds = _eval_golds(sites, gold)
+    texts = nla_ar.explanations_for_sites(explanations, table)
+    path = route_entry["ar_checkpoint"] if route_entry["kind"] == "nla_av" else route_entry["checkpoint"]
+    ar = nla_ar.load_ar(path, int(layer), golds.shape[1], dtype, device)
+    recons = nla_ar.reconstruct(ar, texts, int(route_entry.get("batch_size", 16)), progress=True)
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, checkpoint=ar.checkpoint,
+                                                     mse_scale=ar.mse_scale, explanations=str(explanations)))
+
+
+def geometry(recon: str, gold: str, sites: str, table: str, summary: str, route_entry: dict,
+             variance_constant: float | None, route: str, provenance: dict) -> None:
+    """A route's per-site geometry against the golds and its FVE summary (stops on a failed FVE re-check)."""
+    from causal_kl.errors import CausalKLError
+
+    _, site_ids, golds = _eval_golds(sites, gold)
+    recon_ids, recons = read_recon(recon, golds.shape[1])
+    if not np.array_equal(np.sort(recon_ids), np.sort(site_ids)):
+        raise CausalKLError(recon, "site_id", "reconstructions do not cover exactly the eval sites",
+                            "delete the reconstructions and rerun, so the route is rebuilt for the current sites")
+    geo = site_geometry(golds, vectors_for_sites(recon_ids, recons, site_ids, recon))
+    geo.insert(0, "site_id", site_ids)
+    record = geometry_summary(geo, golds, route, route_entry, variance_constant)
+    check_recheck(record, route)
+    write_parquet(table, pa.Table.from_pandas(geo, preserve_index=False), GEOMETRY,
+                  meta=provenance_record(**provenance, route=route))
+    write_json(summary, record)

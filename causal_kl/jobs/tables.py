@@ -1,0 +1,80 @@
+"""Jobs of ``rules/tables.smk``: the per-site tables every analysis starts from, and the write-up's tables as CSV."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pyarrow as pa
+
+from causal_kl import tables
+from causal_kl.contracts import ERROR_NORMS, PER_SITE
+from causal_kl.geometry import gold_variance
+from causal_kl.io import provenance as provenance_record
+from causal_kl.io import (read_choices, read_csv, read_geometry, read_gold, read_json, read_mean, read_patch,
+                          read_sites, write_csv, write_parquet)
+from causal_kl.per_site import error_norms as error_norms_of
+from causal_kl.per_site import per_site_table
+from causal_kl.reference import with_reference
+
+log = logging.getLogger(__name__)
+
+
+def _published(reference: list[str]) -> pd.DataFrame | None:
+    """The published table a rule was given as input (none unless the run shows the reference)."""
+    return read_csv(reference[0]) if reference else None
+
+
+def error_norms(gold: str, choices: str, mean: str, norms: str, provenance: dict) -> None:
+    """Route-independent error norms per site (resamples, zero, mean)."""
+    site_ids, golds = read_gold(gold)
+    df = error_norms_of(site_ids, golds, read_choices(choices), read_mean(mean), choices)
+    write_parquet(norms, pa.Table.from_pandas(df, preserve_index=False), ERROR_NORMS, meta=provenance_record(**provenance))
+    log.info("error norms for %d sites", len(df))
+
+
+def per_site(patch: str, geometry: str, error_norms: str, sites: str, table: str, route: str, provenance: dict) -> None:
+    """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
+    df = per_site_table(read_patch(patch, route, offsets=[0]), read_geometry(geometry), pd.read_parquet(error_norms),
+                        read_sites(sites).to_pandas())
+    write_parquet(table, pa.Table.from_pandas(df, preserve_index=False), PER_SITE,
+                  meta=provenance_record(**provenance, route=route))
+    log.info("route %s: %d sites", route, len(df))
+
+
+def table_conditions(per_site: str, reference: list[str], table: str, n_boot: int, seed: int, ci: float,
+                     route: str) -> None:
+    """§2: the conditions table of one route."""
+    df = tables.conditions_table(pd.read_parquet(per_site), n_boot=n_boot, seed=seed, ci=ci)
+    write_csv(table, with_reference(df, _published(reference), "condition"))
+
+
+def table_quartiles(per_site: str, geometry_json: str, gold: str, reference: list[str], table: str, n_boot: int,
+                    seed: int, ci: float, route: str) -> None:
+    """§4: the quartiles of geometric error of one route."""
+    var = read_json(geometry_json).get("variance")
+    if var is None:
+        var = gold_variance(read_gold(gold)[1])
+        log.info("geometry JSON states no Var; recomputed %.6g from %s", var, gold)
+    df = tables.quartile_table(pd.read_parquet(per_site), var, n_boot=n_boot, seed=seed, ci=ci)
+    write_csv(table, with_reference(df, _published(reference), "quartile"))
+
+
+def table_offsets(patch: str, reference: list[str], table: str, route: str) -> None:
+    """§5: median KL per condition at every offset, for one route."""
+    df = tables.offsets_table(read_patch(patch, route))
+    write_csv(table, with_reference(df, _published(reference), "offset"))
+
+
+def table_token_classes(per_site: str, geometry_json: str, reference: list[str], table: str, classes: dict,
+                        route: str) -> None:
+    """Median KL@0 of the route conditions by token class (digits and the configured classes)."""
+    df = tables.token_class_table(pd.read_parquet(per_site), classes, read_json(geometry_json).get("variance"))
+    write_csv(table, with_reference(df, _published(reference), "group"))
+
+
+def table_routes(conditions: list[str], geometry: list[str], table: str, routes: list[str]) -> None:
+    """All routes side by side: loss recovered and median KL@0 with CIs, FVE."""
+    conds = {r: read_csv(p) for r, p in zip(routes, conditions)}
+    fve = {r: read_json(p).get("fve") for r, p in zip(routes, geometry)}
+    write_csv(table, tables.routes_table(conds, fve))

@@ -1,0 +1,5 @@
+"""Rule fig1_route (rules/figures.smk): Figure 1 of one route: direction-MSE vs KL@0 per site."""
+from causal_kl.jobs import run_rule
+from causal_kl.jobs.figures import fig1_route
+
+run_rule(fig1_route, snakemake)  # noqa: F821

@@ -1,0 +1,5 @@
+"""Rule fig2_route (rules/figures.smk): Figure 2 of one route: damage per unit squared error norm, noise = 1."""
+from causal_kl.jobs import run_rule
+from causal_kl.jobs.figures import fig2_route
+
+run_rule(fig2_route, snakemake)  # noqa: F821
