@@ -18,6 +18,7 @@ def write_sites(path: Path, doc_ids: list[str], positions: list[int]) -> pa.Tabl
         "doc_id": pa.array(doc_ids, pa.string()),
         "position": pa.array(positions, pa.int64()),
         "token_id": pa.array([5] * n, pa.int64()),
+        "token": pa.array(["x"] * n, pa.string()),
         "next_token_id": pa.array([6] * n, pa.int64()),
         "shard": pa.array([0] * n, pa.int64()),
     })
@@ -55,3 +56,7 @@ def base_config(tmp: Path, routes: dict, model_path: str = "m", layer: int = 2) 
     cfg = {"run": "t", "corpus": {"name": "c", "column": "content", "rows": [0, 6]},
            "model": {"path": model_path, "layer": layer}, "routes": routes, "device": "cpu"}
     return validate_config(cfg)
+
+
+PROVENANCE = {"config_hash": "test", "run": "t", "model": "m", "layer": 2, "rule": "test"}
+"""The provenance record a job gets from run_rule, for calling job functions directly."""

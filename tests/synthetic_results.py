@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from causal_kl.contracts import CONDITION_CHOICES, GEOMETRY, GOLD, PATCH, SITES
+from causal_kl.contracts import CONDITION_CHOICES, EVAL_MEAN, GEOMETRY, GOLD, PATCH, SITES
 from causal_kl.io import write_json, write_parquet
+
+TOKENS = (" the", " model", " 42", "7", " 1000", "x", ".", " 3 ")
+"""Token texts of the synthetic sites (some digits-only, some with spaces), chosen per site."""
 
 FLOOR_SCALE = {"gold": 1e-4, "resample_same_doc": 10.0, "resample_cross_doc": 12.0, "zero": 6.0, "mean": 5.0}
 ROUTE_SCALE = {"recon_goldnorm": 0.06, "recon_rawnorm": 0.08, "noise_matched": 0.025}
@@ -33,10 +36,11 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
     site_ids, docs = site_ids[keep], docs[keep]
     n = len(site_ids)
     positions = 50 + (np.arange(n) % per_doc) * 20
-    token_ids = rng.integers(4, 200, size=n)
+    token_ids = rng.integers(0, len(TOKENS), size=n)
     write_parquet(R / "sites.parquet", {
         "site_id": site_ids, "doc_id": [f"syn:train:{k}" for k in docs], "position": positions,
-        "token_id": token_ids, "next_token_id": rng.integers(4, 200, size=n), "shard": site_ids // 100,
+        "token_id": token_ids, "token": [TOKENS[t] for t in token_ids], "next_token_id": rng.integers(4, 200, size=n),
+        "shard": site_ids // 100,
     }, SITES)
     gold = rng.normal(size=(n, d)).astype(np.float32) + 0.5
     write_parquet(R / "gold.parquet", {"site_id": site_ids, "layer": np.full(n, 3), "activation": gold}, GOLD, d=d)
@@ -50,7 +54,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
         cross[i] = rng.choice(site_ids[docs != docs[i]])
     write_parquet(R / "conditions" / "choices.parquet",
                   {"site_id": site_ids, "same_doc_source": same, "cross_doc_source": cross}, CONDITION_CHOICES)
-    write_parquet(R / "conditions" / "mean.parquet", {"mean": gold.mean(axis=0, keepdims=True)})
+    write_parquet(R / "conditions" / "mean.parquet", {"mean": gold.mean(axis=0, keepdims=True), "n": [n]}, EVAL_MEAN, d=d)
 
     rows = []
     clean_ce = rng.gamma(2.0, 1.5, size=n)
@@ -96,15 +100,6 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
     return R
 
 
-def write_tokenizer(path: Path) -> Path:
-    """A small tokenizer (from the shared test fixtures) saved in ``save_pretrained`` format."""
-    import fixtures
-
-    tok = fixtures.make_tokenizer()
-    tok.save_pretrained(str(path))
-    return path
-
-
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
@@ -112,50 +107,56 @@ if __name__ == "__main__":  # pragma: no cover
     print(json.dumps({"ok": True}))
 
 
-def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), tokenizer: Path | None = None,
-                  reference: bool = False, n_boot: int = 50, config: dict | None = None) -> dict:
+def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool = False, n_boot: int = 50,
+                  expected_fve: dict | None = None) -> dict:
     """Run every analysis job (no Snakemake) on a synthetic run; return the report's file map."""
-    from causal_kl import analysis_jobs as jobs
+    from causal_kl.jobs import figures, report, statistics, tables
+    from causal_kl.reference import REFERENCE_DIR
 
     R = Path(R)
-    jobs.job_error_norms(R / "stored_gold.parquet", R / "conditions/choices.parquet", R / "conditions/mean.parquet",
-                         R / "analysis/error_norms.parquet")
+    s = lambda p: str(p)  # noqa: E731
+    prov = {"config_hash": "abc123", "run": R.name, "model": "tiny", "layer": 3, "rule": "test"}
+    boot = {"n_boot": n_boot, "seed": 0, "ci": 0.95}
+    ref = (lambda name: [s(REFERENCE_DIR / f"{name}.csv")]) if reference else (lambda name: [])
+    tables.error_norms(gold=s(R / "stored_gold.parquet"), choices=s(R / "conditions/choices.parquet"),
+                       mean=s(R / "conditions/mean.parquet"), norms=s(R / "analysis/error_norms.parquet"), provenance=prov)
     files: dict = {}
     for r in routes:
-        ps = R / f"analysis/{r}/per_site.parquet"
-        jobs.job_per_site(R / "patch.parquet", R / f"geometry/{r}.parquet", R / "analysis/error_norms.parquet",
-                          R / "sites.parquet", r, ps)
-        t = {k: R / f"tables/{r}/{k}.csv" for k in ("conditions", "quartiles", "offsets", "token_classes")}
-        jobs.job_conditions(ps, t["conditions"], n_boot, 0, 0.95, reference)
-        jobs.job_quartiles(ps, R / f"geometry/{r}.json", R / "stored_gold.parquet", t["quartiles"], n_boot, 0, 0.95,
-                           reference)
-        jobs.job_offsets(R / "patch.parquet", r, t["offsets"], reference)
-        if tokenizer is not None:
-            jobs.job_token_classes(ps, str(tokenizer), {"space": r"^\s"}, t["token_classes"], reference,
-                                   R / f"geometry/{r}.json")
-        parts = {}
-        for kind in ("correlation", "paired", "energy", "floor_offsets"):
-            parts[kind] = R / f"stats/{r}/{kind}.json"
-            kw = {"n_boot": n_boot} if kind in ("paired", "energy") else {}
-            if kind == "floor_offsets":
-                kw = {"tolerance": 2.0, "min_kl": 1e-4}
-            jobs.job_stat(kind, parts[kind], per_site=ps, offsets=t["offsets"], **kw)
-        jobs.job_stats_merge(parts, t["conditions"], R / f"geometry/{r}.json", r, R / f"stats/{r}.json")
-        figs = {}
-        for key, name in (("fig1", "fig1_geometry_vs_kl"), ("fig2", "fig2_damage_per_energy"),
-                          ("fig3", "fig3_kl_by_offset")):
-            figs[key] = R / f"figures/{r}/{name}.png"
-        jobs.job_fig1({r: ps}, {r: parts["correlation"]}, figs["fig1"], figs["fig1"].with_suffix(".svg"), 80)
-        jobs.job_fig2({r: parts["energy"]}, figs["fig2"], figs["fig2"].with_suffix(".svg"), 80)
-        jobs.job_fig3({r: t["offsets"]}, figs["fig3"], figs["fig3"].with_suffix(".svg"), 80)
-        files[r] = {**{k: str(v) for k, v in t.items()}, "stats": str(R / f"stats/{r}.json"),
-                    **{k: str(v) for k, v in figs.items()}}
-    jobs.job_routes({r: files[r]["conditions"] for r in routes}, {r: R / f"geometry/{r}.json" for r in routes},
-                    R / "tables/routes.csv")
-    jobs.job_fig_routes(R / "tables/routes.csv", R / "figures/routes_comparison.png",
-                        R / "figures/routes_comparison.svg", 80)
-    cfg = config or {"gold": {"min_cos": 0.999}, "patch": {"gold_repatch_kl_max": 0.01}, "routes": {}}
-    jobs.job_gate(R / "patch.parquet", str(R / "reextract.json"), {r: str(R / f"geometry/{r}.json") for r in routes},
-                  cfg, R / "gate.json")
-    comparison = {"routes": str(R / "tables/routes.csv"), "fig_routes": str(R / "figures/routes_comparison.png")}
+        ps = s(R / f"analysis/{r}/per_site.parquet")
+        geo_json = s(R / f"geometry/{r}.json")
+        tables.per_site(patch=s(R / "patch.parquet"), geometry=s(R / f"geometry/{r}.parquet"),
+                        error_norms=s(R / "analysis/error_norms.parquet"), sites=s(R / "sites.parquet"), table=ps,
+                        route=r, provenance=prov)
+        t = {k: s(R / f"tables/{r}/{k}.csv") for k in ("conditions", "quartiles", "offsets", "token_classes")}
+        tables.table_conditions(per_site=ps, reference=ref("conditions"), table=t["conditions"], route=r, **boot)
+        tables.table_quartiles(per_site=ps, geometry_json=geo_json, gold=s(R / "stored_gold.parquet"),
+                               reference=ref("quartiles"), table=t["quartiles"], route=r, **boot)
+        tables.table_offsets(patch=s(R / "patch.parquet"), reference=ref("offsets"), table=t["offsets"], route=r)
+        tables.table_token_classes(per_site=ps, geometry_json=geo_json, reference=ref("token_classes"),
+                                   table=t["token_classes"], classes={"space": r"^\s"}, route=r)
+        parts = {k: s(R / f"stats/{r}/{k}.json") for k in ("correlation", "paired", "energy", "floor_offsets")}
+        statistics.stat_correlation(per_site=ps, record=parts["correlation"], route=r)
+        statistics.stat_paired(per_site=ps, record=parts["paired"], route=r, **boot)
+        statistics.stat_energy(per_site=ps, record=parts["energy"], route=r, **boot)
+        statistics.stat_floor_offsets(offsets=t["offsets"], record=parts["floor_offsets"], tolerance=2.0, min_kl=1e-4,
+                                      route=r)
+        statistics.stats_route(**parts, conditions=t["conditions"], geometry_json=geo_json,
+                               record=s(R / f"stats/{r}.json"), route=r)
+        figs = {key: R / f"figures/{r}/{name}" for key, name in (("fig1", "fig1_geometry_vs_kl"),
+                                                                  ("fig2", "fig2_damage_per_energy"),
+                                                                  ("fig3", "fig3_kl_by_offset"))}
+        out = {key: {"png": s(f"{v}.png"), "svg": s(f"{v}.svg"), "dpi": 80, "route": r} for key, v in figs.items()}
+        figures.fig1_route(per_site=ps, correlation=parts["correlation"], style={}, **out["fig1"])
+        figures.fig2_route(energy=parts["energy"], style={}, **out["fig2"])
+        figures.fig3_route(offsets=t["offsets"], style={}, **out["fig3"])
+        files[r] = {**t, "stats": s(R / f"stats/{r}.json"), **{k: v["png"] for k, v in out.items()}}
+    tables.table_routes(conditions=[files[r]["conditions"] for r in routes],
+                        geometry=[s(R / f"geometry/{r}.json") for r in routes], table=s(R / "tables/routes.csv"),
+                        routes=list(routes))
+    figures.fig_routes(routes_table=s(R / "tables/routes.csv"), png=s(R / "figures/routes_comparison.png"),
+                       svg=s(R / "figures/routes_comparison.svg"), dpi=80, style={})
+    report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], patch=s(R / "patch.parquet"),
+                reextract=[s(R / "reextract.json")], record=s(R / "gate.json"), min_cos=0.999,
+                gold_repatch_kl_max=0.01, expected_fve=expected_fve or {}, routes=list(routes))
+    comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": s(R / "figures/routes_comparison.png")}
     return {"routes": files, "comparison": comparison}

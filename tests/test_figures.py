@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from causal_kl import figures
-from synthetic_results import build_outputs, make_results, write_tokenizer
+from synthetic_results import build_outputs, make_results
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("figs")
     R = make_results(root, routes=("toy", "toy2"))
-    files = build_outputs(R, routes=("toy", "toy2"), tokenizer=write_tokenizer(root / "tok"))
+    files = build_outputs(R, routes=("toy", "toy2"))
     return R, files
 
 

@@ -9,9 +9,19 @@ from scipy.spatial.distance import cosine
 
 from causal_kl.contracts import RECON
 from causal_kl.errors import CausalKLError
-from causal_kl.geometry import compute_geometry, floor_gate, site_geometry
+from causal_kl.gate import floor_gate
+from causal_kl.geometry import site_geometry
 from causal_kl.io import write_parquet
-from run_files import base_config, make_run
+from causal_kl.jobs.recon import geometry
+from run_files import PROVENANCE, base_config, make_run
+
+
+def compute_geometry(recon, gold, sites, table, summary, route, config):
+    """The geometry rule's job on these files; returns the summary it wrote."""
+    geometry(recon=str(recon), gold=str(gold), sites=str(sites), table=str(table), summary=str(summary),
+             route_entry=config["routes"][route], variance_constant=config["geometry"]["variance_constant"],
+             route=route, provenance=PROVENANCE)
+    return json.loads(summary.read_text())
 
 
 def _write_recon(path, vectors):
@@ -86,10 +96,11 @@ def test_expected_fve_mismatch_stops_with_one_line(tmp_path):
 
 def test_floor_gate_checks():
     config = base_config(None, {"a": {"kind": "file", "path": "x", "expected_fve": 0.775}, "b": {"kind": "file", "path": "y"}})
+    routes = config["routes"]
     patch = pd.DataFrame({"site_id": [0, 1, 2, 0], "route": ["", "", "", ""], "condition": ["gold"] * 3 + ["zero"],
                           "offset": [0, 0, 0, 0], "kl": [1e-4, 4e-4, 9e-4, 5.0]})
     geo = {"a": {"route": "a", "fve": 0.7749}, "b": {"route": "b", "fve": 0.5}}
-    gate = floor_gate({"min_cos": 0.9999}, patch, geo, config)
+    gate = floor_gate({"min_cos": 0.9999}, patch, geo, 0.999, 0.01, routes)
     by = {(c["name"], c.get("route")): c for c in gate["checks"]}
     assert by[("reextract", None)]["status"] == "✓"
     assert by[("gold_repatch", None)]["value"] == pytest.approx(np.median([1e-4, 4e-4, 9e-4]))
@@ -97,8 +108,9 @@ def test_floor_gate_checks():
     assert by[("fve_recheck", "a")]["status"] == "✓" and by[("fve_recheck", "b")]["status"] == "–"
     assert gate["pass"] is True and "✓" in gate["line"]
 
-    bad = floor_gate({"min_cos": 0.99}, patch.assign(kl=[0.1, 0.2, 0.3, 5.0]), {"a": {"route": "a", "fve": 0.70}}, config)
+    bad = floor_gate({"min_cos": 0.99}, patch.assign(kl=[0.1, 0.2, 0.3, 5.0]), {"a": {"route": "a", "fve": 0.70}}, 0.999, 0.01,
+                     routes)
     assert [c["status"] for c in bad["checks"]] == ["✗", "✗", "✗"] and bad["pass"] is False
 
-    no_patch = floor_gate({"min_cos": 1.0}, None, [], config)
+    no_patch = floor_gate({"min_cos": 1.0}, None, {}, 0.999, 0.01, routes)
     assert no_patch["checks"][1]["status"] == "–" and no_patch["pass"] is True

@@ -5,27 +5,21 @@ from __future__ import annotations
 import re
 
 import pandas as pd
-import pytest
 
-from causal_kl.report import build_report, gate_html
-from synthetic_results import build_outputs, make_results, write_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return write_tokenizer(tmp_path_factory.mktemp("tok") / "tok")
+from causal_kl.report import build_report
+from synthetic_results import build_outputs, make_results
 
 
-def _build(root, tok, reference=False, gate_ok=True):
+def _build(root, reference=False, gate_ok=True):
     R = make_results(root, routes=("toy", "other-route"), gate_ok=gate_ok)
-    files = build_outputs(R, routes=("toy", "other-route"), tokenizer=tok, reference=reference)
+    files = build_outputs(R, routes=("toy", "other-route"), reference=reference)
     html = build_report(R / "run.json", R / "gate.json", files["routes"], files["comparison"], R / "report.html",
                         reference=reference)
     return R, html
 
 
-def test_report_is_self_contained_with_every_section(tmp_path, tok):
-    R, html = _build(tmp_path, tok)
+def test_report_is_self_contained_with_every_section(tmp_path):
+    R, html = _build(tmp_path)
     assert (R / "report.html").read_text() == html
     srcs = re.findall(r'src="([^"]*)"', html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -41,24 +35,19 @@ def test_report_is_self_contained_with_every_section(tmp_path, tok):
     assert "_published" not in html.replace("<wbr>", "")
 
 
-def test_gate_is_first_and_red_when_failed(tmp_path, tok):
-    _, html = _build(tmp_path, tok, gate_ok=False)
+def test_gate_is_first_and_red_when_failed(tmp_path):
+    _, html = _build(tmp_path, gate_ok=False)
     assert html.index("id=\"gate\"") < html.index("Provenance") < html.index("id='comparison'")
     assert 'class="gate fail"' in html and "FLOOR CHECK FAILED" in html and "✗" in html
 
 
-def test_gate_passes_green(tmp_path, tok):
-    _, html = _build(tmp_path, tok, gate_ok=True)
+def test_gate_passes_green(tmp_path):
+    _, html = _build(tmp_path, gate_ok=True)
     assert 'class="gate pass"' in html and "✓" in html
 
 
-def test_gate_display_accepts_a_plain_check_dict():
-    html = gate_html({"checks": {"reextract": {"value": 0.98, "bound": 0.999, "passed": False}}})
-    assert 'class="gate fail"' in html and "reextract" in html
-
-
-def test_reference_columns_only_when_shown(tmp_path, tok):
-    R, html = _build(tmp_path, tok, reference=True)
+def test_reference_columns_only_when_shown(tmp_path):
+    R, html = _build(tmp_path, reference=True)
     cond = pd.read_csv(R / "tables/toy/conditions.csv")
     assert {"kl0_median_published", "kl0_median_diff", "loss_recovered_vs_resample_cross_doc_published"} <= set(cond)
     assert "ratio_median_published" in pd.read_csv(R / "tables/toy/quartiles.csv")

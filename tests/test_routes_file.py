@@ -12,20 +12,17 @@ from safetensors.torch import save_file
 from causal_kl.contracts import RECON
 from causal_kl.errors import CausalKLError
 from causal_kl.io import arrow_to_vectors, read_parquet, read_provenance
-from causal_kl.routes import RouteJob, route_kind
-from run_files import base_config, make_run
-
-
-def _job(tmp_path, route):
-    sites_path, gold_path = tmp_path / "sites.parquet", tmp_path / "gold.parquet"
-    config = base_config(tmp_path, {"r": route})
-    return RouteJob("r", config["routes"]["r"], config, sites_path, gold_path, out=tmp_path / "recon.parquet")
+from causal_kl.jobs.recon import recon_file
+from causal_kl.routes.file import input_files
+from run_files import PROVENANCE, base_config, make_run
 
 
 def _run(tmp_path, route):
-    job = _job(tmp_path, route)
-    route_kind("file").reconstruct(job)
-    t = read_parquet(job.out, RECON)
+    """The recon_file rule's job on a route entry (validated like the config's)."""
+    entry = base_config(tmp_path, {"r": route})["routes"]["r"]
+    recon_file(vectors=input_files(entry), sites=str(tmp_path / "sites.parquet"), gold=str(tmp_path / "gold.parquet"),
+               recon=str(tmp_path / "recon.parquet"), route_entry=entry, route="r", provenance=PROVENANCE)
+    t = read_parquet(tmp_path / "recon.parquet", RECON)
     return t.column("site_id").to_numpy(), arrow_to_vectors(t.column("reconstruction"))
 
 

@@ -19,10 +19,10 @@ import fixtures
 from causal_kl.contracts import EXPLANATIONS, RECON
 from causal_kl.errors import CausalKLError
 from causal_kl.io import arrow_to_vectors, read_parquet
-from causal_kl.routes import RouteJob, route_kind
+from causal_kl.jobs.recon import explain_nla_av, recon_nla_ar
 from causal_kl.routes.nla_ar import load_ar, reconstruct
 from causal_kl.routes.nla_av import explain, extract_explanation, load_av
-from run_files import base_config, make_run
+from run_files import PROVENANCE, base_config, make_run
 
 LAYER = 2
 D = 64
@@ -205,15 +205,16 @@ def test_nla_av_then_ar_end_to_end(gemma3_dir, ar_dir, av_dir, tmp_path):
     sites_path, gold_path, sites, gold = make_run(tmp_path, n_docs=2, per_doc=3, d=D)
     config = base_config(tmp_path, {"nla": {"kind": "nla_av", "checkpoint": str(av_dir), "ar_checkpoint": str(ar_dir),
                                             "max_new_tokens": 5, "batch_size": 4}}, layer=LAYER)
-    job = RouteJob("nla", config["routes"]["nla"], config, sites_path, gold_path, out=tmp_path / "recon.parquet",
-                   explanations=tmp_path / "explanations.parquet")
-    kind = route_kind("nla_av")
-    kind.explain(job)
-    kind.reconstruct(job)
-    ex = read_parquet(job.explanations, EXPLANATIONS).to_pandas()
+    entry, ex_path, recon_path = config["routes"]["nla"], str(tmp_path / "explanations.parquet"), str(tmp_path / "recon.parquet")
+    explain_nla_av(sites=str(sites_path), gold=str(gold_path), checkpoint=[str(av_dir)], explanations=ex_path,
+                   route_entry=entry, dtype="float32", device="cpu", seed=42, route="nla", provenance=PROVENANCE)
+    recon_nla_ar(explanations=ex_path, sites=str(sites_path), gold=str(gold_path), checkpoint=[str(ar_dir)],
+                 recon=recon_path, route_entry=entry, layer=LAYER, dtype="float32", device="cpu", route="nla",
+                 provenance=PROVENANCE)
+    ex = read_parquet(ex_path, EXPLANATIONS).to_pandas()
     assert ex.site_id.tolist() == sites.column("site_id").to_pylist()
     assert ex.generation.tolist() == plain_av_greedy(av_dir, gold, 5)
-    recon = read_parquet(job.out, RECON, D)
+    recon = read_parquet(recon_path, RECON, D)
     assert recon.column("site_id").to_pylist() == sites.column("site_id").to_pylist()
     np.testing.assert_allclose(arrow_to_vectors(recon.column("reconstruction")),
                                plain_ar(gemma3_dir, ar_dir, ex.explanation.tolist()), atol=1e-4, rtol=1e-4)
@@ -228,8 +229,8 @@ def test_nla_ar_reads_nla_keyed_explanations(ar_dir, gemma3_dir, tmp_path):
     pd.DataFrame({"doc_id": s.doc_id, "n_raw_tokens": s.position + 1, "explanation": texts}).iloc[::-1].to_parquet(tmp_path / "ex.parquet")
     config = base_config(tmp_path, {"ar": {"kind": "nla_ar", "checkpoint": str(ar_dir), "explanations": str(tmp_path / "ex.parquet")}},
                          layer=LAYER)
-    job = RouteJob("ar", config["routes"]["ar"], config, sites_path, gold_path, out=tmp_path / "recon.parquet",
-                   explanations=tmp_path / "ex.parquet")
-    route_kind("nla_ar").reconstruct(job)
-    got = arrow_to_vectors(read_parquet(job.out, RECON, D).column("reconstruction"))
+    recon_nla_ar(explanations=str(tmp_path / "ex.parquet"), sites=str(sites_path), gold=str(gold_path),
+                 checkpoint=[str(ar_dir)], recon=str(tmp_path / "recon.parquet"), route_entry=config["routes"]["ar"],
+                 layer=LAYER, dtype="float32", device="cpu", route="ar", provenance=PROVENANCE)
+    got = arrow_to_vectors(read_parquet(tmp_path / "recon.parquet", RECON, D).column("reconstruction"))
     np.testing.assert_allclose(got, plain_ar(gemma3_dir, ar_dir, texts), atol=1e-4, rtol=1e-4)

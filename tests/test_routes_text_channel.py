@@ -17,11 +17,11 @@ from causal_kl.contracts import EXPLANATIONS, GOLD, RECON
 from causal_kl.errors import CausalKLError
 from causal_kl.io import arrow_to_vectors, read_parquet, write_parquet
 from causal_kl.models import load_model
-from causal_kl.routes import RouteJob, route_kind
+from causal_kl.jobs.recon import recon_text_channel
 from causal_kl.routes.text_channel import TextReconstructor, verbalise
 from causal_kl.routes.training import training_golds
 from causal_kl.sites import build_sites, sample_doc_positions, special_token_ids
-from run_files import base_config, write_gold
+from run_files import PROVENANCE, base_config, write_gold
 
 LAYER = 2
 EVAL_ROWS, TRAIN_ROWS = [0, 8], [8, 30]
@@ -39,7 +39,7 @@ def setup(gemma3_dir, corpus_path):
 
 def test_training_golds_are_sampled_like_eval_sites_and_match_plain_forward(setup):
     config, loaded = setup
-    table = training_golds(loaded, config, tuple(TRAIN_ROWS))
+    table = training_golds(loaded, config["corpus"], config["sites"], config["seed"], LAYER, tuple(TRAIN_ROWS))
     docs = table.column("doc_id").to_pylist()
     pos = table.column("position").to_pylist()
     golds = arrow_to_vectors(table.column("activation"))
@@ -55,7 +55,7 @@ def test_training_golds_are_sampled_like_eval_sites_and_match_plain_forward(setu
             expect_sites.append((doc_id, p))
             np.testing.assert_allclose(golds[len(expect_sites) - 1], hidden[p].numpy(), atol=1e-4, rtol=1e-4)
     assert list(zip(docs, pos)) == expect_sites
-    eval_docs = set(build_sites(config, loaded.tokenizer).sites.column("doc_id").to_pylist())
+    eval_docs = set(build_sites(config["corpus"], config["sites"], config["seed"], loaded.tokenizer).sites.column("doc_id").to_pylist())
     assert eval_docs and not (eval_docs & set(docs))
 
 
@@ -92,19 +92,22 @@ def test_text_channel_route_end_to_end(setup, tmp_path):
     config, loaded = setup
     from causal_kl.gold import extract_golds
 
-    sample = build_sites(config, loaded.tokenizer)
+    sample = build_sites(config["corpus"], config["sites"], config["seed"], loaded.tokenizer)
     sites = sample.sites
     doc_tokens = dict(zip(sample.docs.column("doc_id").to_pylist(), sample.docs.column("input_ids").to_pylist()))
     gold = extract_golds(loaded, doc_tokens, sites.column("doc_id").to_pylist(), sites.column("position").to_pylist(), LAYER)
     write_parquet(tmp_path / "sites.parquet", sites)
     write_gold(tmp_path / "gold.parquet", gold, layer=LAYER)
-    write_parquet(tmp_path / "train.parquet", training_golds(loaded, config, tuple(TRAIN_ROWS)), GOLD, loaded.d_model)
-    job = RouteJob("tc", config["routes"]["tc"], config, tmp_path / "sites.parquet", tmp_path / "gold.parquet",
-                   out=tmp_path / "recon.parquet", train_gold=tmp_path / "train.parquet",
-                   explanations=tmp_path / "explanations.parquet")
-    route_kind("text_channel").reconstruct(job)
-    ex = read_parquet(job.explanations, EXPLANATIONS).to_pandas()
-    recon = arrow_to_vectors(read_parquet(job.out, RECON, loaded.d_model).column("reconstruction"))
+    write_parquet(tmp_path / "train.parquet", training_golds(loaded, config["corpus"], config["sites"], config["seed"], LAYER,
+                                                             tuple(TRAIN_ROWS)), GOLD, loaded.d_model)
+    job = dict(train_gold=str(tmp_path / "train.parquet"), sites=str(tmp_path / "sites.parquet"),
+               gold=str(tmp_path / "gold.parquet"), model_dir=[], recon=str(tmp_path / "recon.parquet"),
+               explanations=str(tmp_path / "explanations.parquet"), route_entry=config["routes"]["tc"],
+               eval_rows=config["corpus"]["rows"], model=config["model"], dtype="float32", device="cpu", route="tc",
+               provenance=PROVENANCE)
+    recon_text_channel(**job)
+    ex = read_parquet(job["explanations"], EXPLANATIONS).to_pandas()
+    recon = arrow_to_vectors(read_parquet(job["recon"], RECON, loaded.d_model).column("reconstruction"))
     assert ex.site_id.tolist() == sites.column("site_id").to_pylist()
     assert ex.explanation.tolist() == verbalise(loaded, gold, 4)
     # the bottleneck: sites with the same text get the same reconstruction
@@ -113,6 +116,6 @@ def test_text_channel_route_end_to_end(setup, tmp_path):
     cos = (recon * gold).sum(1) / np.linalg.norm(recon, axis=1) / np.linalg.norm(gold, axis=1)
     assert np.isfinite(recon).all() and cos.mean() > 0
 
-    job.route["train_rows"] = [5, 30]
+    job["route_entry"]["train_rows"] = [5, 30]
     with pytest.raises(CausalKLError, match="overlap the eval rows"):
-        route_kind("text_channel").reconstruct(job)
+        recon_text_channel(**job)

@@ -77,10 +77,13 @@ def test_build_sites_tokenizes_with_bos(corpus_path, gemma3_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gemma3_dir)
-    s = build_sites(_cfg(corpus_path), tok)
+    cfg = _cfg(corpus_path)
+    s = build_sites(cfg["corpus"], cfg["sites"], cfg["seed"], tok)
     assert s.sites.num_rows == 40
     first = s.docs["input_ids"].to_pylist()[0]
     assert first[0] == tok.bos_token_id
     text = pd.read_parquet(corpus_path)["content"][0]
     assert first == tok(text, add_special_tokens=True).input_ids[: len(first)]
     assert s.docs["doc_id"].to_pylist()[0] == "local/c:train:0"
+    sites = s.sites.to_pandas()
+    assert (sites["token"] == sites["token_id"].map(lambda t: tok.decode([t]))).all()  # the token text of each site

@@ -47,7 +47,7 @@ PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/{name}.parquet" for name in ("sites
 PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
                  "sites"]
 """The jobs the targets need: two shards, the floors only (no routes)."""
-GPU_RULES = {"gold", "patch_floors", "patch_route", "recon_nla_ar", "recon_nla_av"}
+GPU_RULES = {"gold", "patch_floors", "patch_route", "recon_nla_ar", "explain_nla_av", "recon_text_channel", "train_gold"}
 
 TINY_SNAKEFILE = r'''
 # Two rules named like the pipeline's: `sites` runs on CPU, `gold` gets gpu=1 from the profile.

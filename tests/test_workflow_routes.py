@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from workflow_helpers import copy_workflow, dry_run_jobs, run_snakemake, tiny_config, write_config
+from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, run_snakemake, tiny_config, write_config
 
 AGGREGATES = {"patch_aggregate"}
 
@@ -28,14 +28,14 @@ def _add_file_route(tmp, name, sites, gold, noise):
 def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path, tmp_path):
     copy_workflow(tmp_path, root)
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir))
-    run_snakemake(tmp_path, "results/t/sites.parquet", "results/t/gold.parquet")
+    run_snakemake(tmp_path, "results/t/sites.parquet", "results/t/gold.parquet", blocked=TORCH_ENV_BLOCKS)
     sites = pd.read_parquet(tmp_path / "results/t/sites.parquet")
     gold_t = pd.read_parquet(tmp_path / "results/t/gold.parquet").set_index("site_id").loc[sites.site_id]
     gold = np.stack(gold_t.activation.to_numpy()).astype(np.float64)
 
     _add_file_route(tmp_path, "first", sites, gold, 0.5)
     targets = ["results/t/patch.parquet", "results/t/geometry/first.json"]
-    run_snakemake(tmp_path, *targets)
+    run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *targets)
 
     _add_file_route(tmp_path, "second", sites, gold, 2.0)

@@ -8,7 +8,7 @@ shard (plus the aggregate that collects them).
 
 import pandas as pd
 
-from workflow_helpers import copy_workflow, dry_run_jobs, dry_run_shards, run_snakemake, tiny_config, write_config
+from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, dry_run_shards, run_snakemake, tiny_config, write_config
 
 
 def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
@@ -16,7 +16,7 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     sites = {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 9, "shard_size": 3}
     corpus = dict(tiny_config(corpus_path, gemma3_dir)["corpus"], rows=[0, 3])
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir, sites=sites, corpus=corpus, gold={"write_demo_base": True}))
-    run_snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json")
+    run_snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json", blocked=TORCH_ENV_BLOCKS)
     R = tmp_path / "results/t"
     patch = pd.read_parquet(R / "patch.parquet")
     sites = pd.read_parquet(R / "sites.parquet")

@@ -13,6 +13,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ("Snakefile", "rules", "config", "workflow_scripts", "envs", "reports")
+BLOCKER = ROOT / "tests" / "import_blocker"
+ANALYSIS_ENV_BLOCKS = ("torch", "transformers", "tokenizers", "safetensors", "datasets")
+"""What envs/analysis.yaml lacks that the torch env has."""
+TORCH_ENV_BLOCKS = ("matplotlib", "seaborn")
+"""What envs/torch.yaml lacks that the analysis env has."""
+
+
+def blocked_imports_env(blocked, base: dict | None = None) -> dict:
+    """Environment variables under which ``blocked`` packages cannot be imported (tests/import_blocker)."""
+    env = dict(base if base is not None else os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BLOCKER)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["CAUSAL_KL_BLOCK_IMPORTS"] = ",".join(blocked)
+    return env
 
 
 def copy_workflow(dest: Path, root: Path = ROOT) -> Path:
@@ -46,10 +59,16 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> str:
-    """``snakemake --cores 1 ARGS`` in ``workdir`` (offline, one thread per job); asserts success."""
+def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[str, ...] = ()) -> str:
+    """``snakemake --cores 1 ARGS`` in ``workdir`` (offline, one thread per job); asserts success.
+
+    ``blocked`` packages cannot be imported by Snakemake or any job (e.g. ``TORCH_ENV_BLOCKS`` for a run
+    of model rules only: they must work in envs/torch.yaml, which has no plotting libraries).
+    """
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if blocked:
+        env = blocked_imports_env(blocked, env)
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *args]
     res = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
