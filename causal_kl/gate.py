@@ -34,21 +34,25 @@ def floor_gate(reextract: Mapping[str, Any] | None, patch: pd.DataFrame | None, 
                min_cos: float, gold_repatch_kl_max: float, routes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The gate record of a run.
 
-    ``reextract``: the re-extract summary (``reextract.json``), or None when there is none;
+    ``reextract``: the re-extract summary (``reextract.json``), or None when the run's golds are the
+    ones it extracted (nothing stored to re-extract: the check does not apply);
     ``patch``: PATCH rows at offset 0 (None when the patch engine did not run); ``geometry``:
     route -> its geometry summary (``geometry/{route}.json``); ``routes``: route -> its config
     entry (``expected_fve``, ``fve_tolerance``). Returns ``{"checks": [{"name", "label", "value",
     "bound", "status", "pass", "detail"[, "route"]}, ...], "pass": bool, "line": "re-extract
     cos>0.999 ✓ · gold repatch KL 0.0004 ✓ · FVE 0.7749 ✓"}``; ``pass`` is False when any
-    check that ran failed or the re-extract result is missing.
+    check that ran failed.
     """
     checks: list[dict[str, Any]] = []
 
     label = f"re-extract cos>{min_cos:g}"
-    value = reextract.get("min_cos") if reextract is not None else None
-    if value is None:
-        checks.append(_check("reextract", label, None, min_cos, False, "no re-extract result"))
+    if reextract is None:
+        checks.append(_check("reextract", label, None, min_cos, None,
+                             "the run extracted its own golds: no stored golds to re-extract"))
+    elif reextract.get("min_cos") is None:
+        checks.append(_check("reextract", label, None, min_cos, False, "the re-extract summary has no min_cos"))
     else:
+        value = reextract["min_cos"]
         checks.append(_check("reextract", label, float(value), min_cos, float(value) > min_cos,
                              f"min cos {float(value):.6f}"))
 

@@ -114,3 +114,14 @@ def test_floor_gate_checks():
 
     no_patch = floor_gate({"min_cos": 1.0}, None, {}, 0.999, 0.01, routes)
     assert no_patch["checks"][1]["status"] == "–" and no_patch["pass"] is True
+
+
+def test_gate_passes_a_run_that_extracted_its_own_golds():
+    """The production shape: golds extracted by the run (no stored golds), no expected FVE: nothing fails."""
+    patch = pd.DataFrame({"site_id": [0, 1, 2], "route": [""] * 3, "condition": ["gold"] * 3, "offset": [0] * 3,
+                          "kl": [1e-6, 2e-6, 3e-6]})
+    gate = floor_gate(None, patch, {"nla": {"route": "nla", "fve": 0.77}}, 0.999, 0.01, {"nla": {"kind": "file"}})
+    by = {c["name"]: c for c in gate["checks"]}
+    assert by["reextract"]["status"] == "–" and by["reextract"]["pass"] is None and "extracted" in by["reextract"]["detail"]
+    assert by["gold_repatch"]["status"] == "✓" and by["fve_recheck"]["status"] == "–"
+    assert gate["pass"] is True and "✗" not in gate["line"]
