@@ -54,10 +54,24 @@ def energy_stats(per_site: pd.DataFrame, n_boot: int = 1000, seed: int = 0, ci: 
         est, lo, hi = stats.bootstrap([k, e, kn, en], stats.normalised_damage, n_boot, seed, ci)
         norm[c] = {"value": est, "lo": lo, "hi": hi}
         raw[c] = stats.nanmedian(stats.damage_per_energy(k, e))
-    alpha = {}
+    alpha: dict[str, dict] = {}
+    alpha_ci: dict[str, dict] = {}
     for anchor in RESAMPLES:
-        alpha[anchor] = {c: stats.mixture_alpha(norm[c]["value"], norm[anchor]["value"]) for c in (RECON, RECON_RAW)}
-    return {"normalised": norm, "median_kl_per_energy": raw, "alpha": alpha, "noise_condition": NOISE}
+        alpha[anchor], alpha_ci[anchor] = {}, {}
+        ka, ea = (per_site[f"{k}_{anchor}"].to_numpy(dtype=np.float64) for k in ("kl0", "err"))
+        for c in (RECON, RECON_RAW):
+            k, e = (per_site[f"{p}_{c}"].to_numpy(dtype=np.float64) for p in ("kl0", "err"))
+            alpha[anchor][c] = stats.mixture_alpha(norm[c]["value"], norm[anchor]["value"])
+            _, lo, hi = stats.bootstrap([k, e, ka, ea, kn, en], stats.mixture_alpha_of_sites, n_boot, seed, ci)
+            alpha_ci[anchor][c] = {"lo": lo, "hi": hi, "defined": _anchor_defined(norm[anchor])}
+    return {"normalised": norm, "median_kl_per_energy": raw, "alpha": alpha, "alpha_ci": alpha_ci,
+            "noise_condition": NOISE}
+
+
+def _anchor_defined(anchor: dict) -> bool:
+    """α is defined when the content anchor is more damaging per energy than noise beyond doubt (CI above 1)."""
+    lo = anchor.get("lo")
+    return bool(lo is not None and np.isfinite(lo) and lo > 1.0)
 
 
 def floor_offsets(offsets: pd.DataFrame, tolerance: float = 2.0, min_kl: float = 0.0) -> dict:
@@ -78,9 +92,20 @@ def floor_offsets(offsets: pd.DataFrame, tolerance: float = 2.0, min_kl: float =
 
 
 def headline(conditions: pd.DataFrame, fve: float | None) -> dict:
-    """The route's headline numbers from its conditions table (``causal_kl.tables.conditions_table``)."""
+    """The route's headline numbers from its conditions table (``causal_kl.tables.conditions_table``).
+
+    Loss recovered vs a floor F is only defined when F does damage: ``loss_recovered_defined_vs_F`` is
+    False when F's mean ΔCE@0 is not above 0 beyond its bootstrap CI (the ratio's denominator could be
+    0, and the score can land anywhere); the report then says "undefined" instead of a number.
+    """
     c = conditions.set_index("condition")
-    out = {f"loss_recovered_vs_{f}": float(c.loc[RECON, f"loss_recovered_vs_{f}"]) for f in (LOSS_FLOORS[0], MEAN, ZERO)}
+    out: dict = {}
+    for f in (LOSS_FLOORS[0], MEAN, ZERO):
+        key = f"loss_recovered_vs_{f}"
+        out[key] = float(c.loc[RECON, key])
+        out[f"{key}_lo"], out[f"{key}_hi"] = float(c.loc[RECON, f"{key}_lo"]), float(c.loc[RECON, f"{key}_hi"])
+        lo = float(c.loc[f, "dce0_mean_lo"]) if "dce0_mean_lo" in c else float("nan")
+        out[f"loss_recovered_defined_vs_{f}"] = bool(np.isfinite(lo) and lo > 0)
     out.update({
         "median_kl0_recon": float(c.loc[RECON, "kl0_median"]),
         "median_kl0_gold_floor": float(c.loc[GOLD, "kl0_median"]),

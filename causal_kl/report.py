@@ -158,20 +158,42 @@ def _figure(path: str | Path | None, cap: str) -> str:
     return f"<figure>{_img(path)}<figcaption>{html.escape(cap)}</figcaption></figure>"
 
 
+def _with_ci(v: Any, lo: Any, hi: Any, col: str = "") -> str:
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return _fmt(v, col)
+    return f"{_fmt(v, col)} <span class='ci'>[{_fmt(lo, col)}, {_fmt(hi, col)}]</span>"
+
+
 def _cards(stats: Mapping[str, Any]) -> str:
+    """The route's headline tiles; a score whose denominator is not distinguishable from 0 says so instead."""
     h = stats.get("headline", {})
     p = stats.get("paired", {}).get(RECON, {})
     c = stats.get("correlation", {}).get("dmse_vs_kl0", {})
     e = stats.get("energy", {})
+    lr = f"loss_recovered_vs_{HEADLINE_FLOOR}"
+    if h.get(f"loss_recovered_defined_vs_{HEADLINE_FLOOR}", True):
+        loss = (_with_ci(h.get(lr), h.get(f"{lr}_lo"), h.get(f"{lr}_hi"), "loss_recovered"),
+                "loss recovered vs cross-doc resample [95% CI]")
+    else:
+        loss = ("undefined", "loss recovered vs cross-doc resample: the resample's mean ΔCE@0 is not above 0 "
+                f"beyond its CI, so the ratio is not a score (value {_fmt(h.get(lr), 'loss_recovered')})")
     a = e.get("alpha", {}).get(CROSS_DOC, {}).get(RECON)
+    a_ci = e.get("alpha_ci", {}).get(CROSS_DOC, {}).get(RECON, {})
+    if a_ci and not a_ci.get("defined", True):
+        alpha = ("undefined", "mixture α: the cross-doc anchor is not more damaging per unit energy than noise "
+                              f"beyond its CI (value {_fmt(a, 'share')})")
+    else:
+        note = "" if a is None or not np.isfinite(a) or 0 <= a <= 1 else "; outside [0, 1]: the mixture model does not fit"
+        alpha = (_with_ci(a, a_ci.get("lo"), a_ci.get("hi"), "share"), f"mixture α (cross-doc anchor) [95% CI]{note}")
     cards = [
-        (_fmt(h.get(f"loss_recovered_vs_{HEADLINE_FLOOR}"), "loss_recovered"), "loss recovered vs cross-doc resample"),
+        loss,
         (_fmt(h.get("median_kl0_recon")), "median KL@0, reconstruction (nats)"),
         (_fmt(h.get("median_kl0_gold_floor")), "gold-repatch floor, median KL@0"),
         (_fmt(h.get("fve")), "FVE"),
         (_fmt(c.get("rho")), "Spearman ρ, direction-MSE vs KL@0"),
-        (f"{p.get('median_ratio', float('nan')):.2f}×", "paired recon / noise KL, median"),
-        (_fmt(a, "share"), "mixture α (cross-doc anchor)"),
+        (_with_ci(p.get("median_ratio"), p.get("median_ratio_lo"), p.get("median_ratio_hi")) + "×",
+         "paired recon / noise KL, median [95% CI]"),
+        alpha,
     ]
     return "<div class='cards'>" + "".join(
         f"<div class='card'><div class='v'>{v}</div><div class='l'>{html.escape(l)}</div></div>" for v, l in cards
@@ -249,7 +271,13 @@ def key_statistics(stats: dict) -> pd.DataFrame:
     for cond, label in ((RECON, "recon"), *((r, LABELS[r]) for r in RESAMPLES)):
         rows.append((f"damage per unit energy, {label} (noise = 1) [95% CI]", ci(g("energy", "normalised", cond))))
     for anchor, label in ((SAME_DOC, "same-doc"), (CROSS_DOC, "cross-doc")):
-        rows.append((f"mixture share α, {label} anchor", num(g("energy", "alpha", anchor, RECON), "{:.1%}")))
+        a_ci = g("energy", "alpha_ci", anchor, RECON) or {}
+        value = num(g("energy", "alpha", anchor, RECON), "{:.1%}")
+        if a_ci and not a_ci.get("defined", True):
+            value = f"undefined (anchor not above noise beyond its CI; value {value})"
+        elif a_ci:
+            value += f" [{num(a_ci.get('lo'), '{:.1%}')}, {num(a_ci.get('hi'), '{:.1%}')}]"
+        rows.append((f"mixture share α, {label} anchor [95% CI]", value))
     first = g("floor_offsets", "first_offset_at_floor") or {}
     if first:
         rows.append(("first offset at the gold floor", ", ".join(f"{k} {v}" for k, v in first.items())))

@@ -154,6 +154,14 @@ def mixture_alpha(s_recon: float, s_content: float) -> float:
     return (s_recon - 1.0) / (s_content - 1.0)
 
 
+def mixture_alpha_of_sites(kl: np.ndarray, error_norm: np.ndarray, kl_content: np.ndarray, content_norm: np.ndarray,
+                           kl_noise: np.ndarray, noise_norm: np.ndarray) -> float:
+    """The mixture share α from per-site arrays (damage per energy of the condition and of a content anchor,
+    both normalised to matched noise): what :func:`bootstrap` resamples for α's CI."""
+    return mixture_alpha(normalised_damage(kl, error_norm, kl_noise, noise_norm),
+                         normalised_damage(kl_content, content_norm, kl_noise, noise_norm))
+
+
 def fve_equivalent(direction_mse: np.ndarray, variance: float) -> float:
     """``1 − mean(direction-MSE) / Var``: the FVE a set of sites would score on its own."""
     if variance is None or not np.isfinite(variance) or variance <= 0:

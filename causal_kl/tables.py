@@ -41,7 +41,7 @@ def conditions_table(per_site: pd.DataFrame, n_boot: int = 1000, seed: int = 0, 
         row["kl0_mean"] = stats.nanmean(kl)
         row["kl0_p90"] = stats.nanquantile(kl, 0.9)
         row["dce0_median"], row["dce0_median_lo"], row["dce0_median_hi"] = stats.bootstrap([dce], stats.nanmedian, n_boot, seed, ci)
-        row["dce0_mean"] = stats.nanmean(dce)
+        row["dce0_mean"], row["dce0_mean_lo"], row["dce0_mean_hi"] = stats.bootstrap([dce], stats.nanmean, n_boot, seed, ci)
         for f in LOSS_FLOORS:
             fl = per_site[f"dce0_{f}"].to_numpy(dtype=np.float64)
             key = f"loss_recovered_vs_{f}"

@@ -158,3 +158,33 @@ def test_reference_files_hold_the_writeup_numbers():
     assert q.loc["Q4", "ratio_median"] == pytest.approx(1.05)
     assert ref["stats"]["correlation"]["dmse_vs_kl0"]["rho"] == pytest.approx(-0.025)
     assert ref["stats"]["energy"]["normalised"]["resample_same_doc"]["value"] == pytest.approx(42)
+
+
+def test_headline_says_when_loss_recovered_is_undefined():
+    """A floor whose mean ΔCE@0 is not above 0 beyond its CI makes loss recovered no score; the report says so."""
+    from causal_kl import records
+    from causal_kl.report import _cards
+
+    rows = []
+    for c in conditions.TABLE_ORDER:
+        row = {"condition": c, "n": 100, "kl0_median": 0.1, "dce0_mean": 0.5, "dce0_mean_lo": 0.4, "dce0_mean_hi": 0.6}
+        for f in conditions.LOSS_FLOORS:
+            row.update({f"loss_recovered_vs_{f}": 0.9, f"loss_recovered_vs_{f}_lo": 0.85, f"loss_recovered_vs_{f}_hi": 0.95})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ok = records.headline(table, 0.8)
+    assert ok[f"loss_recovered_defined_vs_{conditions.CROSS_DOC}"] is True
+    assert "undefined" not in _cards({"headline": ok}) and "[85.0%, 95.0%]" in _cards({"headline": ok})
+    table.loc[table.condition == conditions.CROSS_DOC, ["dce0_mean", "dce0_mean_lo"]] = [0.01, -0.02]
+    bad = records.headline(table, 0.8)
+    assert bad[f"loss_recovered_defined_vs_{conditions.CROSS_DOC}"] is False
+    assert bad[f"loss_recovered_defined_vs_{conditions.ZERO}"] is True
+    assert "undefined" in _cards({"headline": bad})
+
+
+def test_alpha_carries_a_bootstrap_ci(run):
+    R, _, _ = run
+    st = json.loads((R / "stats/toy.json").read_text())
+    ci = st["energy"]["alpha_ci"]["resample_cross_doc"]["recon_goldnorm"]
+    a = st["energy"]["alpha"]["resample_cross_doc"]["recon_goldnorm"]
+    assert ci["lo"] <= a <= ci["hi"] and ci["defined"] is True  # the synthetic resamples are far above noise
