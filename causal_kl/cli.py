@@ -1,7 +1,13 @@
-"""``causal-kl``: small helpers around the Snakemake pipeline.
+"""causal-kl: helpers around the Snakemake pipeline.
 
-    causal-kl validate config/gemma3-27b.yaml     # schema check with one-line errors; print the resolved config
-    causal-kl provenance results/demo/patch.parquet
+  causal-kl validate                               the config `snakemake` would use (config/config.yaml)
+  causal-kl validate config/gemma3-27b.yaml        the config `snakemake --configfile config/gemma3-27b.yaml` uses
+  causal-kl validate X.yaml --config seed=7        ... with --config overrides, as snakemake applies them
+  causal-kl provenance results/demo/patch.parquet  where an output came from (config hash, model, code version)
+
+`validate` runs exactly the checks the workflow runs when it is parsed (schema, the model's config.json,
+layer, device, corpus, stored golds and route files) and prints the resolved config; any problem is one
+line naming the file, the field and the fix.
 """
 
 from __future__ import annotations
@@ -13,25 +19,55 @@ import sys
 from causal_kl.errors import CausalKLError
 
 
+def _validate(configfiles: list[str], overrides: list[str], cluster: bool) -> dict:
+    from snakemake.cli import parse_config
+
+    from causal_kl.checks import check_run
+    from causal_kl.config import DEFAULT_CONFIG, deep_merge, read_yaml, resolve_config, validate_config
+
+    try:
+        over = parse_config(overrides)
+    except ValueError as e:
+        raise CausalKLError("--config", None, str(e), "give entries as KEY=VALUE (VALUE is read as YAML)") from e
+    config: dict = {}
+    for path in configfiles:  # as snakemake: later files override earlier ones, then --config
+        config = deep_merge(config, read_yaml(path))
+    config = deep_merge(config, over)
+    source = resolve_config(config, configfiles, over, DEFAULT_CONFIG)
+    validate_config(config, source)
+    check_run(config, source, local_exec=not cluster)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="causal-kl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="causal-kl", description=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("validate", help="validate a config file and print it with defaults filled in")
-    v.add_argument("config")
+    v = sub.add_parser("validate", help="check a run's config as the workflow does and print it with defaults filled in")
+    v.add_argument("configfile", nargs="*", help="the run's --configfile(s); none: config/config.yaml, the demo")
+    v.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, as snakemake --config")
+    v.add_argument("--cluster", action="store_true",
+                   help="the jobs will run on cluster nodes: skip the check that this machine has a GPU")
     p = sub.add_parser("provenance", help="print the provenance record stored in an output parquet")
     p.add_argument("path")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "validate":
-            from causal_kl.config import config_hash, load_config
+            from causal_kl.config import config_hash
 
-            cfg = load_config(args.config)
+            cfg = _validate(args.configfile, args.config, args.cluster)
             print(json.dumps(cfg, indent=2, sort_keys=True))
-            print(f"# {args.config}: valid (config hash {config_hash(cfg)})", file=sys.stderr)
+            name = ", ".join(args.configfile) or "config/config.yaml"
+            print(f"# {name}: valid (config hash {config_hash(cfg)})", file=sys.stderr)
         elif args.cmd == "provenance":
-            from causal_kl.io import read_provenance
+            from causal_kl.io import read_parquet, read_provenance
 
-            print(json.dumps(read_provenance(args.path), indent=2, sort_keys=True))
+            read_parquet(args.path, columns=[])  # a missing or unreadable file is one line
+            record = read_provenance(args.path)
+            if not record:
+                raise CausalKLError(args.path, "metadata", "no causal_kl provenance record in this parquet file",
+                                    "only files the pipeline wrote carry one")
+            print(json.dumps(record, indent=2, sort_keys=True))
     except CausalKLError as e:
         print(f"causal-kl: {e}", file=sys.stderr)
         return 1

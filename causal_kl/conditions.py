@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -156,7 +157,8 @@ def route_vectors(gold: np.ndarray, recon: np.ndarray, site_ids: Sequence[int], 
     }
 
 
-def floor_vectors(gold: np.ndarray, site_ids: Sequence[int], choices: pa.Table, mean: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def floor_vectors(gold: np.ndarray, site_ids: Sequence[int], choices: pa.Table, mean: np.ndarray,
+                  choices_path: str = "conditions/choices.parquet") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The route-independent conditions: name -> (vectors [n, d] float32, valid [n] bool)."""
     index = {int(s): i for i, s in enumerate(site_ids)}
     ch = {int(s): (int(a), int(b)) for s, a, b in zip(choices["site_id"].to_pylist(), choices["same_doc_source"].to_pylist(),
@@ -167,8 +169,8 @@ def floor_vectors(gold: np.ndarray, site_ids: Sequence[int], choices: pa.Table, 
     same_ok = np.zeros(n, dtype=bool)
     for i, s in enumerate(site_ids):
         if int(s) not in ch:
-            raise CausalKLError("conditions/choices.parquet", "site_id", f"site {s} has no recorded resample choice",
-                                "rebuild the conditions (delete results/{run}/conditions/)")
+            raise CausalKLError(choices_path, "site_id", f"site {s} has no recorded resample choice",
+                                f"delete {Path(choices_path).parent} and rerun, so the choices are drawn for these sites")
         a, b = ch[int(s)]
         if a >= 0:
             same[i] = gold[index[a]] if a in index else _missing(a)

@@ -19,7 +19,10 @@ import yaml
 
 from causal_kl.errors import CausalKLError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "config" / "schema" / "config.schema.yaml"
+DEFAULT_CONFIG = Path("config") / "config.yaml"
+"""The config a run uses when no ``--configfile`` is given (the demo), relative to the workflow directory."""
 
 PRODUCTION = {
     "corpus.name": "openbmb/Ultra-FineWeb",
@@ -90,16 +93,57 @@ def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: d
     return CausalKLError(source, key, err.message, f"see config/schema/config.schema.yaml for '{key}'")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """Read a YAML config, apply ``overrides`` (deep-merged) and validate it."""
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; a missing file or a syntax error is one line with its line and column."""
     path = Path(path)
     if not path.exists():
         raise CausalKLError(path, None, "config file not found", "pass an existing YAML file with --configfile")
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CausalKLError(path, where, f"not valid YAML ({problem})", "fix the YAML syntax at that line") from e
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise CausalKLError(path, "(top level)", f"a config is a mapping of keys, got a {type(obj).__name__}",
+                            "write the config as `key: value` lines (see config/config.yaml)")
+    return obj
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config, apply ``overrides`` (deep-merged, as ``--config`` does) and validate it."""
+    config = read_yaml(path)
     if overrides:
         config = deep_merge(config, overrides)
     return validate_config(config, path)
+
+
+def resolve_config(config: dict, configfiles: list[str | Path], overrides: dict | None,
+                   default: str | Path = DEFAULT_CONFIG) -> str:
+    """The config a run uses, in place in ``config``; returns where it came from (for error messages).
+
+    With ``--configfile`` the run's config is that file alone (Snakemake has loaded it and applied
+    ``--config`` on top): nothing of the default config leaks in. Without, it is ``config/config.yaml``
+    (the demo) with ``--config KEY=VALUE`` overrides on top.
+    """
+    if configfiles:
+        return ", ".join(_shown(c) for c in configfiles)
+    merged = deep_merge(read_yaml(default), overrides or {})
+    config.clear()
+    config.update(merged)
+    return str(default)
+
+
+def _shown(path: str | Path) -> str:
+    """A path as the user typed it: relative to the working directory when it lies below it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def deep_merge(base: dict, over: dict) -> dict:

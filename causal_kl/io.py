@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import subprocess
@@ -97,6 +98,62 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
+
+
+DIGEST_CACHE = Path(".snakemake") / "causal_kl" / "digests.json"
+"""Digests already computed, by (path, size, mtime): a parse re-hashes only files that changed."""
+
+_SMALL = 1 << 20
+
+
+def _file_digest(path: Path, cache: dict) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        cache[key] = h.hexdigest()
+    return cache[key]
+
+
+def fingerprint(path: str | Path, cache_file: str | Path | None = DIGEST_CACHE) -> str:
+    """What an external input is, by content: the sha256 of a file; for a folder (a model checkpoint),
+    a digest of every file's name, size and modification time and of the content of its small files
+    (config.json, tokenizer files), so that replaced weights change it without re-reading 50 GB.
+
+    Rules pass this as a param, so replacing a file behind the same path reruns what read it.
+    Digests of unchanged files come from ``cache_file``.
+    """
+    path = Path(path)
+    cache: dict = {}
+    cache_path = Path(cache_file) if cache_file else None
+    if cache_path is not None and cache_path.exists():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    n = len(cache)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|".encode())
+            if st.st_size <= _SMALL:
+                h.update(_file_digest(f, cache).encode())
+        digest = h.hexdigest()
+    elif path.exists():
+        digest = _file_digest(path, cache)
+    else:
+        return "missing"
+    if cache_path is not None and len(cache) != n:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(cache_path, json.dumps(cache))
+        except OSError:
+            pass  # a read-only workdir only loses the cache
+    return digest
 
 
 def provenance(config_hash: str | None = None, model: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -183,7 +240,8 @@ def read_parquet(path: str | Path, contract: Contract | None = None, d: int | No
         table = pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise CausalKLError(path, None, f"not a readable parquet file ({str(e).splitlines()[0]})",
-                            "regenerate the file or point the config at a parquet file") from e
+                            "delete it and rerun snakemake (a plain rerun keeps it: its date looks current), "
+                            "or point the config at a parquet file") from e
     if contract is not None:
         contract.check(table, path, d)
     return table

@@ -31,7 +31,7 @@ def render(html: str | Path, png: str | Path, width: int = 1400, height: int = 4
     """Screenshot ``html`` (a local file) into ``png`` at ``width × height`` CSS pixels; return ``png``."""
     html, png = Path(html).resolve(), Path(png).resolve()
     if not html.exists():
-        raise CausalKLError(html, None, "report not found", "build it first: snakemake results/{run}/report.html")
+        raise CausalKLError(html, None, "report not found", f"build it first: snakemake {html}")
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         cmd = [find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

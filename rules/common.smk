@@ -1,17 +1,28 @@
-# Shared by every rule: config validation, run paths, shard ids, wildcard constraints, resources.
-import math
-from pathlib import Path
+# Shared by every rule: which config the run uses, checks before any job, run paths, shard ids,
+# wildcard constraints, resources.
+import json
+import os
+import re
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
-from causal_kl.config import show_reference, validate_config
+from causal_kl.checks import check_run, check_targets, runs_jobs_here
+from causal_kl.config import DEFAULT_CONFIG, resolve_config, show_reference, validate_config
 from causal_kl.errors import CausalKLError
+from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 
 try:
-    # one-line, file/key/fix error before snakemake's own (longer) schema report
-    validate_config(config, source=(workflow.configfiles[-1] if workflow.configfiles else "config"))
+    # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
+    CONFIG_SOURCE = resolve_config(config, workflow.configfiles, workflow.config_settings.config,
+                                   os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG))
+    # one-line, file/key/fix errors before snakemake's own (longer) schema report, then every check the
+    # config and the files it names allow (model config.json, layer, device, corpus, route files)
+    validate_config(config, source=CONFIG_SOURCE)
+    check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))
+    check_targets(sys.argv[1:], f"results/{config['run']}", sorted(config.get("routes") or {}))
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
@@ -19,8 +30,6 @@ validate(config, "../config/schema/config.schema.yaml")
 RUN = config["run"]
 R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
-N_SHARDS = math.ceil(config["sites"]["max_sites"] / config["sites"]["shard_size"])
-SHARDS = [f"{i:03d}" for i in range(N_SHARDS)]
 ROUTES = sorted(config.get("routes", {}))
 MODEL = config["model"]
 LAYER = MODEL["layer"]
@@ -29,7 +38,18 @@ SHOW_REF = show_reference(config)
 
 wildcard_constraints:
     shard=r"\d{3}",
-    route=r"[A-Za-z0-9_.-]+",
+    route="|".join(re.escape(r) for r in ROUTES) or "(?!)",  # a target naming no configured route has no rule
+
+
+def shard_ids(wildcards=None):
+    """The shards that hold sites: known once the ``sites`` checkpoint has sampled them (its sites.json)."""
+    with open(checkpoints.sites.get().output.stats) as fh:
+        return [f"{i:03d}" for i in range(json.load(fh)["n_shards"])]
+
+
+def shard_files(pattern, **kw):
+    """An input function: ``pattern`` for every shard of the run (and ``kw`` expanded alongside)."""
+    return lambda wildcards: expand(pattern, shard=shard_ids(), **kw)
 
 
 def model_input():
@@ -62,9 +82,19 @@ def model_resources(base_mb=8000):
     return {"gpu": 0 if config["device"] == "cpu" else 1, "mem_mb": mem_mb(base_mb)}
 
 
+def external(path):
+    """A param standing for the content of a file or folder the workflow does not make (fingerprint).
+
+    Replacing the file behind the same path changes it, so Snakemake reruns what read the file;
+    the demo's own files are inputs of the rules that make them instead.
+    """
+    return None if config.get("demo") else fingerprint(path)
+
+
 def model_params():
-    """The params every model job reads: the model block, dtype and device."""
-    return {"model": MODEL, "dtype": config["dtype"], "device": config["device"]}
+    """The params every model job reads: the model block (and what its folder holds), dtype and device."""
+    return {"model": MODEL, "model_fingerprint": external(MODEL["path"]), "dtype": config["dtype"],
+            "device": config["device"]}
 
 
 def stored_base():
@@ -89,13 +119,17 @@ def per_route(pattern):
     return [pattern.format(route=r) for r in ROUTES]
 
 
-def all_targets():
-    targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"]
-    # the shards themselves, so that a deleted or failed shard is rebuilt by a plain `snakemake`
-    targets += expand(f"{R}/gold/shard_{{shard}}.parquet", shard=SHARDS)
-    targets += expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=SHARDS)
-    targets += expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=SHARDS)
-    targets += analysis_targets()
+def run_targets():
+    """Every output of the run but the shards: planned (and shown by ``snakemake -n``) before sites exist."""
+    return [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"] + analysis_targets()
+
+
+def shard_targets(wildcards):
+    """The shards themselves, so that a deleted or failed shard is rebuilt by a plain ``snakemake``."""
+    shards = shard_ids()
+    targets = expand(f"{R}/gold/shard_{{shard}}.parquet", shard=shards)
+    targets += expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=shards)
+    targets += expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=shards)
     return targets
 
 

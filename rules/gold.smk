@@ -23,7 +23,7 @@ rule gold:
 
 rule gold_aggregate:
     input:
-        shards=expand(f"{R}/gold/shard_{{shard}}.parquet", shard=SHARDS),
+        shards=shard_files(f"{R}/gold/shard_{{shard}}.parquet"),
     output:
         gold=f"{R}/gold.parquet",
     log:
@@ -67,6 +67,7 @@ rule stored_gold:
     params:
         min_cos=config["gold"]["min_cos"],
         layer=LAYER,
+        stored_fingerprint=external(stored_base()) if config["gold"]["stored"] else None,
     conda:
         "../envs/torch.yaml"
     script:

@@ -44,8 +44,6 @@ rule patch_floors:
 
 
 rule patch_route:
-    wildcard_constraints:
-        route=r"(?!floors$)[A-Za-z0-9_.-]+",
     input:
         sites=f"{R}/sites/shard_{{shard}}.parquet",
         docs=f"{R}/docs.parquet",
@@ -72,8 +70,8 @@ rule patch_route:
 
 rule patch_aggregate:
     input:
-        floors=expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=SHARDS),
-        routes=expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=SHARDS),
+        floors=shard_files(f"{R}/patch/floors/shard_{{shard}}.parquet"),
+        routes=shard_files(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES),
     output:
         patch=f"{R}/patch.parquet",
     log:

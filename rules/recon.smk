@@ -28,10 +28,15 @@ def train_gold_path(wildcards):
     return f"{R}/train_gold/rows_{start}_{stop}.parquet"
 
 
-def local_checkpoint(wildcards):
-    """A route's checkpoint directory as an input when it is a local path (a hub id is not a file)."""
+def checkpoint_path(wildcards):
+    """The AR checkpoint a route's reconstruction reads (an nla_av route's second step reads its AR)."""
     route = route_config(wildcards)
-    path = route["ar_checkpoint"] if route["kind"] == "nla_av" else route["checkpoint"]
+    return route["ar_checkpoint"] if route["kind"] == "nla_av" else route["checkpoint"]
+
+
+def local_checkpoint(wildcards):
+    """A route's AR checkpoint directory as an input when it is a local path (a hub id is not a file)."""
+    path = checkpoint_path(wildcards)
     return [path] if Path(path).exists() else []
 
 
@@ -83,6 +88,7 @@ rule recon_file:
         f"{LOGS}/recon/{{route}}.log",
     params:
         route_entry=route_params,
+        source_fingerprint=lambda w: [external(f) for f in file_route_inputs(route_config(w))],
     resources:
         mem_mb=mem_mb(4000),
     conda:
@@ -151,6 +157,7 @@ rule explain_nla_av:
         f"{LOGS}/explanations/{{route}}.log",
     params:
         route_entry=route_params,
+        checkpoint_fingerprint=lambda w: external(route_config(w)["checkpoint"]),
         dtype=config["dtype"],
         device=config["device"],
         seed=config["seed"],
@@ -176,6 +183,8 @@ rule recon_nla_ar:
         f"{LOGS}/recon/{{route}}.log",
     params:
         route_entry=route_params,
+        checkpoint_fingerprint=lambda w: external(checkpoint_path(w)),
+        explanations_fingerprint=lambda w: None if route_config(w)["kind"] == "nla_av" else external(nla_explanations(w)),
         layer=LAYER,
         dtype=config["dtype"],
         device=config["device"],

@@ -1,4 +1,5 @@
-# Corpus slicing and NLA stage-0 site sampling; the run record.
+# Corpus slicing and NLA stage-0 site sampling; the run record. `sites` is a checkpoint: the shards it
+# writes (100 sites each, only those that hold sites) decide which shard jobs the rest of the DAG plans.
 
 
 rule run_record:
@@ -14,19 +15,20 @@ rule run_record:
         "../workflow_scripts/run_record.py"
 
 
-rule sites:
+checkpoint sites:
     input:
         corpus_file=corpus_input(),
         model_dir=model_input(),
     output:
         docs=f"{R}/docs.parquet",
         sites=f"{R}/sites.parquet",
-        shards=expand(f"{R}/sites/shard_{{shard}}.parquet", shard=SHARDS),
+        shards=directory(f"{R}/sites"),
         stats=f"{R}/sites.json",
     log:
         f"{LOGS}/sites.log",
     params:
         corpus=config["corpus"],
+        corpus_fingerprint=external(config["corpus"]["path"]) if config["corpus"].get("path") else None,
         sampling=config["sites"],
         seed=config["seed"],
         model=MODEL["path"],

@@ -54,3 +54,36 @@ def test_contract_errors_name_file_and_column(tmp_path):
     with pytest.raises(CausalKLError, match="different widths"):
         arrow_to_vectors(ragged, "f", "v")
     assert vectors_to_arrow(np.zeros((2, 3))).type == pa.list_(pa.float32(), 3)
+
+
+def test_a_truncated_parquet_says_delete_and_rerun(tmp_path):
+    write_parquet(tmp_path / "g.parquet", {"site_id": [0, 1], "layer": [1, 1], "activation": np.zeros((2, 4), np.float32)})
+    raw = (tmp_path / "g.parquet").read_bytes()
+    (tmp_path / "g.parquet").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CausalKLError) as e:
+        read_parquet(tmp_path / "g.parquet", GOLD)
+    msg = str(e.value)
+    assert "\n" not in msg and "g.parquet" in msg and "delete it and rerun" in msg
+
+
+def test_fingerprint_follows_content_not_path_or_date(tmp_path):
+    import hashlib
+    import os
+
+    from causal_kl.io import fingerprint
+
+    f = tmp_path / "r.npy"
+    f.write_bytes(b"one")
+    first = fingerprint(f, tmp_path / "cache.json")
+    assert first == hashlib.sha256(b"one").hexdigest()
+    stamp = f.stat().st_mtime_ns
+    f.write_bytes(b"two")
+    os.utime(f, ns=(stamp - 10**9, stamp - 10**9))  # replaced by an older file: mtime alone would miss it
+    assert fingerprint(f, tmp_path / "cache.json") == hashlib.sha256(b"two").hexdigest()
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "w.safetensors").write_bytes(b"x" * 10)
+    a = fingerprint(d, None)
+    (d / "config.json").write_text('{"a": 1}')
+    assert fingerprint(d, None) != a

@@ -88,7 +88,7 @@ def test_every_input_and_output_is_named(workflow):
 def test_rule_fields_in_house_order(root):
     """input, output, log, params, threads, resources, conda, script: the same order in every rule."""
     for smk in sorted((root / "rules").glob("*.smk")):
-        for block in re.split(r"\n\s*rule \w+:\n", smk.read_text())[1:]:
+        for block in re.split(r"\n\s*(?:rule|checkpoint) \w+:\n", smk.read_text())[1:]:
             fields = re.findall(r"^\s{4,8}(\w+):", block, re.M)
             fields = [f for f in fields if f in FIELD_ORDER]
             assert fields == sorted(fields, key=FIELD_ORDER.index), (smk.name, fields)

@@ -6,6 +6,8 @@ that the dry run (`snakemake -n`) lists only jobs of the new route (plus the agg
 collects every route's patch shards).
 """
 
+import os
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -38,6 +40,14 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *targets)
 
+    # the file behind a route replaced by other vectors, with an older date: what read it reruns (by content)
+    stamp = (tmp_path / "first.npy").stat().st_mtime_ns
+    np.save(tmp_path / "first.npy", (gold + 0.7).astype(np.float32))
+    os.utime(tmp_path / "first.npy", ns=(stamp - 10**10, stamp - 10**10))
+    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *targets))
+    assert ("recon_file", "first") in jobs and ("geometry", "first") in jobs, jobs
+    run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
+
     _add_file_route(tmp_path, "second", sites, gold, 2.0)
     jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *targets, "results/t/geometry/second.json"))
     rules = {rule for rule, _ in jobs}
@@ -47,11 +57,13 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     assert sum(rule == "patch_route" for rule, _ in jobs) == n_shards
 
 
-def test_each_route_kind_gets_its_rules(root, tmp_path):
+def test_each_route_kind_gets_its_rules(root, gemma3_dir, corpus_path, tmp_path):
     """Dry run with one route of every kind: each kind's rule chain, one shared training-gold job."""
     copy_workflow(tmp_path, root)
     for f in ("r.npy", "r.site_ids.npy", "ex.parquet"):
         (tmp_path / f).write_bytes(b"")
+    for d in ("ar-ckpt", "av-ckpt"):
+        (tmp_path / d).mkdir()
     routes = {
         "f": {"kind": "file", "path": str(tmp_path / "r.npy")},
         "p": {"kind": "pca", "train_rows": [4, 8], "k": 2},
@@ -59,8 +71,8 @@ def test_each_route_kind_gets_its_rules(root, tmp_path):
         "ar": {"kind": "nla_ar", "checkpoint": "ar-ckpt", "explanations": str(tmp_path / "ex.parquet")},
         "av": {"kind": "nla_av", "checkpoint": "av-ckpt", "ar_checkpoint": "ar-ckpt"},
     }
-    config = {"run": "t", "device": "cpu", "corpus": {"name": "c", "path": "corpus.parquet", "column": "content", "rows": [0, 4]},
-              "model": {"path": "model", "layer": 2}, "routes": routes}
+    config = {"run": "t", "device": "cpu", "corpus": {"name": "c", "path": str(corpus_path), "column": "content", "rows": [0, 4]},
+              "model": {"path": str(gemma3_dir), "layer": 2}, "routes": routes}
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
     jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *[f"results/t/geometry/{r}.json" for r in routes]))
     by_route = {}

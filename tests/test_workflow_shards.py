@@ -13,7 +13,8 @@ from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, dry_
 
 def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     copy_workflow(tmp_path, root)
-    sites = {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 9, "shard_size": 3}
+    # 3 documents x 3 positions yield 9 sites: asking for 12 plans the 3 shards that exist, not 4, and says so
+    sites = {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 12, "shard_size": 3}
     corpus = dict(tiny_config(corpus_path, gemma3_dir)["corpus"], rows=[0, 3])
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir, sites=sites, corpus=corpus, gold={"write_demo_base": True}))
     run_snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json", blocked=TORCH_ENV_BLOCKS)
@@ -26,6 +27,9 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     # the demo-style stored golds passed the re-extract check (bf16 round trip keeps cos > 0.999)
     import json
 
+    stats = json.loads((R / "sites.json").read_text())
+    assert stats["n_sites"] == 9 and stats["n_shards"] == 3 and "max_sites is 12" in stats["warning"]
+    assert sorted(p.name for p in (R / "patch/floors").iterdir()) == [f"shard_{i:03d}.parquet" for i in range(3)]
     rx = json.loads((R / "reextract.json").read_text())
     assert rx["passed"] and rx["n"] == 9 and rx["min_cos"] > 0.999
     run = json.loads((R / "run.json").read_text())

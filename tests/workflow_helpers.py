@@ -78,8 +78,8 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[
 def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
     """(rule, route wildcard or None) of each job a dry run lists."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", out):
+        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
         if m:
             w = re.search(r"wildcards:.*\broute=([^,\s]+)", block)
             jobs.append((m.group(1), w.group(1) if w else None))

@@ -32,12 +32,12 @@ def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
     return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
 
 
-def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, dtype: str, device: str, shard: str,
-         provenance: dict) -> None:
+def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None, dtype: str,
+         device: str, shard: str, provenance: dict) -> None:
     """Block-L output at each site of one shard."""
     table = read_sites(sites)
     layer = model["layer"]
-    meta = provenance_record(**provenance, dtype=dtype)
+    meta = provenance_record(**provenance, dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(gold, {"site_id": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                              "activation": pa.array([], pa.list_(pa.float32(), 1))}, meta=meta)
@@ -70,7 +70,7 @@ def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str,
 
 
 def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, summary: str, min_cos: float,
-                layer: int, provenance: dict) -> None:
+                layer: int, stored_fingerprint: str | None, provenance: dict) -> None:
     """Map the NLA base.parquet onto the sites, check it against the re-extracted golds, keep it as the stored golds."""
     table = read_sites(sites)
     ids, extracted = read_gold(gold)
@@ -79,7 +79,7 @@ def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, s
     record = reextract_summary(cos, min_cos)
     record["site_id_worst"] = int(ids[record["worst_row"]]) if len(ids) else None
     record["stored"] = str(base)
-    meta = provenance_record(**provenance, stored=str(base))
+    meta = provenance_record(**provenance, stored=str(base), stored_fingerprint=stored_fingerprint)
     write_parquet(reextract, {"site_id": ids, "cos": cos}, REEXTRACT, meta=meta)
     write_json(summary, record)
     if not record["passed"]:

@@ -69,15 +69,16 @@ def _patch_shard(loaded: LoadedModel, sites: pa.Table, docs: dict[str, list[int]
 
 
 def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, model_dir: list[str], floors: str,
-                 model: dict, patch: dict, dtype: str, device: str, shard: str, provenance: dict) -> None:
+                 model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, shard: str,
+                 provenance: dict) -> None:
     """The route-independent conditions (and clean) for one shard."""
     table = read_sites(sites)
-    meta = provenance_record(**provenance, method=patch["method"])
+    meta = provenance_record(**provenance, method=patch["method"], dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(floors, PATCH.schema().empty_table(), PATCH, meta=meta)
         return
     all_ids, all_gold = read_gold(gold)
-    fv = floor_vectors(all_gold, all_ids.tolist(), read_choices(choices), read_mean(mean))
+    fv = floor_vectors(all_gold, all_ids.tolist(), read_choices(choices), read_mean(mean), choices)
     rows = vectors_for_sites(all_ids, np.arange(len(all_ids)), table["site_id"].to_numpy(), gold)
     variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
     loaded = load_run_model(model, dtype, device)
@@ -88,11 +89,12 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, mode
 
 
 def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_dir: list[str], patched: str,
-                model: dict, patch: dict, dtype: str, device: str, seed: int, route: str, shard: str,
-                provenance: dict) -> None:
-    """``recon_goldnorm``, ``recon_rawnorm`` and ``noise_matched`` of one route for one shard."""
+                model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, seed: int, route: str,
+                shard: str, provenance: dict) -> None:
+    """The three route conditions (reconstruction at gold norm and raw norm, matched noise) of one route for one shard."""
     table = read_sites(sites)
-    meta = provenance_record(**provenance, route=route, method=patch["method"])
+    meta = provenance_record(**provenance, route=route, method=patch["method"], dtype=dtype,
+                             model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(patched, PATCH.schema().empty_table(), PATCH, meta=meta)
         return

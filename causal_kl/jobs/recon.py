@@ -34,21 +34,24 @@ def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray
 
 
 def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
-               seed: int, model: dict, dtype: str, device: str, start: str, stop: str, provenance: dict) -> None:
+               seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, start: str, stop: str,
+               provenance: dict) -> None:
     """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites."""
     loaded = load_model(model["path"], dtype=dtype, device=device,
                         attn_implementation=model.get("attn_implementation", "sdpa"))
     loaded.check_layer(int(model["layer"]))
     table = training_golds(loaded, corpus, sampling, seed, int(model["layer"]), tuple(rows), progress=True)
-    write_parquet(gold, table, GOLD, loaded.d_model, meta=provenance_record(**provenance, train_rows=list(rows)))
+    write_parquet(gold, table, GOLD, loaded.d_model,
+                  meta=provenance_record(**provenance, train_rows=list(rows), model_fingerprint=model_fingerprint))
 
 
-def recon_file(vectors: list[str], sites: str, gold: str, recon: str, route_entry: dict, route: str,
-               provenance: dict) -> None:
+def recon_file(vectors: list[str], sites: str, gold: str, recon: str, route_entry: dict, source_fingerprint: list,
+               route: str, provenance: dict) -> None:
     """A ``file`` route: read, check and write reconstructions computed elsewhere."""
     table, site_ids, golds = _eval_golds(sites, gold)
     recons = file_route.reconstruct(route_entry, table, golds.shape[1])
-    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, source_file=str(route_entry["path"])))
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, source_file=str(route_entry["path"]),
+                                                     source_fingerprint=source_fingerprint))
 
 
 def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: dict, eval_rows: list[int], route: str,
@@ -65,8 +68,8 @@ def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: d
 
 
 def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
-                       route_entry: dict, eval_rows: list[int], model: dict, dtype: str, device: str, route: str,
-                       provenance: dict) -> None:
+                       route_entry: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,
+                       device: str, route: str, provenance: dict) -> None:
     """A ``text_channel`` route: logit-lens words of each gold, ridge regression from that text back to a vector."""
     check_train_rows(route_entry["train_rows"], eval_rows, f"config routes.{route}")
     table, site_ids, golds = _eval_golds(sites, gold)
@@ -82,8 +85,9 @@ def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[s
                                                      n_features=len(reconstructor.vocab), top_k=top_k))
 
 
-def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict, dtype: str,
-                   device: str, seed: int, route: str, provenance: dict) -> None:
+def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict,
+                   checkpoint_fingerprint: str | None, dtype: str, device: str, seed: int, route: str,
+                   provenance: dict) -> None:
     """An ``nla_av`` route's first step: the AV verbalises every eval gold; its explanations feed ``recon_nla_ar``."""
     _, site_ids, golds = _eval_golds(sites, gold)
     av = nla_av.load_av(route_entry["checkpoint"], golds.shape[1], dtype, device)
@@ -96,12 +100,14 @@ def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: s
                       "generation": pa.array(raw, pa.string())})
     write_parquet(explanations, table, EXPLANATIONS,
                   meta=_route_meta(provenance, route, route_entry, checkpoint=av.checkpoint,
+                                   checkpoint_fingerprint=checkpoint_fingerprint,
                                    injection_scale=av.injection_scale,
                                    n_without_tags=sum("<explanation>" not in t for t in raw)))
 
 
 def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
-                 layer: int, dtype: str, device: str, route: str, provenance: dict) -> None:
+                 checkpoint_fingerprint: str | None, explanations_fingerprint: str | None, layer: int, dtype: str,
+                 device: str, route: str, provenance: dict) -> None:
     """An ``nla_ar`` route (and an ``nla_av`` route's second step): the AR reconstructs each site from its explanation."""
     table, site_ids, golds = _eval_golds(sites, gold)
     texts = nla_ar.explanations_for_sites(explanations, table)
@@ -109,7 +115,9 @@ def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str]
     ar = nla_ar.load_ar(path, int(layer), golds.shape[1], dtype, device)
     recons = nla_ar.reconstruct(ar, texts, int(route_entry.get("batch_size", 16)), progress=True)
     write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, checkpoint=ar.checkpoint,
-                                                     mse_scale=ar.mse_scale, explanations=str(explanations)))
+                                                     checkpoint_fingerprint=checkpoint_fingerprint, mse_scale=ar.mse_scale,
+                                                     explanations=str(explanations),
+                                                     explanations_fingerprint=explanations_fingerprint))
 
 
 def geometry(recon: str, gold: str, sites: str, table: str, summary: str, route_entry: dict,

@@ -1,0 +1,263 @@
+"""Checks that need only the config and the files it names, run when the workflow is parsed (before any job).
+
+``check_run`` is what ``rules/common.smk`` runs on every parse and what ``causal-kl validate`` runs on
+the same config: the model's ``config.json`` (a causal LM, the layer in range), the device, the corpus
+file (its column and rows), stored golds and route files, training rows disjoint from the eval rows,
+the demo's own paths. Each problem is the one-line ``file: field: problem. Fix: ...`` error. No weights
+are read and neither torch nor transformers is imported, so a parse costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from causal_kl.errors import CausalKLError
+
+DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
+"""Where the demo builds its corpus and model: the only places a rule may write outside results/ and logs/."""
+
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+"""config.json ``architectures`` a causal LM's checkpoint names (the multimodal Gemma-3 wrapper included)."""
+
+
+def looks_local(path: str) -> bool:
+    """A model path meant as a local folder rather than a hub id ``org/name``.
+
+    ``org/name`` is a hub id unless it exists here or its first part is a local folder (a typo in a
+    local path must not be sent to the hub).
+    """
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1 or Path(path).exists():
+        return True
+    return Path(path.split("/")[0]).is_dir()
+
+
+def read_model_config(path: str | Path, source: str = "config") -> dict | None:
+    """A local model folder's ``config.json`` (None for a hub id); missing folders and files are errors."""
+    path = str(path)
+    if not looks_local(path):
+        return None
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CausalKLError(source, "model.path", f"model folder '{path}' does not exist",
+                            "point model.path at a save_pretrained folder (config.json + weights) or a hub id org/name")
+    cfg = p / "config.json"
+    if not cfg.exists():
+        raise CausalKLError(p, "config.json", "not a Hugging Face model directory",
+                            "point model.path at a folder written by save_pretrained (config.json + weights)")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise CausalKLError(cfg, None, f"not valid JSON ({e.msg}, line {e.lineno})", "re-save the model with save_pretrained") from e
+
+
+def text_config(model_config: dict) -> dict:
+    """The text decoder's part of a model config (``text_config`` of a multimodal wrapper)."""
+    return model_config.get("text_config") or model_config
+
+
+def check_hub_id(path: str, source: str = "config") -> None:
+    """With the hub switched off (``HF_HUB_OFFLINE=1``), a hub id must already be in the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    if not (cache.expanduser() / f"models--{path.replace('/', '--')}").exists():
+        raise CausalKLError(source, "model.path", f"'{path}' is a hub id, the hub is off (HF_HUB_OFFLINE=1) and it is not cached",
+                            "point model.path at a local save_pretrained folder, or allow the hub")
+
+
+def check_model(path: str | Path, layer: int, source: str = "config", reach_hub: bool = True) -> dict | None:
+    """A local model folder is a causal LM whose decoder has block ``layer``; returns its config.json.
+
+    A hub id is checked against the local cache when the hub is off and ``reach_hub`` (jobs run here).
+    """
+    cfg = read_model_config(path, source)
+    if cfg is None:
+        if reach_hub:
+            check_hub_id(str(path), source)
+        return None
+    cfg_path = Path(path) / "config.json"
+    archs = cfg.get("architectures") or []
+    if archs and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in archs):
+        raise CausalKLError(cfg_path, "architectures", f"{archs[0]} ('{cfg.get('model_type')}') is not a causal language model",
+                            "point model.path at a decoder-only causal LM (Gemma-3, Llama, Qwen2, ...)")
+    n = text_config(cfg).get("num_hidden_layers")
+    if n is not None and not 0 <= int(layer) < int(n):
+        raise CausalKLError(source, "model.layer", f"layer {layer} is out of range for {path} ({n} decoder blocks, 0..{int(n) - 1})",
+                            f"set model.layer to a block index below {n}")
+    return cfg
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else what ``nvidia-smi -L`` lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in (x.strip() for x in env.split(",")) if g and g != "-1"]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+def check_device(device: str, source: str = "config") -> None:
+    if device == "cuda" and not visible_gpus():
+        raise CausalKLError(source, "device", "cuda was asked for but this machine has no visible GPU",
+                            "run on a GPU node (or through a cluster profile), or set device: auto or cpu")
+
+
+def check_corpus(corpus: dict, built_by_demo: bool, source: str = "config") -> None:
+    """A local corpus file exists, has the column and holds the rows (read from parquet metadata only)."""
+    path = corpus.get("path")
+    if not path or built_by_demo:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise CausalKLError(source, "corpus.path", f"corpus file '{path}' does not exist",
+                            "point corpus.path at a local parquet file or folder, or remove it to stream corpus.name from the hub")
+    import pyarrow.parquet as pq
+
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise CausalKLError(p, "corpus.path", "folder holds no .parquet file", "point corpus.path at parquet files")
+    try:
+        metas = [pq.read_metadata(f) for f in files]
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise CausalKLError(path, "corpus.path", f"not a readable parquet file ({str(e).splitlines()[0]})",
+                            "point corpus.path at parquet files") from e
+    names = metas[0].schema.to_arrow_schema().names
+    if corpus["column"] not in names:
+        raise CausalKLError(path, "corpus.column", f"column '{corpus['column']}' not in the corpus (has {sorted(names)})",
+                            f"set corpus.column to one of {sorted(names)}")
+    n_rows = sum(m.num_rows for m in metas)
+    start, stop = corpus["rows"]
+    if stop <= start:
+        raise CausalKLError(source, "corpus.rows", f"empty row range [{start}, {stop})", "give rows as [start, stop) with stop > start")
+    if stop > n_rows:
+        raise CausalKLError(path, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({n_rows} rows)",
+                            f"set corpus.rows within [0, {n_rows}]")
+
+
+def _must_exist(path: str, source: str, field: str, what: str, fix: str) -> None:
+    if not Path(path).exists():
+        raise CausalKLError(source, field, f"{what} '{path}' does not exist", fix)
+
+
+def check_routes(routes: dict, eval_rows: list[int], layer: int, source: str = "config") -> None:
+    """Every file a route names exists; training rows are disjoint from the eval rows."""
+    from causal_kl.routes.base import check_train_rows
+    from causal_kl.routes.file import input_files
+
+    for name, route in routes.items():
+        where = f"routes.{name}"
+        kind = route["kind"]
+        if kind == "file":
+            for f in input_files(route):
+                _must_exist(f, source, f"{where}.path", "reconstruction file", "point the route at an existing file")
+        if kind == "nla_ar":
+            _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",
+                        "point the route at an existing parquet of explanations")
+        for key in ("checkpoint", "ar_checkpoint"):
+            if key in route and looks_local(route[key]):
+                _must_exist(route[key], source, f"{where}.{key}", "checkpoint folder",
+                            "point the route at a local checkpoint folder or a hub id org/name")
+        if "train_rows" in route:
+            check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
+
+
+def check_demo(config: dict, source: str = "config") -> None:
+    """The demo builds its corpus and model only at its own paths, so it never writes over a user's files."""
+    for key, want in DEMO_PATHS.items():
+        got = config[key].get("path")
+        if got != want:
+            raise CausalKLError(source, f"{key}.path", f"the demo builds its {key} at {want}, not at {got}",
+                                f"remove the demo block to use your own {key}, or set {key}.path: {want}")
+
+
+def _profile_executor(profile: str) -> str | None:
+    """The ``executor:`` a Snakemake profile sets (profile given as a folder, or a name Snakemake looks up)."""
+    import yaml
+
+    candidates = [Path(profile), Path("profiles") / profile,
+                  Path(os.environ.get("XDG_CONFIG_HOME", "~/.config")).expanduser() / "snakemake" / profile]
+    for folder in candidates:
+        for name in ("config.v9+.yaml", "config.v8+.yaml", "config.yaml"):
+            f = folder / name
+            if f.is_file():
+                try:
+                    return (yaml.safe_load(f.read_text()) or {}).get("executor")
+                except yaml.YAMLError:
+                    return None
+    return None
+
+
+def runs_jobs_here(argv: list[str]) -> bool:
+    """Whether this Snakemake invocation executes jobs on this machine (not a dry run, not a cluster submit).
+
+    At parse time Snakemake has not chosen its executor yet, so this reads its command line (and the
+    profile it names): ``-n``/``--dry-run`` plan only; an executor other than ``local`` (or a job step
+    inside a cluster allocation, which runs on the node with the GPU) submits elsewhere.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("-n", "--dry-run", "--dryrun", action="store_true", dest="dry_run")
+    ap.add_argument("-e", "--executor", default=None)
+    ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
+    args, _ = ap.parse_known_args(argv)
+    if args.dry_run:
+        return False
+    executor = args.executor or (_profile_executor(args.profile) if args.profile else None)
+    return executor in (None, "local") or str(executor).endswith("jobstep")
+
+
+ROUTE_SLOTS = {"tables": 1, "stats": 1, "figures": 1, "analysis": 1, "patch": 1, "recon": 1, "geometry": 1,
+               "explanations": 1}
+"""Folders of ``results/{run}/`` whose next path component names a route (``recon/pca.parquet``, ``tables/pca/...``)."""
+RUN_LEVEL = {"tables": {"routes.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
+                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
+                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
+                                                  "routes_comparison.png", "routes_comparison.svg"},
+             "analysis": {"error_norms.parquet"}, "patch": {"floors"}}
+
+
+def check_targets(argv: list[str], results: str, routes: list[str]) -> None:
+    """A target naming a route this run does not have is one line, not Snakemake's 'no rule to produce'."""
+    prefix = results.rstrip("/") + "/"
+    for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
+        parts = target[len(prefix):].split("/")
+        if len(parts) < 2 or parts[0] not in ROUTE_SLOTS or parts[1] in RUN_LEVEL.get(parts[0], set()):
+            continue
+        name = parts[1] if len(parts) > 2 else Path(parts[1]).stem
+        if name not in routes:
+            have = ", ".join(routes) or "none"
+            raise CausalKLError(target, "route", f"'{name}' is not a route of this run (its routes: {have})",
+                                "add the route under routes: in the config, or ask for one of the run's routes")
+
+
+def check_run(config: dict, source: str = "config", local_exec: bool = True) -> dict[str, Any]:
+    """Every check the config and the files it names allow, before any job; returns what was read.
+
+    ``local_exec`` is False when no job runs here (a dry run, or jobs submitted to a cluster): the
+    device is then checked by each job on its own node, not on the submitting one.
+    """
+    demo = bool(config.get("demo"))
+    if demo:
+        check_demo(config, source)
+    model = config["model"]
+    model_config = None if demo else check_model(model["path"], model["layer"], source, reach_hub=local_exec)
+    if local_exec:
+        check_device(config["device"], source)
+    check_corpus(config["corpus"], demo, source)
+    stored = config["gold"].get("stored")
+    if stored:
+        _must_exist(stored, source, "gold.stored", "stored-gold file",
+                    "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
+    check_routes(config.get("routes") or {}, config["corpus"]["rows"], model["layer"], source)
+    return {"model_config": model_config}

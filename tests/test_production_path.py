@@ -1,0 +1,199 @@
+"""The production path as users run it: a --configfile run is that config alone, every check runs before the
+first job, nothing is written outside results/, logs/ and the demo's resources/demo/, and a user's model folder
+is never touched.
+
+Snakemake is run on a copy of the real workflow (its real config/config.yaml, the demo, beside the run's own
+config): the production config's plan must hold no demo rule, route or path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from causal_kl import checks
+from causal_kl.errors import CausalKLError
+from workflow_helpers import ROOT, copy_workflow, dry_run_jobs, tiny_config
+
+pytestmark = pytest.mark.slow
+
+DEMO_RULES = {"demo_corpus", "demo_tokenizer", "demo_model", "demo_base"}
+DEMO_ROUTES = {"pca", "text_channel"}
+
+
+def snakemake(wd: Path, *args: str, ok: bool = True) -> str:
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=wd, capture_output=True,
+                         text=True, timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    out = res.stdout + res.stderr
+    assert (res.returncode == 0) == ok, out[-3000:]
+    return out
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() + f"@{p.stat().st_mtime_ns}"
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory, gemma3_dir, corpus_path):
+    """A copy of the workflow (demo config included) and a user's own model folder and corpus beside it."""
+    wd = copy_workflow(tmp_path_factory.mktemp("prod"))
+    shutil.copytree(gemma3_dir, wd / "my_models" / "tiny")
+    shutil.copy(corpus_path, wd / "my_corpus.parquet")
+    cfg = tiny_config(Path("my_corpus.parquet"), Path("my_models/tiny"), run="mine")
+    (wd / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+def test_production_config_plans_only_production_jobs(wd):
+    out = snakemake(wd, "-n", "--configfile", "config/gemma3-27b.yaml")
+    rules = {r for r, _ in dry_run_jobs(out)}
+    assert "sites" in rules and not rules & DEMO_RULES, rules
+    assert "resources/demo" not in out and "pca" not in out and "text_channel" not in out
+    # and the demo, run the default way, still is the demo
+    demo = {r for r, _ in dry_run_jobs(snakemake(wd, "-n"))}
+    assert {"demo_corpus", "demo_model"} <= demo
+
+
+def test_a_users_model_folder_survives_a_run_untouched(wd):
+    before = tree_digest(wd / "my_models")
+    snakemake(wd, "results/mine/gold.parquet", "--configfile", "mine.yaml")  # --configfile takes every word after it
+    assert tree_digest(wd / "my_models") == before
+    assert not (wd / "resources").exists()  # no demo asset was built
+    plan = dry_run_jobs(snakemake(wd, "-n", "--configfile", "mine.yaml"))
+    assert not {r for r, _ in plan} & DEMO_RULES
+    # a demo block beside a user's model path is refused before any job, the folder untouched
+    bad = dict(yaml.safe_load((wd / "mine.yaml").read_text()), demo={})
+    bad["corpus"]["path"] = "resources/demo/corpus.parquet"
+    (wd / "bad.yaml").write_text(yaml.safe_dump(bad))
+    out = snakemake(wd, "--configfile", "bad.yaml", ok=False)
+    line = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
+    assert len(line) == 1 and "model.path" in line[0] and "resources/demo/model" in line[0] and "Fix:" in line[0]
+    assert tree_digest(wd / "my_models") == before
+
+
+def _workflow_outputs(wd: Path, configfile: str | None) -> list[str]:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, OutputSettings, Quietness, ResourceSettings,
+                                          StorageSettings, WorkflowSettings)
+
+    settings = ConfigSettings(configfiles=[wd / configfile] if configfile else [])
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=settings,
+                          storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
+                          snakefile=wd / "Snakefile", workdir=wd)._workflow
+        return [(r.name, str(f)) for r in wf.rules for f in [*r.output, *r.log]]
+
+
+def test_no_rule_writes_outside_results_logs_and_the_demos_resources(wd, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["snakemake", "-n"])  # parsed as a plan: no device or hub check
+    everything = dict(yaml.safe_load((wd / "mine.yaml").read_text()))
+    (wd / "r.npy").write_bytes(b"")
+    (wd / "r.site_ids.npy").write_bytes(b"")
+    (wd / "ex.parquet").write_bytes(b"")
+    everything["routes"] = {"f": {"kind": "file", "path": "r.npy"}, "p": {"kind": "pca", "train_rows": [20, 30]},
+                            "ar": {"kind": "nla_ar", "checkpoint": "org/ar", "explanations": "ex.parquet"},
+                            "av": {"kind": "nla_av", "checkpoint": "org/av", "ar_checkpoint": "org/ar"}}
+    (wd / "all_kinds.yaml").write_text(yaml.safe_dump(everything))
+    for configfile in (None, "all_kinds.yaml", "config/gemma3-27b.yaml"):
+        for rule, path in _workflow_outputs(wd, configfile):
+            assert path.startswith(("results/", "logs/", "resources/demo/")), (configfile, rule, path)
+
+
+@pytest.fixture
+def run_config(wd):
+    cfg = yaml.safe_load((wd / "mine.yaml").read_text())
+    return copy.deepcopy(cfg)
+
+
+def _check(wd, cfg, local_exec=True):
+    import os
+
+    from causal_kl.config import validate_config
+
+    here = os.getcwd()
+    os.chdir(wd)
+    try:
+        checks.check_run(validate_config(copy.deepcopy(cfg), "run.yaml"), "run.yaml", local_exec=local_exec)
+    finally:
+        os.chdir(here)
+
+
+BAD = {
+    "layer out of range": (lambda c: c["model"].update(layer=6), "model.layer", "6 decoder blocks"),
+    "model path typo": (lambda c: c["model"].update(path="my_models/tinny"), "model.path", "does not exist"),
+    "missing corpus": (lambda c: c["corpus"].update(path="nope.parquet"), "corpus.path", "does not exist"),
+    "corpus column": (lambda c: c["corpus"].update(column="text"), "corpus.column", "not in the corpus"),
+    "rows past the end": (lambda c: c["corpus"].update(rows=[25, 40]), "corpus.rows", "past the end"),
+    "missing stored golds": (lambda c: c.update(gold={"stored": "base.parquet"}), "gold.stored", "does not exist"),
+    "missing route file": (lambda c: c["routes"].update(f={"kind": "file", "path": "nope.npy"}), "routes.f.path",
+                           "does not exist"),
+    "training rows overlap": (lambda c: c["routes"].update(p={"kind": "pca", "train_rows": [2, 10]}), "train_rows",
+                              "overlap the eval rows"),
+    "cuda without a GPU": (lambda c: c.update(device="cuda"), "device", "no visible GPU"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_every_config_problem_is_one_line_before_any_job(wd, run_config, case, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    edit, field, words = BAD[case]
+    edit(run_config)
+    with pytest.raises(CausalKLError) as e:
+        _check(wd, run_config)
+    msg = str(e.value)
+    assert "\n" not in msg and field in msg and words in msg and "Fix:" in msg, msg
+
+
+def test_not_a_causal_lm_is_refused_from_its_config_json(wd, run_config, tmp_path):
+    enc = tmp_path / "bert"
+    enc.mkdir()
+    (enc / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert",
+                                                 "num_hidden_layers": 4}))
+    run_config["model"]["path"] = str(enc)
+    with pytest.raises(CausalKLError, match=r"architectures: BertModel .* not a causal language model"):
+        _check(wd, run_config)
+
+
+def test_parse_time_checks_stop_snakemake_and_validate_says_the_same(wd, run_config):
+    """Wired where the workflow is parsed: no job runs, nothing is written; `causal-kl validate` agrees."""
+    run_config["model"]["layer"] = 9
+    run_config["run"] = "badlayer"
+    (wd / "badlayer.yaml").write_text(yaml.safe_dump(run_config))
+    out = snakemake(wd, "--configfile", "badlayer.yaml", ok=False)
+    lines = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
+    assert len(lines) == 1 and "model.layer" in lines[0] and "badlayer.yaml" in lines[0], out[-2000:]
+    assert not (wd / "results/badlayer").exists()
+    res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "validate", "badlayer.yaml"], cwd=wd,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.strip() == lines[0]
+
+
+def test_a_target_for_an_unconfigured_route_is_one_line(wd):
+    out = snakemake(wd, "-n", "results/mine/tables/nosuch/conditions.csv", "--configfile", "mine.yaml", ok=False)
+    lines = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
+    assert len(lines) == 1 and "'nosuch' is not a route of this run" in lines[0] and "Traceback" not in out
+
+
+def test_invalid_yaml_names_line_and_column(wd, tmp_path):
+    broken = copy_workflow(tmp_path / "wf")
+    (broken / "config/config.yaml").write_text("run: demo\nseed: [42\n")
+    out = snakemake(broken, "-n", ok=False)
+    lines = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
+    assert len(lines) == 1 and "config/config.yaml" in lines[0] and "line 3, column 1" in lines[0], out[-1500:]
+    res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "validate", "config/config.yaml"], cwd=broken,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "line 3, column 1" in res.stderr
+
+
+def test_cli_help_is_plain_text():
+    res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and "``" not in res.stdout and "validate" in res.stdout
