@@ -18,7 +18,7 @@ import torch
 import fixtures
 from causal_kl.demo.sae import SAETrainConfig, train_topk_sae
 from causal_kl.models import load_model
-from causal_kl.sae import save_sae
+from causal_kl.sae import explained_variance, save_sae
 from causal_kl.whole_context import draw_contexts, pack_contexts, special_token_ids, whole_context_scores
 
 N_CTX, N_CONTEXTS = 32, 6
@@ -189,7 +189,9 @@ def test_peer_saelens_run_evals(case):
     """SAELens' own run_evals on the same SAE directory and contexts, offline (TransformerLens' bridge on the
     local checkpoint). Tolerance 1e-5 on the scores, 1e-5 relative on the means: both sides are float32
     forwards of the same HF modules (logits agree to ~2e-5 of |logits| <= 30); what differs is float32
-    summation order (theirs sums in float32, ours in float64)."""
+    summation order (theirs sums in float32, ours in float64). The same run_evals call also gives SAELens'
+    L0, feature densities (dead = density 0) and explained variance, held to SparseAutoencoder.sparsity and
+    causal_kl.sae.explained_variance on the same non-special states."""
     sae_lens = pytest.importorskip("sae_lens")
     bridge_mod = pytest.importorskip("transformer_lens.model_bridge")
     from sae_lens.evals import EvalConfig, run_evals
@@ -199,10 +201,12 @@ def test_peer_saelens_run_evals(case):
     sae = sae_lens.SAE.load_from_disk(str(case["sae_dir"]))
     assert sae.cfg.metadata.hook_name == f"blocks.{case['layer']}.hook_resid_post"
     batch = 3
-    metrics, _ = run_evals(sae, _Contexts(torch.tensor(case["contexts"]), batch), bridge, ActivationScaler(),
-                           EvalConfig(batch_size_prompts=batch, n_eval_reconstruction_batches=N_CONTEXTS // batch,
-                                      compute_kl=True, compute_ce_loss=True),
-                           exclude_special_tokens=True)
+    metrics, features = run_evals(sae, _Contexts(torch.tensor(case["contexts"]), batch), bridge, ActivationScaler(),
+                                  EvalConfig(batch_size_prompts=batch, n_eval_reconstruction_batches=N_CONTEXTS // batch,
+                                             compute_kl=True, compute_ce_loss=True, compute_sparsity_metrics=True,
+                                             compute_variance_metrics=True, compute_featurewise_density_statistics=True,
+                                             n_eval_sparsity_variance_batches=N_CONTEXTS // batch),
+                                  exclude_special_tokens=True)
     kl, ce = metrics["model_behavior_preservation"], metrics["model_performance_preservation"]
     ours = whole_context_scores(case["loaded"], case["contexts"], case["layer"], case["sae"].reconstruct, case["special"])
     assert ours["kl_div_score"] == pytest.approx(kl["kl_div_score"], abs=1e-5)
@@ -211,3 +215,14 @@ def test_peer_saelens_run_evals(case):
              "ce_route": ce["ce_loss_with_sae"], "ce_zero": ce["ce_loss_with_ablation"]}
     for key, theirs in pairs.items():
         assert ours[key] == pytest.approx(theirs, rel=1e-5, abs=1e-7), key
+
+    # L0, dead latents and explained variance of the SAE on the same (non-special) layer-L states
+    ids = torch.tensor(case["contexts"])
+    with torch.no_grad():
+        states = case["loaded"].model(input_ids=ids, output_hidden_states=True).hidden_states[case["layer"] + 1]
+    vectors = states[~torch.isin(ids, torch.tensor(sorted(case["special"])))]
+    stats = case["sae"].sparsity(vectors)
+    assert stats.l0 == pytest.approx(metrics["sparsity"]["l0"], rel=1e-6)
+    assert stats.n_dead == sum(density == 0 for density in features["feature_density"])
+    assert explained_variance(vectors, case["sae"].reconstruct(vectors)) == pytest.approx(
+        metrics["reconstruction_quality"]["explained_variance"], abs=1e-4)
