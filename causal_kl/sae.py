@@ -359,8 +359,8 @@ class SparseAutoencoder:
     def encode(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
         """Latents of ``x [n, d_in]``: ``[n, d_sae]`` float32 on the SAE's device, ``batch_size`` rows at a time."""
         x = self._as_input(x)
-        return torch.cat([self._encode(chunk)[0] for chunk in _chunks(x, batch_size)]) if len(x) else \
-            x.new_zeros((0, self.d_sae))
+        parts = [self._encode(chunk)[0] for chunk in _chunks(x, batch_size)]
+        return torch.cat(parts) if parts else x.new_zeros((0, self.d_sae))
 
     @torch.no_grad()
     def decode(self, acts: torch.Tensor, x: torch.Tensor | np.ndarray | None = None,
