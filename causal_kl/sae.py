@@ -1,0 +1,753 @@
+"""Sparse autoencoders as a reconstruction route: load, run in float32, check, write.
+
+An SAE maps a residual vector ``x [d_in]`` to latents ``a [d_sae]`` and back. The definitions
+are SAELens' (``sae_lens/saes/{standard,jumprelu,topk}_sae.py`` and ``SAE.process_sae_in`` in
+``sae_lens/saes/sae.py``, read at sae-lens 6.54.12), step by step:
+
+1. ``x`` is cast to float32 and normalised (``normalize_activations``, below);
+2. ``b_dec`` is subtracted when ``apply_b_dec_to_input`` (SAELens' default: true);
+3. ``pre = x @ W_enc + b_enc``;
+4. the activation:
+   ``standard``  ``a = relu(pre)``;
+   ``jumprelu``  ``a = relu(pre) * (pre > threshold)``;
+   ``topk``      keep the ``k`` largest entries of ``pre`` (after ``relu`` on those values), zero
+                 the rest; with ``rescale_acts_by_decoder_norm`` ``pre`` is first multiplied by
+                 the decoder row norms ``||W_dec[i]||`` and decode divides ``a`` by them again;
+5. decode: ``a @ W_dec + b_dec``, then the normalisation is undone.
+
+``normalize_activations`` (SAELens' four inference settings):
+
+``none``
+    nothing.
+``constant_norm_rescale``
+    per vector, ``c = sqrt(d_in) / ||x||``; the SAE sees ``c x`` and decode returns ``out / c``.
+``layer_norm``
+    per vector, ``mu = mean(x)``, ``s = std(x)`` (unbiased, as ``torch.std``); the SAE sees
+    ``(x - mu) / (s + 1e-5)`` and decode returns ``out * s + mu`` (no eps on the way out).
+``expected_average_only_in``
+    one constant ``f = sqrt(d_in) / E||x||`` estimated by SAELens' trainer over
+    ``n_batches_for_norm_estimate`` training batches (``ActivationScaler.estimate_scaling_factor``).
+    The SAE itself does nothing with it at run time: the trainer multiplies inputs by ``f`` and
+    divides outputs by ``f`` outside the SAE. At the end of training the trainer folds ``f`` into
+    the weights (``fold_activation_norm_scaling_factor``) and saves the final SAE with
+    ``none``; only intermediate checkpoints keep ``expected_average_only_in``, with ``f`` in
+    ``activation_scaler.json`` beside ``cfg.json``. Hub releases keep ``f`` in SAELens'
+    ``pretrained_saes.yaml`` (``norm_scaling_factor``), which ``SAE.from_pretrained`` folds in.
+    Here ``f`` is read from ``activation_scaler.json`` or passed as ``norm_scaling_factor``; if
+    neither gives one, loading fails (running such an SAE on raw activations would be wrong).
+
+Formats read (``load_sae`` picks by the files present):
+
+* **SAELens directory**: ``cfg.json`` + ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
+  ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]`` for
+  JumpReLU, or ``log_threshold`` which is exponentiated). ``cfg.json`` spellings supported:
+  SAELens >= 6 (``architecture`` top level; ``hook_name``, ``hook_head_index``, ``hf_hook_name``,
+  ``sae_lens_version`` nested under ``metadata``) and 3.x-5.x (everything top level:
+  ``hook_name`` or the older ``hook_point``; ``hook_layer`` or ``hook_point_layer``;
+  ``activation_fn`` or ``activation_fn_str``; TopK as ``activation_fn: "topk"`` with
+  ``activation_fn_kwargs: {"k": ...}`` or a top-level ``k``; ``normalize_activations`` as a
+  bool, meaning ``expected_average_only_in`` when true, or a string; no ``architecture`` means
+  ``standard``). ``architecture`` is also looked for under ``metadata``; ``jump_relu`` is read
+  as ``jumprelu``. ``d_in``/``d_sae`` may be absent (taken from the tensors) but must agree
+  with them when present. A ``scaling_factor`` tensor of ones (written by some 4.x/5.x
+  versions) is ignored.
+* **Gemma Scope** (``params.npz``: ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``threshold``,
+  lower-case ``w_enc``/``w_dec`` also read) and **Gemma Scope 2** (``params.safetensors`` with
+  the same tensors, ``config.json`` beside it): JumpReLU, ``apply_b_dec_to_input`` false, no
+  normalisation (as SAELens' ``gemma_2``/``gemma_3`` loaders set them).
+
+Refused with a one-line ``CausalKLError`` (file, field, fix): a missing path or file, invalid
+JSON, an unknown or unsupported architecture (gated, transcoders, ...), another activation
+function (``tanh-relu``), per-head or ``hook_z`` SAEs, ``covariance_whitening``, missing tensors,
+wrong shapes, a non-unit ``scaling_factor``, and, in ``check_compatible``, ``d_in`` differing
+from the model width or an SAE trained at another hook/layer than the one it is used at.
+
+Hooks and layers. The design's layer ``L`` is the output of decoder block ``L`` (HF
+``output_hidden_states[L + 1]``). SAELens' ``blocks.L.hook_resid_post`` is exactly that;
+``blocks.L.hook_resid_pre`` is the *input* of block ``L``, i.e. the output of block ``L - 1``
+(layer ``L - 1``; ``blocks.0.hook_resid_pre`` is the embedding output, which no layer names);
+HF-style names ``model.layers.L.output`` / ``layers.L`` (Gemma Scope 2's ``hf_hook_point_in``,
+sparsify) are block ``L``'s output. Every other hook (``hook_resid_mid``, ``hook_mlp_out``,
+``attn.hook_z``, ``hook_embed``, ...) is not a block output and cannot be spliced at a layer.
+When ``cfg.json`` names no hook, nothing can be checked and nothing is.
+
+Sparsity (``SparseAutoencoder.sparsity``), as SAELens' ``get_sparsity_and_variance_metrics``
+reports it: L0 = mean over vectors of the number of latents ``!= 0``; a latent is *dead* on a
+batch when it is ``== 0`` on every vector of it (SAELens' ``feature_density == 0``; its trainer's
+``dead_features`` is the same test over a window of ``dead_feature_window`` steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from causal_kl.errors import CausalKLError
+from causal_kl.io import atomic_path
+
+ARCHITECTURES = ("standard", "jumprelu", "topk")
+"""Architectures this module runs (SAELens' names)."""
+
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+"""SAELens' ``normalize_activations`` settings this module runs."""
+
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_SCALER = "activation_scaler.json"
+GEMMA_SCOPE_NPZ = "params.npz"
+GEMMA_SCOPE_SAFETENSORS = "params.safetensors"
+GEMMA_SCOPE_CONFIG = "config.json"
+
+SAELENS_LAYOUT_VERSION = "6.0.0"
+"""``metadata.sae_lens_version`` written by ``save_sae``: the cfg.json layout (SAELens >= 6),
+so that SAELens reads our files without its pre-6.0 conversion."""
+
+LAYER_NORM_EPS = 1e-5  # SAELens' run_time_activation_ln_in default
+
+_ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
+_KNOWN_UNSUPPORTED = {
+    "gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal",
+    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
+}
+
+
+# --------------------------------------------------------------------------------------- hooks
+@dataclass(frozen=True)
+class HookSite:
+    """Where an SAE was trained, read from its hook name.
+
+    ``layer`` is the design's layer (output of decoder block ``layer``), or None when the hook is
+    not a decoder block's output (then the SAE cannot be spliced at any layer).
+    """
+
+    hook_name: str
+    kind: str  # resid_post | resid_pre | embed | other
+    layer: int | None
+
+    def describe(self) -> str:
+        if self.kind == "resid_pre" and self.layer is not None:
+            return f"{self.hook_name} (the input of block {self.layer + 1} = layer {self.layer}, the output of block {self.layer})"
+        if self.layer is not None:
+            return f"{self.hook_name} (layer {self.layer}, the output of block {self.layer})"
+        return f"{self.hook_name} (not the output of a decoder block)"
+
+
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+_HF_LAYER_OUT = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)(?:\.output)?$")
+
+
+def parse_hook_name(hook_name: str) -> HookSite:
+    """``blocks.L.hook_resid_post`` -> layer L; ``blocks.L.hook_resid_pre`` -> layer L - 1;
+    ``model.layers.L.output`` / ``layers.L`` -> layer L (returned as ``blocks.L.hook_resid_post``);
+    anything else -> ``layer=None``."""
+    name = hook_name.strip()
+    if m := _RESID_POST.match(name):
+        return HookSite(name, "resid_post", int(m.group(1)))
+    if m := _RESID_PRE.match(name):
+        block = int(m.group(1))
+        if block == 0:
+            return HookSite(name, "embed", None)
+        return HookSite(name, "resid_pre", block - 1)
+    if m := _HF_LAYER_OUT.match(name):
+        layer = int(m.group(1))
+        return HookSite(f"blocks.{layer}.hook_resid_post", "resid_post", layer)
+    if name in ("hook_embed", "embed.hook_embed"):
+        return HookSite(name, "embed", None)
+    return HookSite(name, "other", None)
+
+
+def resid_post_hook(layer: int) -> str:
+    """SAELens' name for the design's layer ``layer``: ``blocks.{layer}.hook_resid_post``."""
+    return f"blocks.{int(layer)}.hook_resid_post"
+
+
+# ---------------------------------------------------------------------------------- the model
+@dataclass
+class SparsityStats:
+    """L0 and dead latents of an SAE on a batch of vectors (see the module docstring)."""
+
+    l0: float  # mean number of latents != 0 per vector
+    dead_share: float  # share of latents == 0 on every vector
+    n_dead: int
+    n_vectors: int
+    d_sae: int
+
+
+@dataclass
+class SparseAutoencoder:
+    """An SAE's tensors (float32) and settings. Shapes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+    ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]`` (JumpReLU only).
+
+    Build one with ``load_sae`` or directly; ``to(device)`` moves it. ``source`` names the file
+    it came from in error messages.
+    """
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    architecture: str = "standard"
+    threshold: torch.Tensor | None = None
+    k: int | None = None
+    rescale_acts_by_decoder_norm: bool = False
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    norm_scaling_factor: float | None = None  # expected_average_only_in only
+    hook_name: str | None = None
+    source: str = "<in memory>"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if self.architecture not in ARCHITECTURES:
+            raise CausalKLError(src, "architecture", f"unknown SAE architecture {self.architecture!r}",
+                                f"use one of {', '.join(ARCHITECTURES)}")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise CausalKLError(src, "normalize_activations", f"unsupported value {self.normalize_activations!r}",
+                                f"use one of {', '.join(NORMALIZATIONS)}")
+        if self.normalize_activations == "expected_average_only_in":
+            f = self.norm_scaling_factor
+            if f is None or not (math.isfinite(f) and f > 0):
+                raise CausalKLError(src, "normalize_activations",
+                                    f"expected_average_only_in needs its scaling factor, got {f!r}",
+                                    f"put {SAELENS_SCALER} (written by SAELens' trainer) beside cfg.json, or pass "
+                                    "norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per hub SAE)")
+        tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        if self.architecture == "jumprelu":
+            if self.threshold is None:
+                raise CausalKLError(src, "threshold", "a JumpReLU SAE needs a threshold tensor [d_sae]",
+                                    "save the SAE's threshold with its weights")
+            tensors["threshold"] = self.threshold
+        for name, t in tensors.items():
+            setattr(self, name, torch.as_tensor(t).detach().to(torch.float32))
+        if self.W_enc.ndim != 2:
+            raise CausalKLError(src, "W_enc", f"shape {tuple(self.W_enc.shape)} is not [d_in, d_sae]",
+                                "store W_enc as a [d_in, d_sae] matrix")
+        d_in, d_sae = self.W_enc.shape
+        expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        if self.architecture == "jumprelu":
+            expected["threshold"] = (d_sae,)
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise CausalKLError(src, name, f"shape {got} does not fit W_enc [d_in={d_in}, d_sae={d_sae}] (expected {shape})",
+                                    "write the SAE's tensors with matching shapes (W_enc [d_in, d_sae], W_dec [d_sae, d_in])")
+        if self.architecture == "topk":
+            if self.k is None or not 1 <= int(self.k) <= d_sae:
+                raise CausalKLError(src, "k", f"a TopK SAE needs 1 <= k <= d_sae={d_sae}, got {self.k!r}",
+                                    "set k in cfg.json (or activation_fn_kwargs.k)")
+            self.k = int(self.k)
+        if self.hook_name is not None:
+            self.hook_name = str(self.hook_name)
+
+    # ------------------------------------------------------------------ shape and placement
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def hook(self) -> HookSite | None:
+        return parse_hook_name(self.hook_name) if self.hook_name else None
+
+    @property
+    def layer(self) -> int | None:
+        """The design's layer this SAE was trained at (None when unknown or not a block output)."""
+        site = self.hook
+        return site.layer if site else None
+
+    def to(self, device: str | torch.device) -> "SparseAutoencoder":
+        """Move every tensor to ``device`` (in place); returns self."""
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        return self
+
+    # ------------------------------------------------------------------------- the checks
+    def check_compatible(self, d_model: int | None = None, layer: int | None = None) -> None:
+        """Raise a ``CausalKLError`` if this SAE cannot reconstruct layer ``layer`` of a model of width ``d_model``.
+
+        ``d_in`` must equal ``d_model``; when the SAE's config names its hook, that hook must be
+        the output of block ``layer`` (``blocks.{layer}.hook_resid_post`` or an equivalent name).
+        """
+        if d_model is not None and self.d_in != int(d_model):
+            raise CausalKLError(self.source, "d_in", f"the SAE reads vectors of width {self.d_in} but the model's width is {d_model}",
+                                "use an SAE trained on this model (d_in = hidden_size)")
+        if layer is None or self.hook_name is None:
+            return
+        site = self.hook
+        if site.layer != int(layer):
+            raise CausalKLError(self.source, "hook_name",
+                                f"the SAE was trained at {site.describe()} but is used at layer {layer} ({resid_post_hook(layer)})",
+                                f"use it at layer {site.layer}" if site.layer is not None and site.layer >= 0
+                                else f"use an SAE trained at {resid_post_hook(layer)}")
+
+    # ---------------------------------------------------------------------- the computation
+    def _as_input(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise ValueError(f"expected vectors [n, d_in={self.d_in}], got {tuple(x.shape)}")
+        return x.to(self.device, torch.float32)
+
+    def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``x [n, d_in]`` -> (what the SAE sees ``[n, d_in]``, what decode needs to undo it)."""
+        mode = self.normalize_activations
+        if mode == "constant_norm_rescale":
+            coeff = (self.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, (coeff,)
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            centred = x - mu
+            std = centred.std(dim=-1, keepdim=True)
+            return centred / (std + LAYER_NORM_EPS), (mu, std)
+        if mode == "expected_average_only_in":
+            return x * self.norm_scaling_factor, ()
+        return x, ()
+
+    def _denormalise(self, out: torch.Tensor, stats: tuple) -> torch.Tensor:
+        mode = self.normalize_activations
+        if mode == "constant_norm_rescale":
+            return out / stats[0]
+        if mode == "layer_norm":
+            mu, std = stats
+            return out * std + mu
+        if mode == "expected_average_only_in":
+            return out / self.norm_scaling_factor
+        return out
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        sae_in, stats = self._normalise(x)
+        if self.apply_b_dec_to_input:
+            sae_in = sae_in - self.b_dec
+        pre = sae_in @ self.W_enc + self.b_enc  # [n, d_sae]
+        if self.architecture == "standard":
+            acts = torch.relu(pre)
+        elif self.architecture == "jumprelu":
+            acts = torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        else:  # topk
+            if self.rescale_acts_by_decoder_norm:
+                pre = pre * self.W_dec.norm(dim=-1)
+            values, indices = torch.topk(pre, k=self.k, dim=-1, sorted=False)
+            acts = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+        return acts, stats
+
+    def _decode(self, acts: torch.Tensor, stats: tuple) -> torch.Tensor:
+        if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
+            acts = acts / self.W_dec.norm(dim=-1)
+        return self._denormalise(acts @ self.W_dec + self.b_dec, stats)
+
+    def _needs_input_to_decode(self) -> bool:
+        return self.normalize_activations in ("constant_norm_rescale", "layer_norm")
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+        """Latents of ``x [n, d_in]``: ``[n, d_sae]`` float32 on the SAE's device, ``batch_size`` rows at a time."""
+        x = self._as_input(x)
+        parts = [self._encode(chunk)[0] for chunk in _chunks(x, batch_size)]
+        return torch.cat(parts) if parts else x.new_zeros((0, self.d_sae))
+
+    @torch.no_grad()
+    def decode(self, acts: torch.Tensor, x: torch.Tensor | np.ndarray | None = None,
+               batch_size: int | None = None) -> torch.Tensor:
+        """Reconstruction ``[n, d_in]`` from latents ``acts [n, d_sae]``.
+
+        ``constant_norm_rescale`` and ``layer_norm`` undo the normalisation with the statistics of
+        the vectors the latents were encoded from (SAELens keeps them on the module between
+        ``encode`` and ``decode``); pass those vectors as ``x [n, d_in]`` for these two settings.
+        """
+        acts = torch.as_tensor(acts).to(self.device, torch.float32)
+        if acts.ndim != 2 or acts.shape[1] != self.d_sae:
+            raise ValueError(f"expected latents [n, d_sae={self.d_sae}], got {tuple(acts.shape)}")
+        if self._needs_input_to_decode():
+            if x is None:
+                raise ValueError(f"normalize_activations={self.normalize_activations!r}: decode needs the encoded vectors x")
+            x = self._as_input(x)
+            if len(x) != len(acts):
+                raise ValueError(f"{len(acts)} latent rows but {len(x)} input rows")
+            parts = [self._decode(a, self._normalise(xc)[1]) for a, xc in zip(_chunks(acts, batch_size), _chunks(x, batch_size))]
+        else:
+            parts = [self._decode(a, ()) for a in _chunks(acts, batch_size)]
+        return torch.cat(parts) if parts else acts.new_zeros((0, self.d_in))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor | np.ndarray, batch_size: int | None = 4096) -> torch.Tensor:
+        """``decode(encode(x))`` for ``x [n, d_in]``: ``[n, d_in]`` float32 on the SAE's device, batched."""
+        x = self._as_input(x)
+        parts = []
+        for chunk in _chunks(x, batch_size):
+            acts, stats = self._encode(chunk)
+            parts.append(self._decode(acts, stats))
+        return torch.cat(parts) if parts else x.new_zeros((0, self.d_in))
+
+    @torch.no_grad()
+    def sparsity(self, x: torch.Tensor | np.ndarray, batch_size: int | None = 4096) -> SparsityStats:
+        """L0 and dead-latent share of the SAE on ``x [n, d_in]`` (definitions in the module docstring)."""
+        x = self._as_input(x)
+        if len(x) == 0:
+            raise ValueError("sparsity of an empty batch")
+        active_total = 0.0
+        ever = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
+        for chunk in _chunks(x, batch_size):
+            active = self._encode(chunk)[0] != 0  # [b, d_sae]
+            active_total += float(active.sum())
+            ever |= active.any(dim=0)
+        n_dead = int((~ever).sum())
+        return SparsityStats(l0=active_total / len(x), dead_share=n_dead / self.d_sae, n_dead=n_dead,
+                             n_vectors=len(x), d_sae=self.d_sae)
+
+
+def _chunks(t: torch.Tensor, batch_size: int | None):
+    if batch_size is None or batch_size >= len(t):
+        return [t] if len(t) else []
+    return list(torch.split(t, int(batch_size)))
+
+
+def explained_variance(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.ndarray) -> float:
+    """SAELens' ``explained_variance``: ``1 - mean ||x - x_hat||^2 / (mean ||x||^2 - ||mean x||^2)``, rows ``[n, d]``, float64."""
+    x = np.asarray(torch.as_tensor(x).detach().cpu(), dtype=np.float64)
+    x_hat = np.asarray(torch.as_tensor(x_hat).detach().cpu(), dtype=np.float64)
+    total_variance = float((x ** 2).sum(axis=1).mean() - (x.mean(axis=0) ** 2).sum())
+    mse = float(((x - x_hat) ** 2).sum(axis=1).mean())
+    return 1.0 - mse / total_variance
+
+
+# ------------------------------------------------------------------------------- reading
+def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: int | None = None,
+             layer: int | None = None, norm_scaling_factor: float | None = None,
+             hook_name: str | None = None) -> SparseAutoencoder:
+    """Load an SAE (SAELens directory, Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors``).
+
+    ``path`` is the directory or the weights file. With ``d_model``/``layer`` the SAE is checked
+    against the model and layer it will be used at (``check_compatible``). ``hook_name``
+    overrides the hook the files say (or do not say) the SAE was trained at.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CausalKLError(p, "sae path", "does not exist",
+                            f"point it at an SAE directory ({SAELENS_CFG} + {SAELENS_WEIGHTS}) or a Gemma Scope {GEMMA_SCOPE_NPZ}")
+    if p.is_file():
+        if p.name == SAELENS_WEIGHTS or p.name == SAELENS_CFG:
+            p = p.parent
+        elif p.suffix == ".npz" or p.name == GEMMA_SCOPE_SAFETENSORS:
+            sae = load_gemma_scope(p, hook_name=hook_name)
+            return _finish_load(sae, device, d_model, layer)
+        else:
+            raise CausalKLError(p, "sae path", "is not an SAE file",
+                                f"give the SAE directory, its {SAELENS_WEIGHTS}, a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
+    if (p / SAELENS_CFG).exists() or (p / SAELENS_WEIGHTS).exists():
+        sae = load_saelens(p, norm_scaling_factor=norm_scaling_factor)
+        if hook_name is not None:
+            sae.hook_name = hook_name
+    elif (p / GEMMA_SCOPE_NPZ).exists():
+        sae = load_gemma_scope(p / GEMMA_SCOPE_NPZ, hook_name=hook_name)
+    elif (p / GEMMA_SCOPE_SAFETENSORS).exists():
+        sae = load_gemma_scope(p / GEMMA_SCOPE_SAFETENSORS, hook_name=hook_name)
+    else:
+        raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
+                            f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+    return _finish_load(sae, device, d_model, layer)
+
+
+def _finish_load(sae: SparseAutoencoder, device, d_model, layer) -> SparseAutoencoder:
+    sae.check_compatible(d_model=d_model, layer=layer)
+    return sae.to(device)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CausalKLError(path, None, f"not valid JSON ({e})", "re-save the SAE config") from e
+    if not isinstance(obj, dict):
+        raise CausalKLError(path, None, "is not a JSON object", "re-save the SAE config")
+    return obj
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        # bfloat16 cannot be read into numpy: go through torch
+        try:
+            from safetensors.torch import load_file as load_torch
+
+            return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+        except Exception:
+            raise CausalKLError(path, None, f"not a readable safetensors file ({str(e).splitlines()[0]})",
+                                "re-save the SAE weights with safetensors") from e
+
+
+def _get(cfg: dict, *keys: str, default: Any = None) -> Any:
+    """First of ``keys`` found at the top level of ``cfg``, then under ``cfg['metadata']``."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    for where in (cfg, meta):
+        for key in keys:
+            if key in where and where[key] is not None:
+                return where[key]
+    return default
+
+
+def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any]:
+    """Normalise a SAELens ``cfg.json`` of any supported version into this module's settings.
+
+    Returns ``architecture``, ``d_in``, ``d_sae`` (None when absent), ``k``,
+    ``rescale_acts_by_decoder_norm``, ``apply_b_dec_to_input``, ``normalize_activations``,
+    ``hook_name``, ``hook_layer``, ``model_name``.
+    """
+    arch = _get(cfg, "architecture")
+    act_fn = _get(cfg, "activation_fn", "activation_fn_str")
+    act_kwargs = _get(cfg, "activation_fn_kwargs", default={}) or {}
+    if arch is None:
+        arch = "standard"
+    arch = _ARCH_ALIASES.get(str(arch).lower(), str(arch).lower())
+    if act_fn == "topk" and arch == "standard":  # SAELens < 6 ran TopK as a standard SAE with activation_fn "topk"
+        arch = "topk"
+    if arch not in ARCHITECTURES:
+        why = "is not supported here" if arch in _KNOWN_UNSUPPORTED else "is unknown"
+        raise CausalKLError(file, "architecture", f"SAE architecture {arch!r} {why}",
+                            f"use a {', '.join(ARCHITECTURES)} SAE (a BatchTopK SAE is saved by SAELens as jumprelu)")
+    if act_fn is not None and act_fn not in ("relu", "topk") and not (arch == "jumprelu" and act_fn == "jumprelu"):
+        raise CausalKLError(file, "activation_fn", f"activation {act_fn!r} is not supported (SAELens >= 6 ignores it and runs ReLU)",
+                            "use an SAE with activation_fn relu (or topk)")
+    k = _get(cfg, "k")
+    if k is None and isinstance(act_kwargs, dict):
+        k = act_kwargs.get("k")
+    norm = _get(cfg, "normalize_activations", default="none")
+    if isinstance(norm, bool):  # SAELens < 6: True meant the April-2024 expected-average scaling
+        norm = "expected_average_only_in" if norm else "none"
+    if norm not in NORMALIZATIONS:
+        raise CausalKLError(file, "normalize_activations", f"{norm!r} is not supported",
+                            f"use an SAE with normalize_activations in {', '.join(NORMALIZATIONS)} (fold whitening into the weights first)")
+    if _get(cfg, "hook_head_index", "hook_point_head_index") is not None:
+        raise CausalKLError(file, "hook_head_index", "a per-attention-head SAE cannot reconstruct the residual stream",
+                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
+    if _get(cfg, "reshape_activations", default="none") not in ("none", None):
+        raise CausalKLError(file, "reshape_activations", f"{_get(cfg, 'reshape_activations')!r} (hook_z) SAEs read attention heads, not the residual stream",
+                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
+    hook = _get(cfg, "hook_name", "hook_point")
+    hf_hook = _get(cfg, "hf_hook_name", "hf_hook_point_in")
+    if hook is None and hf_hook is not None:
+        hook = parse_hook_name(str(hf_hook)).hook_name
+    hook_layer = _get(cfg, "hook_layer", "hook_point_layer")
+    if hook is not None and hook_layer is not None:
+        m = re.match(r"^blocks\.(\d+)\.", str(hook))
+        if m and int(m.group(1)) != int(hook_layer):
+            raise CausalKLError(file, "hook_layer", f"hook_layer {hook_layer} contradicts hook_name {hook}",
+                                "fix cfg.json so hook_layer is the block index in hook_name")
+
+    def _int(key_value, name):
+        if key_value is None:
+            return None
+        try:
+            return int(key_value)
+        except (TypeError, ValueError) as e:
+            raise CausalKLError(file, name, f"{key_value!r} is not an integer", f"set {name} to an integer") from e
+
+    return {
+        "architecture": arch,
+        "d_in": _int(_get(cfg, "d_in"), "d_in"),
+        "d_sae": _int(_get(cfg, "d_sae"), "d_sae"),
+        "k": _int(k, "k"),
+        "rescale_acts_by_decoder_norm": bool(_get(cfg, "rescale_acts_by_decoder_norm", default=False)),
+        "apply_b_dec_to_input": bool(_get(cfg, "apply_b_dec_to_input", default=True)),
+        "normalize_activations": norm,
+        "hook_name": None if hook is None else str(hook),
+        "hook_layer": _int(hook_layer, "hook_layer"),
+        "model_name": _get(cfg, "model_name"),
+    }
+
+
+def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
+    """Read a SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) on the CPU."""
+    d = Path(path)
+    cfg_path, weights_path = d / SAELENS_CFG, d / SAELENS_WEIGHTS
+    for f in (cfg_path, weights_path):
+        if not f.exists():
+            raise CausalKLError(f, f.name, "not found",
+                                f"an SAELens SAE directory holds {SAELENS_CFG} and {SAELENS_WEIGHTS} (SAE.save_model writes both)")
+    raw = _read_json(cfg_path)
+    cfg = read_saelens_cfg(raw, cfg_path)
+    tensors = _read_safetensors(weights_path)
+    if "threshold" not in tensors and "log_threshold" in tensors:
+        tensors["threshold"] = np.exp(tensors["log_threshold"])
+    if "scaling_factor" in tensors:
+        if not np.allclose(tensors["scaling_factor"], 1.0):
+            raise CausalKLError(weights_path, "scaling_factor", "a fine-tuning scaling factor other than 1 is not supported",
+                                "fold it into W_dec (W_dec *= scaling_factor[:, None]) and drop it")
+    required = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg["architecture"] == "jumprelu" else [])
+    missing = [n for n in required if n not in tensors]
+    if missing:
+        raise CausalKLError(weights_path, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(tensors)) or 'none'})",
+                            f"a {cfg['architecture']} SAE needs {', '.join(required)}")
+    d_in, d_sae = np.shape(tensors["W_enc"]) if np.ndim(tensors["W_enc"]) == 2 else (None, None)
+    for name in ("d_in", "d_sae"):
+        stated, actual = cfg[name], {"d_in": d_in, "d_sae": d_sae}[name]
+        if stated is not None and actual is not None and stated != actual:
+            raise CausalKLError(weights_path, "W_enc", f"shape {np.shape(tensors['W_enc'])} disagrees with cfg.json {name}={stated}",
+                                f"W_enc must be [d_in, d_sae] = [{cfg['d_in']}, {cfg['d_sae']}]; re-save the SAE")
+    if cfg["normalize_activations"] == "expected_average_only_in" and norm_scaling_factor is None:
+        scaler = d / SAELENS_SCALER
+        if scaler.exists():
+            norm_scaling_factor = _read_json(scaler).get("scaling_factor")
+        if norm_scaling_factor is None:
+            raise CausalKLError(cfg_path, "normalize_activations",
+                                f"expected_average_only_in, but no scaling factor ({SAELENS_SCALER} is missing or holds null)",
+                                f"put SAELens' {SAELENS_SCALER} beside cfg.json, or pass norm_scaling_factor "
+                                "(SAELens' pretrained_saes.yaml lists it per hub SAE)")
+    sae = SparseAutoencoder(
+        W_enc=torch.from_numpy(np.asarray(tensors["W_enc"])), b_enc=torch.from_numpy(np.asarray(tensors["b_enc"])),
+        W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
+        threshold=torch.from_numpy(np.asarray(tensors["threshold"])) if cfg["architecture"] == "jumprelu" else None,
+        architecture=cfg["architecture"], k=cfg["k"], rescale_acts_by_decoder_norm=cfg["rescale_acts_by_decoder_norm"],
+        apply_b_dec_to_input=cfg["apply_b_dec_to_input"], normalize_activations=cfg["normalize_activations"],
+        norm_scaling_factor=norm_scaling_factor, hook_name=cfg["hook_name"], source=str(weights_path),
+        metadata={"model_name": cfg["model_name"], "hook_layer": cfg["hook_layer"], "cfg": raw},
+    )
+    sae.source = str(cfg_path)  # tensor errors above name the weights file; later ones (d_in, hook) the config
+    return sae
+
+
+def _gemma_scope_hook_from_path(path: Path) -> str | None:
+    """Gemma Scope repos' folder layout -> hook: ``.../gemma-scope-9b-pt-res/layer_20/...`` or
+    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``."""
+    parts = [q.lower() for q in path.resolve().parts]
+    layer = None
+    for q in parts:
+        if m := re.match(r"^layer_(\d+)(?:_|$)", q):
+            layer = int(m.group(1))
+    if layer is None:
+        return None
+    if any(q in ("resid_post", "resid_post_all") or re.search(r"[-_]res$", q) for q in parts):
+        return resid_post_hook(layer)
+    if any(q in ("mlp_out", "mlp_out_all") or re.search(r"[-_]mlp$", q) for q in parts):
+        return f"blocks.{layer}.hook_mlp_out"
+    if any(q in ("attn_out", "attn_out_all") or re.search(r"[-_]att$", q) for q in parts):
+        return f"blocks.{layer}.attn.hook_z"
+    return None
+
+
+def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAutoencoder:
+    """Read a Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors`` (JumpReLU) on the CPU.
+
+    The hook is ``hook_name`` if given, else Gemma Scope 2's ``config.json``
+    (``hf_hook_point_in: model.layers.L.output`` = layer L), else the repos' folder layout
+    (``layer_L`` under ``*-res`` or ``resid_post``), else unknown.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CausalKLError(p, "sae path", "does not exist", f"point it at a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
+    raw_cfg: dict = {}
+    if (p.parent / GEMMA_SCOPE_CONFIG).exists():
+        raw_cfg = _read_json(p.parent / GEMMA_SCOPE_CONFIG)
+        arch = str(raw_cfg.get("architecture", "jump_relu")).lower()
+        if _ARCH_ALIASES.get(arch, arch) != "jumprelu" or "hf_hook_point_out" in raw_cfg or "affine_connection" in raw_cfg:
+            raise CausalKLError(p.parent / GEMMA_SCOPE_CONFIG, "architecture",
+                                f"not a residual JumpReLU SAE ({arch}{', a transcoder' if 'hf_hook_point_out' in raw_cfg else ''})",
+                                "use a Gemma Scope resid_post SAE")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p) as data:
+                tensors = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, ValueError) as e:
+            raise CausalKLError(p, None, f"not a readable npz file ({str(e).splitlines()[0]})", "download params.npz again") from e
+    else:
+        tensors = _read_safetensors(p)
+    tensors = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in tensors.items()}
+    required = ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"]
+    missing = [n for n in required if n not in tensors]
+    if missing:
+        raise CausalKLError(p, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(tensors)) or 'none'})",
+                            f"a Gemma Scope SAE file holds {', '.join(required)}")
+    if hook_name is None and raw_cfg.get("hf_hook_point_in"):
+        hook_name = parse_hook_name(str(raw_cfg["hf_hook_point_in"])).hook_name
+    if hook_name is None:
+        hook_name = _gemma_scope_hook_from_path(p.parent)
+    return SparseAutoencoder(
+        W_enc=torch.from_numpy(tensors["W_enc"]), b_enc=torch.from_numpy(tensors["b_enc"]),
+        W_dec=torch.from_numpy(tensors["W_dec"]), b_dec=torch.from_numpy(tensors["b_dec"]),
+        threshold=torch.from_numpy(tensors["threshold"]), architecture="jumprelu",
+        apply_b_dec_to_input=False, normalize_activations="none", hook_name=hook_name, source=str(p),
+        metadata={"model_name": raw_cfg.get("model_name"), "cfg": raw_cfg},
+    )
+
+
+# ------------------------------------------------------------------------------- writing
+def saelens_cfg(sae: SparseAutoencoder, model_name: str | None = None, extra_metadata: dict | None = None) -> dict[str, Any]:
+    """The ``cfg.json`` SAELens >= 6 writes for this SAE (``SAEConfig.to_dict`` layout)."""
+    metadata = {
+        "sae_lens_version": SAELENS_LAYOUT_VERSION,
+        "sae_lens_training_version": SAELENS_LAYOUT_VERSION,
+        "model_name": model_name if model_name is not None else sae.metadata.get("model_name"),
+        "hook_name": sae.hook_name,
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "written_by": "causal-kl",
+    }
+    metadata.update(extra_metadata or {})
+    cfg: dict[str, Any] = {
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": sae.normalize_activations,
+        "reshape_activations": "none",
+        "metadata": metadata,
+    }
+    if sae.architecture == "topk":
+        cfg["k"] = sae.k
+        cfg["rescale_acts_by_decoder_norm"] = sae.rescale_acts_by_decoder_norm
+    return cfg
+
+
+def save_sae(sae: SparseAutoencoder, path: str | Path, model_name: str | None = None,
+             extra_metadata: dict | None = None) -> Path:
+    """Write ``sae`` as a SAELens directory (``cfg.json``, ``sae_weights.safetensors``, and
+    ``activation_scaler.json`` for ``expected_average_only_in``) that ``SAE.load_from_disk`` reads.
+    Each file is written atomically; returns the directory."""
+    return write_saelens_dir(path, sae_tensors(sae), saelens_cfg(sae, model_name, extra_metadata),
+                             scaling_factor=sae.norm_scaling_factor if sae.normalize_activations == "expected_average_only_in" else None)
+
+
+def sae_tensors(sae: SparseAutoencoder) -> dict[str, np.ndarray]:
+    """The SAE's tensors by SAELens' state-dict names, float32 numpy on the CPU."""
+    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.architecture == "jumprelu" else [])
+    return {n: getattr(sae, n).detach().cpu().to(torch.float32).contiguous().numpy() for n in names}
+
+
+def write_saelens_dir(path: str | Path, tensors: dict[str, np.ndarray], cfg: dict[str, Any],
+                      scaling_factor: float | None = None) -> Path:
+    """Low-level writer: ``tensors`` to ``sae_weights.safetensors`` and ``cfg`` verbatim to ``cfg.json``
+    (any SAELens version's spelling), plus ``activation_scaler.json`` when ``scaling_factor`` is given."""
+    from safetensors.numpy import save_file
+
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d / SAELENS_WEIGHTS) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    if scaling_factor is not None:
+        with atomic_path(d / SAELENS_SCALER) as tmp:
+            tmp.write_text(json.dumps({"scaling_factor": float(scaling_factor), "has_whitening": False}))
+    with atomic_path(d / SAELENS_CFG) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
