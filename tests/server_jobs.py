@@ -27,10 +27,11 @@ def model_logits(model_path: str, text: str, dtype: str = "float32", device: str
     from causal_kl.models import get_model, load_count
 
     loaded = get_model(model_path, dtype=dtype, device=device)
-    ids = torch.tensor([loaded.tokenizer(text).input_ids])
+    ids = torch.tensor([loaded.tokenizer(text).input_ids], device=loaded.device)
     with torch.no_grad():
         logits = loaded.model(input_ids=ids).logits[0, -1].float()
-    return {"logits": logits.tolist(), "pid": os.getpid(), "loads": load_count()}
+    return {"logits": logits.tolist(), "pid": os.getpid(), "loads": load_count(), "device": str(loaded.device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def fail_user(path: str) -> None:
