@@ -173,6 +173,13 @@ def load_model(
             model = fast_from_pretrained(path, hf_config, torch_dtype, dev, attn_implementation)
         except FastLoadUnsupported as e:
             log.info("causal-kl: fast load not used for %s (%s): loading with from_pretrained", path, e)
+        except CausalKLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an unforeseen layout must not stop a load from_pretrained can do
+            log.warning("causal-kl: fast load of %s failed (%s: %s): loading with from_pretrained", path,
+                        type(e).__name__, " ".join(str(e).split())[:300])
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         model.to(dev)

@@ -115,9 +115,29 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def pid_alive(pid: int, start: int | None = None) -> bool:
-    """True while ``pid`` runs (zombies count as gone) and, if given, started at ``start`` (no pid reuse)."""
+    """True while ``pid`` runs and, if given, started at ``start`` (no pid reuse).
+
+    A zombie counts as gone, but only once all its threads are: a process that calls
+    ``os._exit`` from a side thread shows its main thread as a zombie while the others (and
+    its open sockets) still live for a moment.
+    """
     st = _proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X") and (start is None or st[2] == start)
+    if st is None or (start is not None and st[2] != start):
+        return False
+    if st[0] not in ("Z", "X"):
+        return True
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def is_snakemake(argv: list[str]) -> bool:
@@ -746,11 +766,15 @@ def _connect_or_spawn(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str
                         conn = _connect(name)
                     out.line(f"started model server pid {proc.pid} on slot {slot.name} in {time.perf_counter() - t:.2f} s "
                              f"(owner pid {owner.pid}: {owner.how}); its log: {log_path}")
-        _send(conn, {"op": "hello", "identity": ident})
-        info = _recv(conn)
+        try:
+            _send(conn, {"op": "hello", "identity": ident})
+            info = _recv(conn)
+        except OSError:  # it exited between connect and accept (an idle timeout, a stop): try again
+            info = None
         if info is None or info.get("op") != "hello":
             conn.close()
-            raise ServerError(f"the server for slot {slot.name} closed the connection during hello", log_path)
+            out.line(f"the server for slot {slot.name} went away during hello: trying again")
+            continue
         if info["identity"] == ident:
             return conn, info
         out.line(f"model server pid {info['pid']} on slot {slot.name} is stale (code {info['identity'].get('code_version')} "

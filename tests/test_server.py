@@ -25,11 +25,14 @@ LOAD_LINE = re.compile(r"causal-kl: loaded model (\S+) \((\w+), (\S+)\) in [\d.]
 
 CLIENT = textwrap.dedent("""
     import json, sys
-    from causal_kl.server import run_remote
+    from causal_kl.errors import CausalKLError
+    from causal_kl.server import RemoteJobError, run_remote
     args = json.loads(sys.argv[1])
     try:
         res = run_remote(args["func"], args["kwargs"], args.get("log"), device="cpu", **args.get("opts", {}))
     except Exception as e:  # what a job script does with an error: one line, exit 1
+        if not isinstance(e, (CausalKLError, RemoteJobError)):
+            import traceback; traceback.print_exc()
         print(f"ERR {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
     heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
@@ -260,3 +263,41 @@ def _wait_for(predicate, timeout_s: float) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["snakemake", "--cores", "2"], True),
+    (["/usr/bin/python3", "-m", "snakemake", "--snakefile", "S"], True),
+    (["/opt/venv/bin/python3.11", "-u", "/opt/venv/bin/snakemake", "--profile", "p"], True),
+    (["python", "-X", "utf8", "-m", "snakemake"], True),
+    (["python", "-c", "import snakemake"], False),
+    (["/usr/bin/python3", "/w/.snakemake/scripts/tmpab12.patch_floors.py"], False),
+    (["/usr/bin/bash", "-c", "snakemake --cores 1"], False),
+    ([], False),
+])
+def test_is_snakemake(argv, expected):
+    from causal_kl.server import is_snakemake
+
+    assert is_snakemake(argv) is expected
+
+
+def test_owner_inside_a_slurm_allocation_is_the_allocations_snakemake(tmp_path):
+    """Each SLURM job runs under its own srun step, not below the allocation's snakemake: the owner is found by
+    scanning /proc for the snakemake running --executor slurm-jobstep with this SLURM_JOB_ID (seen on a real
+    SLURM: a group of two jobs shared one server, which exited with the allocation's snakemake)."""
+    fake = tmp_path / "snakemake"
+    fake.write_text("import time\ntime.sleep(120)\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CAUSAL_KL_SERVER_OWNER"}
+    other = subprocess.Popen([sys.executable, str(fake), "--executor", "slurm-jobstep"], env=dict(base, SLURM_JOB_ID="424243"))
+    alloc = subprocess.Popen([sys.executable, str(fake), "--target-jobs", "a", "--executor", "slurm-jobstep", "--jobs", "1"],
+                             env=dict(base, SLURM_JOB_ID="424242"))
+    try:
+        time.sleep(0.3)
+        code = "from causal_kl.server import find_owner; o = find_owner(); print(o.pid, o.how)"
+        out = subprocess.run([sys.executable, "-c", code], env=dict(base, SLURM_JOB_ID="424242", PYTHONPATH=str(ROOT)),
+                             capture_output=True, text=True, check=True).stdout.split(None, 1)
+        assert int(out[0]) == alloc.pid and out[1].strip() == "SLURM job 424242's snakemake"
+    finally:
+        for p in (other, alloc):
+            p.kill()
+            p.wait()
