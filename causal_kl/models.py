@@ -135,9 +135,13 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM checkpoint (local directory or hub id) for patching; eval mode, no grad.
 
-    A local safetensors checkpoint is read straight onto ``device`` by ``fast_from_pretrained``
-    (same weights, bit for bit, as ``from_pretrained``); anything else goes through
-    ``from_pretrained`` and the log says why. Every load logs one line
+    On a GPU, a local safetensors checkpoint is read straight onto ``device`` by
+    ``fast_from_pretrained`` (same weights, bit for bit, as ``from_pretrained``: 54 GB in 3.1 s on
+    an H200 against 10.3 s for ``from_pretrained(device_map="cuda")``); anything it does not
+    read goes through ``from_pretrained`` and the log says why. On the CPU ``from_pretrained``
+    is used (it maps the file, no copy: 0.05 s against 0.7 s for 0.75 GB); the environment
+    variable ``CAUSAL_KL_FAST_LOAD`` = ``auto`` (default) | ``1`` (always fast) | ``0`` (never)
+    overrides. Every load logs one line
     ``causal-kl: loaded model <path> (<dtype>, <device>) in X s [load #N in pid P]``.
     ``get_model`` is the cached way in.
     """
@@ -166,8 +170,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device) if isinstance(device, str) else device
     model = None
-    if os.environ.get("CAUSAL_KL_FAST_LOAD", "1") == "0":
+    fast = os.environ.get("CAUSAL_KL_FAST_LOAD", "auto")
+    if fast == "0":
         log.info("causal-kl: fast load off (CAUSAL_KL_FAST_LOAD=0): loading %s with from_pretrained", path)
+    elif fast == "auto" and dev.type == "cpu":
+        log.info("causal-kl: loading %s with from_pretrained (on the CPU it maps the safetensors file instead of "
+                 "copying it, which is faster; CAUSAL_KL_FAST_LOAD=1 forces the fast load)", path)
     else:
         try:
             model = fast_from_pretrained(path, hf_config, torch_dtype, dev, attn_implementation)

@@ -101,8 +101,10 @@ def test_fast_load_is_bit_identical_to_from_pretrained(fixture, dtype, request):
         assert got.generation_config.to_dict() == ref.generation_config.to_dict()
 
 
-def test_fast_load_falls_back_for_bin_checkpoints_and_says_so(llama_dir, tmp_path, caplog):
+def test_fast_load_falls_back_for_bin_checkpoints_and_says_so(llama_dir, tmp_path, caplog, monkeypatch):
     from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("CAUSAL_KL_FAST_LOAD", "1")  # on the CPU load_model would not try it
 
     ref = AutoModelForCausalLM.from_pretrained(llama_dir)
     folder = tmp_path / "bin"
@@ -123,6 +125,8 @@ def test_get_model_loads_once_reloads_a_changed_checkpoint_and_evicts_when_short
                                                                                            monkeypatch):
     from causal_kl import models
 
+    monkeypatch.setenv("CAUSAL_KL_FAST_LOAD", "1")  # the GPU's path, on the CPU
+
     path = tmp_path / "model"
     shutil.copytree(gemma3_dir, path)
     models.evict_models()
@@ -133,6 +137,7 @@ def test_get_model_loads_once_reloads_a_changed_checkpoint_and_evicts_when_short
         b = models.get_model(str(path) + "/")  # the same folder, spelled differently
         assert a is b and models.load_count() == n0 + 1
         assert len(load_lines.findall(caplog.text)) == 1 and "reusing resident model" in caplog.text
+        assert len(re.findall(r"causal-kl: fast load of \S+ to cpu: [\d.]+ GB, \d+ tensors", caplog.text)) == 1
         assert load_lines.findall(caplog.text)[0][4] == str(os.getpid())
         # a rewritten weight file is a different model: reloaded, the stale copy dropped
         st = (path / "model.safetensors").stat()
@@ -149,3 +154,12 @@ def test_get_model_loads_once_reloads_a_changed_checkpoint_and_evicts_when_short
         assert [m["dtype"] for m in models.resident_models()] == ["float64"] and "evicting resident model" in caplog.text
         assert [u["dtype"] for u in models.take_model_usage()] == ["float32", "float32", "float32", "bfloat16", "float64"]
     assert models.evict_models() == 1 and models.resident_models() == []
+
+
+def test_on_the_cpu_load_model_maps_the_file_by_default_and_logs_each_load(llama_dir, caplog, monkeypatch):
+    monkeypatch.delenv("CAUSAL_KL_FAST_LOAD", raising=False)
+    with caplog.at_level(logging.INFO, logger="causal_kl.models"):
+        load_model(llama_dir, with_tokenizer=False)
+    assert "with from_pretrained (on the CPU it maps the safetensors file" in caplog.text
+    assert re.search(rf"causal-kl: loaded model {re.escape(str(llama_dir))} \(float32, cpu\) in [\d.]+ s \[load #\d+ in pid {os.getpid()}\]",
+                     caplog.text)
