@@ -1,0 +1,133 @@
+"""What a checkpoint folder holds on disk, read without torch: its weight files, their tensors, its fingerprint.
+
+The model server's clients fingerprint a model before asking for it, and they must stay light
+(no ``import torch``), so everything here is plain Python: the safetensors header is 8 bytes of
+little-endian length followed by a JSON table ``{name: {dtype, shape, data_offsets}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from causal_kl.errors import CausalKLError
+
+SAFETENSORS_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+"""Bytes per element of each safetensors dtype this package can read."""
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+BIN_NAMES = ("pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a safetensors file: where its bytes are (absolute file offset) and what they are."""
+
+    key: str
+    file: Path
+    dtype: str  # safetensors name: "F32", "BF16", ...
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in ``file``
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, TensorEntry]:
+    """The tensors of one ``.safetensors`` file, in file order."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CausalKLError(path, None, "not a safetensors file (shorter than 8 bytes)", "re-save the model with save_pretrained")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise CausalKLError(path, None, f"not a safetensors file (header length {n})", "re-save the model with save_pretrained")
+        try:
+            table = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CausalKLError(path, None, f"unreadable safetensors header ({e})", "re-save the model with save_pretrained") from e
+    base = 8 + n
+    out = {}
+    for key, info in table.items():
+        if key == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        out[key] = TensorEntry(key, path, info["dtype"], tuple(int(s) for s in info["shape"]), base + int(start), int(end) - int(start))
+    return dict(sorted(out.items(), key=lambda kv: kv[1].offset))
+
+
+def weight_files(path: str | Path) -> tuple[str, list[Path]]:
+    """``("safetensors" | "bin" | "none", files)`` of a local checkpoint folder, the way transformers picks them.
+
+    A safetensors index wins over a single file; ``.bin`` files are only reported (the fast
+    loader does not read them).
+    """
+    path = Path(path)
+    index = path / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        return "safetensors", [path / f for f in sorted(set(weight_map.values()))]
+    if (path / SINGLE_NAME).is_file():
+        return "safetensors", [path / SINGLE_NAME]
+    bins = [path / n for n in BIN_NAMES if (path / n).is_file()]
+    if bins:
+        return "bin", bins
+    return "none", []
+
+
+def checkpoint_tensors(path: str | Path) -> dict[str, TensorEntry]:
+    """Every tensor of a local safetensors checkpoint (all shards), keyed by checkpoint name."""
+    kind, files = weight_files(path)
+    if kind != "safetensors":
+        raise CausalKLError(path, "weights", f"no safetensors weights ({kind})", "re-save the model with save_pretrained (safetensors)")
+    out: dict[str, TensorEntry] = {}
+    for f in files:
+        if not f.is_file():
+            raise CausalKLError(f, None, "a shard named in the safetensors index is missing", "re-download or re-save the model")
+        out.update(read_safetensors_header(f))
+    return out
+
+
+def is_local(path: str | Path) -> bool:
+    return Path(path).exists()
+
+
+def fingerprint(path: str | Path) -> str:
+    """A short id of what a model folder holds: config.json's bytes, each weight file's name, size and mtime.
+
+    Cheap (a few ``stat`` calls and one small file read) so it can be checked on every request;
+    rewriting any weight file or the config changes it. A hub id that is not a local folder is
+    fingerprinted by its name only.
+    """
+    p = Path(path)
+    if not p.exists():
+        return "hub:" + str(path)
+    h = hashlib.sha256()
+    cfg = p / "config.json"
+    h.update(cfg.read_bytes() if cfg.is_file() else b"<no config.json>")
+    names = [INDEX_NAME, *BIN_NAMES]
+    _, files = weight_files(p)
+    for f in [p / n for n in names] + files:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def resolved(path: str | Path) -> str:
+    """The canonical spelling of a model path: absolute and symlink-free for a local folder, as given for a hub id."""
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else str(path)

@@ -1,0 +1,980 @@
+"""The model server: one process per (Snakemake invocation, GPU slot) that keeps models loaded and runs job functions.
+
+Why not Snakemake's ``service()`` jobs: a service group runs all its consumers at once with
+the sum of their resources, and when one consumer reruns the service reruns and so does
+every consumer (both seen with Snakemake 9.27), which would undo shard-level reruns. Here a
+model job stays an ordinary job; it calls ``run_remote(func, kwargs, log)``, which
+
+1. takes a GPU slot (``causal_kl.gpu``: one GPU per job, ``CUDA_VISIBLE_DEVICES`` set),
+2. finds the owner (the Snakemake process the server must not outlive, ``find_owner``),
+3. connects to that (owner, slot)'s server, spawning it if absent (race-free: a spawn lock,
+   and the abstract socket name can be bound only once),
+4. checks the server's identity (protocol, causal_kl code version and source digest, torch
+   version, Python executable): a stale server is stopped and replaced,
+5. sends the request and relays the server's log lines for it to stderr and the job's log,
+6. returns the function's (JSON) result, or raises: a ``CausalKLError`` as the server reported
+   it, ``RemoteJobError`` for any other exception (traceback in the log), ``ServerError`` when
+   the server died or misbehaved (one line: pid, slot, server log).
+
+The client imports neither torch nor transformers. Inside the server, job functions get
+models from ``causal_kl.models.get_model`` (a process-wide cache), so a model is loaded once
+per server. One request runs at a time; others queue.
+
+Protocol (Unix stream socket in the abstract namespace ``\\0causal-kl/<uid>/<scope>/<key>``,
+peers of another uid refused): frames of a 4-byte big-endian length + UTF-8 JSON.
+``hello`` -> identity; ``run`` -> ``started``, ``log``*, then ``done`` | ``error``; ``status``;
+``shutdown``.
+
+Lifetime: the server exits when its owner exits (pidfd, else 1 s polls), after
+``CAUSAL_KL_SERVER_IDLE`` seconds without a request (default 600), on ``shutdown``
+(``stop_servers``, ``python -m causal_kl.server --stop``) or SIGTERM. Registry: one JSON file per
+server under ``<runtime dir>/<scope>/servers/`` (pid, slot, owner, socket, log, workdir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from causal_kl import gpu
+from causal_kl.errors import CausalKLError
+
+PROTOCOL = 1
+IDLE_ENV = "CAUSAL_KL_SERVER_IDLE"
+OWNER_ENV = "CAUSAL_KL_SERVER_OWNER"
+DEFAULT_IDLE_S = 600.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+_MAX_FRAME = 1 << 30
+
+log = logging.getLogger(__name__)
+_conn_log = logging.getLogger("causal_kl.server.conn")  # connection chatter: server log only, never relayed to a job
+
+
+# ----------------------------------------------------------------------------- errors
+class ServerError(CausalKLError):
+    """The model server died, could not start, or answered something a client must not accept."""
+
+    def __init__(self, problem: str, log_path: str | None, fix: str = "rerun: the next job starts a fresh server; "
+                 "if it fails again, read the server log"):
+        super().__init__(log_path, "model server", problem, fix)
+
+
+class RemoteJobError(RuntimeError):
+    """A job function raised something other than ``CausalKLError`` inside the server.
+
+    ``str()`` is one line; ``remote_traceback`` is the server-side traceback (also in the job's
+    log and the server's log).
+    """
+
+    def __init__(self, message: str, remote_traceback: str = ""):
+        super().__init__(" ".join(message.split()))
+        self.remote_traceback = remote_traceback
+
+
+class RequestAbandoned(BaseException):
+    """Raised inside a job function (at its next log line or print) once its client has gone."""
+
+
+# ----------------------------------------------------------------------------- processes
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time in clock ticks) of a live pid, None if there is none."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = data.rsplit(")", 1)[1].split()
+    return rest[0], int(rest[1]), int(rest[19])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """True while ``pid`` runs and, if given, started at ``start`` (no pid reuse).
+
+    A zombie counts as gone, but only once all its threads are: a process that calls
+    ``os._exit`` from a side thread shows its main thread as a zombie while the others (and
+    its open sockets) still live for a moment.
+    """
+    st = _proc_stat(pid)
+    if st is None or (start is not None and st[2] != start):
+        return False
+    if st[0] not in ("Z", "X"):
+        return True
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
+
+
+def is_snakemake(argv: list[str]) -> bool:
+    """Is this command line a Snakemake process (``snakemake ...``, ``python -m snakemake ...``, ``python .../bin/snakemake``)?"""
+    if not argv:
+        return False
+    if os.path.basename(argv[0]) == "snakemake":
+        return True
+    if not re.fullmatch(r"python[0-9.]*", os.path.basename(argv[0])):
+        return False
+    i = 1
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-m":
+        if argv[i] == "-c":
+            return False
+        i += 2 if argv[i] in ("-X", "-W") else 1
+    if i < len(argv) and argv[i] == "-m":
+        return i + 1 < len(argv) and argv[i + 1] == "snakemake"
+    return i < len(argv) and os.path.basename(argv[i]) == "snakemake"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process a server must not outlive (pid + start time, so a reused pid is not mistaken for it)."""
+
+    pid: int
+    start: int
+    how: str
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid, self.start)
+
+
+def _ancestors(pid: int) -> list[int]:
+    out = []
+    st = _proc_stat(pid)
+    while st is not None and st[1] > 1:
+        out.append(st[1])
+        st = _proc_stat(st[1])
+    return out
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
+def _slurm_owner(job_id: str) -> int | None:
+    """The allocation's own Snakemake (``--executor slurm-jobstep``, same SLURM_JOB_ID, same user) on this node."""
+    found = []
+    uid = os.getuid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        argv = _cmdline(pid)
+        if is_snakemake(argv) and "slurm-jobstep" in argv and _environ(pid).get("SLURM_JOB_ID") == job_id:
+            st = _proc_stat(pid)
+            if st is not None:
+                found.append((st[2], pid))
+    return min(found)[1] if found else None
+
+
+def slurm_step() -> str | None:
+    """The SLURM step whose cgroup holds this process (``"0"``, ``"batch"``...), None outside a step cgroup.
+
+    With ``proctrack/cgroup`` SLURM kills everything in a step's cgroup when the step ends,
+    a detached server included; such a server must serve that step only.
+    """
+    try:
+        text = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    m = re.search(r"/job_\d+/step_([A-Za-z0-9]+)", text)
+    return m.group(1) if m else None
+
+
+def find_owner() -> Owner:
+    """The process whose exit ends the server.
+
+    1. ``CAUSAL_KL_SERVER_OWNER=<pid>`` when set (tests, unusual launchers);
+    2. inside a SLURM allocation: the allocation's Snakemake on this node (the one running
+       ``--executor slurm-jobstep`` with this ``SLURM_JOB_ID``; each job runs in an ``srun``
+       step, which is not its descendant);
+    3. the outermost Snakemake among this process's ancestors (locally, ``run:`` jobs run in a
+       nested ``python -m snakemake --target-jobs`` per job; the main one is the invocation);
+    4. else this process's parent (a shell, a notebook, pytest).
+    """
+    env = os.environ.get(OWNER_ENV)
+    if env:
+        st = _proc_stat(int(env))
+        if st is None:
+            raise CausalKLError(None, OWNER_ENV, f"owner pid {env} is not running", f"unset {OWNER_ENV} or give a live pid")
+        return Owner(int(env), st[2], OWNER_ENV)
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID")
+    if job:
+        pid = _slurm_owner(job)
+        if pid is not None:
+            st = _proc_stat(pid)
+            if st is not None:
+                return Owner(pid, st[2], f"SLURM job {job}'s snakemake")
+    snakemakes = [p for p in _ancestors(os.getpid()) if is_snakemake(_cmdline(p))]
+    if snakemakes:
+        pid = snakemakes[-1]
+        st = _proc_stat(pid)
+        if st is not None:
+            return Owner(pid, st[2], "outermost snakemake ancestor")
+    ppid = os.getppid()
+    st = _proc_stat(ppid)
+    return Owner(ppid, st[2] if st else 0, "parent process (no snakemake ancestor)")
+
+
+# ----------------------------------------------------------------------------- identity
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest() -> str:
+    """sha256 over causal_kl's own ``.py`` files (catches edits a ``-dirty`` code version does not)."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+        _SOURCE_DIGEST = h.hexdigest()[:16]
+    return _SOURCE_DIGEST
+
+
+def identity() -> dict[str, Any]:
+    """What a client requires of a server, and a server reports of itself."""
+    from causal_kl.io import code_version
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    return {"protocol": PROTOCOL, "code_version": code_version(), "source": source_digest(), "torch": torch_version,
+            "python": sys.executable}
+
+
+# ----------------------------------------------------------------------------- registry
+def server_key(owner: Owner, slot: str) -> str:
+    return f"{owner.pid}-{owner.start}-{slot}"
+
+
+def _step_scope() -> str:
+    step = slurm_step()
+    return gpu.scope() + (f"-step{step}" if step not in (None, "batch", "extern") else "")
+
+
+def registry_dir(scope: str | None = None) -> Path:
+    d = gpu.runtime_dir() / (scope or _step_scope()) / "servers"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d
+
+
+def socket_name(key: str, scope: str | None = None) -> str:
+    return f"\0causal-kl/{os.getuid()}/{scope or _step_scope()}/{key}"
+
+
+def list_servers(all_scopes: bool = True, clean: bool = True) -> list[dict]:
+    """Registry entries of this user's servers (every scope, or this one), each with ``alive``; dead ones removed with ``clean``."""
+    root = gpu.runtime_dir()
+    dirs = [d / "servers" for d in sorted(root.iterdir()) if (d / "servers").is_dir()] if all_scopes else [registry_dir()]
+    out = []
+    for d in dirs:
+        for f in sorted(d.glob("*.json")):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            rec["alive"] = pid_alive(rec["pid"], rec.get("start"))
+            rec["registry_file"] = str(f)
+            if not rec["alive"] and clean:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            out.append(rec)
+    return out
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- framing
+def _send(sock: socket.socket, obj: dict, lock: threading.Lock | None = None) -> None:
+    data = json.dumps(obj, default=_json_default).encode()
+    frame = struct.pack(">I", len(data)) + data
+    if lock is None:
+        sock.sendall(frame)
+    else:
+        with lock:
+            sock.sendall(frame)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> dict | None:
+    """The next frame, None on a clean end of stream."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > _MAX_FRAME:
+        raise ConnectionError(f"frame of {n} bytes")
+    body = _recv_exact(sock, n)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist") and callable(o.tolist):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _connect(name: str, timeout_s: float | None = None) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s if timeout_s is not None else 10.0)
+    try:
+        s.connect(name)
+    except (ConnectionRefusedError, FileNotFoundError):
+        s.close()
+        return None
+    s.settimeout(None)
+    return s
+
+
+# ----------------------------------------------------------------------------- the server process
+class _Forwarder(logging.Handler):
+    """Relays the active request's log records to its client; raises ``RequestAbandoned`` in the request thread once the client is gone."""
+
+    def __init__(self, request: "_Request"):
+        super().__init__(logging.INFO)
+        self.request = request
+        self.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("causal_kl.server.conn")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.request.relay(self.format(record))
+
+    def handleError(self, record) -> None:  # noqa: N802 - logging's name
+        pass
+
+
+class _Tee:
+    """stdout/stderr during a request: to the server log, and complete lines to the client."""
+
+    def __init__(self, inner, request: "_Request"):
+        self.inner, self.request, self.buf = inner, request, ""
+
+    def write(self, text: str) -> int:
+        self.inner.write(text)
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self.request.relay(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _Request:
+    def __init__(self, conn: socket.socket, send_lock: threading.Lock, thread_id: int):
+        self.conn, self.send_lock, self.thread_id = conn, send_lock, thread_id
+        self.gone = threading.Event()
+        self.done = threading.Event()
+
+    def relay(self, line: str) -> None:
+        if not self.gone.is_set():
+            try:
+                _send(self.conn, {"op": "log", "line": line}, self.send_lock)
+            except OSError:
+                self.gone.set()
+        if self.gone.is_set() and threading.get_ident() == self.thread_id:
+            raise RequestAbandoned()
+
+    def watch(self) -> None:
+        """Notice the client going away (it sends nothing while its request runs)."""
+        while not self.done.is_set():
+            r, _, _ = select.select([self.conn], [], [], 0.5)
+            if r and not self.done.is_set():
+                try:
+                    data = self.conn.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.gone.set()
+                    _conn_log.info("client of the running request is gone: the request is abandoned at its next log line")
+                    return
+                time.sleep(0.5)
+
+
+class Server:
+    def __init__(self, key: str, slot: str, owner: Owner, log_path: str, idle_s: float):
+        self.key, self.slot, self.owner, self.log_path, self.idle_s = key, slot, owner, log_path, idle_s
+        self.identity = identity()
+        self.run_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.active = 0  # requests running or waiting
+        self.n_requests = 0
+        self.last_activity = time.monotonic()
+        self.stopping = threading.Event()
+        self.registry_file = registry_dir() / f"{key}.json"
+
+    # -- lifecycle
+    def serve(self) -> int:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(socket_name(self.key))
+        except OSError as e:
+            log.info("another server already serves %s (%s): exiting", self.key, e)
+            return 3
+        sock.listen(64)
+        _write_json_atomic(self.registry_file, {
+            "pid": os.getpid(), "start": _proc_stat(os.getpid())[2], "slot": self.slot, "key": self.key,
+            "owner_pid": self.owner.pid, "owner_start": self.owner.start, "owner_cmdline": " ".join(_cmdline(self.owner.pid))[:300],
+            "socket": socket_name(self.key).lstrip("\0"), "log": self.log_path, "workdir": os.getcwd(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time(),
+            "identity": self.identity, "idle_s": self.idle_s,
+        })
+        log.info("causal-kl model server pid %d: slot %s, owner pid %d (%s), idle timeout %.0f s, code %s, log %s",
+                 os.getpid(), self.slot, self.owner.pid, " ".join(_cmdline(self.owner.pid))[:120], self.idle_s,
+                 self.identity["code_version"], self.log_path)
+        signal.signal(signal.SIGTERM, lambda *_: self._exit("SIGTERM", 0))
+        threading.Thread(target=self._watch_owner, daemon=True, name="owner-watch").start()
+        while not self.stopping.is_set():
+            r, _, _ = select.select([sock], [], [], 1.0)
+            if r:
+                conn, _ = sock.accept()
+                pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                if uid != os.getuid():
+                    _conn_log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+                    conn.close()
+                    continue
+                threading.Thread(target=self._handle, args=(conn, pid), daemon=True, name=f"conn-{pid}").start()
+            with self.state_lock:
+                idle = self.active == 0 and time.monotonic() - self.last_activity > self.idle_s
+            if idle:
+                self._exit(f"idle for {self.idle_s:.0f} s", 0)
+        with self.run_lock:  # a graceful shutdown lets the running request finish
+            self._exit("shutdown requested", 0)
+        return 0
+
+    def _exit(self, why: str, code: int) -> None:
+        log.info("causal-kl model server pid %d exits: %s (%d requests served)", os.getpid(), why, self.n_requests)
+        try:
+            rec = json.loads(self.registry_file.read_text())
+            if rec.get("pid") == os.getpid():
+                self.registry_file.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+        logging.shutdown()
+        os._exit(code)
+
+    def _watch_owner(self) -> None:
+        try:
+            fd = os.pidfd_open(self.owner.pid)
+        except (AttributeError, OSError):
+            fd = None
+        if not self.owner.alive():
+            self._exit(f"owner pid {self.owner.pid} is gone", 0)
+        while True:
+            if fd is not None:
+                select.select([fd], [], [], 5.0)
+            else:
+                time.sleep(1.0)
+            if not self.owner.alive():
+                self._exit(f"owner pid {self.owner.pid} exited", 0)
+
+    # -- connections
+    def _handle(self, conn: socket.socket, peer_pid: int) -> None:
+        send_lock = threading.Lock()
+        try:
+            while True:
+                msg = _recv(conn)
+                if msg is None:
+                    return
+                op = msg.get("op")
+                if op == "hello":
+                    with self.state_lock:
+                        busy = self.active
+                    _send(conn, {"op": "hello", "pid": os.getpid(), "slot": self.slot, "key": self.key, "log": self.log_path,
+                                 "identity": self.identity, "busy": busy, "owner_pid": self.owner.pid}, send_lock)
+                elif op == "status":
+                    from causal_kl import models
+
+                    with self.state_lock:
+                        busy = self.active
+                    _send(conn, {"op": "status", "pid": os.getpid(), "busy": busy, "requests": self.n_requests,
+                                 "models": models.resident_models() if "causal_kl.models" in sys.modules else []}, send_lock)
+                elif op == "shutdown":
+                    _send(conn, {"op": "bye", "pid": os.getpid()}, send_lock)
+                    if msg.get("force"):
+                        self._exit(f"forced shutdown by pid {peer_pid}", 0)
+                    self.stopping.set()
+                    return
+                elif op == "run":
+                    self._run(conn, msg, send_lock, peer_pid)
+                else:
+                    _send(conn, {"op": "error", "kind": "protocol", "message": f"unknown op {op!r}"}, send_lock)
+        except (OSError, ValueError) as e:
+            _conn_log.info("connection from pid %d ended: %s", peer_pid, e)
+        finally:
+            conn.close()
+
+    def _run(self, conn: socket.socket, msg: dict, send_lock: threading.Lock, peer_pid: int) -> None:
+        if msg.get("identity") != self.identity:
+            _send(conn, {"op": "refused", "reason": f"identity differs: client {msg.get('identity')}, server {self.identity}"}, send_lock)
+            return
+        expect = msg.get("expect")
+        if expect:
+            from causal_kl.checkpoints import fingerprint
+
+            seen = fingerprint(expect["path"])
+            if seen != expect["fingerprint"]:
+                _send(conn, {"op": "refused", "reason": f"{expect['path']} has fingerprint {seen} here, "
+                             f"{expect['fingerprint']} for the client"}, send_lock)
+                return
+        with self.state_lock:
+            self.active += 1
+        t_queue = time.perf_counter()
+        try:
+            with self.run_lock:
+                waited = time.perf_counter() - t_queue
+                with self.state_lock:
+                    self.n_requests += 1
+                    n = self.n_requests
+                request = _Request(conn, send_lock, threading.get_ident())
+                watcher = threading.Thread(target=request.watch, daemon=True, name=f"watch-{peer_pid}")
+                watcher.start()
+                try:
+                    _send(conn, {"op": "started", "request": n, "pid": os.getpid(), "waited_s": waited}, send_lock)
+                except OSError:
+                    request.gone.set()
+                reply = self._execute(request, msg, n, peer_pid)
+                request.done.set()
+                if reply is not None and not request.gone.is_set():
+                    try:
+                        _send(conn, reply, send_lock)
+                    except OSError:
+                        _conn_log.info("request #%d: its client left before the reply", n)
+        finally:
+            with self.state_lock:
+                self.active -= 1
+                self.last_activity = time.monotonic()
+
+    def _execute(self, request: _Request, msg: dict, n: int, peer_pid: int) -> dict | None:
+        func_name = msg["func"]
+        root = logging.getLogger()
+        handler = _Forwarder(request)
+        root.addHandler(handler)
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(old_out, request), _Tee(old_err, request)
+        old_cwd = os.getcwd()
+        t = time.perf_counter()
+        _model_usage()  # forget what earlier requests used
+        try:
+            log.info("request #%d from pid %d: %s in %s (server pid %d, slot %s)", n, peer_pid, func_name, msg.get("cwd"),
+                     os.getpid(), self.slot)
+            if msg.get("cwd"):
+                os.chdir(msg["cwd"])
+            if msg.get("threads"):
+                import torch
+
+                torch.set_num_threads(int(msg["threads"]))
+            func = _resolve(func_name)
+            result = func(**msg.get("kwargs", {}))
+            json.dumps(result, default=_json_default)
+            used = _model_usage()
+            log.info("request #%d done in %.2f s", n, time.perf_counter() - t)
+            return {"op": "done", "result": result, "models": used, "seconds": time.perf_counter() - t}
+        except RequestAbandoned:
+            _conn_log.info("request #%d abandoned after %.1f s: its client is gone", n, time.perf_counter() - t)
+            return None
+        except CausalKLError as e:
+            with contextlib.suppress(RequestAbandoned):
+                log.error("%s", e)
+            return {"op": "error", "kind": "CausalKLError", "file": e.file, "field": e.field, "problem": e.problem,
+                    "fix": e.fix, "message": str(e)}
+        except Exception as e:  # noqa: BLE001 - reported to the client, the server carries on
+            tb = traceback.format_exc()
+            with contextlib.suppress(RequestAbandoned):
+                log.error("request #%d: %s raised:\n%s", n, func_name, tb.rstrip())
+            return {"op": "error", "kind": "exception", "type": type(e).__name__, "message": " ".join(str(e).split()),
+                    "traceback": tb}
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+            root.removeHandler(handler)
+            os.chdir(old_cwd)
+
+
+def _model_usage() -> list[dict]:
+    """Models handed out by get_model since the last call; torch is never imported just to ask."""
+    models = sys.modules.get("causal_kl.models")
+    return models.take_model_usage() if models is not None else []
+
+
+def _resolve(func: str) -> Callable:
+    module, _, name = func.partition(":")
+    if not module or not name:
+        raise CausalKLError(None, "func", f"{func!r} is not 'package.module:function'", "name the job function as module:function")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("transformers", "datasets", "urllib3", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    owner = Owner(args.owner, args.owner_start, "spawning client")
+    return Server(args.key, args.slot, owner, args.log, args.idle).serve()
+
+
+# ----------------------------------------------------------------------------- the client
+class _JobLog:
+    """The client's output: every line to stderr and to the job's log file."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.file = None
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", buffering=1)
+
+    def raw(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if self.file:
+            self.file.write(line + "\n")
+
+    def line(self, message: str, level: str = "INFO") -> None:
+        self.raw(f"{time.strftime(DATE_FORMAT)} {level} causal_kl.server: {message}")
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def _spawn(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle_s: float) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    if Path(pkg_root).name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop(OWNER_ENV, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "causal_kl.server", "--serve", "--key", key, "--slot", slot.name,
+             "--owner", str(owner.pid), "--owner-start", str(owner.start), "--log", log_path, "--idle", str(idle_s)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            cwd=os.getcwd(), env=env,
+        )
+
+
+_CHILDREN: list[subprocess.Popen] = []  # spawned servers (polled now and then so none lingers as a zombie)
+
+
+def _tail(path: str, n: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _connect_or_spawn(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str | None, out: _JobLog,
+                      start_timeout_s: float) -> tuple[socket.socket, dict]:
+    key = server_key(owner, slot.name)
+    name = socket_name(key)
+    reg = registry_dir()
+    log_path = str(Path(server_log).resolve()) if server_log else str(reg / f"{key}.log")
+    for _ in range(3):
+        conn = _connect(name)
+        if conn is None:
+            with open(reg / f"{key}.spawn.lock", "w") as lockf:
+                fcntl.flock(lockf, fcntl.LOCK_EX)
+                conn = _connect(name)
+                if conn is None:
+                    t = time.perf_counter()
+                    proc = _spawn(key, slot, owner, log_path, float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
+                    _CHILDREN.append(proc)
+                    deadline = time.monotonic() + start_timeout_s
+                    while conn is None:
+                        if proc.poll() is not None:
+                            raise ServerError(f"a new server for slot {slot.name} exited with code {proc.returncode} "
+                                              f"before listening: {_tail(log_path, 3)!r}", log_path)
+                        if time.monotonic() > deadline:
+                            proc.kill()
+                            raise ServerError(f"a new server for slot {slot.name} did not listen within {start_timeout_s:.0f} s", log_path)
+                        time.sleep(0.02)
+                        conn = _connect(name)
+                    out.line(f"started model server pid {proc.pid} on slot {slot.name} in {time.perf_counter() - t:.2f} s "
+                             f"(owner pid {owner.pid}: {owner.how}); its log: {log_path}")
+        try:
+            _send(conn, {"op": "hello", "identity": ident})
+            info = _recv(conn)
+        except OSError:  # it exited between connect and accept (an idle timeout, a stop): try again
+            info = None
+        if info is None or info.get("op") != "hello":
+            conn.close()
+            out.line(f"the server for slot {slot.name} went away during hello: trying again")
+            continue
+        if info["identity"] == ident:
+            return conn, info
+        out.line(f"model server pid {info['pid']} on slot {slot.name} is stale (code {info['identity'].get('code_version')} "
+                 f"/ {info['identity'].get('source')}, this job {ident['code_version']} / {ident['source']}): replacing it")
+        _stop_one(conn, info["pid"], force=True)
+    raise ServerError(f"could not get a current server on slot {slot.name}", log_path)
+
+
+def _stop_one(conn: socket.socket | None, pid: int, force: bool, timeout_s: float = 10.0, start: int | None = None) -> bool:
+    """Ask a server to exit, then SIGTERM, then SIGKILL; True once it is gone."""
+    if conn is not None:
+        with contextlib.suppress(OSError, ValueError):
+            _send(conn, {"op": "shutdown", "force": force})
+            _recv(conn)
+        conn.close()
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and pid_alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not pid_alive(pid, start):
+                return True
+            time.sleep(0.02)
+    return not pid_alive(pid, start)
+
+
+def _stop_foreign(slot: str, owner: Owner, out: _JobLog) -> None:
+    """A slot's device holds one server: stop another invocation's server on this slot (it is idle: we hold the slot)."""
+    for rec in list_servers(all_scopes=False):
+        if rec["alive"] and rec["slot"] == slot and (rec["owner_pid"], rec["owner_start"]) != (owner.pid, owner.start):
+            out.line(f"stopping model server pid {rec['pid']} of another invocation (owner pid {rec['owner_pid']}) on slot {slot}")
+            _stop_one(_connect("\0" + rec["socket"], 2.0), rec["pid"], force=True, start=rec.get("start"))
+
+
+def run_remote(
+    func: str,
+    kwargs: dict,
+    log_path: str | None = None,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    expect_model: dict | None = None,
+    server_log: str | None = None,
+    start_timeout_s: float = 120.0,
+) -> Any:
+    """Run ``func(**kwargs)`` (``"package.module:function"``, JSON-able kwargs) in this slot's model server; return its result.
+
+    Takes a slot for ``device`` (``auto``/``cuda``/``cpu``) for the whole call, connects to (or
+    starts) the server of (owner, slot), relays the request's log lines to stderr and
+    ``log_path`` (truncated first: it is this job's log). ``expect_model`` =
+    ``{"path", "dtype"[, "device"]}``: the reply is refused unless every model the job got from
+    ``get_model`` at that path has this fingerprint (computed here) and dtype. ``threads``
+    sets torch's thread count for the request. ``server_log`` is the log of a server this call
+    starts (default: beside the registry). Raises ``CausalKLError`` (the job's own, one line),
+    ``RemoteJobError`` or ``ServerError``.
+    """
+    out = _JobLog(log_path)
+    try:
+        t0 = time.perf_counter()
+        with gpu.acquire_slot(device, on_wait=out.line) as slot:
+            owner = find_owner()
+            ident = identity()
+            _stop_foreign(slot.name, owner, out)
+            conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
+            expect = None
+            if expect_model is not None:
+                from causal_kl.checkpoints import fingerprint, resolved
+
+                path = resolved(expect_model["path"])
+                expect = {"path": path, "fingerprint": fingerprint(path), "dtype": expect_model.get("dtype"),
+                          "device": expect_model.get("device")}
+            pid, srv_log = info["pid"], info.get("log")
+            out.line(f"{func} -> model server pid {pid} (slot {slot.name}{', busy: queued' if info.get('busy') else ''}; "
+                     f"slot wait {slot.waited_s:.2f} s, connect {time.perf_counter() - t0:.2f} s)")
+            try:
+                _send(conn, {"op": "run", "func": func, "kwargs": kwargs, "cwd": os.getcwd(), "threads": threads,
+                             "identity": ident, "expect": expect})
+                while True:
+                    msg = _recv(conn)
+                    if msg is None:
+                        raise _died(pid, slot.name, func, srv_log)
+                    op = msg.get("op")
+                    if op == "log":
+                        out.raw(msg["line"])
+                    elif op == "started":
+                        if msg.get("waited_s", 0) > 0.5:
+                            out.line(f"request #{msg['request']} started after {msg['waited_s']:.1f} s in the server's queue")
+                    elif op == "done":
+                        _check_models(msg.get("models", []), expect, pid, slot.name, srv_log)
+                        out.line(f"{func} done in the server in {msg['seconds']:.2f} s (round trip {time.perf_counter() - t0:.2f} s)")
+                        return msg.get("result")
+                    elif op == "error":
+                        if msg.get("kind") == "CausalKLError":
+                            raise CausalKLError(msg["file"], msg["field"], msg["problem"], msg["fix"])
+                        raise RemoteJobError(f"{func} raised {msg.get('type')}: {msg.get('message')} (in model server pid {pid}, "
+                                             f"slot {slot.name}; traceback in {log_path or srv_log})", msg.get("traceback", ""))
+                    elif op == "refused":
+                        raise ServerError(f"server pid {pid} refused the request: {msg.get('reason')}", srv_log)
+                    else:
+                        raise ServerError(f"server pid {pid} sent an unknown message {op!r}", srv_log)
+            except OSError as e:  # ConnectionResetError and friends: the server went away
+                raise _died(pid, slot.name, func, srv_log) from e
+            finally:
+                conn.close()
+    except (ServerError, RemoteJobError) as e:
+        out.line(str(e), "ERROR")
+        raise
+    finally:
+        for p in list(_CHILDREN):
+            if p.poll() is not None:
+                _CHILDREN.remove(p)
+        out.close()
+
+
+def _died(pid: int, slot: str, func: str, srv_log: str | None) -> ServerError:
+    for _ in range(50):  # the connection drops a moment before the process is gone
+        if not pid_alive(pid):
+            break
+        time.sleep(0.02)
+    state = "died" if not pid_alive(pid) else "dropped the connection"
+    return ServerError(f"model server pid {pid} (slot {slot}) {state} during {func}", srv_log)
+
+
+def _check_models(used: list[dict], expect: dict | None, pid: int, slot: str, srv_log: str | None) -> None:
+    if expect is None:
+        return
+    for m in used:
+        if m["path"] != expect["path"]:
+            continue
+        bad = [f"{k} {m[k]} != expected {expect[k]}" for k in ("fingerprint", "dtype") if expect.get(k) and m.get(k) != expect[k]]
+        if expect.get("device") and expect["device"] != "auto" and not m["device"].startswith(expect["device"]):
+            bad.append(f"device {m['device']} != expected {expect['device']}")
+        if bad:
+            raise ServerError(f"server pid {pid} (slot {slot}) used {m['path']} with {'; '.join(bad)}: result refused", srv_log,
+                              "rerun; if the model changed on disk mid-run, rerun the jobs that used it")
+
+
+def stop_servers(owner_pid: int | None = None, workdir: str | None = None, all_scopes: bool = True,
+                 timeout_s: float = 10.0) -> list[int]:
+    """Stop this user's model servers (those owned by ``owner_pid`` and/or started in ``workdir``, or all); return their pids.
+
+    For the Snakefile's ``onsuccess``/``onerror``: ``stop_servers(owner_pid=os.getpid())``.
+    A running request is not waited for.
+    """
+    stopped = []
+    for rec in list_servers(all_scopes=all_scopes):
+        if not rec["alive"]:
+            continue
+        if owner_pid is not None and rec["owner_pid"] != owner_pid:
+            continue
+        if workdir is not None and os.path.realpath(rec["workdir"]) != os.path.realpath(workdir):
+            continue
+        if _stop_one(_connect("\0" + rec["socket"], 2.0), rec["pid"], force=True, timeout_s=timeout_s, start=rec.get("start")):
+            stopped.append(rec["pid"])
+        with contextlib.suppress(OSError):
+            Path(rec["registry_file"]).unlink()
+    return stopped
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m causal_kl.server", description=(
+        "causal-kl model servers: one per (snakemake invocation, GPU slot), started on demand by model jobs "
+        "(causal_kl.server.run_remote). --list shows this user's servers; --stop stops those started in the "
+        "current directory (--all: every one of this user's)."))
+    ap.add_argument("--list", action="store_true", help="list this user's servers (pid, slot, owner, workdir, log)")
+    ap.add_argument("--stop", action="store_true", help="stop the servers started in this directory (with --all: all)")
+    ap.add_argument("--all", action="store_true", help="with --stop: every server of this user, whatever its workdir")
+    ap.add_argument("--json", action="store_true", help="with --list: JSON records")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--key", help=argparse.SUPPRESS)
+    ap.add_argument("--slot", help=argparse.SUPPRESS)
+    ap.add_argument("--owner", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--owner-start", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--log", help=argparse.SUPPRESS)
+    ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        return _serve_main(args)
+    if args.stop:
+        pids = stop_servers(workdir=None if args.all else os.getcwd())
+        print(f"stopped {len(pids)} server(s){': ' + ' '.join(map(str, pids)) if pids else ''}")
+        return 0
+    if args.list:
+        recs = [r for r in list_servers() if r["alive"]]
+        if args.json:
+            print(json.dumps(recs, indent=1))
+            return 0
+        if not recs:
+            print(f"no causal-kl model servers (registry: {gpu.runtime_dir()})")
+        for r in recs:
+            print(f"pid {r['pid']}  slot {r['slot']}  owner {r['owner_pid']} ({r['owner_cmdline'][:60]})  "
+                  f"workdir {r['workdir']}  up {time.time() - r['started']:.0f} s  log {r['log']}")
+        return 0
+    ap.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    from causal_kl.server import main as _main  # the canonical module, not a second copy named __main__
+
+    sys.exit(_main())

@@ -1,0 +1,303 @@
+"""The model server, through real processes: clients are subprocesses, servers are found in the registry.
+
+Evidence is independent of the server's own say-so: pids checked in /proc, results compared
+with direct calls in this process, loads counted from the lines in the logs, the server's
+lifetime tied to a real ``snakemake`` run.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from causal_kl.errors import CausalKLError
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_LINE = re.compile(r"causal-kl: loaded model (\S+) \((\w+), (\S+)\) in [\d.]+ s \[load #(\d+) in pid (\d+)\]")
+
+CLIENT = textwrap.dedent("""
+    import json, sys
+    from causal_kl.errors import CausalKLError
+    from causal_kl.server import RemoteJobError, run_remote
+    args = json.loads(sys.argv[1])
+    try:
+        res = run_remote(args["func"], args["kwargs"], args.get("log"), device="cpu", **args.get("opts", {}))
+    except Exception as e:  # what a job script does with an error: one line, exit 1
+        if not isinstance(e, (CausalKLError, RemoteJobError)):
+            import traceback; traceback.print_exc()
+        print(f"ERR {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+    heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+    print("RESULT " + json.dumps({"result": res, "client_imported": heavy}))
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _registry(rt: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted(rt.glob("*/servers/*.json"))]
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A runtime dir of its own, a fake owner process, a working dir; every server left is killed by pid."""
+    rt = tmp_path / "rt"
+    work = tmp_path / "work"
+    work.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = dict(os.environ, CAUSAL_KL_RUNTIME_DIR=str(rt), CAUSAL_KL_GPUS="", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), CAUSAL_KL_SERVER_OWNER=str(owner.pid),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for k in ("SLURM_JOB_ID", "SLURM_JOBID", "CUDA_VISIBLE_DEVICES"):
+        env.pop(k, None)
+    box = type("Sandbox", (), {"rt": rt, "work": work, "env": env, "owner": owner, "tmp": tmp_path})
+    yield box
+    owner.kill()
+    owner.wait()
+    for rec in _registry(rt):
+        if _alive(rec["pid"]):
+            os.kill(rec["pid"], signal.SIGKILL)
+
+
+def client(box, func: str, kwargs: dict, log: str | None = None, env: dict | None = None, wait: bool = True, **opts):
+    args = json.dumps({"func": func, "kwargs": kwargs, "log": log, "opts": opts})
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, args], cwd=box.work, env=env or box.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def result_of(ret) -> dict:
+    code, out, err = ret
+    assert code == 0, f"client exited {code}:\n{err}\n{out}"
+    payload = json.loads(out.split("RESULT ", 1)[1])
+    assert payload["client_imported"] == [], "the client must not import torch/transformers"
+    return payload["result"]
+
+
+def test_errors_reach_the_job_as_one_line(sandbox, tmp_path):
+    code, _, err = client(sandbox, "server_jobs:fail_user", {"path": "some/file.parquet"}, log="logs/user.log")
+    direct = str(CausalKLError("some/file.parquet", "field", "something the user can fix", "fix it"))
+    assert code == 1 and err.strip().splitlines()[-1] == f"ERR CausalKLError: {direct}"
+    code, _, err = client(sandbox, "server_jobs:fail_bug", {}, log="logs/bug.log")
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and re.fullmatch(r"ERR RemoteJobError: server_jobs:fail_bug raised KeyError: 'missing' "
+                                      r"\(in model server pid \d+, slot cpu; traceback in logs/bug.log\)", last), last
+    job_log = (sandbox.work / "logs/bug.log").read_text()
+    assert "Traceback (most recent call last)" in job_log and "KeyError: 'missing'" in job_log
+    # relative paths in kwargs resolve in the client's working directory
+    written = result_of(client(sandbox, "server_jobs:write_file", {"path": "out/x.txt", "text": "hi"}))
+    assert written == str(sandbox.work / "out/x.txt") and (sandbox.work / "out/x.txt").read_text() == "hi"
+
+
+def test_client_killed_mid_request_does_not_wedge_the_server(sandbox):
+    (sandbox.work / "out").mkdir()
+    marker = str(sandbox.work / "out/started")
+    a = client(sandbox, "server_jobs:slow", {"seconds": 60, "marker": marker}, log="logs/a.log", wait=False)
+    _wait_for(lambda: Path(marker).exists(), 30)
+    server_pid = int(Path(marker).read_text())
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    t = time.monotonic()
+    r = result_of(client(sandbox, "server_jobs:add", {"a": 2, "b": 3}, log="logs/b.log"))
+    assert r == {"sum": 5, "pid": server_pid}  # the same server, free again
+    assert time.monotonic() - t < 15  # not after the abandoned request's 60 s
+    assert not Path(marker + ".done").exists()
+    assert "abandoned" in Path(_registry(sandbox.rt)[0]["log"]).read_text()
+
+
+def test_server_killed_mid_request_fails_the_job_in_one_line_and_the_rerun_recovers(sandbox):
+    (sandbox.work / "out").mkdir()
+    marker = str(sandbox.work / "out/started")
+    a = client(sandbox, "server_jobs:slow", {"seconds": 60, "marker": marker}, log="logs/a.log", wait=False)
+    _wait_for(lambda: Path(marker).exists(), 30)
+    server_pid = int(Path(marker).read_text())
+    log_path = _registry(sandbox.rt)[0]["log"]
+    os.kill(server_pid, signal.SIGKILL)
+    _, err = a.communicate(timeout=30)
+    assert a.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last == (f"ERR ServerError: {log_path}: model server: model server pid {server_pid} (slot cpu) died during "
+                    "server_jobs:slow. Fix: rerun: the next job starts a fresh server; if it fails again, read the server log")
+    rerun = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 1}, log="logs/rerun.log"))
+    assert rerun["sum"] == 2 and rerun["pid"] != server_pid and _alive(rerun["pid"])
+    assert [s["pid"] for s in _registry(sandbox.rt)] == [rerun["pid"]]
+
+
+def test_a_stale_server_is_replaced(sandbox):
+    """A server started from other code (a changed copy of the package) is stopped, not used."""
+    old = sandbox.tmp / "old"
+    shutil.copytree(ROOT / "causal_kl", old / "causal_kl", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(old / "causal_kl" / "stats.py", "a") as f:
+        f.write("\n# an edit\n")
+    old_env = dict(sandbox.env, PYTHONPATH=os.pathsep.join([str(old), str(ROOT / "tests")]))
+    first = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=old_env))
+    second = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, log="logs/new.log"))
+    assert second["pid"] != first["pid"] and _wait_dead(first["pid"], 5)
+    assert "is stale" in (sandbox.work / "logs/new.log").read_text()
+
+
+def test_idle_timeout_list_and_stop(sandbox):
+    env = dict(sandbox.env, CAUSAL_KL_SERVER_IDLE="1.5")
+    pid = result_of(client(sandbox, "server_jobs:add", {"a": 0, "b": 0}, env=env))["pid"]
+    listed = subprocess.run([sys.executable, "-m", "causal_kl.server", "--list"], env=env, cwd=sandbox.work,
+                            capture_output=True, text=True, check=True).stdout
+    assert f"pid {pid}  slot cpu  owner {sandbox.owner.pid}" in listed
+    assert _wait_dead(pid, 10)  # idle: gone on its own
+    assert _registry(sandbox.rt) == []
+    pid = result_of(client(sandbox, "server_jobs:add", {"a": 0, "b": 0}))["pid"]
+    out = subprocess.run([sys.executable, "-m", "causal_kl.server", "--stop"], env=sandbox.env, cwd=sandbox.work,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"stopped 1 server(s): {pid}" and not _alive(pid)
+
+
+def test_concurrent_clients_queue_on_one_server(sandbox):
+    procs = [client(sandbox, "server_jobs:slow", {"seconds": 0.5}, wait=False) for _ in range(3)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        results.append(result_of((p.returncode, out, err)))
+    assert len({r["pid"] for r in results}) == 1
+    spans = sorted((r["t0"], r["t1"]) for r in results)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one request at a time
+
+
+SNAKEFILE = textwrap.dedent('''
+    import json
+    from causal_kl.server import run_remote, stop_servers
+
+    MODEL = config["model"]
+
+    rule all:
+        input: expand("out/run_{i}.json", i=range(2)), "out/script.json"
+
+    rule run_job:
+        output: "out/run_{i}.json"
+        log: "logs/run_{i}.log"
+        run:
+            res = run_remote("server_jobs:model_logits", {"model_path": MODEL, "text": config["text"]}, log[0],
+                             device="cpu", expect_model={"path": MODEL, "dtype": "float32"})
+            with open(output[0], "w") as f:
+                json.dump(res, f)
+
+    rule script_job:
+        output: "out/script.json"
+        log: "logs/script.log"
+        script: "job.py"
+''')
+
+SCRIPT = textwrap.dedent('''
+    import json
+    from causal_kl.server import run_remote
+
+    res = run_remote("server_jobs:model_logits", {"model_path": snakemake.config["model"], "text": snakemake.config["text"]},
+                     snakemake.log[0], device="cpu")
+    with open(snakemake.output[0], "w") as f:
+        json.dump(res, f)
+''')
+
+
+def test_a_real_snakemake_run_shares_one_server_and_one_load_and_the_server_exits_with_snakemake(sandbox, gemma3_dir):
+    """run: jobs (each in a nested snakemake) and a script: job share one server and one model load; their
+    results equal a direct forward pass in this process; when snakemake exits, the server does too."""
+    from causal_kl.models import load_model
+
+    text = "the model reads a state and writes its next token"
+    (sandbox.work / "Snakefile").write_text(SNAKEFILE)
+    (sandbox.work / "job.py").write_text(SCRIPT)
+    env = {k: v for k, v in sandbox.env.items() if k != "CAUSAL_KL_SERVER_OWNER"}  # the owner is found, not given
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-q", "--config", f"model={gemma3_dir}",
+                          f"text={text}"], cwd=sandbox.work, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = ["run_0", "run_1", "script"]
+    outs = {n: json.loads((sandbox.work / f"out/{n}.json").read_text()) for n in names}
+    pids = {o["pid"] for o in outs.values()}
+    assert len(pids) == 1 and {o["loads"] for o in outs.values()} == {1}
+    (server_pid,) = pids
+    # independent: the same forward pass here, loaded the plain way
+    direct = load_model(gemma3_dir)
+    ids = torch.tensor([direct.tokenizer(text).input_ids])
+    with torch.no_grad():
+        expected = direct.model(input_ids=ids).logits[0, -1].float()
+    for o in outs.values():
+        assert torch.allclose(torch.tensor(o["logits"]), expected, atol=1e-5, rtol=0)
+    # exactly one load line, from the server's pid, in exactly one job's log; the others reused the model
+    job_logs = {n: (sandbox.work / f"logs/{n}.log").read_text() for n in names}
+    loads = {n: LOAD_LINE.findall(t) for n, t in job_logs.items()}
+    assert sorted(len(v) for v in loads.values()) == [0, 0, 1]
+    assert [(l[0], l[1], l[4]) for v in loads.values() for l in v] == [(str(gemma3_dir), "float32", str(server_pid))]
+    assert sum("reusing resident model" in t for t in job_logs.values()) == 2
+    assert "outermost snakemake ancestor" in "".join(job_logs.values())
+    # the server outlives no snakemake: its pid is gone (it noticed its owner exit), its registry entry too
+    assert _wait_dead(server_pid, 10), "the server outlived snakemake"
+    _wait_for(lambda: _registry(sandbox.rt) == [], 5)
+
+
+def _wait_for(predicate, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["snakemake", "--cores", "2"], True),
+    (["/usr/bin/python3", "-m", "snakemake", "--snakefile", "S"], True),
+    (["/opt/venv/bin/python3.11", "-u", "/opt/venv/bin/snakemake", "--profile", "p"], True),
+    (["python", "-X", "utf8", "-m", "snakemake"], True),
+    (["python", "-c", "import snakemake"], False),
+    (["/usr/bin/python3", "/w/.snakemake/scripts/tmpab12.patch_floors.py"], False),
+    (["/usr/bin/bash", "-c", "snakemake --cores 1"], False),
+    ([], False),
+])
+def test_is_snakemake(argv, expected):
+    from causal_kl.server import is_snakemake
+
+    assert is_snakemake(argv) is expected
+
+
+def test_owner_inside_a_slurm_allocation_is_the_allocations_snakemake(tmp_path):
+    """Each SLURM job runs under its own srun step, not below the allocation's snakemake: the owner is found by
+    scanning /proc for the snakemake running --executor slurm-jobstep with this SLURM_JOB_ID (seen on a real
+    SLURM: a group of two jobs shared one server, which exited with the allocation's snakemake)."""
+    fake = tmp_path / "snakemake"
+    fake.write_text("import time\ntime.sleep(120)\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CAUSAL_KL_SERVER_OWNER"}
+    other = subprocess.Popen([sys.executable, str(fake), "--executor", "slurm-jobstep"], env=dict(base, SLURM_JOB_ID="424243"))
+    alloc = subprocess.Popen([sys.executable, str(fake), "--target-jobs", "a", "--executor", "slurm-jobstep", "--jobs", "1"],
+                             env=dict(base, SLURM_JOB_ID="424242"))
+    try:
+        time.sleep(0.3)
+        code = "from causal_kl.server import find_owner; o = find_owner(); print(o.pid, o.how)"
+        out = subprocess.run([sys.executable, "-c", code], env=dict(base, SLURM_JOB_ID="424242", PYTHONPATH=str(ROOT)),
+                             capture_output=True, text=True, check=True).stdout.split(None, 1)
+        assert int(out[0]) == alloc.pid and out[1].strip() == "SLURM job 424242's snakemake"
+    finally:
+        for p in (other, alloc):
+            p.kill()
+            p.wait()
