@@ -15,6 +15,14 @@ include: "rules/figures.smk"
 include: "rules/report.smk"
 
 
+onsuccess:
+    stop_model_servers()
+
+
+onerror:
+    stop_model_servers()
+
+
 rule all:
     input:
         run_targets(),

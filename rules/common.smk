@@ -82,6 +82,13 @@ def model_resources(base_mb=8000):
     return {"gpu": 0 if config["device"] == "cpu" else 1, "mem_mb": mem_mb(base_mb)}
 
 
+def stop_model_servers():
+    """Stop the model servers this Snakemake process owns (they would also go when it exits)."""
+    from causal_kl.server import stop_servers
+
+    stop_servers(owner_pid=os.getpid())
+
+
 def external(path):
     """A param standing for the content of a file or folder the workflow does not make (fingerprint).
 

@@ -136,3 +136,15 @@ def test_no_condition_name_is_spelled_outside_its_vocabulary():
                 if pattern.search(node.value) or node.value in short:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_model_jobs_are_the_rules_that_ask_for_a_gpu_and_their_clients_stay_light(workflow):
+    """A rule with a ``gpu`` resource runs its job in the model server; the job's own process imports no torch."""
+    model_rules = {name for name, rule in workflow.items() if "gpu" in rule.resources}
+    marked = {name for name, rule in workflow.items() if getattr(_job(rule), "model_job", False)}
+    assert model_rules == marked and {"gold", "patch_floors", "patch_route"} <= marked, (model_rules, marked)
+    modules = sorted({f"causal_kl.jobs.{_stage(workflow[n])}" for n in marked} | {"causal_kl.server", "causal_kl.jobs"})
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=blocked_imports_env(("torch", "transformers")))
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -6,9 +6,26 @@ a deleted gold shard re-extracts only that shard, and a deleted patch shard reru
 shard (plus the aggregate that collects them).
 """
 
+import re
+import time
+from pathlib import Path
+
 import pandas as pd
 
 from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, dry_run_shards, run_snakemake, tiny_config, write_config
+
+
+def gone(pid: int, wait_s: float = 10.0) -> bool:
+    """The process has exited (no /proc entry, or a zombie waiting to be reaped) within ``wait_s``."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
@@ -19,6 +36,12 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir, sites=sites, corpus=corpus, gold={"write_demo_base": True}))
     run_snakemake(tmp_path, "results/t/patch.parquet", "results/t/run.json", blocked=TORCH_ENV_BLOCKS)
     R = tmp_path / "results/t"
+    # the model server: one load for every model job of the run (one device), and gone once snakemake is
+    loads = [m for log in (tmp_path / "logs/t").rglob("*.log") if log.name != "model_server.log"
+             for m in re.findall(r"loaded model .* \[load #\d+ in pid (\d+)\]", log.read_text())]
+    model_jobs = len(list((tmp_path / "logs/t/gold").glob("*.log"))) + len(list((tmp_path / "logs/t/patch").rglob("*.log")))
+    assert len(loads) == 1 and model_jobs == 6, (loads, model_jobs)
+    assert gone(int(loads[0])), "the model server outlived snakemake"
     patch = pd.read_parquet(R / "patch.parquet")
     sites = pd.read_parquet(R / "sites.parquet")
     assert sorted(patch.site_id.unique()) == sorted(sites.site_id)

@@ -12,6 +12,12 @@ Every workflow script is the same three lines::
     run_rule(gold, snakemake)
 
 ``tests/test_layout.py`` walks every rule of the parsed workflow and checks that this holds.
+
+Model jobs (``@model_job``: gold extraction, patching, the model routes) run inside the model
+server of their GPU slot (``causal_kl.server``): the model is loaded once per GPU per run and
+serves every such job; the job's own process imports neither torch nor transformers (job modules
+import their model code inside the functions). ``model_server: false`` in the config runs them
+in their own process instead.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value) if hasattr(value, "__fspath__") else value
+
+
+def model_job(func: Callable[..., None]) -> Callable[..., None]:
+    """Mark a job that loads the run's model: ``run_rule`` runs it in the model server."""
+    func.model_job = True
+    return func
 
 
 def rule_fields(snakemake: Any) -> dict[str, Any]:
@@ -62,14 +74,39 @@ def job_kwargs(func: Callable[..., None], snakemake: Any) -> dict[str, Any]:
 
 
 def run_rule(func: Callable[..., None], snakemake: Any) -> None:
-    """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1."""
-    from causal_kl.errors import CausalKLError
-    from causal_kl.logs import setup
+    """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1.
 
-    log = setup(list(snakemake.log) if snakemake.log else None)
+    A model job runs in its slot's model server (loaded once per GPU per run) unless the config says
+    ``model_server: false``.
+    """
+    from causal_kl.errors import CausalKLError
+
+    kwargs = job_kwargs(func, snakemake)
+    log_path = str(snakemake.log[0]) if snakemake.log else None
+    remote = getattr(func, "model_job", False) and snakemake.config.get("model_server", True)
     try:
-        func(**job_kwargs(func, snakemake))
+        if remote:
+            _run_in_server(func, kwargs, log_path, snakemake)
+        else:
+            from causal_kl.logs import setup
+
+            setup(log_path)
+            func(**kwargs)
     except CausalKLError as e:
-        log.error("%s", e)
+        if not remote:  # the server already wrote the job's error into its log
+            import logging
+
+            logging.getLogger("causal_kl").error("%s", e)
         print(f"causal-kl: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _run_in_server(func: Callable[..., None], kwargs: dict, log_path: str | None, snakemake: Any) -> None:
+    from causal_kl.server import run_remote
+
+    config = snakemake.config
+    model = kwargs.get("model")
+    expect = {"path": model["path"], "dtype": kwargs.get("dtype")} if isinstance(model, dict) else None
+    run_remote(f"{func.__module__}:{func.__name__}", kwargs, log_path, device=config.get("device", "auto"),
+               threads=snakemake.threads, expect_model=expect,
+               server_log=f"logs/{config.get('run', 'run')}/model_server.log")

@@ -10,18 +10,22 @@ import pyarrow as pa
 
 from causal_kl.contracts import GOLD, REEXTRACT
 from causal_kl.errors import CausalKLError
-from causal_kl.gold import extract_golds, nla_base_table, read_nla_base, reextract_cos, reextract_summary
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import read_docs, read_gold, read_parquet, read_sites, write_json, write_parquet
-from causal_kl.models import load_model
+from causal_kl.jobs import model_job
 from causal_kl.sites import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def load_run_model(model: dict, dtype: str, device: str):
-    """The run's model (``model``: the config's model block), checked against its layer."""
-    loaded = load_model(model["path"], dtype, device, model.get("attn_implementation", "sdpa"), with_tokenizer=False)
+def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = False):
+    """The run's model (``model``: the config's model block), checked against its layer.
+
+    Through ``get_model``: in the model server the model is loaded once and serves every job.
+    """
+    from causal_kl.models import get_model
+
+    loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "sdpa"), with_tokenizer)
     loaded.check_layer(model["layer"])
     log.info("loaded %s (%s, %d blocks, d=%d) on %s in %s", model["path"], loaded.architecture, loaded.n_layers,
              loaded.d_model, loaded.device, loaded.dtype)
@@ -32,6 +36,7 @@ def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
     return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
 
 
+@model_job
 def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None, dtype: str,
          device: str, shard: str, provenance: dict) -> None:
     """Block-L output at each site of one shard."""
@@ -42,6 +47,8 @@ def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, mo
         write_parquet(gold, {"site_id": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                              "activation": pa.array([], pa.list_(pa.float32(), 1))}, meta=meta)
         return
+    from causal_kl.gold import extract_golds
+
     loaded = load_run_model(model, dtype, device)
     t0 = time.time()
     vec = extract_golds(loaded, read_docs(docs), table["doc_id"].to_pylist(), table["position"].to_pylist(), layer,
@@ -61,6 +68,8 @@ def gold_aggregate(shards: list[str], gold: str, provenance: dict) -> None:
 def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str, layer: int, model: str,
               provenance: dict) -> None:
     """Write the extracted golds as an NLA base.parquet (through bf16), so the demo exercises stored golds."""
+    from causal_kl.gold import nla_base_table
+
     table = read_sites(sites)
     ids, vec = read_gold(gold)
     if not np.array_equal(ids, table["site_id"].to_numpy()):
@@ -72,6 +81,8 @@ def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str,
 def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, summary: str, min_cos: float,
                 layer: int, stored_fingerprint: str | None, provenance: dict) -> None:
     """Map the NLA base.parquet onto the sites, check it against the re-extracted golds, keep it as the stored golds."""
+    from causal_kl.gold import read_nla_base, reextract_cos, reextract_summary
+
     table = read_sites(sites)
     ids, extracted = read_gold(gold)
     vectors = read_nla_base(base, table, layer, extracted.shape[1])

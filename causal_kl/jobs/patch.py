@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from causal_kl.conditions import (FLOOR_CONDITIONS, RESAMPLE_SOURCE_COLUMNS, ROUTE_CONDITIONS, SAME_DOC, eval_mean,
                                   floor_vectors, noise_directions, resample_choices, route_vectors)
@@ -17,9 +16,8 @@ from causal_kl.io import concat_parquet
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_docs, read_gold, read_mean, read_noise, read_recon, read_sites,
                           vectors_for_sites, write_parquet)
+from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
-from causal_kl.models import LoadedModel
-from causal_kl.patching import SiteVariants, patch_document, results_table
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +40,13 @@ def conditions(gold: str, sites: str, choices: str, mean: str, noise: str, seed:
     log.info("conditions: %d sites, %d without a same-document sibling (excluded from %s)", len(ids), n_no_sib, SAME_DOC)
 
 
-def _patch_shard(loaded: LoadedModel, sites: pa.Table, docs: dict[str, list[int]], layer: int, patch: dict,
+def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int, patch: dict,
                  variants: dict[str, tuple[np.ndarray, np.ndarray]], label: str) -> list:
     """Patch every site of a shard, document by document: ``variants[name] = (vectors [n, d], valid [n])``."""
+    import torch
     from tqdm import tqdm
+
+    from causal_kl.patching import SiteVariants, patch_document
 
     by_doc: dict[str, list[int]] = {}
     for i, d in enumerate(sites["doc_id"].to_pylist()):
@@ -68,6 +69,7 @@ def _patch_shard(loaded: LoadedModel, sites: pa.Table, docs: dict[str, list[int]
     return results
 
 
+@model_job
 def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, model_dir: list[str], floors: str,
                  model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, shard: str,
                  provenance: dict) -> None:
@@ -85,9 +87,12 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, mode
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, "floors")
     log.info("floors: %d sites in %.1f s", table.num_rows, time.time() - t0)
+    from causal_kl.patching import results_table
+
     write_parquet(floors, results_table(results, "", include_clean=True), PATCH, meta=meta)
 
 
+@model_job
 def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_dir: list[str], patched: str,
                 model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, seed: int, route: str,
                 shard: str, provenance: dict) -> None:
@@ -110,6 +115,8 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, route)
     log.info("route %s: %d sites in %.1f s", route, table.num_rows, time.time() - t0)
+    from causal_kl.patching import results_table
+
     write_parquet(patched, results_table(results, route, include_clean=False), PATCH, meta=meta)
 
 

@@ -11,11 +11,12 @@ from causal_kl.contracts import EXPLANATIONS, GEOMETRY, GOLD
 from causal_kl.geometry import check_recheck, geometry_summary, site_geometry
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import read_gold, read_recon, read_sites, vectors_for_sites, write_json, write_parquet
-from causal_kl.models import load_model
+from causal_kl.jobs import model_job
+from causal_kl.jobs.gold import load_run_model
 from causal_kl.routes import file as file_route
-from causal_kl.routes import nla_ar, nla_av, pca, text_channel
+from causal_kl.routes import pca
 from causal_kl.routes.base import check_train_rows, write_recon
-from causal_kl.routes.training import read_training_golds, training_golds
+from causal_kl.routes.training import read_training_golds
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,14 @@ def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray
                                               fix="delete the golds and rerun, so they are extracted for this run's sites")
 
 
+@model_job
 def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
                seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, start: str, stop: str,
                provenance: dict) -> None:
     """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites."""
-    loaded = load_model(model["path"], dtype=dtype, device=device,
-                        attn_implementation=model.get("attn_implementation", "sdpa"))
-    loaded.check_layer(int(model["layer"]))
+    from causal_kl.routes.training import training_golds
+
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True)
     table = training_golds(loaded, corpus, sampling, seed, int(model["layer"]), tuple(rows), progress=True)
     write_parquet(gold, table, GOLD, loaded.d_model,
                   meta=provenance_record(**provenance, train_rows=list(rows), model_fingerprint=model_fingerprint))
@@ -67,6 +69,7 @@ def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: d
                             explained_variance_ratio=float(basis.explained_variance_ratio.sum())))
 
 
+@model_job
 def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
                        route_entry: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,
                        device: str, route: str, provenance: dict) -> None:
@@ -74,7 +77,9 @@ def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[s
     check_train_rows(route_entry["train_rows"], eval_rows, f"config routes.{route}")
     table, site_ids, golds = _eval_golds(sites, gold)
     _, train = read_training_golds(train_gold, set(table.column("doc_id").to_pylist()))
-    loaded = load_model(model["path"], dtype=dtype, device=device)
+    from causal_kl.routes import text_channel
+
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True)
     top_k = int(route_entry.get("top_k", 8))
     texts, recons, reconstructor = text_channel.reconstruct(loaded, train, golds, top_k,
                                                             float(route_entry.get("ridge_alpha", 1.0)))
@@ -85,11 +90,16 @@ def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[s
                                                      n_features=len(reconstructor.vocab), top_k=top_k))
 
 
+@model_job
 def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict,
                    checkpoint_fingerprint: str | None, dtype: str, device: str, seed: int, route: str,
                    provenance: dict) -> None:
     """An ``nla_av`` route's first step: the AV verbalises every eval gold; its explanations feed ``recon_nla_ar``."""
+    from causal_kl.models import evict_models
+    from causal_kl.routes import nla_av
+
     _, site_ids, golds = _eval_golds(sites, gold)
+    evict_models()  # the AV is loaded on its own: the run's model does not stay beside it
     av = nla_av.load_av(route_entry["checkpoint"], golds.shape[1], dtype, device)
     raw = nla_av.explain(av, golds, int(route_entry.get("max_new_tokens", 64)), bool(route_entry.get("do_sample", False)),
                          float(route_entry.get("temperature", 1.0)), float(route_entry.get("top_p", 1.0)),
@@ -105,12 +115,17 @@ def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: s
                                    n_without_tags=sum("<explanation>" not in t for t in raw)))
 
 
+@model_job
 def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
                  checkpoint_fingerprint: str | None, explanations_fingerprint: str | None, layer: int, dtype: str,
                  device: str, route: str, provenance: dict) -> None:
     """An ``nla_ar`` route (and an ``nla_av`` route's second step): the AR reconstructs each site from its explanation."""
+    from causal_kl.models import evict_models
+    from causal_kl.routes import nla_ar
+
     table, site_ids, golds = _eval_golds(sites, gold)
     texts = nla_ar.explanations_for_sites(explanations, table)
+    evict_models()  # the AR is loaded on its own: the run's model does not stay beside it
     path = route_entry["ar_checkpoint"] if route_entry["kind"] == "nla_av" else route_entry["checkpoint"]
     ar = nla_ar.load_ar(path, int(layer), golds.shape[1], dtype, device)
     recons = nla_ar.reconstruct(ar, texts, int(route_entry.get("batch_size", 16)), progress=True)

@@ -9,16 +9,18 @@ rows ``[start, stop)`` of the same corpus, tokenized, sampled (NLA stage 0, same
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from causal_kl.contracts import GOLD
 from causal_kl.errors import CausalKLError
-from causal_kl.gold import extract_golds
 from causal_kl.io import arrow_to_vectors, read_parquet, vectors_to_arrow
-from causal_kl.models import LoadedModel
 from causal_kl.sites import doc_id_for, load_corpus_rows, sample_sites, special_token_ids, tokenize_docs
+
+if TYPE_CHECKING:  # the model code is imported where it runs: a job's own process stays free of torch
+    from causal_kl.models import LoadedModel
 
 def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int, layer: int, rows: tuple[int, int],
                    max_sites: int | None = None, progress: bool = False) -> pa.Table:
@@ -28,6 +30,8 @@ def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int,
     table (site_id numbered from 0 within the training set, layer, activation ``[n, d]``) plus
     ``doc_id`` and ``position``.
     """
+    from causal_kl.gold import extract_golds
+
     corpus_rows = load_corpus_rows(corpus, list(rows), source=f"training rows {list(rows)}")
     doc_ids = [doc_id_for(corpus["name"], corpus.get("split", "train"), r) for r, _ in corpus_rows]
     token_ids = tokenize_docs(loaded.tokenizer, [t for _, t in corpus_rows], sampling["max_length"])
