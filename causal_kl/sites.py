@@ -52,48 +52,76 @@ def sample_doc_positions(input_ids: Sequence[int], special_ids: Iterable[int], s
 
 
 def load_corpus_rows(corpus: dict, rows: Sequence[int] | None = None, source: str = "config") -> list[tuple[int, str]]:
-    """Rows ``[start, stop)`` of the corpus as ``(row, text)``, through ``datasets``.
+    """Rows ``[start, stop)`` of the corpus as ``(row, text)``.
 
-    ``corpus.path`` (a local parquet file or folder) is read with the parquet builder; otherwise
-    ``corpus.name`` is streamed from the hub. One code path: both are streamed and sliced.
+    ``corpus.path`` (a local parquet file, or a folder of them read in name order) is read with
+    pyarrow, only the rows asked for; otherwise ``corpus.name`` is streamed from the hub with
+    ``datasets`` and sliced.
     """
-    import datasets
-
     start, stop = rows if rows is not None else corpus["rows"]
     if stop <= start:
         raise CausalKLError(source, "corpus.rows", f"empty row range [{start}, {stop})", "give rows as [start, stop) with stop > start")
     column = corpus["column"]
     path = corpus.get("path")
-    datasets.logging.set_verbosity_error()
-    try:
-        if path:
-            p = Path(path)
-            if not p.exists():
-                raise CausalKLError(path, "corpus.path", "corpus file not found", "build the demo corpus (snakemake resources/demo/corpus.parquet) or fix corpus.path")
-            files = sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else [str(p)]
-            ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
-        else:
-            ds = datasets.load_dataset(corpus["name"], split=corpus.get("split", "train"), streaming=True)
-    except CausalKLError:
-        raise
-    except Exception as e:  # datasets raises many types for a bad source
-        raise CausalKLError(path or corpus["name"], "corpus", f"cannot open the corpus ({str(e).splitlines()[0]})",
-                            "check corpus.name/path/split, or give a local parquet via corpus.path") from e
+    texts = _local_rows(path, column, start, stop) if path else _hub_rows(corpus, column, start, stop)
     where = path or f"{corpus['name']}:{corpus.get('split')}"
+    if len(texts) < stop - start:
+        raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({start + len(texts)} rows)",
+                            f"set corpus.rows within [0, {start + len(texts)}]")
+    return [(start + i, t or "") for i, t in enumerate(texts)]
+
+
+def _local_rows(path: str, column: str, start: int, stop: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise CausalKLError(path, "corpus.path", "corpus file not found",
+                            "build the demo corpus (snakemake resources/demo/corpus.parquet) or fix corpus.path")
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    texts: list[str] = []
+    offset = 0
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise CausalKLError(f, "corpus", f"cannot open the corpus ({str(e).splitlines()[0]})",
+                                "point corpus.path at parquet files") from e
+        names = pf.schema_arrow.names
+        if column not in names:
+            raise CausalKLError(f, "corpus.column", f"column '{column}' not in the corpus (has {sorted(names)})",
+                                f"set corpus.column to one of {sorted(names)}")
+        n = pf.metadata.num_rows
+        lo, hi = max(start - offset, 0), min(stop - offset, n)
+        if lo < hi:
+            texts += pf.read(columns=[column]).column(column).slice(lo, hi - lo).to_pylist()
+        offset += n
+        if offset >= stop:
+            break
+    return texts
+
+
+def _hub_rows(corpus: dict, column: str, start: int, stop: int) -> list[str]:
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    where = f"{corpus['name']}:{corpus.get('split')}"
+    try:
+        ds = datasets.load_dataset(corpus["name"], split=corpus.get("split", "train"), streaming=True)
+    except Exception as e:  # datasets raises many types for a bad source
+        raise CausalKLError(corpus["name"], "corpus", f"cannot open the corpus ({str(e).splitlines()[0]})",
+                            "check corpus.name/split, or give a local parquet via corpus.path") from e
     features = getattr(ds, "features", None)
     if features is not None and column not in features:
         raise CausalKLError(where, "corpus.column", f"column '{column}' not in the corpus (has {sorted(features)})",
                             f"set corpus.column to one of {sorted(features)}")
-    out = []
-    for i, rec in enumerate(ds.skip(start).take(stop - start)):
+    texts = []
+    for rec in ds.skip(start).take(stop - start):
         if column not in rec:
             raise CausalKLError(where, "corpus.column", f"column '{column}' not in the corpus (has {sorted(rec)})",
                                 f"set corpus.column to one of {sorted(rec)}")
-        out.append((start + i, rec[column] or ""))
-    if len(out) < stop - start:
-        raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({start + len(out)} rows)",
-                            f"set corpus.rows within [0, {start + len(out)}]")
-    return out
+        texts.append(rec[column])
+    return texts
 
 
 def load_tokenizer(path: str):

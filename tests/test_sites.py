@@ -58,7 +58,7 @@ def _cfg(path, rows=(0, 10), column="content"):
             "seed": 42}
 
 
-def test_corpus_rows_through_datasets(corpus_path):
+def test_corpus_rows_of_a_local_parquet(corpus_path):
     rows = load_corpus_rows(_cfg(corpus_path, (3, 7))["corpus"])
     df = pd.read_parquet(corpus_path)
     assert rows == [(r, df["content"][r]) for r in range(3, 7)]
