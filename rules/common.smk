@@ -27,6 +27,15 @@ except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
 
+if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
+    # one model job per GPU at a time (each job also takes one GPU slot, causal_kl.gpu), so that
+    # `snakemake --cores N` on a GPU box is safe as written: model jobs run in priority order (shard
+    # by shard: the model server's clean-pass cache then serves every route of a shard) while CPU
+    # jobs fill the other cores. Pass --resources gpu=N to choose; cluster submission is not limited.
+    from causal_kl.gpu import visible_gpus
+
+    workflow.global_resources["gpu"] = max(1, len(visible_gpus()))
+
 RUN = config["run"]
 R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
@@ -72,6 +81,11 @@ def mem_mb(base):
 
 MODEL_THREADS = 2
 """Threads of a model job (gold, patch, model routes)."""
+
+
+def shard_priority(wildcards):
+    """Model jobs of earlier shards first, every condition of a shard together (its clean passes are then shared)."""
+    return 1000 - int(wildcards.shard)
 
 
 def model_resources(base_mb=8000):

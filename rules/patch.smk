@@ -37,6 +37,7 @@ rule patch_floors:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
+    priority: shard_priority
     conda:
         "../envs/torch.yaml"
     script:
@@ -62,6 +63,7 @@ rule patch_route:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
+    priority: shard_priority
     conda:
         "../envs/torch.yaml"
     script:

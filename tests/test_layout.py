@@ -23,7 +23,8 @@ from causal_kl.jobs import PROVENANCE
 from workflow_helpers import ANALYSIS_ENV_BLOCKS, ROOT, TORCH_ENV_BLOCKS, blocked_imports_env, copy_workflow
 
 ENV_BLOCKS = {"analysis": ANALYSIS_ENV_BLOCKS, "torch": TORCH_ENV_BLOCKS}
-FIELD_ORDER = ("wildcard_constraints", "input", "output", "log", "params", "threads", "resources", "conda", "script")
+FIELD_ORDER = ("wildcard_constraints", "input", "output", "log", "params", "threads", "resources", "priority", "conda",
+               "script")
 
 
 @pytest.fixture(scope="module")
