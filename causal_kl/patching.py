@@ -389,18 +389,31 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
     float32 output directly (``torch.bmm(..., out_dtype=)``) where this torch has it; otherwise the inputs
     are upcast.
     """
-    if a.dtype == out_dtype:
-        return torch.matmul(a, b)
+    if a.dtype == out_dtype or b.dtype == out_dtype:  # float32/64 models; or probabilities kept in float32
+        return torch.matmul(a.to(out_dtype), b.to(out_dtype))
     dev = str(a.device.type)
-    if dev == "cuda" and _OUT_DTYPE_OK.get(dev, True):
+    if _half_gemm_to_float32(a.device):
         lead = a.shape[:-2]
         try:
             r = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=out_dtype)
-            _OUT_DTYPE_OK[dev] = True
             return r.view(*lead, *r.shape[-2:])
         except (TypeError, RuntimeError, NotImplementedError):
             _OUT_DTYPE_OK[dev] = False
     return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+
+
+def _half_gemm_to_float32(device: torch.device) -> bool:
+    """Whether half-precision GEMMs here can write float32 results (CUDA, a torch with ``bmm(out_dtype=)``)."""
+    dev = device.type
+    if dev != "cuda":
+        return False
+    if dev not in _OUT_DTYPE_OK:
+        try:
+            a = torch.zeros(1, 2, 2, device=device, dtype=torch.bfloat16)
+            _OUT_DTYPE_OK[dev] = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK[dev] = False
+    return _OUT_DTYPE_OK[dev]
 
 
 @dataclass
@@ -452,6 +465,9 @@ class _WindowContext:
         G = H // KVH
         V, Wr, cdt, dt = self.V, self.Wr, self.cdt, query.dtype
         scale = float(scaling) if scaling is not None else hd ** -0.5
+        # probabilities enter the PV GEMM in the model's dtype where that GEMM runs on tensor cores with a float32
+        # result (as flash attention does); elsewhere the GEMM runs in float32 anyway, so they stay float32
+        pdt = dt if _half_gemm_to_float32(query.device) else cdt
         q = query[0].view(KVH, G, N, hd).permute(0, 2, 1, 3).contiguous()  # [KVH, N, G, hd]: rows then query groups
         kw_all, vw_all = key[0], value[0]  # [KVH, N, hd]
         out = torch.empty(N, KVH, G, hd, dtype=dt, device=query.device)
@@ -480,11 +496,11 @@ class _WindowContext:
             # one softmax over both parts: shared row max, summed denominators
             sw.sub_(m.view(KVH, SV, Wr * G, 1)).exp_()
             denom = sw.sum(-1).view(KVH, n * G)
-            o = _mm(sw.to(dt), vw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd), cdt).view(KVH, n * G, hd)
+            o = _mm(sw.to(pdt), vw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd), cdt).view(KVH, n * G, hd)
             if sp is not None:
                 sp.sub_(m[..., None]).exp_()
                 denom += sp.sum(-1)
-                o += _mm(sp.to(dt), vp, cdt)
+                o += _mm(sp.to(pdt), vp, cdt)
             o /= denom[..., None]
             out[seg.r0: seg.r1] = o.view(KVH, n, G, hd).permute(1, 0, 2, 3)
         return out.view(1, N, H, hd), None
