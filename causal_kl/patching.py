@@ -78,7 +78,7 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     p_clean = logp_clean.exp()  # once per clean row, broadcast over the variants
     # the elementwise form keeps tiny KLs (the gold-repatch floor, ~1e-6) accurate; entropy minus
     # cross-entropy would lose them to cancellation against a ~5-nat entropy in float32
-    kl = (p_clean * (logp_clean - logp_patched)).sum(-1)
+    kl = torch.sub(logp_clean, logp_patched).mul_(p_clean).sum(-1)  # one temporary: these are vocab-wide rows
     logp_clean = logp_clean.expand_as(logp_patched)
     idx = next_tokens.clamp_min(0).unsqueeze(-1)
     ce = -logp_patched.gather(-1, idx.expand(*logp_patched.shape[:-1], 1)).squeeze(-1)
@@ -340,7 +340,7 @@ class CleanCache:
             if self.max_bytes is not None:
                 self._budget[name] = int(self.max_bytes)
             elif device.type == "cuda":
-                self._budget[name] = int(0.25 * torch.cuda.mem_get_info(device)[0])
+                self._budget[name] = int(0.25 * _free_bytes(device))
             else:
                 self._budget[name] = 4 << 30
         return self._budget[name]
@@ -469,6 +469,10 @@ class _WindowContext:
         # result (as flash attention does); elsewhere the GEMM runs in float32 anyway, so they stay float32
         pdt = dt if _half_gemm_to_float32(query.device) else cdt
         q = query[0].view(KVH, G, N, hd).permute(0, 2, 1, 3).contiguous()  # [KVH, N, G, hd]: rows then query groups
+        if dt == cdt:  # float32/64: scale q (N x heads x head_dim) rather than every score (N x heads x keys)
+            q, post = q.mul_(scale), 1.0
+        else:  # half precision: scale the float32 scores, never round q * scale to bf16
+            post = scale
         kw_all, vw_all = key[0], value[0]  # [KVH, N, hd]
         out = torch.empty(N, KVH, G, hd, dtype=dt, device=query.device)
         win_mask = self.win_masks[kind]  # [Wr, 1, Wr]
@@ -477,7 +481,8 @@ class _WindowContext:
             qs = q[:, seg.r0: seg.r1]  # [KVH, n, G, hd]
             # the window's own keys: per (site, variant), Wr x Wr
             sw = _mm(qs.reshape(KVH, SV, Wr * G, hd), kw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd).transpose(-1, -2), cdt)
-            sw.mul_(scale)
+            if post != 1.0:
+                sw.mul_(post)
             if softcap is not None:
                 sw.div_(softcap).tanh_().mul_(softcap)
             sw.view(KVH, SV, Wr, G, Wr).add_(win_mask)
@@ -488,7 +493,8 @@ class _WindowContext:
                 kp = st.keys[src][0, :, seg.lo: seg.hi]  # [KVH, P, hd], a view: never copied per site
                 vp = st.values[src][0, :, seg.lo: seg.hi]
                 sp = _mm(qs.reshape(KVH, n * G, hd), kp.transpose(-1, -2), cdt)  # [KVH, n*G, P]
-                sp.mul_(scale)
+                if post != 1.0:
+                    sp.mul_(post)
                 if softcap is not None:
                     sp.div_(softcap).tanh_().mul_(softcap)
                 sp.view(KVH, S, V, Wr, G, -1).add_(seg.mask)
@@ -604,7 +610,7 @@ def _readout_rows(loaded: LoadedModel, n_rows_per_chunk_item: int) -> int:
     vocab = int(getattr(loaded.text_config, "vocab_size", 32000))
     per_row = vocab * 4 * 4  # logits/log-probs of patched and clean rows, exp and the KL product, float32
     if loaded.device.type == "cuda":
-        budget = min(0.25 * torch.cuda.mem_get_info(loaded.device)[0], 8 << 30)
+        budget = min(0.25 * _free_bytes(loaded.device), 8 << 30)
     else:
         budget = 32 << 20  # CPU: these passes are memory-bound; chunks that stay in cache are faster than one big one
     return max(1, int(budget // (per_row * n_rows_per_chunk_item)))
@@ -712,6 +718,12 @@ def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites:
 
 
 # --------------------------------------------------------------------------- shards
+def _free_bytes(device: torch.device) -> int:
+    """Free accelerator memory, counting what torch's caching allocator holds but does not use."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
 def _site_bytes(loaded: LoadedModel, n_variants: int, span: int, doc_len: int) -> float:
     """Accelerator memory one site adds to a window batch (activations, attention scores), bytes."""
     cfg = loaded.text_config
@@ -728,8 +740,7 @@ def auto_sites_per_batch(loaded: LoadedModel, n_variants: int, doc_len: int, spa
     rows = n_variants * (span - 1 + N_OFFSETS)
     if loaded.device.type != "cuda":
         return max(1, 1024 // rows)
-    free, _ = torch.cuda.mem_get_info(loaded.device)
-    return int(max(1, min(64, (0.4 * free) // _site_bytes(loaded, n_variants, span, doc_len))))
+    return int(max(1, min(64, (0.4 * _free_bytes(loaded.device)) // _site_bytes(loaded, n_variants, span, doc_len))))
 
 
 def _clean_len(sites: Sequence[SiteVariants], n_tokens: int) -> int:

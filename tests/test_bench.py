@@ -38,7 +38,7 @@ def test_bf16_span_and_fidelity_at_tiny_shape(bench, tmp_path):
 
     out = tmp_path / "b.json"
     args = ["--shape", "tiny", "--dtype", "bfloat16", "--docs", "2", "--sites-per-doc", "2", "--naive-sites", "2",
-            "--span", "4", "--fidelity", "--json", str(out)]
+            "--span", "4", "--fidelity", "--fidelity-span", "--json", str(out)]
     assert bench.main(args) == 0
     r = json.loads(out.read_text())
     assert r["dtype"] == "bfloat16" and r["matmul_peak_tflops_float32"] > 0
