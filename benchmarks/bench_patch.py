@@ -269,7 +269,7 @@ def _stats(x: np.ndarray) -> dict:
     x = np.abs(x[np.isfinite(x)])
     if not len(x):
         return {"median": None, "p90": None, "max": None, "n": 0}
-    return {"median": float(np.median(x)), "p90": float(np.quantile(x, 0.9)), "max": float(x.max()), "n": int(len(x))}
+    return {"median": float(np.median(x)), "p90": float(np.quantile(x, 0.9)), "max": float(x.max()), "n": len(x)}
 
 
 def fidelity(m, shape: dict, L: int, device: str, span: int = 1) -> dict:
@@ -361,12 +361,14 @@ def run(args) -> dict:
     # the clean passes alone, for the clean / window split
     from causal_kl.patching import clean_pass
 
+    def tok(ds):
+        return sum(min(len(ids), max(p) + W_OUT + 1) for ids, p in ds)
+
     timed = docs[:20]  # 20 documents timed, scaled to all by their token counts
     t = time.perf_counter()
     for ids, positions in timed:
         clean_pass(m, ids[: max(positions) + W_OUT + 1], L)
     _sync(args.device)
-    tok = lambda ds: sum(min(len(ids), max(p) + W_OUT + 1) for ids, p in ds)  # noqa: E731
     out["clean_pass_seconds"] = round((time.perf_counter() - t) * tok(docs) / tok(timed), 3)
     out["clean_pass_docs_timed"] = len(timed)
     _partial(args, out)

@@ -21,7 +21,9 @@ GEMM per kv-head reads the document's one cached prefix (a view of the clean pas
 second small GEMM per (site, variant) covers the window's own keys. Masks (prefix length, sliding
 window, causal within a variant) are built once per batch and reused by every block; the two
 parts are merged in one softmax in float32 (float64 for a float64 model), with the model's own
-``scaling``, ``sliding_window`` and attention logit soft-cap.
+``scaling``, ``sliding_window`` and (where the model passes one) attention logit soft-cap. The swap
+lasts one window pass (the clean pass and the naive path keep the model's own kernel); one window
+pass at a time per model.
 
 What the fast path must get right on Gemma-3 (each has a test that fails without it, see
 ``ABLATIONS``): each block reads its own cached keys/values (``layer_idx``); sliding-window
@@ -45,8 +47,8 @@ import hashlib
 import inspect
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -378,7 +380,7 @@ class CleanCache:
 
 # --------------------------------------------------------------------------- window attention
 _ATTN_NAME = "causal_kl_window"
-_ACTIVE: contextvars.ContextVar["_WindowContext | None"] = contextvars.ContextVar("causal_kl_window", default=None)
+_ACTIVE: contextvars.ContextVar[_WindowContext | None] = contextvars.ContextVar("causal_kl_window", default=None)
 _OUT_DTYPE_OK: dict[str, bool] = {}
 
 
@@ -442,8 +444,8 @@ class _WindowContext:
         self.seen: set[int] = set()
         self.source = {l: l for l in kinds}
         if "layer_idx" in ablate:  # trap: a block reads another block's cache entry (of the same type, so the same shape)
-            for l in kinds:
-                others = [m for m in sorted(kinds) if m != l and kinds[m] == kinds[l]]
+            for l, kind in kinds.items():
+                others = [o for o, k in sorted(kinds.items()) if o != l and k == kind]
                 self.source[l] = others[0] if others else l
 
     def attend(self, module, query, key, value, scaling, sliding_window, softcap):
@@ -776,10 +778,9 @@ def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int]
             parts.setdefault(di, (ids, st, [], []))
             parts[di][2].append(s)
             parts[di][3].append(si)
-        keys = list(parts)
-        out = _window_pass(loaded, layer, [(parts[d][0], parts[d][1], parts[d][2]) for d in keys], ablate)
-        for d, res in zip(keys, out):
-            for si, r in zip(parts[d][3], res):
+        out = _window_pass(loaded, layer, [(ids, st, ss) for ids, st, ss, _ in parts.values()], ablate)
+        for (d, (_, _, _, idx)), res in zip(parts.items(), out):
+            for si, r in zip(idx, res):
                 results[d][si] = r
 
     for di, (ids, sites) in enumerate(documents):
