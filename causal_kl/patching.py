@@ -1,31 +1,54 @@
-"""The patch engine: splice a vector into the residual stream at (L, p) and read the damage.
+"""The patch engine: splice vectors into the residual stream at (L, p..p+k-1) and read the damage.
 
 Two paths compute the same numbers:
 
-* ``naive`` (the reference): for every variant, a full forward of ``input_ids[:p+32]`` with
-  a forward hook replacing block L's output at p; logits only at the 32 readout positions.
-* ``fast`` (the default): causality means a patch at (L, p) changes nothing before p and
-  nothing at blocks <= L. Per document, one clean pass keeps every block's keys/values
-  and the block-L states; then, for a batch of sites, all of their variants are recomputed
-  only at positions p..p+31 and only through blocks L+1..end, attending to the clean
-  prefix, with the LM head only at those positions. The clean row is never recomputed.
+* ``naive`` (the reference): for every variant, a full forward of ``input_ids[:p+k-1+32]``
+  with a forward hook replacing block L's output at positions p..p+k-1; logits only at the
+  readout positions.
+* ``fast`` (the default): causality means a patch at (L, p..p+k-1) changes nothing before p
+  and nothing at blocks <= L. Per document, one clean pass keeps every block's keys/values
+  and the block-L states; then, for a batch of sites (of one or several documents), all of
+  their variants are recomputed only at the k-1+32 positions p..p+k-1+31 ("the window": the
+  span, then 32 readout positions after its last one) and only through blocks L+1..end,
+  attending to the clean prefix (positions < p), with the LM head only at those positions.
+  A span of k = 1 is the single-site splice. The clean row is never recomputed.
 
-What the fast path must get right on Gemma-3 (each has a test that fails without it):
-each block reads its own cached keys/values (``layer_idx``); sliding-window blocks get the
-sliding mask for queries at absolute positions p..p+31; sliding blocks use the local
-rotary embedding and global blocks the global one; the final logit soft-cap is applied.
+Attention in the window pass: the model's own decoder blocks run (its q/k/v projections, norms
+and rotary embedding), but their attention function is swapped, through transformers'
+``AttentionInterface``, for ``_window_attention``. It never copies the prefix: the queries of
+every site, variant and query head of a document are folded into one axis, so a single batched
+GEMM per kv-head reads the document's one cached prefix (a view of the clean pass's keys), and a
+second small GEMM per (site, variant) covers the window's own keys. Masks (prefix length, sliding
+window, causal within a variant) are built once per batch and reused by every block; the two
+parts are merged in one softmax in float32 (float64 for a float64 model), with the model's own
+``scaling``, ``sliding_window`` and (where the model passes one) attention logit soft-cap. The swap
+lasts one window pass (the clean pass and the naive path keep the model's own kernel); one window
+pass at a time per model.
+
+What the fast path must get right on Gemma-3 (each has a test that fails without it, see
+``ABLATIONS``): each block reads its own cached keys/values (``layer_idx``); sliding-window
+blocks get the sliding mask for queries at absolute positions p..p+k-1+31; sliding blocks use the
+local rotary embedding and global blocks the global one; the final logit soft-cap is applied.
 
 Readout (``readout``): KL(clean || patched) of the next-token distribution, CE of the true
-next token and delta-CE, in float32 from the final (soft-capped) logits, at offsets 0..31.
-Offsets whose true next token lies past the document's end are absent.
+next token and delta-CE, in float32 from the final (soft-capped) logits, at offsets -(k-1)..31
+counted from the span's last position (offset 0 predicts token p+k; negative offsets are the
+positions inside the span). Offsets whose true next token lies past the document's end are NaN.
+
+Clean passes can be shared across calls (floors job, then each route's job of a shard in a
+long-lived process) through a ``CleanCache``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import inspect
 import logging
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +62,9 @@ log = logging.getLogger(__name__)
 
 ABLATIONS = frozenset({"layer_idx", "sliding_mask", "local_rope", "softcap"})
 """Test-only switches that remove one of the four things the fast path must get right."""
+
+SPAN_FIELD = pa.field("span", pa.int32())
+"""The column ``results_table`` adds beside the PATCH contract's: the span length k of the row's site."""
 
 
 # --------------------------------------------------------------------------- readout
@@ -54,12 +80,12 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     p_clean = logp_clean.exp()  # once per clean row, broadcast over the variants
     # the elementwise form keeps tiny KLs (the gold-repatch floor, ~1e-6) accurate; entropy minus
     # cross-entropy would lose them to cancellation against a ~5-nat entropy in float32
-    kl = (p_clean * (logp_clean - logp_patched)).sum(-1)
+    kl = torch.sub(logp_clean, logp_patched).mul_(p_clean).sum(-1)  # one temporary: these are vocab-wide rows
     logp_clean = logp_clean.expand_as(logp_patched)
     idx = next_tokens.clamp_min(0).unsqueeze(-1)
     ce = -logp_patched.gather(-1, idx.expand(*logp_patched.shape[:-1], 1)).squeeze(-1)
     ce_clean = -logp_clean.gather(-1, idx.expand(*logp_clean.shape[:-1], 1)).squeeze(-1)
-    nan = torch.tensor(float("nan"), device=kl.device)
+    nan = torch.tensor(float("nan"), device=kl.device, dtype=kl.dtype)
     kl = torch.where(valid, kl, nan)
     ce = torch.where(valid, ce, nan)
     dce = torch.where(valid, ce - ce_clean, nan)
@@ -72,7 +98,7 @@ def _readout_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = frozenset(), normed: bool = False) -> torch.Tensor:
-    """Final norm (unless ``normed``), LM head, soft-cap, float32 log-softmax: ``[..., d] -> [..., vocab]``."""
+    """Final norm (unless ``normed``), LM head, soft-cap, float32 log-softmax: ``[..., d_model] -> [..., vocab]``."""
     logits = _readout_dtype(loaded.lm_head(hidden if normed else loaded.final_norm(hidden)))
     cap = loaded.final_logit_softcapping
     if cap is not None and "softcap" not in ablate:
@@ -83,69 +109,110 @@ def log_probs(loaded: LoadedModel, hidden: torch.Tensor, ablate: frozenset = fro
 # --------------------------------------------------------------------------- data
 @dataclass
 class SiteVariants:
-    """The variants to patch at one site: ``vectors[i]`` is placed at (L, position) for ``names[i]``."""
+    """The variants to patch at one site.
+
+    ``vectors`` is ``[V, d_model]`` (a span of 1: ``vectors[v]`` replaces (L, position)) or
+    ``[V, k, d_model]`` (a span of k: ``vectors[v, j]`` replaces (L, position + j), j < k, all at once).
+    """
 
     site_id: int
     position: int
     names: list[str]
-    vectors: torch.Tensor  # [V, d]
+    vectors: torch.Tensor  # [V, d_model] or [V, k, d_model]
+
+    @property
+    def span(self) -> int:
+        """k, the number of consecutive positions each variant replaces."""
+        return 1 if self.vectors.ndim == 2 else int(self.vectors.shape[1])
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def span_vectors(self) -> torch.Tensor:
+        """The vectors as ``[V, k, d_model]`` whatever the input's form."""
+        return self.vectors[:, None] if self.vectors.ndim == 2 else self.vectors
+
+
+def span_offsets(k: int) -> np.ndarray:
+    """Readout offsets of a span of k, ``[k - 1 + 32]`` int: -(k-1)..31, counted from the span's last position."""
+    return np.arange(-(k - 1), N_OFFSETS, dtype=np.int64)
 
 
 @dataclass
 class SiteResult:
-    """Readout of one site: arrays ``[V, W]`` (W = offsets kept, NaN where past the document's end)."""
+    """Readout of one site: arrays ``[V, W]``, W = k - 1 + 32 readout positions p..p+k-1+31.
+
+    Column j is offset ``offsets[j]`` (= j - (k - 1)); NaN (and ``valid`` False) where the true next
+    token lies past the document's end. For k = 1, W = 32 and column j is offset j, as before spans.
+    """
 
     site_id: int
     names: list[str]
-    kl: np.ndarray
-    ce: np.ndarray
-    delta_ce: np.ndarray
+    kl: np.ndarray  # [V, W]
+    ce: np.ndarray  # [V, W]
+    delta_ce: np.ndarray  # [V, W]
     clean_ce: np.ndarray  # [W]
     valid: np.ndarray  # [W] bool
+    offsets: np.ndarray = field(default_factory=lambda: span_offsets(1))  # [W] int
+    span: int = 1
+
+    def column(self, offset: int) -> int:
+        """Index of ``offset`` in the arrays' last axis."""
+        return int(offset) + self.span - 1
 
 
-def _window(input_ids: Sequence[int], p: int, width: int = N_OFFSETS) -> tuple[torch.Tensor, torch.Tensor]:
-    """True next tokens ``[width]`` and validity ``[width]`` for offsets 0..width-1 at position p."""
+def _next_tokens(input_ids: Sequence[int], p: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """True next tokens ``[width]`` (-1 past the end) and validity ``[width]`` for positions p..p+width-1."""
     T = len(input_ids)
-    nxt = torch.full((width,), -1, dtype=torch.long)
-    for i in range(width):
-        if p + i + 1 < T:
-            nxt[i] = int(input_ids[p + i + 1])
+    nxt = np.full(width, -1, dtype=np.int64)
+    n = max(0, min(width, T - p - 1))
+    if n:
+        nxt[:n] = np.asarray(input_ids[p + 1: p + 1 + n], dtype=np.int64)
     return nxt, nxt >= 0
 
 
 def _check_sites(input_ids: Sequence[int], sites: Sequence[SiteVariants], d: int, doc: str = "document") -> None:
     T = len(input_ids)
     for s in sites:
-        if not 0 <= s.position < T:
-            raise CausalKLError("sites", "position", f"site {s.site_id} position {s.position} is out of range for {doc} ({T} tokens)",
-                                "rebuild sites.parquet and docs.parquet together")
-        if s.vectors.ndim != 2 or s.vectors.shape[1] != d:
+        if s.vectors.ndim not in (2, 3) or s.vectors.shape[-1] != d or s.vectors.shape[0] == 0 or s.vectors.ndim == 3 and s.vectors.shape[1] == 0:
             raise CausalKLError("conditions", "vector", f"site {s.site_id}: variant vectors of shape {tuple(s.vectors.shape)}, model width {d}",
-                                "give vectors of the model's hidden size")
+                                "give vectors of the model's hidden size, [variants, d] or [variants, span, d]")
+        if not 0 <= s.position or s.position + s.span > T:
+            what = f"position {s.position}" if s.span == 1 else f"span {s.position}..{s.position + s.span - 1}"
+            raise CausalKLError("sites", "position", f"site {s.site_id} {what} is out of range for {doc} ({T} tokens)",
+                                "rebuild sites.parquet and docs.parquet together; sites whose span runs past the end are excluded upstream")
+        if len(s.names) != s.n_variants:
+            raise CausalKLError("conditions", "names", f"site {s.site_id}: {len(s.names)} names for {s.n_variants} variants",
+                                "give one name per variant")
         if not torch.isfinite(s.vectors).all():
             raise CausalKLError("conditions", "vector", f"site {s.site_id}: a variant vector contains NaN or inf",
                                 "recompute the reconstruction for that site")
+
+
+def _to_result(site: SiteVariants, kl: np.ndarray, ce: np.ndarray, dce: np.ndarray, ce_clean: np.ndarray, valid: np.ndarray) -> SiteResult:
+    return SiteResult(site.site_id, list(site.names), kl, ce, dce, ce_clean, valid, span_offsets(site.span), site.span)
 
 
 # --------------------------------------------------------------------------- naive path
 @torch.no_grad()
 def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: SiteVariants) -> SiteResult:
     """Reference: a full forward per variant (batched over the site's variants), hook at block ``layer``."""
-    p = site.position
-    end = min(p + N_OFFSETS, len(input_ids))
+    p, k = site.position, site.span
+    width = k - 1 + N_OFFSETS
+    end = min(p + width, len(input_ids))
     dev = loaded.device
     x = torch.tensor([list(input_ids[:end])], dtype=torch.long, device=dev)
     keep = end - p
-    V = site.vectors.shape[0]
-    vec = site.vectors.to(dev, loaded.dtype)
+    V = site.n_variants
+    vec = site.span_vectors().to(dev, loaded.dtype)  # [V, k, d]
 
     clean = _readout_dtype(loaded.model(input_ids=x, logits_to_keep=keep, use_cache=False).logits)  # [1, keep, vocab]
 
     def hook(_mod, _inp, out):
         h = out[0] if isinstance(out, tuple) else out
         h = h.clone()
-        h[:, p] = vec
+        h[:, p: p + k] = vec
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     handle = loaded.layers[layer].register_forward_hook(hook)
@@ -153,54 +220,25 @@ def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: 
         patched = _readout_dtype(loaded.model(input_ids=x.expand(V, -1), logits_to_keep=keep, use_cache=False).logits)
     finally:
         handle.remove()
-    lp_clean = torch.log_softmax(clean, -1)
-    lp_patch = torch.log_softmax(patched, -1)
-    return _result(site, input_ids, lp_clean[0], lp_patch)
-
-
-def _result(site: SiteVariants, input_ids: Sequence[int], lp_clean: torch.Tensor, lp_patch: torch.Tensor) -> SiteResult:
-    """Readout for one site from ``lp_clean [W', vocab]`` and ``lp_patch [V, W', vocab]`` (W' <= 32)."""
-    w = lp_clean.shape[0]
-    nxt, valid = _window(input_ids, site.position)
-    nxt, valid = nxt[:w].to(lp_clean.device), valid[:w].to(lp_clean.device)
-    kl, ce, dce = readout(lp_clean.unsqueeze(0), lp_patch, nxt.expand(lp_patch.shape[0], -1), valid.expand(lp_patch.shape[0], -1))
-    ce_clean = -lp_clean.gather(-1, nxt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    ce_clean = torch.where(valid, ce_clean, torch.tensor(float("nan"), device=ce_clean.device))
+    lp_clean = torch.log_softmax(clean, -1)[0]  # [keep, vocab]
+    lp_patch = torch.log_softmax(patched, -1)  # [V, keep, vocab]
+    nxt, valid = _next_tokens(input_ids, p, width)
+    nxt_t = torch.from_numpy(nxt[:keep]).to(dev)
+    valid_t = torch.from_numpy(valid[:keep]).to(dev)
+    kl, ce, dce = readout(lp_clean[None], lp_patch, nxt_t.expand(V, -1), valid_t.expand(V, -1))
+    ce_clean = -lp_clean.gather(-1, nxt_t.clamp_min(0)[:, None])[:, 0]
+    ce_clean = torch.where(valid_t, ce_clean, torch.full_like(ce_clean, float("nan")))
 
     def pad(a: torch.Tensor) -> np.ndarray:
         a = a.cpu().numpy()
-        if a.shape[-1] < N_OFFSETS:
-            a = np.concatenate([a, np.full(a.shape[:-1] + (N_OFFSETS - a.shape[-1],), np.nan, a.dtype)], -1)
+        if a.shape[-1] < width:
+            a = np.concatenate([a, np.full(a.shape[:-1] + (width - a.shape[-1],), np.nan, a.dtype)], -1)
         return a
 
-    v = np.zeros(N_OFFSETS, dtype=bool)
-    v[:w] = valid.cpu().numpy()
-    return SiteResult(site.site_id, list(site.names), pad(kl), pad(ce), pad(dce), pad(ce_clean), v)
+    return _to_result(site, pad(kl), pad(ce), pad(dce), pad(ce_clean), valid)
 
 
-# --------------------------------------------------------------------------- fast path
-class _PrefixCache:
-    """Stands in for a transformers ``Cache`` during window passes.
-
-    ``update`` for block l returns block l's clean prefix keys/values (set per batch)
-    concatenated with the window's own, so every block attends to its own cache entry.
-    """
-
-    def __init__(self, ablate: frozenset = frozenset()):
-        self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.seen: set[int] = set()
-        self.ablate = ablate
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if "layer_idx" in self.ablate:  # trap: a block reads another block's entry (of the same shape)
-            shape = self.prefix[layer_idx][0].shape
-            others = [k for k in sorted(self.prefix) if k != layer_idx and self.prefix[k][0].shape == shape]
-            layer_idx = others[0] if others else layer_idx
-        self.seen.add(layer_idx)
-        pk, pv = self.prefix[layer_idx]
-        return torch.cat([pk, key_states], dim=2), torch.cat([pv, value_states], dim=2)
-
-
+# --------------------------------------------------------------------------- clean pass
 class _Recorder:
     """Stops nothing; records the block-L output of the clean pass."""
 
@@ -213,12 +251,26 @@ class _Recorder:
 
 @dataclass
 class CleanState:
-    """What the fast path keeps from one document's clean pass."""
+    """What the fast path keeps from one document's clean pass (T = the tokens it covered)."""
 
-    hidden_L: torch.Tensor  # [T, d] block-L output
+    hidden_L: torch.Tensor  # [T, d_model] block-L output
     keys: dict[int, torch.Tensor]  # block -> [1, kv_heads, T, head_dim] (post-rotary), blocks > L only
     values: dict[int, torch.Tensor]
-    final_hidden: torch.Tensor  # [T, d] decoder output after the final norm
+    final_hidden: torch.Tensor  # [T, d_model] decoder output after the final norm
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.hidden_L.shape[0])
+
+    def nbytes(self) -> int:
+        ts = [self.hidden_L, self.final_hidden, *self.keys.values(), *self.values.values()]
+        return int(sum(t.numel() * t.element_size() for t in ts))
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """The name a decoder's forward gives its KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _supports_fast(loaded: LoadedModel) -> None:
@@ -227,14 +279,14 @@ def _supports_fast(loaded: LoadedModel) -> None:
                             "set patch.method: naive for this model")
     for i, layer in enumerate(loaded.layers):
         attn = getattr(layer, "self_attn", None)
-        if attn is None or getattr(attn, "layer_idx", None) != i:
+        if attn is None or getattr(attn, "layer_idx", None) != i or not hasattr(attn, "config"):
             raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture} block {i} has no self_attn with layer_idx",
                                 "set patch.method: naive for this model")
 
 
 @torch.no_grad()
 def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> CleanState:
-    """One forward of the document through the model's own decoder, keeping what windows need."""
+    """One forward of the document through the model's own decoder (its own attention kernel), keeping what windows need."""
     from transformers import DynamicCache
 
     x = torch.tensor([list(input_ids)], dtype=torch.long, device=loaded.device)
@@ -242,19 +294,258 @@ def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> Cle
     handle = loaded.layers[layer].register_forward_hook(rec)
     cache = DynamicCache()  # no config: keeps every position of every block (sliding ones included)
     try:
-        out = loaded.decoder(input_ids=x, cache=cache, use_cache=True)
+        out = loaded.decoder(input_ids=x, use_cache=True, **{_cache_kwarg(loaded.decoder): cache})
     finally:
         handle.remove()
     keys, values = {}, {}
     for l in range(layer + 1, loaded.n_layers):
-        entry = cache.layers[l]
-        keys[l], values[l] = entry.keys, entry.values
-        if keys[l].shape[2] != x.shape[1]:
-            raise CausalKLError(loaded.path, "cache", f"block {l} cached {keys[l].shape[2]} of {x.shape[1]} positions",
+        entry = cache.layers[l] if l < len(getattr(cache, "layers", ())) else None
+        n = entry.keys.shape[2] if entry is not None and entry.keys is not None and entry.keys.ndim == 4 else 0
+        if n != x.shape[1]:
+            raise CausalKLError(loaded.path, "cache", f"block {l} cached {n} of {x.shape[1]} positions",
                                 "set patch.method: naive for this model")
+        keys[l], values[l] = entry.keys, entry.values
     return CleanState(hidden_L=rec.h[0], keys=keys, values=values, final_hidden=out.last_hidden_state[0])
 
 
+class CleanCache:
+    """Clean passes shared between calls: an LRU of ``CleanState`` bounded by bytes on each device.
+
+    Keyed by the model's identity (object, path, dtype, device), the layer, and the token ids of the
+    clean pass (blake2b hash and length); ``patch_document(s, clean_cache=...)`` looks documents up
+    here before computing them, so a long-lived process (a model server) computes each document's
+    clean pass once for the floors and every route of a shard. ``clean_passes`` counts the passes
+    computed through it, ``hits`` the ones served from it; each computed pass is logged at INFO.
+    Not thread-safe: one window pass at a time per model.
+
+    max_bytes: budget per device; None = 4 GiB on CPU, 25% of the free memory of a CUDA device when
+    it is first used.
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes
+        self._budget: dict[str, int] = {}
+        self._store: OrderedDict[tuple, CleanState] = OrderedDict()
+        self._dev: dict[tuple, str] = {}
+        self.clean_passes = 0
+        self.hits = 0
+
+    @staticmethod
+    def key(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> tuple:
+        ids = np.asarray(list(input_ids), dtype=np.int64)
+        digest = hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
+        return (id(loaded.model), loaded.path, str(loaded.dtype), str(loaded.device), int(layer), digest, len(ids))
+
+    def _device_budget(self, device: torch.device) -> int:
+        name = str(device)
+        if name not in self._budget:
+            if self.max_bytes is not None:
+                self._budget[name] = int(self.max_bytes)
+            elif device.type == "cuda":
+                self._budget[name] = int(0.25 * _free_bytes(device))
+            else:
+                self._budget[name] = 4 << 30
+        return self._budget[name]
+
+    def bytes_on(self, device: torch.device | str) -> int:
+        return sum(s.nbytes() for k, s in self._store.items() if self._dev[k] == str(device))
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> CleanState:
+        """The document's clean state: from the cache, or computed (and stored if it fits)."""
+        key = self.key(loaded, input_ids, layer)
+        if key in self._store:
+            self._store.move_to_end(key)
+            self.hits += 1
+            return self._store[key]
+        state = clean_pass(loaded, input_ids, layer)
+        self.clean_passes += 1
+        log.info("clean pass %d: %d tokens, layer %d (%s)", self.clean_passes, key[-1], layer, loaded.device)
+        dev = loaded.device
+        budget, size = self._device_budget(dev), state.nbytes()
+        if size <= budget:
+            self._store[key] = state
+            self._dev[key] = str(dev)
+            while self.bytes_on(dev) > budget:
+                old = next(k for k in self._store if self._dev[k] == str(dev))
+                del self._store[old], self._dev[old]
+        return state
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._dev.clear()
+
+
+# --------------------------------------------------------------------------- window attention
+_ATTN_NAME = "causal_kl_window"
+_ACTIVE: contextvars.ContextVar[_WindowContext | None] = contextvars.ContextVar("causal_kl_window", default=None)
+_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` with the result in ``out_dtype`` (float32 for half-precision inputs: no rounding of scores to bf16).
+
+    a ``[..., m, k]``, b ``[..., k, n]`` with equal leading dims. On CUDA, bf16/fp16 inputs use the GEMM's
+    float32 output directly (``torch.bmm(..., out_dtype=)``) where this torch has it; otherwise the inputs
+    are upcast.
+    """
+    if a.dtype == out_dtype or b.dtype == out_dtype:  # float32/64 models; or probabilities kept in float32
+        return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+    dev = str(a.device.type)
+    if _half_gemm_to_float32(a.device):
+        lead = a.shape[:-2]
+        try:
+            r = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=out_dtype)
+            return r.view(*lead, *r.shape[-2:])
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK[dev] = False
+    return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+
+
+def _half_gemm_to_float32(device: torch.device) -> bool:
+    """Whether half-precision GEMMs here can write float32 results (CUDA, a torch with ``bmm(out_dtype=)``)."""
+    dev = device.type
+    if dev != "cuda":
+        return False
+    if dev not in _OUT_DTYPE_OK:
+        try:
+            a = torch.zeros(1, 2, 2, device=device, dtype=torch.bfloat16)
+            _OUT_DTYPE_OK[dev] = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK[dev] = False
+    return _OUT_DTYPE_OK[dev]
+
+
+@dataclass
+class _Segment:
+    """Rows [r0, r1) of a window batch (sites [s0, s1) of one document) sharing one prefix key range [lo, hi)."""
+
+    part: int
+    r0: int
+    r1: int
+    s0: int
+    s1: int
+    lo: int
+    hi: int
+    mask: torch.Tensor | None = None  # additive [S_seg, 1, Wr, 1, hi - lo]
+
+
+class _WindowContext:
+    """Everything a window batch's attention calls share: prefixes, segments and masks per layer type."""
+
+    def __init__(self, loaded: LoadedModel, layer: int, states: list[CleanState], segments: dict[str, list[_Segment]],
+                 win_masks: dict[str, torch.Tensor], kinds: dict[int, str], n_variants: int, width: int,
+                 compute_dtype: torch.dtype, ablate: frozenset):
+        self.loaded, self.layer, self.states, self.segments = loaded, layer, states, segments
+        self.win_masks, self.kinds, self.V, self.Wr = win_masks, kinds, n_variants, width
+        self.cdt, self.ablate = compute_dtype, ablate
+        self.seen: set[int] = set()
+        self.source = {l: l for l in kinds}
+        if "layer_idx" in ablate:  # trap: a block reads another block's cache entry (of the same type, so the same shape)
+            for l, kind in kinds.items():
+                others = [o for o, k in sorted(kinds.items()) if o != l and k == kind]
+                self.source[l] = others[0] if others else l
+
+    def attend(self, module, query, key, value, scaling, sliding_window, softcap):
+        """query ``[1, heads, N, head_dim]``, key/value ``[1, kv_heads, N, head_dim]`` (the window's own) -> ``[1, N, heads, head_dim]``."""
+        l = int(module.layer_idx)
+        if l not in self.kinds:
+            raise CausalKLError(self.loaded.path, "architecture", f"window attention called for block {l}, outside {min(self.kinds)}..{max(self.kinds)}",
+                                "set patch.method: naive for this model")
+        self.seen.add(l)
+        kind = self.kinds[l]
+        expect = self.loaded.sliding_window if self.loaded.layer_type(l) == "sliding_attention" else None
+        if sliding_window is not None and sliding_window != expect:
+            raise CausalKLError(self.loaded.path, "architecture",
+                                f"block {l} attends with sliding window {sliding_window}, its layer type says {expect}",
+                                "set patch.method: naive for this model")
+        src = self.source[l]
+        _, H, N, hd = query.shape
+        KVH = key.shape[1]
+        G = H // KVH
+        V, Wr, cdt, dt = self.V, self.Wr, self.cdt, query.dtype
+        scale = float(scaling) if scaling is not None else hd ** -0.5
+        # probabilities enter the PV GEMM in the model's dtype where that GEMM runs on tensor cores with a float32
+        # result (as flash attention does); elsewhere the GEMM runs in float32 anyway, so they stay float32
+        pdt = dt if _half_gemm_to_float32(query.device) else cdt
+        q = query[0].view(KVH, G, N, hd).permute(0, 2, 1, 3).contiguous()  # [KVH, N, G, hd]: rows then query groups
+        if dt == cdt:  # float32/64: scale q (N x heads x head_dim) rather than every score (N x heads x keys)
+            q, post = q.mul_(scale), 1.0
+        else:  # half precision: scale the float32 scores, never round q * scale to bf16
+            post = scale
+        kw_all, vw_all = key[0], value[0]  # [KVH, N, hd]
+        out = torch.empty(N, KVH, G, hd, dtype=dt, device=query.device)
+        win_mask = self.win_masks[kind]  # [Wr, 1, Wr]
+        for seg in self.segments[kind]:
+            n, SV, S = seg.r1 - seg.r0, (seg.r1 - seg.r0) // Wr, seg.s1 - seg.s0
+            qs = q[:, seg.r0: seg.r1]  # [KVH, n, G, hd]
+            # the window's own keys: per (site, variant), Wr x Wr
+            sw = _mm(qs.reshape(KVH, SV, Wr * G, hd), kw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd).transpose(-1, -2), cdt)
+            if post != 1.0:
+                sw.mul_(post)
+            if softcap is not None:
+                sw.div_(softcap).tanh_().mul_(softcap)
+            sw.view(KVH, SV, Wr, G, Wr).add_(win_mask)
+            m = sw.amax(-1).view(KVH, n * G)
+            sp = None
+            if seg.hi > seg.lo:  # the clean prefix: one GEMM per kv-head over every row of the segment
+                st = self.states[seg.part]
+                kp = st.keys[src][0, :, seg.lo: seg.hi]  # [KVH, P, hd], a view: never copied per site
+                vp = st.values[src][0, :, seg.lo: seg.hi]
+                sp = _mm(qs.reshape(KVH, n * G, hd), kp.transpose(-1, -2), cdt)  # [KVH, n*G, P]
+                if post != 1.0:
+                    sp.mul_(post)
+                if softcap is not None:
+                    sp.div_(softcap).tanh_().mul_(softcap)
+                sp.view(KVH, S, V, Wr, G, -1).add_(seg.mask)
+                m = torch.maximum(m, sp.amax(-1))
+            # one softmax over both parts: shared row max, summed denominators
+            sw.sub_(m.view(KVH, SV, Wr * G, 1)).exp_()
+            denom = sw.sum(-1).view(KVH, n * G)
+            o = _mm(sw.to(pdt), vw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd), cdt).view(KVH, n * G, hd)
+            if sp is not None:
+                sp.sub_(m[..., None]).exp_()
+                denom += sp.sum(-1)
+                o += _mm(sp.to(pdt), vp, cdt)
+            o /= denom[..., None]
+            out[seg.r0: seg.r1] = o.view(KVH, n, G, hd).permute(1, 0, 2, 3)
+        return out.view(1, N, H, hd), None
+
+
+def _window_attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, sliding_window=None,
+                      softcap=None, **kwargs):
+    """The attention function registered with transformers' ``AttentionInterface`` for window passes."""
+    ctx = _ACTIVE.get()
+    if ctx is None:
+        raise RuntimeError(f"attention implementation {_ATTN_NAME!r} is only usable inside a causal_kl window pass")
+    return ctx.attend(module, query, key, value, scaling, sliding_window, softcap)
+
+
+@contextlib.contextmanager
+def _window_attention_active(loaded: LoadedModel, ctx: _WindowContext):
+    """Route blocks L+1.. through ``_window_attention`` for the duration (restores the model's own implementation)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ATTN_NAME, _window_attention)
+    configs = {}
+    for l in ctx.kinds:
+        cfg = loaded.layers[l].self_attn.config
+        configs[id(cfg)] = cfg
+    old = {i: c._attn_implementation for i, c in configs.items()}
+    token = _ACTIVE.set(ctx)
+    try:
+        for c in configs.values():
+            c._attn_implementation = _ATTN_NAME
+        yield
+    finally:
+        for i, c in configs.items():
+            c._attn_implementation = old[i]
+        _ACTIVE.reset(token)
+
+
+# --------------------------------------------------------------------------- fast path
 def _rotary(loaded: LoadedModel, h: torch.Tensor, position_ids: torch.Tensor, layer_type: str):
     rot = loaded.rotary_emb
     if "layer_type" in inspect.signature(rot.forward).parameters:
@@ -262,181 +553,292 @@ def _rotary(loaded: LoadedModel, h: torch.Tensor, position_ids: torch.Tensor, la
     return rot(h, position_ids)
 
 
-def _masks(positions: torch.Tensor, V: int, prefix_pos: dict[str, torch.Tensor], window: int | None,
-           dtype: torch.dtype, ablate: frozenset) -> dict[str, torch.Tensor]:
-    """Additive masks ``[S, 1, V*32, P + V*32]`` per layer type.
+def _mask_kind(loaded: LoadedModel, l: int, ablate: frozenset) -> str:
+    sliding = loaded.layer_type(l) == "sliding_attention" and loaded.sliding_window is not None and "sliding_mask" not in ablate
+    return "sliding_attention" if sliding else "full_attention"
 
-    positions: ``[S]`` site positions p. prefix_pos[type]: ``[S, P]`` absolute position of each
-    prefix key (-1 = padding). Query (v, i) of site s sits at p_s + i; it may attend prefix key a
-    when 0 <= a < p_s and (full, or a > p_s + i - W), and the window key (v', i') of its own
-    variant when i' <= i and (full, or i - i' < W).
+
+def _segments(parts_pos: list[np.ndarray], width: int, V: int, kind: str, window: int | None, cdt: torch.dtype,
+              dev: torch.device) -> list[_Segment]:
+    """Split a batch's rows into segments with one prefix range each, and build their masks (once per batch).
+
+    Rows are laid out document by document, site by site (sorted by position), variant by variant,
+    then the ``width`` window positions. A full-attention segment is one document's sites, keys
+    [0, max p). A sliding segment groups neighbouring sites of one document whose positions lie
+    within one window of the first, keys [min p - W + 1, max p): the masked excess is at most a window.
+    Query (s, r) at absolute position p_s + r may see prefix key a when a < p_s and, in sliding
+    blocks, a > p_s + r - W (transformers' convention: W keys including the query itself).
     """
-    dev = positions.device
-    S = positions.shape[0]
-    i = torch.arange(N_OFFSETS, device=dev)
-    q_abs = positions[:, None] + i[None, :]  # [S, 32]
-    q_abs = q_abs.repeat(1, V)  # [S, V*32], variant-major
-    var = torch.arange(V, device=dev).repeat_interleave(N_OFFSETS)  # [V*32]
-    off = i.repeat(V)  # [V*32]
-    same_var = var[:, None] == var[None, :]
-    causal = off[None, :] <= off[:, None]
-    neg = torch.finfo(dtype).min
-    out = {}
-    for kind, ppos in prefix_pos.items():
-        sliding = kind == "sliding_attention" and window is not None and "sliding_mask" not in ablate
-        a = ppos[:, None, :]  # [S, 1, P]
-        ok_prefix = ((a >= 0) & (a < positions[:, None, None])).expand(S, V * N_OFFSETS, -1)
-        if sliding:
-            ok_prefix = ok_prefix & (a > (q_abs[:, :, None] - window))
-        ok_win = same_var & causal
-        if sliding:
-            ok_win &= (off[:, None] - off[None, :]) < window
-        ok = torch.cat([ok_prefix, ok_win.expand(S, -1, -1)], dim=-1)  # [S, V*32, P + V*32]
-        m = torch.zeros(ok.shape, dtype=dtype, device=dev)
-        m.masked_fill_(~ok, neg)
-        out[kind] = m[:, None]
-    return out
+    segs, r, s = [], 0, 0
+    for part, pos in enumerate(parts_pos):
+        groups: list[list[int]] = []
+        for i, p in enumerate(pos):
+            if groups and (kind == "full_attention" or p - pos[groups[-1][0]] < window):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        for g in groups:
+            ps = pos[g]
+            lo = 0 if kind == "full_attention" else max(0, int(ps.min()) - window + 1)
+            hi = int(ps.max())
+            seg = _Segment(part, r, r + len(g) * V * width, s, s + len(g), lo, hi)
+            if hi > lo:
+                a = torch.arange(lo, hi, device=dev)  # [P]
+                pt = torch.as_tensor(ps, device=dev)[:, None, None]  # [S, 1, 1]
+                ok = a[None, None, :] < pt  # [S, 1, P]
+                if kind == "sliding_attention":
+                    q = pt + torch.arange(width, device=dev)[None, :, None]  # [S, Wr, 1]
+                    ok = ok & (a[None, None, :] > q - window)  # [S, Wr, P]
+                else:
+                    ok = ok.expand(-1, width, -1)
+                mask = torch.zeros(ok.shape, dtype=cdt, device=dev).masked_fill_(~ok, float("-inf"))
+                seg.mask = mask[:, None, :, None, :]  # [S, 1, Wr, 1, P]: broadcast over variants and query groups
+            segs.append(seg)
+            r, s = seg.r1, seg.s1
+    return segs
+
+
+def _window_mask(width: int, kind: str, window: int | None, cdt: torch.dtype, dev: torch.device) -> torch.Tensor:
+    """Additive ``[Wr, 1, Wr]`` mask within one variant's window: causal, and in sliding blocks fewer than W back."""
+    i = torch.arange(width, device=dev)
+    ok = i[None, :] <= i[:, None]
+    if kind == "sliding_attention":
+        ok &= (i[:, None] - i[None, :]) < window
+    return torch.zeros(ok.shape, dtype=cdt, device=dev).masked_fill_(~ok, float("-inf"))[:, None, :]
+
+
+def _readout_rows(loaded: LoadedModel, n_rows_per_chunk_item: int) -> int:
+    """How many items (of ``n_rows_per_chunk_item`` vocab-wide rows) one readout chunk takes: memory-aware on CUDA."""
+    vocab = int(getattr(loaded.text_config, "vocab_size", 32000))
+    per_row = vocab * 4 * 4  # logits/log-probs of patched and clean rows, exp and the KL product, float32
+    if loaded.device.type == "cuda":
+        budget = min(0.25 * _free_bytes(loaded.device), 8 << 30)
+    else:
+        budget = 32 << 20  # CPU: these passes are memory-bound; chunks that stay in cache are faster than one big one
+    return max(1, int(budget // (per_row * n_rows_per_chunk_item)))
+
+
+@torch.no_grad()
+def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int], CleanState, list[SiteVariants]]],
+                 ablate: frozenset = frozenset()) -> list[list[SiteResult]]:
+    """Patch one batch of sites (of one or more documents; one variant count V and span k) in one window pass.
+
+    ``parts``: (input_ids, clean state, sites sorted by position) per document. Returns the results
+    in the same nesting and order.
+    """
+    _supports_fast(loaded)
+    sites = [s for _, _, ss in parts for s in ss]
+    V, k = sites[0].n_variants, sites[0].span
+    if any(s.n_variants != V or s.span != k for s in sites):
+        raise ValueError("a window batch needs one variant count and one span length")
+    dev, dt = loaded.device, loaded.dtype
+    cdt = torch.promote_types(dt, torch.float32)
+    Wr = k - 1 + N_OFFSETS  # window rows: the span, then 32 positions after its last one
+    S = len(sites)
+    r = torch.arange(Wr, device=dev)
+    h_rows, normed_rows, positions, nxt, valid, parts_pos = [], [], [], [], [], []
+    for ids, state, ss in parts:
+        T = state.n_tokens
+        pos = np.array([s.position for s in ss], dtype=np.int64)
+        parts_pos.append(pos)
+        absp = torch.as_tensor(pos, device=dev)[:, None] + r[None, :]  # [S_d, Wr]
+        gather = absp.clamp_max(T - 1)  # rows past the end compute garbage that nothing valid reads
+        h_rows.append(state.hidden_L[gather])
+        normed_rows.append(state.final_hidden[gather])
+        positions.append(absp)
+        for s in ss:
+            a, b = _next_tokens(ids, s.position, Wr)
+            nxt.append(a)
+            valid.append(b)
+    h = torch.cat(h_rows)[:, None].expand(S, V, Wr, -1).clone()  # [S, V, Wr, d]
+    h[:, :, :k] = torch.stack([s.span_vectors() for s in sites]).to(dev, dt)
+    h = h.view(1, S * V * Wr, -1)
+    position_ids = torch.cat(positions)[:, None].expand(S, V, Wr).reshape(1, -1)  # [1, N]
+
+    window = loaded.sliding_window
+    blocks = range(layer + 1, loaded.n_layers)
+    kinds = {l: _mask_kind(loaded, l, ablate) for l in blocks}
+    segments = {kind: _segments(parts_pos, Wr, V, kind, window, cdt, dev) for kind in set(kinds.values())}
+    win_masks = {kind: _window_mask(Wr, kind, window, cdt, dev) for kind in segments}
+    rope_kind = {loaded.layer_type(l) for l in blocks}
+    pe = {t: _rotary(loaded, h, position_ids, "full_attention" if "local_rope" in ablate and t == "sliding_attention" else t) for t in rope_kind}
+
+    ctx = _WindowContext(loaded, layer, [st for _, st, _ in parts], segments, win_masks, kinds, V, Wr, cdt, ablate)
+    with _window_attention_active(loaded, ctx):
+        for l in blocks:
+            out = loaded.layers[l](h, attention_mask=None, position_embeddings=pe[loaded.layer_type(l)], position_ids=position_ids)
+            h = out[0] if isinstance(out, tuple) else out
+    if ctx.seen != set(blocks):
+        raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture}: blocks {sorted(set(blocks) - ctx.seen)} did not use the window attention",
+                            "set patch.method: naive for this model")
+
+    # readout, vectorised over sites and variants; the clean row comes from the clean pass (normed hidden -> head)
+    h = h.view(S, V, Wr, -1)
+    normed = torch.cat(normed_rows)  # [S, Wr, d]
+    nxt_t = torch.from_numpy(np.stack(nxt)).to(dev)  # [S, Wr]
+    valid_t = torch.from_numpy(np.stack(valid)).to(dev)
+    rdt = torch.promote_types(dt, torch.float32)
+    kl = torch.empty(S, V, Wr, dtype=rdt, device=dev)
+    ce, dce = torch.empty_like(kl), torch.empty_like(kl)
+    ce_clean = torch.empty(S, Wr, dtype=rdt, device=dev)
+    step = _readout_rows(loaded, (V + 1) * Wr)
+    for a in range(0, S, step):
+        b = min(S, a + step)
+        lpc = log_probs(loaded, normed[a:b], ablate, normed=True)  # [s, Wr, vocab]
+        lpp = log_probs(loaded, h[a:b], ablate)  # [s, V, Wr, vocab]
+        n_, v_ = nxt_t[a:b], valid_t[a:b]
+        kl[a:b], ce[a:b], dce[a:b] = readout(lpc[:, None], lpp, n_[:, None].expand(-1, V, -1), v_[:, None].expand(-1, V, -1))
+        cc = -lpc.gather(-1, n_.clamp_min(0)[..., None])[..., 0]
+        ce_clean[a:b] = torch.where(v_, cc, torch.full_like(cc, float("nan")))
+        del lpc, lpp
+    kl, ce, dce, ce_clean = (t.cpu().numpy() for t in (kl, ce, dce, ce_clean))
+    results, i = [], 0
+    for _, _, ss in parts:
+        out_part = []
+        for s in ss:
+            out_part.append(_to_result(s, kl[i], ce[i], dce[i], ce_clean[i], valid[i]))
+            i += 1
+        results.append(out_part)
+    return results
 
 
 @torch.no_grad()
 def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites: Sequence[SiteVariants],
                state: CleanState | None = None, ablate: Iterable[str] = ()) -> list[SiteResult]:
-    """Patch a batch of sites of one document (all with the same number of variants V)."""
+    """Patch a batch of sites of one document (all with the same variant count V and span k) in one window pass."""
     ablate = frozenset(ablate)
     assert ablate <= ABLATIONS, ablate
     if not sites:
         return []
-    _supports_fast(loaded)
-    V = sites[0].vectors.shape[0]
-    if any(s.vectors.shape[0] != V for s in sites):
-        raise ValueError("fast_sites: every site of a batch needs the same number of variants")
     state = state if state is not None else clean_pass(loaded, input_ids, layer)
-    dev, dt = loaded.device, loaded.dtype
-    T = len(input_ids)
-    S = len(sites)
-    pos = torch.tensor([s.position for s in sites], dtype=torch.long, device=dev)  # [S]
-    i = torch.arange(N_OFFSETS, device=dev)
-    abs_pos = pos[:, None] + i[None, :]  # [S, 32]
-    gather = abs_pos.clamp_max(T - 1)
-    h = state.hidden_L[gather]  # [S, 32, d]
-    h = h[:, None].expand(S, V, N_OFFSETS, -1).clone()  # [S, V, 32, d]
-    h[:, :, 0] = torch.stack([s.vectors for s in sites]).to(dev, dt)
-    h = h.reshape(S, V * N_OFFSETS, -1)
-    position_ids = abs_pos.repeat(1, V)  # [S, V*32]
-
-    window = loaded.sliding_window
-    types = {loaded.layer_type(l) for l in range(layer + 1, loaded.n_layers)}
-    pmax = int(pos.max())
-    prefix_pos: dict[str, torch.Tensor] = {}
-    prefix_idx: dict[str, torch.Tensor] = {}
-    for kind in types:
-        if kind == "sliding_attention" and window is not None and "sliding_mask" not in ablate:
-            lp = max(1, min(window - 1, pmax))
-            idx = pos[:, None] - lp + torch.arange(lp, device=dev)[None, :]  # [S, lp]
-            prefix_pos[kind] = torch.where(idx >= 0, idx, torch.full_like(idx, -1))
-            prefix_idx[kind] = idx.clamp_min(0)
-        else:
-            lp = max(1, pmax)
-            idx = torch.arange(lp, device=dev)[None, :].expand(S, -1)
-            prefix_pos[kind] = idx
-            prefix_idx[kind] = idx
-    masks = _masks(pos, V, prefix_pos, window, dt, ablate)
-    pe_types = {kind: ("full_attention" if "local_rope" in ablate and kind == "sliding_attention" else kind) for kind in types}
-    pe = {kind: _rotary(loaded, h, position_ids, pe_types[kind]) for kind in types}
-
-    cache = _PrefixCache(ablate)
-    for l in range(layer + 1, loaded.n_layers):
-        kind = loaded.layer_type(l)
-        k, v = state.keys[l], state.values[l]  # [1, kvh, T, hd]
-        idx = prefix_idx[kind]  # [S, P]
-        if kind == "sliding_attention" and window is not None and "sliding_mask" not in ablate:
-            gi = idx[:, None, :, None].expand(S, k.shape[1], idx.shape[1], k.shape[3])
-            pk = torch.gather(k.expand(S, -1, -1, -1), 2, gi)
-            pv = torch.gather(v.expand(S, -1, -1, -1), 2, gi)
-        else:
-            P = idx.shape[1]
-            pk = k[:, :, :P].expand(S, -1, -1, -1)
-            pv = v[:, :, :P].expand(S, -1, -1, -1)
-        cache.prefix[l] = (pk, pv)
-        out = loaded.layers[l](h, attention_mask=masks[kind], position_embeddings=pe[kind], position_ids=position_ids, cache=cache)
-        h = out[0] if isinstance(out, tuple) else out
-    expected = set(range(layer + 1, loaded.n_layers))
-    if "layer_idx" not in ablate and cache.seen != expected:
-        raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture}: attention did not read the cache in blocks {sorted(expected - cache.seen)}",
-                            "set patch.method: naive for this model")
-
-    # readout: the clean row comes from the clean pass (normed hidden -> head), never recomputed
-    results = []
-    h = h.reshape(S, V, N_OFFSETS, -1)
-    for si, site in enumerate(sites):
-        w = min(N_OFFSETS, T - site.position)
-        lp_clean = log_probs(loaded, state.final_hidden[site.position: site.position + w], ablate, normed=True)
-        lp_patch = log_probs(loaded, h[si, :, :w], ablate)
-        results.append(_result(site, input_ids, lp_clean, lp_patch))
-    return results
+    order = sorted(range(len(sites)), key=lambda i: sites[i].position)
+    res = _window_pass(loaded, layer, [(input_ids, state, [sites[i] for i in order])], ablate)[0]
+    out: list[SiteResult | None] = [None] * len(sites)
+    for j, i in enumerate(order):
+        out[i] = res[j]
+    return out  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- shards
-def auto_sites_per_batch(loaded: LoadedModel, n_variants: int, doc_len: int) -> int:
-    """Sites per window batch: from free accelerator memory on CUDA, a small fixed number on CPU."""
-    if loaded.device.type != "cuda":
-        return 4
-    free, _ = torch.cuda.mem_get_info(loaded.device)
+def _free_bytes(device: torch.device) -> int:
+    """Free accelerator memory, counting what torch's caching allocator holds but does not use."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def _site_bytes(loaded: LoadedModel, n_variants: int, span: int, doc_len: int) -> float:
+    """Accelerator memory one site adds to a window batch (activations, attention scores), bytes."""
     cfg = loaded.text_config
-    vocab = int(getattr(cfg, "vocab_size", 32000))
-    kvh = int(getattr(cfg, "num_key_value_heads", cfg.num_attention_heads))
-    hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    rows = n_variants * N_OFFSETS
-    per_site = rows * vocab * 4 * 3  # logits + log-softmax + exp, float32
-    per_site += rows * (doc_len + rows) * (4 * cfg.num_attention_heads + 2 * 2 * kvh * hd / max(rows, 1))
-    per_site += rows * int(getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)) * 2 * 4
-    return int(max(1, min(32, (0.5 * free) // per_site)))
+    rows = n_variants * (span - 1 + N_OFFSETS)
+    b = torch.finfo(loaded.dtype).bits // 8
+    heads = int(cfg.num_attention_heads)
+    ff = int(getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+    per_row = 12 * cfg.hidden_size * b + 3 * ff * b + heads * doc_len * (4 + b) + heads * (span - 1 + N_OFFSETS) * (4 + b)
+    return rows * per_row
+
+
+def auto_sites_per_batch(loaded: LoadedModel, n_variants: int, doc_len: int, span: int = 1) -> int:
+    """Sites per window batch: from free accelerator memory on CUDA (at most 64), ~1024 rows on CPU."""
+    rows = n_variants * (span - 1 + N_OFFSETS)
+    if loaded.device.type != "cuda":
+        return max(1, 1024 // rows)
+    return int(max(1, min(64, (0.4 * _free_bytes(loaded.device)) // _site_bytes(loaded, n_variants, span, doc_len))))
+
+
+def _clean_len(sites: Sequence[SiteVariants], n_tokens: int) -> int:
+    """Tokens the clean pass needs: nothing after the last window's last position can affect any readout."""
+    return min(n_tokens, max(s.position + s.span - 1 for s in sites) + N_OFFSETS + 1)
+
+
+def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,
+                    method: str = "fast", sites_per_batch: int | str = "auto", clean_cache: CleanCache | None = None,
+                    names: Sequence[str] | None = None, ablate: Iterable[str] = ()) -> list[list[SiteResult]]:
+    """Patch every site of several documents; returns each document's results in its sites' order.
+
+    documents: (input_ids, sites) per document. Fast path: each document's clean pass once (from
+    ``clean_cache`` where given), then window passes of up to ``sites_per_batch`` sites that may mix
+    documents (sites grouped by variant count and span length, each document's sites by position), so
+    short documents fill a batch together. Every site is checked before any model work.
+    """
+    ablate = frozenset(ablate)
+    names = list(names) if names is not None else [f"document {i}" for i in range(len(documents))]
+    for (ids, sites), name in zip(documents, names):
+        _check_sites(ids, sites, loaded.d_model, name)
+    if method == "naive":
+        return [[naive_site(loaded, ids, layer, s) for s in sites] for ids, sites in documents]
+    if method != "fast":
+        raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
+    _supports_fast(loaded)
+    results: list[list[SiteResult | None]] = [[None] * len(sites) for _, sites in documents]
+    pending: dict[tuple[int, int], list] = {}  # (V, k) -> [(doc index, ids, state, site index, site, cost)]
+
+    def run(batch: list) -> None:
+        parts: dict[int, tuple] = {}
+        for di, ids, st, si, s, _ in batch:
+            parts.setdefault(di, (ids, st, [], []))
+            parts[di][2].append(s)
+            parts[di][3].append(si)
+        out = _window_pass(loaded, layer, [(ids, st, ss) for ids, st, ss, _ in parts.values()], ablate)
+        for (d, (_, _, _, idx)), res in zip(parts.items(), out):
+            for si, r in zip(idx, res):
+                results[d][si] = r
+
+    for di, (ids, sites) in enumerate(documents):
+        if not sites:
+            continue
+        ids = list(ids[: _clean_len(sites, len(ids))])
+        state = clean_cache.get(loaded, ids, layer) if clean_cache is not None else clean_pass(loaded, ids, layer)
+        limits: dict[tuple[int, int], int] = {}
+        for si in sorted(range(len(sites)), key=lambda i: sites[i].position):
+            s = sites[si]
+            key = (s.n_variants, s.span)
+            if key not in limits:  # per document: a longer prefix means fewer sites fit
+                limits[key] = (auto_sites_per_batch(loaded, s.n_variants, len(ids), s.span) if sites_per_batch == "auto"
+                               else int(sites_per_batch))
+            queue = pending.setdefault(key, [])
+            queue.append((di, ids, state, si, s, limits[key]))
+            if len(queue) >= min(q[5] for q in queue):
+                run(pending.pop(key))
+        del state
+    for batch in pending.values():
+        run(batch)
+    return results  # type: ignore[return-value]
 
 
 def patch_document(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites: Sequence[SiteVariants],
-                   method: str = "fast", sites_per_batch: int | str = "auto", doc: str = "document") -> list[SiteResult]:
-    """Patch every site of one document; sites are grouped by variant count for the fast path."""
+                   method: str = "fast", sites_per_batch: int | str = "auto", doc: str = "document",
+                   clean_cache: CleanCache | None = None) -> list[SiteResult]:
+    """Patch every site of one document (see ``patch_documents``)."""
     if not sites:
         return []
-    _check_sites(input_ids, sites, loaded.d_model, doc)
-    if method == "naive":
-        return [naive_site(loaded, input_ids, layer, s) for s in sites]
-    if method != "fast":
-        raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
-    # nothing after the last window's last position can affect any readout: the clean pass stops there
-    input_ids = list(input_ids[: max(s.position for s in sites) + N_OFFSETS + 1])
-    state = clean_pass(loaded, input_ids, layer)
-    groups: dict[int, list[SiteVariants]] = {}
-    for s in sites:
-        groups.setdefault(s.vectors.shape[0], []).append(s)
-    results = {}
-    for V, group in groups.items():
-        n = auto_sites_per_batch(loaded, V, len(input_ids)) if sites_per_batch == "auto" else int(sites_per_batch)
-        group = sorted(group, key=lambda s: s.position)  # neighbours share prefix lengths
-        for b in range(0, len(group), n):
-            for r in fast_sites(loaded, input_ids, layer, group[b: b + n], state):
-                results[r.site_id] = r
-    return [results[s.site_id] for s in sites]
+    return patch_documents(loaded, [(input_ids, sites)], layer, method, sites_per_batch, clean_cache, [doc])[0]
 
 
 def results_table(results: Sequence[SiteResult], route: str = "", include_clean: bool = False) -> pa.Table:
-    """SiteResults -> PATCH rows (offsets past the document's end dropped)."""
-    cols = {k: [] for k in ("site_id", "route", "condition", "offset", "kl", "ce", "delta_ce")}
+    """SiteResults -> PATCH rows plus a ``span`` column (int32); offsets past the document's end dropped.
+
+    Offsets are counted from each span's last position; spans of k > 1 also have rows for the
+    negative offsets -(k-1)..-1 (positions inside the span).
+    """
+    cols = {k: [] for k in ("site_id", "route", "condition", "offset", "kl", "ce", "delta_ce", "span")}
     for r in results:
-        offs = np.nonzero(r.valid)[0]
+        cols_idx = np.nonzero(r.valid)[0]
+        offs = np.asarray(r.offsets)[cols_idx]
         rows = [(name, r.kl[v], r.ce[v], r.delta_ce[v]) for v, name in enumerate(r.names)]
         if include_clean:
-            z = np.zeros(N_OFFSETS, dtype=np.float32)
+            z = np.zeros(len(r.valid), dtype=np.float32)
             rows.insert(0, ("clean", z, r.clean_ce, z))
+        n = len(cols_idx)
         for name, kl, ce, dce in rows:
-            n = len(offs)
             cols["site_id"] += [r.site_id] * n
             cols["route"] += [route] * n
             cols["condition"] += [name] * n
             cols["offset"] += offs.tolist()
-            cols["kl"] += kl[offs].tolist()
-            cols["ce"] += ce[offs].tolist()
-            cols["delta_ce"] += dce[offs].tolist()
+            cols["kl"] += kl[cols_idx].tolist()
+            cols["ce"] += ce[cols_idx].tolist()
+            cols["delta_ce"] += dce[cols_idx].tolist()
+            cols["span"] += [int(r.span)] * n
     from causal_kl.contracts import PATCH
 
-    return pa.table(cols).cast(PATCH.schema())
+    schema = PATCH.schema()
+    return pa.table(cols).cast(schema.append(SPAN_FIELD))

@@ -1,4 +1,8 @@
-"""The benchmark script runs (tiny shape) so it cannot rot; its FLOP model is checked by hand."""
+"""The benchmark script runs (tiny shape) so it cannot rot; its FLOP model is checked by hand.
+
+The 27B run's code path (model built in bf16, spans, the float32 block-by-block reference of
+``--fidelity``) runs here at the tiny shape on CPU: same code, smaller numbers.
+"""
 import importlib.util
 import sys
 
@@ -22,6 +26,33 @@ def test_tiny_benchmark_runs_and_paths_agree(bench, tmp_path):
     r = json.loads(out.read_text())
     assert r["sites"] == 4 and r["max_abs_dKL_fast_vs_naive"] < 1e-4
     assert r["speedup_flop_limit"] > 1 and r["fast_seconds"] > 0 and r["naive_seconds_extrapolated"] > 0
+    assert r["fast_tflops"] > 0 and r["naive_tflops"] > 0 and r["matmul_peak_tflops"] > 0 and 0 < r["fast_share_of_matmul_peak"]
+    assert 0 < r["clean_pass_seconds"] < r["fast_seconds"] * 5
+
+
+def test_bf16_span_and_fidelity_at_tiny_shape(bench, tmp_path):
+    """What the GPU run does (bf16 build, --span, --fidelity) on CPU at the tiny shape."""
+    import json
+
+    import torch
+
+    out = tmp_path / "b.json"
+    args = ["--shape", "tiny", "--dtype", "bfloat16", "--docs", "2", "--sites-per-doc", "2", "--naive-sites", "2",
+            "--span", "4", "--fidelity", "--fidelity-span", "--json", str(out)]
+    assert bench.main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["dtype"] == "bfloat16" and r["matmul_peak_tflops_float32"] > 0
+    s = r["span_row"]
+    assert s["span"] == 4 and s["sites"] == 4 and s["speedup_flop_limit"] > 1 and s["fast_tflops"] > 0
+    for key, k in (("fidelity", 1), ("fidelity_span", 4)):
+        f = r[key]
+        assert f["span"] == k and f["sites"] == 6
+        # the float32 reference runs on the bf16 weights: fast in float32 agrees with it as in the float32 tests
+        assert f["fast_f32_vs_ref"]["max"] < 1e-4
+        assert 0 < f["fast_low_vs_ref"]["median"] < 0.05 and 0 < f["naive_low_vs_ref"]["median"] < 0.05
+        assert f["floor_fast_low_all_offsets"]["max"] < 0.05
+    m = bench.build_model(bench.SHAPES["tiny"], torch.bfloat16, "cpu")
+    assert {p.dtype for p in m.model.parameters()} == {torch.bfloat16}  # built in the target dtype, no float32 staging
 
 
 def test_flop_model_by_hand(bench):
@@ -40,3 +71,16 @@ def test_flop_model_by_hand(bench):
     clean = sum(tok(t) for t in range(min(40, 5 + 32)) for _ in kinds)
     windows = bench.N_VARIANTS * (sum(tok(5 + i) for i in range(w)) + w * head)  # block 1 only (L = 0)
     assert fast == pytest.approx(clean + w * head + windows)
+    # a span of 3 at p = 5: the window is positions 5..5+2+31 (34 rows), all read out
+    naive3, fast3 = bench.path_flops(shape, docs, span=3)
+    w3 = 34
+    one3 = sum(tok(t) for t in range(5 + w3) for _ in kinds) + w3 * head
+    assert naive3 == pytest.approx((bench.N_VARIANTS + 1) * one3)
+    clean3 = sum(tok(t) for t in range(5 + 2 + 32) for _ in kinds)
+    windows3 = bench.N_VARIANTS * (sum(tok(5 + i) for i in range(w3)) + w3 * head)
+    assert fast3 == pytest.approx(clean3 + w3 * head + windows3)
+    # near the end the window is cut: p = 30 of 40 tokens, span 4 -> 10 rows; the clean pass stops at the end
+    naive_end, fast_end = bench.path_flops(shape, [([0] * 40, [30])], span=4)
+    assert naive_end == pytest.approx((bench.N_VARIANTS + 1) * (sum(tok(t) for t in range(40) for _ in kinds) + 10 * head))
+    assert fast_end == pytest.approx(sum(tok(t) for t in range(40) for _ in kinds) + 10 * head
+                                     + bench.N_VARIANTS * (sum(tok(30 + i) for i in range(10)) + 10 * head))
