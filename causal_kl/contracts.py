@@ -128,12 +128,13 @@ PATCH = Contract(
         ("site_id", pa.int64()),
         ("route", pa.string()),  # "" for the route-independent floors
         ("condition", pa.string()),
-        ("offset", pa.int32()),
+        ("offset", pa.int32()),  # from the splice's last position; negative: inside a span
         ("kl", pa.float32()),
         ("ce", pa.float32()),
         ("delta_ce", pa.float32()),
+        ("span", pa.int32()),  # positions spliced at once, p .. p+span-1 (1: the single-site splice)
     ),
-    "KL(clean||patched), CE and delta-CE per site, condition and offset (offsets past the document's end absent)",
+    "KL(clean||patched), CE and delta-CE per site, condition, span and offset (offsets past the document's end absent)",
 )
 
 GEOMETRY = Contract(

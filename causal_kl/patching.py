@@ -55,6 +55,7 @@ import pyarrow as pa
 import torch
 
 from causal_kl import N_OFFSETS
+from causal_kl.conditions import CLEAN
 from causal_kl.errors import CausalKLError
 from causal_kl.models import LoadedModel
 
@@ -64,6 +65,7 @@ ABLATIONS = frozenset({"layer_idx", "sliding_mask", "local_rope", "softcap"})
 """Test-only switches that remove one of the four things the fast path must get right."""
 
 SPAN_FIELD = pa.field("span", pa.int32())
+"""The PATCH column saying how many positions a row's splice covered (1: a single site)."""
 """The column ``results_table`` adds beside the PATCH contract's: the span length k of the row's site."""
 
 
@@ -81,6 +83,7 @@ def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: t
     # the elementwise form keeps tiny KLs (the gold-repatch floor, ~1e-6) accurate; entropy minus
     # cross-entropy would lose them to cancellation against a ~5-nat entropy in float32
     kl = torch.sub(logp_clean, logp_patched).mul_(p_clean).sum(-1)  # one temporary: these are vocab-wide rows
+    kl.clamp_min_(0.0)  # KL >= 0; float rounding can leave -1e-8 where the distributions agree (the gold floor)
     logp_clean = logp_clean.expand_as(logp_patched)
     idx = next_tokens.clamp_min(0).unsqueeze(-1)
     ce = -logp_patched.gather(-1, idx.expand(*logp_patched.shape[:-1], 1)).squeeze(-1)
@@ -827,7 +830,7 @@ def results_table(results: Sequence[SiteResult], route: str = "", include_clean:
         rows = [(name, r.kl[v], r.ce[v], r.delta_ce[v]) for v, name in enumerate(r.names)]
         if include_clean:
             z = np.zeros(len(r.valid), dtype=np.float32)
-            rows.insert(0, ("clean", z, r.clean_ce, z))
+            rows.insert(0, (CLEAN, z, r.clean_ce, z))
         n = len(cols_idx)
         for name, kl, ce, dce in rows:
             cols["site_id"] += [r.site_id] * n
@@ -840,5 +843,4 @@ def results_table(results: Sequence[SiteResult], route: str = "", include_clean:
             cols["span"] += [int(r.span)] * n
     from causal_kl.contracts import PATCH
 
-    schema = PATCH.schema()
-    return pa.table(cols).cast(schema.append(SPAN_FIELD))
+    return pa.table(cols).cast(PATCH.schema())

@@ -7,6 +7,7 @@ collects every route's patch shards).
 """
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,14 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     targets = ["results/t/patch.parquet", "results/t/geometry/first.json"]
     run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *targets)
+    # one clean pass per document for the floors and the route together: the model server computed each
+    # document's pass for the floors shard and served it from its cache to the route's shard after it
+    passes = {"computed": 0, "cached": 0}
+    for log in (tmp_path / "logs/t/patch").rglob("*.log"):
+        for computed, cached in re.findall(r"clean passes: (\d+) computed, (\d+) from the cache", log.read_text()):
+            passes["computed"] += int(computed)
+            passes["cached"] += int(cached)
+    assert passes == {"computed": sites.doc_id.nunique(), "cached": sites.doc_id.nunique()}, passes
 
     # the file behind a route replaced by other vectors, with an older date: what read it reruns (by content)
     stamp = (tmp_path / "first.npy").stat().st_mtime_ns

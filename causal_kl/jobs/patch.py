@@ -40,13 +40,26 @@ def conditions(gold: str, sites: str, choices: str, mean: str, noise: str, seed:
     log.info("conditions: %d sites, %d without a same-document sibling (excluded from %s)", len(ids), n_no_sib, SAME_DOC)
 
 
+_CLEAN_CACHE = None
+"""This process's clean passes (a ``patching.CleanCache``): in the model server it outlives a job, so the
+floors and every route of a shard, run one after another (shard priority), share each document's pass."""
+
+
+def clean_cache():
+    global _CLEAN_CACHE
+    if _CLEAN_CACHE is None:
+        from causal_kl.patching import CleanCache
+
+        _CLEAN_CACHE = CleanCache()
+    return _CLEAN_CACHE
+
+
 def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int, patch: dict,
                  variants: dict[str, tuple[np.ndarray, np.ndarray]], label: str) -> list:
-    """Patch every site of a shard, document by document: ``variants[name] = (vectors [n, d], valid [n])``."""
+    """Patch every site of a shard: ``variants[name] = (vectors [n, d], valid [n])``; documents batched together."""
     import torch
-    from tqdm import tqdm
 
-    from causal_kl.patching import SiteVariants, patch_document
+    from causal_kl.patching import SiteVariants, patch_documents
 
     by_doc: dict[str, list[int]] = {}
     for i, d in enumerate(sites["doc_id"].to_pylist()):
@@ -54,19 +67,20 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int
     site_ids = sites["site_id"].to_pylist()
     positions = sites["position"].to_pylist()
     names = list(variants)
-    results = []
-    bar = tqdm(total=len(site_ids), desc=f"patch {label}", unit="site")
-    for k, (doc, rows) in enumerate(by_doc.items()):
+    documents = []
+    for doc, rows in by_doc.items():
         sv = []
         for i in rows:
             keep = [n for n in names if variants[n][1][i]]
             vec = torch.from_numpy(np.stack([variants[n][0][i] for n in keep]))
             sv.append(SiteVariants(site_ids[i], positions[i], keep, vec))
-        results += patch_document(loaded, docs[doc], layer, sv, patch["method"], patch["sites_per_batch"], doc)
-        bar.update(len(rows))
-        log.info("patch %s: document %d/%d done (%s, %d sites)", label, k + 1, len(by_doc), doc, len(rows))
-    bar.close()
-    return results
+        documents.append((docs[doc], sv))
+    cache = clean_cache()
+    passes, hits = cache.clean_passes, cache.hits
+    results = patch_documents(loaded, documents, layer, patch["method"], patch["sites_per_batch"], cache, list(by_doc))
+    log.info("patch %s: %d sites in %d documents; clean passes: %d computed, %d from the cache", label, len(site_ids),
+             len(documents), cache.clean_passes - passes, cache.hits - hits)
+    return [r for doc_results in results for r in doc_results]
 
 
 @model_job
