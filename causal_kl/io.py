@@ -358,17 +358,19 @@ def read_mean(path: str | Path) -> np.ndarray:
     return arrow_to_vectors(t["mean"], path, "mean")[0]
 
 
-def read_patch(path: str | Path, route: str | None = None, offsets: list[int] | None = None):
+def read_patch(path: str | Path | list, route: str | None = None, offsets: list[int] | None = None):
     """``PATCH`` rows (a DataFrame) of the floors and, when given, one route; optionally only some offsets.
 
-    A route's own rows of floor conditions (there should be none) are dropped, so each
-    (site, condition, offset) appears once.
+    ``path`` is one PATCH file or several (the floors' and a route's aggregate). A route's own rows of
+    floor conditions (there should be none) are dropped, so each (site, condition, offset) appears once.
     """
     import pyarrow.compute as pc
 
     from causal_kl.conditions import ROUTE_CONDITIONS
 
-    table = read_parquet(path, PATCH)
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    table = pa.concat_tables([read_parquet(p, PATCH).replace_schema_metadata(None) for p in paths])
+    path = paths[-1]
     mask = pc.equal(table["route"], "")
     if route is not None:
         mask = pc.or_(mask, pc.equal(table["route"], route))

@@ -57,8 +57,8 @@ def shard_ids(wildcards=None):
 
 
 def shard_files(pattern, **kw):
-    """An input function: ``pattern`` for every shard of the run (and ``kw`` expanded alongside)."""
-    return lambda wildcards: expand(pattern, shard=shard_ids(), **kw)
+    """An input function: ``pattern`` for every shard of the run (the job's wildcards and ``kw`` filled in too)."""
+    return lambda wildcards: expand(pattern, shard=shard_ids(), **kw, **dict(wildcards.items()))
 
 
 def model_input():

@@ -70,10 +70,36 @@ rule patch_route:
         "../workflow_scripts/patch_route.py"
 
 
+rule patch_floors_aggregate:
+    input:
+        shards=shard_files(f"{R}/patch/floors/shard_{{shard}}.parquet"),
+    output:
+        patch=f"{R}/patch/floors.parquet",
+    log:
+        f"{LOGS}/patch/floors_aggregate.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/patch_floors_aggregate.py"
+
+
+rule patch_route_aggregate:
+    input:
+        shards=shard_files(f"{R}/patch/{{route}}/shard_{{shard}}.parquet"),
+    output:
+        patch=f"{R}/patch/{{route}}.parquet",
+    log:
+        f"{LOGS}/patch/{{route}}_aggregate.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/patch_route_aggregate.py"
+
+
 rule patch_aggregate:
     input:
-        floors=shard_files(f"{R}/patch/floors/shard_{{shard}}.parquet"),
-        routes=shard_files(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES),
+        floors=f"{R}/patch/floors.parquet",
+        routes=per_route(f"{R}/patch/{{route}}.parquet"),
     output:
         patch=f"{R}/patch.parquet",
     log:

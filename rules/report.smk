@@ -14,7 +14,7 @@ def comparison_input(path):
 rule gate:
     input:
         geometry=per_route(f"{R}/geometry/{{route}}.json"),
-        patch=f"{R}/patch.parquet",
+        floors=f"{R}/patch/floors.parquet",
         reextract=[f"{R}/reextract.json"] if stored_gold() != f"{R}/gold.parquet" else [],
     output:
         record=f"{R}/gate.json",

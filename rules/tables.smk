@@ -19,7 +19,8 @@ rule error_norms:
 
 rule per_site:
     input:
-        patch=f"{R}/patch.parquet",
+        floors=f"{R}/patch/floors.parquet",
+        patch=f"{R}/patch/{{route}}.parquet",
         geometry=f"{R}/geometry/{{route}}.parquet",
         error_norms=f"{R}/analysis/error_norms.parquet",
         sites=f"{R}/sites.parquet",
@@ -71,7 +72,8 @@ rule table_quartiles:
 
 rule table_offsets:
     input:
-        patch=f"{R}/patch.parquet",
+        floors=f"{R}/patch/floors.parquet",
+        patch=f"{R}/patch/{{route}}.parquet",
         reference=reference_input("offsets"),
     output:
         table=report(f"{R}/tables/{{route}}/offsets.csv", caption="../reports/offsets.rst",

@@ -134,6 +134,16 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_
     write_parquet(patched, results_table(results, route, include_clean=False), PATCH, meta=meta)
 
 
-def patch_aggregate(floors: list[str], routes: list[str], patch: str, provenance: dict) -> None:
-    """Every shard of the floors and of every route -> ``results/{run}/patch.parquet``."""
-    concat_parquet(list(floors) + list(routes), patch, PATCH, meta=provenance_record(**provenance))
+def patch_floors_aggregate(shards: list[str], patch: str, provenance: dict) -> None:
+    """Every floors shard -> ``patch/floors.parquet`` (what every route's analysis compares with)."""
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance))
+
+
+def patch_route_aggregate(shards: list[str], patch: str, route: str, provenance: dict) -> None:
+    """Every shard of one route -> ``patch/{route}.parquet``: a route added later reruns only its own analysis."""
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route))
+
+
+def patch_aggregate(floors: str, routes: list[str], patch: str, provenance: dict) -> None:
+    """The floors and every route -> ``results/{run}/patch.parquet``, the run's patch table in one file."""
+    concat_parquet([floors, *routes], patch, PATCH, meta=provenance_record(**provenance))

@@ -33,9 +33,10 @@ def error_norms(gold: str, choices: str, mean: str, norms: str, provenance: dict
     log.info("error norms for %d sites", len(df))
 
 
-def per_site(patch: str, geometry: str, error_norms: str, sites: str, table: str, route: str, provenance: dict) -> None:
+def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: str, table: str, route: str,
+             provenance: dict) -> None:
     """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
-    df = per_site_table(read_patch(patch, route, offsets=[0]), read_geometry(geometry), pd.read_parquet(error_norms),
+    df = per_site_table(read_patch([floors, patch], route, offsets=[0]), read_geometry(geometry), pd.read_parquet(error_norms),
                         read_sites(sites).to_pandas())
     write_parquet(table, pa.Table.from_pandas(df, preserve_index=False), PER_SITE,
                   meta=provenance_record(**provenance, route=route))
@@ -60,9 +61,9 @@ def table_quartiles(per_site: str, geometry_json: str, gold: str, reference: lis
     write_csv(table, with_reference(df, _published(reference), "quartile"))
 
 
-def table_offsets(patch: str, reference: list[str], table: str, route: str) -> None:
+def table_offsets(floors: str, patch: str, reference: list[str], table: str, route: str) -> None:
     """§5: median KL per condition at every offset, for one route."""
-    df = tables.offsets_table(read_patch(patch, route))
+    df = tables.offsets_table(read_patch([floors, patch], route))
     write_csv(table, with_reference(df, _published(reference), "offset"))
 
 
