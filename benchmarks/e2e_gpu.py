@@ -111,6 +111,7 @@ def stage_times(log_text: str) -> dict:
 
 def run_snakemake(workdir: Path, configfile: Path, cores: int, label: str) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
+           "--scheduler", "greedy",
            "--configfile", str(configfile)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     before = set((workdir / ".snakemake/log").glob("*.log")) if (workdir / ".snakemake/log").exists() else set()
