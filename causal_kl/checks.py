@@ -224,7 +224,7 @@ RUN_LEVEL = {"tables": {"routes.csv"}, "figures": {"fig1_geometry_vs_kl.png", "f
                                                   "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
                                                   "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
                                                   "routes_comparison.png", "routes_comparison.svg"},
-             "analysis": {"error_norms.parquet"}, "patch": {"floors"}}
+             "analysis": {"error_norms.parquet"}, "patch": {"floors", "floors.parquet"}}
 
 
 def check_targets(argv: list[str], results: str, routes: list[str]) -> None:

@@ -753,22 +753,47 @@ def _clean_len(sites: Sequence[SiteVariants], n_tokens: int) -> int:
     return min(n_tokens, max(s.position + s.span - 1 for s in sites) + N_OFFSETS + 1)
 
 
+class _Progress:
+    """Logs ``document i/n done`` as each document's last site is read out (a long shard shows where it is)."""
+
+    def __init__(self, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], names: Sequence[str],
+                 label: str):
+        self.left = [len(sites) for _, sites in documents]
+        self.names, self.label = names, label
+        self.done = 0
+        self.n = sum(1 for n in self.left if n)
+
+    def site_done(self, di: int) -> None:
+        self.left[di] -= 1
+        if self.left[di] == 0:
+            self.done += 1
+            log.info("patch %s: document %d/%d done (%s)", self.label, self.done, self.n, self.names[di])
+
+
 def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,
                     method: str = "fast", sites_per_batch: int | str = "auto", clean_cache: CleanCache | None = None,
-                    names: Sequence[str] | None = None, ablate: Iterable[str] = ()) -> list[list[SiteResult]]:
+                    names: Sequence[str] | None = None, ablate: Iterable[str] = (),
+                    label: str = "sites") -> list[list[SiteResult]]:
     """Patch every site of several documents; returns each document's results in its sites' order.
 
     documents: (input_ids, sites) per document. Fast path: each document's clean pass once (from
     ``clean_cache`` where given), then window passes of up to ``sites_per_batch`` sites that may mix
     documents (sites grouped by variant count and span length, each document's sites by position), so
-    short documents fill a batch together. Every site is checked before any model work.
+    short documents fill a batch together. Every site is checked before any model work. Each finished
+    document is logged (``patch {label}: document i/n done``).
     """
     ablate = frozenset(ablate)
     names = list(names) if names is not None else [f"document {i}" for i in range(len(documents))]
     for (ids, sites), name in zip(documents, names):
         _check_sites(ids, sites, loaded.d_model, name)
+    progress = _Progress(documents, names, label)
     if method == "naive":
-        return [[naive_site(loaded, ids, layer, s) for s in sites] for ids, sites in documents]
+        out = []
+        for di, (ids, sites) in enumerate(documents):
+            out.append([naive_site(loaded, ids, layer, s) for s in sites])
+            for _ in sites:
+                progress.site_done(di)
+        return out
     if method != "fast":
         raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
     _supports_fast(loaded)
@@ -785,6 +810,7 @@ def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int]
         for (d, (_, _, _, idx)), res in zip(parts.items(), out):
             for si, r in zip(idx, res):
                 results[d][si] = r
+                progress.site_done(d)
 
     for di, (ids, sites) in enumerate(documents):
         if not sites:

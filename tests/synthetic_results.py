@@ -78,7 +78,11 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
                     rows.append((s, route, c, k, kl, clean_ce[i] + kl * 0.5, kl * 0.5 * rng.normal(1, 0.3)))
     cols = ["site_id", "route", "condition", "offset", "kl", "ce", "delta_ce"]
     patch = pd.DataFrame(rows, columns=cols)
-    write_parquet(R / "patch.parquet", {c: patch[c].to_numpy() for c in cols}, PATCH)
+    patch["span"] = 1
+    # as the pipeline writes them: the floors, each route's rows, and all of them in one file
+    for name, part in [("floors", patch[patch["route"] == ""])] + [(r, patch[patch["route"] == r]) for r in routes]:
+        write_parquet(R / "patch" / f"{name}.parquet", {c: part[c].to_numpy() for c in PATCH.names}, PATCH)
+    write_parquet(R / "patch.parquet", {c: patch[c].to_numpy() for c in PATCH.names}, PATCH)
 
     for r_i, route in enumerate(routes):
         recon = gold + rng.normal(scale=0.3 + 0.2 * r_i, size=gold.shape)
@@ -124,14 +128,14 @@ def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool =
     for r in routes:
         ps = s(R / f"analysis/{r}/per_site.parquet")
         geo_json = s(R / f"geometry/{r}.json")
-        tables.per_site(patch=s(R / "patch.parquet"), geometry=s(R / f"geometry/{r}.parquet"),
+        tables.per_site(floors=s(R / "patch/floors.parquet"), patch=s(R / f"patch/{r}.parquet"), geometry=s(R / f"geometry/{r}.parquet"),
                         error_norms=s(R / "analysis/error_norms.parquet"), sites=s(R / "sites.parquet"), table=ps,
                         route=r, provenance=prov)
         t = {k: s(R / f"tables/{r}/{k}.csv") for k in ("conditions", "quartiles", "offsets", "token_classes")}
         tables.table_conditions(per_site=ps, reference=ref("conditions"), table=t["conditions"], route=r, **boot)
         tables.table_quartiles(per_site=ps, geometry_json=geo_json, gold=s(R / "stored_gold.parquet"),
                                reference=ref("quartiles"), table=t["quartiles"], route=r, **boot)
-        tables.table_offsets(patch=s(R / "patch.parquet"), reference=ref("offsets"), table=t["offsets"], route=r)
+        tables.table_offsets(floors=s(R / "patch/floors.parquet"), patch=s(R / f"patch/{r}.parquet"), reference=ref("offsets"), table=t["offsets"], route=r)
         tables.table_token_classes(per_site=ps, geometry_json=geo_json, reference=ref("token_classes"),
                                    table=t["token_classes"], classes={"space": r"^\s"}, route=r)
         parts = {k: s(R / f"stats/{r}/{k}.json") for k in ("correlation", "paired", "energy", "floor_offsets")}
@@ -155,7 +159,7 @@ def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool =
                         routes=list(routes))
     figures.fig_routes(routes_table=s(R / "tables/routes.csv"), png=s(R / "figures/routes_comparison.png"),
                        svg=s(R / "figures/routes_comparison.svg"), dpi=80, style={})
-    report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], patch=s(R / "patch.parquet"),
+    report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], floors=s(R / "patch/floors.parquet"),
                 reextract=[s(R / "reextract.json")], record=s(R / "gate.json"), min_cos=0.999,
                 gold_repatch_kl_max=0.01, expected_fve=expected_fve or {}, routes=list(routes))
     comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": s(R / "figures/routes_comparison.png")}

@@ -103,7 +103,8 @@ def test_text_channel_route_end_to_end(setup, tmp_path):
     job = dict(train_gold=str(tmp_path / "train.parquet"), sites=str(tmp_path / "sites.parquet"),
                gold=str(tmp_path / "gold.parquet"), model_dir=[], recon=str(tmp_path / "recon.parquet"),
                explanations=str(tmp_path / "explanations.parquet"), route_entry=config["routes"]["tc"],
-               eval_rows=config["corpus"]["rows"], model=config["model"], dtype="float32", device="cpu", route="tc",
+               eval_rows=config["corpus"]["rows"], model=config["model"], model_fingerprint=None, dtype="float32",
+               device="cpu", route="tc",
                provenance=PROVENANCE)
     recon_text_channel(**job)
     ex = read_parquet(job["explanations"], EXPLANATIONS).to_pandas()

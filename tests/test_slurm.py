@@ -45,7 +45,7 @@ fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min
 PIPELINE_RUN = "slurmtest"
 PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/{name}.parquet" for name in ("sites", "gold", "patch")]
 PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
-                 "sites"]
+                 "patch_floors_aggregate", "sites"]
 """The jobs the targets need: two shards, the floors only (no routes)."""
 GPU_RULES = {"gold", "patch_floors", "patch_route", "recon_nla_ar", "explain_nla_av", "recon_text_channel", "train_gold"}
 

@@ -51,8 +51,11 @@ def workdir(tmp_path_factory, root):
         + "".join(f'include: "{root}/rules/{f}.smk"\n' for f in ("common", "tables", "statistics", "figures", "report"))
         + "rule all:\n    input: analysis_targets()\n"
     )
+    # parse-time checks read the model's config.json only (no weights, no torch): a folder holding just that will do
+    (wd / "model").mkdir()
+    (wd / "model" / "config.json").write_text('{"architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 6}')
     cfg = {"run": "syn", "corpus": {"name": "syn", "column": "content", "rows": [0, 6]},
-           "model": {"path": "no-model-needed", "layer": 3},
+           "model": {"path": str(wd / "model"), "layer": 3},
            "routes": {"toy": {"kind": "file", "path": str(wd / "recon.parquet")}},
            "analysis": {"bootstrap": 20}}
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))

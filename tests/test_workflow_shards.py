@@ -39,7 +39,7 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     # the model server: one load for every model job of the run (one device), and gone once snakemake is
     loads = [m for log in (tmp_path / "logs/t").rglob("*.log") if log.name != "model_server.log"
              for m in re.findall(r"loaded model .* \[load #\d+ in pid (\d+)\]", log.read_text())]
-    model_jobs = len(list((tmp_path / "logs/t/gold").glob("*.log"))) + len(list((tmp_path / "logs/t/patch").rglob("*.log")))
+    model_jobs = len(list((tmp_path / "logs/t/gold").glob("*.log"))) + len(list((tmp_path / "logs/t/patch").rglob("shard_*.log")))
     assert len(loads) == 1 and model_jobs == 6, (loads, model_jobs)
     assert gone(int(loads[0])), "the model server outlived snakemake"
     patch = pd.read_parquet(R / "patch.parquet")
@@ -71,5 +71,5 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     (R / "patch/floors/shard_002.parquet").unlink()
     out = run_snakemake(tmp_path, "-n", "results/t/patch.parquet", "results/t/patch/floors/shard_002.parquet")
     jobs = dry_run_jobs(out)
-    assert sorted(r for r, _ in jobs) == ["patch_aggregate", "patch_floors"], jobs
+    assert sorted(r for r, _ in jobs) == ["patch_aggregate", "patch_floors", "patch_floors_aggregate"], jobs
     assert dry_run_shards(out, "patch_floors") == ["002"]

@@ -77,7 +77,8 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int
         documents.append((docs[doc], sv))
     cache = clean_cache()
     passes, hits = cache.clean_passes, cache.hits
-    results = patch_documents(loaded, documents, layer, patch["method"], patch["sites_per_batch"], cache, list(by_doc))
+    results = patch_documents(loaded, documents, layer, patch["method"], patch["sites_per_batch"], cache, list(by_doc),
+                              label=label)
     log.info("patch %s: %d sites in %d documents; clean passes: %d computed, %d from the cache", label, len(site_ids),
              len(documents), cache.clean_passes - passes, cache.hits - hits)
     return [r for doc_results in results for r in doc_results]
