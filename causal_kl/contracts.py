@@ -77,7 +77,7 @@ DOCS = Contract(
         ("doc_id", pa.string()),
         ("row", pa.int64()),
         ("n_tokens", pa.int64()),  # tokens of the document after truncation to max_length
-        ("input_ids", pa.list_(pa.int32())),  # up to and including last site position + 32
+        ("input_ids", pa.list_(pa.int32())),  # the document's n_tokens tokens (truncated to sites.max_length)
     ),
     "one row per document that has at least one site",
 )
@@ -175,6 +175,26 @@ PER_SITE = Contract(
     "a route's sites at offset 0: KL, delta-CE and error norm of every condition (NaN where a site lacks it), geometry",
 )
 
+SPAN_GOLD = Contract(
+    "span_gold",
+    (("site_id", pa.int64()), ("j", pa.int32()), ("activation", VECTOR)),
+    "a span's extra positions: the output of block L at position + j of each site whose span fits its document, "
+    "j = 1 .. k-1 (j = 0 is the site's own gold, in GOLD)",
+)
+
+SPAN_RECON = Contract(
+    "span_recon",
+    (("site_id", pa.int64()), ("j", pa.int32()), ("reconstruction", VECTOR)),
+    "a route's reconstruction at a span's extra positions (j = 1 .. k-1); j = 0 is the site's RECON row",
+)
+
+SPAN_NOISE = Contract(
+    "span_noise",
+    (("site_id", pa.int64()), ("j", pa.int32()), ("direction", VECTOR)),
+    "the seeded unit direction of the matched noise at a span's extra positions (j = 1 .. k-1), seeded by "
+    "(seed, site_id, j); j = 0 is the site's NOISE_DIRECTIONS row",
+)
+
 EXPLANATIONS = Contract(
     "explanations",
     (("site_id", pa.int64()), ("explanation", pa.string())),
@@ -182,4 +202,4 @@ EXPLANATIONS = Contract(
 )
 
 ALL = {c.name: c for c in (SITES, DOCS, GOLD, REEXTRACT, RECON, CONDITION_CHOICES, EVAL_MEAN, NOISE_DIRECTIONS, PATCH,
-                           GEOMETRY, ERROR_NORMS, PER_SITE, EXPLANATIONS)}
+                           GEOMETRY, ERROR_NORMS, PER_SITE, SPAN_GOLD, SPAN_RECON, SPAN_NOISE, EXPLANATIONS)}

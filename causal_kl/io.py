@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from causal_kl import __version__
-from causal_kl.contracts import (CONDITION_CHOICES, DOCS, EVAL_MEAN, GEOMETRY, GOLD, NOISE_DIRECTIONS, PATCH, RECON,
-                                 SITES, Contract)
+from causal_kl.contracts import (CONDITION_CHOICES, Contract, DOCS, EVAL_MEAN, GEOMETRY, GOLD, NOISE_DIRECTIONS, PATCH,
+                                 RECON, SITES, SPAN_GOLD, SPAN_NOISE, SPAN_RECON)
 from causal_kl.errors import CausalKLError
 
 PROVENANCE_KEY = b"causal_kl"
@@ -345,6 +345,55 @@ def read_recon(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.n
 def read_noise(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``NOISE_DIRECTIONS`` as ``(site_ids [n], unit directions [n, d] float32)``."""
     return _vector_table(path, NOISE_DIRECTIONS, "direction", d)
+
+
+def read_docs_table(path: str | Path) -> pa.Table:
+    """``DOCS`` as a table (``n_tokens`` says where each document ends)."""
+    return read_parquet(path, DOCS)
+
+
+def _span_table(path: str | Path, contract: Contract, column: str, d: int | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = read_parquet(path, contract, d)
+    vec = arrow_to_vectors(t[column], path, column) if t.num_rows else np.zeros((0, d or 0), np.float32)
+    if t.num_rows:
+        check_vectors(vec, path, column, d)
+    return (np.asarray(t["site_id"].to_numpy(), dtype=np.int64), np.asarray(t["j"].to_numpy(), dtype=np.int64), vec)
+
+
+def read_span_gold(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``SPAN_GOLD`` as ``(site_ids [m], j [m], activations [m, d] float32)``."""
+    return _span_table(path, SPAN_GOLD, "activation", d)
+
+
+def read_span_recon(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``SPAN_RECON`` as ``(site_ids [m], j [m], reconstructions [m, d] float32)``."""
+    return _span_table(path, SPAN_RECON, "reconstruction", d)
+
+
+def read_span_noise(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``SPAN_NOISE`` as ``(site_ids [m], j [m], unit directions [m, d] float32)``."""
+    return _span_table(path, SPAN_NOISE, "direction", d)
+
+
+def span_vectors_for_sites(site_ids: np.ndarray, js: np.ndarray, vectors: np.ndarray, want: np.ndarray, k: int,
+                           path: str | Path, fix: str | None = None) -> np.ndarray:
+    """The vectors at positions j = 1 .. k-1 of each site of ``want``, in that order: ``[n, k - 1, d]``.
+
+    ``(site_ids, js, vectors)`` as a span reader returns them (rows may come in any order, and may hold
+    larger j, or more sites, than asked for). A missing (site, j) is a one-line error naming ``path``.
+    """
+    d = vectors.shape[1] if vectors.ndim == 2 else 0
+    out = np.zeros((len(want), max(k - 1, 0), d), dtype=vectors.dtype if vectors.size else np.float32)
+    if k <= 1 or not len(want):
+        return out
+    index = {(int(s), int(j)): i for i, (s, j) in enumerate(zip(site_ids, js))}
+    missing = [(int(s), j) for s in want for j in range(1, k) if (int(s), j) not in index]
+    if missing:
+        raise CausalKLError(path, "site_id", f"{len(missing)} span positions missing (site, j: {preview(missing)})",
+                            fix or f"delete {path} and rerun, so it is built for this run's sites and span {k}")
+    rows = np.asarray([[index[(int(s), j)] for j in range(1, k)] for s in want], dtype=np.int64)
+    return vectors[rows]
 
 
 def read_choices(path: str | Path) -> pa.Table:

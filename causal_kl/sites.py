@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Sequence
 
 import pyarrow as pa
 
-from causal_kl import N_OFFSETS
 from causal_kl.errors import CausalKLError
 
 log = logging.getLogger(__name__)
@@ -160,8 +159,9 @@ def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequenc
                  decode: Callable[[int], str] | None = None) -> SiteSample:
     """Sample sites in every document, cap at ``max_sites``, and assign shards.
 
-    ``docs`` keeps each document's tokens up to and including ``last site position + 32``
-    (so offset 31 has its true next token), and ``n_tokens`` its full tokenized length.
+    ``docs`` keeps each document's tokens (after truncation to ``max_length``: ``n_tokens`` of them),
+    so every readout offset, and every position of a span, has its true tokens; the patch engine and
+    gold extraction cut each forward after the last position they need.
     ``decode`` turns a token id into its text (the sites' ``token`` column; empty without it).
     """
     special = set(special_ids)
@@ -179,8 +179,7 @@ def sample_sites(doc_ids: Sequence[str], rows: Sequence[int], token_ids: Sequenc
         for p in positions:
             nxt = int(ids[p + 1]) if p + 1 < len(ids) else -1
             site_rows.append((doc_id, p, int(ids[p]), nxt))
-        last = max(positions)
-        kept_docs.append((doc_id, int(row), len(ids), list(ids[: last + N_OFFSETS + 1])))
+        kept_docs.append((doc_id, int(row), len(ids), list(ids)))
     n = len(site_rows)
     sites = pa.table({
         "site_id": pa.array(range(n), pa.int64()),
