@@ -22,8 +22,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import textwrap  # noqa: E402
 
-from causal_kl.conditions import (CROSS_DOC, GOLD, LABELS, MEAN, NOISE, RECON, RECON_RAW, SAME_DOC,  # noqa: E402
-                                  TABLE_ORDER, ZERO)
+from causal_kl.conditions import (CROSS_DOC, FLOOR_CONDITIONS, GOLD, HEADLINE_FLOOR, LABELS, MEAN,  # noqa: E402
+                                  NOISE, RECON, RECON_RAW, SAME_DOC, TABLE_ORDER, ZERO)
 from causal_kl.io import atomic_path  # noqa: E402
 from causal_kl.tables import ROUTE_TAGS  # noqa: E402
 
@@ -167,10 +167,13 @@ def fig3_kl_by_offset(
     height: float = 4.5,
     kl_floor: float = 1e-6,
     linewidth: float = 1.6,
+    inside_span: bool = False,
 ) -> plt.Figure:
     """Median KL by offset from the patch (log10), one line per condition, one panel per route.
 
-    ``data[route]`` is the route's offsets table (``offset`` + one column per condition).
+    ``data[route]`` is the route's offsets table (``offset`` + one column per condition). With
+    ``inside_span`` (a span run), offsets count from the span's last position: negative offsets
+    (positions inside the span) are drawn too, on a shaded band; by default the axis starts at 0.
     """
     _theme()
     fig, axes = _grid(len(data), width, height)
@@ -184,7 +187,15 @@ def fig3_kl_by_offset(
         ax.set_xlabel("offset from the patched position (tokens)")
         ax.set_ylabel("log10 median KL (nats)")
         ax.set_title(route, fontsize=10)
-        ax.set_xlim(-0.5, max(float(df["offset"].max()) if len(df) else 1.0, 1.0) + 0.5)
+        x_hi = max(float(df["offset"].max()) if len(df) else 1.0, 1.0) + 0.5
+        x_lo = min(float(df["offset"].min()) if len(df) else 0.0, 0.0) - 0.5 if inside_span else -0.5
+        ax.set_xlim(x_lo, x_hi)
+        if inside_span:
+            ax.set_xlabel("offset from the span's last position (tokens; < 0: inside the span)")
+            if x_lo < -0.5:
+                ax.axvspan(x_lo, -0.5, color="#bbbbbb", alpha=0.25, lw=0, zorder=0)
+                ax.text(x_lo + 0.2, 0.02, "inside the span", transform=ax.get_xaxis_transform(), fontsize=8,
+                        color="#555555", va="bottom")
     handles, labels = axes[0].get_legend_handles_labels() if axes else ([], [])
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 1.0),
@@ -230,6 +241,176 @@ def fig_routes(routes: pd.DataFrame, width: float = 11.0, height_per_route: floa
     return fig
 
 
+OFFSET_MARKERS = ("o", "s", "D", "^", "v", "P", "X")
+"""Markers (and, in order, line styles) of the offsets in the loss-recovered panel of :func:`fig_spans`."""
+_OFFSET_STYLES = ("-", "--", ":", "-.")
+
+
+def _errorbar(ax, x, v, lo, hi, **kw):
+    """Points ``v`` at ``x`` with CI bars where ``lo``/``hi`` are finite (non-finite ``v`` dropped)."""
+    x, v, lo, hi = (np.asarray(a, dtype=np.float64) for a in (x, v, lo, hi))
+    ok = np.isfinite(v)
+    x, v, lo, hi = x[ok], v[ok], lo[ok], hi[ok]
+    err = np.vstack([np.where(np.isfinite(lo), np.maximum(v - lo, 0.0), 0.0),
+                     np.where(np.isfinite(hi), np.maximum(hi - v, 0.0), 0.0)])
+    return ax.errorbar(x, v, yerr=err, capsize=3, ms=5, lw=1.4, **kw)
+
+
+def _at_floor(values, kl_floor: float) -> np.ndarray:
+    """KL values as float64 with 0 (and anything below ``kl_floor``) drawn at ``kl_floor``."""
+    return np.clip(np.asarray(values, dtype=np.float64), kl_floor, None)
+
+
+def _span_axis(ax, spans) -> None:
+    """Log2 x axis with one labelled tick per span length present."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(spans)
+    ax.set_xticklabels([str(int(k)) for k in spans])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(spans) / 1.4, max(spans) * 1.4)
+    ax.set_xlabel("span length k (positions patched at once)")
+
+
+def fig_spans(
+    spans: pd.DataFrame,
+    offsets: tuple[int, ...] = (1, 5, 31),
+    width: float = 12.0,
+    height: float = 7.0,
+    kl_floor: float = 1e-6,
+) -> plt.Figure:
+    """Is a position's payload read beyond itself? Median KL and loss recovered after the span, against span length.
+
+    ``spans`` is :func:`causal_kl.tables.spans_table`'s output. One panel per offset in ``offsets``:
+    median KL at that offset (log y, 0 drawn at ``kl_floor``) against span length, one line per
+    condition, CIs as error bars; then one panel of loss recovered (vs cross-doc resample) against
+    span length at offset 0 and at the other offsets of the table, undefined points (floor's mean ΔCE
+    CI not above 0) omitted and listed. Offsets count from the span's last position. ``width`` and
+    ``height`` are the whole figure's, in inches.
+    """
+    _theme()
+    n = len(offsets) + 1
+    cols = min(n, 2 if n <= 4 else 3)
+    fig, axes = _grid(n, width / cols, height / math.ceil(n / cols), max_cols=cols)
+    ks = sorted(int(k) for k in spans["span"].unique()) if len(spans) else [1]
+    conds = [c for c in TABLE_ORDER if c in set(spans["condition"])]
+    for ax, o in zip(axes, offsets):
+        key = f"kl_median_at_{o}"
+        if key not in spans:
+            ax.text(0.5, 0.5, f"offset {o} is not in the spans table", ha="center", va="center", transform=ax.transAxes)
+        else:
+            for c in conds:
+                sub = spans[spans["condition"] == c].sort_values("span")
+                v, lo, hi = (_at_floor(sub[f"{key}{s}"], kl_floor) for s in ("", "_lo", "_hi"))
+                _errorbar(ax, sub["span"], v, lo, hi,
+                          color=PALETTE[c], label=LABELS[c], marker="o", ls="--" if c == GOLD else "-")
+            ax.set_yscale("log")
+            _log_ticks(ax.yaxis, _at_floor(spans[[key, f"{key}_lo", f"{key}_hi"]], kl_floor))
+        _span_axis(ax, ks)
+        ax.set_ylabel(f"median KL at offset {o}, nats\n(0 drawn at {kl_floor:g})")
+        ax.set_title(f"offset {o} from the span's last position", fontsize=10)
+    ax = axes[-1]
+    lr_offsets = [o for o in (0, *[o for o in offsets if o != 0]) if f"loss_recovered_at_{o}" in spans]
+    undefined: list[str] = []
+    proxies = []
+    for j, o in enumerate(lr_offsets):
+        key = f"loss_recovered_at_{o}"
+        ok = spans[f"loss_recovered_defined_at_{o}"].astype(bool)
+        bad = sorted(int(k) for k in spans.loc[~ok, "span"].unique())
+        if bad:
+            undefined.append(f"offset {o}: k = {', '.join(map(str, bad))}")
+        marker, ls = OFFSET_MARKERS[j % len(OFFSET_MARKERS)], _OFFSET_STYLES[j % len(_OFFSET_STYLES)]
+        shown = False
+        for c in conds:
+            sub = spans[(spans["condition"] == c) & ok].sort_values("span")
+            if not np.isfinite(sub[key].to_numpy(dtype=np.float64)).any():
+                continue
+            _errorbar(ax, sub["span"], sub[key], sub[f"{key}_lo"], sub[f"{key}_hi"], color=PALETTE[c],
+                      label=f"{LABELS[c]}, offset {o}", marker=marker, ls=ls)
+            shown = True
+        if shown:
+            proxies.append(plt.Line2D([], [], color="#444444", marker=marker, ls=ls, label=f"offset {o}"))
+    ax.axhline(1.0, color="#777777", ls=":", lw=1)
+    _span_axis(ax, ks)
+    ax.set_ylabel(f"loss recovered vs {LABELS[HEADLINE_FLOOR]},\n1 − mean ΔCE / mean ΔCE(floor)")
+    ax.set_title("loss recovered after the span", fontsize=10)
+    if proxies:
+        ax.legend(handles=proxies, loc="best", fontsize=8, frameon=True, framealpha=0.85)
+    if undefined:
+        ax.set_xlabel(ax.get_xlabel() + "\nundefined (floor's mean ΔCE CI ≤ 0), not shown:\n" + "\n".join(undefined),
+                      fontsize=9)
+    fig.suptitle("Damage after a span of k patched positions (offsets counted from the span's last position; "
+                 "offset 0 = first token after the span)", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False, fontsize=9,
+                   bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
+        fig.tight_layout(rect=(0, 0, 1, 1 - (0.3 + 0.2 * math.ceil(len(handles) / 4)) / fig.get_figheight()))
+    else:
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    return fig
+
+
+def fig_layers(
+    layers: pd.DataFrame,
+    width: float = 13.0,
+    height: float = 4.2,
+    kl_floor: float = 1e-6,
+) -> plt.Figure:
+    """Where in depth does a route's reconstruction hold? Three panels against layer, CIs as error bars.
+
+    ``layers`` is :func:`causal_kl.tables.layers_table`'s output. Panels: median KL@0 (log y, 0 drawn
+    at ``kl_floor``) of each route's gold-norm reconstruction and of each floor; loss recovered (vs
+    cross-doc resample) per route, undefined points omitted and listed; FVE per route. ``width`` and
+    ``height`` are the whole figure's, in inches.
+    """
+    _theme()
+    fig, (a1, a2, a3) = _grid(3, width / 3, height, max_cols=3)
+    layers = layers.assign(route=layers["route"].fillna("").astype(str))  # the floors' route "" reads back from CSV as NaN
+    routes = sorted(r for r in layers["route"].unique() if r != "")
+    colors = dict(zip(routes, sns.color_palette("deep", len(routes)) if len(routes) > 1 else [PALETTE[RECON]]))
+    ls_all = sorted(int(x) for x in layers["layer"].unique()) if len(layers) else [0]
+    undefined: list[str] = []
+    for route in routes:
+        sub = layers[(layers["route"] == route) & (layers["condition"] == RECON)].sort_values("layer")
+        _errorbar(a1, sub["layer"], *(_at_floor(sub[f"kl0_median{s}"], kl_floor) for s in ("", "_lo", "_hi")),
+                  color=colors[route], marker="o", ls="-", label=f"{route}: {LABELS[RECON]}")
+        ok = sub["loss_recovered_defined"].astype(bool) if "loss_recovered_defined" in sub else \
+            pd.Series(True, index=sub.index)
+        if (~ok).any():
+            undefined.append(f"{route}: L = {', '.join(str(int(x)) for x in sub.loc[~ok, 'layer'])}")
+        d = sub[ok]
+        _errorbar(a2, d["layer"], d["loss_recovered"], d["loss_recovered_lo"], d["loss_recovered_hi"],
+                  color=colors[route], marker="o", ls="-", label=route)
+        a3.plot(sub["layer"], sub["fve"].to_numpy(dtype=np.float64), marker="o", color=colors[route], label=route)
+    for c in FLOOR_CONDITIONS:
+        sub = layers[(layers["route"] == "") & (layers["condition"] == c)].sort_values("layer")
+        if len(sub):
+            _errorbar(a1, sub["layer"], *(_at_floor(sub[f"kl0_median{s}"], kl_floor) for s in ("", "_lo", "_hi")),
+                      color=PALETTE[c], marker="s", ls="--", label=LABELS[c])
+    a1.set_yscale("log")
+    _log_ticks(a1.yaxis, _at_floor(layers[["kl0_median", "kl0_median_lo", "kl0_median_hi"]], kl_floor))
+    a1.set_ylabel(f"median KL@0, nats (0 drawn at {kl_floor:g})")
+    a1.set_title("median KL@0: reconstruction and floors", fontsize=10)
+    a2.axhline(1.0, color="#777777", ls=":", lw=1)
+    a2.set_ylabel(f"loss recovered vs {LABELS[HEADLINE_FLOOR]}")
+    a2.set_title(f"loss recovered, {LABELS[RECON]}", fontsize=10)
+    a3.set_ylabel("FVE")
+    a3.set_title("FVE", fontsize=10)
+    for ax in (a1, a2, a3):
+        ax.set_xticks(ls_all)
+        ax.set_xlabel("layer L (output of block L)")
+    if undefined:
+        a2.set_xlabel(a2.get_xlabel() + "\nundefined (floor's mean ΔCE CI ≤ 0), not shown: " + "; ".join(undefined),
+                      fontsize=9)
+    handles, labels = a1.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False, fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.2 * (1 + len(handles) // 4) / fig.get_figheight()))
+    else:
+        fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, png: str | Path, svg: str | Path | None = None, dpi: int = 150) -> None:
     """Write ``fig`` to PNG (and SVG) atomically and close it."""
     with atomic_path(png) as tmp:
@@ -240,5 +421,5 @@ def save(fig: plt.Figure, png: str | Path, svg: str | Path | None = None, dpi: i
     plt.close(fig)
 
 
-__all__ = ["FIG2_CONDITIONS", "PALETTE", "fig1_geometry_vs_kl", "fig2_damage_per_energy",
-           "fig3_kl_by_offset", "fig_routes", "save"]
+__all__ = ["FIG2_CONDITIONS", "OFFSET_MARKERS", "PALETTE", "fig1_geometry_vs_kl", "fig2_damage_per_energy",
+           "fig3_kl_by_offset", "fig_layers", "fig_routes", "fig_spans", "save"]
