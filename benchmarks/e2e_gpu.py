@@ -135,7 +135,7 @@ def job_log_facts(workdir: Path, run: str, since: float) -> dict:
             continue
         text = log.read_text(errors="replace")
         loads += len(re.findall(r"loaded model .* \[load #\d+ in pid \d+\]", text))
-        patch_s += sum(float(x) for x in re.findall(r"(?:floors|route \S+): \d+ sites in ([\d.]+) s", text))
+        patch_s += sum(float(x) for x in re.findall(r"(?:floors|route \S+)(?: \(span \d+\))?: \d+ sites in ([\d.]+) s", text))
     return {"model_loads": loads, "patch_compute_s": round(patch_s, 1)}
 
 

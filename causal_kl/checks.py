@@ -19,6 +19,8 @@ from typing import Any
 from causal_kl.errors import CausalKLError
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
+DEMO_SAE_DIR = "resources/demo/sae"
+"""Where the demo writes its SAEs (one folder per layer, ``L{layer}``)."""
 """Where the demo builds its corpus and model: the only places a rule may write outside results/ and logs/."""
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
@@ -70,8 +72,8 @@ def check_hub_id(path: str, source: str = "config") -> None:
                             "point model.path at a local save_pretrained folder, or allow the hub")
 
 
-def check_model(path: str | Path, layer: int, source: str = "config", reach_hub: bool = True) -> dict | None:
-    """A local model folder is a causal LM whose decoder has block ``layer``; returns its config.json.
+def check_model(path: str | Path, layer: int | list[int], source: str = "config", reach_hub: bool = True) -> dict | None:
+    """A local model folder is a causal LM whose decoder has block ``layer`` (each of a list); returns its config.json.
 
     A hub id is checked against the local cache when the hub is off and ``reach_hub`` (jobs run here).
     """
@@ -86,9 +88,10 @@ def check_model(path: str | Path, layer: int, source: str = "config", reach_hub:
         raise CausalKLError(cfg_path, "architectures", f"{archs[0]} ('{cfg.get('model_type')}') is not a causal language model",
                             "point model.path at a decoder-only causal LM (Gemma-3, Llama, Qwen2, ...)")
     n = text_config(cfg).get("num_hidden_layers")
-    if n is not None and not 0 <= int(layer) < int(n):
-        raise CausalKLError(source, "model.layer", f"layer {layer} is out of range for {path} ({n} decoder blocks, 0..{int(n) - 1})",
-                            f"set model.layer to a block index below {n}")
+    for one in layer if isinstance(layer, list) else [layer]:
+        if n is not None and not 0 <= int(one) < int(n):
+            raise CausalKLError(source, "model.layer", f"layer {one} is out of range for {path} ({n} decoder blocks, 0..{int(n) - 1})",
+                                f"set model.layer to block indices below {n}")
     return cfg
 
 
@@ -149,17 +152,34 @@ def _must_exist(path: str, source: str, field: str, what: str, fix: str) -> None
         raise CausalKLError(source, field, f"{what} '{path}' does not exist", fix)
 
 
-def check_routes(routes: dict, eval_rows: list[int], layer: int, source: str = "config") -> None:
-    """Every file a route names exists; training rows are disjoint from the eval rows."""
+def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: str = "config",
+                 d_model: int | None = None, built: set[str] = frozenset()) -> None:
+    """Every route reconstructs layers of the run; every file it names exists (per layer where the path
+    has ``{layer}``); training rows are disjoint from the eval rows; an SAE fits the model and its layer.
+    ``built``: paths the workflow itself makes (the demo's SAEs), not checked here."""
+    from causal_kl.config import layer_path
     from causal_kl.routes.base import check_train_rows
     from causal_kl.routes.file import input_files
 
     for name, route in routes.items():
         where = f"routes.{name}"
         kind = route["kind"]
+        pinned = route.get("layer")
+        mine = layers if pinned is None else sorted(pinned if isinstance(pinned, list) else [pinned])
+        for one in mine:
+            if one not in layers:
+                raise CausalKLError(source, f"{where}.layer", f"layer {one} is not a layer of the run (model.layer: {layers})",
+                                    f"add {one} to model.layer, or pin the route to one of {layers}")
         if kind == "file":
-            for f in input_files(route):
-                _must_exist(f, source, f"{where}.path", "reconstruction file", "point the route at an existing file")
+            for one in mine:
+                for f in input_files({**route, "path": layer_path(route["path"], one)}):
+                    _must_exist(f, source, f"{where}.path", "reconstruction file", "point the route at an existing file")
+        if kind == "sae":
+            from causal_kl.routes.sae import check_sae_config
+
+            for one in mine:
+                if layer_path(route["path"], one) not in built:
+                    check_sae_config(route, name, one, d_model, source)
         if kind == "nla_ar":
             _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",
                         "point the route at an existing parquet of explanations")
@@ -217,28 +237,57 @@ def runs_jobs_here(argv: list[str]) -> bool:
     return executor in (None, "local") or str(executor).endswith("jobstep")
 
 
-ROUTE_SLOTS = {"tables": 1, "stats": 1, "figures": 1, "analysis": 1, "patch": 1, "recon": 1, "geometry": 1,
-               "explanations": 1}
-"""Folders of ``results/{run}/`` whose next path component names a route (``recon/pca.parquet``, ``tables/pca/...``)."""
+ROUTE_SLOTS = ("tables", "stats", "figures", "analysis", "patch", "recon", "geometry", "explanations", "sae",
+               "whole_context")
+"""Folders of ``results/{run}/L{layer}/`` (and of its ``span{k}/``) whose next path component names a route."""
 RUN_LEVEL = {"tables": {"routes.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
                                                   "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
                                                   "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
                                                   "routes_comparison.png", "routes_comparison.svg"},
              "analysis": {"error_norms.parquet"}, "patch": {"floors", "floors.parquet"}}
+"""Files in those folders that belong to the layer (every route of it), not to one route."""
+ACROSS_LAYERS = {"tables": {"layers.csv"}, "figures": {"layers.png", "layers.svg"}}
+"""Files of ``results/{run}/`` itself that compare the layers."""
 
 
-def check_targets(argv: list[str], results: str, routes: list[str]) -> None:
-    """A target naming a route this run does not have is one line, not Snakemake's 'no rule to produce'."""
+def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list[str]], spans: list[int]) -> None:
+    """A target naming a layer, span or route this run does not have is one line, not Snakemake's 'no rule to produce'.
+
+    ``routes_by_layer``: each layer of the run and the routes that reconstruct it.
+    """
+    import re
+
     prefix = results.rstrip("/") + "/"
+    layers = sorted(routes_by_layer)
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         parts = target[len(prefix):].split("/")
-        if len(parts) < 2 or parts[0] not in ROUTE_SLOTS or parts[1] in RUN_LEVEL.get(parts[0], set()):
+        m = re.fullmatch(r"L(\d+)", parts[0])
+        if m is None:
+            if len(parts) > 1 and parts[0] in ROUTE_SLOTS and parts[1] not in ACROSS_LAYERS.get(parts[0], set()):
+                raise CausalKLError(target, "layer", f"outputs of a layer live under {prefix}L<layer>/ (this run's layers: "
+                                    f"{', '.join(map(str, layers))})",
+                                    f"ask for {prefix}L{layers[0]}/{'/'.join(parts)}")
             continue
-        name = parts[1] if len(parts) > 2 else Path(parts[1]).stem
-        if name not in routes:
-            have = ", ".join(routes) or "none"
-            raise CausalKLError(target, "route", f"'{name}' is not a route of this run (its routes: {have})",
-                                "add the route under routes: in the config, or ask for one of the run's routes")
+        layer = int(m.group(1))
+        if layer not in routes_by_layer:
+            raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {layers})",
+                                "add it to model.layer in the config, or ask for one of the run's layers")
+        rest = parts[1:]
+        if rest and (s := re.fullmatch(r"span(\d+)", rest[0])):
+            if int(s.group(1)) not in spans:
+                raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",
+                                    "add it to patch.spans in the config, or ask for one of the run's spans")
+            rest = rest[1:]
+        if len(rest) < 2 or rest[0] not in ROUTE_SLOTS or rest[1] in RUN_LEVEL.get(rest[0], set()):
+            continue
+        name = rest[1] if len(rest) > 2 else Path(rest[1]).name.split(".")[0]
+        here = routes_by_layer[layer]
+        if name not in here:
+            others = [str(l) for l, rs in routes_by_layer.items() if name in rs]
+            where = f" (it reconstructs layer {', '.join(others)})" if others else ""
+            raise CausalKLError(target, "route", f"'{name}' is not a route of layer {layer} of this run{where} "
+                                f"(its routes there: {', '.join(here) or 'none'})",
+                                "add the route under routes: in the config (or its layer to the route), or ask for one of those")
 
 
 def check_run(config: dict, source: str = "config", local_exec: bool = True) -> dict[str, Any]:
@@ -250,14 +299,23 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     demo = bool(config.get("demo"))
     if demo:
         check_demo(config, source)
+    from causal_kl.config import layer_path, run_layers, run_spans
+
     model = config["model"]
-    model_config = None if demo else check_model(model["path"], model["layer"], source, reach_hub=local_exec)
+    layers = run_layers(config)
+    model_config = None if demo else check_model(model["path"], layers, source, reach_hub=local_exec)
     if local_exec:
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)
+    if 1 not in run_spans(config):
+        raise CausalKLError(source, "patch.spans", f"{run_spans(config)} lacks 1, the single-site splice every route table reads",
+                            f"list 1 among the spans, e.g. {sorted({1, *run_spans(config)})}")
     stored = config["gold"].get("stored")
     if stored:
-        _must_exist(stored, source, "gold.stored", "stored-gold file",
-                    "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
-    check_routes(config.get("routes") or {}, config["corpus"]["rows"], model["layer"], source)
+        for one in layers:
+            _must_exist(layer_path(stored, one), source, "gold.stored", "stored-gold file",
+                        "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
+    d_model = text_config(model_config).get("hidden_size") if model_config else None
+    built = {f"{DEMO_SAE_DIR}/L{one}" for one in layers} if demo else set()
+    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, built)
     return {"model_config": model_config}

@@ -86,6 +86,14 @@ def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: d
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         full = f"{key}.{missing}" if key != "(top level)" else missing
         return CausalKLError(source, full, "required key is missing", f"add '{missing}' to the config")
+    if err.validator == "uniqueItems":
+        seen, dup = set(), None
+        for x in err.instance:
+            if x in seen:
+                dup = x
+                break
+            seen.add(x)
+        return CausalKLError(source, key, f"{dup!r} is listed twice", "list each value once")
     if err.validator in ("type", "enum"):
         expect = err.validator_value
         want = f"one of {expect}" if err.validator == "enum" else f"a value of type {expect}"
@@ -171,6 +179,35 @@ def get(config: dict, dotted: str, default: Any = None) -> Any:
     return cur
 
 
+def run_layers(config: dict) -> list[int]:
+    """The run's layers, ascending: ``model.layer`` as one integer or a list (a sweep)."""
+    layer = config["model"]["layer"]
+    return sorted(int(x) for x in (layer if isinstance(layer, list) else [layer]))
+
+
+def route_layers(config: dict, route: str) -> list[int]:
+    """The layers a route reconstructs: its ``layer`` (one or a list), else every layer of the run."""
+    pinned = config["routes"][route].get("layer")
+    if pinned is None:
+        return run_layers(config)
+    return sorted(int(x) for x in (pinned if isinstance(pinned, list) else [pinned]))
+
+
+def routes_at(config: dict, layer: int) -> list[str]:
+    """The routes of the run that reconstruct ``layer``, in name order."""
+    return [r for r in sorted(config.get("routes") or {}) if int(layer) in route_layers(config, r)]
+
+
+def run_spans(config: dict) -> list[int]:
+    """The span lengths the run patches, ascending (1, the single-site splice, always among them)."""
+    return sorted(int(k) for k in config["patch"]["spans"])
+
+
+def layer_path(template: str, layer: int) -> str:
+    """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds)."""
+    return template.replace("{layer}", str(int(layer)))
+
+
 def is_production(config: dict) -> bool:
     """True when the run is the reference write-up's configuration."""
     return all(get(config, k) == v for k, v in PRODUCTION.items())
@@ -191,6 +228,8 @@ def run_record(config: dict) -> dict:
         "config_hash": config_hash(config),
         "model": config["model"]["path"],
         "layer": config["model"]["layer"],
+        "layers": run_layers(config),
+        "spans": run_spans(config),
         "code_version": code_version(),
         "production": is_production(config),
     }

@@ -1,7 +1,8 @@
 """Gold extraction (the output of block L at each site) and stored golds (NLA base.parquet).
 
 Layer convention: "layer L" is the output of decoder block index L, i.e. HF
-``output_hidden_states[L + 1]``. Extraction stops the forward after block L.
+``output_hidden_states[L + 1]``. Extraction stops the forward after block L (after the deepest
+block asked for, when several layers are extracted at once).
 """
 
 from __future__ import annotations
@@ -32,23 +33,37 @@ def block_output(loaded: LoadedModel, input_ids: Sequence[int], layer: int, upto
 
     Runs the model's own forward and stops it right after block ``layer``.
     """
-    loaded.check_layer(layer)
+    return block_outputs(loaded, input_ids, [layer], upto)[int(layer)]
+
+
+@torch.no_grad()
+def block_outputs(loaded: LoadedModel, input_ids: Sequence[int], layers: Sequence[int],
+                  upto: int | None = None) -> dict[int, torch.Tensor]:
+    """Outputs of the decoder blocks ``layers`` for one document: ``{layer: [T, d]}``; the forward stops
+    right after the deepest of them."""
+    layers = sorted({int(l) for l in layers})
+    for l in layers:
+        loaded.check_layer(l)
     ids = list(input_ids)[: upto if upto is not None else None]
     x = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict[int, torch.Tensor] = {}
 
-    def hook(_mod, _inp, out):
-        captured["h"] = (out[0] if isinstance(out, tuple) else out).detach()
-        raise _StopForward
+    def hook_for(l: int):
+        def hook(_mod, _inp, out):
+            captured[l] = (out[0] if isinstance(out, tuple) else out).detach()[0]
+            if l == layers[-1]:
+                raise _StopForward
+        return hook
 
-    handle = loaded.layers[layer].register_forward_hook(hook)
+    handles = [loaded.layers[l].register_forward_hook(hook_for(l)) for l in layers]
     try:
         loaded.model(input_ids=x, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return captured["h"][0]
+        for h in handles:
+            h.remove()
+    return captured
 
 
 @torch.no_grad()
@@ -56,11 +71,26 @@ def extract_golds(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc
                   positions: Sequence[int], layer: int, progress: bool = False) -> np.ndarray:
     """Block-``layer`` output at each (doc_id, position): ``[n_sites, d]`` float32.
 
-    One forward per document, truncated after its last requested position.
+    One forward per document, truncated after its last requested position, stopped after block ``layer``.
+    """
+    return extract_block_states(loaded, doc_tokens, doc_ids, positions, [layer], progress)[int(layer)]
+
+
+@torch.no_grad()
+def extract_block_states(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
+                         positions: Sequence[int], layers: Sequence[int], progress: bool = False) -> dict[int, np.ndarray]:
+    """The output of each block in ``layers`` at each (doc_id, position): ``{layer: [n_sites, d] float32}``.
+
+    One forward per document, truncated after its last requested position and stopped after the deepest
+    block asked for; every shallower block's states are the ones a forward stopped at that block gives
+    (the blocks before it compute the same thing either way), so one pass serves every layer of a sweep.
     """
     from tqdm import tqdm
 
-    out = np.zeros((len(doc_ids), loaded.d_model), dtype=np.float32)
+    layers = sorted({int(l) for l in layers})
+    for l in layers:
+        loaded.check_layer(l)
+    out = {l: np.zeros((len(doc_ids), loaded.d_model), dtype=np.float32) for l in layers}
     by_doc: dict[str, list[int]] = {}
     for i, d in enumerate(doc_ids):
         by_doc.setdefault(d, []).append(i)
@@ -70,9 +100,59 @@ def extract_golds(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc
         if max(pos) >= len(ids):
             raise CausalKLError(None, "position", f"position {max(pos)} is past the end of {doc} ({len(ids)} tokens)",
                                 "rebuild sites.parquet and docs.parquet together")
-        h = block_output(loaded, ids, layer, upto=max(pos) + 1)
-        out[idx] = h[pos].float().cpu().numpy()
+        states = block_outputs(loaded, ids, layers, upto=max(pos) + 1)
+        for l in layers:
+            out[l][idx] = states[l][pos].float().cpu().numpy()
     return out
+
+
+class BlockStateCache:
+    """Blocks' states at a set of positions, kept by a long-lived process (the model server) across jobs.
+
+    A gold job of layer L (``golds``) runs one forward to block L and keeps the states of **every** block
+    0..L at the asked positions; a later job asking for a shallower layer at the same positions (a
+    sweep's other layers of the same shard, scheduled after the deepest one) reads them from here. At
+    most ``max_bytes`` are kept (least recently used first out); a forward whose states of every block
+    would not fit keeps only its own layer.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30):
+        from collections import OrderedDict
+
+        self.max_bytes = int(max_bytes)
+        self._store: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
+        self.forwards = 0
+        self.hits = 0
+
+    @staticmethod
+    def key(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
+            positions: Sequence[int]) -> tuple:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for doc in dict.fromkeys(doc_ids):
+            h.update(doc.encode() + b"\0" + np.asarray(list(doc_tokens[doc]), dtype=np.int64).tobytes())
+        h.update("\0".join(doc_ids).encode() + np.asarray(list(positions), dtype=np.int64).tobytes())
+        return (id(loaded.model), loaded.path, str(loaded.dtype), str(loaded.device), h.hexdigest())
+
+    def golds(self, loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
+              positions: Sequence[int], layer: int, progress: bool = False) -> np.ndarray:
+        """Block-``layer`` output at each (doc_id, position), ``[n, d]`` float32 (as ``extract_golds``)."""
+        key = self.key(loaded, doc_tokens, doc_ids, positions)
+        entry = self._store.get(key)
+        if entry is not None and int(layer) in entry:
+            self._store.move_to_end(key)
+            self.hits += 1
+            log.info("block %d states of %d positions from the forward of an earlier job", layer, len(positions))
+            return entry[int(layer)]
+        per_layer = len(doc_ids) * loaded.d_model * 4
+        keep = list(range(int(layer) + 1)) if per_layer * (int(layer) + 1) <= self.max_bytes else [int(layer)]
+        states = extract_block_states(loaded, doc_tokens, doc_ids, positions, keep, progress)
+        self.forwards += 1
+        self._store[key] = states
+        while sum(v.nbytes for e in self._store.values() for v in e.values()) > self.max_bytes and len(self._store) > 1:
+            self._store.popitem(last=False)
+        return states[int(layer)]
 
 
 def read_nla_base(path: str, sites: pa.Table, layer: int, d: int) -> np.ndarray:

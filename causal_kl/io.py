@@ -412,6 +412,8 @@ def read_patch(path: str | Path | list, route: str | None = None, offsets: list[
 
     ``path`` is one PATCH file or several (the floors' and a route's aggregate). A route's own rows of
     floor conditions (there should be none) are dropped, so each (site, condition, offset) appears once.
+    A route file without rows is an error unless its provenance says why the route was skipped (then the
+    floors come back alone).
     """
     import pyarrow.compute as pc
 
@@ -428,9 +430,10 @@ def read_patch(path: str | Path | list, route: str | None = None, offsets: list[
     df = table.filter(mask).to_pandas()
     if route is not None:
         df = df[~((df["route"] == route) & ~df["condition"].isin(ROUTE_CONDITIONS))]
-        if not df["route"].eq(route).any():
+        if not df["route"].eq(route).any() and not read_provenance(path).get("skipped"):
+            # (a route skipped for a span, e.g. no vectors at its extra positions, says so in its provenance)
             raise CausalKLError(path, "route", f"no rows for route '{route}'",
-                                f"patch the route first (snakemake {Path(path).parent}/patch/{route}/...)")
+                                f"delete it and rebuild it: snakemake {path}")
     if not df["route"].eq("").any():
         raise CausalKLError(path, "route", "no floor rows (route \"\")", "patch the floors first")
     return df

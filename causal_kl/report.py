@@ -96,6 +96,11 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _is_text(col: pd.Series) -> bool:
+    """A column of text (left-aligned): object columns, and pandas' string dtype (what pandas 3 reads text as)."""
+    return col.dtype == object or pd.api.types.is_string_dtype(col.dtype)
+
+
 def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
     """A DataFrame as an HTML table; published/diff columns tinted, CI columns folded."""
     df = df[[c for c in df.columns if c not in drop]]
@@ -103,21 +108,21 @@ def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
     head = []
     for c in disp.columns:
         cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
-        txt = " txt" if df[c].dtype == object else ""
+        txt = " txt" if _is_text(df[c]) else ""
         head.append(f'<th class="{cls}{txt}">{html.escape(c).replace("_", "_<wbr>")}</th>')
     body = []
     for _, row in disp.iterrows():
         cells = []
         for c in disp.columns:
             cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
-            txt = " txt" if df[c].dtype == object else ""
+            txt = " txt" if _is_text(df[c]) else ""
             cells.append(f'<td class="{cls}{txt}">{row[c]}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return "<table><thead><tr>" + "".join(head) + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
 
 
-def gate_html(gate: Mapping[str, Any]) -> str:
-    """The floor-check gate box: green when every check that ran passed, red otherwise."""
+def gate_html(gate: Mapping[str, Any], label: str | None = None) -> str:
+    """The floor-check gate box (of one layer: ``label``): green when every check that ran passed, red otherwise."""
     checks = gate.get("checks", [])
     passed = gate.get("pass")
     if passed is None:
@@ -131,6 +136,8 @@ def gate_html(gate: Mapping[str, Any]) -> str:
                     f"<td class='txt'>{html.escape(str(c.get('detail', '')))}</td></tr>")
     title = ("✓ Floor checks passed" if passed else
              "✗ FLOOR CHECK FAILED: the numbers below are not trustworthy until the failing check is fixed")
+    if label:
+        title = f"{title} ({label})"
     return (f'<div class="gate {"pass" if passed else "fail"}" id="gate"><b>{title}</b>'
             f'<div>{html.escape(str(gate.get("line", "")))}</div>'
             "<table><thead><tr><th></th><th class='txt'>check</th><th>value</th><th class='txt'>bound</th>"
@@ -138,11 +145,15 @@ def gate_html(gate: Mapping[str, Any]) -> str:
             f'<div class="caption">{html.escape(caption("gate"))}</div></div>')
 
 
-def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[str]) -> str:
+def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[str], layers: list | None = None,
+                    spans: list | None = None) -> str:
     cfg = run.get("config", {}) or {}
     corpus = cfg.get("corpus", {}) or {}
+    layers = layers if layers is not None else run.get("layers") or [run.get("layer")]
     items = [
-        ("run", run.get("run")), ("model", run.get("model")), ("layer", run.get("layer")),
+        ("run", run.get("run")), ("model", run.get("model")),
+        ("layers" if len(layers) > 1 else "layer", ", ".join(str(l) for l in layers)),
+        ("spans", ", ".join(str(k) for k in (spans or run.get("spans") or [1]))),
         ("corpus", f"{corpus.get('name', '?')} · {corpus.get('split', '?')} · rows {corpus.get('rows', '?')}"),
         ("sites", n_sites), ("seed", cfg.get("seed")), ("routes", ", ".join(routes) or "none"),
         ("config hash", run.get("config_hash")), ("code version", run.get("code_version")),
@@ -200,11 +211,98 @@ def _cards(stats: Mapping[str, Any]) -> str:
     ) + "</div>"
 
 
-def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, Any] | None) -> str:
-    """One route: headline cards, the four tables, statistics, three figures."""
-    rid = re.sub(r"[^A-Za-z0-9_-]", "-", route)
+def _anchor(*names: Any) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9_-]", "-", str(n)) for n in names)
+
+
+SAELENS_ROWS = (
+    ("kl_div_score", "kl_div_score = (KL_zero − KL_route) / KL_zero"),
+    ("ce_loss_score", "ce_loss_score = (CE_zero − CE_route) / (CE_zero − CE_clean)"),
+    ("kl_route", "KL with the reconstruction (nats per token; SAELens' kl_div_with_sae)"),
+    ("kl_zero", "KL with zero ablation (kl_div_with_ablation)"),
+    ("ce_clean", "CE clean (ce_loss_without_sae)"),
+    ("ce_route", "CE with the reconstruction (ce_loss_with_sae)"),
+    ("ce_zero", "CE with zero ablation (ce_loss_with_ablation)"),
+    ("n_tokens_kl", "tokens scored (KL)"),
+)
+"""The whole-context record's values, as the report names them."""
+
+
+def saelens_html(files: Mapping[str, Any]) -> str:
+    """The route's SAELens-comparable whole-context scores (and an SAE's L0 / dead latents), labelled as SAELens'."""
+    parts = []
+    if files.get("whole_context") and Path(files["whole_context"]).exists():
+        wc = json.loads(Path(files["whole_context"]).read_text())
+        if wc.get("skipped"):
+            parts.append(f"<p class='caption'>SAELens-comparable scores: not computed for this route: "
+                         f"{html.escape(str(wc['skipped']))}.</p>")
+        else:
+            rows = pd.DataFrame([(label, _fmt(wc.get(key), key)) for key, label in SAELENS_ROWS],
+                                columns=["SAELens' definition", "value"])  # formatted here: a count stays a count
+            parts.append(html_table(rows))
+            parts.append(f"<div class='caption'>{html.escape(caption('saelens'))} Contexts: {wc.get('n_contexts')} of "
+                         f"{wc.get('n_ctx')} tokens from the run's documents.</div>")
+    if files.get("sae") and Path(files["sae"]).exists():
+        sp = json.loads(Path(files["sae"]).read_text())
+        rows = pd.DataFrame([("L0 (mean active latents per gold)", sp.get("l0")),
+                             ("dead latents (never active on the eval golds)", f"{sp.get('n_dead')} of {sp.get('d_sae')}"),
+                             ("dead-latent share", sp.get("dead_share")),
+                             ("explained variance (SAELens' definition)", sp.get("explained_variance")),
+                             ("architecture", sp.get("architecture")), ("hook", sp.get("hook_name")),
+                             ("SAE", sp.get("sae_path"))], columns=["SAE on the eval golds", "value"])
+        parts.append(html_table(rows))
+    return "\n".join(parts)
+
+
+def spans_html(route: str, spans: Mapping[str, Any], aid: str) -> str:
+    """The route's span section: the span comparison (table and figure), then per span its §2 table and §5 curve."""
+    parts = [f"<h3 id='spans-{aid}'>Span splices: is a position's payload read beyond itself?</h3>",
+             f"<div class='caption'>{html.escape(caption('spans'))}</div>"]
+    if Path(spans["table"]).exists():
+        table = read_csv(spans["table"])
+        keep = [c for c in table.columns if c in ("span", "label", "n_sites", "n_excluded")
+                or c.startswith("kl_median_at_") or (c.startswith("loss_recovered_at_0"))]
+        parts.append(html_table(table[keep]))
+    parts.append(_figure(spans.get("figure"), caption("fig_spans")))
+    for k, files in spans.get("per_span", {}).items():
+        parts.append(f"<h4>Span of {html.escape(str(k))} positions</h4>")
+        skipped = None
+        try:
+            from causal_kl.io import read_provenance
+
+            skipped = read_provenance(files["recon"]).get("skipped")
+        except (OSError, ValueError, KeyError):
+            skipped = None
+        if skipped:
+            parts.append(f"<p class='caption'>The route's own conditions are not computed for this span: "
+                         f"{html.escape(str(skipped))}. The floors are.</p>")
+        if Path(files.get("sites", "")).exists():
+            rec = json.loads(Path(files["sites"]).read_text())
+            parts.append(f"<p class='caption'>{rec.get('n_eligible')} of {rec.get('n_sites')} sites; "
+                         f"{rec.get('n_excluded')} excluded (their span runs past the document's end).</p>")
+        if Path(files["conditions"]).exists():
+            cond = read_csv(files["conditions"])
+            cols = ["label", "n"] + [c for c in cond.columns if c.startswith("kl0_")] + \
+                   [c for c in cond.columns if c.startswith(f"loss_recovered_vs_{HEADLINE_FLOOR}")]
+            parts.append(html_table(cond[[c for c in cols if c in cond.columns]]))
+        parts.append(_figure(files.get("fig3"), caption("span_offsets")))
+        if Path(files["offsets"]).exists():
+            parts.append("<details><summary>offsets table (from the span's last position; negative: inside the span)"
+                         "</summary>" + html_table(read_csv(files["offsets"])) + "</details>")
+    return "\n".join(parts)
+
+
+def route_section(route: str, files: Mapping[str, Any], reference: Mapping[str, Any] | None,
+                  layer: int | str | None = None) -> str:
+    """One route at one layer: headline cards, the four tables, statistics, three figures, SAELens' scores, spans."""
+    rid = _anchor(route) if layer is None else _anchor(f"L{layer}", route)
     stats = json.loads(Path(files["stats"]).read_text())
-    parts = [f"<h2 id='route-{rid}'>Route <code>{html.escape(route)}</code></h2>", _cards(stats)]
+    where = "" if layer is None else f" at layer {html.escape(str(layer))}"
+    parts = [f"<h2 id='route-{rid}'>Route <code>{html.escape(route)}</code>{where}</h2>", _cards(stats)]
+    wc = saelens_html(files)
+    if wc:
+        parts.append(f"<h3 id='saelens-{rid}'>SAELens-comparable scores (whole-context splice)</h3>")
+        parts.append(wc)
     parts.append(f"<h3 id='conditions-{rid}'>Conditions (§2)</h3>")
     cond = read_csv(files["conditions"])
     loss_cols = [c for c in cond.columns if c.startswith("loss_recovered_vs_")]
@@ -239,6 +337,8 @@ def route_section(route: str, files: Mapping[str, str], reference: Mapping[str, 
     parts.append(f"<details><summary>every statistic of the route ({len(st)} values, as in stats/{html.escape(str(stats.get('route', '')))}.json)</summary>"
                  + html_table(st) + "</details>")
     parts.append(f"<div class='caption'>{html.escape(caption('stats'))}</div>")
+    if files.get("spans"):
+        parts.append(spans_html(route, files["spans"], rid))
     return "\n".join(parts)
 
 
@@ -284,57 +384,90 @@ def key_statistics(stats: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["statistic", "value"])
 
 
+def _load_json(path: str | Path, missing: dict) -> dict:
+    return json.loads(Path(path).read_text()) if path and Path(path).exists() else missing
+
+
+def _comparison_html(comparison: Mapping[str, str], aid: str) -> list[str]:
+    body = []
+    if comparison.get("routes") and Path(comparison["routes"]).exists():
+        body.append(html_table(read_csv(comparison["routes"])))
+        body.append(f"<div class='caption'>{html.escape(caption('routes'))}</div>")
+    if comparison.get("fig_routes"):
+        body.append(_figure(comparison.get("fig_routes"), caption("fig_routes")))
+    for key in ("fig1", "fig2", "fig3"):
+        if comparison.get(key):
+            body.append(_figure(comparison[key], caption(key) + " All routes of the layer."))
+    return body
+
+
 def build_report(
     run_json: str | Path,
-    gate_json: str | Path,
-    routes: Mapping[str, Mapping[str, str]],
-    comparison: Mapping[str, str],
+    manifest: Mapping[str, Any],
     out: str | Path,
     reference: bool = False,
     reference_dir: str | Path | None = None,
 ) -> str:
     """Write ``out`` (one self-contained HTML file) and return its text.
 
-    ``routes[route]`` maps ``conditions, quartiles, offsets, token_classes`` (CSV), ``stats``
-    (JSON), ``fig1, fig2, fig3`` (PNG) to paths; ``comparison`` maps ``routes`` (CSV) and
-    ``fig1, fig2, fig3, fig_routes`` (PNG). ``reference`` adds the published numbers to the
-    statistics table (the CSV tables carry them already when the run was built with them).
+    ``manifest["layers"][layer]`` maps ``gate`` (JSON), ``routes[route]`` (``conditions, quartiles,
+    offsets, token_classes`` CSV, ``stats`` JSON, ``fig1, fig2, fig3`` PNG, and optionally
+    ``whole_context`` / ``sae`` JSON and ``spans``) and ``comparison`` (``routes`` CSV, ``fig1, fig2,
+    fig3, fig_routes`` PNG); ``manifest["across"]`` the cross-layer ``table`` and ``figure`` of a sweep.
+    ``reference`` adds the published numbers to the statistics tables (the CSV tables carry them
+    already when the run was built with them).
     """
     run = json.loads(Path(run_json).read_text()) if Path(run_json).exists() else {}
-    gate = json.loads(Path(gate_json).read_text()) if Path(gate_json).exists() else {
-        "checks": [], "pass": False, "line": "gate result missing"}
     ref = load_reference(reference_dir or REFERENCE_DIR) if reference else None
+    layers = manifest.get("layers", {})
+    many = len(layers) > 1
+    gates = {l: _load_json(spec.get("gate"), {"checks": [], "pass": False, "line": "gate result missing"})
+             for l, spec in layers.items()}
     n_sites = None
-    if routes:
-        first = next(iter(routes.values()))
-        try:
-            n_sites = int(json.loads(Path(first["stats"]).read_text())["headline"]["n_sites"])
-        except (KeyError, OSError, ValueError):
-            n_sites = None
-    names = list(routes)
-    nav = ["<a href='#gate'>floor gate</a>", "<a href='#comparison'>all routes</a>"] + [
-        f"<a href='#route-{re.sub(r'[^A-Za-z0-9_-]', '-', r)}'>{html.escape(r)}</a>" for r in names]
+    for spec in layers.values():
+        for files in spec.get("routes", {}).values():
+            try:
+                n_sites = int(json.loads(Path(files["stats"]).read_text())["headline"]["n_sites"])
+            except (KeyError, OSError, ValueError):
+                pass
+            break
+        break
+    names = sorted({r for spec in layers.values() for r in spec.get("routes", {})})
+    nav = ["<a href='#gate'>floor gate</a>"]
+    if manifest.get("across"):
+        nav.append("<a href='#layers'>across layers</a>")
+    for l, spec in layers.items():
+        prefix = f"L{l} " if many else ""
+        nav.append(f"<a href='#comparison-{_anchor(l)}'>{html.escape(prefix)}all routes</a>")
+        nav += [f"<a href='#route-{_anchor(f'L{l}', r)}'>{html.escape(prefix + r)}</a>" for r in spec.get("routes", {})]
     body = [
         f"<h1>Causal KL report: run <code>{html.escape(str(run.get('run', '?')))}</code></h1>",
         f"<p class='sub'>{html.escape(caption('report'))}</p>",
-        gate_html(gate),
-        "<h2 id='provenance-h'>Provenance</h2>", provenance_html(run, n_sites, names),
-        "<nav>" + " ".join(nav) + "</nav>",
     ]
+    for i, (l, gate) in enumerate(gates.items()):
+        box = gate_html(gate, f"layer {l}" if many else None)
+        body.append(box if i == 0 else box.replace("id=\"gate\"", f"id=\"gate-{_anchor(l)}\""))
+    body += ["<h2 id='provenance-h'>Provenance</h2>",
+             provenance_html(run, n_sites, names, list(layers), manifest.get("spans")),
+             "<nav>" + " ".join(nav) + "</nav>"]
     if reference:
         body.append("<p class='caption'>Published values of the reference write-up are shown beside the "
                     "measured ones (<span class='pub'>_published</span>) with the difference "
                     "(<span class='diff'>_diff</span> = measured − published).</p>")
-    body.append("<h2 id='comparison'>All routes</h2>")
-    if comparison.get("routes") and Path(comparison["routes"]).exists():
-        body.append(html_table(read_csv(comparison["routes"])))
-        body.append(f"<div class='caption'>{html.escape(caption('routes'))}</div>")
-    body.append(_figure(comparison.get("fig_routes"), caption("fig_routes")))
-    for key in ("fig1", "fig2", "fig3"):
-        if comparison.get(key):
-            body.append(_figure(comparison[key], caption(key) + " All routes of the run."))
-    for r in names:
-        body.append(route_section(r, routes[r], ref))
+    across = manifest.get("across") or {}
+    if across:
+        body.append("<h2 id='layers'>Across layers</h2>")
+        body.append(_figure(across.get("figure"), caption("fig_layers")))
+        if Path(across.get("table", "")).exists():
+            body.append("<details><summary>the table: per route and floor and layer, median KL@0 and loss recovered "
+                        "[95% CI], FVE</summary>" + html_table(read_csv(across["table"])) + "</details>")
+        body.append(f"<div class='caption'>{html.escape(caption('layers'))}</div>")
+    for l, spec in layers.items():
+        title = f"Layer {html.escape(str(l))}: all routes" if many else "All routes"
+        body.append(f"<h2 id='comparison-{_anchor(l)}'>{title}</h2>")
+        body += _comparison_html(spec.get("comparison", {}), _anchor(l))
+        for r, files in spec.get("routes", {}).items():
+            body.append(route_section(r, files, ref, l))
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>causal-kl report: {html.escape(str(run.get('run', '')))}</title>"
            f"<style>{CSS_PATH.read_text()}</style></head><body>" + "\n".join(body) + "</body></html>\n")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from causal_kl.checks import check_run, check_targets, runs_jobs_here
-from causal_kl.config import DEFAULT_CONFIG, resolve_config, show_reference, validate_config
+from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
+from causal_kl.config import (DEFAULT_CONFIG, layer_path, resolve_config, route_layers, routes_at, run_layers, run_spans,
+                              show_reference, validate_config)
 from causal_kl.errors import CausalKLError
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
@@ -19,10 +20,11 @@ try:
     CONFIG_SOURCE = resolve_config(config, workflow.configfiles, workflow.config_settings.config,
                                    os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG))
     # one-line, file/key/fix errors before snakemake's own (longer) schema report, then every check the
-    # config and the files it names allow (model config.json, layer, device, corpus, route files)
+    # config and the files it names allow (model config.json, layers, device, corpus, route files, SAEs)
     validate_config(config, source=CONFIG_SOURCE)
     check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))
-    check_targets(sys.argv[1:], f"results/{config['run']}", sorted(config.get("routes") or {}))
+    check_targets(sys.argv[1:], f"results/{config['run']}", {l: routes_at(config, l) for l in run_layers(config)},
+                  run_spans(config))
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
@@ -39,15 +41,35 @@ if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
 RUN = config["run"]
 R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
-ROUTES = sorted(config.get("routes", {}))
 MODEL = config["model"]
-LAYER = MODEL["layer"]
+LAYERS = run_layers(config)
+"""The run's layers (model.layer: one, or a sweep)."""
+SPANS = run_spans(config)
+"""The span lengths patched (1: the single-site splice)."""
+EXTRA_SPANS = [k for k in SPANS if k > 1]
+RL = f"{R}/L{{layer}}"
+"""A layer's outputs (``{layer}`` is a wildcard): golds, conditions, routes, patches, analyses, gate."""
+LL = f"{LOGS}/L{{layer}}"
+RS = f"{RL}/span{{span}}"
+"""A span's patch files (every span, 1 included) and, for spans > 1, its golds, choices and reconstructions."""
+LS = f"{LL}/span{{span}}"
+ROUTES = sorted(config.get("routes", {}))
 SHOW_REF = show_reference(config)
+
+
+def _alternatives(values):
+    return "|".join(re.escape(str(v)) for v in values) or "(?!)"
 
 
 wildcard_constraints:
     shard=r"\d{3}",
-    route="|".join(re.escape(r) for r in ROUTES) or "(?!)",  # a target naming no configured route has no rule
+    layer=_alternatives(LAYERS),
+    span=_alternatives(SPANS),
+    route=_alternatives(ROUTES),  # a target naming no configured route has no rule
+
+
+EXTRA_SPAN = _alternatives(EXTRA_SPANS)
+"""The wildcard constraint of rules that exist only for spans of more than one position."""
 
 
 def shard_ids(wildcards=None):
@@ -59,6 +81,25 @@ def shard_ids(wildcards=None):
 def shard_files(pattern, **kw):
     """An input function: ``pattern`` for every shard of the run (the job's wildcards and ``kw`` filled in too)."""
     return lambda wildcards: expand(pattern, shard=shard_ids(), **kw, **dict(wildcards.items()))
+
+
+def routes_of(layer):
+    """The routes that reconstruct ``layer``, in name order."""
+    return routes_at(config, int(layer))
+
+
+def per_route(pattern):
+    """An input function: ``pattern`` (with ``{route}``) for every route of the job's layer, in name order."""
+    return lambda wildcards: expand(pattern, route=routes_of(wildcards.layer), **dict(wildcards.items()))
+
+
+def route_config(wildcards):
+    """The config entry of the job's route (at the job's layer: a pair the config does not have is an error)."""
+    entry = config["routes"][wildcards.route]
+    if hasattr(wildcards, "layer") and int(wildcards.layer) not in route_layers(config, wildcards.route):
+        raise CausalKLError(CONFIG_SOURCE, f"routes.{wildcards.route}.layer",
+                            f"the route does not reconstruct layer {wildcards.layer}", "add the layer to the route")
+    return entry
 
 
 def model_input():
@@ -88,6 +129,12 @@ def shard_priority(wildcards):
     return 1000 - int(wildcards.shard)
 
 
+def gold_priority(wildcards):
+    """Gold shards in order, the deepest layer of a shard first: its forward keeps every shallower block's
+    states at the shard's positions, so in the model server one forward serves every layer of a shard."""
+    return 1000 * (1000 - int(wildcards.shard)) + int(wildcards.layer)
+
+
 def model_resources(base_mb=8000):
     """``resources:`` of a model job: one GPU unless the run is pinned to the CPU, memory growing on retry.
 
@@ -112,22 +159,33 @@ def external(path):
     return None if config.get("demo") else fingerprint(path)
 
 
+MODEL_BLOCK = {k: v for k, v in MODEL.items() if k != "layer"}
+"""The model block a job reads: its layer comes from the job's ``{layer}`` wildcard, so adding a layer to
+model.layer reruns nothing of the layers already there."""
+
+
 def model_params():
     """The params every model job reads: the model block (and what its folder holds), dtype and device."""
-    return {"model": MODEL, "model_fingerprint": external(MODEL["path"]), "dtype": config["dtype"],
+    return {"model": MODEL_BLOCK, "model_fingerprint": external(MODEL["path"]), "dtype": config["dtype"],
             "device": config["device"]}
 
 
-def stored_base():
-    """The NLA base.parquet holding the stored golds: the configured one, or the one the demo writes."""
-    return config["gold"]["stored"] or f"{R}/base.parquet"
+PATCH_PARAMS = {k: config["patch"][k] for k in ("method", "sites_per_batch")}
+"""What a patch job's numbers depend on (not the list of spans: adding a span reruns no other span)."""
+
+
+def stored_base(wildcards):
+    """The NLA base.parquet holding a layer's stored golds: the configured one, or the one the demo writes."""
+    if config["gold"]["stored"]:
+        return layer_path(config["gold"]["stored"], wildcards.layer)
+    return f"{R}/L{wildcards.layer}/base.parquet"
 
 
 def stored_gold():
     """The golds the conditions read: the NLA base.parquet (converted) when one is configured, else the extracted ones."""
     if config["gold"].get("stored") or config["gold"].get("write_demo_base"):
-        return f"{R}/stored_gold.parquet"
-    return f"{R}/gold.parquet"
+        return f"{RL}/stored_gold.parquet"
+    return f"{RL}/gold.parquet"
 
 
 def reference_input(name):
@@ -135,22 +193,25 @@ def reference_input(name):
     return [str(REFERENCE_DIR / f"{name}.csv")] if SHOW_REF else []
 
 
-def per_route(pattern):
-    """``pattern`` (with ``{route}``) for every route of the run, in ROUTES order."""
-    return [pattern.format(route=r) for r in ROUTES]
-
-
 def run_targets():
     """Every output of the run but the shards: planned (and shown by ``snakemake -n``) before sites exist."""
-    return [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/gold.parquet", f"{R}/patch.parquet"] + analysis_targets()
+    targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/report.html"] + across_layer_targets()
+    for layer in LAYERS:
+        targets += [f"{R}/L{layer}/gold.parquet", f"{R}/L{layer}/patch.parquet"] + analysis_targets(layer)
+    return targets
 
 
 def shard_targets(wildcards):
     """The shards themselves, so that a deleted or failed shard is rebuilt by a plain ``snakemake``."""
     shards = shard_ids()
-    targets = expand(f"{R}/gold/shard_{{shard}}.parquet", shard=shards)
-    targets += expand(f"{R}/patch/floors/shard_{{shard}}.parquet", shard=shards)
-    targets += expand(f"{R}/patch/{{route}}/shard_{{shard}}.parquet", route=ROUTES, shard=shards)
+    targets = []
+    for layer in LAYERS:
+        targets += expand(f"{R}/L{layer}/gold/shard_{{shard}}.parquet", shard=shards)
+        for k in SPANS:
+            if k > 1:
+                targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
+            for name in ["floors", *routes_of(layer)]:
+                targets += expand(f"{R}/L{layer}/span{k}/patch/{name}/shard_{{shard}}.parquet", shard=shards)
     return targets
 
 
@@ -161,25 +222,49 @@ BOOTSTRAP = {"n_boot": AN["bootstrap"], "seed": config["seed"], "ci": AN["ci"]}
 FIG_NAMES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
 ROUTE_TABLES = ("conditions", "quartiles", "offsets", "token_classes")
 STATS = ("correlation", "paired", "energy", "floor_offsets")
+WHOLE_CONTEXT = config["whole_context"]["enabled"]
+SPAN_OFFSETS = [0, 1, 5, 31]
+"""The offsets after a span's last position that the span comparison reports (0: the first token after it)."""
 
 
-def figure_outputs(path):
+def figure_outputs(path, caption=None):
     """A figure rule's outputs: ``path``.png (in Snakemake's report, with its caption) and ``path``.svg."""
     name = Path(path).name
-    caption = next((k for k, v in FIG_NAMES.items() if v == name), "fig_routes")
+    caption = caption or next((k for k, v in FIG_NAMES.items() if v == name), "fig_routes")
     sub = "{route}" if "{route}" in path else "all routes"
     return {"png": report(f"{path}.png", caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
             "svg": f"{path}.svg"}
 
 
-def analysis_targets():
-    """Every table, statistic and figure of the run, plus the gate and the report."""
-    t = [f"{R}/gate.json", f"{R}/report.html"]
-    for r in ROUTES:
-        t += [f"{R}/tables/{r}/{name}.csv" for name in ROUTE_TABLES]
-        t += [f"{R}/stats/{r}/{name}.json" for name in STATS] + [f"{R}/stats/{r}.json"]
-        t += [f"{R}/figures/{r}/{f}.{ext}" for f in FIG_NAMES.values() for ext in ("png", "svg")]
-    if ROUTES:
-        t += [f"{R}/tables/routes.csv"]
-        t += [f"{R}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")]
+def analysis_targets(layer):
+    """Every table, statistic and figure of one layer, plus its gate."""
+    L = f"{R}/L{layer}"
+    routes = routes_of(layer)
+    # the recorded choices and noise too: deleting one rebuilds it (and what read it) on a plain `snakemake`
+    t = [f"{L}/gate.json"] + [f"{L}/conditions/{name}.parquet" for name in ("choices", "mean", "noise")]
+    for k in EXTRA_SPANS:
+        t += [f"{L}/span{k}/conditions/{name}.parquet" for name in ("choices", "noise")] + [f"{L}/span{k}/gold.parquet"]
+    for r in routes:
+        t += [f"{L}/tables/{r}/{name}.csv" for name in ROUTE_TABLES]
+        t += [f"{L}/stats/{r}/{name}.json" for name in STATS] + [f"{L}/stats/{r}.json"]
+        t += [f"{L}/figures/{r}/{f}.{ext}" for f in FIG_NAMES.values() for ext in ("png", "svg")]
+        if WHOLE_CONTEXT:
+            t += [f"{L}/whole_context/{r}.json"]
+        if config["routes"][r]["kind"] == "sae":
+            t += [f"{L}/sae/{r}.json"]
+        for k in EXTRA_SPANS:
+            t += [f"{L}/span{k}/tables/{r}/conditions.csv", f"{L}/span{k}/tables/{r}/offsets.csv",
+                  f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png"]
+        if EXTRA_SPANS:
+            t += [f"{L}/tables/{r}/spans.csv"] + [f"{L}/figures/{r}/spans.{ext}" for ext in ("png", "svg")]
+    if routes:
+        t += [f"{L}/tables/routes.csv"]
+        t += [f"{L}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")]
     return t
+
+
+def across_layer_targets():
+    """The cross-layer table and figure (a sweep with routes only)."""
+    if len(LAYERS) < 2 or not ROUTES:
+        return []
+    return [f"{R}/tables/layers.csv", f"{R}/figures/layers.png", f"{R}/figures/layers.svg"]

@@ -1,5 +1,5 @@
 # The offline demo assets: a corpus from text shipped with Python, a BPE tokenizer trained on it,
-# and a tiny Gemma-3 trained briefly. Only defined when config["demo"] is set; common.smk's
+# a tiny Gemma-3 trained briefly, and one small TopK SAE per layer (the demo's `sae` route). Only defined when config["demo"] is set; common.smk's
 # model_input()/corpus_input() then make every model/corpus consumer depend on these outputs.
 
 if config.get("demo"):
@@ -54,3 +54,18 @@ if config.get("demo"):
             "../envs/torch.yaml"
         script:
             "../workflow_scripts/demo_model.py"
+
+    rule demo_sae:
+        input:
+            train_gold=lambda w: f"{R}/L{w.layer}/train_gold/rows_{DEMO['sae']['train_rows'][0]}_{DEMO['sae']['train_rows'][1]}.parquet",
+        output:
+            sae=directory(f"{DEMO_SAE_DIR}/L{{layer}}"),
+        log:
+            "logs/demo/sae_L{layer}.log",
+        params:
+            settings=DEMO["sae"],
+            seed=DEMO["seed"],
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../workflow_scripts/demo_sae.py"

@@ -6,17 +6,19 @@ FIG_STYLE = {
     "fig2": FIGS["fig2"],
     "fig3": {**FIGS["fig3"], "kl_floor": FIGS["kl_floor"]},
     "routes": FIGS["routes"],
+    "spans": {**FIGS["spans"], "kl_floor": FIGS["kl_floor"]},
+    "layers": {**FIGS["layers"], "kl_floor": FIGS["kl_floor"]},
 }
 
 
 rule fig1_route:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
-        correlation=f"{R}/stats/{{route}}/correlation.json",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        correlation=f"{RL}/stats/{{route}}/correlation.json",
     output:
-        **figure_outputs(f"{R}/figures/{{route}}/fig1_geometry_vs_kl"),
+        **figure_outputs(f"{RL}/figures/{{route}}/fig1_geometry_vs_kl"),
     log:
-        f"{LOGS}/analysis/{{route}}/fig1.log",
+        f"{LL}/analysis/{{route}}/fig1.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig1"],
@@ -28,11 +30,11 @@ rule fig1_route:
 
 rule fig2_route:
     input:
-        energy=f"{R}/stats/{{route}}/energy.json",
+        energy=f"{RL}/stats/{{route}}/energy.json",
     output:
-        **figure_outputs(f"{R}/figures/{{route}}/fig2_damage_per_energy"),
+        **figure_outputs(f"{RL}/figures/{{route}}/fig2_damage_per_energy"),
     log:
-        f"{LOGS}/analysis/{{route}}/fig2.log",
+        f"{LL}/analysis/{{route}}/fig2.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig2"],
@@ -44,11 +46,11 @@ rule fig2_route:
 
 rule fig3_route:
     input:
-        offsets=f"{R}/tables/{{route}}/offsets.csv",
+        offsets=f"{RL}/tables/{{route}}/offsets.csv",
     output:
-        **figure_outputs(f"{R}/figures/{{route}}/fig3_kl_by_offset"),
+        **figure_outputs(f"{RL}/figures/{{route}}/fig3_kl_by_offset"),
     log:
-        f"{LOGS}/analysis/{{route}}/fig3.log",
+        f"{LL}/analysis/{{route}}/fig3.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig3"],
@@ -60,16 +62,16 @@ rule fig3_route:
 
 rule fig1_all:
     input:
-        per_site=per_route(f"{R}/analysis/{{route}}/per_site.parquet"),
-        correlation=per_route(f"{R}/stats/{{route}}/correlation.json"),
+        per_site=per_route(f"{RL}/analysis/{{route}}/per_site.parquet"),
+        correlation=per_route(f"{RL}/stats/{{route}}/correlation.json"),
     output:
-        **figure_outputs(f"{R}/figures/fig1_geometry_vs_kl"),
+        **figure_outputs(f"{RL}/figures/fig1_geometry_vs_kl"),
     log:
-        f"{LOGS}/analysis/fig1_all.log",
+        f"{LL}/analysis/fig1_all.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig1"],
-        routes=ROUTES,
+        routes=lambda w: routes_of(w.layer),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -78,15 +80,15 @@ rule fig1_all:
 
 rule fig2_all:
     input:
-        energy=per_route(f"{R}/stats/{{route}}/energy.json"),
+        energy=per_route(f"{RL}/stats/{{route}}/energy.json"),
     output:
-        **figure_outputs(f"{R}/figures/fig2_damage_per_energy"),
+        **figure_outputs(f"{RL}/figures/fig2_damage_per_energy"),
     log:
-        f"{LOGS}/analysis/fig2_all.log",
+        f"{LL}/analysis/fig2_all.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig2"],
-        routes=ROUTES,
+        routes=lambda w: routes_of(w.layer),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -95,15 +97,15 @@ rule fig2_all:
 
 rule fig3_all:
     input:
-        offsets=per_route(f"{R}/tables/{{route}}/offsets.csv"),
+        offsets=per_route(f"{RL}/tables/{{route}}/offsets.csv"),
     output:
-        **figure_outputs(f"{R}/figures/fig3_kl_by_offset"),
+        **figure_outputs(f"{RL}/figures/fig3_kl_by_offset"),
     log:
-        f"{LOGS}/analysis/fig3_all.log",
+        f"{LL}/analysis/fig3_all.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["fig3"],
-        routes=ROUTES,
+        routes=lambda w: routes_of(w.layer),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -112,11 +114,11 @@ rule fig3_all:
 
 rule fig_routes:
     input:
-        routes_table=f"{R}/tables/routes.csv",
+        routes_table=f"{RL}/tables/routes.csv",
     output:
-        **figure_outputs(f"{R}/figures/routes_comparison"),
+        **figure_outputs(f"{RL}/figures/routes_comparison"),
     log:
-        f"{LOGS}/analysis/fig_routes.log",
+        f"{LL}/analysis/fig_routes.log",
     params:
         dpi=FIGS["dpi"],
         style=FIG_STYLE["routes"],
@@ -124,3 +126,53 @@ rule fig_routes:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig_routes.py"
+
+
+rule fig3_span:
+    wildcard_constraints:
+        span=EXTRA_SPAN,
+    input:
+        offsets=f"{RS}/tables/{{route}}/offsets.csv",
+    output:
+        **figure_outputs(f"{RS}/figures/{{route}}/fig3_kl_by_offset", caption="span_offsets"),
+    log:
+        f"{LS}/analysis/{{route}}/fig3.log",
+    params:
+        dpi=FIGS["dpi"],
+        style=FIG_STYLE["fig3"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/fig3_span.py"
+
+
+rule fig_spans:
+    input:
+        spans=f"{RL}/tables/{{route}}/spans.csv",
+    output:
+        **figure_outputs(f"{RL}/figures/{{route}}/spans", caption="fig_spans"),
+    log:
+        f"{LL}/analysis/{{route}}/fig_spans.log",
+    params:
+        dpi=FIGS["dpi"],
+        style=FIG_STYLE["spans"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/fig_spans.py"
+
+
+rule fig_layers:
+    input:
+        layers=f"{R}/tables/layers.csv",
+    output:
+        **figure_outputs(f"{R}/figures/layers", caption="fig_layers"),
+    log:
+        f"{LOGS}/analysis/fig_layers.log",
+    params:
+        dpi=FIGS["dpi"],
+        style=FIG_STYLE["layers"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/fig_layers.py"

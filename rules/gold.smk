@@ -1,4 +1,4 @@
-# Gold extraction per shard (block-L output at each site), stored golds and the re-extract check.
+# Gold extraction per layer and shard (block-L output at each site), stored golds and the re-extract check.
 
 
 rule gold:
@@ -7,14 +7,15 @@ rule gold:
         docs=f"{R}/docs.parquet",
         model_dir=model_input(),
     output:
-        gold=f"{R}/gold/shard_{{shard}}.parquet",
+        gold=f"{RL}/gold/shard_{{shard}}.parquet",
     log:
-        f"{LOGS}/gold/shard_{{shard}}.log",
+        f"{LL}/gold/shard_{{shard}}.log",
     params:
         **model_params(),
     threads: MODEL_THREADS
     resources:
         **model_resources(),
+    priority: gold_priority
     conda:
         "../envs/torch.yaml"
     script:
@@ -23,11 +24,11 @@ rule gold:
 
 rule gold_aggregate:
     input:
-        shards=shard_files(f"{R}/gold/shard_{{shard}}.parquet"),
+        shards=shard_files(f"{RL}/gold/shard_{{shard}}.parquet"),
     output:
-        gold=f"{R}/gold.parquet",
+        gold=f"{RL}/gold.parquet",
     log:
-        f"{LOGS}/gold_aggregate.log",
+        f"{LL}/gold_aggregate.log",
     conda:
         "../envs/torch.yaml"
     script:
@@ -36,16 +37,15 @@ rule gold_aggregate:
 
 rule demo_base:
     input:
-        gold=f"{R}/gold.parquet",
+        gold=f"{RL}/gold.parquet",
         sites=f"{R}/sites.parquet",
         docs=f"{R}/docs.parquet",
         model_dir=model_input(),
     output:
-        base=f"{R}/base.parquet",
+        base=f"{RL}/base.parquet",
     log:
-        f"{LOGS}/demo_base.log",
+        f"{LL}/demo_base.log",
     params:
-        layer=LAYER,
         model=MODEL["path"],
     conda:
         "../envs/torch.yaml"
@@ -55,19 +55,18 @@ rule demo_base:
 
 rule stored_gold:
     input:
-        base=stored_base(),
+        base=stored_base,
         sites=f"{R}/sites.parquet",
-        gold=f"{R}/gold.parquet",
+        gold=f"{RL}/gold.parquet",
     output:
-        stored=f"{R}/stored_gold.parquet",
-        reextract=f"{R}/reextract.parquet",
-        summary=f"{R}/reextract.json",
+        stored=f"{RL}/stored_gold.parquet",
+        reextract=f"{RL}/reextract.parquet",
+        summary=f"{RL}/reextract.json",
     log:
-        f"{LOGS}/stored_gold.log",
+        f"{LL}/stored_gold.log",
     params:
         min_cos=config["gold"]["min_cos"],
-        layer=LAYER,
-        stored_fingerprint=external(stored_base()) if config["gold"]["stored"] else None,
+        stored_fingerprint=lambda w: external(stored_base(w)) if config["gold"]["stored"] else None,
     conda:
         "../envs/torch.yaml"
     script:

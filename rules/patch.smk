@@ -1,4 +1,16 @@
-# Conditions (seeded choices, recorded) and the patch engine: floors once per run, routes per route.
+# Conditions (seeded choices, recorded) and the patch engine per layer and span: floors once per run, routes per
+# route. Every span has the same rules; a span of 1 (the single-site splice) reads only the site files, a longer
+# span also its extra positions' golds, choices, noise and reconstructions (rules/spans.smk).
+
+
+def span_file(path):
+    """An input function: ``path`` for a span of more than one position, nothing for the single-site splice."""
+    return lambda w: [path.format(**dict(w.items()))] if int(w.span) > 1 else []
+
+
+def span_choices(w):
+    """The resample choices of a span: the site choices for 1, the span's own (among sites whose span fits) else."""
+    return f"{R}/L{w.layer}/conditions/choices.parquet" if int(w.span) == 1 else f"{R}/L{w.layer}/span{w.span}/conditions/choices.parquet"
 
 
 rule conditions:
@@ -6,11 +18,11 @@ rule conditions:
         gold=stored_gold(),
         sites=f"{R}/sites.parquet",
     output:
-        choices=f"{R}/conditions/choices.parquet",
-        mean=f"{R}/conditions/mean.parquet",
-        noise=f"{R}/conditions/noise.parquet",
+        choices=f"{RL}/conditions/choices.parquet",
+        mean=f"{RL}/conditions/mean.parquet",
+        noise=f"{RL}/conditions/noise.parquet",
     log:
-        f"{LOGS}/conditions.log",
+        f"{LL}/conditions.log",
     params:
         seed=config["seed"],
     conda:
@@ -24,16 +36,17 @@ rule patch_floors:
         sites=f"{R}/sites/shard_{{shard}}.parquet",
         docs=f"{R}/docs.parquet",
         gold=stored_gold(),
-        choices=f"{R}/conditions/choices.parquet",
-        mean=f"{R}/conditions/mean.parquet",
+        choices=span_choices,
+        mean=f"{RL}/conditions/mean.parquet",
+        span_gold=span_file(f"{RS}/gold.parquet"),
         model_dir=model_input(),
     output:
-        floors=f"{R}/patch/floors/shard_{{shard}}.parquet",
+        floors=f"{RS}/patch/floors/shard_{{shard}}.parquet",
     log:
-        f"{LOGS}/patch/floors/shard_{{shard}}.log",
+        f"{LS}/patch/floors/shard_{{shard}}.log",
     params:
         **model_params(),
-        patch=config["patch"],
+        patch=PATCH_PARAMS,
     threads: MODEL_THREADS
     resources:
         **model_resources(),
@@ -49,16 +62,19 @@ rule patch_route:
         sites=f"{R}/sites/shard_{{shard}}.parquet",
         docs=f"{R}/docs.parquet",
         gold=stored_gold(),
-        recon=f"{R}/recon/{{route}}.parquet",
-        noise=f"{R}/conditions/noise.parquet",
+        recon=f"{RL}/recon/{{route}}.parquet",
+        noise=f"{RL}/conditions/noise.parquet",
+        span_gold=span_file(f"{RS}/gold.parquet"),
+        span_recon=span_file(f"{RS}/recon/{{route}}.parquet"),
+        span_noise=span_file(f"{RS}/conditions/noise.parquet"),
         model_dir=model_input(),
     output:
-        patched=f"{R}/patch/{{route}}/shard_{{shard}}.parquet",
+        patched=f"{RS}/patch/{{route}}/shard_{{shard}}.parquet",
     log:
-        f"{LOGS}/patch/{{route}}/shard_{{shard}}.log",
+        f"{LS}/patch/{{route}}/shard_{{shard}}.log",
     params:
         **model_params(),
-        patch=config["patch"],
+        patch=PATCH_PARAMS,
         seed=config["seed"],
     threads: MODEL_THREADS
     resources:
@@ -72,11 +88,11 @@ rule patch_route:
 
 rule patch_floors_aggregate:
     input:
-        shards=shard_files(f"{R}/patch/floors/shard_{{shard}}.parquet"),
+        shards=shard_files(f"{RS}/patch/floors/shard_{{shard}}.parquet"),
     output:
-        patch=f"{R}/patch/floors.parquet",
+        patch=f"{RS}/patch/floors.parquet",
     log:
-        f"{LOGS}/patch/floors_aggregate.log",
+        f"{LS}/patch/floors_aggregate.log",
     conda:
         "../envs/torch.yaml"
     script:
@@ -85,11 +101,11 @@ rule patch_floors_aggregate:
 
 rule patch_route_aggregate:
     input:
-        shards=shard_files(f"{R}/patch/{{route}}/shard_{{shard}}.parquet"),
+        shards=shard_files(f"{RS}/patch/{{route}}/shard_{{shard}}.parquet"),
     output:
-        patch=f"{R}/patch/{{route}}.parquet",
+        patch=f"{RS}/patch/{{route}}.parquet",
     log:
-        f"{LOGS}/patch/{{route}}_aggregate.log",
+        f"{LS}/patch/{{route}}_aggregate.log",
     conda:
         "../envs/torch.yaml"
     script:
@@ -98,12 +114,13 @@ rule patch_route_aggregate:
 
 rule patch_aggregate:
     input:
-        floors=f"{R}/patch/floors.parquet",
-        routes=per_route(f"{R}/patch/{{route}}.parquet"),
+        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
+        routes=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{{route}}.parquet", span=SPANS,
+                                route=routes_of(w.layer)),
     output:
-        patch=f"{R}/patch.parquet",
+        patch=f"{RL}/patch.parquet",
     log:
-        f"{LOGS}/patch_aggregate.log",
+        f"{LL}/patch_aggregate.log",
     conda:
         "../envs/torch.yaml"
     script:

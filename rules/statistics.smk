@@ -4,11 +4,11 @@
 
 rule stat_correlation:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
     output:
-        record=f"{R}/stats/{{route}}/correlation.json",
+        record=f"{RL}/stats/{{route}}/correlation.json",
     log:
-        f"{LOGS}/analysis/{{route}}/stat_correlation.log",
+        f"{LL}/analysis/{{route}}/stat_correlation.log",
     conda:
         "../envs/analysis.yaml"
     script:
@@ -17,11 +17,11 @@ rule stat_correlation:
 
 rule stat_paired:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
     output:
-        record=f"{R}/stats/{{route}}/paired.json",
+        record=f"{RL}/stats/{{route}}/paired.json",
     log:
-        f"{LOGS}/analysis/{{route}}/stat_paired.log",
+        f"{LL}/analysis/{{route}}/stat_paired.log",
     params:
         **BOOTSTRAP,
     conda:
@@ -32,11 +32,11 @@ rule stat_paired:
 
 rule stat_energy:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
     output:
-        record=f"{R}/stats/{{route}}/energy.json",
+        record=f"{RL}/stats/{{route}}/energy.json",
     log:
-        f"{LOGS}/analysis/{{route}}/stat_energy.log",
+        f"{LL}/analysis/{{route}}/stat_energy.log",
     params:
         **BOOTSTRAP,
     conda:
@@ -47,11 +47,11 @@ rule stat_energy:
 
 rule stat_floor_offsets:
     input:
-        offsets=f"{R}/tables/{{route}}/offsets.csv",
+        offsets=f"{RL}/tables/{{route}}/offsets.csv",
     output:
-        record=f"{R}/stats/{{route}}/floor_offsets.json",
+        record=f"{RL}/stats/{{route}}/floor_offsets.json",
     log:
-        f"{LOGS}/analysis/{{route}}/stat_floor_offsets.log",
+        f"{LL}/analysis/{{route}}/stat_floor_offsets.log",
     params:
         tolerance=AN["floor_tolerance"],
         min_kl=AN["floor_min_kl"],
@@ -63,13 +63,13 @@ rule stat_floor_offsets:
 
 rule stats_route:
     input:
-        **{name: f"{R}/stats/{{route}}/{name}.json" for name in STATS},
-        conditions=f"{R}/tables/{{route}}/conditions.csv",
-        geometry_json=f"{R}/geometry/{{route}}.json",
+        **{name: f"{RL}/stats/{{route}}/{name}.json" for name in STATS},
+        conditions=f"{RL}/tables/{{route}}/conditions.csv",
+        geometry_json=f"{RL}/geometry/{{route}}.json",
     output:
-        record=f"{R}/stats/{{route}}.json",
+        record=f"{RL}/stats/{{route}}.json",
     log:
-        f"{LOGS}/analysis/{{route}}/stats.log",
+        f"{LL}/analysis/{{route}}/stats.log",
     conda:
         "../envs/analysis.yaml"
     script:

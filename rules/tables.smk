@@ -5,12 +5,12 @@
 rule error_norms:
     input:
         gold=stored_gold(),
-        choices=f"{R}/conditions/choices.parquet",
-        mean=f"{R}/conditions/mean.parquet",
+        choices=f"{RL}/conditions/choices.parquet",
+        mean=f"{RL}/conditions/mean.parquet",
     output:
-        norms=f"{R}/analysis/error_norms.parquet",
+        norms=f"{RL}/analysis/error_norms.parquet",
     log:
-        f"{LOGS}/analysis/error_norms.log",
+        f"{LL}/analysis/error_norms.log",
     conda:
         "../envs/analysis.yaml"
     script:
@@ -19,15 +19,15 @@ rule error_norms:
 
 rule per_site:
     input:
-        floors=f"{R}/patch/floors.parquet",
-        patch=f"{R}/patch/{{route}}.parquet",
-        geometry=f"{R}/geometry/{{route}}.parquet",
-        error_norms=f"{R}/analysis/error_norms.parquet",
+        floors=f"{RL}/span1/patch/floors.parquet",
+        patch=f"{RL}/span1/patch/{{route}}.parquet",
+        geometry=f"{RL}/geometry/{{route}}.parquet",
+        error_norms=f"{RL}/analysis/error_norms.parquet",
         sites=f"{R}/sites.parquet",
     output:
-        table=f"{R}/analysis/{{route}}/per_site.parquet",
+        table=f"{RL}/analysis/{{route}}/per_site.parquet",
     log:
-        f"{LOGS}/analysis/{{route}}/per_site.log",
+        f"{LL}/analysis/{{route}}/per_site.log",
     conda:
         "../envs/analysis.yaml"
     script:
@@ -36,13 +36,13 @@ rule per_site:
 
 rule table_conditions:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
         reference=reference_input("conditions"),
     output:
-        table=report(f"{R}/tables/{{route}}/conditions.csv", caption="../reports/conditions.rst",
+        table=report(f"{RL}/tables/{{route}}/conditions.csv", caption="../reports/conditions.rst",
                      category="Tables", subcategory="{route}"),
     log:
-        f"{LOGS}/analysis/{{route}}/table_conditions.log",
+        f"{LL}/analysis/{{route}}/table_conditions.log",
     params:
         **BOOTSTRAP,
     conda:
@@ -53,15 +53,15 @@ rule table_conditions:
 
 rule table_quartiles:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
-        geometry_json=f"{R}/geometry/{{route}}.json",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        geometry_json=f"{RL}/geometry/{{route}}.json",
         gold=stored_gold(),
         reference=reference_input("quartiles"),
     output:
-        table=report(f"{R}/tables/{{route}}/quartiles.csv", caption="../reports/quartiles.rst",
+        table=report(f"{RL}/tables/{{route}}/quartiles.csv", caption="../reports/quartiles.rst",
                      category="Tables", subcategory="{route}"),
     log:
-        f"{LOGS}/analysis/{{route}}/table_quartiles.log",
+        f"{LL}/analysis/{{route}}/table_quartiles.log",
     params:
         **BOOTSTRAP,
     conda:
@@ -72,14 +72,14 @@ rule table_quartiles:
 
 rule table_offsets:
     input:
-        floors=f"{R}/patch/floors.parquet",
-        patch=f"{R}/patch/{{route}}.parquet",
+        floors=f"{RL}/span1/patch/floors.parquet",
+        patch=f"{RL}/span1/patch/{{route}}.parquet",
         reference=reference_input("offsets"),
     output:
-        table=report(f"{R}/tables/{{route}}/offsets.csv", caption="../reports/offsets.rst",
+        table=report(f"{RL}/tables/{{route}}/offsets.csv", caption="../reports/offsets.rst",
                      category="Tables", subcategory="{route}"),
     log:
-        f"{LOGS}/analysis/{{route}}/table_offsets.log",
+        f"{LL}/analysis/{{route}}/table_offsets.log",
     conda:
         "../envs/analysis.yaml"
     script:
@@ -88,14 +88,14 @@ rule table_offsets:
 
 rule table_token_classes:
     input:
-        per_site=f"{R}/analysis/{{route}}/per_site.parquet",
-        geometry_json=f"{R}/geometry/{{route}}.json",
+        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        geometry_json=f"{RL}/geometry/{{route}}.json",
         reference=reference_input("token_classes"),
     output:
-        table=report(f"{R}/tables/{{route}}/token_classes.csv", caption="../reports/token_classes.rst",
+        table=report(f"{RL}/tables/{{route}}/token_classes.csv", caption="../reports/token_classes.rst",
                      category="Tables", subcategory="{route}"),
     log:
-        f"{LOGS}/analysis/{{route}}/table_token_classes.log",
+        f"{LL}/analysis/{{route}}/table_token_classes.log",
     params:
         classes=AN["token_classes"],
     conda:
@@ -104,18 +104,98 @@ rule table_token_classes:
         "../workflow_scripts/table_token_classes.py"
 
 
+def sae_routes_of(pattern):
+    """An input function: ``pattern`` for every ``sae`` route of the job's layer."""
+    return lambda w: [pattern.format(layer=w.layer, route=r) for r in routes_of(w.layer)
+                      if config["routes"][r]["kind"] == "sae"]
+
+
 rule table_routes:
     input:
-        conditions=per_route(f"{R}/tables/{{route}}/conditions.csv"),
-        geometry=per_route(f"{R}/geometry/{{route}}.json"),
+        conditions=per_route(f"{RL}/tables/{{route}}/conditions.csv"),
+        geometry=per_route(f"{RL}/geometry/{{route}}.json"),
+        whole_context=per_route(f"{RL}/whole_context/{{route}}.json") if WHOLE_CONTEXT else [],
+        sae=sae_routes_of(f"{R}/L{{layer}}/sae/{{route}}.json"),
     output:
-        table=report(f"{R}/tables/routes.csv", caption="../reports/routes.rst", category="Tables",
+        table=report(f"{RL}/tables/routes.csv", caption="../reports/routes.rst", category="Tables",
                      subcategory="all routes"),
     log:
-        f"{LOGS}/analysis/table_routes.log",
+        f"{LL}/analysis/table_routes.log",
     params:
-        routes=ROUTES,
+        routes=lambda w: routes_of(w.layer),
     conda:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_routes.py"
+
+
+rule table_span_conditions:
+    wildcard_constraints:
+        span=EXTRA_SPAN,
+    input:
+        floors=f"{RS}/patch/floors.parquet",
+        patch=f"{RS}/patch/{{route}}.parquet",
+    output:
+        table=report(f"{RS}/tables/{{route}}/conditions.csv", caption="../reports/span_conditions.rst",
+                     category="Spans", subcategory="{route}"),
+    log:
+        f"{LS}/analysis/{{route}}/table_span_conditions.log",
+    params:
+        **BOOTSTRAP,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_span_conditions.py"
+
+
+rule table_span_offsets:
+    wildcard_constraints:
+        span=EXTRA_SPAN,
+    input:
+        floors=f"{RS}/patch/floors.parquet",
+        patch=f"{RS}/patch/{{route}}.parquet",
+    output:
+        table=f"{RS}/tables/{{route}}/offsets.csv",
+    log:
+        f"{LS}/analysis/{{route}}/table_span_offsets.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_span_offsets.py"
+
+
+rule table_spans:
+    input:
+        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
+        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=SPANS),
+        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=EXTRA_SPANS),
+    output:
+        table=report(f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans",
+                     subcategory="{route}"),
+    log:
+        f"{LL}/analysis/{{route}}/table_spans.log",
+    params:
+        spans=SPANS,
+        offsets=SPAN_OFFSETS,
+        **BOOTSTRAP,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_spans.py"
+
+
+rule table_layers:
+    input:
+        conditions=[f"{R}/L{l}/tables/{r}/conditions.csv" for l in LAYERS for r in routes_of(l)],
+        geometry=[f"{R}/L{l}/geometry/{r}.json" for l in LAYERS for r in routes_of(l)],
+    output:
+        table=report(f"{R}/tables/layers.csv", caption="../reports/layers.rst", category="Tables",
+                     subcategory="all layers"),
+    log:
+        f"{LOGS}/analysis/table_layers.log",
+    params:
+        pairs=[[l, r] for l in LAYERS for r in routes_of(l)],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_layers.py"

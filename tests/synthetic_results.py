@@ -23,11 +23,16 @@ FLOOR_SCALE = {"gold": 1e-4, "resample_same_doc": 10.0, "resample_cross_doc": 12
 ROUTE_SCALE = {"recon_goldnorm": 0.06, "recon_rawnorm": 0.08, "noise_matched": 0.025}
 
 
+LAYER = 3
+"""The synthetic run's one layer: its outputs lie under ``results/{run}/L3/``."""
+
+
 def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",), n_docs: int = 6,
                  per_doc: int = 8, d: int = 16, seed: int = 0, gate_ok: bool = True) -> Path:
-    """Write the synthetic run under ``root/results/{run}``; return that directory."""
+    """Write the synthetic run under ``root/results/{run}`` (its layer's files under ``L3/``); return the layer's
+    directory (the run's own files, ``sites.parquet`` and ``run.json``, are in its parent)."""
     rng = np.random.default_rng(seed)
-    R = Path(root) / "results" / run
+    R = Path(root) / "results" / run / f"L{LAYER}"
     n = n_docs * per_doc
     site_ids = np.arange(n, dtype=np.int64)
     docs = np.repeat(np.arange(n_docs), per_doc)
@@ -37,7 +42,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
     n = len(site_ids)
     positions = 50 + (np.arange(n) % per_doc) * 20
     token_ids = rng.integers(0, len(TOKENS), size=n)
-    write_parquet(R / "sites.parquet", {
+    write_parquet(R.parent / "sites.parquet", {
         "site_id": site_ids, "doc_id": [f"syn:train:{k}" for k in docs], "position": positions,
         "token_id": token_ids, "token": [TOKENS[t] for t in token_ids], "next_token_id": rng.integers(4, 200, size=n),
         "shard": site_ids // 100,
@@ -81,7 +86,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
     patch["span"] = 1
     # as the pipeline writes them: the floors, each route's rows, and all of them in one file
     for name, part in [("floors", patch[patch["route"] == ""])] + [(r, patch[patch["route"] == r]) for r in routes]:
-        write_parquet(R / "patch" / f"{name}.parquet", {c: part[c].to_numpy() for c in PATCH.names}, PATCH)
+        write_parquet(R / "span1" / "patch" / f"{name}.parquet", {c: part[c].to_numpy() for c in PATCH.names}, PATCH)
     write_parquet(R / "patch.parquet", {c: patch[c].to_numpy() for c in PATCH.names}, PATCH)
 
     for r_i, route in enumerate(routes):
@@ -97,9 +102,9 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
                                                      "n": n, "recheck": None})
     write_json(R / "reextract.json", {"min_cos": 0.99995 if gate_ok else 0.9, "threshold": 0.999,
                                       "passed": gate_ok, "n": n})
-    write_json(R / "run.json", {"run": run, "config": {"seed": 42, "corpus": {"name": "syn", "split": "train",
+    write_json(R.parent / "run.json", {"run": run, "config": {"seed": 42, "corpus": {"name": "syn", "split": "train",
                                                                              "rows": [0, n_docs]}},
-                                "config_hash": "abc123", "model": "tiny", "layer": 3,
+                                "config_hash": "abc123", "model": "tiny", "layer": LAYER, "layers": [LAYER],
                                 "code_version": "test", "production": False})
     return R
 
@@ -113,54 +118,59 @@ if __name__ == "__main__":  # pragma: no cover
 
 def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool = False, n_boot: int = 50,
                   expected_fve: dict | None = None) -> dict:
-    """Run every analysis job (no Snakemake) on a synthetic run; return the report's file map."""
+    """Run every analysis job (no Snakemake) on a synthetic run's layer ``R``; return the report's manifest."""
     from causal_kl.jobs import figures, report, statistics, tables
     from causal_kl.reference import REFERENCE_DIR
 
     R = Path(R)
     s = lambda p: str(p)  # noqa: E731
-    prov = {"config_hash": "abc123", "run": R.name, "model": "tiny", "layer": 3, "rule": "test"}
+    prov = {"config_hash": "abc123", "run": R.parent.name, "model": "tiny", "layer": LAYER, "rule": "test"}
+    L = str(LAYER)
     boot = {"n_boot": n_boot, "seed": 0, "ci": 0.95}
     ref = (lambda name: [s(REFERENCE_DIR / f"{name}.csv")]) if reference else (lambda name: [])
     tables.error_norms(gold=s(R / "stored_gold.parquet"), choices=s(R / "conditions/choices.parquet"),
-                       mean=s(R / "conditions/mean.parquet"), norms=s(R / "analysis/error_norms.parquet"), provenance=prov)
+                       mean=s(R / "conditions/mean.parquet"), norms=s(R / "analysis/error_norms.parquet"), layer=L,
+                       provenance=prov)
     files: dict = {}
     for r in routes:
         ps = s(R / f"analysis/{r}/per_site.parquet")
         geo_json = s(R / f"geometry/{r}.json")
-        tables.per_site(floors=s(R / "patch/floors.parquet"), patch=s(R / f"patch/{r}.parquet"), geometry=s(R / f"geometry/{r}.parquet"),
-                        error_norms=s(R / "analysis/error_norms.parquet"), sites=s(R / "sites.parquet"), table=ps,
-                        route=r, provenance=prov)
+        tables.per_site(floors=s(R / "span1/patch/floors.parquet"), patch=s(R / f"span1/patch/{r}.parquet"), geometry=s(R / f"geometry/{r}.parquet"),
+                        error_norms=s(R / "analysis/error_norms.parquet"), sites=s(R.parent / "sites.parquet"), table=ps,
+                        layer=L, route=r, provenance=prov)
         t = {k: s(R / f"tables/{r}/{k}.csv") for k in ("conditions", "quartiles", "offsets", "token_classes")}
-        tables.table_conditions(per_site=ps, reference=ref("conditions"), table=t["conditions"], route=r, **boot)
+        tables.table_conditions(per_site=ps, reference=ref("conditions"), table=t["conditions"], layer=L, route=r, **boot)
         tables.table_quartiles(per_site=ps, geometry_json=geo_json, gold=s(R / "stored_gold.parquet"),
-                               reference=ref("quartiles"), table=t["quartiles"], route=r, **boot)
-        tables.table_offsets(floors=s(R / "patch/floors.parquet"), patch=s(R / f"patch/{r}.parquet"), reference=ref("offsets"), table=t["offsets"], route=r)
+                               reference=ref("quartiles"), table=t["quartiles"], layer=L, route=r, **boot)
+        tables.table_offsets(floors=s(R / "span1/patch/floors.parquet"), patch=s(R / f"span1/patch/{r}.parquet"),
+                             reference=ref("offsets"), table=t["offsets"], layer=L, route=r)
         tables.table_token_classes(per_site=ps, geometry_json=geo_json, reference=ref("token_classes"),
-                                   table=t["token_classes"], classes={"space": r"^\s"}, route=r)
+                                   table=t["token_classes"], classes={"space": r"^\s"}, layer=L, route=r)
         parts = {k: s(R / f"stats/{r}/{k}.json") for k in ("correlation", "paired", "energy", "floor_offsets")}
-        statistics.stat_correlation(per_site=ps, record=parts["correlation"], route=r)
-        statistics.stat_paired(per_site=ps, record=parts["paired"], route=r, **boot)
-        statistics.stat_energy(per_site=ps, record=parts["energy"], route=r, **boot)
+        statistics.stat_correlation(per_site=ps, record=parts["correlation"], layer=L, route=r)
+        statistics.stat_paired(per_site=ps, record=parts["paired"], layer=L, route=r, **boot)
+        statistics.stat_energy(per_site=ps, record=parts["energy"], layer=L, route=r, **boot)
         statistics.stat_floor_offsets(offsets=t["offsets"], record=parts["floor_offsets"], tolerance=2.0, min_kl=1e-4,
-                                      route=r)
+                                      layer=L, route=r)
         statistics.stats_route(**parts, conditions=t["conditions"], geometry_json=geo_json,
-                               record=s(R / f"stats/{r}.json"), route=r)
+                               record=s(R / f"stats/{r}.json"), layer=L, route=r)
         figs = {key: R / f"figures/{r}/{name}" for key, name in (("fig1", "fig1_geometry_vs_kl"),
                                                                   ("fig2", "fig2_damage_per_energy"),
                                                                   ("fig3", "fig3_kl_by_offset"))}
-        out = {key: {"png": s(f"{v}.png"), "svg": s(f"{v}.svg"), "dpi": 80, "route": r} for key, v in figs.items()}
+        out = {key: {"png": s(f"{v}.png"), "svg": s(f"{v}.svg"), "dpi": 80, "layer": L, "route": r}
+               for key, v in figs.items()}
         figures.fig1_route(per_site=ps, correlation=parts["correlation"], style={}, **out["fig1"])
         figures.fig2_route(energy=parts["energy"], style={}, **out["fig2"])
         figures.fig3_route(offsets=t["offsets"], style={}, **out["fig3"])
         files[r] = {**t, "stats": s(R / f"stats/{r}.json"), **{k: v["png"] for k, v in out.items()}}
     tables.table_routes(conditions=[files[r]["conditions"] for r in routes],
                         geometry=[s(R / f"geometry/{r}.json") for r in routes], table=s(R / "tables/routes.csv"),
-                        routes=list(routes))
+                        whole_context=[], sae=[], routes=list(routes), layer=L)
     figures.fig_routes(routes_table=s(R / "tables/routes.csv"), png=s(R / "figures/routes_comparison.png"),
-                       svg=s(R / "figures/routes_comparison.svg"), dpi=80, style={})
-    report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], floors=s(R / "patch/floors.parquet"),
+                       svg=s(R / "figures/routes_comparison.svg"), dpi=80, style={}, layer=L)
+    report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], floors=s(R / "span1/patch/floors.parquet"),
                 reextract=[s(R / "reextract.json")], record=s(R / "gate.json"), min_cos=0.999,
-                gold_repatch_kl_max=0.01, expected_fve=expected_fve or {}, routes=list(routes))
+                gold_repatch_kl_max=0.01, expected_fve=expected_fve or {}, routes=list(routes), layer=L)
     comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": s(R / "figures/routes_comparison.png")}
-    return {"routes": files, "comparison": comparison}
+    return {"layers": {L: {"gate": s(R / "gate.json"), "routes": files, "comparison": comparison}}, "across": {},
+            "spans": [1]}

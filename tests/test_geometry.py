@@ -20,7 +20,7 @@ def compute_geometry(recon, gold, sites, table, summary, route, config):
     """The geometry rule's job on these files; returns the summary it wrote."""
     geometry(recon=str(recon), gold=str(gold), sites=str(sites), table=str(table), summary=str(summary),
              route_entry=config["routes"][route], variance_constant=config["geometry"]["variance_constant"],
-             route=route, provenance=PROVENANCE)
+             layer="3", route=route, provenance=PROVENANCE)
     return json.loads(summary.read_text())
 
 

@@ -227,19 +227,19 @@ def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_d
     cfg["corpus"]["rows"] = [0, 8]
     wf = copy_workflow(tmp_path / "killed")
     write_config(wf, cfg)
-    run_wf(wf, "results/t/conditions/choices.parquet", "results/t/conditions/mean.parquet")
+    run_wf(wf, "results/t/L2/conditions/choices.parquet", "results/t/L2/conditions/mean.parquet")
     reference = tmp_path / "reference"
     import shutil
 
     shutil.copytree(wf, reference)
-    run_wf(reference, "results/t/patch.parquet")
+    run_wf(reference, "results/t/L2/patch.parquet")
     expected = read_outputs(reference)
 
-    floors = wf / "results/t/patch/floors"
-    logs = [wf / f"logs/t/patch/floors/shard_{i:03d}.log" for i in range(2)]
+    floors = wf / "results/t/L2/span1/patch/floors"
+    logs = [wf / f"logs/t/L2/span1/patch/floors/shard_{i:03d}.log" for i in range(2)]
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(["timeout", "-k", "10", str(4 * TIMEOUT_S), sys.executable, "-m", "snakemake", "--cores", "1",
-                                 "results/t/patch.parquet"], cwd=wf, stdout=log, stderr=subprocess.STDOUT,
+                                 "results/t/L2/patch.parquet"], cwd=wf, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
             deadline = time.monotonic() + 4 * TIMEOUT_S
@@ -257,15 +257,16 @@ def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_d
             if proc.poll() is None:
                 sigkill_tree(proc)
 
-    assert not (floors / f"shard_{killed}.parquet").exists() and not (wf / "results/t/patch.parquet").exists()
+    assert not (floors / f"shard_{killed}.parquet").exists() and not (wf / "results/t/L2/patch.parquet").exists()
     assert all(p.name.startswith(".") for p in floors.iterdir() if p.name not in done_before)
     for name in done_before:  # what exists after the kill is complete
-        assert read_outputs(wf)[f"results/t/patch/floors/{name}"].equals(expected[f"results/t/patch/floors/{name}"])
+        assert read_outputs(wf)[f"results/t/L2/span1/patch/floors/{name}"].equals(expected[f"results/t/L2/span1/patch/floors/{name}"])
     run_wf(wf, "--unlock")
-    out = run_wf(wf, "--rerun-incomplete", "results/t/patch.parquet")
+    out = run_wf(wf, "--rerun-incomplete", "results/t/L2/patch.parquet")
     assert out.count("rule patch_floors:") == 2 - len(done_before)  # the killed shard (and one never started)
     for name, mtime in done_before.items():
         assert (floors / name).stat().st_mtime_ns == mtime
     final = read_outputs(wf)
-    for name in ("results/t/patch/floors/shard_000.parquet", "results/t/patch/floors/shard_001.parquet", "results/t/patch.parquet"):
+    for name in ("results/t/L2/span1/patch/floors/shard_000.parquet", "results/t/L2/span1/patch/floors/shard_001.parquet",
+                 "results/t/L2/patch.parquet"):
         assert final[name].equals(expected[name]), name

@@ -50,6 +50,14 @@ def wd(tmp_path_factory, gemma3_dir, corpus_path):
     shutil.copy(corpus_path, wd / "my_corpus.parquet")
     cfg = tiny_config(Path("my_corpus.parquet"), Path("my_models/tiny"), run="mine")
     (wd / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    # SAEs that do not fit the run: 32 wide for a 64-wide model; trained at layer 1, for a run at layer 2
+    from causal_kl.demo.sae import SAETrainConfig, write_demo_sae
+
+    import numpy as np
+
+    small = SAETrainConfig(expansion=2, k=4, steps=5, batch_size=16)
+    write_demo_sae(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), wd / "saes/narrow", 2, small)
+    write_demo_sae(np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32), wd / "saes/L2_of_1", 1, small)
     return wd
 
 
@@ -65,7 +73,7 @@ def test_production_config_plans_only_production_jobs(wd):
 
 def test_a_users_model_folder_survives_a_run_untouched(wd):
     before = tree_digest(wd / "my_models")
-    snakemake(wd, "results/mine/gold.parquet", "--configfile", "mine.yaml")  # --configfile takes every word after it
+    snakemake(wd, "results/mine/L2/gold.parquet", "--configfile", "mine.yaml")  # --configfile takes every word after it
     assert tree_digest(wd / "my_models") == before
     assert not (wd / "resources").exists()  # no demo asset was built
     plan = dry_run_jobs(snakemake(wd, "-n", "--configfile", "mine.yaml"))
@@ -139,6 +147,18 @@ BAD = {
     "training rows overlap": (lambda c: c["routes"].update(p={"kind": "pca", "train_rows": [2, 10]}), "train_rows",
                               "overlap the eval rows"),
     "cuda without a GPU": (lambda c: c.update(device="cuda"), "device", "no visible GPU"),
+    "a layer listed twice": (lambda c: c["model"].update(layer=[2, 2]), "model.layer", "listed twice"),
+    "a sweep layer out of range": (lambda c: c["model"].update(layer=[2, 7]), "model.layer", "6 decoder blocks"),
+    "a route pinned to a layer not in the run": (
+        lambda c: c["routes"].update(p={"kind": "pca", "train_rows": [10, 20], "layer": 3}), "routes.p.layer",
+        "not a layer of the run"),
+    "spans without the single-site splice": (lambda c: c.update(patch={"spans": [4, 16]}), "patch.spans", "lacks 1"),
+    "an SAE of another width": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/narrow"}), "d_in",
+                                "64"),
+    "an SAE of another layer": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}_of_1"}),
+                                "routes.s", "check_hook: false"),
+    "a missing SAE": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}"}), "routes.s.path",
+                      "does not exist"),
 }
 
 
@@ -178,9 +198,9 @@ def test_parse_time_checks_stop_snakemake_and_validate_says_the_same(wd, run_con
 
 
 def test_a_target_for_an_unconfigured_route_is_one_line(wd):
-    out = snakemake(wd, "-n", "results/mine/tables/nosuch/conditions.csv", "--configfile", "mine.yaml", ok=False)
+    out = snakemake(wd, "-n", "results/mine/L2/tables/nosuch/conditions.csv", "--configfile", "mine.yaml", ok=False)
     lines = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
-    assert len(lines) == 1 and "'nosuch' is not a route of this run" in lines[0] and "Traceback" not in out
+    assert len(lines) == 1 and "'nosuch' is not a route of layer 2 of this run" in lines[0] and "Traceback" not in out
 
 
 def test_invalid_yaml_names_line_and_column(wd, tmp_path):
@@ -197,3 +217,31 @@ def test_invalid_yaml_names_line_and_column(wd, tmp_path):
 def test_cli_help_is_plain_text():
     res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "``" not in res.stdout and "validate" in res.stdout
+
+
+@pytest.mark.parametrize("target, field, words", [
+    ("results/mine/L5/gold.parquet", "layer", "layer 5 is not a layer of this run"),
+    ("results/mine/L2/span4/patch/floors.parquet", "span", "span 4 is not a span of this run"),
+    ("results/mine/L2/recon/pca.parquet", "route", "'pca' is not a route of layer 2"),
+    ("results/mine/L1/recon/vec.parquet", "route", "it reconstructs layer 2"),
+    ("results/mine/tables/pca/conditions.csv", "layer", "ask for results/mine/L1/tables/pca/conditions.csv"),
+])
+def test_a_target_the_run_does_not_have_is_one_line(target, field, words):
+    with pytest.raises(CausalKLError) as e:
+        checks.check_targets([target], "results/mine", {1: [], 2: ["vec"]}, [1, 16])
+    msg = str(e.value)
+    assert "\n" not in msg and f": {field}: " in msg and words in msg and "Fix:" in msg, msg
+
+
+def test_every_output_the_workflow_plans_passes_the_target_check(wd):
+    """No false alarm: each file a full plan names (demo sweep, spans, run level) is a target the check lets through."""
+    import re
+
+    from causal_kl.config import load_config, routes_at, run_layers, run_spans
+
+    out = snakemake(wd, "-n", "--forceall")
+    outputs = set(re.findall(r"output: ([^\n]+)", out))
+    paths = [p.strip() for line in outputs for p in line.split(",") if p.strip().startswith("results/")]
+    demo = load_config(wd / "config/config.yaml")
+    assert any("/span16/" in p for p in paths) and any(p.endswith("tables/layers.csv") for p in paths)
+    checks.check_targets(paths, "results/demo", {l: routes_at(demo, l) for l in run_layers(demo)}, run_spans(demo))

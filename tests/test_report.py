@@ -13,8 +13,7 @@ from synthetic_results import build_outputs, make_results
 def _build(root, reference=False, gate_ok=True):
     R = make_results(root, routes=("toy", "other-route"), gate_ok=gate_ok)
     files = build_outputs(R, routes=("toy", "other-route"), reference=reference)
-    html = build_report(R / "run.json", R / "gate.json", files["routes"], files["comparison"], R / "report.html",
-                        reference=reference)
+    html = build_report(R.parent / "run.json", files, R / "report.html", reference=reference)
     return R, html
 
 
@@ -28,7 +27,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert "<link" not in html and "<script" not in html and "@import" not in html and "url(" not in html
     for rid in ("toy", "other-route"):
         for sec in ("route", "conditions", "geometry", "quartiles", "energy", "offsets", "token_classes", "statistics"):
-            assert f"id='{sec}-{rid}'" in html, (sec, rid)
+            assert f"id='{sec}-L3-{rid}'" in html, (sec, rid)
     assert html.count("<img") == 3 * 2 + 1  # three figures per route + the routes comparison
     assert "id='provenance'" in html and "abc123" in html  # config hash
     assert "not reproducible from its own definition" in html  # the floor-row loss-recovered note
@@ -37,7 +36,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
 
 def test_gate_is_first_and_red_when_failed(tmp_path):
     _, html = _build(tmp_path, gate_ok=False)
-    assert html.index("id=\"gate\"") < html.index("Provenance") < html.index("id='comparison'")
+    assert html.index("id=\"gate\"") < html.index("Provenance") < html.index("id='comparison-3'")
     assert 'class="gate fail"' in html and "FLOOR CHECK FAILED" in html and "✗" in html
 
 

@@ -21,7 +21,7 @@ def _run(tmp_path, route):
     """The recon_file rule's job on a route entry (validated like the config's)."""
     entry = base_config(tmp_path, {"r": route})["routes"]["r"]
     recon_file(vectors=input_files(entry), sites=str(tmp_path / "sites.parquet"), gold=str(tmp_path / "gold.parquet"),
-               recon=str(tmp_path / "recon.parquet"), route_entry=entry, source_fingerprint=[None], route="r",
+               recon=str(tmp_path / "recon.parquet"), route_entry=entry, source_fingerprint=[None], layer="3", route="r",
                provenance=PROVENANCE)
     t = read_parquet(tmp_path / "recon.parquet", RECON)
     return t.column("site_id").to_numpy(), arrow_to_vectors(t.column("reconstruction"))

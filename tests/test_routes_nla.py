@@ -207,11 +207,12 @@ def test_nla_av_then_ar_end_to_end(gemma3_dir, ar_dir, av_dir, tmp_path):
                                             "max_new_tokens": 5, "batch_size": 4}}, layer=LAYER)
     entry, ex_path, recon_path = config["routes"]["nla"], str(tmp_path / "explanations.parquet"), str(tmp_path / "recon.parquet")
     explain_nla_av(sites=str(sites_path), gold=str(gold_path), checkpoint=[str(av_dir)], explanations=ex_path,
-                   route_entry=entry, checkpoint_fingerprint=None, dtype="float32", device="cpu", seed=42, route="nla",
+                   route_entry=entry, checkpoint_fingerprint=None, dtype="float32", device="cpu", seed=42, layer=str(LAYER),
+                   route="nla",
                    provenance=PROVENANCE)
-    recon_nla_ar(explanations=ex_path, sites=str(sites_path), gold=str(gold_path), checkpoint=[str(ar_dir)],
+    recon_nla_ar(explanations=[ex_path], sites=str(sites_path), gold=str(gold_path), checkpoint=[str(ar_dir)],
                  recon=recon_path, route_entry=entry, checkpoint_fingerprint=None, explanations_fingerprint=None,
-                 layer=LAYER, dtype="float32", device="cpu", route="nla",
+                 dtype="float32", device="cpu", layer=str(LAYER), route="nla",
                  provenance=PROVENANCE)
     ex = read_parquet(ex_path, EXPLANATIONS).to_pandas()
     assert ex.site_id.tolist() == sites.column("site_id").to_pylist()
@@ -231,8 +232,9 @@ def test_nla_ar_reads_nla_keyed_explanations(ar_dir, gemma3_dir, tmp_path):
     pd.DataFrame({"doc_id": s.doc_id, "n_raw_tokens": s.position + 1, "explanation": texts}).iloc[::-1].to_parquet(tmp_path / "ex.parquet")
     config = base_config(tmp_path, {"ar": {"kind": "nla_ar", "checkpoint": str(ar_dir), "explanations": str(tmp_path / "ex.parquet")}},
                          layer=LAYER)
-    recon_nla_ar(explanations=str(tmp_path / "ex.parquet"), sites=str(sites_path), gold=str(gold_path),
+    recon_nla_ar(explanations=[str(tmp_path / "ex.parquet")], sites=str(sites_path), gold=str(gold_path),
                  checkpoint=[str(ar_dir)], recon=str(tmp_path / "recon.parquet"), route_entry=config["routes"]["ar"],
-                 checkpoint_fingerprint=None, explanations_fingerprint=None, layer=LAYER, dtype="float32", device="cpu", route="ar", provenance=PROVENANCE)
+                 checkpoint_fingerprint=None, explanations_fingerprint=None, dtype="float32", device="cpu",
+                 layer=str(LAYER), route="ar", provenance=PROVENANCE)
     got = arrow_to_vectors(read_parquet(tmp_path / "recon.parquet", RECON, D).column("reconstruction"))
     np.testing.assert_allclose(got, plain_ar(gemma3_dir, ar_dir, texts), atol=1e-4, rtol=1e-4)

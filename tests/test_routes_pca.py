@@ -17,9 +17,9 @@ def _job(tmp_path, route, train_docs):
     train = (rng.standard_normal((80, 20)) @ rng.standard_normal((20, 20)) + 2.0).astype(np.float32)
     write_gold(tmp_path / "train.parquet", train, doc_ids=train_docs(80))
     config = base_config(tmp_path, {"p": route})
-    job = dict(train_gold=str(tmp_path / "train.parquet"), sites=str(sites_path), gold=str(gold_path),
+    job = dict(train_gold=[str(tmp_path / "train.parquet")], sites=str(sites_path), gold=str(gold_path),
                recon=str(tmp_path / "recon.parquet"), route_entry=config["routes"]["p"],
-               eval_rows=config["corpus"]["rows"], route="p", provenance=PROVENANCE)
+               eval_rows=config["corpus"]["rows"], layer="3", route="p", provenance=PROVENANCE)
     return job, gold, train
 
 

@@ -100,11 +100,11 @@ def test_text_channel_route_end_to_end(setup, tmp_path):
     write_gold(tmp_path / "gold.parquet", gold, layer=LAYER)
     write_parquet(tmp_path / "train.parquet", training_golds(loaded, config["corpus"], config["sites"], config["seed"], LAYER,
                                                              tuple(TRAIN_ROWS)), GOLD, loaded.d_model)
-    job = dict(train_gold=str(tmp_path / "train.parquet"), sites=str(tmp_path / "sites.parquet"),
+    job = dict(train_gold=[str(tmp_path / "train.parquet")], sites=str(tmp_path / "sites.parquet"),
                gold=str(tmp_path / "gold.parquet"), model_dir=[], recon=str(tmp_path / "recon.parquet"),
                explanations=str(tmp_path / "explanations.parquet"), route_entry=config["routes"]["tc"],
                eval_rows=config["corpus"]["rows"], model=config["model"], model_fingerprint=None, dtype="float32",
-               device="cpu", route="tc",
+               device="cpu", layer=str(LAYER), route="tc",
                provenance=PROVENANCE)
     recon_text_channel(**job)
     ex = read_parquet(job["explanations"], EXPLANATIONS).to_pandas()

@@ -43,7 +43,8 @@ PIPELINE_TIMEOUT_S = 540
 """Hard limit of one Snakemake call on the reduced pipeline: five dependent levels of jobs, each a
 fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min on a busy one."""
 PIPELINE_RUN = "slurmtest"
-PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/{name}.parquet" for name in ("sites", "gold", "patch")]
+PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/sites.parquet",
+                    *(f"results/{PIPELINE_RUN}/L3/{name}.parquet" for name in ("gold", "patch"))]
 PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
                  "patch_floors_aggregate", "sites"]
 """The jobs the targets need: two shards, the floors only (no routes)."""
@@ -204,6 +205,8 @@ def make_pipeline(dest: Path, inputs: Path) -> Path:
         model={"path": str(inputs / "model"), "layer": 3},
         sites={"positions_per_doc": 4, "min_position": 50, "max_length": 256, "max_sites": 20, "shard_size": 10},
         gold={"write_demo_base": False},
+        patch={"spans": [1]},
+        whole_context={"enabled": False},
         routes={},
     )
     (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

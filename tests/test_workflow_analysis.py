@@ -18,8 +18,8 @@ from workflow_helpers import ANALYSIS_ENV_BLOCKS, blocked_imports_env
 
 pytestmark = pytest.mark.slow
 
-FIG1 = "results/syn/figures/toy/fig1_geometry_vs_kl.png"
-FIG3 = "results/syn/figures/toy/fig3_kl_by_offset.png"
+FIG1 = "results/syn/L3/figures/toy/fig1_geometry_vs_kl.png"
+FIG3 = "results/syn/L3/figures/toy/fig3_kl_by_offset.png"
 
 
 def _snakemake(wd, *args):
@@ -49,7 +49,7 @@ def workdir(tmp_path_factory, root):
     (wd / "Snakefile").write_text(
         'configfile: "config.yaml"\n'
         + "".join(f'include: "{root}/rules/{f}.smk"\n' for f in ("common", "tables", "statistics", "figures", "report"))
-        + "rule all:\n    input: analysis_targets()\n"
+        + "rule all:\n    input: analysis_targets(3)\n"
     )
     # parse-time checks read the model's config.json only (no weights, no torch): a folder holding just that will do
     (wd / "model").mkdir()
@@ -57,7 +57,8 @@ def workdir(tmp_path_factory, root):
     cfg = {"run": "syn", "corpus": {"name": "syn", "column": "content", "rows": [0, 6]},
            "model": {"path": str(wd / "model"), "layer": 3},
            "routes": {"toy": {"kind": "file", "path": str(wd / "recon.parquet")}},
-           "analysis": {"bootstrap": 20}}
+           "analysis": {"bootstrap": 20},
+           "whole_context": {"enabled": False}}  # its rule needs the model: not included here
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     return wd
 
@@ -66,9 +67,9 @@ def test_a_figure_builds_alone(workdir):
     plan = _planned(_snakemake(workdir, "-n", FIG1))
     assert {k: v for k, v in plan.items() if k != "total"} == {"error_norms": 1, "per_site": 1,
                                                                "stat_correlation": 1, "fig1_route": 1}
-    plan = _planned(_snakemake(workdir, "-n", "results/syn/figures/fig1_geometry_vs_kl.png"))
+    plan = _planned(_snakemake(workdir, "-n", "results/syn/L3/figures/fig1_geometry_vs_kl.png"))
     assert set(plan) - {"total"} == {"error_norms", "per_site", "stat_correlation", "fig1_all"}
-    plan = _planned(_snakemake(workdir, "-n", "results/syn/tables/toy/offsets.csv"))
+    plan = _planned(_snakemake(workdir, "-n", "results/syn/L3/tables/toy/offsets.csv"))
     assert set(plan) - {"total"} == {"table_offsets"}
 
 

@@ -16,6 +16,7 @@ import yaml
 from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, run_snakemake, tiny_config, write_config
 
 AGGREGATES = {"patch_aggregate"}
+"""The one job of the layer (not of a route) that a new route reruns: the layer's patch table in one file."""
 
 
 def _add_file_route(tmp, name, sites, gold, noise):
@@ -31,19 +32,19 @@ def _add_file_route(tmp, name, sites, gold, noise):
 def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path, tmp_path):
     copy_workflow(tmp_path, root)
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir))
-    run_snakemake(tmp_path, "results/t/sites.parquet", "results/t/gold.parquet", blocked=TORCH_ENV_BLOCKS)
+    run_snakemake(tmp_path, "results/t/sites.parquet", "results/t/L2/gold.parquet", blocked=TORCH_ENV_BLOCKS)
     sites = pd.read_parquet(tmp_path / "results/t/sites.parquet")
-    gold_t = pd.read_parquet(tmp_path / "results/t/gold.parquet").set_index("site_id").loc[sites.site_id]
+    gold_t = pd.read_parquet(tmp_path / "results/t/L2/gold.parquet").set_index("site_id").loc[sites.site_id]
     gold = np.stack(gold_t.activation.to_numpy()).astype(np.float64)
 
     _add_file_route(tmp_path, "first", sites, gold, 0.5)
-    targets = ["results/t/patch.parquet", "results/t/geometry/first.json"]
+    targets = ["results/t/L2/patch.parquet", "results/t/L2/geometry/first.json"]
     run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *targets)
     # one clean pass per document for the floors and the route together: the model server computed each
     # document's pass for the floors shard and served it from its cache to the route's shard after it
     passes = {"computed": 0, "cached": 0}
-    for log in (tmp_path / "logs/t/patch").rglob("*.log"):
+    for log in (tmp_path / "logs/t/L2/span1/patch").rglob("*.log"):
         for computed, cached in re.findall(r"clean passes: (\d+) computed, (\d+) from the cache", log.read_text()):
             passes["computed"] += int(computed)
             passes["cached"] += int(cached)
@@ -58,7 +59,7 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
 
     _add_file_route(tmp_path, "second", sites, gold, 2.0)
-    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *targets, "results/t/geometry/second.json"))
+    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *targets, "results/t/L2/geometry/second.json"))
     rules = {rule for rule, _ in jobs}
     assert {"recon_file", "geometry", "patch_route"} <= rules, jobs
     assert all(route == "second" or rule in AGGREGATES for rule, route in jobs), jobs
@@ -83,7 +84,7 @@ def test_each_route_kind_gets_its_rules(root, gemma3_dir, corpus_path, tmp_path)
     config = {"run": "t", "device": "cpu", "corpus": {"name": "c", "path": str(corpus_path), "column": "content", "rows": [0, 4]},
               "model": {"path": str(gemma3_dir), "layer": 2}, "routes": routes}
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
-    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *[f"results/t/geometry/{r}.json" for r in routes]))
+    jobs = dry_run_jobs(run_snakemake(tmp_path, "-n", *[f"results/t/L2/geometry/{r}.json" for r in routes]))
     by_route = {}
     for rule, route in jobs:
         by_route.setdefault(route, set()).add(rule)

@@ -88,4 +88,4 @@ def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
 
 def dry_run_shards(out: str, rule: str) -> list[str]:
     """The ``shard`` wildcards of ``rule``'s jobs in a dry run."""
-    return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: shard=(\d+)", out))
+    return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: [^\n]*?\bshard=(\d+)", out))

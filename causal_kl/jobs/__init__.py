@@ -56,20 +56,26 @@ def rule_fields(snakemake: Any) -> dict[str, Any]:
     return fields
 
 
-def job_provenance(config: dict, rule: str) -> dict[str, Any]:
-    """What every output of a job records about where it came from (with ``causal_kl.io.provenance``)."""
+def job_provenance(config: dict, rule: str, wildcards: dict | None = None) -> dict[str, Any]:
+    """What every output of a job records about where it came from (with ``causal_kl.io.provenance``):
+    the config's hash, run and model, the rule, and the job's layer (its ``{layer}`` wildcard; the
+    config's ``model.layer`` for a job of no one layer) and span where it has one."""
     from causal_kl.config import config_hash
 
     model = config.get("model") or {}
-    return {"config_hash": config_hash(config), "run": config.get("run"), "model": model.get("path"),
-            "layer": model.get("layer"), "rule": rule}
+    wildcards = wildcards or {}
+    record = {"config_hash": config_hash(config), "run": config.get("run"), "model": model.get("path"),
+              "layer": int(wildcards["layer"]) if "layer" in wildcards else model.get("layer"), "rule": rule}
+    if "span" in wildcards:
+        record["span"] = int(wildcards["span"])
+    return record
 
 
 def job_kwargs(func: Callable[..., None], snakemake: Any) -> dict[str, Any]:
     """The keyword arguments ``func`` gets for this job: the rule's fields (+ provenance when it takes it)."""
     kwargs = rule_fields(snakemake)
     if PROVENANCE in inspect.signature(func).parameters:
-        kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule)
+        kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items()))
     return kwargs
 
 
@@ -91,7 +97,14 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
             from causal_kl.logs import setup
 
             setup(log_path)
-            func(**kwargs)
+            try:
+                func(**kwargs)
+            except Exception as e:
+                if not isinstance(e, CausalKLError):  # a bug: its traceback belongs in the job's log too
+                    import logging
+
+                    logging.getLogger("causal_kl").exception("%s failed", func.__name__)
+                raise
     except CausalKLError as e:
         if not remote:  # the server already wrote the job's error into its log
             import logging

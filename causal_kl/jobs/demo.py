@@ -28,3 +28,19 @@ def demo_model(corpus: str, tokenizer: str, model: str, training: str, architect
     split = dict(data, eval_rows=tuple(data["eval_rows"]))
     build_model(corpus, tokenizer, model, training, ModelConfig(**architecture), TrainConfig(**train, seed=seed),
                 DataSplit(**split, column=column))
+
+
+def demo_sae(train_gold: str, sae: str, settings: dict, seed: int, layer: str) -> None:
+    """A small TopK SAE trained on the golds of the demo's route-training rows at one layer (SAELens format)."""
+    import logging
+
+    from causal_kl.demo.sae import SAETrainConfig, write_demo_sae
+    from causal_kl.routes.training import read_training_golds
+
+    _, golds = read_training_golds(train_gold)
+    config = SAETrainConfig(**{k: v for k, v in settings.items() if k != "train_rows"}, seed=seed)
+    report = write_demo_sae(golds, sae, int(layer), config, model_name="causal-kl demo model")
+    logging.getLogger(__name__).info(
+        "demo SAE at layer %s: %d golds, d_sae %d, k %d, %d steps in %.1f s; explained variance %.3f, L0 %.1f, "
+        "%.1f%% dead", layer, report.n_train, report.d_sae, report.k, report.steps, report.seconds,
+        report.explained_variance, report.l0, 100 * report.dead_share)

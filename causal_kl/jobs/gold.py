@@ -18,15 +18,16 @@ from causal_kl.sites import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = False):
-    """The run's model (``model``: the config's model block), checked against its layer.
+def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = False, layer: int | None = None):
+    """The run's model (``model``: the config's model block), checked against the job's ``layer``.
 
     Through ``get_model``: in the model server the model is loaded once and serves every job.
     """
     from causal_kl.models import get_model
 
     loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "sdpa"), with_tokenizer)
-    loaded.check_layer(model["layer"])
+    if layer is not None:
+        loaded.check_layer(int(layer))
     log.info("loaded %s (%s, %d blocks, d=%d) on %s in %s", model["path"], loaded.architecture, loaded.n_layers,
              loaded.d_model, loaded.device, loaded.dtype)
     return loaded
@@ -36,28 +37,40 @@ def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
     return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
 
 
+_BLOCK_STATES = None
+"""This process's ``gold.BlockStateCache``: in the model server it outlives a job, so the gold jobs of a
+sweep's layers for one shard (the deepest first) share one forward."""
+
+
+def block_states():
+    global _BLOCK_STATES
+    if _BLOCK_STATES is None:
+        from causal_kl.gold import BlockStateCache
+
+        _BLOCK_STATES = BlockStateCache()
+    return _BLOCK_STATES
+
+
 @model_job
 def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None, dtype: str,
-         device: str, shard: str, provenance: dict) -> None:
+         device: str, layer: str, shard: str, provenance: dict) -> None:
     """Block-L output at each site of one shard."""
     table = read_sites(sites)
-    layer = model["layer"]
+    layer = int(layer)
     meta = provenance_record(**provenance, dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(gold, {"site_id": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                              "activation": pa.array([], pa.list_(pa.float32(), 1))}, meta=meta)
         return
-    from causal_kl.gold import extract_golds
-
-    loaded = load_run_model(model, dtype, device)
+    loaded = load_run_model(model, dtype, device, layer=layer)
     t0 = time.time()
-    vec = extract_golds(loaded, read_docs(docs), table["doc_id"].to_pylist(), table["position"].to_pylist(), layer,
-                        progress=True)
+    vec = block_states().golds(loaded, read_docs(docs), table["doc_id"].to_pylist(), table["position"].to_pylist(), layer,
+                               progress=True)
     log.info("gold: %d sites in %.1f s", len(vec), time.time() - t0)
     write_parquet(gold, _gold_table(table["site_id"], layer, vec), GOLD, loaded.d_model, meta=meta)
 
 
-def gold_aggregate(shards: list[str], gold: str, provenance: dict) -> None:
+def gold_aggregate(shards: list[str], gold: str, layer: str, provenance: dict) -> None:
     """Every gold shard -> ``gold.parquet`` (empty shards, whose width is unknown, are left out)."""
     tables = [t for t in (read_parquet(p, GOLD) for p in shards) if t.num_rows]
     d = max(t.schema.field("activation").type.list_size for t in tables)
@@ -65,7 +78,7 @@ def gold_aggregate(shards: list[str], gold: str, provenance: dict) -> None:
     write_parquet(gold, merged, GOLD, d, meta=provenance_record(**provenance))
 
 
-def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str, layer: int, model: str,
+def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str, model: str, layer: str,
               provenance: dict) -> None:
     """Write the extracted golds as an NLA base.parquet (through bf16), so the demo exercises stored golds."""
     from causal_kl.gold import nla_base_table
@@ -74,16 +87,17 @@ def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str,
     ids, vec = read_gold(gold)
     if not np.array_equal(ids, table["site_id"].to_numpy()):
         raise CausalKLError(gold, "site_id", "gold sites do not match sites.parquet", "delete gold.parquet and rerun")
-    base_table = nla_base_table(table, read_docs(docs), vec, layer, load_tokenizer(model))
+    base_table = nla_base_table(table, read_docs(docs), vec, int(layer), load_tokenizer(model))
     write_parquet(base, base_table, meta=provenance_record(**provenance))
 
 
 def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, summary: str, min_cos: float,
-                layer: int, stored_fingerprint: str | None, provenance: dict) -> None:
+                stored_fingerprint: str | None, layer: str, provenance: dict) -> None:
     """Map the NLA base.parquet onto the sites, check it against the re-extracted golds, keep it as the stored golds."""
     from causal_kl.gold import read_nla_base, reextract_cos, reextract_summary
 
     table = read_sites(sites)
+    layer = int(layer)
     ids, extracted = read_gold(gold)
     vectors = read_nla_base(base, table, layer, extracted.shape[1])
     cos = reextract_cos(vectors, extracted)

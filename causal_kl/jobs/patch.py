@@ -22,7 +22,7 @@ from causal_kl.jobs.gold import load_run_model
 log = logging.getLogger(__name__)
 
 
-def conditions(gold: str, sites: str, choices: str, mean: str, noise: str, seed: int, provenance: dict) -> None:
+def conditions(gold: str, sites: str, choices: str, mean: str, noise: str, seed: int, layer: str, provenance: dict) -> None:
     """Seeded resample choices, the eval-set mean gold and the noise directions, recorded so reruns are bit-identical."""
     table = read_sites(sites)
     ids, vectors = read_gold(gold)
@@ -84,67 +84,134 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int
     return [r for doc_results in results for r in doc_results]
 
 
-@model_job
-def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, model_dir: list[str], floors: str,
-                 model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, shard: str,
-                 provenance: dict) -> None:
-    """The route-independent conditions (and clean) for one shard."""
+def _span_golds(gold: str, span_gold: list[str], want: np.ndarray, k: int) -> np.ndarray:
+    """The golds at every position of the spans of the sites ``want``: ``[n, d]`` for k = 1, ``[n, k, d]`` else."""
+    from causal_kl.io import read_span_gold, span_vectors_for_sites
+
+    gold_ids, gold_vectors = read_gold(gold)
+    site = vectors_for_sites(gold_ids, gold_vectors, want, gold)
+    if k == 1:
+        return site
+    ext = span_vectors_for_sites(*read_span_gold(span_gold[0], site.shape[1]), want, k, span_gold[0])
+    return np.concatenate([site[:, None], ext], axis=1)
+
+
+def _eligible_shard(sites: str, docs: str, span: int) -> pa.Table:
+    """The shard's sites whose span fits their document (every site for a span of 1)."""
     table = read_sites(sites)
+    if span == 1:
+        return table
+    from causal_kl.io import read_docs_table
+    from causal_kl.spans import eligible_sites
+
+    mask, summary = eligible_sites(table, read_docs_table(docs), span)
+    if summary["n_excluded"]:
+        log.info("span %d: %d of %d sites of the shard excluded (their span runs past the document's end)", span,
+                 summary["n_excluded"], summary["n_sites"])
+    return table.filter(pa.array(mask))
+
+
+@model_job
+def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span_gold: list[str], model_dir: list[str],
+                 floors: str, model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, layer: str,
+                 span: str, shard: str, provenance: dict) -> None:
+    """The route-independent conditions (and clean) for one shard, at one layer and span length."""
+    k, layer = int(span), int(layer)
+    table = _eligible_shard(sites, docs, k)
     meta = provenance_record(**provenance, method=patch["method"], dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(floors, PATCH.schema().empty_table(), PATCH, meta=meta)
         return
-    all_ids, all_gold = read_gold(gold)
-    fv = floor_vectors(all_gold, all_ids.tolist(), read_choices(choices), read_mean(mean), choices)
-    rows = vectors_for_sites(all_ids, np.arange(len(all_ids)), table["site_id"].to_numpy(), gold)
-    variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
-    loaded = load_run_model(model, dtype, device)
+    want = table["site_id"].to_numpy()
+    picks = read_choices(choices)
+    if k == 1:  # the single-site splice, exactly as before spans
+        all_ids, all_gold = read_gold(gold)
+        fv = floor_vectors(all_gold, all_ids.tolist(), picks, read_mean(mean), choices)
+        rows = vectors_for_sites(all_ids, np.arange(len(all_ids)), want, gold)
+        variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
+    else:  # resample sources may lie in other shards: the span golds of every site whose span fits
+        from causal_kl.spans import span_floor_vectors
+
+        ids = picks["site_id"].to_numpy()
+        spans = _span_golds(gold, span_gold, ids, k)  # [n, k, d]
+        fv = span_floor_vectors(spans[:, 0], spans[:, 1:], ids.tolist(), picks, read_mean(mean), choices)
+        rows = vectors_for_sites(ids, np.arange(len(ids)), want, choices)
+        variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
+    loaded = load_run_model(model, dtype, device, layer=layer)
     t0 = time.time()
-    results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, "floors")
-    log.info("floors: %d sites in %.1f s", table.num_rows, time.time() - t0)
+    results = _patch_shard(loaded, table, read_docs(docs), layer, patch, variants, f"floors, span {k}")
+    log.info("floors (span %d): %d sites in %.1f s", k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
     write_parquet(floors, results_table(results, "", include_clean=True), PATCH, meta=meta)
 
 
 @model_job
-def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, model_dir: list[str], patched: str,
-                model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, seed: int, route: str,
-                shard: str, provenance: dict) -> None:
-    """The three route conditions (reconstruction at gold norm and raw norm, matched noise) of one route for one shard."""
-    table = read_sites(sites)
+def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_gold: list[str], span_recon: list[str],
+                span_noise: list[str], model_dir: list[str], patched: str, model: dict, model_fingerprint: str | None,
+                patch: dict, dtype: str, device: str, seed: int, layer: str, route: str, span: str, shard: str,
+                provenance: dict) -> None:
+    """The three route conditions (reconstruction at gold norm and raw norm, matched noise) of one route for one shard,
+    at one layer and span length (each position of a span gets its own reconstruction and matched noise)."""
+    k, layer = int(span), int(layer)
+    table = _eligible_shard(sites, docs, k)
     meta = provenance_record(**provenance, route=route, method=patch["method"], dtype=dtype,
                              model_fingerprint=model_fingerprint)
-    if table.num_rows == 0:
-        write_parquet(patched, PATCH.schema().empty_table(), PATCH, meta=meta)
+    skipped = _span_skip_reason(span_recon) if k > 1 else None
+    if table.num_rows == 0 or skipped:
+        write_parquet(patched, PATCH.schema().empty_table(), PATCH, meta={**meta, "skipped": skipped})
+        if skipped:
+            log.info("route %s, span %d: skipped (%s)", route, k, skipped)
         return
     want = table["site_id"].to_numpy()
-    gold_ids, gold_vectors = read_gold(gold)
-    golds = vectors_for_sites(gold_ids, gold_vectors, want, gold)
-    recons = vectors_for_sites(*read_recon(recon, golds.shape[1]), want, recon)
+    golds = _span_golds(gold, span_gold, want, k)
+    d = golds.shape[-1]
+    recons = vectors_for_sites(*read_recon(recon, d), want, recon)
     directions = vectors_for_sites(*read_noise(noise), want, noise)
-    rv = route_vectors(golds, recons, want.tolist(), seed, directions=directions)
+    if k == 1:  # the single-site splice, exactly as before spans
+        rv = route_vectors(golds, recons, want.tolist(), seed, directions=directions)
+    else:
+        from causal_kl.io import read_span_noise, read_span_recon, span_vectors_for_sites
+        from causal_kl.spans import span_route_vectors
+
+        ext_recon = span_vectors_for_sites(*read_span_recon(span_recon[0], d), want, k, span_recon[0])
+        ext_dirs = span_vectors_for_sites(*read_span_noise(span_noise[0], d), want, k, span_noise[0])
+        rv = span_route_vectors(golds[:, 0], golds[:, 1:], recons, ext_recon, want.tolist(), seed, directions, ext_dirs)
     ones = np.ones(len(want), dtype=bool)
     variants = {c: (rv[c], ones) for c in ROUTE_CONDITIONS}
-    loaded = load_run_model(model, dtype, device)
+    loaded = load_run_model(model, dtype, device, layer=layer)
     t0 = time.time()
-    results = _patch_shard(loaded, table, read_docs(docs), model["layer"], patch, variants, route)
-    log.info("route %s: %d sites in %.1f s", route, table.num_rows, time.time() - t0)
+    results = _patch_shard(loaded, table, read_docs(docs), layer, patch, variants, f"{route}, span {k}")
+    log.info("route %s (span %d): %d sites in %.1f s", route, k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
     write_parquet(patched, results_table(results, route, include_clean=False), PATCH, meta=meta)
 
 
-def patch_floors_aggregate(shards: list[str], patch: str, provenance: dict) -> None:
-    """Every floors shard -> ``patch/floors.parquet`` (what every route's analysis compares with)."""
+def _span_skip_reason(span_recon: list[str]) -> str | None:
+    """Why a route has no reconstruction at a span's extra positions (its ``recon_span`` status), or None."""
+    from causal_kl.io import read_provenance
+
+    return (read_provenance(span_recon[0]) or {}).get("skipped")
+
+
+def patch_floors_aggregate(shards: list[str], patch: str, layer: str, span: str, provenance: dict) -> None:
+    """Every floors shard -> ``span{k}/patch/floors.parquet`` (what every route's analysis compares with)."""
     concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance))
 
 
-def patch_route_aggregate(shards: list[str], patch: str, route: str, provenance: dict) -> None:
-    """Every shard of one route -> ``patch/{route}.parquet``: a route added later reruns only its own analysis."""
-    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route))
+def patch_route_aggregate(shards: list[str], patch: str, layer: str, route: str, span: str, provenance: dict) -> None:
+    """Every shard of one route -> ``span{k}/patch/{route}.parquet``: a route added later reruns only its own analysis.
+
+    A route skipped at this span (its shards say why) stays skipped, with the reason, in the aggregate."""
+    from causal_kl.io import read_provenance
+
+    reasons = {read_provenance(p).get("skipped") for p in shards}
+    skipped = reasons.pop() if len(reasons) == 1 else None
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route, skipped=skipped))
 
 
-def patch_aggregate(floors: str, routes: list[str], patch: str, provenance: dict) -> None:
-    """The floors and every route -> ``results/{run}/patch.parquet``, the run's patch table in one file."""
-    concat_parquet([floors, *routes], patch, PATCH, meta=provenance_record(**provenance))
+def patch_aggregate(floors: list[str], routes: list[str], patch: str, layer: str, provenance: dict) -> None:
+    """The floors and every route of every span -> ``results/{run}/L{layer}/patch.parquet``, the layer's patch table
+    in one file (column ``span`` tells the span lengths apart)."""
+    concat_parquet([*floors, *routes], patch, PATCH, meta=provenance_record(**provenance))

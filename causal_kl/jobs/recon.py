@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from causal_kl.config import layer_path
 from causal_kl.contracts import EXPLANATIONS, GEOMETRY, GOLD
 from causal_kl.geometry import check_recheck, geometry_summary, site_geometry
 from causal_kl.io import provenance as provenance_record
@@ -36,33 +37,36 @@ def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray
 
 @model_job
 def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
-               seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, start: str, stop: str,
-               provenance: dict) -> None:
+               seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, layer: str, start: str,
+               stop: str, provenance: dict) -> None:
     """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites."""
+    from causal_kl.jobs.gold import block_states
     from causal_kl.routes.training import training_golds
 
-    loaded = load_run_model(model, dtype, device, with_tokenizer=True)
-    table = training_golds(loaded, corpus, sampling, seed, int(model["layer"]), tuple(rows), progress=True)
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=int(layer))
+    table = training_golds(loaded, corpus, sampling, seed, int(layer), tuple(rows), progress=True,
+                           extract=block_states().golds)
     write_parquet(gold, table, GOLD, loaded.d_model,
                   meta=provenance_record(**provenance, train_rows=list(rows), model_fingerprint=model_fingerprint))
 
 
 def recon_file(vectors: list[str], sites: str, gold: str, recon: str, route_entry: dict, source_fingerprint: list,
-               route: str, provenance: dict) -> None:
+               layer: str, route: str, provenance: dict) -> None:
     """A ``file`` route: read, check and write reconstructions computed elsewhere."""
     table, site_ids, golds = _eval_golds(sites, gold)
+    route_entry = {**route_entry, "path": layer_path(route_entry["path"], layer)}
     recons = file_route.reconstruct(route_entry, table, golds.shape[1])
     write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, source_file=str(route_entry["path"]),
                                                      source_fingerprint=source_fingerprint))
 
 
-def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: dict, eval_rows: list[int], route: str,
-              provenance: dict) -> None:
+def recon_pca(train_gold: list[str], sites: str, gold: str, recon: str, route_entry: dict, eval_rows: list[int],
+              layer: str, route: str, provenance: dict) -> None:
     """A ``pca`` route: projection onto the top-k principal directions of training golds."""
     source = f"config routes.{route}"
     check_train_rows(route_entry["train_rows"], eval_rows, source)
     table, site_ids, golds = _eval_golds(sites, gold)
-    _, train = read_training_golds(train_gold, set(table.column("doc_id").to_pylist()))
+    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()))
     basis = pca.fit_pca(train, int(route_entry["k"]), bool(route_entry.get("center", True)), source)
     write_recon(recon, site_ids, pca.project(basis, golds),
                 _route_meta(provenance, route, route_entry, n_train=len(train),
@@ -70,16 +74,16 @@ def recon_pca(train_gold: str, sites: str, gold: str, recon: str, route_entry: d
 
 
 @model_job
-def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
+def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
                        route_entry: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,
-                       device: str, route: str, provenance: dict) -> None:
+                       device: str, layer: str, route: str, provenance: dict) -> None:
     """A ``text_channel`` route: logit-lens words of each gold, ridge regression from that text back to a vector."""
     check_train_rows(route_entry["train_rows"], eval_rows, f"config routes.{route}")
     table, site_ids, golds = _eval_golds(sites, gold)
-    _, train = read_training_golds(train_gold, set(table.column("doc_id").to_pylist()))
+    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()))
     from causal_kl.routes import text_channel
 
-    loaded = load_run_model(model, dtype, device, with_tokenizer=True)
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=int(layer))
     top_k = int(route_entry.get("top_k", 8))
     texts, recons, reconstructor = text_channel.reconstruct(loaded, train, golds, top_k,
                                                             float(route_entry.get("ridge_alpha", 1.0)))
@@ -91,8 +95,26 @@ def recon_text_channel(train_gold: str, sites: str, gold: str, model_dir: list[s
 
 
 @model_job
+def recon_sae(sae: list[str], sites: str, gold: str, recon: str, sparsity: str, route_entry: dict,
+              sae_fingerprint: str | None, device: str, layer: str, route: str, provenance: dict) -> None:
+    """An ``sae`` route: decode(encode(gold)) in float32, and the SAE's L0 and dead latents on the eval golds."""
+    from causal_kl.routes import sae as sae_route
+
+    source = f"config routes.{route}"
+    _, site_ids, golds = _eval_golds(sites, gold)
+    recons, stats = sae_route.reconstruct(route_entry, int(layer), golds, device, source)
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry,
+                                                     sae_path=sae_route.sae_path(route_entry, int(layer)),
+                                                     sae_fingerprint=sae_fingerprint, sparsity=stats))
+    write_json(sparsity, {"route": route, "layer": int(layer), "sae_path": sae_route.sae_path(route_entry, int(layer)),
+                          **stats})
+    log.info("sae %s at layer %s: L0 %.1f of %d latents, %.1f%% dead on %d golds", route, layer, stats["l0"],
+             stats["d_sae"], 100 * stats["dead_share"], len(site_ids))
+
+
+@model_job
 def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict,
-                   checkpoint_fingerprint: str | None, dtype: str, device: str, seed: int, route: str,
+                   checkpoint_fingerprint: str | None, dtype: str, device: str, seed: int, layer: str, route: str,
                    provenance: dict) -> None:
     """An ``nla_av`` route's first step: the AV verbalises every eval gold; its explanations feed ``recon_nla_ar``."""
     from causal_kl.models import evict_models
@@ -116,14 +138,15 @@ def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: s
 
 
 @model_job
-def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
-                 checkpoint_fingerprint: str | None, explanations_fingerprint: str | None, layer: int, dtype: str,
-                 device: str, route: str, provenance: dict) -> None:
+def recon_nla_ar(explanations: list[str], sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
+                 checkpoint_fingerprint: str | None, explanations_fingerprint: str | None, dtype: str, device: str,
+                 layer: str, route: str, provenance: dict) -> None:
     """An ``nla_ar`` route (and an ``nla_av`` route's second step): the AR reconstructs each site from its explanation."""
     from causal_kl.models import evict_models
     from causal_kl.routes import nla_ar
 
     table, site_ids, golds = _eval_golds(sites, gold)
+    explanations = explanations[0]
     texts = nla_ar.explanations_for_sites(explanations, table)
     evict_models()  # the AR is loaded on its own: the run's model does not stay beside it
     path = route_entry["ar_checkpoint"] if route_entry["kind"] == "nla_av" else route_entry["checkpoint"]
@@ -136,7 +159,7 @@ def recon_nla_ar(explanations: str, sites: str, gold: str, checkpoint: list[str]
 
 
 def geometry(recon: str, gold: str, sites: str, table: str, summary: str, route_entry: dict,
-             variance_constant: float | None, route: str, provenance: dict) -> None:
+             variance_constant: float | None, layer: str, route: str, provenance: dict) -> None:
     """A route's per-site geometry against the golds and its FVE summary (stops on a failed FVE re-check)."""
     from causal_kl.errors import CausalKLError
 

@@ -25,7 +25,7 @@ def _published(reference: list[str]) -> pd.DataFrame | None:
     return read_csv(reference[0]) if reference else None
 
 
-def error_norms(gold: str, choices: str, mean: str, norms: str, provenance: dict) -> None:
+def error_norms(gold: str, choices: str, mean: str, norms: str, layer: str, provenance: dict) -> None:
     """Route-independent error norms per site (resamples, zero, mean)."""
     site_ids, golds = read_gold(gold)
     df = error_norms_of(site_ids, golds, read_choices(choices), read_mean(mean), choices)
@@ -33,7 +33,7 @@ def error_norms(gold: str, choices: str, mean: str, norms: str, provenance: dict
     log.info("error norms for %d sites", len(df))
 
 
-def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: str, table: str, route: str,
+def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: str, table: str, layer: str, route: str,
              provenance: dict) -> None:
     """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
     df = per_site_table(read_patch([floors, patch], route, offsets=[0]), read_geometry(geometry), pd.read_parquet(error_norms),
@@ -44,14 +44,14 @@ def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: st
 
 
 def table_conditions(per_site: str, reference: list[str], table: str, n_boot: int, seed: int, ci: float,
-                     route: str) -> None:
+                     layer: str, route: str) -> None:
     """§2: the conditions table of one route."""
     df = tables.conditions_table(pd.read_parquet(per_site), n_boot=n_boot, seed=seed, ci=ci)
     write_csv(table, with_reference(df, _published(reference), "condition"))
 
 
 def table_quartiles(per_site: str, geometry_json: str, gold: str, reference: list[str], table: str, n_boot: int,
-                    seed: int, ci: float, route: str) -> None:
+                    seed: int, ci: float, layer: str, route: str) -> None:
     """§4: the quartiles of geometric error of one route."""
     var = read_json(geometry_json).get("variance")
     if var is None:
@@ -61,21 +61,56 @@ def table_quartiles(per_site: str, geometry_json: str, gold: str, reference: lis
     write_csv(table, with_reference(df, _published(reference), "quartile"))
 
 
-def table_offsets(floors: str, patch: str, reference: list[str], table: str, route: str) -> None:
+def table_offsets(floors: str, patch: str, reference: list[str], table: str, layer: str, route: str) -> None:
     """§5: median KL per condition at every offset, for one route."""
     df = tables.offsets_table(read_patch([floors, patch], route))
     write_csv(table, with_reference(df, _published(reference), "offset"))
 
 
 def table_token_classes(per_site: str, geometry_json: str, reference: list[str], table: str, classes: dict,
-                        route: str) -> None:
+                        layer: str, route: str) -> None:
     """Median KL@0 of the route conditions by token class (digits and the configured classes)."""
     df = tables.token_class_table(pd.read_parquet(per_site), classes, read_json(geometry_json).get("variance"))
     write_csv(table, with_reference(df, _published(reference), "group"))
 
 
-def table_routes(conditions: list[str], geometry: list[str], table: str, routes: list[str]) -> None:
-    """All routes side by side: loss recovered and median KL@0 with CIs, FVE."""
+def table_routes(conditions: list[str], geometry: list[str], whole_context: list[str], sae: list[str], table: str,
+                 routes: list[str], layer: str) -> None:
+    """All routes of a layer side by side: loss recovered and median KL@0 with CIs, FVE, SAELens' whole-context
+    kl_div_score / ce_loss_score (labelled as SAELens' definitions), and L0 / dead latents of SAE routes."""
     conds = {r: read_csv(p) for r, p in zip(routes, conditions)}
     fve = {r: read_json(p).get("fve") for r, p in zip(routes, geometry)}
-    write_csv(table, tables.routes_table(conds, fve))
+    scores = {read_json(p)["route"]: read_json(p) for p in whole_context}
+    sparsity = {read_json(p)["route"]: read_json(p) for p in sae}
+    write_csv(table, tables.with_saelens_columns(tables.routes_table(conds, fve), scores, sparsity))
+
+
+def table_span_conditions(floors: str, patch: str, table: str, n_boot: int, seed: int, ci: float, layer: str,
+                          route: str, span: str) -> None:
+    """§2 for a span of k positions: every condition at the first token after the span (offset 0)."""
+    df = tables.span_conditions_table(read_patch([floors, patch], route), n_boot=n_boot, seed=seed, ci=ci)
+    write_csv(table, df)
+
+
+def table_span_offsets(floors: str, patch: str, table: str, layer: str, route: str, span: str) -> None:
+    """§5 for a span of k positions: median KL per condition at every offset from the span's last position
+    (negative: inside the span)."""
+    write_csv(table, tables.offsets_table(read_patch([floors, patch], route)))
+
+
+def table_spans(floors: list[str], patches: list[str], summaries: list[str], table: str, spans: list[int],
+                offsets: list[int], n_boot: int, seed: int, ci: float, layer: str, route: str) -> None:
+    """Every span length side by side: median KL at offsets after the span and loss recovered, with CIs, and how
+    many sites each span excluded (its span ran past the document's end)."""
+    frames = {int(k): read_patch([f, p], route) for k, f, p in zip(spans, floors, patches)}
+    df = tables.spans_table(frames, offsets=tuple(offsets), n_boot=n_boot, seed=seed, ci=ci)
+    excluded = {int(read_json(s)["span"]): int(read_json(s)["n_excluded"]) for s in summaries}
+    df.insert(3, "n_excluded", df["span"].map(lambda k: excluded.get(int(k), 0)).astype(int))
+    write_csv(table, df)
+
+
+def table_layers(conditions: list[str], geometry: list[str], table: str, pairs: list[list]) -> None:
+    """Every layer of a sweep: per route and floor, median KL@0 and loss recovered (with CIs), and FVE."""
+    conds = {(int(l), r): read_csv(p) for (l, r), p in zip(pairs, conditions)}
+    fve = {(int(l), r): read_json(p).get("fve") for (l, r), p in zip(pairs, geometry)}
+    write_csv(table, tables.layers_table(conds, fve))

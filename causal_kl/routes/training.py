@@ -3,7 +3,7 @@
 Routes that learn (``pca``, ``text_channel``) fit on documents disjoint from the eval documents:
 rows ``[start, stop)`` of the same corpus, tokenized, sampled (NLA stage 0, same seed and
 ``sites`` settings) and extracted at the same layer as the eval golds. One file per row range,
-``results/{run}/train_gold/rows_{start}_{stop}.parquet``, is shared by every route training on it.
+``results/{run}/L{layer}/train_gold/rows_{start}_{stop}.parquet``, is shared by every route training on it.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ if TYPE_CHECKING:  # the model code is imported where it runs: a job's own proce
     from causal_kl.models import LoadedModel
 
 def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int, layer: int, rows: tuple[int, int],
-                   max_sites: int | None = None, progress: bool = False) -> pa.Table:
+                   max_sites: int | None = None, progress: bool = False, extract=None) -> pa.Table:
     """Sample sites in corpus rows ``[start, stop)`` like the eval sites and extract their golds.
 
     ``corpus`` and ``sampling`` are the run's ``corpus`` and ``sites`` blocks. Returns a ``GOLD``
     table (site_id numbered from 0 within the training set, layer, activation ``[n, d]``) plus
-    ``doc_id`` and ``position``.
+    ``doc_id`` and ``position``. ``extract`` is the extraction to use (``extract_golds``'s signature; e.g.
+    a ``gold.BlockStateCache``'s ``golds``, so a sweep's layers share one forward).
     """
     from causal_kl.gold import extract_golds
+
+    extract = extract or extract_golds
 
     corpus_rows = load_corpus_rows(corpus, list(rows), source=f"training rows {list(rows)}")
     doc_ids = [doc_id_for(corpus["name"], corpus.get("split", "train"), r) for r, _ in corpus_rows]
@@ -44,7 +47,7 @@ def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int,
                             "give training rows with documents longer than sites.min_position")
     site_docs = sample.sites.column("doc_id").to_pylist()
     positions = sample.sites.column("position").to_pylist()
-    golds = extract_golds(loaded, dict(zip(doc_ids, token_ids)), site_docs, positions, layer, progress=progress)
+    golds = extract(loaded, dict(zip(doc_ids, token_ids)), site_docs, positions, layer, progress=progress)
     return pa.table({
         "site_id": pa.array(np.arange(n), pa.int64()),
         "layer": pa.array([layer] * n, pa.int64()),
