@@ -12,7 +12,9 @@ MIN = {"corpus": {"name": "c", "column": "content", "rows": [0, 10]}, "model": {
 
 def test_demo_and_production_configs_validate(root):
     demo = load_config(root / "config/config.yaml")
-    assert demo["run"] == "demo" and demo["sites"]["shard_size"] == 100
+    # the demo: two shards of its sites, both layers, every span (what the README's demo section describes)
+    assert demo["run"] == "demo" and demo["sites"]["max_sites"] == 2 * demo["sites"]["shard_size"]
+    assert demo["model"]["layer"] == [1, 3] and demo["patch"]["spans"] == [1, 4, 16]
     prod = load_config(root / "config/gemma3-27b.yaml")
     assert prod["model"]["layer"] == 41 and prod["corpus"]["rows"] == [100000, 100200]
     assert prod["sites"]["max_sites"] == 1000 and prod["dtype"] == "bfloat16"
