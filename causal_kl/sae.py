@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,81 +91,35 @@ import torch
 from causal_kl.errors import CausalKLError
 from causal_kl.io import atomic_path
 
-ARCHITECTURES = ("standard", "jumprelu", "topk")
-"""Architectures this module runs (SAELens' names)."""
-
-NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
-"""SAELens' ``normalize_activations`` settings this module runs."""
-
-SAELENS_CFG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_SCALER = "activation_scaler.json"
-GEMMA_SCOPE_NPZ = "params.npz"
-GEMMA_SCOPE_SAFETENSORS = "params.safetensors"
-GEMMA_SCOPE_CONFIG = "config.json"
+from causal_kl.sae_format import (  # the formats' torch-free rules, shared with the parse-time route check
+    ARCHITECTURES,
+    GEMMA_SCOPE_NPZ,
+    GEMMA_SCOPE_SAFETENSORS,
+    NORMALIZATIONS,
+    SAELENS_CFG,
+    SAELENS_SCALER,
+    SAELENS_WEIGHTS,
+    HookSite,
+    check_required_tensors,
+    gemma_scope_config,
+    gemma_scope_hook,
+    gemma_scope_names,
+    locate_sae,
+    missing_scaler_error,
+    parse_hook_name,
+    read_json,
+    read_saelens_cfg,
+    required_tensors,
+    resid_post_hook,
+    saelens_files,
+    scaler_factor,
+)
 
 SAELENS_LAYOUT_VERSION = "6.0.0"
 """``metadata.sae_lens_version`` written by ``save_sae``: the cfg.json layout (SAELens >= 6),
 so that SAELens reads our files without its pre-6.0 conversion."""
 
 LAYER_NORM_EPS = 1e-5  # SAELens' run_time_activation_ln_in default
-
-_ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
-_KNOWN_UNSUPPORTED = {
-    "gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal",
-    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
-}
-
-
-# --------------------------------------------------------------------------------------- hooks
-@dataclass(frozen=True)
-class HookSite:
-    """Where an SAE was trained, read from its hook name.
-
-    ``layer`` is the design's layer (output of decoder block ``layer``), or None when the hook is
-    not a decoder block's output (then the SAE cannot be spliced at any layer).
-    """
-
-    hook_name: str
-    kind: str  # resid_post | resid_pre | embed | other
-    layer: int | None
-
-    def describe(self) -> str:
-        if self.kind == "resid_pre" and self.layer is not None:
-            return f"{self.hook_name} (the input of block {self.layer + 1} = layer {self.layer}, the output of block {self.layer})"
-        if self.layer is not None:
-            return f"{self.hook_name} (layer {self.layer}, the output of block {self.layer})"
-        return f"{self.hook_name} (not the output of a decoder block)"
-
-
-_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
-_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-_HF_LAYER_OUT = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)(?:\.output)?$")
-
-
-def parse_hook_name(hook_name: str) -> HookSite:
-    """``blocks.L.hook_resid_post`` -> layer L; ``blocks.L.hook_resid_pre`` -> layer L - 1;
-    ``model.layers.L.output`` / ``layers.L`` -> layer L (returned as ``blocks.L.hook_resid_post``);
-    anything else -> ``layer=None``."""
-    name = hook_name.strip()
-    if m := _RESID_POST.match(name):
-        return HookSite(name, "resid_post", int(m.group(1)))
-    if m := _RESID_PRE.match(name):
-        block = int(m.group(1))
-        if block == 0:
-            return HookSite(name, "embed", None)
-        return HookSite(name, "resid_pre", block - 1)
-    if m := _HF_LAYER_OUT.match(name):
-        layer = int(m.group(1))
-        return HookSite(f"blocks.{layer}.hook_resid_post", "resid_post", layer)
-    if name in ("hook_embed", "embed.hook_embed"):
-        return HookSite(name, "embed", None)
-    return HookSite(name, "other", None)
-
-
-def resid_post_hook(layer: int) -> str:
-    """SAELens' name for the design's layer ``layer``: ``blocks.{layer}.hook_resid_post``."""
-    return f"blocks.{int(layer)}.hook_resid_post"
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -441,42 +394,19 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: i
     if not p.exists():
         raise CausalKLError(p, "sae path", "does not exist",
                             f"point it at an SAE directory ({SAELENS_CFG} + {SAELENS_WEIGHTS}) or a Gemma Scope {GEMMA_SCOPE_NPZ}")
-    if p.is_file():
-        if p.name == SAELENS_WEIGHTS or p.name == SAELENS_CFG:
-            p = p.parent
-        elif p.suffix == ".npz" or p.name == GEMMA_SCOPE_SAFETENSORS:
-            sae = load_gemma_scope(p, hook_name=hook_name)
-            return _finish_load(sae, device, d_model, layer)
-        else:
-            raise CausalKLError(p, "sae path", "is not an SAE file",
-                                f"give the SAE directory, its {SAELENS_WEIGHTS}, a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
-    if (p / SAELENS_CFG).exists() or (p / SAELENS_WEIGHTS).exists():
-        sae = load_saelens(p, norm_scaling_factor=norm_scaling_factor)
+    fmt, found = locate_sae(p)
+    if fmt == "saelens":
+        sae = load_saelens(found, norm_scaling_factor=norm_scaling_factor)
         if hook_name is not None:
             sae.hook_name = hook_name
-    elif (p / GEMMA_SCOPE_NPZ).exists():
-        sae = load_gemma_scope(p / GEMMA_SCOPE_NPZ, hook_name=hook_name)
-    elif (p / GEMMA_SCOPE_SAFETENSORS).exists():
-        sae = load_gemma_scope(p / GEMMA_SCOPE_SAFETENSORS, hook_name=hook_name)
     else:
-        raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
-                            f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+        sae = load_gemma_scope(found, hook_name=hook_name)
     return _finish_load(sae, device, d_model, layer)
 
 
 def _finish_load(sae: SparseAutoencoder, device, d_model, layer) -> SparseAutoencoder:
     sae.check_compatible(d_model=d_model, layer=layer)
     return sae.to(device)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CausalKLError(path, None, f"not valid JSON ({e})", "re-save the SAE config") from e
-    if not isinstance(obj, dict):
-        raise CausalKLError(path, None, "is not a JSON object", "re-save the SAE config")
-    return obj
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -496,95 +426,11 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
                                 "re-save the SAE weights with safetensors") from e
 
 
-def _get(cfg: dict, *keys: str, default: Any = None) -> Any:
-    """First of ``keys`` found at the top level of ``cfg``, then under ``cfg['metadata']``."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    for where in (cfg, meta):
-        for key in keys:
-            if key in where and where[key] is not None:
-                return where[key]
-    return default
-
-
-def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any]:
-    """Normalise a SAELens ``cfg.json`` of any supported version into this module's settings.
-
-    Returns ``architecture``, ``d_in``, ``d_sae`` (None when absent), ``k``,
-    ``rescale_acts_by_decoder_norm``, ``apply_b_dec_to_input``, ``normalize_activations``,
-    ``hook_name``, ``hook_layer``, ``model_name``.
-    """
-    arch = _get(cfg, "architecture")
-    act_fn = _get(cfg, "activation_fn", "activation_fn_str")
-    act_kwargs = _get(cfg, "activation_fn_kwargs", default={}) or {}
-    if arch is None:
-        arch = "standard"
-    arch = _ARCH_ALIASES.get(str(arch).lower(), str(arch).lower())
-    if act_fn == "topk" and arch == "standard":  # SAELens < 6 ran TopK as a standard SAE with activation_fn "topk"
-        arch = "topk"
-    if arch not in ARCHITECTURES:
-        why = "is not supported here" if arch in _KNOWN_UNSUPPORTED else "is unknown"
-        raise CausalKLError(file, "architecture", f"SAE architecture {arch!r} {why}",
-                            f"use a {', '.join(ARCHITECTURES)} SAE (a BatchTopK SAE is saved by SAELens as jumprelu)")
-    if act_fn is not None and act_fn not in ("relu", "topk") and not (arch == "jumprelu" and act_fn == "jumprelu"):
-        raise CausalKLError(file, "activation_fn", f"activation {act_fn!r} is not supported (SAELens >= 6 ignores it and runs ReLU)",
-                            "use an SAE with activation_fn relu (or topk)")
-    k = _get(cfg, "k")
-    if k is None and isinstance(act_kwargs, dict):
-        k = act_kwargs.get("k")
-    norm = _get(cfg, "normalize_activations", default="none")
-    if isinstance(norm, bool):  # SAELens < 6: True meant the April-2024 expected-average scaling
-        norm = "expected_average_only_in" if norm else "none"
-    if norm not in NORMALIZATIONS:
-        raise CausalKLError(file, "normalize_activations", f"{norm!r} is not supported",
-                            f"use an SAE with normalize_activations in {', '.join(NORMALIZATIONS)} (fold whitening into the weights first)")
-    if _get(cfg, "hook_head_index", "hook_point_head_index") is not None:
-        raise CausalKLError(file, "hook_head_index", "a per-attention-head SAE cannot reconstruct the residual stream",
-                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
-    if _get(cfg, "reshape_activations", default="none") not in ("none", None):
-        raise CausalKLError(file, "reshape_activations", f"{_get(cfg, 'reshape_activations')!r} (hook_z) SAEs read attention heads, not the residual stream",
-                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
-    hook = _get(cfg, "hook_name", "hook_point")
-    hf_hook = _get(cfg, "hf_hook_name", "hf_hook_point_in")
-    if hook is None and hf_hook is not None:
-        hook = parse_hook_name(str(hf_hook)).hook_name
-    hook_layer = _get(cfg, "hook_layer", "hook_point_layer")
-    if hook is not None and hook_layer is not None:
-        m = re.match(r"^blocks\.(\d+)\.", str(hook))
-        if m and int(m.group(1)) != int(hook_layer):
-            raise CausalKLError(file, "hook_layer", f"hook_layer {hook_layer} contradicts hook_name {hook}",
-                                "fix cfg.json so hook_layer is the block index in hook_name")
-
-    def _int(key_value, name):
-        if key_value is None:
-            return None
-        try:
-            return int(key_value)
-        except (TypeError, ValueError) as e:
-            raise CausalKLError(file, name, f"{key_value!r} is not an integer", f"set {name} to an integer") from e
-
-    return {
-        "architecture": arch,
-        "d_in": _int(_get(cfg, "d_in"), "d_in"),
-        "d_sae": _int(_get(cfg, "d_sae"), "d_sae"),
-        "k": _int(k, "k"),
-        "rescale_acts_by_decoder_norm": bool(_get(cfg, "rescale_acts_by_decoder_norm", default=False)),
-        "apply_b_dec_to_input": bool(_get(cfg, "apply_b_dec_to_input", default=True)),
-        "normalize_activations": norm,
-        "hook_name": None if hook is None else str(hook),
-        "hook_layer": _int(hook_layer, "hook_layer"),
-        "model_name": _get(cfg, "model_name"),
-    }
-
-
 def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
     """Read a SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) on the CPU."""
     d = Path(path)
-    cfg_path, weights_path = d / SAELENS_CFG, d / SAELENS_WEIGHTS
-    for f in (cfg_path, weights_path):
-        if not f.exists():
-            raise CausalKLError(f, f.name, "not found",
-                                f"an SAELens SAE directory holds {SAELENS_CFG} and {SAELENS_WEIGHTS} (SAE.save_model writes both)")
-    raw = _read_json(cfg_path)
+    cfg_path, weights_path = saelens_files(d)
+    raw = read_json(cfg_path)
     cfg = read_saelens_cfg(raw, cfg_path)
     tensors = _read_safetensors(weights_path)
     if "threshold" not in tensors and "log_threshold" in tensors:
@@ -593,11 +439,7 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> 
         if not np.allclose(tensors["scaling_factor"], 1.0):
             raise CausalKLError(weights_path, "scaling_factor", "a fine-tuning scaling factor other than 1 is not supported",
                                 "fold it into W_dec (W_dec *= scaling_factor[:, None]) and drop it")
-    required = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg["architecture"] == "jumprelu" else [])
-    missing = [n for n in required if n not in tensors]
-    if missing:
-        raise CausalKLError(weights_path, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(tensors)) or 'none'})",
-                            f"a {cfg['architecture']} SAE needs {', '.join(required)}")
+    check_required_tensors(tensors, cfg["architecture"], weights_path)
     d_in, d_sae = np.shape(tensors["W_enc"]) if np.ndim(tensors["W_enc"]) == 2 else (None, None)
     for name in ("d_in", "d_sae"):
         stated, actual = cfg[name], {"d_in": d_in, "d_sae": d_sae}[name]
@@ -605,14 +447,10 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> 
             raise CausalKLError(weights_path, "W_enc", f"shape {np.shape(tensors['W_enc'])} disagrees with cfg.json {name}={stated}",
                                 f"W_enc must be [d_in, d_sae] = [{cfg['d_in']}, {cfg['d_sae']}]; re-save the SAE")
     if cfg["normalize_activations"] == "expected_average_only_in" and norm_scaling_factor is None:
-        scaler = d / SAELENS_SCALER
-        if scaler.exists():
-            norm_scaling_factor = _read_json(scaler).get("scaling_factor")
+        norm_scaling_factor = scaler_factor(d)
         if norm_scaling_factor is None:
-            raise CausalKLError(cfg_path, "normalize_activations",
-                                f"expected_average_only_in, but no scaling factor ({SAELENS_SCALER} is missing or holds null)",
-                                f"put SAELens' {SAELENS_SCALER} beside cfg.json, or pass norm_scaling_factor "
-                                "(SAELens' pretrained_saes.yaml lists it per hub SAE)")
+            raise missing_scaler_error(cfg_path, f"put SAELens' {SAELENS_SCALER} beside cfg.json, or pass norm_scaling_factor "
+                                                 "(SAELens' pretrained_saes.yaml lists it per hub SAE)")
     sae = SparseAutoencoder(
         W_enc=torch.from_numpy(np.asarray(tensors["W_enc"])), b_enc=torch.from_numpy(np.asarray(tensors["b_enc"])),
         W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
@@ -626,25 +464,6 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> 
     return sae
 
 
-def _gemma_scope_hook_from_path(path: Path) -> str | None:
-    """Gemma Scope repos' folder layout -> hook: ``.../gemma-scope-9b-pt-res/layer_20/...`` or
-    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``."""
-    parts = [q.lower() for q in path.resolve().parts]
-    layer = None
-    for q in parts:
-        if m := re.match(r"^layer_(\d+)(?:_|$)", q):
-            layer = int(m.group(1))
-    if layer is None:
-        return None
-    if any(q in ("resid_post", "resid_post_all") or re.search(r"[-_]res$", q) for q in parts):
-        return resid_post_hook(layer)
-    if any(q in ("mlp_out", "mlp_out_all") or re.search(r"[-_]mlp$", q) for q in parts):
-        return f"blocks.{layer}.hook_mlp_out"
-    if any(q in ("attn_out", "attn_out_all") or re.search(r"[-_]att$", q) for q in parts):
-        return f"blocks.{layer}.attn.hook_z"
-    return None
-
-
 def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAutoencoder:
     """Read a Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors`` (JumpReLU) on the CPU.
 
@@ -655,14 +474,7 @@ def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAu
     p = Path(path)
     if not p.exists():
         raise CausalKLError(p, "sae path", "does not exist", f"point it at a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
-    raw_cfg: dict = {}
-    if (p.parent / GEMMA_SCOPE_CONFIG).exists():
-        raw_cfg = _read_json(p.parent / GEMMA_SCOPE_CONFIG)
-        arch = str(raw_cfg.get("architecture", "jump_relu")).lower()
-        if _ARCH_ALIASES.get(arch, arch) != "jumprelu" or "hf_hook_point_out" in raw_cfg or "affine_connection" in raw_cfg:
-            raise CausalKLError(p.parent / GEMMA_SCOPE_CONFIG, "architecture",
-                                f"not a residual JumpReLU SAE ({arch}{', a transcoder' if 'hf_hook_point_out' in raw_cfg else ''})",
-                                "use a Gemma Scope resid_post SAE")
+    raw_cfg = gemma_scope_config(p)
     if p.suffix == ".npz":
         try:
             with np.load(p) as data:
@@ -671,16 +483,10 @@ def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAu
             raise CausalKLError(p, None, f"not a readable npz file ({str(e).splitlines()[0]})", "download params.npz again") from e
     else:
         tensors = _read_safetensors(p)
-    tensors = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in tensors.items()}
-    required = ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"]
-    missing = [n for n in required if n not in tensors]
-    if missing:
-        raise CausalKLError(p, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(tensors)) or 'none'})",
-                            f"a Gemma Scope SAE file holds {', '.join(required)}")
-    if hook_name is None and raw_cfg.get("hf_hook_point_in"):
-        hook_name = parse_hook_name(str(raw_cfg["hf_hook_point_in"])).hook_name
+    tensors = gemma_scope_names(tensors)
+    check_required_tensors(tensors, "jumprelu", p, gemma_scope=True)
     if hook_name is None:
-        hook_name = _gemma_scope_hook_from_path(p.parent)
+        hook_name = gemma_scope_hook(raw_cfg, p)
     return SparseAutoencoder(
         W_enc=torch.from_numpy(tensors["W_enc"]), b_enc=torch.from_numpy(tensors["b_enc"]),
         W_dec=torch.from_numpy(tensors["W_dec"]), b_dec=torch.from_numpy(tensors["b_dec"]),
@@ -731,8 +537,7 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, model_name: str | None = 
 
 def sae_tensors(sae: SparseAutoencoder) -> dict[str, np.ndarray]:
     """The SAE's tensors by SAELens' state-dict names, float32 numpy on the CPU."""
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.architecture == "jumprelu" else [])
-    return {n: getattr(sae, n).detach().cpu().to(torch.float32).contiguous().numpy() for n in names}
+    return {n: getattr(sae, n).detach().cpu().to(torch.float32).contiguous().numpy() for n in required_tensors(sae.architecture)}
 
 
 def write_saelens_dir(path: str | Path, tensors: dict[str, np.ndarray], cfg: dict[str, Any],
