@@ -60,3 +60,17 @@ def base_config(tmp: Path, routes: dict, model_path: str = "m", layer: int = 2) 
 
 PROVENANCE = {"config_hash": "test", "run": "t", "model": "m", "layer": 2, "rule": "test"}
 """The provenance record a job gets from run_rule, for calling job functions directly."""
+
+
+def pca_job(tmp: Path, route: dict, train_docs, layer: int = 3) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The recon_pca rule's job on fixture files, as keyword arguments (80 training golds whose doc ids are
+    ``train_docs(80)``); with the golds and the training golds."""
+    sites_path, gold_path, _, gold = make_run(tmp, d=20)
+    rng = np.random.default_rng(9)
+    train = (rng.standard_normal((80, 20)) @ rng.standard_normal((20, 20)) + 2.0).astype(np.float32)
+    write_gold(tmp / "train.parquet", train, doc_ids=train_docs(80))
+    config = base_config(tmp, {"p": route})
+    job = dict(train_gold=[str(tmp / "train.parquet")], sites=str(sites_path), gold=str(gold_path),
+               recon=str(tmp / "recon.parquet"), route_entry=config["routes"]["p"],
+               eval_rows=config["corpus"]["rows"], layer=str(layer), route="p", provenance=PROVENANCE)
+    return job, gold, train

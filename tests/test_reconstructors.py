@@ -18,7 +18,7 @@ from causal_kl.io import arrow_to_vectors, read_parquet
 from causal_kl.jobs.recon import recon_pca, recon_text_channel
 from causal_kl.routes import sae as sae_route
 from causal_kl.routes.reconstructors import Reconstructor, build_reconstructor
-from run_files import PROVENANCE, base_config, make_run, write_gold
+from run_files import PROVENANCE, base_config, make_run, pca_job, write_gold
 from test_routes_nla import D, EXPLANATIONS_TEXT, ar_dir, plain_ar  # noqa: F401 (ar_dir: a fixture)
 from test_sae import random_tensors, write_case
 
@@ -32,23 +32,10 @@ def _eval_docs(sites_path):
 
 
 # ------------------------------------------------------------------------------------- pca
-def _pca_job(tmp_path, route, train_docs):
-    """The recon_pca rule's job on fixture files (as tests/test_routes_pca.py builds them); the golds and training golds."""
-    sites_path, gold_path, _, gold = make_run(tmp_path, d=20)
-    rng = np.random.default_rng(9)
-    train = (rng.standard_normal((80, 20)) @ rng.standard_normal((20, 20)) + 2.0).astype(np.float32)
-    write_gold(tmp_path / "train.parquet", train, doc_ids=train_docs(80))
-    config = base_config(tmp_path, {"p": route})
-    job = dict(train_gold=[str(tmp_path / "train.parquet")], sites=str(sites_path), gold=str(gold_path),
-               recon=str(tmp_path / "recon.parquet"), route_entry=config["routes"]["p"],
-               eval_rows=config["corpus"]["rows"], layer="2", route="p", provenance=PROVENANCE)
-    return job, gold, train
-
-
 @pytest.mark.parametrize("k,center", [(3, True), (7, False)])
 def test_pca_equals_the_job_and_numpy_svd(tmp_path, k, center):
-    job, gold, train = _pca_job(tmp_path, {"kind": "pca", "train_rows": [50, 90], "k": k, "center": center},
-                                lambda n: [f"c:train:{50 + i // 2}" for i in range(n)])
+    job, gold, train = pca_job(tmp_path, {"kind": "pca", "train_rows": [50, 90], "k": k, "center": center},
+                                lambda n: [f"c:train:{50 + i // 2}" for i in range(n)], layer=2)
     recon_pca(**job)
     r = build_reconstructor(job["route_entry"], 2, route="p", d_model=20, train_gold=job["train_gold"][0],
                             eval_doc_ids=_eval_docs(job["sites"]))
@@ -64,7 +51,7 @@ def test_pca_equals_the_job_and_numpy_svd(tmp_path, k, center):
 
 
 def test_pca_refuses_eval_documents_and_needs_training_golds(tmp_path):
-    job, _, _ = _pca_job(tmp_path, {"kind": "pca", "train_rows": [50, 90], "k": 3}, lambda n: [f"c:train:{i % 3}" for i in range(n)])
+    job, _, _ = pca_job(tmp_path, {"kind": "pca", "train_rows": [50, 90], "k": 3}, lambda n: [f"c:train:{i % 3}" for i in range(n)], layer=2)
     with pytest.raises(CausalKLError, match="training documents are eval documents"):
         build_reconstructor(job["route_entry"], 2, route="p", d_model=20, train_gold=job["train_gold"][0],
                             eval_doc_ids=_eval_docs(job["sites"]))

@@ -26,7 +26,7 @@ from causal_kl.routes.sae import (
     sae_path,
 )
 from causal_kl.sae import write_saelens_dir
-from test_sae import (
+from test_sae import (  # noqa: F401 (tensors and x are fixtures)
     ARCHS,
     D_IN,
     D_SAE,
@@ -38,7 +38,10 @@ from test_sae import (
     random_tensors,
     reference_sae,
     saelens_cfg_for,
+    saelens_encode_decode,
+    tensors,
     write_case,
+    x,
 )
 
 LAYER = 2  # write_case's SAEs are trained at blocks.2.hook_resid_post
@@ -47,14 +50,9 @@ GEMMA = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
 @pytest.fixture(scope="module")
-def tensors():
-    return random_tensors()
-
-
-@pytest.fixture(scope="module")
-def golds():
-    rng = np.random.default_rng(1)
-    return (rng.normal(0, 1, (N, D_IN)) * rng.uniform(0.5, 3, (N, 1)) + 2.0).astype(np.float32)
+def golds(x):
+    """test_sae's residual-like vectors, as the golds the route reconstructs."""
+    return x
 
 
 def _entry(path, **kw):
@@ -101,15 +99,9 @@ def test_reconstruction_and_sparsity_match_the_definition(tmp_path, tensors, gol
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_same_as_saelens_load_from_disk(tmp_path, tensors, golds, arch, apply_b_dec, norm):
-    sae_lens = pytest.importorskip("sae_lens")
-    from sae_lens.training.activation_scaler import ActivationScaler
-
     path = write_case(tmp_path, tensors, arch, apply_b_dec, norm)
-    theirs = sae_lens.SAE.load_from_disk(str(path))
-    scaler = ActivationScaler(scaling_factor=SCALE if norm == "expected_average_only_in" else None)
-    with torch.no_grad():
-        acts = theirs.encode(scaler.scale(torch.from_numpy(golds)))
-        out = scaler.unscale(theirs.decode(acts)).numpy()
+    acts, out = saelens_encode_decode(path, golds, norm)
+    out = out.numpy()
     recon, stats = reconstruct(_entry(path), LAYER, golds)
     np.testing.assert_allclose(recon, out, rtol=1e-5, atol=1e-5)
     direct = _direct_stats(golds, acts.numpy(), out)

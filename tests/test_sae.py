@@ -311,21 +311,25 @@ def test_bad_inputs(tmp_path, tensors):
 
 
 # -------------------------------------------------------------------------- SAELens itself
+def saelens_encode_decode(path, x: np.ndarray, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens itself on the SAE directory ``path``: its latents and reconstruction of ``x`` (``SAE.load_from_disk``;
+    for expected_average_only_in, SAELens scales outside the SAE with the factor its trainer saved, as here)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    theirs = sae_lens.SAE.load_from_disk(str(path))
+    scaler = ActivationScaler(scaling_factor=SCALE if norm == "expected_average_only_in" else None)
+    with torch.no_grad():
+        acts = theirs.encode(scaler.scale(torch.from_numpy(x)))
+        return acts, scaler.unscale(theirs.decode(acts))
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_same_as_saelens_load_from_disk(tmp_path, tensors, x, arch, apply_b_dec, norm):
-    sae_lens = pytest.importorskip("sae_lens")
-    from sae_lens.training.activation_scaler import ActivationScaler
-
     path = write_case(tmp_path, tensors, arch, apply_b_dec, norm)
-    theirs = sae_lens.SAE.load_from_disk(str(path))
-    # expected_average_only_in: SAELens scales outside the SAE, with the factor its trainer saved
-    scaler = ActivationScaler(scaling_factor=SCALE if norm == "expected_average_only_in" else None)
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        acts_theirs = theirs.encode(scaler.scale(xt))
-        out_theirs = scaler.unscale(theirs.decode(acts_theirs))
+    acts_theirs, out_theirs = saelens_encode_decode(path, x, norm)
     ours = load_sae(path)
     torch.testing.assert_close(ours.encode(x), acts_theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.reconstruct(x), out_theirs, rtol=1e-5, atol=1e-5)
