@@ -40,8 +40,10 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
                                   loaded=loaded, dtype=dtype, device=device)
     reason = rebuilt.reason
     if reason is None and rebuilt.needs_where:
-        reason = ("the whole-context splice needs a reconstruction at every position of its contexts; this route has "
-                  "them only at the positions its file lists")
+        # (even a file of every position cannot serve: SAELens packs documents into contexts, so a context's states
+        # have other prefixes than the document positions a file's vectors reconstruct)
+        reason = ("the whole-context splice needs a reconstruction of every state of SAELens-packed contexts; this "
+                  "route's file holds vectors only for the document positions it lists")
     if reason is not None:
         log.info("route %s, layer %d: no whole-context scores: %s", route, layer_i, reason)
         write_json(scores, {**record, "skipped": reason})
