@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: threads sleep when they wait, shared CPUs stay fast
-
-from causal_kl.demo.corpus import CorpusConfig, build_corpus  # noqa: E402
-from causal_kl.demo.tokenizer import build_tokenizer  # noqa: E402
-from causal_kl.demo.train import DataSplit, ModelConfig, TrainConfig, build_model  # noqa: E402
+from causal_kl.demo.corpus import CorpusConfig, build_corpus
+from causal_kl.demo.tokenizer import build_tokenizer
+from causal_kl.demo.train import DataSplit, ModelConfig, TrainConfig, build_model
 
 
 def demo_corpus(corpus: str, settings: dict, seed: int) -> None:
