@@ -26,7 +26,7 @@ onerror:
 
 
 rule all:
+    default_target: True
     input:
         run_targets(),
         shard_targets,
-    default_target: True

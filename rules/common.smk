@@ -9,22 +9,40 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
-from causal_kl.config import (DEFAULT_CONFIG, layer_path, resolve_config, route_layers, routes_at, run_layers, run_spans,
-                              show_reference, validate_config)
+from causal_kl.config import (
+    DEFAULT_CONFIG,
+    layer_path,
+    resolve_config,
+    route_layers,
+    routes_at,
+    run_layers,
+    run_spans,
+    show_reference,
+    validate_config,
+)
 from causal_kl.errors import CausalKLError
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
+from causal_kl.routes.file import input_files as file_route_inputs
 
 try:
     # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
-    CONFIG_SOURCE = resolve_config(config, workflow.configfiles, workflow.config_settings.config,
-                                   os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG))
+    CONFIG_SOURCE = resolve_config(
+        config,
+        workflow.configfiles,
+        workflow.config_settings.config,
+        os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG),
+    )
     # one-line, file/key/fix errors before snakemake's own (longer) schema report, then every check the
     # config and the files it names allow (model config.json, layers, device, corpus, route files, SAEs)
     validate_config(config, source=CONFIG_SOURCE)
     check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))
-    check_targets(sys.argv[1:], f"results/{config['run']}", {l: routes_at(config, l) for l in run_layers(config)},
-                  run_spans(config))
+    check_targets(
+        sys.argv[1:],
+        f"results/{config['run']}",
+        {l: routes_at(config, l) for l in run_layers(config)},
+        run_spans(config),
+    )
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
@@ -62,7 +80,7 @@ def _alternatives(values):
 
 
 wildcard_constraints:
-    shard=r"\d{3}",
+    shard=r"\d\d\d+",  # 000..999, then 1000 and on: any number of shards plans (no braces: they would read as a wildcard)
     layer=_alternatives(LAYERS),
     span=_alternatives(SPANS),
     route=_alternatives(ROUTES),  # a target naming no configured route has no rule
@@ -97,14 +115,24 @@ def route_config(wildcards):
     """The config entry of the job's route (at the job's layer: a pair the config does not have is an error)."""
     entry = config["routes"][wildcards.route]
     if hasattr(wildcards, "layer") and int(wildcards.layer) not in route_layers(config, wildcards.route):
-        raise CausalKLError(CONFIG_SOURCE, f"routes.{wildcards.route}.layer",
-                            f"the route does not reconstruct layer {wildcards.layer}", "add the layer to the route")
+        raise CausalKLError(
+            CONFIG_SOURCE,
+            f"routes.{wildcards.route}.layer",
+            f"the route does not reconstruct layer {wildcards.layer}",
+            "add the layer to the route",
+        )
     return entry
 
 
 def model_input():
     """The model directory as a Snakemake input when the demo builds it, else nothing (hub id or external path)."""
     return [MODEL["path"]] if config.get("demo") else []
+
+
+def model_path(wildcards, input):
+    """A job's model: the model folder among its inputs when the workflow builds it (the demo), else the configured
+    hub id or path (a param, never a hard-coded prefix of an input: the input is staged where the job runs)."""
+    return str(input.model_dir[0]) if input.get("model_dir") else MODEL["path"]
 
 
 def corpus_input():
@@ -170,8 +198,12 @@ model.layer reruns nothing of the layers already there."""
 
 def model_params():
     """The params every model job reads: the model block (and what its folder holds), dtype and device."""
-    return {"model": MODEL_BLOCK, "model_fingerprint": external(MODEL["path"]), "dtype": config["dtype"],
-            "device": config["device"]}
+    return {
+        "model": MODEL_BLOCK,
+        "model_fingerprint": external(MODEL["path"]),
+        "dtype": config["dtype"],
+        "device": config["device"],
+    }
 
 
 PATCH_PARAMS = {k: config["patch"][k] for k in ("method", "sites_per_batch")}
@@ -236,8 +268,10 @@ def figure_outputs(path, caption=None):
     name = Path(path).name
     caption = caption or next((k for k, v in FIG_NAMES.items() if v == name), "fig_routes")
     sub = "{route}" if "{route}" in path else "all routes"
-    return {"png": report(f"{path}.png", caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
-            "svg": f"{path}.svg"}
+    return {
+        "png": report(f"{path}.png", caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
+        "svg": f"{path}.svg",
+    }
 
 
 def analysis_targets(layer):
@@ -257,13 +291,18 @@ def analysis_targets(layer):
         if config["routes"][r]["kind"] == "sae":
             t += [f"{L}/sae/{r}.json"]
         for k in EXTRA_SPANS:
-            t += [f"{L}/span{k}/tables/{r}/conditions.csv", f"{L}/span{k}/tables/{r}/offsets.csv",
-                  f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png"]
+            t += [
+                f"{L}/span{k}/tables/{r}/conditions.csv",
+                f"{L}/span{k}/tables/{r}/offsets.csv",
+                f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
+            ]
         if EXTRA_SPANS:
             t += [f"{L}/tables/{r}/spans.csv"] + [f"{L}/figures/{r}/spans.{ext}" for ext in ("png", "svg")]
     if routes:
         t += [f"{L}/tables/routes.csv"]
-        t += [f"{L}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")]
+        t += [
+            f"{L}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")
+        ]
     return t
 
 
@@ -272,3 +311,170 @@ def across_layer_targets():
     if len(LAYERS) < 2 or not ROUTES:
         return []
     return [f"{R}/tables/layers.csv", f"{R}/figures/layers.png", f"{R}/figures/layers.svg"]
+
+
+# ----------------------------------------------------------------------------- routes (rules/recon.smk)
+def route_regex(*kinds):
+    """A wildcard constraint matching exactly the configured routes of these kinds (nothing when none)."""
+    names = [name for name, route in config["routes"].items() if route["kind"] in kinds]
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
+"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers the route covers."""
+
+
+def route_params(wildcards):
+    """What a route's reconstruction depends on: its config entry without the keys of no consequence."""
+    return {k: v for k, v in route_config(wildcards).items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+
+
+def route_path(wildcards, key="path"):
+    """A route's file or folder at the job's layer (``{layer}`` filled in)."""
+    return layer_path(route_config(wildcards)[key], wildcards.layer)
+
+
+def train_rows_gold(wildcards):
+    """Training golds are shared by every route that trains on the same rows (none for routes that do not train)."""
+    entry = route_config(wildcards)
+    if "train_rows" not in entry:
+        return []
+    start, stop = entry["train_rows"]
+    return [f"{R}/L{wildcards.layer}/train_gold/rows_{start}_{stop}.parquet"]
+
+
+def route_files(wildcards):
+    """The files a ``file`` route reads at the job's layer (none for other kinds)."""
+    entry = route_config(wildcards)
+    return file_route_inputs({**entry, "path": route_path(wildcards)}) if entry["kind"] == "file" else []
+
+
+def sae_input(wildcards):
+    """An ``sae`` route's SAE as an input when the demo builds it (else a fingerprint param stands for it)."""
+    entry = route_config(wildcards)
+    if entry["kind"] != "sae":
+        return []
+    path = route_path(wildcards)
+    return [path] if config.get("demo") and path.startswith(f"{DEMO_SAE_DIR}/") else []
+
+
+def sae_fingerprint(wildcards):
+    entry = route_config(wildcards)
+    return external(route_path(wildcards)) if entry["kind"] == "sae" and not sae_input(wildcards) else None
+
+
+def checkpoint_path(wildcards):
+    """The AR checkpoint a route's reconstruction reads (an nla_av route's second step reads its AR)."""
+    route = route_config(wildcards)
+    return route["ar_checkpoint"] if route["kind"] == "nla_av" else route["checkpoint"]
+
+
+def local_checkpoint(wildcards):
+    """A route's AR checkpoint directory as an input when it is a local path (a hub id is not a file)."""
+    route = route_config(wildcards)
+    if route["kind"] not in ("nla_ar", "nla_av"):
+        return []
+    path = checkpoint_path(wildcards)
+    return [path] if Path(path).exists() else []
+
+
+def nla_explanations(wildcards):
+    """nla_av routes make their explanations; nla_ar routes read them from the configured file."""
+    route = route_config(wildcards)
+    if route["kind"] == "nla_av":
+        return [f"{R}/L{wildcards.layer}/explanations/{wildcards.route}.parquet"]
+    if route["kind"] == "nla_ar":
+        return [route["explanations"]]
+    return []
+
+
+def reconstructor_fingerprints(wildcards):
+    """Fingerprints of the external files a route's reconstructor reads (what reruns it when they change)."""
+    entry = route_config(wildcards)
+    files = [*route_files(wildcards), *(nla_explanations(wildcards) if entry["kind"] == "nla_ar" else [])]
+    return {
+        "files": [external(f) for f in files],
+        "sae": sae_fingerprint(wildcards),
+        "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None,
+    }
+
+
+# ----------------------------------------------------------------------------- patches (rules/patch.smk)
+def span_file(path):
+    """An input function: ``path`` for a span of more than one position, nothing for the single-site splice."""
+    return lambda w: [path.format(**dict(w.items()))] if int(w.span) > 1 else []
+
+
+def span_choices(w):
+    """The resample choices of a span: the site choices for 1, the span's own (among sites whose span fits) else."""
+    return (
+        f"{R}/L{w.layer}/conditions/choices.parquet"
+        if int(w.span) == 1
+        else f"{R}/L{w.layer}/span{w.span}/conditions/choices.parquet"
+    )
+
+
+# ----------------------------------------------------------------------------- tables (rules/tables.smk)
+def sae_routes_of(pattern):
+    """An input function: ``pattern`` for every ``sae`` route of the job's layer."""
+    return lambda w: [
+        pattern.format(layer=w.layer, route=r) for r in routes_of(w.layer) if config["routes"][r]["kind"] == "sae"
+    ]
+
+
+# ----------------------------------------------------------------------------- report (rules/report.smk)
+def report_manifest():
+    """What the report shows, file by file: per layer its gate, routes (tables, statistics, figures, SAELens-comparable
+    scores, SAE sparsity, spans) and all-routes comparison; the cross-layer table and figure of a sweep."""
+    layers = {}
+    for layer in LAYERS:
+        L = f"{R}/L{layer}"
+        routes = {}
+        for r in routes_of(layer):
+            files = {name: f"{L}/tables/{r}/{name}.csv" for name in ROUTE_TABLES}
+            files["stats"] = f"{L}/stats/{r}.json"
+            files.update({key: f"{L}/figures/{r}/{name}.png" for key, name in FIG_NAMES.items()})
+            if WHOLE_CONTEXT:
+                files["whole_context"] = f"{L}/whole_context/{r}.json"
+            if config["routes"][r]["kind"] == "sae":
+                files["sae"] = f"{L}/sae/{r}.json"
+            if EXTRA_SPANS:
+                files["spans"] = {
+                    "table": f"{L}/tables/{r}/spans.csv",
+                    "figure": f"{L}/figures/{r}/spans.png",
+                    "per_span": {
+                        str(k): {
+                            "conditions": f"{L}/span{k}/tables/{r}/conditions.csv",
+                            "offsets": f"{L}/span{k}/tables/{r}/offsets.csv",
+                            "fig3": f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
+                            "recon": f"{L}/span{k}/recon/{r}.parquet",
+                            "sites": f"{L}/span{k}/sites.json",
+                        }
+                        for k in EXTRA_SPANS
+                    },
+                }
+            routes[r] = files
+        comparison = {}
+        if routes:
+            comparison = {
+                "routes": f"{L}/tables/routes.csv",
+                "fig_routes": f"{L}/figures/routes_comparison.png",
+                **{key: f"{L}/figures/{name}.png" for key, name in FIG_NAMES.items()},
+            }
+        layers[str(layer)] = {"gate": f"{L}/gate.json", "routes": routes, "comparison": comparison}
+    across = {}
+    if across_layer_targets():
+        across = {"table": f"{R}/tables/layers.csv", "figure": f"{R}/figures/layers.png"}
+    return {"layers": layers, "across": across, "spans": SPANS}
+
+
+def manifest_files(node):
+    """Every path in a manifest (its files are the report's inputs)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in manifest_files(v)]
+    return []
+
+
+REPORT_MANIFEST = report_manifest()

@@ -46,7 +46,7 @@ rule demo_base:
     log:
         f"{LL}/demo_base.log",
     params:
-        model=MODEL["path"],
+        model=model_path,
     conda:
         "../envs/torch.yaml"
     script:

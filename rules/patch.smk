@@ -3,16 +3,6 @@
 # span also its extra positions' golds, choices, noise and reconstructions (rules/spans.smk).
 
 
-def span_file(path):
-    """An input function: ``path`` for a span of more than one position, nothing for the single-site splice."""
-    return lambda w: [path.format(**dict(w.items()))] if int(w.span) > 1 else []
-
-
-def span_choices(w):
-    """The resample choices of a span: the site choices for 1, the span's own (among sites whose span fits) else."""
-    return f"{R}/L{w.layer}/conditions/choices.parquet" if int(w.span) == 1 else f"{R}/L{w.layer}/span{w.span}/conditions/choices.parquet"
-
-
 rule conditions:
     input:
         gold=stored_gold(),
@@ -115,8 +105,9 @@ rule patch_route_aggregate:
 rule patch_aggregate:
     input:
         floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
-        routes=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{{route}}.parquet", span=SPANS,
-                                route=routes_of(w.layer)),
+        routes=lambda w: expand(
+            f"{R}/L{w.layer}/span{{span}}/patch/{{route}}.parquet", span=SPANS, route=routes_of(w.layer)
+        ),
     output:
         patch=f"{RL}/patch.parquet",
     log:

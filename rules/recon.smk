@@ -1,94 +1,6 @@
 # Reconstruction routes, per layer: one rule per route kind writing RL/recon/{route}.parquet, then the geometry of
 # every route. Each route-kind rule only matches the routes of its kind (wildcard constraint), so adding a route
 # to the config adds only that route's jobs; a route reconstructs the layers its `layer` names (default: all).
-import re
-from pathlib import Path
-
-from causal_kl.routes.file import input_files as file_route_inputs
-
-
-def route_regex(*kinds):
-    """A wildcard constraint matching exactly the configured routes of these kinds (nothing when none)."""
-    names = [name for name, route in config["routes"].items() if route["kind"] in kinds]
-    return "|".join(re.escape(n) for n in names) if names else "(?!)"
-
-
-ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
-"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers the route covers."""
-
-
-def route_params(wildcards):
-    """What a route's reconstruction depends on: its config entry without the keys of no consequence."""
-    return {k: v for k, v in route_config(wildcards).items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
-
-
-def route_path(wildcards, key="path"):
-    """A route's file or folder at the job's layer (``{layer}`` filled in)."""
-    return layer_path(route_config(wildcards)[key], wildcards.layer)
-
-
-def train_rows_gold(wildcards):
-    """Training golds are shared by every route that trains on the same rows (none for routes that do not train)."""
-    entry = route_config(wildcards)
-    if "train_rows" not in entry:
-        return []
-    start, stop = entry["train_rows"]
-    return [f"{R}/L{wildcards.layer}/train_gold/rows_{start}_{stop}.parquet"]
-
-
-def route_files(wildcards):
-    """The files a ``file`` route reads at the job's layer (none for other kinds)."""
-    entry = route_config(wildcards)
-    return file_route_inputs({**entry, "path": route_path(wildcards)}) if entry["kind"] == "file" else []
-
-
-def sae_input(wildcards):
-    """An ``sae`` route's SAE as an input when the demo builds it (else a fingerprint param stands for it)."""
-    entry = route_config(wildcards)
-    if entry["kind"] != "sae":
-        return []
-    path = route_path(wildcards)
-    return [path] if config.get("demo") and path.startswith(DEMO_SAE_DIR + "/") else []
-
-
-def sae_fingerprint(wildcards):
-    entry = route_config(wildcards)
-    return external(route_path(wildcards)) if entry["kind"] == "sae" and not sae_input(wildcards) else None
-
-
-def checkpoint_path(wildcards):
-    """The AR checkpoint a route's reconstruction reads (an nla_av route's second step reads its AR)."""
-    route = route_config(wildcards)
-    return route["ar_checkpoint"] if route["kind"] == "nla_av" else route["checkpoint"]
-
-
-def local_checkpoint(wildcards):
-    """A route's AR checkpoint directory as an input when it is a local path (a hub id is not a file)."""
-    route = route_config(wildcards)
-    if route["kind"] not in ("nla_ar", "nla_av"):
-        return []
-    path = checkpoint_path(wildcards)
-    return [path] if Path(path).exists() else []
-
-
-def nla_explanations(wildcards):
-    """nla_av routes make their explanations; nla_ar routes read them from the configured file."""
-    route = route_config(wildcards)
-    if route["kind"] == "nla_av":
-        return [f"{R}/L{wildcards.layer}/explanations/{wildcards.route}.parquet"]
-    if route["kind"] == "nla_ar":
-        return [route["explanations"]]
-    return []
-
-
-def reconstructor_fingerprints(wildcards):
-    """Fingerprints of the external files a route's reconstructor reads (what reruns it when they change)."""
-    entry = route_config(wildcards)
-    files = route_files(wildcards) + ([] if entry["kind"] != "nla_ar" else nla_explanations(wildcards))
-    return {"files": [external(f) for f in files], "sae": sae_fingerprint(wildcards),
-            "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None}
-
-
 SAMPLING = {"seed": config["seed"], "sampling": config["sites"], "corpus": config["corpus"]}
 """How route-training documents are sampled: exactly like the eval sites."""
 
@@ -105,9 +17,9 @@ rule train_gold:
     log:
         f"{LL}/train_gold/rows_{{start}}_{{stop}}.log",
     params:
-        rows=lambda w: [int(w.start), int(w.stop)],
         **SAMPLING,
         **model_params(),
+        rows=lambda w: [int(w.start), int(w.stop)],
     resources:
         **model_resources(),
     priority: lambda w: int(w.layer)
@@ -175,9 +87,9 @@ rule recon_text_channel:
     log:
         f"{LL}/recon/{{route}}.log",
     params:
+        **model_params(),
         route_entry=route_params,
         eval_rows=config["corpus"]["rows"],
-        **model_params(),
     resources:
         **model_resources(),
     conda:
@@ -250,7 +162,9 @@ rule recon_nla_ar:
     params:
         route_entry=route_params,
         checkpoint_fingerprint=lambda w: external(checkpoint_path(w)),
-        explanations_fingerprint=lambda w: None if route_config(w)["kind"] == "nla_av" else external(nla_explanations(w)[0]),
+        explanations_fingerprint=lambda w: (
+            None if route_config(w)["kind"] == "nla_av" else external(nla_explanations(w)[0])
+        ),
         dtype=config["dtype"],
         device=config["device"],
     resources:

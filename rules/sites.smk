@@ -31,7 +31,7 @@ checkpoint sites:
         corpus_fingerprint=external(config["corpus"]["path"]) if config["corpus"].get("path") else None,
         sampling=config["sites"],
         seed=config["seed"],
-        model=MODEL["path"],
+        model=model_path,
     threads: 1
     resources:
         mem_mb=mem_mb(4000),

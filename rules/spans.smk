@@ -80,10 +80,10 @@ rule recon_span:
     log:
         f"{LS}/recon/{{route}}.log",
     params:
+        **model_params(),
         route_entry=route_params,
         fingerprints=reconstructor_fingerprints,
         eval_rows=config["corpus"]["rows"],
-        **model_params(),
     resources:
         **model_resources(),
     conda:

@@ -39,8 +39,12 @@ rule table_conditions:
         per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
         reference=reference_input("conditions"),
     output:
-        table=report(f"{RL}/tables/{{route}}/conditions.csv", caption="../reports/conditions.rst",
-                     category="Tables", subcategory="{route}"),
+        table=report(
+            f"{RL}/tables/{{route}}/conditions.csv",
+            caption="../reports/conditions.rst",
+            category="Tables",
+            subcategory="{route}",
+        ),
     log:
         f"{LL}/analysis/{{route}}/table_conditions.log",
     params:
@@ -58,8 +62,12 @@ rule table_quartiles:
         gold=stored_gold(),
         reference=reference_input("quartiles"),
     output:
-        table=report(f"{RL}/tables/{{route}}/quartiles.csv", caption="../reports/quartiles.rst",
-                     category="Tables", subcategory="{route}"),
+        table=report(
+            f"{RL}/tables/{{route}}/quartiles.csv",
+            caption="../reports/quartiles.rst",
+            category="Tables",
+            subcategory="{route}",
+        ),
     log:
         f"{LL}/analysis/{{route}}/table_quartiles.log",
     params:
@@ -76,8 +84,12 @@ rule table_offsets:
         patch=f"{RL}/span1/patch/{{route}}.parquet",
         reference=reference_input("offsets"),
     output:
-        table=report(f"{RL}/tables/{{route}}/offsets.csv", caption="../reports/offsets.rst",
-                     category="Tables", subcategory="{route}"),
+        table=report(
+            f"{RL}/tables/{{route}}/offsets.csv",
+            caption="../reports/offsets.rst",
+            category="Tables",
+            subcategory="{route}",
+        ),
     log:
         f"{LL}/analysis/{{route}}/table_offsets.log",
     conda:
@@ -92,8 +104,12 @@ rule table_token_classes:
         geometry_json=f"{RL}/geometry/{{route}}.json",
         reference=reference_input("token_classes"),
     output:
-        table=report(f"{RL}/tables/{{route}}/token_classes.csv", caption="../reports/token_classes.rst",
-                     category="Tables", subcategory="{route}"),
+        table=report(
+            f"{RL}/tables/{{route}}/token_classes.csv",
+            caption="../reports/token_classes.rst",
+            category="Tables",
+            subcategory="{route}",
+        ),
     log:
         f"{LL}/analysis/{{route}}/table_token_classes.log",
     params:
@@ -104,12 +120,6 @@ rule table_token_classes:
         "../workflow_scripts/table_token_classes.py"
 
 
-def sae_routes_of(pattern):
-    """An input function: ``pattern`` for every ``sae`` route of the job's layer."""
-    return lambda w: [pattern.format(layer=w.layer, route=r) for r in routes_of(w.layer)
-                      if config["routes"][r]["kind"] == "sae"]
-
-
 rule table_routes:
     input:
         conditions=per_route(f"{RL}/tables/{{route}}/conditions.csv"),
@@ -117,8 +127,9 @@ rule table_routes:
         whole_context=per_route(f"{RL}/whole_context/{{route}}.json") if WHOLE_CONTEXT else [],
         sae=sae_routes_of(f"{R}/L{{layer}}/sae/{{route}}.json"),
     output:
-        table=report(f"{RL}/tables/routes.csv", caption="../reports/routes.rst", category="Tables",
-                     subcategory="all routes"),
+        table=report(
+            f"{RL}/tables/routes.csv", caption="../reports/routes.rst", category="Tables", subcategory="all routes"
+        ),
     log:
         f"{LL}/analysis/table_routes.log",
     params:
@@ -136,8 +147,12 @@ rule table_span_conditions:
         floors=f"{RS}/patch/floors.parquet",
         patch=f"{RS}/patch/{{route}}.parquet",
     output:
-        table=report(f"{RS}/tables/{{route}}/conditions.csv", caption="../reports/span_conditions.rst",
-                     category="Spans", subcategory="{route}"),
+        table=report(
+            f"{RS}/tables/{{route}}/conditions.csv",
+            caption="../reports/span_conditions.rst",
+            category="Spans",
+            subcategory="{route}",
+        ),
     log:
         f"{LS}/analysis/{{route}}/table_span_conditions.log",
     params:
@@ -170,14 +185,15 @@ rule table_spans:
         patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=SPANS),
         summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=EXTRA_SPANS),
     output:
-        table=report(f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans",
-                     subcategory="{route}"),
+        table=report(
+            f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans", subcategory="{route}"
+        ),
     log:
         f"{LL}/analysis/{{route}}/table_spans.log",
     params:
+        **BOOTSTRAP,
         spans=SPANS,
         offsets=SPAN_OFFSETS,
-        **BOOTSTRAP,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -189,8 +205,9 @@ rule table_layers:
         conditions=[f"{R}/L{l}/tables/{r}/conditions.csv" for l in LAYERS for r in routes_of(l)],
         geometry=[f"{R}/L{l}/geometry/{r}.json" for l in LAYERS for r in routes_of(l)],
     output:
-        table=report(f"{R}/tables/layers.csv", caption="../reports/layers.rst", category="Tables",
-                     subcategory="all layers"),
+        table=report(
+            f"{R}/tables/layers.csv", caption="../reports/layers.rst", category="Tables", subcategory="all layers"
+        ),
     log:
         f"{LOGS}/analysis/table_layers.log",
     params:

@@ -17,11 +17,11 @@ rule whole_context:
     log:
         f"{LL}/whole_context/{{route}}.log",
     params:
+        **model_params(),
         route_entry=route_params,
         fingerprints=reconstructor_fingerprints,
         settings={k: v for k, v in config["whole_context"].items() if k != "enabled"},
         seed=config["seed"],
-        **model_params(),
     threads: MODEL_THREADS
     resources:
         **model_resources(),

@@ -23,7 +23,7 @@ from causal_kl.jobs import PROVENANCE
 from workflow_helpers import ANALYSIS_ENV_BLOCKS, ROOT, TORCH_ENV_BLOCKS, blocked_imports_env, copy_workflow
 
 ENV_BLOCKS = {"analysis": ANALYSIS_ENV_BLOCKS, "torch": TORCH_ENV_BLOCKS}
-FIELD_ORDER = ("wildcard_constraints", "input", "output", "log", "params", "threads", "resources", "priority", "conda",
+FIELD_ORDER = ("wildcard_constraints", "input", "output", "log", "params", "threads", "resources", "priority", "group", "conda",
                "script")
 
 
@@ -149,3 +149,17 @@ def test_model_jobs_are_the_rules_that_ask_for_a_gpu_and_their_clients_stay_ligh
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env=blocked_imports_env(("torch", "transformers")))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_snakemake_lint_and_snakefmt_report_nothing(tmp_path):
+    """Snakemake's own conventions: `snakemake --lint` finds nothing and `snakefmt --check` would change no file."""
+    wd = copy_workflow(tmp_path / "wf")
+    (wd / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())  # snakefmt's line length
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=wd, capture_output=True, text=True,
+                          timeout=300)
+    out = lint.stdout + lint.stderr
+    assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+    assert "Lints for" not in out, out[-3000:]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=wd,
+                         capture_output=True, text=True, timeout=300)
+    assert fmt.returncode == 0, fmt.stdout[-3000:] + fmt.stderr[-3000:]
