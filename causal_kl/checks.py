@@ -200,10 +200,13 @@ def check_demo(config: dict, source: str = "config") -> None:
                                 f"remove the demo block to use your own {key}, or set {key}.path: {want}")
 
 
-def _profile_executor(profile: str) -> str | None:
-    """The ``executor:`` a Snakemake profile sets (profile given as a folder, or a name Snakemake looks up)."""
+def profile_value(profile: str | None, key: str) -> Any:
+    """What a Snakemake profile sets for ``key`` (profile given as a folder, or a name Snakemake looks up); None if
+    it sets nothing or cannot be read."""
     import yaml
 
+    if not profile:
+        return None
     candidates = [Path(profile), Path("profiles") / profile,
                   Path(os.environ.get("XDG_CONFIG_HOME", "~/.config")).expanduser() / "snakemake" / profile]
     for folder in candidates:
@@ -211,10 +214,34 @@ def _profile_executor(profile: str) -> str | None:
             f = folder / name
             if f.is_file():
                 try:
-                    return (yaml.safe_load(f.read_text()) or {}).get("executor")
+                    return (yaml.safe_load(f.read_text()) or {}).get(key)
                 except yaml.YAMLError:
                     return None
     return None
+
+
+def _profile_executor(profile: str) -> str | None:
+    """The ``executor:`` a Snakemake profile sets."""
+    return profile_value(profile, "executor")
+
+
+def requested_groups(argv: list[str]) -> dict[str, str]:
+    """``--groups RULE=GROUP ...`` of this invocation, else what its profile's ``groups:`` says (Snakemake applies
+    them only after the Snakefile is parsed; the parse-time check reads them here)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--groups", nargs="+", default=None)
+    ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
+    args, _ = ap.parse_known_args(argv)
+    entries = args.groups if args.groups is not None else profile_value(args.profile, "groups")
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    out = {}
+    for entry in entries or []:
+        rule, _, group = str(entry).partition("=")
+        out[rule.strip()] = group.strip()
+    return out
 
 
 def runs_jobs_here(argv: list[str]) -> bool:

@@ -164,9 +164,18 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+NOT_IDENTITY = ("cluster",)
+"""Config blocks that say how a run is executed, not what it computes: left out of the config hash and the run record."""
+
+
+def run_identity(config: dict) -> dict:
+    """The config without the blocks of ``NOT_IDENTITY`` (what the config hash and ``run.json`` describe)."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+
+
 def config_hash(config: dict) -> str:
-    """A short, stable hash of the resolved config (key order does not matter)."""
-    canon = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """A short, stable hash of the resolved config (key order does not matter; execution settings left out)."""
+    canon = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 

@@ -203,6 +203,8 @@ def load_model(
     with _REGISTRY_LOCK:
         _LOAD_COUNT += 1
         n = _LOAD_COUNT
+        _LOADS.append({"model": path, "dtype": str(torch_dtype).removeprefix("torch."), "device": str(dev),
+                       "seconds": round(time.perf_counter() - t0, 3)})
     log.info("causal-kl: loaded model %s (%s, %s) in %.2f s [load #%d in pid %d]", path, str(torch_dtype).removeprefix("torch."),
              dev, time.perf_counter() - t0, n, os.getpid())
     return loaded
@@ -211,6 +213,12 @@ def load_model(
 def load_count() -> int:
     """How many models this process has loaded (``load_model`` calls that succeeded)."""
     return _LOAD_COUNT
+
+
+def load_records() -> list[dict]:
+    """One record per successful ``load_model`` call in this process, in order (model, dtype, device, seconds)."""
+    with _REGISTRY_LOCK:
+        return [dict(r) for r in _LOADS]
 
 
 # ----------------------------------------------------------------------------- fast load
@@ -514,6 +522,7 @@ def _attach_generation_config(model: nn.Module, path: str) -> None:
 # ----------------------------------------------------------------------------- resident models
 _REGISTRY_LOCK = threading.RLock()
 _LOAD_COUNT = 0
+_LOADS: list[dict] = []  # one record per load_model call (the model server reports them as load events)
 _RESIDENT: "OrderedDict[tuple, LoadedModel]" = OrderedDict()  # least recently used first
 _USAGE: list[dict] = []  # models handed out since the last take_model_usage()
 

@@ -459,9 +459,19 @@ class _Request:
                 time.sleep(0.5)
 
 
+def events_path(log_path: str) -> Path:
+    """The server's event records beside its log: ``model_server.log`` -> ``model_server.jsonl``."""
+    return Path(log_path).with_suffix(".jsonl")
+
+
+def slurm_job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID")
+
+
 class Server:
-    def __init__(self, key: str, slot: str, owner: Owner, log_path: str, idle_s: float):
+    def __init__(self, key: str, slot: str, owner: Owner, log_path: str, idle_s: float, origin: str = "job"):
         self.key, self.slot, self.owner, self.log_path, self.idle_s = key, slot, owner, log_path, idle_s
+        self.origin = origin  # "job": spawned by a model job's client; "allocation": by a cluster allocation's Snakemake
         self.identity = identity()
         self.run_lock = threading.Lock()
         self.state_lock = threading.Lock()
@@ -470,6 +480,20 @@ class Server:
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.registry_file = registry_dir() / f"{key}.json"
+        self.events = events_path(log_path)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append one JSON line to the server's event records (start, load, request): what tests and benchmarks
+        read to count model loads per allocation and the time between model requests. One ``write`` per line on an
+        ``O_APPEND`` file, so servers of several allocations can share a run's record file."""
+        rec = {"event": event, "time": time.time(), "pid": os.getpid(), "slot": self.slot, "host": socket.gethostname(),
+               "slurm_job_id": slurm_job_id(), "scope": _step_scope(), **fields}
+        with contextlib.suppress(OSError):
+            fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (json.dumps(rec, sort_keys=True, default=str) + "\n").encode())
+            finally:
+                os.close(fd)
 
     # -- lifecycle
     def serve(self) -> int:
@@ -487,9 +511,10 @@ class Server:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time(),
             "identity": self.identity, "idle_s": self.idle_s,
         })
-        log.info("causal-kl model server pid %d: slot %s, owner pid %d (%s), idle timeout %.0f s, code %s, log %s",
-                 os.getpid(), self.slot, self.owner.pid, " ".join(_cmdline(self.owner.pid))[:120], self.idle_s,
-                 self.identity["code_version"], self.log_path)
+        log.info("causal-kl model server pid %d: slot %s, scope %s, owner pid %d (%s), idle timeout %.0f s, code %s, log %s",
+                 os.getpid(), self.slot, _step_scope(), self.owner.pid, " ".join(_cmdline(self.owner.pid))[:120],
+                 self.idle_s, self.identity["code_version"], self.log_path)
+        self.record("start", owner_pid=self.owner.pid, owner_how=self.owner.how, key=self.key, origin=self.origin)
         signal.signal(signal.SIGTERM, lambda *_: self._exit("SIGTERM", 0))
         threading.Thread(target=self._watch_owner, daemon=True, name="owner-watch").start()
         while not self.stopping.is_set():
@@ -622,6 +647,9 @@ class Server:
         sys.stdout, sys.stderr = _Tee(old_out, request), _Tee(old_err, request)
         old_cwd = os.getcwd()
         t = time.perf_counter()
+        t_wall = time.time()
+        loads_before = _load_count()
+        ok = False
         _model_usage()  # forget what earlier requests used
         try:
             log.info("request #%d from pid %d: %s in %s (server pid %d, slot %s)", n, peer_pid, func_name, msg.get("cwd"),
@@ -636,6 +664,7 @@ class Server:
             result = func(**msg.get("kwargs", {}))
             json.dumps(result, default=_json_default)
             used = _model_usage()
+            ok = True
             log.info("request #%d done in %.2f s", n, time.perf_counter() - t)
             return {"op": "done", "result": result, "models": used, "seconds": time.perf_counter() - t}
         except RequestAbandoned:
@@ -656,12 +685,28 @@ class Server:
             sys.stdout, sys.stderr = old_out, old_err
             root.removeHandler(handler)
             os.chdir(old_cwd)
+            loads = _load_count() - loads_before
+            for model in _model_loads()[len(_model_loads()) - loads:] if loads else []:
+                self.record("load", request=n, **model)
+            self.record("request", request=n, func=func_name, start=t_wall, seconds=time.perf_counter() - t, ok=ok,
+                        loads=loads, client_pid=peer_pid, log=msg.get("log"))
 
 
 def _model_usage() -> list[dict]:
     """Models handed out by get_model since the last call; torch is never imported just to ask."""
     models = sys.modules.get("causal_kl.models")
     return models.take_model_usage() if models is not None else []
+
+
+def _load_count() -> int:
+    """Models this server process has loaded so far (0 before the first model job imported causal_kl.models)."""
+    models = sys.modules.get("causal_kl.models")
+    return models.load_count() if models is not None else 0
+
+
+def _model_loads() -> list[dict]:
+    models = sys.modules.get("causal_kl.models")
+    return models.load_records() if models is not None else []
 
 
 def _resolve(func: str) -> Callable:
@@ -682,8 +727,8 @@ def _serve_main(args: argparse.Namespace) -> int:
     root.setLevel(logging.INFO)
     for noisy in ("transformers", "datasets", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    owner = Owner(args.owner, args.owner_start, "spawning client")
-    return Server(args.key, args.slot, owner, args.log, args.idle).serve()
+    owner = Owner(args.owner, args.owner_start, "spawning client" if args.origin == "job" else args.origin)
+    return Server(args.key, args.slot, owner, args.log, args.idle, origin=args.origin).serve()
 
 
 # ----------------------------------------------------------------------------- the client
@@ -710,7 +755,7 @@ class _JobLog:
             self.file.close()
 
 
-def _spawn(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle_s: float) -> subprocess.Popen:
+def _spawn(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle_s: float, origin: str = "job") -> subprocess.Popen:
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
     pkg_root = str(Path(__file__).resolve().parent.parent)
@@ -722,7 +767,8 @@ def _spawn(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle_s: float)
     with open(log_path, "a") as logf:
         return subprocess.Popen(
             [sys.executable, "-m", "causal_kl.server", "--serve", "--key", key, "--slot", slot.name,
-             "--owner", str(owner.pid), "--owner-start", str(owner.start), "--log", log_path, "--idle", str(idle_s)],
+             "--owner", str(owner.pid), "--owner-start", str(owner.start), "--log", log_path, "--idle", str(idle_s),
+             "--origin", origin],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             cwd=os.getcwd(), env=env,
         )
@@ -741,6 +787,9 @@ def _tail(path: str, n: int = 15) -> str:
 def _connect_or_spawn(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str | None, out: _JobLog,
                       start_timeout_s: float) -> tuple[socket.socket, dict]:
     key = server_key(owner, slot.name)
+    allocation = _allocation_server(key, ident, out)
+    if allocation is not None:
+        return allocation
     name = socket_name(key)
     reg = registry_dir()
     log_path = str(Path(server_log).resolve()) if server_log else str(reg / f"{key}.log")
@@ -781,6 +830,56 @@ def _connect_or_spawn(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str
                  f"/ {info['identity'].get('source')}, this job {ident['code_version']} / {ident['source']}): replacing it")
         _stop_one(conn, info["pid"], force=True)
     raise ServerError(f"could not get a current server on slot {slot.name}", log_path)
+
+
+def _allocation_server(key: str, ident: dict, out: _JobLog) -> tuple[socket.socket, dict] | None:
+    """Inside a SLURM job step: the server the allocation's own Snakemake started (``prestart_servers``), if any.
+
+    Under ``proctrack/cgroup`` a server a job step spawns dies with that step, so each step would load the model
+    again; the server of the allocation's Snakemake lives in the batch step, for the whole allocation.
+    """
+    if _step_scope() == gpu.scope():
+        return None  # not in a step of its own: the scope's own server is the allocation's
+    conn = _connect(socket_name(key, gpu.scope()))
+    if conn is None:
+        return None
+    try:
+        _send(conn, {"op": "hello", "identity": ident})
+        info = _recv(conn)
+    except OSError:
+        info = None
+    if info is None or info.get("op") != "hello" or info["identity"] != ident:
+        conn.close()
+        out.line("the allocation's model server is gone or runs other code: this step starts its own")
+        return None
+    return conn, info
+
+
+def prestart_servers(device: str, server_log: str, idle_s: float | None = None) -> list[int]:
+    """Start the model server(s) of this SLURM allocation from its own Snakemake, before any job step runs.
+
+    Called at parse time by the allocation's Snakemake (the one ``--executor slurm-jobstep`` runs in the batch
+    step; ``rules/common.smk``), so the server lives as long as the allocation's Snakemake, in the batch step,
+    whatever SLURM's process tracking does to the job steps; every job step of the allocation finds it
+    (``_allocation_server``) and the model is loaded once per allocation. One server per slot the allocation
+    holds (its GPU; the CPU slot for ``device: cpu``). Returns the pids started (none when this process is not
+    the allocation's owner, e.g. a job step's own Snakemake).
+    """
+    owner = find_owner()
+    if owner.pid != os.getpid() or slurm_job_id() is None:
+        return []
+    pids = []
+    idle = float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)) if idle_s is None else idle_s
+    log_path = str(Path(server_log).resolve())
+    for g in gpu.slot_candidates(device):
+        slot = gpu.Slot(gpu.slot_name(g), g, Path(os.devnull))
+        key = server_key(owner, slot.name)
+        if _connect(socket_name(key)) is not None:
+            continue
+        proc = _spawn(key, slot, owner, log_path, idle, origin="allocation")
+        _CHILDREN.append(proc)
+        pids.append(proc.pid)
+    return pids
 
 
 def _stop_one(conn: socket.socket | None, pid: int, force: bool, timeout_s: float = 10.0, start: int | None = None) -> bool:
@@ -852,7 +951,7 @@ def run_remote(
                      f"slot wait {slot.waited_s:.2f} s, connect {time.perf_counter() - t0:.2f} s)")
             try:
                 _send(conn, {"op": "run", "func": func, "kwargs": kwargs, "cwd": os.getcwd(), "threads": threads,
-                             "identity": ident, "expect": expect})
+                             "identity": ident, "expect": expect, "log": log_path})
                 while True:
                     msg = _recv(conn)
                     if msg is None:
@@ -952,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--owner-start", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--log", help=argparse.SUPPRESS)
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help=argparse.SUPPRESS)
+    ap.add_argument("--origin", default="job", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         return _serve_main(args)

@@ -8,8 +8,20 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
+from causal_kl.cluster import (
+    GROUPED_RULES,
+    LAYER_GROUPS,
+    SHARD_GROUPS,
+    check_groups,
+    runs_model_jobs,
+    layer_group_id,
+    register,
+    shard_group_id,
+    shards_per_allocation,
+)
+from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, requested_groups, runs_jobs_here
 from causal_kl.config import (
+    run_identity,
     DEFAULT_CONFIG,
     layer_path,
     resolve_config,
@@ -55,6 +67,43 @@ if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
     from causal_kl.gpu import visible_gpus
 
     workflow.global_resources["gpu"] = max(1, len(visible_gpus()))
+
+# ----------------------------------------------------------------------------- cluster groups
+# On a cluster the model jobs of a block of shards share one allocation and one model load (causal_kl/cluster.py);
+# locally Snakemake ignores groups. `cluster.shards_per_allocation` (profiles/slurm sets it) sizes the blocks.
+try:
+    SHARDS_PER_ALLOCATION = shards_per_allocation(config, CONFIG_SOURCE)
+    check_groups(requested_groups(sys.argv[1:]))
+except CausalKLError as _err:
+    sys.exit(f"causal-kl: {_err}")
+
+
+def group_components():
+    """Snakemake's --group-components, as a dict the workflow may add to (its group settings are set after parsing)."""
+    settings = workflow.group_settings
+    if not isinstance(settings.group_components, dict):
+        settings.group_components = dict(settings.group_components)
+    return settings.group_components
+
+
+def model_group(rule):
+    """``group:`` of a model rule: its block of shards, its layer, or the run (causal_kl.cluster). Each id is registered
+    so that Snakemake keeps the whole block in one group job (as ``--group-components ID=N`` would)."""
+    name = GROUPED_RULES[rule]
+    if name in SHARD_GROUPS:
+        return lambda w: register(group_components(), shard_group_id(name, w.shard, SHARDS_PER_ALLOCATION))
+    if name in LAYER_GROUPS:
+        return lambda w: register(group_components(), layer_group_id(name, w.layer))
+    return lambda w: register(group_components(), name)
+
+
+if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs(sys.argv[1:]):
+    # this is a cluster allocation's own Snakemake (SLURM's batch step): start the model server(s) here, so that
+    # they outlive each job step and every model job of the allocation shares one load (causal_kl.server)
+    from causal_kl.server import prestart_servers
+
+    prestart_servers(config["device"], f"logs/{config['run']}/model_server.log")
+
 
 RUN = config["run"]
 R = f"results/{RUN}"

@@ -16,6 +16,8 @@ rule gold:
     resources:
         **model_resources(),
     priority: gold_priority
+    group:
+        model_group("gold")
     conda:
         "../envs/torch.yaml"
     script:

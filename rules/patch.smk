@@ -41,6 +41,8 @@ rule patch_floors:
     resources:
         **model_resources(),
     priority: shard_priority
+    group:
+        model_group("patch_floors")
     conda:
         "../envs/torch.yaml"
     script:
@@ -70,6 +72,8 @@ rule patch_route:
     resources:
         **model_resources(),
     priority: shard_priority
+    group:
+        model_group("patch_route")
     conda:
         "../envs/torch.yaml"
     script:

@@ -23,6 +23,8 @@ rule train_gold:
     resources:
         **model_resources(),
     priority: lambda w: int(w.layer)
+    group:
+        model_group("train_gold")
     conda:
         "../envs/torch.yaml"
     script:
@@ -92,6 +94,8 @@ rule recon_text_channel:
         eval_rows=config["corpus"]["rows"],
     resources:
         **model_resources(),
+    group:
+        model_group("recon_text_channel")
     conda:
         "../envs/torch.yaml"
     script:
@@ -116,6 +120,8 @@ rule recon_sae:
         device=config["device"],
     resources:
         **model_resources(),
+    group:
+        model_group("recon_sae")
     conda:
         "../envs/torch.yaml"
     script:

@@ -8,7 +8,7 @@ rule run_record:
     log:
         f"{LOGS}/run_record.log",
     params:
-        config=config,
+        config=run_identity(config),
     conda:
         "../envs/torch.yaml"
     script:

@@ -21,6 +21,8 @@ rule span_gold:
     resources:
         **model_resources(),
     priority: gold_priority
+    group:
+        model_group("span_gold")
     conda:
         "../envs/torch.yaml"
     script:
@@ -86,6 +88,8 @@ rule recon_span:
         eval_rows=config["corpus"]["rows"],
     resources:
         **model_resources(),
+    group:
+        model_group("recon_span")
     conda:
         "../envs/torch.yaml"
     script:

@@ -25,6 +25,8 @@ rule whole_context:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
+    group:
+        model_group("whole_context")
     conda:
         "../envs/torch.yaml"
     script:

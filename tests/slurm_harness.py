@@ -426,9 +426,12 @@ class SnakemakeRun:
         return self.returncode in (124, 137, -9)
 
     def slurm_jobs(self) -> dict[str, str]:
-        """``{slurm_jobid: rule}`` from the plugin's "submitted with SLURM jobid N (log: …/rule_R/N.log)"."""
-        pat = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([A-Za-z0-9_]+)/")
-        return {m.group(1): m.group(2) for m in pat.finditer(self.log)}
+        """``{slurm_jobid: rule}`` from the plugin's "submitted with SLURM jobid N (log: …/rule_R/N.log)"; a group
+        job (one allocation running several jobs) is ``group:<group id>`` (its log is under ``group_<id>_<rules>/``;
+        causal-kl's group ids hold no underscore)."""
+        pat = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/(rule|group)_([A-Za-z0-9_.-]+)/")
+        return {m.group(1): (m.group(3) if m.group(2) == "rule" else f"group:{m.group(3).split('_')[0]}")
+                for m in pat.finditer(self.log)}
 
 
 def run_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None,

@@ -17,6 +17,7 @@ slurmctld's log instead of sacct.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,10 +46,14 @@ fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min
 PIPELINE_RUN = "slurmtest"
 PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/sites.parquet",
                     *(f"results/{PIPELINE_RUN}/L3/{name}.parquet" for name in ("gold", "patch"))]
-PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
-                 "patch_floors_aggregate", "sites"]
-"""The jobs the targets need: two shards, the floors only (no routes)."""
-GPU_RULES = {"gold", "patch_floors", "patch_route", "recon_nla_ar", "explain_nla_av", "recon_text_channel", "train_gold"}
+PIPELINE_ALLOCATIONS = ["conditions", "gold_aggregate", "group:extract-0", "group:patch-0", "patch_aggregate",
+                        "patch_floors_aggregate", "sites"]
+"""The allocations the targets need: two shards, the floors only (no routes). Both shards' gold extraction is one
+allocation (group extract-0) and both shards' patching another (patch-0): profiles/slurm packs 20 and 10 shards."""
+MODEL_GROUPS = {"group:extract-0": ["gold", "gold"], "group:patch-0": ["patch_floors", "patch_floors"]}
+GPU_RULES = {"gold", "span_gold", "patch_floors", "patch_route", "recon_nla_ar", "explain_nla_av", "recon_text_channel",
+             "recon_sae", "recon_span", "whole_context", "train_gold", *MODEL_GROUPS}
+
 
 TINY_SNAKEFILE = r'''
 # Two rules named like the pipeline's: `sites` runs on CPU, `gold` gets gpu=1 from the profile.
@@ -229,9 +234,34 @@ def assert_tables_equal(a: Path, b: Path) -> None:
             assert ca.equals(cb), f"{a.name}:{name}"
 
 
+def server_events(wf: Path) -> list[dict]:
+    """The model servers' own records (causal_kl.server: one JSON line per server start, model load and request)."""
+    path = wf / "logs" / PIPELINE_RUN / "model_server.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def assert_one_load_per_allocation(events: list[dict], model_allocations: set[str]) -> dict[str, list[dict]]:
+    """Every allocation that ran model jobs loaded the model exactly once, in a server its own Snakemake started;
+    its requests ran one after another. Returns the requests per allocation."""
+    loads = [e for e in events if e["event"] == "load"]
+    assert sorted(e["slurm_job_id"] for e in loads) == sorted(model_allocations), (loads, model_allocations)
+    starts = [e for e in events if e["event"] == "start"]
+    assert {e["slurm_job_id"] for e in starts} == model_allocations, starts
+    assert all(e["origin"] == "allocation" for e in starts), starts  # started by the allocation's Snakemake
+    requests: dict[str, list[dict]] = {}
+    for e in sorted((e for e in events if e["event"] == "request"), key=lambda e: e["start"]):
+        assert e["ok"], e
+        requests.setdefault(e["slurm_job_id"], []).append(e)
+    for reqs in requests.values():  # one GPU per allocation: never two model jobs at once
+        assert all(b["start"] >= a["start"] + a["seconds"] - 1e-3 for a, b in zip(reqs, reqs[1:])), reqs
+    return requests
+
+
 def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster, pipeline_inputs: Path,
                                                            tmp_path: Path) -> None:
-    """The real sites -> gold -> patch_floors chain, two shards, through profiles/slurm."""
+    """The real sites -> gold -> patch_floors chain, two shards, through profiles/slurm: the model jobs of the two
+    shards run in two allocations (extraction, patching) with one model load each, one GPU each; outputs equal a
+    local run. Then one shard's patch file is deleted: only that shard's job reruns, in one allocation."""
     local = make_pipeline(tmp_path / "local", pipeline_inputs)
     wf = make_pipeline(tmp_path / "slurm", pipeline_inputs)
     # the local reference runs while the SLURM run waits on its status polls
@@ -247,7 +277,34 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
     assert r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
 
     jobs = r.slurm_jobs()
-    assert sorted(jobs.values()) == PIPELINE_JOBS, jobs
+    assert sorted(jobs.values()) == PIPELINE_ALLOCATIONS, jobs
     assert_went_through_slurm(cluster, jobs, gpu_rules=GPU_RULES, evidence=tmp_path / "slurm_jobs.txt")
+    model_allocations = {j for j, name in jobs.items() if name in MODEL_GROUPS}
+    requests = assert_one_load_per_allocation(server_events(wf), model_allocations)
+    # each group allocation ran exactly its planned jobs: the two shards' golds, then the two shards' floors
+    for jid, name in jobs.items():
+        if name in MODEL_GROUPS:
+            funcs = sorted(e["func"].rsplit(":", 1)[1] for e in requests[jid])
+            assert funcs == MODEL_GROUPS[name], (name, funcs)
+    for target in PIPELINE_TARGETS:
+        assert_tables_equal(wf / target, local / target)
+
+    # one shard's patch file gone: the rerun patches only that shard (one allocation, one load) and re-aggregates
+    shard = f"results/{PIPELINE_RUN}/L3/span1/patch/floors/shard_001.parquet"
+    (wf / shard).unlink()
+    before = len(server_events(wf))
+    # (the workflow's default target names every shard file; these explicit targets need the deleted one named too)
+    r2 = run_snakemake([*PIPELINE_TARGETS, shard, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
+                       timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm_rerun.log")
+    assert not r2.timed_out and r2.returncode == 0, f"{r2.log[-5000:]}\n{cluster.log_tail()}"
+    jobs2 = r2.slurm_jobs()
+    assert sorted(jobs2.values()) == ["group:patch-0", "patch_aggregate", "patch_floors_aggregate"], jobs2
+    assert_went_through_slurm(cluster, jobs2, gpu_rules=GPU_RULES, evidence=tmp_path / "slurm_jobs_rerun.txt")
+    new = server_events(wf)[before:]
+    patch_alloc = {j for j, name in jobs2.items() if name == "group:patch-0"}
+    requests2 = assert_one_load_per_allocation(new, patch_alloc)
+    reran = [e for reqs in requests2.values() for e in reqs]
+    assert len(reran) == 1 and reran[0]["func"].endswith(":patch_floors"), reran
+    assert reran[0]["log"].endswith(f"logs/{PIPELINE_RUN}/L3/span1/patch/floors/shard_001.log"), reran
     for target in PIPELINE_TARGETS:
         assert_tables_equal(wf / target, local / target)

@@ -161,7 +161,7 @@ def test_adding_a_layer_plans_only_that_layers_jobs(sweep):
     out = run_snakemake(wd, "-n", "results/single2/L1/patch.parquet", "results/single2/L2/patch.parquet",
                         "results/single2/L2/gold.parquet", "--configfile", cfg)
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", out):
+    for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", out):  # group members are indented
         m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
         if m:
             w = re.search(r"wildcards: ([^\n]*)", block)

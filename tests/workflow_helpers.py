@@ -78,7 +78,8 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[
 def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
     """(rule, route wildcard or None) of each job a dry run lists."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", out):
+    # (a dry run lists the members of a group job indented: dry runs show the model rules' cluster groups)
+    for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", out):
         m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
         if m:
             w = re.search(r"wildcards:.*\broute=([^,\s]+)", block)
@@ -88,4 +89,4 @@ def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
 
 def dry_run_shards(out: str, rule: str) -> list[str]:
     """The ``shard`` wildcards of ``rule``'s jobs in a dry run."""
-    return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: [^\n]*?\bshard=(\d+)", out))
+    return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: [^\n]*?\bshard=(\d+)", out))  # indented too

@@ -1,0 +1,134 @@
+"""How model jobs share a cluster's allocations: Snakemake groups, one model load per allocation.
+
+On a cluster every job is its own submission, and a job that loads the model pays the load (a 27B checkpoint from
+the cluster's file system) and a queue round trip for seconds of GPU work. Snakemake's own groups pack jobs into one
+submission: the allocation's Snakemake runs them one after another, and the model server it owns (started at parse
+time, ``causal_kl.server.prestart_servers``) loads the model once for all of them. Locally groups are inactive
+(Snakemake ignores them), so a local run is what it was.
+
+The packing follows the DAG:
+
+- ``extract``: ``gold`` and ``span_gold``, blocks of ``cluster.shards_per_allocation.extract`` shards (every layer and
+  span of a shard together: the server's extraction cache serves a shard's layers from one forward);
+- ``patch``: ``patch_floors`` and ``patch_route``, blocks of ``cluster.shards_per_allocation.patch`` shards (every
+  layer, span and route of a shard together: the server's clean-pass cache serves a shard's routes from the floors'
+  passes). Patching needs every shard's golds (the conditions), so extraction and patching are separate groups;
+- ``routes``: a layer's model-backed reconstructions and SAELens-comparable scores (``recon_text_channel``,
+  ``recon_sae``, ``recon_span``, ``whole_context``), one allocation per layer;
+- ``train``: the golds of route-training rows (``train_gold``), one allocation.
+
+NLA rules (their own checkpoints, not the run's model) stay one job per submission. A job in a block that must rerun
+(a deleted shard, a new route) runs alone or with the other jobs of its block that must rerun: reruns stay per shard.
+
+Group ids are ``<group>-<block>`` (``patch-0`` holds shards 0..K-1). Snakemake would split a group into its connected
+components (the jobs of a block do not depend on each other), so each id is registered with a component count that
+keeps the block whole (``register``), just as ``--group-components ID=N`` would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from causal_kl.errors import CausalKLError
+
+SHARD_GROUPS: dict[str, tuple[str, ...]] = {"extract": ("gold", "span_gold"), "patch": ("patch_floors", "patch_route")}
+"""Groups of per-shard model jobs, packed by blocks of shards."""
+LAYER_GROUPS: dict[str, tuple[str, ...]] = {"routes": ("recon_text_channel", "recon_sae", "recon_span", "whole_context")}
+"""Groups of per-layer model jobs, one allocation per layer."""
+RUN_GROUPS: dict[str, tuple[str, ...]] = {"train": ("train_gold",)}
+"""Groups of a run's other model jobs, one allocation for all."""
+GROUPED_RULES: dict[str, str] = {rule: group for groups in (SHARD_GROUPS, LAYER_GROUPS, RUN_GROUPS)
+                                 for group, rules in groups.items() for rule in rules}
+"""Rule -> the group its jobs join on a cluster."""
+
+LM = "the run's model"
+RULE_MODELS: dict[str, str | None] = {
+    "gold": LM, "span_gold": LM, "patch_floors": LM, "patch_route": LM, "train_gold": LM, "recon_text_channel": LM,
+    "recon_span": LM, "whole_context": LM, "recon_sae": None,
+    "explain_nla_av": "an NLA AV checkpoint", "recon_nla_ar": "an NLA AR checkpoint",
+}
+"""What each model rule loads in the model server (None: no language model, e.g. an SAE alone)."""
+
+WHOLE_BLOCK = 1_000_000_000
+"""The component count registered for a block: every job of the block in one group job."""
+
+DEFAULT_SHARDS = {"extract": 20, "patch": 10}
+"""Shards per allocation when neither the run config nor the profile says (the schema's defaults too)."""
+
+
+def shards_per_allocation(config: Mapping, source: str) -> dict[str, int]:
+    """``cluster.shards_per_allocation`` as positive integers (a profile's ``config:`` gives them as strings).
+
+    Raises one line naming the setting and the fix for anything but a whole number ≥ 1.
+    """
+    given = ((config.get("cluster") or {}).get("shards_per_allocation") or {})
+    out = dict(DEFAULT_SHARDS)
+    for group in DEFAULT_SHARDS:
+        if group not in given:
+            continue
+        value = given[group]
+        try:
+            n = int(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            n = None
+        if n is None or n < 1 or str(value).strip() not in (str(n), f"+{n}"):
+            raise CausalKLError(f"{source} (or the profile's config:)", f"cluster.shards_per_allocation.{group}",
+                                f"{value!r} is not a number of shards", f"give a whole number ≥ 1 (default "
+                                f"{DEFAULT_SHARDS[group]}: that many shards' {group} jobs share one allocation)")
+        out[group] = n
+    return out
+
+
+def shard_group_id(group: str, shard: int | str, shards: Mapping[str, int]) -> str:
+    """The group id of a shard's job in ``group`` (``patch-3``: the 4th block of ``shards[group]`` shards)."""
+    return f"{group}-{int(shard) // shards[group]}"
+
+
+def layer_group_id(group: str, layer: int | str) -> str:
+    return f"{group}-L{int(layer)}"
+
+
+def register(group_components: dict, group_id: str) -> str:
+    """Keep every job of ``group_id`` in one group job (what ``--group-components ID=N`` does); return the id."""
+    group_components.setdefault(group_id, WHOLE_BLOCK)
+    return group_id
+
+
+def check_groups(overwrite_groups: Mapping[str, str], source: str = "--groups (or the profile's groups:)") -> None:
+    """Refuse a grouping that would put jobs of two different models behind one model server.
+
+    ``overwrite_groups`` is Snakemake's ``--groups RULE=GROUP`` (a profile's ``groups:``), applied over
+    ``GROUPED_RULES``. A group may hold rules of one model only (rules that load none join any group).
+    """
+    groups = dict(GROUPED_RULES)
+    groups.update(overwrite_groups)
+    members: dict[str, list[str]] = {}
+    for rule, group in groups.items():
+        members.setdefault(str(group).split("{")[0].rstrip("-_"), []).append(rule)
+    for group, rules in sorted(members.items()):
+        models = sorted({RULE_MODELS[r] for r in rules if RULE_MODELS.get(r)})
+        # an NLA rule loads one checkpoint per route: two jobs of it in one group already mean two models
+        nla = [r for r in rules if RULE_MODELS.get(r, "") and RULE_MODELS[r] != LM]
+        if len(models) > 1 or (nla and len(rules) > 1):
+            raise CausalKLError(source, f"{', '.join(sorted(r for r in rules if r in overwrite_groups))}={group}",
+                                f"group '{group}' would put jobs of {' and '.join(models)} ({', '.join(sorted(rules))}) "
+                                "behind one model server", "group rules of one model only: remove these --groups "
+                                "entries (the workflow's own groups keep each model apart)")
+
+
+def runs_model_jobs(argv: list[str]) -> bool:
+    """Does this Snakemake (a cluster allocation's own, given ``--allowed-rules`` by the submitting one) run model
+    jobs? Without ``--allowed-rules`` it may run anything, so yes."""
+    if "--allowed-rules" not in argv:
+        return True
+    rules = []
+    for arg in argv[argv.index("--allowed-rules") + 1:]:
+        if arg.startswith("-"):
+            break
+        rules += arg.split()
+    return any(r in RULE_MODELS for r in rules)
+
+
+def group_rules(names: Iterable[str]) -> dict[str, str]:
+    """``{rule: group}`` for the model rules among ``names`` (what the workflow assigns)."""
+    return {n: GROUPED_RULES[n] for n in names if n in GROUPED_RULES}

@@ -1,0 +1,144 @@
+"""Cluster packing (causal_kl/cluster.py): which model jobs share an allocation, as Snakemake plans it.
+
+The dry runs here use profiles/slurm as users do (no cluster needed: a dry run submits nothing) on the tests' tiny
+model, with the `sites` checkpoint's outputs present, and read Snakemake's own plan: its group jobs. The packing is
+checked against an independent count of the jobs per block of shards; the real-SLURM proof (one load per allocation,
+the one-shard rerun) is tests/test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from causal_kl.checks import requested_groups
+from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_groups, runs_model_jobs,
+                               shard_group_id, shards_per_allocation)
+from causal_kl.errors import CausalKLError
+from workflow_helpers import ROOT, copy_workflow
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_scale  # noqa: E402  (the benchmark's dry-run readers: one reading of Snakemake's output)
+
+
+# ------------------------------------------------------------------ settings and checks, no Snakemake
+def test_shards_per_allocation_defaults_strings_and_bad_values():
+    assert shards_per_allocation({}, "c.yaml") == DEFAULT_SHARDS
+    # a profile's config: gives strings (Snakemake reads --config values with YAML's BaseLoader)
+    assert shards_per_allocation({"cluster": {"shards_per_allocation": {"patch": "3"}}}, "c.yaml") == \
+        {**DEFAULT_SHARDS, "patch": 3}
+    for bad in (0, -2, "0", "x", "2.5", 1.5, True):
+        with pytest.raises(CausalKLError) as e:
+            shards_per_allocation({"cluster": {"shards_per_allocation": {"extract": bad}}}, "c.yaml")
+        msg = str(e.value)
+        assert "\n" not in msg and "cluster.shards_per_allocation.extract" in msg and "Fix:" in msg, msg
+
+
+def test_block_ids_follow_the_shard_index():
+    shards = {"extract": 20, "patch": 3}
+    ids = [shard_group_id("patch", f"{i:03d}", shards) for i in range(7)]
+    assert ids == ["patch-0"] * 3 + ["patch-1"] * 3 + ["patch-2"]
+    assert shard_group_id("extract", "1234", shards) == "extract-61"  # 4-digit shards too
+
+
+def test_every_group_holds_one_model():
+    check_groups({})  # the workflow's own groups
+    for group in set(GROUPED_RULES.values()):
+        models = {RULE_MODELS[r] for r, g in GROUPED_RULES.items() if g == group} - {None}
+        assert len(models) <= 1, (group, models)
+    check_groups({"gold": "extract", "recon_sae": "patch"})  # an SAE loads no language model: allowed
+    for bad in ({"recon_nla_ar": "patch"}, {"explain_nla_av": "x", "recon_nla_ar": "x"}):
+        with pytest.raises(CausalKLError) as e:
+            check_groups(bad)
+        msg = str(e.value)
+        assert "\n" not in msg and "one model server" in msg and "Fix:" in msg, msg
+
+
+def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_path):
+    prof = tmp_path / "prof"
+    prof.mkdir()
+    (prof / "config.yaml").write_text(yaml.safe_dump({"groups": ["recon_nla_ar=patch"]}))
+    assert requested_groups(["--profile", str(prof)]) == {"recon_nla_ar": "patch"}
+    assert requested_groups(["--groups", "gold=a", "patch_route=b", "--profile", str(prof)]) == \
+        {"gold": "a", "patch_route": "b"}
+    assert runs_model_jobs(["--allowed-rules", "gold_aggregate conditions", "--cores", "1"]) is False
+    assert runs_model_jobs(["--allowed-rules", "gold", "span_gold", "--cores", "1"]) is True
+    assert runs_model_jobs(["--cores", "1"]) is True
+
+
+# ------------------------------------------------------------------ Snakemake's plan under profiles/slurm
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, gemma3_dir):
+    """A 5-shard, 2-layer, 2-span, 2-route study (pca + sae) with its sites in place."""
+    work = tmp_path_factory.mktemp("cluster")
+    config = bench_scale.study_config(work, sites=50, shard_size=10, layers=[1, 3], spans=[1, 4], n_routes=3)
+    config["routes"].pop("text_channel")
+    config["model"]["path"] = str(gemma3_dir)
+    import fixtures
+
+    fixtures.write_corpus(work / "corpus.parquet", n_docs=config["corpus"]["rows"][1] + 8)
+    sae = next(r for r in config["routes"].values() if r["kind"] == "sae")
+    for layer in (1, 3):
+        bench_scale.write_sae(Path(sae["path"].format(layer=layer)), layer, 64, 128, 8, layer)
+    return work, config
+
+
+def dry_run(work: Path, config: dict, *args: str) -> str:
+    wf = work / "wf"
+    if not wf.exists():
+        copy_workflow(wf)
+        for extra in ("profiles", "pyproject.toml"):
+            src = ROOT / extra
+            subprocess.run(["cp", "-r", str(src), str(wf / extra)], check=True)
+    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    bench_scale.fake_sites(wf, config)
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=wf, capture_output=True, text=True,
+                         timeout=600, env=bench_scale.snakemake_env(work))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout + res.stderr
+
+
+def test_slurm_profile_packs_each_block_of_shards_into_one_allocation(study):
+    work, config = study
+    out = dry_run(work, config, "--profile", "profiles/slurm")
+    counts = bench_scale.job_counts(out)
+    groups = bench_scale.group_jobs(out)
+    layers, spans, routes, n_shards = [1, 3], [1, 4], 2, 5
+    # independent count of the jobs of a block: per shard, per layer: a gold per span; a patch per span and route+floors
+    per_shard = {"extract": len(layers) * len(spans), "patch": len(layers) * len(spans) * (1 + routes)}
+    shards = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())["config"]["cluster"]["shards_per_allocation"]
+    expect = {}
+    for name in ("extract", "patch"):
+        k = int(shards[name])
+        for b in range(-(-n_shards // k)):
+            expect[f"{name}-{b}"] = per_shard[name] * len(range(b * k, min((b + 1) * k, n_shards)))
+    expect.update({f"routes-L{l}": sum(counts[r] for r in ("recon_sae", "recon_span", "whole_context")) // len(layers)
+                   for l in layers})
+    expect["train"] = counts["train_gold"]
+    assert groups == expect, (groups, expect)
+    model_jobs = sum(v for r, v in counts.items() if r in GROUPED_RULES)
+    assert sum(groups.values()) == model_jobs  # every model job is in a group
+
+
+def test_a_smaller_block_size_from_the_command_line_splits_the_shards(study):
+    work, config = study
+    out = dry_run(work, config, "--profile", "profiles/slurm", "--config", "cluster={shards_per_allocation: {patch: 2}}")
+    groups = bench_scale.group_jobs(out)
+    assert sorted(g for g in groups if g.startswith("patch-")) == ["patch-0", "patch-1", "patch-2"]
+    assert [groups[f"patch-{b}"] for b in range(3)] == [2 * 12, 2 * 12, 1 * 12]
+
+
+def test_a_bad_group_setting_is_one_line_before_any_job(study):
+    work, config = study
+    wf = work / "wf"
+    for args, field in ((["--config", "cluster={shards_per_allocation: {patch: 0}}"], "cluster.shards_per_allocation.patch"),
+                        (["--groups", "recon_nla_ar=patch"], "recon_nla_ar=patch")):
+        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", *args], cwd=wf,
+                             capture_output=True, text=True, timeout=600, env=bench_scale.snakemake_env(work))
+        assert res.returncode != 0
+        lines = [l for l in (res.stdout + res.stderr).splitlines() if l.startswith("causal-kl:")]
+        assert len(lines) == 1 and field in lines[0] and "Fix:" in lines[0], res.stdout[-2000:] + res.stderr[-2000:]
