@@ -222,6 +222,36 @@ def test_whole_context_reconstructor_is_the_route(tmp_path, x):
     np.testing.assert_allclose(rebuilt(x), sparsify_reference(x, sparsify_tensors())[1], rtol=1e-4, atol=1e-4)
 
 
+def test_whole_context_scores_with_sparsify_itself(llama_dir, tmp_path):
+    """SAELens' whole-context scores of a sparsify SAE read by the route (causal_kl.whole_context with the route's
+    reconstructor) equal tests/test_whole_context.py's position-by-position reference splicing sparsify's own
+    forward, on the tiny Llama."""
+    sparsify = pytest.importorskip("sparsify")
+    import fixtures
+    from test_whole_context import N_CONTEXTS, N_CTX, reference_scores
+
+    from causal_kl.models import load_model
+    from causal_kl.routes.reconstructors import build_reconstructor
+    from causal_kl.whole_context import draw_contexts, special_token_ids, whole_context_scores
+
+    loaded = load_model(llama_dir)
+    tok = loaded.tokenizer
+    contexts = draw_contexts([tok(t)["input_ids"] for t in fixtures.make_texts(10, (40, 90), seed=3)], N_CTX, N_CONTEXTS,
+                             seed=0, bos_id=tok.bos_token_id)
+    torch.manual_seed(2)
+    sc = sparsify.SparseCoder(loaded.d_model, sparsify.SparseCoderConfig(num_latents=4 * loaded.d_model, k=16))
+    with torch.no_grad():  # a coder that reconstructs something: decoder = encoder directions, scaled
+        sc.W_dec.copy_(sc.encoder.weight * 2.0)
+    sc.save_to_disk(tmp_path / "layers.1")
+    rebuilt = build_reconstructor(_entry(tmp_path / "layers.1"), 1, route="s", d_model=loaded.d_model, device="cpu")
+    ours = whole_context_scores(loaded, contexts, 1, lambda h: torch.from_numpy(rebuilt(h.numpy())), special_token_ids(tok))
+    with torch.no_grad():
+        ref = reference_scores(llama_dir, contexts, 1, lambda h: sc(h.float()).sae_out, special_token_ids(tok))
+    for key in ("kl_route", "kl_zero", "ce_clean", "ce_route", "ce_zero", "kl_div_score", "ce_loss_score"):
+        assert ours[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), key
+    assert ours["kl_route"] > 0
+
+
 def test_folder_names(tmp_path):
     """The hookpoint is the folder's name: a release folder is refused with the folder to give; a folder whose name
     is no module says nothing (nothing checked, as a SAELens cfg.json without a hook); another module is refused."""

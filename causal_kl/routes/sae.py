@@ -19,11 +19,13 @@ route's two steps:
   neither torch, transformers nor safetensors: it reads ``cfg.json`` / ``config.json`` and the
   *headers* of the weight files (safetensors' 8-byte length + JSON header; the ``.npy`` headers
   inside ``params.npz``), never the weights. It refuses, each with the one-line error
-  ``causal_kl.sae`` raises for the same problem at load time: a missing path, a format other
-  than the route's ``format``, an unknown or unsupported architecture, an activation,
-  normalisation or hook kind the loader refuses, missing tensors or shapes that do not fit,
-  ``d_in`` differing from the model's width, and (unless ``check_hook`` is false) an SAE whose
-  files say it was trained at another hook or layer than the route's.
+  ``causal_kl.sae`` raises for the same problem at load time: a missing path (or a named SAE
+  not in the Hugging Face cache), a format other than the route's ``format``, an unknown or
+  unsupported architecture, an activation, normalisation or hook kind the loader refuses, missing
+  tensors or shapes that do not fit, a safetensors file whose size is not what its header's data
+  offsets say (truncated or overlong), ``d_in`` differing from the model's width, and (unless
+  ``check_hook`` is false) an SAE whose files say it was trained at another hook or layer than the
+  route's.
 - ``reconstruct``: loads the SAE (``causal_kl.sae.load_sae``, checked against the width and,
   unless ``check_hook`` is false, the layer), runs ``decode(encode(g))`` on the golds in batches
   of ``batch_size`` on ``device``, and returns SAELens-style sparsity statistics of those golds
