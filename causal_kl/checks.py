@@ -177,8 +177,8 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
         if kind == "sae":
             from causal_kl.routes.sae import check_sae_config
 
-            for one in mine:
-                if layer_path(route["path"], one) not in built:
+            for one in mine:  # (a named SAE, release or repo, is read from the hub cache: never built here)
+                if "path" not in route or layer_path(route["path"], one) not in built:
                     check_sae_config(route, name, one, d_model, source)
         if kind == "nla_ar":
             _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",

@@ -64,7 +64,9 @@ def validate_config(config: dict, source: str | Path = "config", schema: dict | 
     schema = schema or load_schema()
     # defaults of nested objects are filled on a second pass once their parents exist
     for _ in range(2):
-        errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.path), list(e.path)))
+        # at one key, a named missing companion (dependentRequired) says more than "not one of the alternatives" (oneOf)
+        errors = sorted(_Validator(schema).iter_errors(config),
+                        key=lambda e: (len(e.path), list(e.path), e.validator == "oneOf"))
         if not errors:
             continue
         raise _config_error(errors[0], source, schema)
@@ -98,6 +100,22 @@ def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: d
         expect = err.validator_value
         want = f"one of {expect}" if err.validator == "enum" else f"a value of type {expect}"
         return CausalKLError(source, key, f"got {err.instance!r}", f"set it to {want}")
+    if err.validator == "oneOf" and all("title" in s and "required" in s for s in err.validator_value):
+        # alternatives of keys (an sae route's path / release + sae_id / repo + folder): say which are given
+        given = set(err.instance) if isinstance(err.instance, dict) else set()
+        titles = [s["title"] for s in err.validator_value]
+        matched = [s["title"] for s in err.validator_value if set(s["required"]) <= given]
+        named = sorted(given & {k for s in err.validator_value for k in s["required"]})
+        problem = (f"gives {' and '.join(matched)}" if matched else
+                   f"gives {', '.join(named) if named else 'none of them'}")
+        return CausalKLError(source, key, f"names its SAE by exactly one of {', '.join(titles)}; it {problem}",
+                             f"give exactly one of {', '.join(titles)}")
+    if err.validator == "dependentRequired":
+        missing, needed_by = (err.message.split("'") + ["?", "?", "?", "?"])[1:4:2]
+        full = f"{key}.{missing}" if key != "(top level)" else missing
+        return CausalKLError(source, full, f"required with '{needed_by}'", f"add '{missing}', or remove '{needed_by}'")
+    if err.validator == "pattern" and err.schema.get("description"):
+        return CausalKLError(source, key, f"got {err.instance!r}", f"set it to {err.schema['description']}")
     return CausalKLError(source, key, err.message, f"see config/schema/config.schema.yaml for '{key}'")
 
 

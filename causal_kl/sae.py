@@ -55,6 +55,17 @@ Formats read (``load_sae`` picks by the files present):
   lower-case ``w_enc``/``w_dec`` also read) and **Gemma Scope 2** (``params.safetensors`` with
   the same tensors, ``config.json`` beside it): JumpReLU, ``apply_b_dec_to_input`` false, no
   normalisation (as SAELens' ``gemma_2``/``gemma_3`` loaders set them).
+* **EleutherAI sparsify** (a folder per hookpoint, named after it: ``layers.L``; ``cfg.json`` =
+  ``SparseCoderConfig`` + ``d_in``, ``sae.safetensors`` with ``encoder.weight [num_latents, d_in]``,
+  ``encoder.bias [num_latents]``, ``W_dec [num_latents, d_in]``, ``b_dec [d_in]``): sparsify's
+  ``SparseCoder.encode`` is ``top_k(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`` and
+  ``decode`` is ``acts @ W_dec + b_dec`` (sparsify/sparse_coder.py, fused_encoder.py, eai-sparsify
+  1.3.3), i.e. this module's TopK with ``W_enc = encoder.weight.T``, ``apply_b_dec_to_input``, no
+  normalisation (``causal_kl.sae_format.read_sparsify_cfg`` has what is refused). The hook is the
+  folder's name: ``layers.L`` is block L's forward output, layer L.
+
+Every safetensors file's size is checked against its header's data offsets before it is read
+(``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 
 Refused with a one-line ``CausalKLError`` (file, field, fix): a missing path or file, invalid
 JSON, an unknown or unsupported architecture (gated, transcoders, ...), another activation
@@ -81,6 +92,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +111,12 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     SAELENS_CFG,
     SAELENS_SCALER,
     SAELENS_WEIGHTS,
+    SPARSIFY_CFG,
+    SPARSIFY_WEIGHTS,
     HookSite,
     check_required_tensors,
+    check_sparsify_tensors,
+    sparsify_names,
     gemma_scope_config,
     gemma_scope_hook,
     gemma_scope_names,
@@ -108,7 +124,9 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     missing_scaler_error,
     parse_hook_name,
     read_json,
+    read_safetensors_header,
     read_saelens_cfg,
+    read_sparsify_cfg,
     required_tensors,
     resid_post_hook,
     saelens_files,
@@ -383,20 +401,24 @@ def explained_variance(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.nd
 # ------------------------------------------------------------------------------- reading
 def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: int | None = None,
              layer: int | None = None, norm_scaling_factor: float | None = None,
-             hook_name: str | None = None) -> SparseAutoencoder:
-    """Load an SAE (SAELens directory, Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors``).
+             hook_name: str | None = None, cfg_overrides: dict | None = None) -> SparseAutoencoder:
+    """Load an SAE (SAELens directory, Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors``,
+    EleutherAI sparsify folder).
 
     ``path`` is the directory or the weights file. With ``d_model``/``layer`` the SAE is checked
     against the model and layer it will be used at (``check_compatible``). ``hook_name``
-    overrides the hook the files say (or do not say) the SAE was trained at.
+    overrides the hook the files say (or do not say) the SAE was trained at. ``norm_scaling_factor`` and
+    ``cfg_overrides`` (keys put over a SAELens ``cfg.json``) are what a SAELens release lists for the SAE
+    (``causal_kl.sae_hub``); SAELens folds the factor in only for ``expected_average_only_in``, and so does this.
     """
     p = Path(path)
     if not p.exists():
         raise CausalKLError(p, "sae path", "does not exist",
                             f"point it at an SAE directory ({SAELENS_CFG} + {SAELENS_WEIGHTS}) or a Gemma Scope {GEMMA_SCOPE_NPZ}")
     fmt, found = locate_sae(p)
-    if fmt == "saelens":
-        sae = load_saelens(found, norm_scaling_factor=norm_scaling_factor)
+    if fmt in ("saelens", "sparsify"):
+        sae = (load_saelens(found, norm_scaling_factor=norm_scaling_factor, cfg_overrides=cfg_overrides)
+               if fmt == "saelens" else load_sparsify(found))
         if hook_name is not None:
             sae.hook_name = hook_name
     else:
@@ -413,6 +435,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    read_safetensors_header(path)  # a truncated file: the one line the parse-time check gives
     try:
         return dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError, TypeError) as e:
@@ -426,11 +449,13 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
                                 "re-save the SAE weights with safetensors") from e
 
 
-def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
-    """Read a SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) on the CPU."""
+def load_saelens(path: str | Path, norm_scaling_factor: float | None = None,
+                 cfg_overrides: dict | None = None) -> SparseAutoencoder:
+    """Read a SAELens SAE directory (``cfg.json`` + ``sae_weights.safetensors``) on the CPU; ``cfg_overrides`` go over
+    ``cfg.json``'s top-level keys, as SAELens' loaders apply a release's ``config_overrides``."""
     d = Path(path)
     cfg_path, weights_path = saelens_files(d)
-    raw = read_json(cfg_path)
+    raw = {**read_json(cfg_path), **(cfg_overrides or {})}
     cfg = read_saelens_cfg(raw, cfg_path)
     tensors = _read_safetensors(weights_path)
     if "threshold" not in tensors and "log_threshold" in tensors:
@@ -464,6 +489,29 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None) -> 
     return sae
 
 
+def load_sparsify(path: str | Path) -> SparseAutoencoder:
+    """Read an EleutherAI sparsify SAE folder (``cfg.json`` + ``sae.safetensors``) on the CPU, as the TopK SAE it is
+    (``W_enc = encoder.weight.T``; see the module docstring). The hook is the folder's name (``layers.L``)."""
+    d = Path(path)
+    cfg_path, weights_path = d / SPARSIFY_CFG, d / SPARSIFY_WEIGHTS
+    for f in (cfg_path, weights_path):
+        if not f.exists():
+            raise CausalKLError(f, f.name, "not found",
+                                f"a sparsify SAE folder holds {SPARSIFY_CFG} and {SPARSIFY_WEIGHTS} (SparseCoder.save_to_disk writes both)")
+    raw = read_json(cfg_path)
+    cfg = read_sparsify_cfg(raw, cfg_path, d)
+    tensors = sparsify_names(_read_safetensors(weights_path), transpose=lambda w: np.asarray(w).T)
+    check_sparsify_tensors({k: np.shape(v) for k, v in tensors.items()}, cfg, weights_path, cfg_path)
+    sae = SparseAutoencoder(
+        W_enc=torch.from_numpy(np.ascontiguousarray(np.asarray(tensors["encoder.weight"]).T)),
+        b_enc=torch.from_numpy(np.asarray(tensors["encoder.bias"])),
+        W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
+        architecture="topk", k=cfg["k"], apply_b_dec_to_input=True, normalize_activations="none",
+        hook_name=cfg["hook_name"], source=str(cfg_path), metadata={"format": "sparsify", "cfg": raw},
+    )
+    return sae
+
+
 def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAutoencoder:
     """Read a Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors`` (JumpReLU) on the CPU.
 
@@ -479,7 +527,7 @@ def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAu
         try:
             with np.load(p) as data:
                 tensors = {k: np.asarray(data[k]) for k in data.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise CausalKLError(p, None, f"not a readable npz file ({str(e).splitlines()[0]})", "download params.npz again") from e
     else:
         tensors = _read_safetensors(p)

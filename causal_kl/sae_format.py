@@ -6,8 +6,12 @@ The one home of the SAE formats' rules (``causal_kl.sae``'s docstring describes 
 job runs, without importing torch, so both refuse a bad SAE with the same one-line error.
 
 - ``locate_sae``: which format a path holds (a SAELens directory, a Gemma Scope ``params.npz``
-  or a Gemma Scope 2 ``params.safetensors``).
+  or a Gemma Scope 2 ``params.safetensors``, an EleutherAI sparsify folder).
 - ``read_saelens_cfg``: a SAELens ``cfg.json`` of any supported version -> the settings.
+- ``read_sparsify_cfg`` / ``sparsify_hook`` / ``check_sparsify_tensors``: sparsify's ``cfg.json``,
+  the hookpoint its folder is named after, and its tensors (``encoder.weight`` ...).
+- ``read_safetensors_header``: a safetensors file's header, its size checked against the header's
+  data offsets (a truncated download is refused before any weight is read).
 - ``gemma_scope_config`` / ``gemma_scope_hook``: Gemma Scope 2's ``config.json`` and the hook a
   Gemma Scope SAE was trained at (its config, else the repos' folder layout).
 - ``parse_hook_name``: a hook name -> the design's layer (or none).
@@ -17,7 +21,9 @@ job runs, without importing torch, so both refuse a bad SAE with the same one-li
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +42,11 @@ SAELENS_SCALER = "activation_scaler.json"
 GEMMA_SCOPE_NPZ = "params.npz"
 GEMMA_SCOPE_SAFETENSORS = "params.safetensors"
 GEMMA_SCOPE_CONFIG = "config.json"
+SPARSIFY_CFG = "cfg.json"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
+"""What sparsify's ``SparseCoder.save_to_disk`` writes (``encoder``: an ``nn.Linear(d_in, num_latents)``)."""
+FORMATS = ("saelens", "gemma_scope", "sparsify")
 
 ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
 KNOWN_UNSUPPORTED = {
@@ -67,12 +78,14 @@ class HookSite:
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-_HF_LAYER_OUT = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)(?:\.output)?$")
+_HF_LAYER_OUT = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)(?:\.output)?$")
+_HF_MODULE = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:(?:layers|h)\.\d+\.[\w.]+|embed_tokens|embed_in|wte)$")
 
 
 def parse_hook_name(hook_name: str) -> HookSite:
     """``blocks.L.hook_resid_post`` -> layer L; ``blocks.L.hook_resid_pre`` -> layer L - 1;
-    ``model.layers.L.output`` / ``layers.L`` -> layer L (returned as ``blocks.L.hook_resid_post``);
+    ``model.layers.L.output`` / ``layers.L`` / ``h.L`` (a decoder block's module: its forward output,
+    as Gemma Scope 2 and sparsify hook it) -> layer L (returned as ``blocks.L.hook_resid_post``);
     anything else -> ``layer=None``."""
     name = hook_name.strip()
     if m := _RESID_POST.match(name):
@@ -85,7 +98,7 @@ def parse_hook_name(hook_name: str) -> HookSite:
     if m := _HF_LAYER_OUT.match(name):
         layer = int(m.group(1))
         return HookSite(resid_post_hook(layer), "resid_post", layer)
-    if name in ("hook_embed", "embed.hook_embed"):
+    if name in ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte"):
         return HookSite(name, "embed", None)
     return HookSite(name, "other", None)
 
@@ -97,27 +110,58 @@ def resid_post_hook(layer: int) -> str:
 
 # ------------------------------------------------------------------------------------ the files
 def locate_sae(path: str | Path) -> tuple[str, Path]:
-    """``(format, file)`` of an existing SAE path: ``("saelens", directory)`` or ``("gemma_scope", weights file)``.
+    """``(format, file)`` of an existing SAE path: ``("saelens", directory)``, ``("gemma_scope", weights file)``
+    or ``("sparsify", directory)``.
 
-    ``path`` is an SAE directory, its ``cfg.json`` / ``sae_weights.safetensors``, or a Gemma Scope
-    ``params.npz`` / ``params.safetensors`` (or a directory holding one). A path that holds no SAE
-    is a one-line error; a path that does not exist is the caller's to report (it knows the field).
+    ``path`` is an SAE directory, its ``cfg.json`` / ``sae_weights.safetensors`` / ``sae.safetensors``, or
+    a Gemma Scope ``params.npz`` / ``params.safetensors`` (or a directory holding one). A folder holding
+    only ``cfg.json`` is SAELens' or sparsify's by the keys of that file (so the missing weights file is
+    named right). A path that holds no SAE is a one-line error (a sparsify release folder, holding one
+    folder per hookpoint, says which); a path that does not exist is the caller's to report (it knows the field).
     """
     p = Path(path)
     if p.is_file():
-        if p.name in (SAELENS_WEIGHTS, SAELENS_CFG):
+        if p.name == SAELENS_WEIGHTS:
             return "saelens", p.parent
+        if p.name == SPARSIFY_WEIGHTS:
+            return "sparsify", p.parent
+        if p.name == SAELENS_CFG:
+            return locate_sae(p.parent)
         if p.suffix == ".npz" or p.name == GEMMA_SCOPE_SAFETENSORS:
             return "gemma_scope", p
         raise CausalKLError(p, "sae path", "is not an SAE file",
-                            f"give the SAE directory, its {SAELENS_WEIGHTS}, a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
-    if (p / SAELENS_CFG).exists() or (p / SAELENS_WEIGHTS).exists():
+                            f"give the SAE directory, its {SAELENS_WEIGHTS} or {SPARSIFY_WEIGHTS}, a Gemma Scope "
+                            f"{GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
+    if (p / SAELENS_WEIGHTS).exists():
         return "saelens", p
+    if (p / SPARSIFY_WEIGHTS).exists():
+        return "sparsify", p
+    if (p / SAELENS_CFG).exists():
+        return ("sparsify" if _looks_like_sparsify_cfg(p / SAELENS_CFG) else "saelens"), p
     for name in (GEMMA_SCOPE_NPZ, GEMMA_SCOPE_SAFETENSORS):
         if (p / name).exists():
             return "gemma_scope", p / name
+    hookpoints = sorted(q.name for q in p.iterdir() if (q / SPARSIFY_WEIGHTS).exists()) if p.is_dir() else []
+    if hookpoints:
+        shown = ", ".join(hookpoints[:4]) + (", ..." if len(hookpoints) > 4 else "")
+        layered = re.sub(r"(?<=[.])\d+$", "{layer}", hookpoints[0])
+        raise CausalKLError(p, SPARSIFY_WEIGHTS, f"a sparsify release: one SAE folder per hookpoint ({shown}), none here",
+                            f"point the route at one hookpoint's folder, e.g. '{p / layered}'")
     raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
-                        f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+                        f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SPARSIFY_CFG} + "
+                        f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+
+
+def _looks_like_sparsify_cfg(cfg_path: Path) -> bool:
+    """sparsify's ``cfg.json`` (``SparseCoderConfig`` + ``d_in``) rather than SAELens': no SAELens key, a sparsify one."""
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(cfg, dict):
+        return False
+    saelens_keys = {"d_sae", "architecture", "hook_name", "hook_point", "metadata", "activation_fn_str", "activation_fn"}
+    return not (saelens_keys & set(cfg)) and bool({"expansion_factor", "num_latents"} & set(cfg))
 
 
 def saelens_files(folder: Path) -> tuple[Path, Path]:
@@ -258,14 +302,15 @@ def gemma_scope_hook(raw_cfg: dict, weights: Path) -> str | None:
 
 def gemma_scope_hook_from_path(folder: Path) -> str | None:
     """Gemma Scope repos' folder layout -> hook: ``.../gemma-scope-9b-pt-res/layer_20/...`` or
-    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``."""
+    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``; ``.../embedding/...`` ->
+    ``hook_embed`` (no layer: refused unless check_hook is false)."""
     parts = [q.lower() for q in Path(folder).resolve().parts]
     layer = None
     for q in parts:
         if m := re.match(r"^layer_(\d+)(?:_|$)", q):
             layer = int(m.group(1))
-    if layer is None:
-        return None
+    if layer is None:  # Gemma Scope's embedding SAEs (.../gemma-scope-2b-pt-res/embedding/...) read the embeddings
+        return "hook_embed" if "embedding" in parts else None
     if any(q in ("resid_post", "resid_post_all") or re.search(r"[-_]res$", q) for q in parts):
         return resid_post_hook(layer)
     if any(q in ("mlp_out", "mlp_out_all") or re.search(r"[-_]mlp$", q) for q in parts):
@@ -278,6 +323,152 @@ def gemma_scope_hook_from_path(folder: Path) -> str | None:
 def gemma_scope_names(names: dict) -> dict:
     """Gemma Scope's lower-case ``w_enc``/``w_dec`` as SAELens' ``W_enc``/``W_dec`` (keys of a tensor or shape dict)."""
     return {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in names.items()}
+
+
+# ------------------------------------------------------------------------------------- sparsify
+SPARSIFY_DEFAULTS = {"activation": "topk", "expansion_factor": 32, "num_latents": 0, "k": 32,
+                     "skip_connection": False, "transcode": False, "signed": False}
+"""``SparseCoderConfig``'s defaults (sparsify/config.py, eai-sparsify 1.3.3; ``signed``: the older ``sae`` library's)."""
+
+
+def read_sparsify_cfg(cfg: dict, file: str | Path, folder: str | Path) -> dict[str, Any]:
+    """An EleutherAI sparsify ``cfg.json`` (``SparseCoderConfig.to_dict()`` + ``d_in``) -> ``causal_kl.sae``'s settings.
+
+    sparsify's ``SparseCoder`` (sparsify/sparse_coder.py) encodes ``top_k(relu((x - b_dec) @ encoder.weight.T +
+    encoder.bias))`` and decodes ``acts @ W_dec + b_dec``: SAELens' TopK with ``apply_b_dec_to_input``, no
+    normalisation. ``num_latents`` 0 means ``d_in * expansion_factor``. Refused: ``activation: groupmax``,
+    transcoders (``transcode``), skip connections and the old ``signed`` coders. The hook is the folder's name
+    (``sparsify_hook``). Returns the keys of ``read_saelens_cfg``.
+    """
+    cfg = {**SPARSIFY_DEFAULTS, **cfg}
+    d_in = _int(cfg.get("d_in"), "d_in", file)
+    if d_in is None or d_in < 1:
+        raise CausalKLError(file, "d_in", f"got {cfg.get('d_in')!r}", "sparsify's cfg.json states d_in (SparseCoder.save_to_disk writes it)")
+    if cfg["activation"] != "topk":
+        raise CausalKLError(file, "activation", f"sparsify activation {cfg['activation']!r} is not supported",
+                            "use a sparsify SAE trained with activation topk (the default)")
+    if cfg["transcode"]:
+        raise CausalKLError(file, "transcode", "a transcoder predicts a module's output from its input: it does not "
+                            "reconstruct the residual stream", "use a sparsify SAE (transcode false)")
+    if cfg["skip_connection"]:
+        raise CausalKLError(file, "skip_connection", "sparsify coders with a skip connection (W_skip) are not supported",
+                            "use a sparsify SAE without skip_connection")
+    if cfg["signed"]:
+        raise CausalKLError(file, "signed", "signed TopK coders (the old sae library) are not supported",
+                            "use a sparsify SAE with signed false")
+    num_latents = _int(cfg["num_latents"], "num_latents", file) or d_in * _int(cfg["expansion_factor"], "expansion_factor", file)
+    return {
+        "architecture": "topk",
+        "d_in": d_in,
+        "d_sae": num_latents,
+        "k": _int(cfg["k"], "k", file),
+        "rescale_acts_by_decoder_norm": False,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "hook_name": sparsify_hook(folder),
+        "hook_layer": None,
+        "model_name": None,
+    }
+
+
+def sparsify_hook(folder: str | Path) -> str | None:
+    """The hookpoint a sparsify SAE was trained at: its folder's name (sparsify's trainer saves each coder under
+    ``{save_dir}/{run}/{hookpoint}``, ``/seedN`` below it when several seeds are trained; hub releases keep those
+    folders). Hookpoints are module names under the model's ``base_model``: ``layers.L`` (Llama, Pythia/GPT-NeoX,
+    Gemma, Qwen, Mistral) or ``h.L`` (GPT-2) is decoder block L's forward output = layer L
+    (``blocks.L.hook_resid_post``); ``layers.L.mlp`` and the like are other modules' outputs. A folder name that
+    is no module name (a folder the user renamed) says nothing: None."""
+    folder = Path(folder)
+    name = folder.parent.name if re.fullmatch(r"seed\d+", folder.name) else folder.name
+    site = parse_hook_name(name)
+    if site.layer is not None or site.kind == "embed" or _HF_MODULE.match(name):
+        return site.hook_name
+    return None
+
+
+def sparsify_names(tensors: dict, transpose=lambda v: tuple(reversed(v))) -> dict:
+    """The first sparsify release layout (the ``sae`` library before 2024-06-08: ``W_enc [d_in, d_sae]``, ``b_enc``)
+    under today's names (``encoder.weight [d_sae, d_in]``, ``encoder.bias``), as SAELens' sparsify loader also reads
+    it; ``transpose`` turns a ``W_enc`` value (a shape by default, an array for the loader) into ``encoder.weight``'s."""
+    out = dict(tensors)
+    if "encoder.weight" not in out and "W_enc" in out:
+        out["encoder.weight"] = transpose(out.pop("W_enc"))
+    if "encoder.bias" not in out and "b_enc" in out:
+        out["encoder.bias"] = out.pop("b_enc")
+    return out
+
+
+def check_sparsify_tensors(shapes: dict[str, tuple[int, ...]], cfg: dict[str, Any], file: Path, cfg_file: Path) -> None:
+    """sparsify's tensors (names and shapes from ``sae.safetensors``) fit its ``cfg.json`` (``read_sparsify_cfg``):
+    ``encoder.weight [num_latents, d_in]``, ``encoder.bias [num_latents]``, ``W_dec [num_latents, d_in]``,
+    ``b_dec [d_in]``, and ``1 <= k <= num_latents``; else the one-line error naming the first that does not."""
+    missing = [n for n in SPARSIFY_TENSORS if n not in shapes]
+    if missing:
+        raise CausalKLError(file, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(shapes)) or 'none'})",
+                            f"a sparsify SAE holds {', '.join(SPARSIFY_TENSORS)} (a coder saved without its decoder "
+                            "cannot reconstruct); re-save it with SparseCoder.save_to_disk")
+    d_in, n = cfg["d_in"], cfg["d_sae"]
+    expected = {"encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)}
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise CausalKLError(file, name, f"shape {tuple(shapes[name])} does not fit cfg.json d_in={d_in}, "
+                                f"num_latents={n} (expected {shape})", "re-save the SAE with sparsify (SparseCoder.save_to_disk)")
+    k = cfg["k"]
+    if k is None or not 1 <= k <= n:
+        raise CausalKLError(cfg_file, "k", f"a TopK SAE needs 1 <= k <= num_latents={n}, got {k!r}", "set k in cfg.json")
+
+
+# ----------------------------------------------------------------------------- safetensors files
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                           "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, dict]:
+    """The header of a safetensors file (8-byte little-endian length, then JSON), no weights read, checked against
+    the file: every tensor's ``data_offsets`` span its dtype x shape, and the file is exactly the header plus the
+    data the offsets name (safetensors refuses any other size). A truncated copy or download is one line here,
+    at parse time, instead of a failure in the first job that reads the weights."""
+    path = Path(path)
+    fix = "re-save the SAE weights with safetensors"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000 or n > size - 8:
+                raise ValueError(f"header length {n} does not fit the file")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = (int(o) for o in info["data_offsets"])
+            shape = [int(s) for s in info["shape"]]
+            width = SAFETENSORS_DTYPE_BYTES.get(str(info.get("dtype")))
+            if stop < start or (width is not None and stop - start != width * math.prod(shape)):
+                raise ValueError(f"tensor {name}: data_offsets {[start, stop]} do not hold {info.get('dtype')} {shape}")
+            end = max(end, stop)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CausalKLError(path, None, f"not a readable safetensors file ({str(e).splitlines()[0]})", fix) from e
+    expected = 8 + n + end
+    if size < expected:
+        raise CausalKLError(path, None, f"truncated: its header's tensors end at byte {expected:,} but the file has "
+                            f"{size:,} bytes ({expected - size:,} missing)",
+                            "copy or download the file again (a transfer that stopped early leaves it cut short)")
+    if size > expected:
+        raise CausalKLError(path, None, f"{size - expected:,} bytes past the end of its header's last tensor "
+                            f"(the file has {size:,} bytes, the header names {expected:,})",
+                            "copy or download the file again (safetensors refuses a file of any other size)")
+    return header
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` from a safetensors file's checked header (``read_safetensors_header``); no weights read."""
+    return {k: tuple(int(s) for s in v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
 
 
 # ------------------------------------------------------------------------------------- tensors

@@ -36,6 +36,7 @@ from causal_kl.errors import CausalKLError
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
+from causal_kl.sae_hub import is_named as is_named_sae, resolve_named as resolve_named_sae
 
 try:
     # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
@@ -374,8 +375,19 @@ ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
 
 
 def route_params(wildcards):
-    """What a route's reconstruction depends on: its config entry without the keys of no consequence."""
-    return {k: v for k, v in route_config(wildcards).items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+    """What a route's reconstruction depends on: its config entry without the keys of no consequence; a named SAE
+    (release + sae_id, repo + folder) also pinned to the revision the hub cache holds at the job's layer (``hub``:
+    the jobs read exactly that commit, without SAELens' release list), so a new cached revision reruns what read it."""
+    entry = route_config(wildcards)
+    params = {k: v for k, v in entry.items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+    if entry["kind"] == "sae" and is_named_sae(entry):
+        params["hub"] = named_sae(wildcards).pin()
+    return params
+
+
+def named_sae(wildcards):
+    """The hub cache's copy of a named SAE route's SAE at the job's layer (``causal_kl.sae_hub.HubSAE``)."""
+    return resolve_named_sae(route_config(wildcards), int(wildcards.layer), CONFIG_SOURCE, wildcards.route)
 
 
 def route_path(wildcards, key="path"):
@@ -401,15 +413,21 @@ def route_files(wildcards):
 def sae_input(wildcards):
     """An ``sae`` route's SAE as an input when the demo builds it (else a fingerprint param stands for it)."""
     entry = route_config(wildcards)
-    if entry["kind"] != "sae":
+    if entry["kind"] != "sae" or is_named_sae(entry):
         return []
     path = route_path(wildcards)
     return [path] if config.get("demo") and path.startswith(f"{DEMO_SAE_DIR}/") else []
 
 
 def sae_fingerprint(wildcards):
+    """What an ``sae`` route's SAE is: a local one's content (``external``), a named one's cached revision
+    (``repo@commit/folder``, in every config: the demo's own SAEs are never named)."""
     entry = route_config(wildcards)
-    return external(route_path(wildcards)) if entry["kind"] == "sae" and not sae_input(wildcards) else None
+    if entry["kind"] != "sae":
+        return None
+    if is_named_sae(entry):
+        return named_sae(wildcards).fingerprint()
+    return external(route_path(wildcards)) if not sae_input(wildcards) else None
 
 
 def checkpoint_path(wildcards):

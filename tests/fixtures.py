@@ -145,3 +145,33 @@ def tiny_qwen2(path: Path, seed: int = 0, boost_norm: float | None = 6.0) -> Pat
 
 def random_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str | None = None,
+                      ref: str | None = "main") -> str:
+    """Put ``files`` ({path in the repo: content}) into a Hugging Face hub cache as huggingface_hub's downloads do:
+    ``models--org--name/blobs/<sha256>``, ``snapshots/<commit>/<path>`` a relative symlink to its blob, and
+    ``refs/<ref>`` holding the commit (no ref: a snapshot only a pinned revision reaches). Returns the commit
+    (40 hex digits; by default a hash of the files, so other files are another commit)."""
+    import hashlib
+    import os
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    if commit is None:
+        h = hashlib.sha1()
+        for name in sorted(files):
+            h.update(name.encode() + hashlib.sha256(files[name]).digest())
+        commit = h.hexdigest()
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref is not None:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return commit

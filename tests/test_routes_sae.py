@@ -227,6 +227,29 @@ def _cases(tmp, t):
     (tmp / "npz").mkdir()
     np.savez(tmp / "npz" / "params.npz", **{n: t[n] for n in GEMMA if n != "threshold"})
     (tmp / "weird.bin").write_bytes(b"x")
+    # truncated (header intact) and overlong weights: safetensors refuses both, so they are refused at parse time
+    weights = (good / "sae_weights.safetensors").read_bytes()
+    for name, data in (("truncated", weights[:-40]), ("overlong", weights + b"\0" * 8)):
+        (tmp / name).mkdir()
+        (tmp / name / "cfg.json").write_text((good / "cfg.json").read_text())
+        (tmp / name / "sae_weights.safetensors").write_bytes(data)
+    from safetensors.numpy import save_file
+
+    g2 = tmp / "g2_truncated" / "resid_post" / "layer_2_width_16k_l0_small"
+    g2.mkdir(parents=True)
+    save_file({n: t[n] for n in GEMMA}, str(g2 / "params.safetensors"))
+    (g2 / "params.safetensors").write_bytes((g2 / "params.safetensors").read_bytes()[:-1000])
+    (tmp / "npz_truncated").mkdir()
+    np.savez(tmp / "npz_truncated" / "params.npz", **{n: t[n] for n in GEMMA})
+    (tmp / "npz_truncated" / "params.npz").write_bytes((tmp / "npz_truncated" / "params.npz").read_bytes()[:-300])
+    cases += [
+        ("truncated", tmp / "truncated", ["truncated/sae_weights.safetensors", "truncated", "40 missing", "download the file again"],
+         LAYER, D_IN),
+        ("overlong", tmp / "overlong", ["overlong/sae_weights.safetensors", "8 bytes past the end", "download the file again"],
+         LAYER, D_IN),
+        ("gemma_scope_2_truncated", g2, ["params.safetensors", "truncated", "1,000 missing"], LAYER, D_IN),
+        ("npz_truncated", tmp / "npz_truncated", ["params.npz", "not a readable npz file"], LAYER, D_IN),
+    ]
     cases += [
         ("empty_dir", tmp / "empty", ["empty", "cfg.json", "no SAE found"], LAYER, D_IN),
         ("no_weights", tmp / "cfg_only", ["sae_weights.safetensors", "not found"], LAYER, D_IN),
@@ -241,7 +264,8 @@ def _cases(tmp, t):
 CASE_NAMES = [  # the order of _cases
     "d_in", "other_layer", "resid_pre", "mlp_out", "missing_tensor", "short_b_enc", "transposed_W_dec", "vector_W_enc",
     "cfg_width", "no_threshold", "unknown_arch", "unsupported_arch", "no_k", "tanh", "no_scaler", "whitening", "per_head",
-    "hook_layer", "empty_dir", "no_weights", "bad_json", "bad_safetensors", "npz_missing_threshold", "not_an_sae_file"]
+    "hook_layer", "truncated", "overlong", "gemma_scope_2_truncated", "npz_truncated", "empty_dir", "no_weights", "bad_json",
+    "bad_safetensors", "npz_missing_threshold", "not_an_sae_file"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ that the dry run (`snakemake -n`) lists only jobs of the new route (plus the agg
 collects every route's patch shards).
 """
 
+import json
 import os
 import re
 
@@ -94,3 +95,50 @@ def test_each_route_kind_gets_its_rules(root, gemma3_dir, corpus_path, tmp_path)
     assert by_route["ar"] == {"recon_nla_ar", "geometry"}
     assert by_route["av"] == {"explain_nla_av", "recon_nla_ar", "geometry"}
     assert sum(rule == "train_gold" for rule, _ in jobs) == 1
+
+
+def test_a_named_sae_reruns_on_a_new_cached_revision(root, gemma3_dir, corpus_path, tmp_path, monkeypatch):
+    """An `sae` route naming a SAELens release, read from a hub cache laid out as huggingface_hub does: it runs, a
+    finished run plans nothing, the cache's main moving to a new commit reruns exactly the job that read the SAE
+    (rules/common.smk: the revision is in its params), and an SAE missing from the cache stops the parse in one line."""
+    import subprocess
+    import sys
+
+    from fixtures import lay_out_hub_cache
+    from test_sae import random_tensors, reference_sae
+    from test_sae_hub import _npz_bytes
+
+    from causal_kl.sae_hub import release_sae
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    found = release_sae("gemma-scope-2b-pt-res-canonical", "layer_2/width_16k/canonical")
+    first = random_tensors(seed=7, d_in=64, d_sae=96)
+    old = lay_out_hub_cache(cache, found["repo_id"], {f"{found['folder']}/params.npz": _npz_bytes(first)})
+    work = tmp_path / "w"
+    copy_workflow(work, root)
+    routes = {"gs": {"kind": "sae", "release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_{layer}/width_16k/canonical"}}
+    write_config(work, tiny_config(corpus_path, gemma3_dir, routes=routes))
+    target = "results/t/L2/sae/gs.json"
+    run_snakemake(work, target, blocked=TORCH_ENV_BLOCKS)
+    sparsity = json.loads((work / target).read_text())
+    assert sparsity["sae_revision"] == f"{found['repo_id']}@{old}/{found['folder']}"
+    assert sparsity["sae_path"] == "gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical"
+    sites = pd.read_parquet(work / "results/t/sites.parquet")
+    gold = pd.read_parquet(work / "results/t/L2/gold.parquet").set_index("site_id").loc[sites.site_id]
+    recon = pd.read_parquet(work / "results/t/L2/recon/gs.parquet").set_index("site_id").loc[sites.site_id]
+    golds = np.stack(gold.activation.to_numpy())
+    np.testing.assert_allclose(np.stack(recon.reconstruction.to_numpy()), reference_sae(golds, first, "jumprelu", apply_b_dec=False)[1],
+                               rtol=1e-4, atol=1e-4)
+    assert "Nothing to be done" in run_snakemake(work, "-n", target)
+
+    new = lay_out_hub_cache(cache, found["repo_id"], {f"{found['folder']}/params.npz": _npz_bytes(random_tensors(seed=8, d_in=64, d_sae=96))})
+    assert new != old
+    assert dry_run_jobs(run_snakemake(work, "-n", target)) == [("recon_sae", "gs")]
+
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", target], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=300)
+    line = next(l for l in (out.stdout + out.stderr).splitlines() if l.startswith("causal-kl:"))
+    assert out.returncode != 0 and "routes.gs.release" in line and "not in the Hugging Face cache" in line, out.stderr
+    assert f'hf download {found["repo_id"]} --include "{found["folder"]}/*"' in line

@@ -103,11 +103,11 @@ def recon_sae(sae: list[str], sites: str, gold: str, recon: str, sparsity: str, 
     source = f"config routes.{route}"
     _, site_ids, golds = _eval_golds(sites, gold)
     recons, stats = sae_route.reconstruct(route_entry, int(layer), golds, device, source)
-    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry,
-                                                     sae_path=sae_route.sae_path(route_entry, int(layer)),
+    # a named SAE (release/id, repo/folder) is shown by its name; sae_revision and sae_file say what was read
+    label = stats.get("sae_name") or sae_route.sae_path(route_entry, int(layer))
+    write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, sae_path=label,
                                                      sae_fingerprint=sae_fingerprint, sparsity=stats))
-    write_json(sparsity, {"route": route, "layer": int(layer), "sae_path": sae_route.sae_path(route_entry, int(layer)),
-                          **stats})
+    write_json(sparsity, {"route": route, "layer": int(layer), "sae_path": label, **stats})
     log.info("sae %s at layer %s: L0 %.1f of %d latents, %.1f%% dead on %d golds", route, layer, stats["l0"],
              stats["d_sae"], 100 * stats["dead_share"], len(site_ids))
 

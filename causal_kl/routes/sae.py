@@ -2,12 +2,16 @@
 
 A route entry::
 
-    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope",
+    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope" | "sparsify",
      "layer": 3 | [1, 3] | None, "check_hook": True, "batch_size": 4096}
 
 ``path`` is a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``), a Gemma Scope
-``params.npz`` or a Gemma Scope 2 ``params.safetensors`` (or a directory holding one); ``{layer}``
-in it is the layer, so one entry names a suite (one SAE per layer). The SAE definitions, the
+``params.npz`` or a Gemma Scope 2 ``params.safetensors`` (or a directory holding one), or an
+EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint); ``{layer}``
+in it is the layer, so one entry names a suite (one SAE per layer). Instead of ``path`` an entry may
+name the SAE by ``release`` + ``sae_id`` (SAELens' ``pretrained_saes.yaml``) or ``repo`` + ``folder``
+(any hub repo), optionally at a ``revision``: found in the Hugging Face cache by ``causal_kl.sae_hub``
+(which the workflow pins to the cached commit in the jobs' params, ``hub``). The SAE definitions, the
 formats and the hook/layer rules are ``causal_kl.sae``'s (SAELens' own); this module adds the
 route's two steps:
 
@@ -15,11 +19,13 @@ route's two steps:
   neither torch, transformers nor safetensors: it reads ``cfg.json`` / ``config.json`` and the
   *headers* of the weight files (safetensors' 8-byte length + JSON header; the ``.npy`` headers
   inside ``params.npz``), never the weights. It refuses, each with the one-line error
-  ``causal_kl.sae`` raises for the same problem at load time: a missing path, a format other
-  than the route's ``format``, an unknown or unsupported architecture, an activation,
-  normalisation or hook kind the loader refuses, missing tensors or shapes that do not fit,
-  ``d_in`` differing from the model's width, and (unless ``check_hook`` is false) an SAE whose
-  files say it was trained at another hook or layer than the route's.
+  ``causal_kl.sae`` raises for the same problem at load time: a missing path (or a named SAE
+  not in the Hugging Face cache), a format other than the route's ``format``, an unknown or
+  unsupported architecture, an activation, normalisation or hook kind the loader refuses, missing
+  tensors or shapes that do not fit, a safetensors file whose size is not what its header's data
+  offsets say (truncated or overlong), ``d_in`` differing from the model's width, and (unless
+  ``check_hook`` is false) an SAE whose files say it was trained at another hook or layer than the
+  route's.
 - ``reconstruct``: loads the SAE (``causal_kl.sae.load_sae``, checked against the width and,
   unless ``check_hook`` is false, the layer), runs ``decode(encode(g))`` on the golds in batches
   of ``batch_size`` on ``device``, and returns SAELens-style sparsity statistics of those golds
@@ -33,9 +39,8 @@ torch: the check and the loader cannot drift apart.
 
 from __future__ import annotations
 
-import json
-import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +48,14 @@ import numpy as np
 
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
+from causal_kl import sae_hub  # SAEs named by SAELens release or hub repo, read from the Hugging Face cache
 
 if TYPE_CHECKING:  # torch is imported where the SAE runs: the parse-time check stays free of it
     from causal_kl.sae import SparseAutoencoder
+    from causal_kl.sae_hub import HubSAE
 
-FORMATS = ("auto", "saelens", "gemma_scope")
+FORMATS = ("auto", *fmt.FORMATS)
+
 
 # ------------------------------------------------------------------------------ the route's files
 def sae_path(entry: dict, layer: int) -> str:
@@ -60,46 +68,68 @@ def _route_field(source: str, name: str | None, key: str) -> tuple[str, str]:
     return source, f"routes.{name}.{key}" if name else key
 
 
-def resolve_sae(entry: dict, layer: int, source: str = "config routes", name: str | None = None) -> tuple[str, Path]:
-    """``(format, file)`` of the route's SAE at ``layer``: ``("saelens", directory)`` or ``("gemma_scope", weights file)``.
+def _hub_hint(path: str) -> str:
+    """For a missing relative path that reads like ``org/repo/folder``: how to name it on the hub instead."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and not Path(path).is_absolute() and not parts[0].startswith(".") and not Path(parts[0]).exists():
+        return (f"; to read it from the Hugging Face cache write repo: {parts[0]}/{parts[1]} and folder: "
+                f"{'/'.join(parts[2:])} instead of path (or release + sae_id of SAELens' pretrained_saes.yaml)")
+    return ""
+
+
+@dataclass(frozen=True)
+class RouteSAE:
+    """Where a route's SAE is at one layer: its format, the file ``causal_kl.sae_format.locate_sae`` gives (a folder,
+    or Gemma Scope's weights file), and for a named SAE what the hub cache says of it (``causal_kl.sae_hub.HubSAE``)."""
+
+    format: str
+    file: Path
+    hub: "HubSAE | None" = None
+
+    @property
+    def norm_scaling_factor(self) -> float | None:
+        return self.hub.norm_scaling_factor if self.hub else None
+
+    @property
+    def config_overrides(self) -> dict:
+        return dict(self.hub.config_overrides) if self.hub else {}
+
+
+def resolve_sae(entry: dict, layer: int, source: str = "config routes", name: str | None = None) -> RouteSAE:
+    """The route's SAE at ``layer``: by ``path`` (a SAELens or sparsify folder, a Gemma Scope weights file), or
+    named (``release`` + ``sae_id`` or ``repo`` + ``folder``) and found in the Hugging Face cache (``causal_kl.sae_hub``).
 
     The same choice ``causal_kl.sae.load_sae`` makes from the files present; a missing path, a path
-    that holds no SAE, or a format other than the route's ``format`` is a one-line error.
+    that holds no SAE, a named SAE not in the cache, or a format other than the route's ``format`` is a
+    one-line error.
     """
-    p = Path(sae_path(entry, layer))
     want = entry.get("format") or "auto"
     if want not in FORMATS:
         raise CausalKLError(*_route_field(source, name, "format"), f"unknown format {want!r}", f"use one of {', '.join(FORMATS)}")
-    if not p.exists():
-        raise CausalKLError(*_route_field(source, name, "path"), f"SAE path '{p}' does not exist",
-                            f"point the route at an SAE directory ({fmt.SAELENS_CFG} + {fmt.SAELENS_WEIGHTS}) or a Gemma Scope "
-                            f"{fmt.GEMMA_SCOPE_NPZ} / {fmt.GEMMA_SCOPE_SAFETENSORS} ('{{layer}}' in the path is the layer)")
-    found = fmt.locate_sae(p)
-    if want != "auto" and found[0] != want:
-        raise CausalKLError(*_route_field(source, name, "format"), f"format is {want} but '{p}' holds a {found[0]} SAE",
-                            f"set the route's format to auto or {found[0]}, or point path at a {want} SAE")
-    return found
+    hub = None
+    if sae_hub.is_named(entry):
+        hub = sae_hub.resolve_named(entry, layer, source, name)
+        p = hub.path
+    else:
+        if entry.get("revision") is not None:
+            raise CausalKLError(*_route_field(source, name, "revision"), "a revision pins a hub SAE, but the route names a local path",
+                                "remove revision, or name the SAE by release + sae_id or repo + folder")
+        p = Path(sae_path(entry, layer))
+        if not p.exists():
+            raise CausalKLError(*_route_field(source, name, "path"), f"SAE path '{p}' does not exist",
+                                f"point the route at an SAE directory ({fmt.SAELENS_CFG} + {fmt.SAELENS_WEIGHTS}, or sparsify's "
+                                f"{fmt.SPARSIFY_CFG} + {fmt.SPARSIFY_WEIGHTS}) or a Gemma Scope {fmt.GEMMA_SCOPE_NPZ} / "
+                                f"{fmt.GEMMA_SCOPE_SAFETENSORS} ('{{layer}}' in the path is the layer){_hub_hint(str(p))}")
+    kind, found = fmt.locate_sae(p)
+    if want != "auto" and kind != want:
+        raise CausalKLError(*_route_field(source, name, "format"), f"format is {want} but '{p}' holds a {kind} SAE",
+                            f"set the route's format to auto or {kind}, or point the route at a {want} SAE")
+    return RouteSAE(kind, found, hub)
 
 
 # --------------------------------------------------------------------- torch-free reading (parse time)
-def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """``{tensor name: shape}`` from a safetensors file's header (8-byte little-endian length, then JSON); no weights read."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000 or n > path.stat().st_size - 8:
-                raise ValueError(f"header length {n} does not fit the file")
-            header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        return {k: tuple(int(s) for s in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CausalKLError(path, None, f"not a readable safetensors file ({str(e).splitlines()[0]})",
-                            "re-save the SAE weights with safetensors") from e
+safetensors_shapes = fmt.safetensors_shapes
+"""``{tensor name: shape}`` from a safetensors file's header, its size checked against the header (no weights read)."""
 
 
 def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -174,27 +204,45 @@ def check_sae_config(entry: dict, name: str, layer: int, d_model: int | None, so
     Reads only JSON files and tensor headers (no torch, transformers or safetensors import); raises
     the one-line ``CausalKLError`` loading would raise (see the module docstring).
     """
-    kind, found = resolve_sae(entry, layer, source, name)
+    found = resolve_sae(entry, layer, source, name)
     check_hook = bool(entry.get("check_hook", True))
     where = f"routes.{name}"
-    if kind == "saelens":
-        cfg_path, weights = fmt.saelens_files(found)
-        cfg = fmt.read_saelens_cfg(fmt.read_json(cfg_path), cfg_path)
+    if found.format == "saelens":
+        cfg_path, weights = fmt.saelens_files(found.file)
+        cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
         shapes = safetensors_shapes(weights)
         if "threshold" not in shapes and "log_threshold" in shapes:
             shapes["threshold"] = shapes["log_threshold"]
         d_in, _ = _check_tensors(shapes, cfg["architecture"], weights, cfg["d_in"], cfg["d_sae"], cfg["k"])
-        if cfg["normalize_activations"] == "expected_average_only_in" and fmt.scaler_factor(found) is None:
-            raise fmt.missing_scaler_error(cfg_path, f"put SAELens' {fmt.SAELENS_SCALER} beside cfg.json (an SAE route cannot pass the factor itself)")
+        if (cfg["normalize_activations"] == "expected_average_only_in" and found.norm_scaling_factor is None
+                and fmt.scaler_factor(found.file) is None):
+            raise fmt.missing_scaler_error(cfg_path, _scaler_fix(found))
         _check_width_and_hook(cfg_path, d_in, d_model, cfg["hook_name"], layer, check_hook, where)
         return
+    if found.format == "sparsify":
+        cfg_path, weights = found.file / fmt.SPARSIFY_CFG, found.file / fmt.SPARSIFY_WEIGHTS
+        for f in (cfg_path, weights):
+            if not f.exists():
+                raise CausalKLError(f, f.name, "not found", f"a sparsify SAE folder holds {fmt.SPARSIFY_CFG} and "
+                                    f"{fmt.SPARSIFY_WEIGHTS} (SparseCoder.save_to_disk writes both)")
+        cfg = fmt.read_sparsify_cfg(fmt.read_json(cfg_path), cfg_path, found.file)
+        fmt.check_sparsify_tensors(fmt.sparsify_names(safetensors_shapes(weights)), cfg, weights, cfg_path)
+        _check_width_and_hook(cfg_path, cfg["d_in"], d_model, cfg["hook_name"], layer, check_hook, where)
+        return
     # Gemma Scope: params.npz / params.safetensors, maybe config.json beside it
-    raw_cfg = fmt.gemma_scope_config(found)
-    shapes = fmt.gemma_scope_names(npz_shapes(found) if found.suffix == ".npz" else safetensors_shapes(found))
-    fmt.check_required_tensors(shapes, "jumprelu", found, gemma_scope=True)
-    d_in, _ = _check_tensors(shapes, "jumprelu", found)
-    hook = fmt.gemma_scope_hook(raw_cfg, found)
-    _check_width_and_hook(found, d_in, d_model, hook, layer, check_hook, where)
+    raw_cfg = fmt.gemma_scope_config(found.file)
+    shapes = fmt.gemma_scope_names(npz_shapes(found.file) if found.file.suffix == ".npz" else safetensors_shapes(found.file))
+    fmt.check_required_tensors(shapes, "jumprelu", found.file, gemma_scope=True)
+    d_in, _ = _check_tensors(shapes, "jumprelu", found.file)
+    hook = fmt.gemma_scope_hook(raw_cfg, found.file)
+    _check_width_and_hook(found.file, d_in, d_model, hook, layer, check_hook, where)
+
+
+def _scaler_fix(found: RouteSAE) -> str:
+    if found.hub is not None:
+        return (f"SAELens' pretrained_saes.yaml lists no norm_scaling_factor for {found.hub.label}: name the SAE by a release "
+                f"that lists one, or put SAELens' {fmt.SAELENS_SCALER} beside cfg.json and give its path")
+    return f"put SAELens' {fmt.SAELENS_SCALER} beside cfg.json (or name the SAE by its SAELens release, which lists the factor)"
 
 
 # ------------------------------------------------------------------------------------ run time
@@ -202,13 +250,18 @@ def load_route_sae(entry: dict, layer: int, d_model: int | None, device: str = "
                    source: str = "config routes") -> SparseAutoencoder:
     """The route's SAE at ``layer`` on ``device`` (``auto``: the GPU when there is one, as for the model), checked
     against the width ``d_model`` and (unless ``check_hook`` is false) against ``layer`` (``causal_kl.sae.load_sae``
-    + ``check_compatible``)."""
+    + ``check_compatible``). A named SAE is read from the Hugging Face cache with its release's norm scaling
+    factor and config overrides; its ``metadata['hub']`` is the cached revision (``HubSAE.fingerprint``)."""
     from causal_kl.models import resolve_device
     from causal_kl.sae import load_sae
 
     device = resolve_device(str(device))
-    _, found = resolve_sae(entry, layer, source)
-    sae = load_sae(found, "cpu", d_model=d_model)
+    found = resolve_sae(entry, layer, source)
+    sae = load_sae(found.file, "cpu", d_model=d_model, norm_scaling_factor=found.norm_scaling_factor,
+                   cfg_overrides=found.config_overrides)
+    if found.hub is not None:
+        sae.metadata["hub"] = found.hub.fingerprint()
+        sae.metadata["name"] = found.hub.label
     if entry.get("check_hook", True):
         try:
             sae.check_compatible(layer=int(layer))
@@ -245,7 +298,8 @@ def reconstruct(entry: dict, layer: int, golds: np.ndarray, device: str = "cpu",
 
     The statistics (JSON-ready): ``n``, ``l0``, ``dead_share``, ``n_dead``, ``d_sae``, ``d_in``,
     ``architecture``, ``hook_name``, ``explained_variance``, ``k``, ``apply_b_dec_to_input``,
-    ``normalize_activations``, ``sae_file`` (the file read).
+    ``normalize_activations``, ``sae_file`` (the file read); for a named SAE also ``sae_name`` (release/id or
+    repo/folder) and ``sae_revision`` (``repo@commit/folder``, the cached revision read).
     """
     from causal_kl.sae import explained_variance
 
@@ -270,4 +324,6 @@ def reconstruct(entry: dict, layer: int, golds: np.ndarray, device: str = "cpu",
         "normalize_activations": sae.normalize_activations,
         "sae_file": sae.source,
     }
+    if "hub" in sae.metadata:  # a named SAE: how the route named it and the cached revision read
+        stats.update(sae_name=sae.metadata["name"], sae_revision=sae.metadata["hub"])
     return recon, stats
