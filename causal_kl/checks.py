@@ -191,6 +191,28 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
 
 
+def check_spans(config: dict, source: str = "config") -> None:
+    """``patch.spans`` lists 1 (every route table reads it), and every span can fit a site: a span of k fits a site at
+    position p of a document of n tokens when p + k <= n, and sites start at ``sites.min_position`` in documents cut
+    at ``sites.max_length`` tokens, so no span longer than their difference fits any site of any corpus. (Which
+    spans fit the sites actually sampled is checked once they exist: ``spans.check_spans_fit``.)"""
+    from causal_kl.config import run_spans
+
+    spans = run_spans(config)
+    if 1 not in spans:
+        raise CausalKLError(source, "patch.spans", f"{spans} lacks 1, the single-site splice every route table reads",
+                            f"list 1 among the spans, e.g. {sorted({1, *spans})}")
+    sites = config["sites"]
+    longest = int(sites["max_length"]) - int(sites["min_position"])
+    too_long = [k for k in spans if k > longest]
+    if too_long:
+        raise CausalKLError(source, "patch.spans",
+                            f"span {too_long[0]} cannot fit any site: sites start at sites.min_position "
+                            f"({sites['min_position']}) in documents cut at sites.max_length ({sites['max_length']}) "
+                            f"tokens, so a span covers at most {longest} positions",
+                            f"list spans of at most {longest}, or raise sites.max_length")
+
+
 def check_demo(config: dict, source: str = "config") -> None:
     """The demo builds its corpus and model only at its own paths, so it never writes over a user's files."""
     for key, want in DEMO_PATHS.items():
@@ -299,7 +321,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     demo = bool(config.get("demo"))
     if demo:
         check_demo(config, source)
-    from causal_kl.config import layer_path, run_layers, run_spans
+    from causal_kl.config import layer_path, run_layers
 
     model = config["model"]
     layers = run_layers(config)
@@ -307,9 +329,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     if local_exec:
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)
-    if 1 not in run_spans(config):
-        raise CausalKLError(source, "patch.spans", f"{run_spans(config)} lacks 1, the single-site splice every route table reads",
-                            f"list 1 among the spans, e.g. {sorted({1, *run_spans(config)})}")
+    check_spans(config, source)
     stored = config["gold"].get("stored")
     if stored:
         for one in layers:

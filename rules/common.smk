@@ -1,5 +1,6 @@
 # Shared by every rule: which config the run uses, checks before any job, run paths, shard ids,
 # wildcard constraints, resources.
+import functools
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from causal_kl.errors import CausalKLError
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
+from causal_kl.spans import check_spans_fit
 
 try:
     # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
@@ -91,9 +93,20 @@ EXTRA_SPAN = _alternatives(EXTRA_SPANS)
 
 
 def shard_ids(wildcards=None):
-    """The shards that hold sites: known once the ``sites`` checkpoint has sampled them (its sites.json)."""
+    """The shards that hold sites: known once the ``sites`` checkpoint has sampled them (its sites.json).
+
+    Then, before any shard job, the run's spans are checked against the sampled documents (one line if a span
+    fits sites of fewer than two documents)."""
     with open(checkpoints.sites.get().output.stats) as fh:
-        return [f"{i:03d}" for i in range(json.load(fh)["n_shards"])]
+        n_shards = json.load(fh)["n_shards"]
+    spans_fit_sites()
+    return [f"{i:03d}" for i in range(n_shards)]
+
+
+@functools.cache
+def spans_fit_sites():
+    """Once per Snakemake process (an error is raised again on every call): spans.check_spans_fit on the run's sites."""
+    check_spans_fit(EXTRA_SPANS, f"{R}/sites.parquet", f"{R}/docs.parquet", CONFIG_SOURCE)
 
 
 def shard_files(pattern, **kw):
