@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
 from causal_kl.config import (
     DEFAULT_CONFIG,
+    canonical,
     layer_path,
     resolve_config,
     route_layers,
@@ -48,6 +49,11 @@ try:
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
+# every dict of the config in sorted key order, so that no param reads as changed because a file, an entry point or
+# a copy of the run gave the same keys in another order (Snakemake compares each param's repr)
+_canonical_config = canonical(config)
+config.clear()
+config.update(_canonical_config)
 
 if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
     # one model job per GPU at a time (each job also takes one GPU slot, causal_kl.gpu), so that
@@ -204,7 +210,7 @@ def external(path):
     return None if config.get("demo") else fingerprint(path)
 
 
-MODEL_BLOCK = {k: v for k, v in MODEL.items() if k != "layer"}
+MODEL_BLOCK = canonical({k: v for k, v in MODEL.items() if k != "layer"})
 """The model block a job reads: its layer comes from the job's ``{layer}`` wildcard, so adding a layer to
 model.layer reruns nothing of the layers already there."""
 
@@ -219,7 +225,7 @@ def model_params():
     }
 
 
-PATCH_PARAMS = {k: config["patch"][k] for k in ("method", "sites_per_batch")}
+PATCH_PARAMS = canonical({k: config["patch"][k] for k in ("method", "sites_per_batch")})
 """What a patch job's numbers depend on (not the list of spans: adding a span reruns no other span)."""
 
 
@@ -339,7 +345,7 @@ ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
 
 def route_params(wildcards):
     """What a route's reconstruction depends on: its config entry without the keys of no consequence."""
-    return {k: v for k, v in route_config(wildcards).items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+    return canonical({k: v for k, v in route_config(wildcards).items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE})
 
 
 def route_path(wildcards, key="path"):
@@ -405,11 +411,13 @@ def reconstructor_fingerprints(wildcards):
     """Fingerprints of the external files a route's reconstructor reads (what reruns it when they change)."""
     entry = route_config(wildcards)
     files = [*route_files(wildcards), *(nla_explanations(wildcards) if entry["kind"] == "nla_ar" else [])]
-    return {
-        "files": [external(f) for f in files],
-        "sae": sae_fingerprint(wildcards),
-        "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None,
-    }
+    return canonical(
+        {
+            "files": [external(f) for f in files],
+            "sae": sae_fingerprint(wildcards),
+            "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- patches (rules/patch.smk)
@@ -478,7 +486,7 @@ def report_manifest():
     across = {}
     if across_layer_targets():
         across = {"table": f"{R}/tables/layers.csv", "figure": f"{R}/figures/layers.png"}
-    return {"layers": layers, "across": across, "spans": SPANS}
+    return canonical({"layers": layers, "across": across, "spans": SPANS})
 
 
 def manifest_files(node):
