@@ -19,9 +19,24 @@ from typing import Any
 from causal_kl.errors import CausalKLError
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
+"""Where the demo builds its corpus and model: with its SAEs, the only places a rule may write outside results/ and logs/."""
 DEMO_SAE_DIR = "resources/demo/sae"
 """Where the demo writes its SAEs (one folder per layer, ``L{layer}``)."""
-"""Where the demo builds its corpus and model: the only places a rule may write outside results/ and logs/."""
+
+
+def made_by_workflow(config: dict) -> set[str]:
+    """The files and folders outside ``results/`` that the run's own rules make (normalised paths): the demo's
+    corpus, model and one SAE per layer; none for any other run.
+
+    Those are Snakemake inputs of the rules that read them; every other file a rule reads is fingerprinted
+    (``io.fingerprint``), in every config, so that replacing it behind the same path reruns what read it.
+    """
+    if not config.get("demo"):
+        return set()
+    from causal_kl.config import run_layers
+
+    return {os.path.normpath(p) for p in (*DEMO_PATHS.values(), *(f"{DEMO_SAE_DIR}/L{l}" for l in run_layers(config)))}
+
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 """config.json ``architectures`` a causal LM's checkpoint names (the multimodal Gemma-3 wrapper included)."""
@@ -178,7 +193,7 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             from causal_kl.routes.sae import check_sae_config
 
             for one in mine:
-                if layer_path(route["path"], one) not in built:
+                if os.path.normpath(layer_path(route["path"], one)) not in built:
                     check_sae_config(route, name, one, d_model, source)
         if kind == "nla_ar":
             _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",
@@ -336,6 +351,5 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
             _must_exist(layer_path(stored, one), source, "gold.stored", "stored-gold file",
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
-    built = {f"{DEMO_SAE_DIR}/L{one}" for one in layers} if demo else set()
-    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, built)
+    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, made_by_workflow(config))
     return {"model_config": model_config}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
+from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, made_by_workflow, runs_jobs_here
 from causal_kl.config import (
     DEFAULT_CONFIG,
     canonical,
@@ -143,6 +143,10 @@ def route_config(wildcards):
     return entry
 
 
+MADE = made_by_workflow(config)
+"""Paths outside results/ that the run's own rules make (the demo's corpus, model, SAEs): Snakemake inputs."""
+
+
 def model_input():
     """The model directory as a Snakemake input when the demo builds it, else nothing (hub id or external path)."""
     return [MODEL["path"]] if config.get("demo") else []
@@ -202,12 +206,13 @@ def stop_model_servers():
 
 
 def external(path):
-    """A param standing for the content of a file or folder the workflow does not make (fingerprint).
+    """A param standing for the content of a file or folder the workflow does not make (fingerprint), in every
+    config: replacing the file behind the same path changes it, so Snakemake reruns what read the file.
 
-    Replacing the file behind the same path changes it, so Snakemake reruns what read the file;
-    the demo's own files are inputs of the rules that make them instead.
+    The files the run's own rules make (``MADE``: the demo's corpus, model and SAEs) are Snakemake inputs of the
+    rules that read them instead.
     """
-    return None if config.get("demo") else fingerprint(path)
+    return None if os.path.normpath(path) in MADE else fingerprint(path)
 
 
 MODEL_BLOCK = canonical({k: v for k, v in MODEL.items() if k != "layer"})
@@ -374,7 +379,7 @@ def sae_input(wildcards):
     if entry["kind"] != "sae":
         return []
     path = route_path(wildcards)
-    return [path] if config.get("demo") and path.startswith(f"{DEMO_SAE_DIR}/") else []
+    return [path] if os.path.normpath(path) in MADE else []
 
 
 def sae_fingerprint(wildcards):
