@@ -19,9 +19,24 @@ from typing import Any
 from causal_kl.errors import CausalKLError
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
+"""Where the demo builds its corpus and model: with its SAEs, the only places a rule may write outside results/ and logs/."""
 DEMO_SAE_DIR = "resources/demo/sae"
 """Where the demo writes its SAEs (one folder per layer, ``L{layer}``)."""
-"""Where the demo builds its corpus and model: the only places a rule may write outside results/ and logs/."""
+
+
+def made_by_workflow(config: dict) -> set[str]:
+    """The files and folders outside ``results/`` that the run's own rules make (normalised paths): the demo's
+    corpus, model and one SAE per layer; none for any other run.
+
+    Those are Snakemake inputs of the rules that read them; every other file a rule reads is fingerprinted
+    (``io.fingerprint``), in every config, so that replacing it behind the same path reruns what read it.
+    """
+    if not config.get("demo"):
+        return set()
+    from causal_kl.config import run_layers
+
+    return {os.path.normpath(p) for p in (*DEMO_PATHS.values(), *(f"{DEMO_SAE_DIR}/L{l}" for l in run_layers(config)))}
+
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 """config.json ``architectures`` a causal LM's checkpoint names (the multimodal Gemma-3 wrapper included)."""
@@ -178,7 +193,7 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             from causal_kl.routes.sae import check_sae_config
 
             for one in mine:  # (a named SAE, release or repo, is read from the hub cache: never built here)
-                if "path" not in route or layer_path(route["path"], one) not in built:
+                if "path" not in route or os.path.normpath(layer_path(route["path"], one)) not in built:
                     check_sae_config(route, name, one, d_model, source)
         if kind == "nla_ar":
             _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",
@@ -189,6 +204,28 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
                             "point the route at a local checkpoint folder or a hub id org/name")
         if "train_rows" in route:
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
+
+
+def check_spans(config: dict, source: str = "config") -> None:
+    """``patch.spans`` lists 1 (every route table reads it), and every span can fit a site: a span of k fits a site at
+    position p of a document of n tokens when p + k <= n, and sites start at ``sites.min_position`` in documents cut
+    at ``sites.max_length`` tokens, so no span longer than their difference fits any site of any corpus. (Which
+    spans fit the sites actually sampled is checked once they exist: ``spans.check_spans_fit``.)"""
+    from causal_kl.config import run_spans
+
+    spans = run_spans(config)
+    if 1 not in spans:
+        raise CausalKLError(source, "patch.spans", f"{spans} lacks 1, the single-site splice every route table reads",
+                            f"list 1 among the spans, e.g. {sorted({1, *spans})}")
+    sites = config["sites"]
+    longest = int(sites["max_length"]) - int(sites["min_position"])
+    too_long = [k for k in spans if k > longest]
+    if too_long:
+        raise CausalKLError(source, "patch.spans",
+                            f"span {too_long[0]} cannot fit any site: sites start at sites.min_position "
+                            f"({sites['min_position']}) in documents cut at sites.max_length ({sites['max_length']}) "
+                            f"tokens, so a span covers at most {longest} positions",
+                            f"list spans of at most {longest}, or raise sites.max_length")
 
 
 def check_demo(config: dict, source: str = "config") -> None:
@@ -326,7 +363,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     demo = bool(config.get("demo"))
     if demo:
         check_demo(config, source)
-    from causal_kl.config import layer_path, run_layers, run_spans
+    from causal_kl.config import layer_path, run_layers
 
     model = config["model"]
     layers = run_layers(config)
@@ -334,15 +371,12 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     if local_exec:
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)
-    if 1 not in run_spans(config):
-        raise CausalKLError(source, "patch.spans", f"{run_spans(config)} lacks 1, the single-site splice every route table reads",
-                            f"list 1 among the spans, e.g. {sorted({1, *run_spans(config)})}")
+    check_spans(config, source)
     stored = config["gold"].get("stored")
     if stored:
         for one in layers:
             _must_exist(layer_path(stored, one), source, "gold.stored", "stored-gold file",
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
-    built = {f"{DEMO_SAE_DIR}/L{one}" for one in layers} if demo else set()
-    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, built)
+    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, made_by_workflow(config))
     return {"model_config": model_config}

@@ -191,6 +191,37 @@ def run_identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
 
 
+def _key_order(key: Any) -> tuple:
+    """Sort order of a mapping's keys: numbers and strings of digits by value (layers "3" before "16"), then the
+    other keys by their text."""
+    text = str(key)
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return (0, key, text)
+    if isinstance(key, str) and text.isascii() and text.isdecimal():
+        return (0, int(text), text)
+    return (1, 0, text)
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order, recursively (lists and tuples keep their order; a set
+    becomes a sorted list).
+
+    A rule's params are compared by Snakemake as the ``repr`` of each value (``snakemake/persistence``:
+    ``_serialize_param``, ``params_changed``), and a dict's ``repr`` follows its insertion order: the same config
+    read in another key order (another entry point, a reformatted file) would read as "Params have changed".
+    Every dict-valued param is built from a canonical config or passed through this.
+    """
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value, key=_key_order)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(canonical(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(v) for v in value), key=_key_order)
+    return value
+
+
 def config_hash(config: dict) -> str:
     """A short, stable hash of the resolved config (key order does not matter; execution settings left out)."""
     canon = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":"), default=str)

@@ -241,7 +241,8 @@ def saelens_html(files: Mapping[str, Any]) -> str:
                                 columns=["SAELens' definition", "value"])  # formatted here: a count stays a count
             parts.append(html_table(rows))
             parts.append(f"<div class='caption'>{html.escape(caption('saelens'))} Contexts: {wc.get('n_contexts')} of "
-                         f"{wc.get('n_ctx')} tokens from the run's documents.</div>")
+                         f"{wc.get('n_ctx')} tokens from the run's documents"
+                         + (f" ({html.escape(wc['note'])})" if wc.get("note") else "") + ".</div>")
     if files.get("sae") and Path(files["sae"]).exists():
         sp = json.loads(Path(files["sae"]).read_text())
         rows = pd.DataFrame([("L0 (mean active latents per gold)", sp.get("l0")),

@@ -88,6 +88,41 @@ def eligible_sites(sites: pa.Table, docs: pa.Table, k: int, sites_path: str | Pa
     return mask, summary
 
 
+def check_spans_fit(spans: Sequence[int], sites_path: str | Path, docs_path: str | Path,
+                    source: str = "config") -> None:
+    """Every span of more than one position fits sites of at least two documents of the run, as its cross-document
+    resample needs (``span_choices``): one line naming the longest span that does, as soon as the sites exist.
+
+    A span of k fits a site at position p of a document of n tokens when ``p + k <= n`` (``span_fits``); sites
+    whose span does not fit are excluded and counted at that span, which is fine as long as two documents keep
+    some. Reads only the ``doc_id``/``position`` and ``doc_id``/``n_tokens`` columns of ``SITES`` and ``DOCS``."""
+    import pyarrow.parquet as pq
+
+    extra = sorted(_check_span(k, source) for k in spans if int(k) > 1)
+    if not extra:
+        return
+    sites = pq.read_table(sites_path, columns=["doc_id", "position"])
+    docs = pq.read_table(docs_path, columns=["doc_id", "n_tokens"])
+    length = dict(zip(docs["doc_id"].to_pylist(), docs["n_tokens"].to_pylist()))
+    room: dict[str, int] = {}  # per document: the longest span that fits one of its sites
+    for doc, p in zip(sites["doc_id"].to_pylist(), sites["position"].to_pylist()):
+        if doc in length:
+            room[doc] = max(room.get(doc, 0), int(length[doc]) - int(p))
+    ranked = sorted(room.values(), reverse=True)
+    longest_two = ranked[1] if len(ranked) > 1 else 0
+    for k in extra:
+        if k > longest_two:
+            n_fit = sum(r >= k for r in ranked)
+            fix = (f"list spans of at most {longest_two} in patch.spans (the longest that fits sites of two documents), "
+                   "or sample longer documents (corpus.rows, sites.max_length)" if longest_two > 1 else
+                   "list only span 1 in patch.spans, or sample longer documents from more rows (corpus.rows, "
+                   "sites.max_length)")
+            raise CausalKLError(docs_path, "patch.spans",
+                                f"span {k} fits sites of {n_fit} of the run's {len(ranked)} documents (a span of k fits "
+                                "a site at position p when p + k <= the document's length in tokens), and its "
+                                "cross-document resample needs two", fix)
+
+
 def extension_positions(positions: np.ndarray, k: int) -> np.ndarray:
     """The extra positions of each site's span, ``p + 1 .. p + k - 1``: ``[n, k - 1]`` int64 (``[n, 0]`` for k = 1)."""
     k = _check_span(k)

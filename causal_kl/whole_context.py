@@ -99,10 +99,13 @@ _BOS = object()
 
 def draw_contexts(documents: Sequence[Sequence[int]], n_ctx: int, n_contexts: int, seed: int,
                   bos_id: int | None, separator_id: int | None | object = _BOS) -> list[list[int]]:
-    """``n_contexts`` contexts of ``n_ctx`` tokens: the documents in an order shuffled by
+    """Up to ``n_contexts`` contexts of ``n_ctx`` tokens: the documents in an order shuffled by
     ``random.Random(seed)`` (SAELens shuffles its dataset with a seed), packed by
     ``pack_contexts``, the first ``n_contexts`` kept. Deterministic for a seed.
     ``separator_id`` defaults to ``bos_id`` (SAELens' default ``sequence_separator_token="bos"``).
+
+    Documents that give fewer contexts give all they have, each once (the caller says so): SAELens' activation
+    store would start the dataset over and score some contexts twice.
     """
     sep = bos_id if separator_id is _BOS else separator_id
     order = list(range(len(documents)))
@@ -111,8 +114,8 @@ def draw_contexts(documents: Sequence[Sequence[int]], n_ctx: int, n_contexts: in
     for ctx in pack_contexts((documents[i] for i in order), n_ctx, bos_id, sep):
         out.append(ctx)
         if len(out) == n_contexts:
-            return out
-    raise ValueError(f"the documents give only {len(out)} contexts of {n_ctx} tokens, {n_contexts} were asked for")
+            break
+    return out
 
 
 # --------------------------------------------------------------------------------- scores

@@ -1,5 +1,6 @@
 # Shared by every rule: which config the run uses, checks before any job, run paths, shard ids,
 # wildcard constraints, resources.
+import functools
 import json
 import os
 import re
@@ -19,10 +20,11 @@ from causal_kl.cluster import (
     shard_group_id,
     shards_per_allocation,
 )
-from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, requested_groups, runs_jobs_here
+from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, made_by_workflow, requested_groups, runs_jobs_here
 from causal_kl.config import (
     run_identity,
     DEFAULT_CONFIG,
+    canonical,
     layer_path,
     resolve_config,
     route_layers,
@@ -37,6 +39,7 @@ from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
 from causal_kl.sae_hub import is_named as is_named_sae, resolve_named as resolve_named_sae
+from causal_kl.spans import check_spans_fit
 
 try:
     # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
@@ -59,6 +62,11 @@ try:
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
+# every dict of the config in sorted key order, so that no param reads as changed because a file, an entry point or
+# a copy of the run gave the same keys in another order (Snakemake compares each param's repr)
+_canonical_config = canonical(config)
+config.clear()
+config.update(_canonical_config)
 
 if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
     # one model job per GPU at a time (each job also takes one GPU slot, causal_kl.gpu), so that
@@ -141,9 +149,20 @@ EXTRA_SPAN = _alternatives(EXTRA_SPANS)
 
 
 def shard_ids(wildcards=None):
-    """The shards that hold sites: known once the ``sites`` checkpoint has sampled them (its sites.json)."""
+    """The shards that hold sites: known once the ``sites`` checkpoint has sampled them (its sites.json).
+
+    Then, before any shard job, the run's spans are checked against the sampled documents (one line if a span
+    fits sites of fewer than two documents)."""
     with open(checkpoints.sites.get().output.stats) as fh:
-        return [f"{i:03d}" for i in range(json.load(fh)["n_shards"])]
+        n_shards = json.load(fh)["n_shards"]
+    spans_fit_sites()
+    return [f"{i:03d}" for i in range(n_shards)]
+
+
+@functools.cache
+def spans_fit_sites():
+    """Once per Snakemake process (an error is raised again on every call): spans.check_spans_fit on the run's sites."""
+    check_spans_fit(EXTRA_SPANS, f"{R}/sites.parquet", f"{R}/docs.parquet", CONFIG_SOURCE)
 
 
 def shard_files(pattern, **kw):
@@ -172,6 +191,10 @@ def route_config(wildcards):
             "add the layer to the route",
         )
     return entry
+
+
+MADE = made_by_workflow(config)
+"""Paths outside results/ that the run's own rules make (the demo's corpus, model, SAEs): Snakemake inputs."""
 
 
 def model_input():
@@ -233,15 +256,16 @@ def stop_model_servers():
 
 
 def external(path):
-    """A param standing for the content of a file or folder the workflow does not make (fingerprint).
+    """A param standing for the content of a file or folder the workflow does not make (fingerprint), in every
+    config: replacing the file behind the same path changes it, so Snakemake reruns what read the file.
 
-    Replacing the file behind the same path changes it, so Snakemake reruns what read the file;
-    the demo's own files are inputs of the rules that make them instead.
+    The files the run's own rules make (``MADE``: the demo's corpus, model and SAEs) are Snakemake inputs of the
+    rules that read them instead.
     """
-    return None if config.get("demo") else fingerprint(path)
+    return None if os.path.normpath(path) in MADE else fingerprint(path)
 
 
-MODEL_BLOCK = {k: v for k, v in MODEL.items() if k != "layer"}
+MODEL_BLOCK = canonical({k: v for k, v in MODEL.items() if k != "layer"})
 """The model block a job reads: its layer comes from the job's ``{layer}`` wildcard, so adding a layer to
 model.layer reruns nothing of the layers already there."""
 
@@ -256,7 +280,7 @@ def model_params():
     }
 
 
-PATCH_PARAMS = {k: config["patch"][k] for k in ("method", "sites_per_batch")}
+PATCH_PARAMS = canonical({k: config["patch"][k] for k in ("method", "sites_per_batch")})
 """What a patch job's numbers depend on (not the list of spans: adding a span reruns no other span)."""
 
 
@@ -382,7 +406,7 @@ def route_params(wildcards):
     params = {k: v for k, v in entry.items() if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
     if entry["kind"] == "sae" and is_named_sae(entry):
         params["hub"] = named_sae(wildcards).pin()
-    return params
+    return canonical(params)
 
 
 def named_sae(wildcards):
@@ -416,7 +440,7 @@ def sae_input(wildcards):
     if entry["kind"] != "sae" or is_named_sae(entry):
         return []
     path = route_path(wildcards)
-    return [path] if config.get("demo") and path.startswith(f"{DEMO_SAE_DIR}/") else []
+    return [path] if os.path.normpath(path) in MADE else []
 
 
 def sae_fingerprint(wildcards):
@@ -459,11 +483,13 @@ def reconstructor_fingerprints(wildcards):
     """Fingerprints of the external files a route's reconstructor reads (what reruns it when they change)."""
     entry = route_config(wildcards)
     files = [*route_files(wildcards), *(nla_explanations(wildcards) if entry["kind"] == "nla_ar" else [])]
-    return {
-        "files": [external(f) for f in files],
-        "sae": sae_fingerprint(wildcards),
-        "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None,
-    }
+    return canonical(
+        {
+            "files": [external(f) for f in files],
+            "sae": sae_fingerprint(wildcards),
+            "checkpoint": external(checkpoint_path(wildcards)) if entry["kind"] in ("nla_ar", "nla_av") else None,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- patches (rules/patch.smk)
@@ -532,7 +558,7 @@ def report_manifest():
     across = {}
     if across_layer_targets():
         across = {"table": f"{R}/tables/layers.csv", "figure": f"{R}/figures/layers.png"}
-    return {"layers": layers, "across": across, "spans": SPANS}
+    return canonical({"layers": layers, "across": across, "spans": SPANS})
 
 
 def manifest_files(node):

@@ -1,14 +1,21 @@
 # The write-up's figures: each per route and for all routes of the run, plus the route comparison; each its
 # own target. Plotting options are params, so editing one (config analysis.figures.*) reruns only that figure.
 
-FIG_STYLE = {
-    "fig1": {**FIGS["fig1"], "subsample": AN["fig1_subsample"], "seed": config["seed"], "kl_floor": FIGS["kl_floor"]},
-    "fig2": FIGS["fig2"],
-    "fig3": {**FIGS["fig3"], "kl_floor": FIGS["kl_floor"]},
-    "routes": FIGS["routes"],
-    "spans": {**FIGS["spans"], "kl_floor": FIGS["kl_floor"]},
-    "layers": {**FIGS["layers"], "kl_floor": FIGS["kl_floor"]},
-}
+FIG_STYLE = canonical(
+    {
+        "fig1": {
+            **FIGS["fig1"],
+            "subsample": AN["fig1_subsample"],
+            "seed": config["seed"],
+            "kl_floor": FIGS["kl_floor"],
+        },
+        "fig2": FIGS["fig2"],
+        "fig3": {**FIGS["fig3"], "kl_floor": FIGS["kl_floor"]},
+        "routes": FIGS["routes"],
+        "spans": {**FIGS["spans"], "kl_floor": FIGS["kl_floor"]},
+        "layers": {**FIGS["layers"], "kl_floor": FIGS["kl_floor"]},
+    }
+)
 
 
 rule fig1_route:

@@ -4,7 +4,7 @@ import copy
 import pytest
 import yaml
 
-from causal_kl.config import config_hash, is_production, load_config, validate_config
+from causal_kl.config import canonical, config_hash, is_production, load_config, validate_config
 from causal_kl.errors import CausalKLError
 
 MIN = {"corpus": {"name": "c", "column": "content", "rows": [0, 10]}, "model": {"path": "m", "layer": 1}}
@@ -60,6 +60,40 @@ def test_config_hash_ignores_key_order():
     assert config_hash(a) == config_hash(b)
     b["seed"] = 7
     assert config_hash(a) != config_hash(b)
+
+
+def _reordered(value):
+    """Every mapping's keys reversed, recursively: the same config as another entry point might give it."""
+    if isinstance(value, dict):
+        return {k: _reordered(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    return value
+
+
+def test_canonical_sorts_every_mapping_so_the_repr_snakemake_compares_ignores_key_order(root):
+    """Snakemake records each param as ``repr(value)`` and reruns a job when the set of reprs differs
+    (snakemake/persistence: _serialize_param, params_changed); a canonical dict's repr is the same whatever order
+    the keys came in. Keys are sorted (numbers and digit strings by value), lists keep their order."""
+    demo = load_config(root / "config/config.yaml")
+    again = _reordered(copy.deepcopy(demo))
+    assert repr(demo["demo"]["train"]) != repr(again["demo"]["train"])  # the key order the copied demo folder saw
+    assert repr(canonical(demo)) == repr(canonical(again)) and canonical(demo) == demo
+
+    def sorted_everywhere(value):
+        if isinstance(value, dict):
+            keys = list(value)
+            digits = [k for k in keys if str(k).isdecimal()]
+            assert keys == sorted(digits, key=int) + sorted(k for k in keys if k not in digits), keys
+            return all(sorted_everywhere(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(sorted_everywhere(v) for v in value)
+        return True
+
+    assert sorted_everywhere(canonical(again))
+    manifest = {"layers": {"16": {"b": 1, "a": [{"z": 1, "y": 2}]}, "3": {}}, "spans": [16, 4, 1], "tags": {"b", "a"}}
+    assert repr(canonical(manifest)) == (
+        "{'layers': {'3': {}, '16': {'a': [{'y': 2, 'z': 1}], 'b': 1}}, 'spans': [16, 4, 1], 'tags': ['a', 'b']}")
 
 
 def test_cli_validate_reports_one_line(tmp_path, capsys):

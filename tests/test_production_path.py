@@ -153,6 +153,8 @@ BAD = {
         lambda c: c["routes"].update(p={"kind": "pca", "train_rows": [10, 20], "layer": 3}), "routes.p.layer",
         "not a layer of the run"),
     "spans without the single-site splice": (lambda c: c.update(patch={"spans": [4, 16]}), "patch.spans", "lacks 1"),
+    "a span longer than any document": (lambda c: c.update(patch={"spans": [1, 1000]}), "patch.spans",
+                                        "span 1000 cannot fit any site"),
     "an SAE of another width": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/narrow"}), "d_in",
                                 "64"),
     "an SAE of another layer": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}_of_1"}),

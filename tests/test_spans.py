@@ -8,8 +8,8 @@ import pytest
 from causal_kl import conditions as C
 from causal_kl.contracts import CONDITION_CHOICES, DOCS, SITES
 from causal_kl.errors import CausalKLError
-from causal_kl.spans import (SPAN_NOISE_TAG, eligible_sites, extension_positions, span_choices, span_fits,
-                             span_floor_vectors, span_noise_directions, span_route_vectors, span_stack)
+from causal_kl.spans import (SPAN_NOISE_TAG, check_spans_fit, eligible_sites, extension_positions, span_choices,
+                             span_fits, span_floor_vectors, span_noise_directions, span_route_vectors, span_stack)
 
 K = 4
 # (doc_id, n_tokens) and the sites' (doc_id, position): for K = 4 the spans end exactly at the last token
@@ -112,6 +112,54 @@ def test_eligibility_bad_inputs():
     with pytest.raises(CausalKLError) as e:
         span_fits(np.array([1, 2, 3]), np.array([10, 10]), K)
     one_line(e)
+
+
+def test_a_span_longer_than_any_site_can_fit_is_a_parse_time_error():
+    """The bound is the definition's: the longest span that fits a site at sites.min_position in a document of
+    sites.max_length tokens (the best case any corpus can give)."""
+    from causal_kl.checks import check_spans
+    from causal_kl.config import validate_config
+
+    sites = {"min_position": 10, "max_length": 40}
+    best = max(k for k in range(1, 100) if span_fits(np.array([10]), 40, k)[0])
+    assert best == 30
+    config = validate_config({"run": "t", "corpus": {"name": "c", "rows": [0, 4]}, "model": {"path": "m", "layer": 1},
+                              "sites": sites, "patch": {"spans": [1, 4, best]}})
+    check_spans(config, "run.yaml")
+    config["patch"]["spans"] = [1, 4, best + 1, 1000]
+    with pytest.raises(CausalKLError) as e:
+        check_spans(config, "run.yaml")
+    msg = one_line(e)
+    assert msg.startswith("run.yaml: patch.spans: span 31 cannot fit any site") and "at most 30" in msg, msg
+
+
+def test_spans_that_fit_sites_of_fewer_than_two_documents_are_one_line_once_the_sites_exist(tmp_path):
+    """check_spans_fit against the definition: a span passes exactly when the sites it fits (every position of the
+    span inside the document) come from two documents or more, the condition span_choices needs; the line names the
+    longest span that passes."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(sites_table(), tmp_path / "sites.parquet")
+    pq.write_table(docs_table(), tmp_path / "docs.parquet")
+    passing = []
+    for k in range(2, 22):
+        fits = expected_fits(SITE_ROWS, DOC_LENGTHS, k)
+        n_docs = len({d for (d, _), ok in zip(SITE_ROWS, fits) if ok})
+        if n_docs >= 2:
+            check_spans_fit([1, k], tmp_path / "sites.parquet", tmp_path / "docs.parquet")
+            passing.append(k)
+            span_choices(list(range(len(SITE_ROWS))), [d for d, _ in SITE_ROWS], SEED, eligible=np.array(fits))
+        else:
+            with pytest.raises(CausalKLError) as e:
+                check_spans_fit([1, 4, k], tmp_path / "sites.parquet", tmp_path / "docs.parquet")
+            msg = one_line(e)
+            assert f"docs.parquet: patch.spans: span {k} fits sites of {n_docs} of the run's 4 documents" in msg, msg
+            with pytest.raises(CausalKLError):  # what the span's conditions job would have hit, after every gold job
+                span_choices(list(range(len(SITE_ROWS))), [d for d, _ in SITE_ROWS], SEED, eligible=np.array(fits))
+    assert passing == list(range(2, 10))  # some sites excluded from k = 5 on: still fine
+    with pytest.raises(CausalKLError, match="list spans of at most 9 in patch.spans"):
+        check_spans_fit([1, 10], tmp_path / "sites.parquet", tmp_path / "docs.parquet")
+    check_spans_fit([1], tmp_path / "nope.parquet", tmp_path / "nope.parquet")  # span 1 only: nothing read
 
 
 # --- resample sources --------------------------------------------------------------------------------------------

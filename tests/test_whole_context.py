@@ -9,6 +9,8 @@ same local checkpoint, offline) on the same SAE files and token contexts; it nee
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import scipy.special
@@ -154,8 +156,14 @@ def test_contexts_are_packed_like_saelens():
         assert all(len(c) == n_ctx and c[0] == bos for c in ours)
     a = draw_contexts(docs, 8, 10, seed=1, bos_id=bos)
     assert a == draw_contexts(docs, 8, 10, seed=1, bos_id=bos) and a != draw_contexts(docs, 8, 10, seed=2, bos_id=bos)
-    with pytest.raises(ValueError, match="only"):
-        draw_contexts(docs[:2], 64, 5, seed=0, bos_id=bos)
+    # documents that give fewer contexts than asked give all they have, each once: the hand packing of the same
+    # shuffled order (and none at all when they hold less than one context)
+    order = list(range(6))
+    random.Random(3).shuffle(order)
+    every = _stream_contexts([docs[i] for i in order], 16, bos)
+    assert 0 < len(every) < 50 and draw_contexts(docs[:6], 16, 50, seed=3, bos_id=bos) == every
+    assert draw_contexts(docs[:6], 16, len(every), seed=3, bos_id=bos) == every
+    assert draw_contexts([[5, 6]], 64, 5, seed=0, bos_id=bos) == []
 
 
 def test_contexts_peer_saelens_concat_and_batch_sequences():
@@ -226,3 +234,69 @@ def test_peer_saelens_run_evals(case):
     assert stats.n_dead == sum(density == 0 for density in features["feature_density"])
     assert explained_variance(vectors, case["sae"].reconstruct(vectors)) == pytest.approx(
         metrics["reconstruction_quality"]["explained_variance"], abs=1e-4)
+
+
+def test_a_corpus_of_fewer_contexts_is_scored_on_those_it_has_and_says_so(case, tmp_path, caplog):
+    """The whole_context job with more contexts asked for than 4 short documents give: every context they give is
+    scored once (the documents packed by hand in the seeded order, scored position by position), the JSON and the
+    log say how many of how many; documents shorter than one context give a skipped record with the reason."""
+    import json
+    import logging
+
+    import pyarrow as pa
+
+    from causal_kl.contracts import DOCS
+    from causal_kl.io import write_parquet
+    from causal_kl.jobs.whole_context import whole_context
+    from run_files import PROVENANCE
+
+    if case["name"] != "gemma3":
+        pytest.skip("the job on one model is enough")
+    tok = case["loaded"].tokenizer
+    docs = [tok(t)["input_ids"] for t in fixtures.make_texts(4, (20, 30), seed=5)]
+
+    def run(doc_tokens, name):
+        path = tmp_path / f"{name}.parquet"
+        write_parquet(path, pa.table({"doc_id": [f"c:{i}" for i in range(len(doc_tokens))],
+                                      "row": list(range(len(doc_tokens))),
+                                      "n_tokens": [len(d) for d in doc_tokens],
+                                      "input_ids": [list(map(int, d)) for d in doc_tokens]}, schema=DOCS.schema()), DOCS)
+        out = tmp_path / f"{name}.json"
+        whole_context(docs=str(path), train_gold=[], sae=[], vectors=[], explanations=[], checkpoint=[], model_dir=[],
+                      scores=str(out), route_entry={"kind": "sae", "path": str(case["sae_dir"]), "format": "auto",
+                                                    "layer": None, "check_hook": True, "batch_size": 64},
+                      fingerprints={}, settings={"n_ctx": N_CTX, "n_contexts": 64, "batch_size": 4}, seed=7,
+                      model={"path": str(case["dir"])}, model_fingerprint=None, dtype="float32", device="cpu",
+                      layer=str(case["layer"]), route="s", provenance=PROVENANCE)
+        return json.loads(out.read_text())
+
+    with caplog.at_level(logging.WARNING):
+        record = run(docs, "docs")
+    order = list(range(len(docs)))
+    random.Random(7).shuffle(order)
+    every = _stream_contexts([docs[i] for i in order], N_CTX, tok.bos_token_id)
+    assert 0 < len(every) < 64
+    ref = reference_scores(case["dir"], every, case["layer"], case["sae"].reconstruct, case["special"])
+    for key in ("kl_route", "kl_zero", "ce_clean", "ce_route", "ce_zero"):
+        assert record[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    assert record["n_tokens_kl"] == ref["n_tokens_kl"]
+    assert record["n_contexts"] == len(every) and record["n_contexts_requested"] == 64
+    assert f"the {len(every)} contexts of {N_CTX} tokens" in record["note"] and "not the 64" in record["note"]
+    assert record["note"] in caplog.text
+    short = run([docs[0][:N_CTX // 2]], "short")
+    assert "give no context of whole_context.n_ctx = 32 tokens" in short["skipped"] and "kl_div_score" not in short
+
+
+def test_the_report_says_when_fewer_contexts_were_scored(tmp_path):
+    import json
+
+    from causal_kl.report import saelens_html
+
+    record = {"kl_div_score": 0.9, "ce_loss_score": 0.8, "n_contexts": 16, "n_ctx": 128, "n_contexts_requested": 64,
+              "note": "scored on the 16 contexts of 128 tokens the run's 4 documents give, not the 64"}
+    (tmp_path / "wc.json").write_text(json.dumps(record))
+    html = saelens_html({"whole_context": str(tmp_path / "wc.json")})
+    assert "Contexts: 16 of 128 tokens from the run's documents (scored on the 16 contexts" in html
+    del record["note"]
+    (tmp_path / "wc.json").write_text(json.dumps(record))
+    assert "Contexts: 16 of 128 tokens from the run's documents.</div>" in saelens_html({"whole_context": str(tmp_path / "wc.json")})

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from causal_kl.io import read_provenance
-from workflow_helpers import copy_workflow, run_snakemake, tiny_config
+from workflow_helpers import assert_params_canonical, copy_workflow, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +94,13 @@ def test_sweep_runs_to_its_report_with_every_section(sweep):
     assert np.isnan(routes.loc["vec", "saelens_kl_div_score"]) and "keys its rows by site_id" in routes.loc["vec", "saelens_skipped"]
     sp = json.loads((R / "L1/sae/sae.json").read_text())
     assert sp["d_sae"] == 128 and 0 < sp["l0"] <= 8 and 0 <= sp["dead_share"] <= 1
+
+
+def test_every_recorded_param_of_the_run_is_canonical(sweep):
+    """Up to the report (tables, statistics, figures, the report's manifest): each param Snakemake recorded is the
+    repr of a canonical value, so a config given in another key order plans nothing (tests/test_workflow_reruns.py)."""
+    params = assert_params_canonical(sweep["wd"])
+    assert {"sites", "recon_sae", "table_conditions", "fig1_route", "gate", "report_html"} <= set(params)
 
 
 def test_spans_past_the_document_end_are_excluded_and_counted(sweep):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shutil
@@ -90,3 +92,25 @@ def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
 def dry_run_shards(out: str, rule: str) -> list[str]:
     """The ``shard`` wildcards of ``rule``'s jobs in a dry run."""
     return sorted(re.findall(rf"rule {rule}:\n(?:.*\n)*?\s+wildcards: [^\n]*?\bshard=(\d+)", out))  # indented too
+
+
+def recorded_params(workdir: Path) -> dict[str, list[str]]:
+    """Rule -> every param Snakemake recorded for its jobs in ``workdir`` (``.snakemake/metadata``): the reprs it
+    compares to decide "Params have changed" (snakemake/persistence: ``_serialize_param``, ``params_changed``)."""
+    out: dict[str, list[str]] = {}
+    for path in (workdir / ".snakemake/metadata").iterdir():
+        record = json.loads(path.read_text())
+        out.setdefault(record["rule"], []).extend(record.get("params") or [])
+    return out
+
+
+def assert_params_canonical(workdir: Path) -> dict[str, list[str]]:
+    """Every recorded param is the repr of a value whose every mapping has its keys in canonical order
+    (``config.canonical``), so the same config given in another key order reads as unchanged; returns them."""
+    from causal_kl.config import canonical
+
+    params = recorded_params(workdir)
+    for rule, texts in params.items():
+        for text in texts:
+            assert text == repr(canonical(ast.literal_eval(text))), (rule, text)
+    return params

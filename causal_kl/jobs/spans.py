@@ -112,6 +112,9 @@ def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str]
     meta = provenance_record(**provenance, route=route, kind=route_entry["kind"], route_config=route_entry,
                              fingerprints=fingerprints)
     d = read_parquet(span_gold).schema.field("activation").type.list_size
+    if not len(ids):  # no site's span fits: nothing to reconstruct (and the empty table's width is unknown)
+        _write_span(recon, SPAN_RECON, "reconstruction", ids, js, np.zeros((0, d), np.float32), meta)
+        return
     loaded = None
     if route_entry["kind"] == "text_channel":
         loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=layer)
@@ -124,9 +127,8 @@ def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str]
         if missing:
             reason = (f"its file has no vector for {len(missing)} of the {len(where)} extra positions of span {k} "
                       f"(e.g. {missing[0][0]} position {missing[0][1]})")
-    if reason is not None or not len(ids):
-        if reason:
-            log.info("route %s, span %d: no reconstruction at the extra positions: %s", route, k, reason)
+    if reason is not None:
+        log.info("route %s, span %d: no reconstruction at the extra positions: %s", route, k, reason)
         _write_span(recon, SPAN_RECON, "reconstruction", ids[:0], js[:0], np.zeros((0, d), np.float32),
                     {**meta, "skipped": reason})
         return

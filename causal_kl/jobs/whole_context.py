@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from causal_kl.errors import CausalKLError
 from causal_kl.io import read_docs, write_json
 from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
@@ -49,11 +48,20 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
         write_json(scores, {**record, "skipped": reason})
         return
     n_ctx, n_contexts = int(settings["n_ctx"]), int(settings["n_contexts"])
-    try:
-        contexts = draw_contexts(list(doc_tokens.values()), n_ctx, n_contexts, seed, loaded.tokenizer.bos_token_id)
-    except ValueError as e:
-        raise CausalKLError(docs, "whole_context.n_contexts", str(e),
-                            "lower whole_context.n_contexts or whole_context.n_ctx, or widen corpus.rows") from e
+    contexts = draw_contexts(list(doc_tokens.values()), n_ctx, n_contexts, seed, loaded.tokenizer.bos_token_id)
+    if not contexts:
+        reason = (f"the run's {len(doc_tokens)} documents give no context of whole_context.n_ctx = {n_ctx} tokens "
+                  "(too few tokens)")
+        log.warning("route %s, layer %d: no whole-context scores: %s (lower whole_context.n_ctx, or widen corpus.rows)",
+                    route, layer_i, reason)
+        write_json(scores, {**record, "skipped": reason, "n_contexts_requested": n_contexts})
+        return
+    if len(contexts) < n_contexts:
+        record["note"] = (f"scored on the {len(contexts)} contexts of {n_ctx} tokens the run's {len(doc_tokens)} "
+                          f"documents give, not the {n_contexts} of whole_context.n_contexts (each once; SAELens would "
+                          "start its dataset over and score some twice)")
+        log.warning("route %s, layer %d: %s; widen corpus.rows for more, or set whole_context.n_contexts to %d",
+                    route, layer_i, record["note"], len(contexts))
 
     def reconstruct(hidden: torch.Tensor) -> torch.Tensor:  # [n, d_model] float32 on the model's device
         return torch.from_numpy(rebuilt(hidden.detach().cpu().numpy())).to(hidden.device)
@@ -61,5 +69,5 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
     result = whole_context_scores(loaded, contexts, layer_i, reconstruct, special_token_ids(loaded.tokenizer),
                                   int(settings["batch_size"]))
     log.info("route %s, layer %d (SAELens' definitions): kl_div_score %.4f, ce_loss_score %.4f on %d contexts of %d",
-             route, layer_i, result["kl_div_score"], result["ce_loss_score"], n_contexts, n_ctx)
-    write_json(scores, {**record, **result, "seed": seed})
+             route, layer_i, result["kl_div_score"], result["ce_loss_score"], result["n_contexts"], n_ctx)
+    write_json(scores, {**record, **result, "n_contexts_requested": n_contexts, "seed": seed})
