@@ -123,11 +123,25 @@ def build_inputs(work: Path, config: dict, n_docs_extra: int = 8) -> None:
 
 def fake_sites(wf: Path, config: dict) -> int:
     """The ``sites`` checkpoint's outputs, made by hand and newer than its inputs: a dry run plans every shard."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     r = wf / "results" / config["run"]
-    n_shards = -(-config["sites"]["max_sites"] // config["sites"]["shard_size"])
+    n, size = config["sites"]["max_sites"], config["sites"]["shard_size"]
+    per_doc, length = config["sites"]["positions_per_doc"], config["sites"]["max_length"]
+    n_shards = -(-n // size)
     (r / "sites").mkdir(parents=True, exist_ok=True)
-    for name in ("docs.parquet", "sites.parquet"):
-        (r / name).write_bytes(b"")
+    # what planning reads of them (the span check reads doc_id/position and doc_id/n_tokens); contract columns
+    ids = np.arange(n)
+    docs = [f"bench:train:{i // per_doc}" for i in ids]
+    pq.write_table(pa.table({"site_id": ids, "doc_id": docs, "position": 50 + (ids % per_doc) * 10,
+                             "token_id": np.zeros(n, np.int64), "token": ["a"] * n, "next_token_id": np.zeros(n, np.int64),
+                             "shard": ids // size}), r / "sites.parquet")
+    n_docs = -(-n // per_doc)
+    pq.write_table(pa.table({"doc_id": [f"bench:train:{i}" for i in range(n_docs)], "row": np.arange(n_docs),
+                             "n_tokens": np.full(n_docs, length),
+                             "input_ids": pa.array([[] for _ in range(n_docs)], pa.list_(pa.int32()))}), r / "docs.parquet")
     for i in range(n_shards):
         (r / "sites" / f"shard_{i:03d}.parquet").write_bytes(b"")
     (r / "sites.json").write_text(json.dumps({"n_shards": n_shards, "n_sites": config["sites"]["max_sites"]}))
