@@ -142,3 +142,22 @@ def test_a_bad_group_setting_is_one_line_before_any_job(study):
         assert res.returncode != 0
         lines = [l for l in (res.stdout + res.stderr).splitlines() if l.startswith("causal-kl:")]
         assert len(lines) == 1 and field in lines[0] and "Fix:" in lines[0], res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_more_than_1000_shards_plan(study, tmp_path):
+    """Shard names grow past three digits (shard_1000, shard_1001): every shard plans, locally and on a cluster."""
+    work, _ = study
+    config = bench_scale.study_config(work, sites=1002, shard_size=1, layers=[2], spans=[1], n_routes=0,
+                                      whole_context=False)
+    config["corpus"]["path"] = str(work / "corpus.parquet")
+    config["model"]["path"] = study[1]["model"]["path"]
+    config["corpus"]["rows"] = [0, 4]  # the sites are made by hand; the corpus only has to hold the rows
+    out = dry_run(work, config, "--profile", "profiles/slurm")
+    counts = bench_scale.job_counts(out)
+    assert counts["gold"] == counts["patch_floors"] == 1002, counts
+    assert "results/scale/L2/gold/shard_1001.parquet" in out and "results/scale/L2/span1/patch/floors/shard_1000.parquet" in out
+    groups = bench_scale.group_jobs(out)
+    k = {"extract": 20, "patch": 10}
+    assert {g: n for g, n in groups.items() if g.startswith("extract-")} == \
+        {f"extract-{b}": min(k["extract"], 1002 - b * k["extract"]) for b in range(-(-1002 // k["extract"]))}
+    assert len([g for g in groups if g.startswith("patch-")]) == -(-1002 // k["patch"])
