@@ -66,6 +66,15 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     assert all(route == "second" or rule in AGGREGATES for rule, route in jobs), jobs
     n_shards = sites.shard.nunique()
     assert sum(rule == "patch_route" for rule, _ in jobs) == n_shards
+    # on a cluster the same jobs run, the new route's patches packed in one allocation with nothing else
+    import shutil
+
+    shutil.copytree(root / "profiles", tmp_path / "profiles", dirs_exist_ok=True)
+    out = run_snakemake(tmp_path, "-n", "--profile", "profiles/slurm", *targets, "results/t/L2/geometry/second.json")
+    assert sorted(dry_run_jobs(out)) == sorted(jobs)
+    assert out.count("Group job patch-0 ") == 1, out[-3000:]
+    block = out.split("Group job patch-0 ", 1)[1].split("Group job ", 1)[0]
+    assert block.count("rule patch_route:") == n_shards and "rule patch_floors:" not in block, block
 
 
 def test_each_route_kind_gets_its_rules(root, gemma3_dir, corpus_path, tmp_path):
