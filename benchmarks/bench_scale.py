@@ -264,7 +264,8 @@ def overhead(args: argparse.Namespace) -> dict:
     env = snakemake_env(work)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     targets = [f"results/scale/L2/span1/patch/floors.parquet"]
-    r = run_measured([sys.executable, "-m", "snakemake", "--cores", str(args.cores), *targets], wf, env=env,
+    extra = ["--scheduler", args.scheduler] if args.scheduler else []
+    r = run_measured([sys.executable, "-m", "snakemake", "--cores", str(args.cores), *extra, *targets], wf, env=env,
                      log=work / "overhead.log", timeout_s=6 * 3600)
     if r["rc"] != 0:
         raise SystemExit(f"the run failed, see {work / 'overhead.log'}:\n{r['output'][-3000:]}")
@@ -277,7 +278,7 @@ def overhead(args: argparse.Namespace) -> dict:
     gaps = [b["start"] - (a["start"] + a["seconds"]) for a, b in zip(reqs, reqs[1:]) if b["pid"] == a["pid"]]
     gaps.sort()
     phase = last - first
-    res = {"machine": machine(), "cores": args.cores, "shards": n_shards, "shard_size": args.shard_size,
+    res = {"machine": machine(), "cores": args.cores, "scheduler": args.scheduler or "default", "shards": n_shards, "shard_size": args.shard_size,
            "model_jobs": len(reqs), "loads": len(loads), "servers": n_slots, "run_seconds": round(r["seconds"], 1),
            "model_phase_seconds": round(phase, 1), "server_busy_seconds": round(busy, 1),
            "overhead_per_job_s": round((phase * n_slots - busy) / len(reqs), 3),
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--jobs", type=int, default=500)
     o.add_argument("--shard-size", type=int, default=10)
     o.add_argument("--cores", type=int, default=2)
+    o.add_argument("--scheduler", choices=["ilp", "greedy"], help="Snakemake's job scheduler (default: Snakemake's)")
     for s in (p, o):
         s.add_argument("--workdir", help="where inputs and runs go (default: a new temp dir; reused when given)")
         s.add_argument("--json", help="write the numbers here")

@@ -855,7 +855,7 @@ def _allocation_server(key: str, ident: dict, out: _JobLog) -> tuple[socket.sock
     return conn, info
 
 
-def prestart_servers(device: str, server_log: str, idle_s: float | None = None) -> list[int]:
+def prestart_servers(device: str, server_log: str, idle_s: float | None = None, start_timeout_s: float = 120.0) -> list[int]:
     """Start the model server(s) of this SLURM allocation from its own Snakemake, before any job step runs.
 
     Called at parse time by the allocation's Snakemake (the one ``--executor slurm-jobstep`` runs in the batch
@@ -878,6 +878,13 @@ def prestart_servers(device: str, server_log: str, idle_s: float | None = None) 
             continue
         proc = _spawn(key, slot, owner, log_path, idle, origin="allocation")
         _CHILDREN.append(proc)
+        deadline = time.monotonic() + start_timeout_s
+        while (conn := _connect(socket_name(key))) is None:  # listening before the first job step asks for it
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServerError(f"the allocation's model server for slot {slot.name} did not start: "
+                                  f"{_tail(log_path, 3)!r}", log_path)
+            time.sleep(0.02)
+        conn.close()
         pids.append(proc.pid)
     return pids
 

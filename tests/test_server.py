@@ -301,3 +301,50 @@ def test_owner_inside_a_slurm_allocation_is_the_allocations_snakemake(tmp_path):
         for p in (other, alloc):
             p.kill()
             p.wait()
+
+
+ALLOCATION = textwrap.dedent("""
+    # a cluster allocation's own Snakemake (the batch step): starts the allocation's server, then lives on
+    import os, sys, time
+    os.environ["CAUSAL_KL_SERVER_OWNER"] = str(os.getpid())
+    from causal_kl.server import prestart_servers
+    print("STARTED", prestart_servers("cpu", sys.argv[1]), flush=True)
+    time.sleep(600)
+""")
+
+STEP_CLIENT = CLIENT.replace("from causal_kl.server import RemoteJobError, run_remote",
+                             "import causal_kl.server as srv\n"
+                             "srv.slurm_step = lambda: '0'  # as in a job step's cgroup under proctrack/cgroup\n"
+                             "from causal_kl.server import RemoteJobError, run_remote")
+
+
+def test_job_steps_use_the_server_their_allocation_started(sandbox):
+    """Under SLURM's proctrack/cgroup a server spawned inside a job step dies with the step: each model job of an
+    allocation would load the model again. The allocation's Snakemake starts the server in the batch step
+    (server.prestart_servers, at parse time); every job step of the allocation finds and uses that one."""
+    env = dict(sandbox.env, SLURM_JOB_ID="4242")
+    log = str(sandbox.work / "logs/model_server.log")
+    alloc = subprocess.Popen([sys.executable, "-c", ALLOCATION, log], cwd=sandbox.work, env=env, text=True,
+                             stdout=subprocess.PIPE)
+    try:
+        started = alloc.stdout.readline()
+        assert started.startswith("STARTED [") and started.strip() != "STARTED []", started
+        env["CAUSAL_KL_SERVER_OWNER"] = str(alloc.pid)  # what find_owner() says in a step: the allocation's Snakemake
+        pids = set()
+        for i in range(2):
+            args = json.dumps({"func": "server_jobs:add", "kwargs": {"a": i, "b": 1}, "log": f"logs/step{i}.log"})
+            proc = subprocess.run([sys.executable, "-c", STEP_CLIENT, args], cwd=sandbox.work, env=env, text=True,
+                                  capture_output=True, timeout=120)
+            pids.add(result_of((proc.returncode, proc.stdout, proc.stderr))["pid"])
+        events = [json.loads(l) for l in Path(log).with_suffix(".jsonl").read_text().splitlines()]
+        starts = [e for e in events if e["event"] == "start"]
+        assert len(pids) == 1 and [e["pid"] for e in starts] == list(pids), (pids, starts)
+        assert starts[0]["origin"] == "allocation" and starts[0]["scope"] == "slurm-4242", starts
+        assert [e["scope"] for e in events if e["event"] == "request"] == ["slurm-4242"] * 2
+        # no step spawned a server of its own
+        assert [r["pid"] for r in _registry(sandbox.rt)] == list(pids)
+    finally:
+        alloc.kill()
+        alloc.wait()
+    assert _wait_dead(next(iter(pids))), "the allocation's server outlived its Snakemake"
+
