@@ -184,7 +184,7 @@ def load_model(
         raise CausalKLError(
             path, "config.json model_type",
             f"'{model_type}' ({(getattr(hf_config, 'architectures', None) or ['?'])[0]}) is not a causal language model",
-            "point model.path at a decoder-only causal LM (Gemma-3, Llama, Qwen2, ...)",
+            f"point model.path at a decoder-only causal LM ({families.supported()})",
         )
     where = str(Path(path) / "config.json") if local else path
     families.check_family(hf_config.to_dict(), where, path)

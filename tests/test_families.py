@@ -268,41 +268,63 @@ def test_a_model_the_fast_path_cannot_run_falls_back_to_naive_and_says_so_once(f
 
 # ----------------------------------------------------------------------------- the production config, per family
 WORKFLOW_FAMILIES = ["gemma2", "gpt2", "gpt_neox", "mistral"]
+FLOORS = "results/{run}/L2/span1/patch/floors.parquet"
 
 
 @pytest.fixture(scope="module")
-def family_wd(tmp_path_factory, corpus_path):
-    from workflow_helpers import copy_workflow
+def family_runs(tmp_path_factory, family_dirs, corpus_path, root):
+    """config/gemma3-27b.yaml with the model, layer 2 and the corpus overridden (as a user tries a family), run by
+    Snakemake to the floors of its one shard, once per family: two runs at a time, each in its own copy of the
+    workflow with its own runtime dir (its own model server and slot locks). Returns {family: (workdir, error)}."""
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
 
-    wd = copy_workflow(tmp_path_factory.mktemp("families_wf"))
-    (wd / "corpus.parquet").write_bytes(Path(corpus_path).read_bytes())
-    return wd
+    from workflow_helpers import copy_workflow, run_snakemake
+
+    runs = {}
+    for model_type in WORKFLOW_FAMILIES:
+        wd = copy_workflow(tmp_path_factory.mktemp(f"wf_{model_type}"))
+        shutil.copy(corpus_path, wd / "corpus.parquet")
+        cfg = yaml.safe_load((root / "config/gemma3-27b.yaml").read_text())
+        cfg.update(run=model_type, device="cpu", dtype="float32")
+        cfg["model"].update(path=str(family_dirs(model_type)), layer=2)
+        cfg["corpus"].update(path="corpus.parquet", rows=[0, 2])
+        cfg["sites"].update(positions_per_doc=1, max_length=200, max_sites=2, shard_size=2)
+        (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+        runs[model_type] = wd
+    runtime = Path(tempfile.mkdtemp(prefix="ckl-fam-"))  # short: server socket names are built from it
+
+    def run(model_type: str) -> tuple[Path, str | None]:
+        wd = runs[model_type]
+        try:
+            run_snakemake(wd, FLOORS.format(run=model_type), "--configfile", "run.yaml", timeout=600,
+                          env={"CAUSAL_KL_RUNTIME_DIR": str(runtime / model_type)})
+        except AssertionError as e:
+            return wd, str(e)
+        return wd, None
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(WORKFLOW_FAMILIES, pool.map(run, WORKFLOW_FAMILIES)))
+    yield done
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", WORKFLOW_FAMILIES)
-def test_production_config_runs_on_each_family(model_type, family_wd, family_dirs, root):
-    """config/gemma3-27b.yaml with the model, layer 2 and the corpus overridden (as a user tries a family), through
-    Snakemake to a shard of floors: the model loads with an attention implementation it supports, golds are extracted
-    and the fast path patches; the zero-ablation KL at offset 0 equals a plain forward of the model with block 2's
-    output zeroed at the site, and the re-patched gold is at the floor."""
+def test_production_config_runs_on_each_family(model_type, family_runs, family_dirs):
+    """The model loads with an attention implementation it supports, golds are extracted and the fast path patches
+    in the model server; the zero-ablation KL at offset 0 equals a plain forward of the model with block 2's output
+    zeroed at the site, and the re-patched gold is at the floor."""
     import pandas as pd
 
     from causal_kl.io import read_docs, read_sites
-    from workflow_helpers import run_snakemake
 
-    cfg = yaml.safe_load((root / "config/gemma3-27b.yaml").read_text())
-    cfg.update(run=model_type, device="cpu", dtype="float32")
-    cfg["model"].update(path=str(family_dirs(model_type)), layer=2)
-    cfg["corpus"].update(path="corpus.parquet", rows=[0, 2])
-    cfg["sites"].update(positions_per_doc=1, max_length=200, max_sites=2, shard_size=2)
-    (family_wd / f"{model_type}.yaml").write_text(yaml.safe_dump(cfg))
-    target = f"results/{model_type}/L2/span1/patch/floors.parquet"
-    run_snakemake(family_wd, target, "--configfile", f"{model_type}.yaml", timeout=600)
-
-    rows = pd.read_parquet(family_wd / target)
-    sites = read_sites(family_wd / f"results/{model_type}/sites.parquet").to_pandas()
-    docs = read_docs(family_wd / f"results/{model_type}/docs.parquet")
+    wd, error = family_runs[model_type]
+    assert error is None, error
+    rows = pd.read_parquet(wd / FLOORS.format(run=model_type))
+    sites = read_sites(wd / f"results/{model_type}/sites.parquet").to_pandas()
+    docs = read_docs(wd / f"results/{model_type}/docs.parquet")
     assert len(sites) == 2 and set(rows["site_id"]) == set(sites["site_id"])
     at0 = rows[rows["offset"] == 0].set_index(["site_id", "condition"])
     m = load_model(family_dirs(model_type), dtype="float32")
@@ -318,6 +340,9 @@ def test_production_config_runs_on_each_family(model_type, family_wd, family_dir
         kl_zero = float((clean.exp() * (clean - zeroed)).sum())
         assert at0.loc[(site.site_id, "zero"), "kl"] == pytest.approx(kl_zero, rel=1e-4, abs=1e-5)
         assert kl_zero > 1e-2 and at0.loc[(site.site_id, "gold"), "kl"] < 1e-5
+    server_log = (wd / f"logs/{model_type}/model_server.log").read_text()
+    assert f"({FAMILY[model_type]} family), attention implementation {'eager' if model_type == 'gemma2' else 'sdpa'}" \
+        in server_log, server_log[-2000:]
 
 
 def _zero_at(out, p):
