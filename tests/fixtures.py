@@ -211,7 +211,10 @@ def tiny_gpt2(path: Path, seed: int = 0, boost_norm: float | None = 30.0) -> Pat
 
 
 def tiny_gpt_neox(path: Path, seed: int = 0, boost_norm: float | None = 30.0) -> Path:
-    """GPTNeoXForCausalLM (Pythia's class): parallel residual, partial rotary (``rotary_pct`` 0.25, as Pythia)."""
+    """GPTNeoXForCausalLM (Pythia's class): parallel residual, partial rotary (``rotary_pct`` 0.25, as Pythia).
+
+    The fused q/k/v projection is scaled up so that attention is sharp enough for the rotated quarter of each
+    head to matter (with plain random init, positions given wrongly move KL by only ~0.01 nats)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tokenizer = make_tokenizer()
@@ -220,6 +223,9 @@ def tiny_gpt_neox(path: Path, seed: int = 0, boost_norm: float | None = 30.0) ->
                         pad_token_id=0, eos_token_id=1, bos_token_id=2)
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(cfg)
+    with torch.no_grad():
+        for block in model.gpt_neox.layers:
+            block.attention.query_key_value.weight.mul_(4.0)
     return _finish(model, tokenizer, path, boost_norm, norm=model.gpt_neox.final_layer_norm)
 
 
