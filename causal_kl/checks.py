@@ -1,10 +1,12 @@
 """Checks that need only the config and the files it names, run when the workflow is parsed (before any job).
 
 ``check_run`` is what ``rules/common.smk`` runs on every parse and what ``causal-kl validate`` runs on
-the same config: the model's ``config.json`` (a causal LM, the layer in range), the device, the corpus
-file (its column and rows), stored golds and route files, training rows disjoint from the eval rows,
-the demo's own paths. Each problem is the one-line ``file: field: problem. Fix: ...`` error. No weights
-are read and neither torch nor transformers is imported, so a parse costs milliseconds.
+the same config: the model's ``config.json`` (a causal LM of a family the engine patches, the layer in
+range), the device, the corpus file (its column and rows), stored golds and route files, training rows
+disjoint from the eval rows, the demo's own paths. Each problem is the one-line ``file: field: problem.
+Fix: ...`` error. No weights are read and neither torch nor transformers is imported, so a parse costs
+milliseconds (except for a ``model.attn_implementation`` other than ``auto``: checking it against what
+transformers offers for the model's class imports transformers).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from causal_kl import families
 from causal_kl.errors import CausalKLError
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
@@ -87,8 +90,11 @@ def check_hub_id(path: str, source: str = "config") -> None:
                             "point model.path at a local save_pretrained folder, or allow the hub")
 
 
-def check_model(path: str | Path, layer: int | list[int], source: str = "config", reach_hub: bool = True) -> dict | None:
-    """A local model folder is a causal LM whose decoder has block ``layer`` (each of a list); returns its config.json.
+def check_model(path: str | Path, layer: int | list[int], source: str = "config", reach_hub: bool = True,
+                attn_implementation: str = families.AUTO) -> dict | None:
+    """A local model folder is a causal LM of a family the engine patches (``causal_kl.families``) whose
+    decoder has block ``layer`` (each of a list), and transformers offers ``attn_implementation`` for its
+    class; returns its config.json.
 
     A hub id is checked against the local cache when the hub is off and ``reach_hub`` (jobs run here).
     """
@@ -101,13 +107,25 @@ def check_model(path: str | Path, layer: int | list[int], source: str = "config"
     archs = cfg.get("architectures") or []
     if archs and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in archs):
         raise CausalKLError(cfg_path, "architectures", f"{archs[0]} ('{cfg.get('model_type')}') is not a causal language model",
-                            "point model.path at a decoder-only causal LM (Gemma-3, Llama, Qwen2, ...)")
+                            f"point model.path at a decoder-only causal LM ({families.supported()})")
+    families.check_family(cfg, cfg_path, str(path))
+    check_attn_implementation(cfg, attn_implementation, source)
     n = text_config(cfg).get("num_hidden_layers")
     for one in layer if isinstance(layer, list) else [layer]:
         if n is not None and not 0 <= int(one) < int(n):
             raise CausalKLError(source, "model.layer", f"layer {one} is out of range for {path} ({n} decoder blocks, 0..{int(n) - 1})",
                                 f"set model.layer to block indices below {n}")
     return cfg
+
+
+def check_attn_implementation(model_config: dict, requested: str, source: str = "config") -> None:
+    """``model.attn_implementation`` is one transformers offers for the model's class (``auto`` always is:
+    sdpa where offered, else eager). Imports transformers, so only for a value other than ``auto``."""
+    if requested in (None, families.AUTO):
+        return
+    model_class = families.causal_lm_class(model_config)
+    if model_class is not None:
+        families.choose_attn_implementation(model_class, requested, source)
 
 
 def visible_gpus() -> list[str]:
@@ -367,7 +385,8 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
 
     model = config["model"]
     layers = run_layers(config)
-    model_config = None if demo else check_model(model["path"], layers, source, reach_hub=local_exec)
+    model_config = None if demo else check_model(model["path"], layers, source, reach_hub=local_exec,
+                                                 attn_implementation=model.get("attn_implementation", families.AUTO))
     if local_exec:
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)

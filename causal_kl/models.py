@@ -1,10 +1,13 @@
 """Loading a causal LM and finding the parts the patch engine needs.
 
-One loader serves text-only checkpoints (the demo's Gemma-3, Llama/Qwen-style models) and
-the multimodal ``Gemma3ForConditionalGeneration`` of google/gemma-3-27b-it, whose text
-decoder sits under ``model.language_model``. What the rest of the package sees is a
-``LoadedModel``: the decoder blocks, the final norm, the LM head, the rotary module, the
-final-logit soft-cap, and the text config.
+One loader serves every family of ``causal_kl.families`` (Gemma-3 and its multimodal
+``Gemma3ForConditionalGeneration``, whose text decoder sits under ``model.language_model``;
+Gemma-2, Llama, Mistral, Qwen2/3, GPT-2, GPT-NeoX/Pythia): the family's adapter says where each
+part is. What the rest of the package sees is a ``LoadedModel``: the decoder blocks and their
+self-attention modules, the final norm, the LM head, the embeddings, the rotary module (None
+where positions enter at the input), each block's attention type, the final-logit soft-cap, and
+the text config. The attention implementation is sdpa where transformers has it for the model's
+class, else eager, unless ``model.attn_implementation`` names another it offers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from causal_kl import families
 from causal_kl.errors import CausalKLError
 
 log = logging.getLogger(__name__)
@@ -44,12 +48,12 @@ class LoadedModel:
     """
 
     model: nn.Module
-    decoder: nn.Module  # the text decoder: embed_tokens, layers, norm, rotary_emb
+    decoder: nn.Module  # the text decoder: embeddings, blocks, final norm (and rotary module), per its family
     layers: nn.ModuleList
     final_norm: nn.Module
     lm_head: nn.Module
     embed_tokens: nn.Module
-    rotary_emb: nn.Module | None
+    rotary_emb: nn.Module | None  # None: the family's blocks never read positions (GPT-2)
     text_config: Any
     architecture: str
     path: str
@@ -57,6 +61,17 @@ class LoadedModel:
     layer_types: list[str] | None = None
     final_logit_softcapping: float | None = None
     extra: dict = field(default_factory=dict)
+    family: families.Family = families.FAMILIES[0]
+    embed_positions: nn.Module | None = None  # learned absolute position embeddings added at the input (GPT-2)
+
+    def attention(self, i: int) -> nn.Module:
+        """Block i's self-attention module (``self_attn``, GPT-2's ``attn``, GPT-NeoX's ``attention``)."""
+        return getattr(self.layers[i], self.family.attention)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention implementation the model's own forward uses (the clean pass, the naive path)."""
+        return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
 
     @property
     def n_layers(self) -> int:
@@ -130,10 +145,14 @@ def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = families.AUTO,
     with_tokenizer: bool = True,
 ) -> LoadedModel:
     """Load a causal LM checkpoint (local directory or hub id) for patching; eval mode, no grad.
+
+    ``attn_implementation``: ``auto`` = sdpa where transformers has it for the model's class, else
+    eager (Gemma-2); another name must be one transformers offers for that class (one line if not).
+    A model of a family ``causal_kl.families`` does not list is refused before any weight is read.
 
     On a GPU, a local safetensors checkpoint is read straight onto ``device`` by
     ``fast_from_pretrained`` (same weights, bit for bit, as ``from_pretrained``: 54 GB in 3.1 s on
@@ -165,8 +184,11 @@ def load_model(
         raise CausalKLError(
             path, "config.json model_type",
             f"'{model_type}' ({(getattr(hf_config, 'architectures', None) or ['?'])[0]}) is not a causal language model",
-            "point model.path at a decoder-only causal LM (Gemma-3, Llama, Qwen2, ...)",
+            f"point model.path at a decoder-only causal LM ({families.supported()})",
         )
+    where = str(Path(path) / "config.json") if local else path
+    families.check_family(hf_config.to_dict(), where, path)
+    attn_implementation = families.choose_attn_implementation(_model_class(hf_config), attn_implementation, where)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device) if isinstance(device, str) else device
     model = None
@@ -189,7 +211,14 @@ def load_model(
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        except (ValueError, ImportError) as e:
+            if attn_implementation in ("eager", "sdpa"):
+                raise
+            raise CausalKLError(where, "model.attn_implementation",
+                                f"transformers cannot load {path} with {attn_implementation} here ({' '.join(str(e).split())[:200]})",
+                                "set model.attn_implementation: auto (sdpa where offered, else eager)") from e
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
@@ -207,6 +236,8 @@ def load_model(
                        "seconds": round(time.perf_counter() - t0, 3)})
     log.info("causal-kl: loaded model %s (%s, %s) in %.2f s [load #%d in pid %d]", path, str(torch_dtype).removeprefix("torch."),
              dev, time.perf_counter() - t0, n, os.getpid())
+    log.info("causal-kl: %s is %s (%s family), attention implementation %s", path, loaded.architecture, loaded.family.name,
+             loaded.attn_implementation)
     return loaded
 
 
@@ -279,7 +310,7 @@ def fast_from_pretrained(
     hf_config: Any,
     dtype: torch.dtype,
     device: torch.device,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     threads: int | None = None,
     in_place: bool | None = None,
 ) -> nn.Module:
@@ -531,7 +562,7 @@ def get_model(
     path: str | Path,
     dtype: str = "float32",
     device: str = "cpu",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = families.AUTO,
     with_tokenizer: bool = True,
 ) -> LoadedModel:
     """The process's resident copy of a model, loaded on first use (``load_model``), shared by every later call.
@@ -646,23 +677,31 @@ def _make_room(path: str, dtype: torch.dtype, dev: torch.device) -> None:
         _drop(k)
 
 
-def find_decoder(model: nn.Module, path: str | None = None) -> nn.Module:
-    """The module holding ``layers``/``norm``/``embed_tokens``: model.model, or model.model.language_model."""
-    candidates = []
-    inner = getattr(model, "model", None)
-    if inner is not None:
-        candidates += [getattr(inner, "language_model", None), getattr(inner, "text_model", None), inner]
-    candidates += [getattr(model, "language_model", None), model]
-    for c in candidates:
-        if c is not None and isinstance(getattr(c, "layers", None), nn.ModuleList) and hasattr(c, "norm"):
+def model_family(model: nn.Module, path: str | None = None) -> families.Family:
+    """The family of a built model (its config's ``model_type``); one line naming the families we patch if none."""
+    cfg = model.config.to_dict() if hasattr(model, "config") else {}
+    cfg["architectures"] = [type(model).__name__]
+    return families.check_family(cfg, path or "<in memory>", path or type(model).__name__)
+
+
+def find_decoder(model: nn.Module, path: str | None = None, family: families.Family | None = None) -> nn.Module:
+    """The module holding the blocks, the final norm and the embeddings, where the model's family keeps it
+    (``model``, ``model.language_model``, GPT-2's ``transformer``, GPT-NeoX's ``gpt_neox``)."""
+    family = family or model_family(model, path)
+    for dotted in family.decoder:
+        c = families.resolve(model, dotted)
+        if c is not None and isinstance(getattr(c, family.blocks, None), nn.ModuleList) and hasattr(c, family.final_norm):
             return c
-    raise CausalKLError(path, "architecture", f"cannot find the decoder blocks of {type(model).__name__}",
-                        "use a decoder-only transformers model whose decoder has .layers and .norm (Gemma-3, Llama, Qwen2, ...)")
+    raise CausalKLError(path, "architecture",
+                        f"cannot find the decoder blocks of {type(model).__name__} where the {family.name} family keeps them "
+                        f"({' or '.join(f'{d}.{family.blocks}' for d in family.decoder)})",
+                        "load the checkpoint with the transformers version causal-kl is tested with (5.x)")
 
 
 def wrap_model(model: nn.Module, path: str = "<in memory>") -> LoadedModel:
-    """Find the parts of an already-built HF causal LM."""
-    decoder = find_decoder(model, path)
+    """Find the parts of an already-built HF causal LM, through its family's adapter."""
+    family = model_family(model, path)
+    decoder = find_decoder(model, path, family)
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if lm_head is None:
         lm_head = getattr(model, "lm_head", None)
@@ -673,20 +712,22 @@ def wrap_model(model: nn.Module, path: str = "<in memory>") -> LoadedModel:
         text_config = text_config.get_text_config()
     # the final soft-cap lives in the outer model's forward; read it from the text config
     softcap = getattr(text_config, "final_logit_softcapping", None)
-    layer_types = getattr(text_config, "layer_types", None)
+    layers = getattr(decoder, family.blocks)
     loaded = LoadedModel(
         model=model,
         decoder=decoder,
-        layers=decoder.layers,
-        final_norm=decoder.norm,
+        layers=layers,
+        final_norm=getattr(decoder, family.final_norm),
         lm_head=lm_head,
-        embed_tokens=decoder.embed_tokens,
-        rotary_emb=getattr(decoder, "rotary_emb", None),
+        embed_tokens=getattr(decoder, family.embed_tokens),
+        rotary_emb=getattr(decoder, family.rotary, None) if family.rotary else None,
         text_config=text_config,
         architecture=type(model).__name__,
         path=path,
-        layer_types=list(layer_types) if layer_types else None,
+        layer_types=families.layer_types(text_config, len(layers)),
         final_logit_softcapping=softcap,
+        family=family,
+        embed_positions=getattr(decoder, family.embed_positions) if family.embed_positions else None,
     )
     calibrate_head(loaded)
     return loaded

@@ -29,6 +29,16 @@ What the fast path must get right on Gemma-3 (each has a test that fails without
 ``ABLATIONS``): each block reads its own cached keys/values (``layer_idx``); sliding-window
 blocks get the sliding mask for queries at absolute positions p..p+k-1+31; sliding blocks use the
 local rotary embedding and global blocks the global one; the final logit soft-cap is applied.
+And on the other families (``FAMILY_ABLATIONS``): Gemma-2's attention-logit soft-cap inside every
+attention call; the window's absolute positions given explicitly to the rotary embedding (GPT-NeoX's
+partial rotary, every rotary family). Each family's parts (blocks, their self-attention, rotary
+module or none) come from its adapter (``causal_kl.families``, through the ``LoadedModel``); the
+window pass itself has no family branch: it runs the model's own blocks (GPT-2's Conv1D projections,
+GPT-NeoX's parallel residual, Gemma's extra norms) with the swapped attention function.
+
+A model the fast path cannot run (a block without a ``layer_idx``'d attention, an attention that
+reports another sliding window than its layer type) is patched by the naive path instead, said once
+in the log (``patch_documents``): never a failure asking the user to change ``patch.method``.
 
 Readout (``readout``): KL(clean || patched) of the next-token distribution, CE of the true
 next token and delta-CE, in float32 from the final (soft-capped) logits, at offsets -(k-1)..31
@@ -62,7 +72,14 @@ from causal_kl.models import LoadedModel
 log = logging.getLogger(__name__)
 
 ABLATIONS = frozenset({"layer_idx", "sliding_mask", "local_rope", "softcap"})
-"""Test-only switches that remove one of the four things the fast path must get right."""
+"""Test-only switches that remove one of the four things the fast path must get right (on Gemma-3)."""
+FAMILY_ABLATIONS = frozenset({"attn_softcap", "positions"})
+"""Test-only switches for the other families' traps: Gemma-2's attention-logit soft-cap left out; the window's
+positions counted from 0 instead of given as absolute positions (rotary families)."""
+
+
+class FastPathUnavailable(CausalKLError):
+    """The fast path cannot run this model; ``patch_documents`` then uses the naive path (and says so once)."""
 
 SPAN_FIELD = pa.field("span", pa.int32())
 """The PATCH column saying how many positions a row's splice covered (1: a single site)."""
@@ -277,14 +294,17 @@ def _cache_kwarg(module: torch.nn.Module) -> str:
 
 
 def _supports_fast(loaded: LoadedModel) -> None:
-    if loaded.rotary_emb is None:
-        raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture} has no decoder-level rotary embedding, which the fast path needs",
-                            "set patch.method: naive for this model")
+    """Raises ``FastPathUnavailable`` when the model lacks what the window pass needs."""
+    if loaded.family.rotary is not None and loaded.rotary_emb is None:
+        raise FastPathUnavailable(loaded.path, "architecture",
+                                  f"{loaded.architecture} has no decoder-level rotary embedding ({loaded.family.rotary}), which the fast path needs",
+                                  "set patch.method: naive for this model")
     for i, layer in enumerate(loaded.layers):
-        attn = getattr(layer, "self_attn", None)
+        attn = getattr(layer, loaded.family.attention, None)
         if attn is None or getattr(attn, "layer_idx", None) != i or not hasattr(attn, "config"):
-            raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture} block {i} has no self_attn with layer_idx",
-                                "set patch.method: naive for this model")
+            raise FastPathUnavailable(loaded.path, "architecture",
+                                      f"{loaded.architecture} block {i} has no {loaded.family.attention} with layer_idx",
+                                      "set patch.method: naive for this model")
 
 
 @torch.no_grad()
@@ -305,7 +325,7 @@ def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> Cle
         entry = cache.layers[l] if l < len(getattr(cache, "layers", ())) else None
         n = entry.keys.shape[2] if entry is not None and entry.keys is not None and entry.keys.ndim == 4 else 0
         if n != x.shape[1]:
-            raise CausalKLError(loaded.path, "cache", f"block {l} cached {n} of {x.shape[1]} positions",
+            raise FastPathUnavailable(loaded.path, "cache", f"block {l} cached {n} of {x.shape[1]} positions",
                                 "set patch.method: naive for this model")
         keys[l], values[l] = entry.keys, entry.values
     return CleanState(hidden_L=rec.h[0], keys=keys, values=values, final_hidden=out.last_hidden_state[0])
@@ -461,9 +481,11 @@ class _WindowContext:
         kind = self.kinds[l]
         expect = self.loaded.sliding_window if self.loaded.layer_type(l) == "sliding_attention" else None
         if sliding_window is not None and sliding_window != expect:
-            raise CausalKLError(self.loaded.path, "architecture",
-                                f"block {l} attends with sliding window {sliding_window}, its layer type says {expect}",
-                                "set patch.method: naive for this model")
+            raise FastPathUnavailable(self.loaded.path, "architecture",
+                                      f"block {l} attends with sliding window {sliding_window}, its layer type says {expect}",
+                                      "set patch.method: naive for this model")
+        if "attn_softcap" in self.ablate:  # trap: Gemma-2's attention-logit soft-cap left out
+            softcap = None
         src = self.source[l]
         _, H, N, hd = query.shape
         KVH = key.shape[1]
@@ -534,7 +556,7 @@ def _window_attention_active(loaded: LoadedModel, ctx: _WindowContext):
     AttentionInterface.register(_ATTN_NAME, _window_attention)
     configs = {}
     for l in ctx.kinds:
-        cfg = loaded.layers[l].self_attn.config
+        cfg = loaded.attention(l).config
         configs[id(cfg)] = cfg
     old = {i: c._attn_implementation for i, c in configs.items()}
     token = _ACTIVE.set(ctx)
@@ -550,6 +572,7 @@ def _window_attention_active(loaded: LoadedModel, ctx: _WindowContext):
 
 # --------------------------------------------------------------------------- fast path
 def _rotary(loaded: LoadedModel, h: torch.Tensor, position_ids: torch.Tensor, layer_type: str):
+    """The rotary module's (cos, sin) at ``position_ids`` for blocks of ``layer_type`` (Gemma-3 has one per type)."""
     rot = loaded.rotary_emb
     if "layer_type" in inspect.signature(rot.forward).parameters:
         return rot(h, position_ids, layer_type)
@@ -656,7 +679,10 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
     h = torch.cat(h_rows)[:, None].expand(S, V, Wr, -1).clone()  # [S, V, Wr, d]
     h[:, :, :k] = torch.stack([s.span_vectors() for s in sites]).to(dev, dt)
     h = h.view(1, S * V * Wr, -1)
-    position_ids = torch.cat(positions)[:, None].expand(S, V, Wr).reshape(1, -1)  # [1, N]
+    # the window's absolute positions p..p+Wr-1 per site: what the rotary embedding must see (GPT-2's learned
+    # positions were added at the input, so they are in the block-L states already)
+    absolute = torch.cat(positions) if "positions" not in ablate else r[None, :].expand(S, Wr)  # trap: from 0
+    position_ids = absolute[:, None].expand(S, V, Wr).reshape(1, -1)  # [1, N]
 
     window = loaded.sliding_window
     blocks = range(layer + 1, loaded.n_layers)
@@ -664,16 +690,19 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
     segments = {kind: _segments(parts_pos, Wr, V, kind, window, cdt, dev) for kind in set(kinds.values())}
     win_masks = {kind: _window_mask(Wr, kind, window, cdt, dev) for kind in segments}
     rope_kind = {loaded.layer_type(l) for l in blocks}
-    pe = {t: _rotary(loaded, h, position_ids, "full_attention" if "local_rope" in ablate and t == "sliding_attention" else t) for t in rope_kind}
+    pe = {t: _rotary(loaded, h, position_ids, "full_attention" if "local_rope" in ablate and t == "sliding_attention" else t)
+          for t in rope_kind} if loaded.rotary_emb is not None else {}
 
     ctx = _WindowContext(loaded, layer, [st for _, st, _ in parts], segments, win_masks, kinds, V, Wr, cdt, ablate)
     with _window_attention_active(loaded, ctx):
         for l in blocks:
-            out = loaded.layers[l](h, attention_mask=None, position_embeddings=pe[loaded.layer_type(l)], position_ids=position_ids)
+            rotary = {"position_embeddings": pe[loaded.layer_type(l)]} if pe else {}
+            out = loaded.layers[l](h, attention_mask=None, position_ids=position_ids, **rotary)
             h = out[0] if isinstance(out, tuple) else out
     if ctx.seen != set(blocks):
-        raise CausalKLError(loaded.path, "architecture", f"{loaded.architecture}: blocks {sorted(set(blocks) - ctx.seen)} did not use the window attention",
-                            "set patch.method: naive for this model")
+        raise FastPathUnavailable(loaded.path, "architecture",
+                                  f"{loaded.architecture}: blocks {sorted(set(blocks) - ctx.seen)} did not use the window attention",
+                                  "set patch.method: naive for this model")
 
     # readout, vectorised over sites and variants; the clean row comes from the clean pass (normed hidden -> head)
     h = h.view(S, V, Wr, -1)
@@ -710,7 +739,7 @@ def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites:
                state: CleanState | None = None, ablate: Iterable[str] = ()) -> list[SiteResult]:
     """Patch a batch of sites of one document (all with the same variant count V and span k) in one window pass."""
     ablate = frozenset(ablate)
-    assert ablate <= ABLATIONS, ablate
+    assert ablate <= ABLATIONS | FAMILY_ABLATIONS, ablate
     if not sites:
         return []
     state = state if state is not None else clean_pass(loaded, input_ids, layer)
@@ -781,21 +810,41 @@ def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int]
     documents (sites grouped by variant count and span length, each document's sites by position), so
     short documents fill a batch together. Every site is checked before any model work. Each finished
     document is logged (``patch {label}: document i/n done``).
+
+    A model the fast path cannot run (``FastPathUnavailable``) is patched by the naive path, and the
+    call's log says so once (the model remembers it: later calls go straight to the naive path).
     """
     ablate = frozenset(ablate)
     names = list(names) if names is not None else [f"document {i}" for i in range(len(documents))]
     for (ids, sites), name in zip(documents, names):
         _check_sites(ids, sites, loaded.d_model, name)
-    progress = _Progress(documents, names, label)
-    if method == "naive":
-        out = []
-        for di, (ids, sites) in enumerate(documents):
-            out.append([naive_site(loaded, ids, layer, s) for s in sites])
-            for _ in sites:
-                progress.site_done(di)
-        return out
-    if method != "fast":
+    if method not in ("fast", "naive"):
         raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
+    if method == "fast":
+        if _NO_FAST_PATH not in loaded.extra:
+            try:
+                return _patch_fast(loaded, documents, layer, sites_per_batch, clean_cache, _Progress(documents, names, label), ablate)
+            except FastPathUnavailable as e:
+                loaded.extra[_NO_FAST_PATH] = e.problem
+        log.warning("patch %s: the fast path cannot run %s (%s): patching with the naive path instead (the same numbers, "
+                    "a full forward per site)", label, loaded.path, loaded.extra[_NO_FAST_PATH])
+    progress = _Progress(documents, names, label)
+    out = []
+    for di, (ids, sites) in enumerate(documents):
+        out.append([naive_site(loaded, ids, layer, s) for s in sites])
+        for _ in sites:
+            progress.site_done(di)
+    return out
+
+
+_NO_FAST_PATH = "fast_path_unavailable"
+"""``LoadedModel.extra`` key: why the fast path cannot run the model (set by the first call that found out)."""
+
+
+def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,
+                sites_per_batch: int | str, clean_cache: CleanCache | None, progress: _Progress,
+                ablate: frozenset) -> list[list[SiteResult]]:
+    """The fast path of ``patch_documents``."""
     _supports_fast(loaded)
     results: list[list[SiteResult | None]] = [[None] * len(sites) for _, sites in documents]
     pending: dict[tuple[int, int], list] = {}  # (V, k) -> [(doc index, ids, state, site index, site, cost)]

@@ -39,5 +39,19 @@ def qwen2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """A tiny save_pretrained folder per added family (Gemma-2, GPT-2, GPT-NeoX, Mistral with a window, Qwen3),
+    built on first use."""
+    built: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in built:
+            built[model_type] = fixtures.FAMILY_BUILDERS[model_type](tmp_path_factory.mktemp(model_type) / "model")
+        return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def corpus_path(tmp_path_factory) -> Path:
     return fixtures.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.parquet")

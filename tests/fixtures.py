@@ -58,10 +58,13 @@ def make_tokenizer(vocab_size: int = 256):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
 
-def _finish(model, tokenizer, path: Path, boost_norm: float | None) -> Path:
+def _finish(model, tokenizer, path: Path, boost_norm: float | None, norm=None) -> Path:
+    """Raise the final norm's weight to ``boost_norm`` (``norm``: the final norm, by default the decoder's
+    ``.norm``), then save model and tokenizer."""
     if boost_norm is not None:
         with torch.no_grad():
-            norm = model.get_decoder().norm if hasattr(model, "get_decoder") else model.model.norm
+            if norm is None:
+                norm = model.get_decoder().norm if hasattr(model, "get_decoder") else model.model.norm
             norm.weight.fill_(boost_norm)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -175,3 +178,87 @@ def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(commit)
     return commit
+
+
+# ----------------------------------------------------------------------------- the other families SAE users score
+def tiny_qwen3(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """Qwen3ForCausalLM: Llama-style, with q/k norms inside attention."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(Qwen3ForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def tiny_mistral(path: Path, seed: int = 0, boost_norm: float | None = 20.0, sliding_window: int | None = 24) -> Path:
+    """MistralForCausalLM with a sliding window (24 < the documents) in every block and no ``layer_types``."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                        sliding_window=sliding_window, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(MistralForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def tiny_gemma2(path: Path, seed: int = 0, boost_norm: float | None = 40.0, attn_softcap: float = 5.0) -> Path:
+    """Gemma2ForCausalLM: 6 blocks alternating sliding (window 24) and global, attention-logit soft-cap, final soft-cap 30.
+
+    The final norm is raised (logits reach about +-30: the final cap is active) and the query/key
+    projections scaled up so that attention logits reach the attention soft-cap (``attn_softcap``);
+    with plain random init both caps would barely bend anything.
+    """
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=24,
+                       max_position_embeddings=1024, final_logit_softcapping=30.0, attn_logit_softcapping=attn_softcap,
+                       query_pre_attn_scalar=16, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    model = Gemma2ForCausalLM(cfg)
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.q_proj.weight.mul_(6.0)
+            block.self_attn.k_proj.weight.mul_(6.0)
+    return _finish(model, tokenizer, path, boost_norm)
+
+
+def tiny_gpt2(path: Path, seed: int = 0, boost_norm: float | None = 30.0) -> Path:
+    """GPT2LMHeadModel: learned absolute positions, Conv1D projections, LayerNorm, tied head."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = make_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=4, n_head=4, n_inner=128, n_positions=1024,
+                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg)
+    return _finish(model, tokenizer, path, boost_norm, norm=model.transformer.ln_f)
+
+
+def tiny_gpt_neox(path: Path, seed: int = 0, boost_norm: float | None = 30.0) -> Path:
+    """GPTNeoXForCausalLM (Pythia's class): parallel residual, partial rotary (``rotary_pct`` 0.25, as Pythia).
+
+    The fused q/k/v projection is scaled up so that attention is sharp enough for the rotated quarter of each
+    head to matter (with plain random init, positions given wrongly move KL by only ~0.01 nats)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                        num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True, max_position_embeddings=1024,
+                        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(cfg)
+    with torch.no_grad():
+        for block in model.gpt_neox.layers:
+            block.attention.query_key_value.weight.mul_(4.0)
+    return _finish(model, tokenizer, path, boost_norm, norm=model.gpt_neox.final_layer_norm)
+
+
+FAMILY_BUILDERS = {"gemma2": tiny_gemma2, "gpt2": tiny_gpt2, "gpt_neox": tiny_gpt_neox, "mistral": tiny_mistral,
+                   "qwen3": tiny_qwen3}
+"""The families added for SAE users' models, by config.json ``model_type`` (conftest: ``family_dir``)."""

@@ -55,9 +55,10 @@ def test_not_a_causal_lm(tmp_path):
                        patch_size=14)).save_pretrained(tmp_path / "vit")
     with pytest.raises(CausalKLError, match=r"vit: config.json model_type: 'vit' .* is not a causal language model"):
         load_model(tmp_path / "vit")
-    # an encoder that transformers will wrap as a "causal LM" still has no decoder blocks to patch
+    # an encoder that transformers will wrap as a "causal LM" is refused from its config, before any weight is read
     BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "bert")
-    with pytest.raises(CausalKLError, match=r"bert: architecture: cannot find the decoder blocks"):
+    with pytest.raises(CausalKLError, match=r"bert/config.json: architectures: .*bert is BertModel \('bert'\), an encoder: "
+                                            r"causal-kl patches .* the families Gemma-3, .*GPT-2"):
         load_model(tmp_path / "bert")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CausalKLError, match="not a Hugging Face model directory"):

@@ -61,14 +61,16 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[str, ...] = ()) -> str:
+def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> str:
     """``snakemake --cores 1 ARGS`` in ``workdir`` (offline, one thread per job); asserts success.
 
     ``blocked`` packages cannot be imported by Snakemake or any job (e.g. ``TORCH_ENV_BLOCKS`` for a run
-    of model rules only: they must work in envs/torch.yaml, which has no plotting libraries).
+    of model rules only: they must work in envs/torch.yaml, which has no plotting libraries). ``env``: more
+    environment variables (e.g. a ``CAUSAL_KL_RUNTIME_DIR`` of its own, for runs side by side).
     """
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
     if blocked:
         env = blocked_imports_env(blocked, env)
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *args]

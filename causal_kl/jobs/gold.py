@@ -25,7 +25,7 @@ def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = 
     """
     from causal_kl.models import get_model
 
-    loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "sdpa"), with_tokenizer)
+    loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "auto"), with_tokenizer)
     if layer is not None:
         loaded.check_layer(int(layer))
     log.info("loaded %s (%s, %d blocks, d=%d) on %s in %s", model["path"], loaded.architecture, loaded.n_layers,
