@@ -37,7 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny-checkpoint builders (fixtures.py)
-WORKFLOW = ("Snakefile", "rules", "config", "workflow_scripts", "envs", "reports", "profiles", "pyproject.toml")
 MODEL_RULES = ("gold", "span_gold", "patch_floors", "patch_route", "train_gold", "recon_text_channel", "recon_sae",
                "recon_span", "whole_context", "explain_nla_av", "recon_nla_ar")
 ROUTE_KINDS = ("pca", "text_channel", "sae", "sae")
@@ -46,13 +45,11 @@ ROUTE_KINDS = ("pca", "text_channel", "sae", "sae")
 
 # ----------------------------------------------------------------------------- inputs
 def copy_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel in WORKFLOW:
-        src = ROOT / rel
-        if src.is_dir():
-            shutil.copytree(src, dest / rel, dirs_exist_ok=True)
-        elif src.exists():
-            shutil.copy2(src, dest / rel)
+    """The workflow as the tests copy it, plus the profiles and the snakefmt settings."""
+    from workflow_helpers import copy_workflow as copy_rules
+
+    copy_rules(dest, ROOT)
+    shutil.copytree(ROOT / "profiles", dest / "profiles", dirs_exist_ok=True)
     return dest
 
 

@@ -19,7 +19,7 @@ from causal_kl.checks import requested_groups
 from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_groups, runs_model_jobs,
                                shard_group_id, shards_per_allocation)
 from causal_kl.errors import CausalKLError
-from workflow_helpers import ROOT, copy_workflow
+from workflow_helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_scale  # noqa: E402  (the benchmark's dry-run readers: one reading of Snakemake's output)
@@ -90,10 +90,7 @@ def study(tmp_path_factory, gemma3_dir):
 def dry_run(work: Path, config: dict, *args: str) -> str:
     wf = work / "wf"
     if not wf.exists():
-        copy_workflow(wf)
-        for extra in ("profiles", "pyproject.toml"):
-            src = ROOT / extra
-            subprocess.run(["cp", "-r", str(src), str(wf / extra)], check=True)
+        bench_scale.copy_workflow(wf)
     (wf / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     bench_scale.fake_sites(wf, config)
     res = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=wf, capture_output=True, text=True,
