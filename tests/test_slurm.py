@@ -44,7 +44,7 @@ PIPELINE_TIMEOUT_S = 540
 fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min on a busy one."""
 PIPELINE_RUN = "slurmtest"
 PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/sites.parquet",
-                    *(f"results/{PIPELINE_RUN}/L3/{name}.parquet" for name in ("gold", "patch"))]
+                    *(f"results/{PIPELINE_RUN}/L3/{name}" for name in ("gold.parquet", "patch.json"))]
 PIPELINE_JOBS = ["conditions", "gold", "gold", "gold_aggregate", "patch_aggregate", "patch_floors", "patch_floors",
                  "patch_floors_aggregate", "sites"]
 """The jobs the targets need: two shards, the floors only (no routes)."""
