@@ -305,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", nargs="+", default=None, help="run only these jobs (rule names)")
     ap.add_argument("--workdir", default=None, help="where the synthetic runs go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep each size's files (default: deleted after the size)")
+    ap.add_argument("--reuse", action="store_true", help="use a size's files kept in --workdir instead of making them")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a job is killed")
     ap.add_argument("--json", default=None, help="write every number here")
     ap.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
@@ -330,8 +331,11 @@ def main(argv=None) -> int:
     for n in args.sites:
         root = work / f"n{n}"
         synth = {"synthesize": [str(root), n, routes, spans, args.d, args.shard_size]}
-        made = _measured([sys.executable, str(Path(__file__).resolve()), "--synthesize", json.dumps(synth)],
-                         {"name": "synthesize", "key": ""}, args.timeout)
+        if args.reuse and (layer_dir(root) / "reextract.json").exists():
+            made = {"seconds": 0.0, "rc": 0}
+        else:
+            made = _measured([sys.executable, str(Path(__file__).resolve()), "--synthesize", json.dumps(synth)],
+                             {"name": "synthesize", "key": ""}, args.timeout)
         if made["rc"]:
             print(made["log"])
             return 1

@@ -20,8 +20,9 @@ from causal_kl.errors import CausalKLError
 GEOMETRY_COLUMNS = ("cos", "direction_mse", "gold_norm", "recon_norm", "noise_norm")
 
 
-ROWS_AT_ONCE = 4096
-"""Golds converted to float64 at a time (a block of rows: at 100k sites of width 5376 all at once would be 4.3 GB)."""
+VALUES_AT_ONCE = 1 << 20
+"""Gold values converted to float64 at a time (whole rows, at least one): at 100k sites of width 5376 all at once
+would be 4.3 GB, and the norms' temporaries as much again."""
 
 
 def error_norms(site_ids: np.ndarray, gold: np.ndarray, choices: pa.Table, mean: np.ndarray,
@@ -35,10 +36,11 @@ def error_norms(site_ids: np.ndarray, gold: np.ndarray, choices: pa.Table, mean:
     n = len(site_ids)
     mean = np.asarray(mean, dtype=np.float64)
     zero, to_mean = np.empty(n), np.empty(n)
-    for i in range(0, n, ROWS_AT_ONCE):
-        block = np.asarray(gold[i:i + ROWS_AT_ONCE], dtype=np.float64)
-        zero[i:i + ROWS_AT_ONCE] = np.linalg.norm(block, axis=1)
-        to_mean[i:i + ROWS_AT_ONCE] = np.linalg.norm(block - mean[None, :], axis=1)
+    rows = max(1, VALUES_AT_ONCE // max(gold.shape[1] if gold.ndim == 2 else 1, 1))
+    for i in range(0, n, rows):
+        block = np.asarray(gold[i:i + rows], dtype=np.float64)
+        zero[i:i + rows] = np.linalg.norm(block, axis=1)
+        to_mean[i:i + rows] = np.linalg.norm(block - mean[None, :], axis=1)
     out = pd.DataFrame({"site_id": site_ids})
     out[ZERO] = zero
     out[MEAN] = to_mean

@@ -200,7 +200,7 @@ def test_error_norms_a_block_at_a_time_equal_numpy_on_every_row(monkeypatch):
 
     from causal_kl import per_site
 
-    monkeypatch.setattr(per_site, "ROWS_AT_ONCE", 7)
+    monkeypatch.setattr(per_site, "VALUES_AT_ONCE", 7 * 33)  # blocks of 7 rows
     rng = np.random.default_rng(3)
     ids = np.arange(100, 150, dtype=np.int64)
     gold = rng.normal(size=(50, 33)).astype(np.float32)
