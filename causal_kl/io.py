@@ -515,10 +515,6 @@ def read_mean(path: str | Path) -> np.ndarray:
     return arrow_to_vectors(t["mean"], path, "mean")[0]
 
 
-PATCH_CATEGORIES = ("route", "condition")
-"""The PATCH columns read as dictionaries (pandas ``category``), whatever type an older file stored them as."""
-
-
 def read_patch(path: str | Path | list, route: str | None = None, offsets: list[int] | None = None,
                columns: list[str] | None = None, conditions: list[str] | None = None):
     """``PATCH`` rows (a DataFrame) of the floors and, when given, one route; only the rows and columns asked for.
@@ -529,6 +525,7 @@ def read_patch(path: str | Path | list, route: str | None = None, offsets: list[
     be none) are dropped, so each (site, condition, offset) appears once. A route file without rows is an error unless
     its provenance says why the route was skipped (then the floors come back alone).
     """
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     from causal_kl.conditions import ROUTE_CONDITIONS
@@ -542,29 +539,60 @@ def read_patch(path: str | Path | list, route: str | None = None, offsets: list[
     if conditions is not None:
         keep = keep & ds.field("condition").isin(list(conditions))
     want = list(columns) if columns is not None else PATCH.names
-    read = want + [c for c in ("route",) if c not in want]  # the checks below need the route of every row
-    scan = read + [c for c in ("route", "condition", "offset") if c not in read]  # what the filter reads
-    schema = pa.schema([PATCH.schema().field(c) for c in read])
-    kept = []
+    scan = want + [c for c in ("route", "condition", "offset") if c not in want]  # what the filter reads
+    schema = pa.schema([PATCH.schema().field(c) for c in want])
+    kept, n_route, n_floors = [], 0, 0
     for p in paths:
         parquet_schema(p, PATCH)
         for part in _row_groups(Path(p), scan):  # one row group at a time: the peak is what is kept, not the file
-            kept.append(_conform(part.filter(keep).select(read), schema))
-    table = pa.concat_tables(kept, promote_options="none") if kept else schema.empty_table()
+            part = part.filter(keep)
+            floors = int(pc.sum(pc.equal(part["route"], "")).as_py() or 0)
+            n_floors, n_route = n_floors + floors, n_route + part.num_rows - floors
+            kept.append(_conform(part.select(want), schema))
+    table = pa.concat_tables(kept) if kept else schema.empty_table()
     del kept
-    df = table.to_pandas(split_blocks=True, self_destruct=True)  # each column freed as it is converted
-    del table
-    for c in PATCH_CATEGORIES:
-        if c in df:
-            df[c] = df[c].cat.remove_unused_categories()
     path = paths[-1]
-    if route is not None and not df["route"].eq(route).any() and not read_provenance(path).get("skipped"):
+    if route is not None and not n_route and not read_provenance(path).get("skipped"):
         # (a route skipped for a span, e.g. no vectors at its extra positions, says so in its provenance)
         raise CausalKLError(path, "route", f"no rows for route '{route}'",
                             f"delete it and rebuild it: snakemake {path}")
-    if not df["route"].eq("").any():
+    if not n_floors:
         raise CausalKLError(path, "route", "no floor rows (route \"\")", "patch the floors first")
-    return df[want]
+    return _frame(table)
+
+
+def _frame(table: pa.Table):
+    """``table`` as a DataFrame, a column at a time, each Arrow column released once converted: dictionary columns
+    become categories of only the values present (no string per row), the others numpy arrays of their own type."""
+    import pandas as pd
+
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        table = table.drop_columns([name])
+        columns[name] = _categories(column) if pa.types.is_dictionary(column.type) else column.to_numpy()
+        del column
+    return pd.DataFrame(columns, copy=False)
+
+
+def _categories(column: pa.ChunkedArray):
+    """A dictionary column as a pandas Categorical of the values it holds (chunks' dictionaries unified), in the
+    dictionary's order; one byte or so per row, built chunk by chunk."""
+    import pandas as pd
+
+    column = pa.table({"c": column}).unify_dictionaries().column(0)
+    values = column.chunk(0).dictionary if column.num_chunks else pa.array([], column.type.value_type)
+    counts = np.zeros(len(values), dtype=np.int64)
+    for chunk in column.chunks:
+        counts += np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(values))
+    used = counts > 0
+    codes_of = (np.cumsum(used) - 1).astype(np.min_scalar_type(-max(int(used.sum()), 1)))
+    codes = np.empty(len(column), dtype=codes_of.dtype)
+    at = 0
+    for chunk in column.chunks:
+        codes[at:at + len(chunk)] = codes_of[chunk.indices.to_numpy(zero_copy_only=False)]
+        at += len(chunk)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(values.to_pylist())[used])
 
 
 def patch_index(files: list[str | Path], index: str | Path) -> dict[str, Any]:
