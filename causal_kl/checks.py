@@ -355,6 +355,11 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
             raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {layers})",
                                 "add it to model.layer in the config, or ask for one of the run's layers")
         rest = parts[1:]
+        if rest == ["patch.parquet"]:
+            raise CausalKLError(target, "target", "a layer's patch rows are no longer copied into one file: they are the "
+                                f"dataset of its span{{k}}/patch/*.parquet files, which {prefix}L{layer}/patch.json lists",
+                                f"ask for {prefix}L{layer}/patch.json and read it with causal_kl.io.patch_dataset "
+                                f"(or duckdb over {prefix}L{layer}/span*/patch/*.parquet)")
         if rest and (s := re.fullmatch(r"span(\d+)", rest[0])):
             if int(s.group(1)) not in spans:
                 raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",

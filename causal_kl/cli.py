@@ -3,7 +3,7 @@
   causal-kl validate                               the config `snakemake` would use (config/config.yaml)
   causal-kl validate config/gemma3-27b.yaml        the config `snakemake --configfile config/gemma3-27b.yaml` uses
   causal-kl validate X.yaml --config seed=7        ... with --config overrides, as snakemake applies them
-  causal-kl provenance results/demo/patch.parquet  where an output came from (config hash, model, code version)
+  causal-kl provenance results/demo/L3/span1/patch/floors.parquet   where an output came from (config hash, model, ...)
 
 `validate` runs exactly the checks the workflow runs when it is parsed (schema, the model's config.json,
 layer, device, corpus, stored golds and route files) and prints the resolved config; any problem is one

@@ -17,6 +17,10 @@ from causal_kl.errors import CausalKLError
 VECTOR = "fixed_size_list<float32>[d]"
 """Marker for a vector column; ``Contract.schema(d)`` resolves it to ``pa.list_(pa.float32(), d)``."""
 
+CATEGORY = pa.dictionary(pa.int32(), pa.string())
+"""A string column of few distinct values (a route, a condition), dictionary-encoded: in Arrow and on disk each row
+holds an index, pandas reads it as a ``category`` (no Python string per row)."""
+
 
 @dataclass(frozen=True)
 class Contract:
@@ -38,16 +42,17 @@ class Contract:
             fields.append(pa.field(col, typ))
         return pa.schema(fields)
 
-    def check(self, table: pa.Table, path: str | Path, d: int | None = None) -> None:
-        """Raise a CausalKLError naming the file and column when ``table`` breaks the contract."""
-        missing = [c for c in self.names if c not in table.column_names]
+    def check(self, table: pa.Table | pa.Schema, path: str | Path, d: int | None = None) -> None:
+        """Raise a CausalKLError naming the file and column when ``table`` (or a file's schema) breaks the contract."""
+        schema = table if isinstance(table, pa.Schema) else table.schema
+        missing = [c for c in self.names if c not in schema.names]
         if missing:
             raise CausalKLError(
-                path, missing[0], f"column missing from {self.name} table (has {table.column_names})",
+                path, missing[0], f"column missing from {self.name} table (has {schema.names})",
                 f"write the file with the columns {self.names}",
             )
         for col, typ in self.columns:
-            actual = table.schema.field(col).type
+            actual = schema.field(col).type
             if typ == VECTOR:
                 if not pa.types.is_fixed_size_list(actual) and not pa.types.is_list(actual):
                     raise CausalKLError(path, col, f"expected a vector column, found {actual}",
@@ -126,8 +131,8 @@ PATCH = Contract(
     "patch",
     (
         ("site_id", pa.int64()),
-        ("route", pa.string()),  # "" for the route-independent floors
-        ("condition", pa.string()),
+        ("route", CATEGORY),  # "" for the route-independent floors
+        ("condition", CATEGORY),
         ("offset", pa.int32()),  # from the splice's last position; negative: inside a span
         ("kl", pa.float32()),
         ("ce", pa.float32()),

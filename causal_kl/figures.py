@@ -63,6 +63,10 @@ def _grid(n: int, width: float, height: float, max_cols: int = 3):
     return fig, list(axes.flat[:n])
 
 
+FIG1_COLUMNS = ("direction_mse", f"kl0_{RECON}")
+"""The per-site columns figure 1 reads."""
+
+
 def fig1_geometry_vs_kl(
     data: Mapping[str, pd.DataFrame],
     correlation: Mapping[str, Mapping],

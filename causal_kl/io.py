@@ -6,8 +6,12 @@ into place, so a killed job never leaves a half-written output. Parquet files ca
 
 Readers (``read_sites``, ``read_docs``, ``read_gold``, ``read_recon``, ``read_choices``,
 ``read_mean``, ``read_noise``, ``read_patch``, ``read_geometry``): one per contract of
-``causal_kl.contracts``, each checking the contract with one-line errors; and
-``vectors_for_sites``, the one way to take "the vectors of these site ids, in this order".
+``causal_kl.contracts``, each checking the contract with one-line errors and reading only the
+columns and rows it needs; ``vectors_for_sites``, the one way to take "the vectors of these site
+ids, in this order"; ``patch_dataset``, a layer's patch rows as one lazily scanned dataset.
+
+Aggregates (``concat_parquet``) stream their shards to their output one row group at a time, so
+their memory does not grow with the number of sites.
 """
 
 from __future__ import annotations
@@ -230,21 +234,44 @@ def write_parquet(
         pq.write_table(table, tmp)
 
 
-def read_parquet(path: str | Path, contract: Contract | None = None, d: int | None = None,
-                 columns: list[str] | None = None) -> pa.Table:
-    """Read a parquet file with a clear error when it is missing or breaks ``contract``."""
+def _unreadable(path: Path, e: Exception) -> CausalKLError:
+    return CausalKLError(path, None, f"not a readable parquet file ({str(e).splitlines()[0]})",
+                         "delete it and rerun snakemake (a plain rerun keeps it: its date looks current), "
+                         "or point the config at a parquet file")
+
+
+def parquet_schema(path: str | Path, contract: Contract | None = None, d: int | None = None) -> pa.Schema:
+    """A parquet file's schema (its footer only, no rows read), checked against ``contract``; one-line errors when
+    the file is missing, unreadable or breaks the contract."""
     path = Path(path)
     if not path.exists():
         raise CausalKLError(path, None, "file not found", "check the path in the config, or build it with snakemake")
     try:
-        table = pq.read_table(path, columns=columns)
+        schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise CausalKLError(path, None, f"not a readable parquet file ({str(e).splitlines()[0]})",
-                            "delete it and rerun snakemake (a plain rerun keeps it: its date looks current), "
-                            "or point the config at a parquet file") from e
+        raise _unreadable(path, e) from e
     if contract is not None:
-        contract.check(table, path, d)
-    return table
+        contract.check(schema, path, d)
+    return schema
+
+
+def parquet_rows(path: str | Path) -> int:
+    """The number of rows of a parquet file, from its footer."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _unreadable(Path(path), e) from e
+
+
+def read_parquet(path: str | Path, contract: Contract | None = None, d: int | None = None,
+                 columns: list[str] | None = None) -> pa.Table:
+    """Read a parquet file (only ``columns``, when given) with a clear error when it is missing or breaks ``contract``."""
+    path = Path(path)
+    parquet_schema(path, contract, d)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _unreadable(path, e) from e
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:
@@ -253,17 +280,81 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+ROW_GROUP_BYTES = 4 << 20
+"""What an aggregate holds in memory before it writes a row group: small shards are coalesced up to this size (a
+shard larger than it is one row group of its own)."""
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order and types (a column it lacks: nulls)."""
+    n = table.num_rows
+    cols = [table[f.name] if f.name in table.column_names else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema.remove_metadata()).cast(schema.remove_metadata())
+
+
 def concat_parquet(paths: list[str | Path], out: str | Path, contract: Contract | None = None,
-                   d: int | None = None, meta: dict[str, Any] | None = None) -> pa.Table:
-    """Concatenate per-shard files (same contract) into one, atomically."""
-    tables = [read_parquet(p, contract, d) for p in paths]
-    tables = [t.replace_schema_metadata(None) for t in tables]
-    if tables:
-        table = pa.concat_tables(tables, promote_options="default")
+                   d: int | None = None, meta: dict[str, Any] | None = None) -> int:
+    """Concatenate per-shard files (same contract) into one, atomically and in bounded memory; return its row count.
+
+    The shards are read one row group at a time and written as the output's row groups (small ones coalesced up to
+    ``ROW_GROUP_BYTES``), so the peak memory is about one row group's whatever the number of shards. Rows keep the
+    shards' order; columns take ``contract``'s schema (dictionary-encoded where it says so; a shard's extra columns
+    are kept, nulls where another shard lacks them), or without a contract the shards' schemas unified.
+    """
+    paths = [Path(p) for p in paths]
+    schemas = [parquet_schema(p, contract, d) for p in paths]
+    if contract is not None:
+        schema = contract.schema(d)
+        extra: dict[str, pa.Field] = {}
+        for sch in schemas:
+            extra.update({f.name: f for f in sch if f.name not in schema.names and f.name not in extra})
+        schema = pa.schema(list(schema) + list(extra.values()))
+    elif schemas:
+        schema = pa.unify_schemas([sch.remove_metadata() for sch in schemas])
     else:
-        table = contract.schema(d).empty_table() if contract else pa.table({})
-    write_parquet(out, table, contract, d, meta)
-    return table
+        schema = pa.schema([])
+    if meta is not None:
+        schema = schema.with_metadata({PROVENANCE_KEY: json.dumps(meta, default=_json_default).encode()})
+    if not schema.names:  # no shards and no contract: an empty file, as an empty concatenation always was
+        write_parquet(out, pa.table({}), meta=meta)
+        return 0
+    rows = 0
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            pending: list[pa.Table] = []
+            size = 0
+
+            def flush() -> None:
+                nonlocal pending, size
+                if pending:
+                    writer.write_table(pa.concat_tables(pending).unify_dictionaries())
+                    pa.default_memory_pool().release_unused()
+                pending, size = [], 0
+
+            for p in paths:
+                for part in _row_groups(p):
+                    try:
+                        part = _conform(part, schema)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                        raise CausalKLError(p, None, f"its columns do not fit the others' ({str(e).splitlines()[0]})",
+                                            "delete it and rerun snakemake, so every shard is written the same way") from e
+                    pending.append(part)
+                    size += part.nbytes
+                    rows += part.num_rows
+                    if size >= ROW_GROUP_BYTES:
+                        flush()
+            flush()
+    return rows
+
+
+def _row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The row groups of a parquet file (only ``columns``, when given), one at a time; unreadable: a one-line error."""
+    try:
+        file = pq.ParquetFile(path)
+        for i in range(file.num_row_groups):
+            yield file.read_row_group(i, columns=columns, use_threads=False)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _unreadable(path, e) from e
 
 
 # ---------------------------------------------------------------------------- one reader per contract
@@ -274,7 +365,9 @@ def check_vectors(vectors: np.ndarray, path: str | Path, field: str, d: int | No
     if d is not None and vectors.shape[1] != d:
         raise CausalKLError(path, field, f"vector width {vectors.shape[1]} != model width {d}",
                             "use vectors of the model's hidden size at the configured layer")
-    bad = ~np.isfinite(vectors).all(axis=1)
+    bad = np.zeros(len(vectors), dtype=bool)
+    for i in range(0, len(vectors), 1 << 14):  # in blocks: a [n, d] mask of 100k golds would be 0.5 GB
+        bad[i:i + (1 << 14)] = ~np.isfinite(vectors[i:i + (1 << 14)]).all(axis=1)
     if bad.any():
         raise CausalKLError(path, field, f"{int(bad.sum())} vectors contain NaN or inf (first at row {int(np.argmax(bad))})",
                             "recompute those vectors or drop the sites")
@@ -326,10 +419,25 @@ def read_docs(path: str | Path) -> dict[str, list[int]]:
 
 
 def _vector_table(path: str | Path, contract: Contract, column: str, d: int | None) -> tuple[np.ndarray, np.ndarray]:
-    t = read_parquet(path, contract, d)
-    vec = arrow_to_vectors(t[column], path, column)
+    schema = parquet_schema(path, contract, d)
+    if not pa.types.is_fixed_size_list(schema.field(column).type):  # (ragged) lists: read whole, checked there
+        t = read_parquet(path, contract, d)
+        vec = arrow_to_vectors(t[column], path, column)
+        check_vectors(vec, path, column, d)
+        return np.asarray(t["site_id"].to_numpy(), dtype=np.int64), vec
+    # fixed-size vectors: one row group at a time into the arrays returned, so the peak is the vectors once
+    # (not an Arrow copy beside a numpy one: at 100k sites of gemma-3-27b the golds alone are 2.2 GB)
+    n = parquet_rows(path)
+    ids = np.empty(n, dtype=np.int64)
+    vec = np.empty((n, schema.field(column).type.list_size), dtype=np.float32)
+    at = 0
+    for part in _row_groups(Path(path), ["site_id", column]):
+        m = part.num_rows
+        ids[at:at + m] = part["site_id"].to_numpy()
+        vec[at:at + m] = arrow_to_vectors(part[column], path, column)
+        at += m
     check_vectors(vec, path, column, d)
-    return np.asarray(t["site_id"].to_numpy(), dtype=np.int64), vec
+    return ids, vec
 
 
 def read_gold(path: str | Path, d: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -407,36 +515,137 @@ def read_mean(path: str | Path) -> np.ndarray:
     return arrow_to_vectors(t["mean"], path, "mean")[0]
 
 
-def read_patch(path: str | Path | list, route: str | None = None, offsets: list[int] | None = None):
-    """``PATCH`` rows (a DataFrame) of the floors and, when given, one route; optionally only some offsets.
+def read_patch(path: str | Path | list, route: str | None = None, offsets: list[int] | None = None,
+               columns: list[str] | None = None, conditions: list[str] | None = None):
+    """``PATCH`` rows (a DataFrame) of the floors and, when given, one route; only the rows and columns asked for.
 
-    ``path`` is one PATCH file or several (the floors' and a route's aggregate). A route's own rows of
-    floor conditions (there should be none) are dropped, so each (site, condition, offset) appears once.
-    A route file without rows is an error unless its provenance says why the route was skipped (then the
-    floors come back alone).
+    ``path`` is one PATCH file or several (the floors' and a route's aggregate). Rows are filtered while the files are
+    scanned (``offsets``, ``conditions``: only those), and only ``columns`` (default: every PATCH column) are read;
+    ``route`` and ``condition`` come back as pandas categories. A route's own rows of floor conditions (there should
+    be none) are dropped, so each (site, condition, offset) appears once. A route file without rows is an error unless
+    its provenance says why the route was skipped (then the floors come back alone).
     """
     import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
     from causal_kl.conditions import ROUTE_CONDITIONS
 
     paths = list(path) if isinstance(path, (list, tuple)) else [path]
-    table = pa.concat_tables([read_parquet(p, PATCH).replace_schema_metadata(None) for p in paths])
-    path = paths[-1]
-    mask = pc.equal(table["route"], "")
+    keep = ds.field("route") == ""
     if route is not None:
-        mask = pc.or_(mask, pc.equal(table["route"], route))
+        keep = keep | ((ds.field("route") == route) & ds.field("condition").isin(list(ROUTE_CONDITIONS)))
     if offsets is not None:
-        mask = pc.and_(mask, pc.is_in(table["offset"], value_set=pa.array(list(offsets), pa.int32())))
-    df = table.filter(mask).to_pandas()
-    if route is not None:
-        df = df[~((df["route"] == route) & ~df["condition"].isin(ROUTE_CONDITIONS))]
-        if not df["route"].eq(route).any() and not read_provenance(path).get("skipped"):
-            # (a route skipped for a span, e.g. no vectors at its extra positions, says so in its provenance)
-            raise CausalKLError(path, "route", f"no rows for route '{route}'",
-                                f"delete it and rebuild it: snakemake {path}")
-    if not df["route"].eq("").any():
+        keep = keep & ds.field("offset").isin(pa.array(sorted({int(o) for o in offsets}), pa.int32()))
+    if conditions is not None:
+        keep = keep & ds.field("condition").isin(list(conditions))
+    want = list(columns) if columns is not None else PATCH.names
+    scan = want + [c for c in ("route", "condition", "offset") if c not in want]  # what the filter reads
+    schema = pa.schema([PATCH.schema().field(c) for c in want])
+    kept, n_route, n_floors = [], 0, 0
+    for p in paths:
+        parquet_schema(p, PATCH)
+        for part in _row_groups(Path(p), scan):  # one row group at a time: the peak is what is kept, not the file
+            part = part.filter(keep)
+            floors = int(pc.sum(pc.equal(part["route"], "")).as_py() or 0)
+            n_floors, n_route = n_floors + floors, n_route + part.num_rows - floors
+            kept.append(_conform(part.select(want), schema))
+    table = pa.concat_tables(kept) if kept else schema.empty_table()
+    del kept
+    path = paths[-1]
+    if route is not None and not n_route and not read_provenance(path).get("skipped"):
+        # (a route skipped for a span, e.g. no vectors at its extra positions, says so in its provenance)
+        raise CausalKLError(path, "route", f"no rows for route '{route}'",
+                            f"delete it and rebuild it: snakemake {path}")
+    if not n_floors:
         raise CausalKLError(path, "route", "no floor rows (route \"\")", "patch the floors first")
-    return df
+    return _frame(table)
+
+
+def _frame(table: pa.Table):
+    """``table`` as a DataFrame, a column at a time, each Arrow column released once converted: dictionary columns
+    become categories of only the values present (no string per row), the others numpy arrays of their own type."""
+    import pandas as pd
+
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        table = table.drop_columns([name])
+        columns[name] = _categories(column) if pa.types.is_dictionary(column.type) else column.to_numpy()
+        del column
+    return pd.DataFrame(columns, copy=False)
+
+
+def _categories(column: pa.ChunkedArray):
+    """A dictionary column as a pandas Categorical of the values it holds (chunks' dictionaries unified), in the
+    dictionary's order; one byte or so per row, built chunk by chunk."""
+    import pandas as pd
+
+    column = pa.table({"c": column}).unify_dictionaries().column(0)
+    values = column.chunk(0).dictionary if column.num_chunks else pa.array([], column.type.value_type)
+    counts = np.zeros(len(values), dtype=np.int64)
+    for chunk in column.chunks:
+        counts += np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(values))
+    used = counts > 0
+    codes_of = (np.cumsum(used) - 1).astype(np.min_scalar_type(-max(int(used.sum()), 1)))
+    codes = np.empty(len(column), dtype=codes_of.dtype)
+    at = 0
+    for chunk in column.chunks:
+        codes[at:at + len(chunk)] = codes_of[chunk.indices.to_numpy(zero_copy_only=False)]
+        at += len(chunk)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(values.to_pylist())[used])
+
+
+def patch_index(files: list[str | Path], index: str | Path) -> dict[str, Any]:
+    """The record of a layer's patch dataset (``L{layer}/patch.json``): every PATCH aggregate of the layer (each span's
+    floors and routes) with its span, route, row count and, for a route skipped at a span, why; paths relative to the
+    index's folder, so a copied results folder keeps working. Read from the files' footers: no rows are read."""
+    base = Path(index).parent
+    entries = []
+    for f in files:
+        f = Path(f)
+        parquet_schema(f, PATCH)
+        prov = read_provenance(f)
+        span = prov.get("span")
+        if span is None and f.parent.parent.name.startswith("span"):  # span{k}/patch/{name}.parquet
+            span = int(f.parent.parent.name[4:])
+        entry = {"path": os.path.relpath(f, base), "span": span, "route": prov.get("route") or "",
+                 "rows": parquet_rows(f)}
+        if prov.get("skipped"):
+            entry["skipped"] = prov["skipped"]
+        entries.append(entry)
+    return {"contract": PATCH.name, "columns": {f.name: str(f.type) for f in PATCH.schema()},
+            "rows": sum(e["rows"] for e in entries), "files": entries}
+
+
+def patch_dataset(path: str | Path):
+    """A layer's PATCH rows as a ``pyarrow.dataset.Dataset``: every span's floors and routes, scanned lazily.
+
+    ``path`` is a layer's folder (``results/{run}/L{layer}``) or its ``patch.json``. Filter and project while scanning,
+    e.g. ``patch_dataset("results/demo/L3").to_table(columns=["site_id", "kl"], filter=(ds.field("span") == 1) &
+    (ds.field("offset") == 0))``; ``duckdb.sql("SELECT ... FROM 'results/demo/L3/span*/patch/*.parquet'")`` reads the
+    same files.
+    """
+    import pyarrow.dataset as ds
+
+    index = Path(path)
+    if index.is_dir():
+        index = index / "patch.json"
+    record = read_json(index)
+    files = [index.parent / e["path"] for e in record.get("files", [])]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise CausalKLError(index, "files", f"{len(missing)} listed files missing ({preview([str(m) for m in missing])})",
+                            f"rebuild them: snakemake {index}")
+    return ds.dataset([str(f) for f in files], schema=PATCH.schema(), format="parquet")
+
+
+def read_per_site(path: str | Path, columns: list[str] | tuple[str, ...] | None = None):
+    """``PER_SITE`` as a DataFrame (one row per site of a route), only ``columns`` when given (an analysis reads a
+    few of its ~40 columns, and rarely its strings)."""
+    from causal_kl.contracts import PER_SITE
+
+    parquet_schema(path, PER_SITE)
+    return read_parquet(path, columns=list(columns) if columns is not None else None).to_pandas()
 
 
 def read_geometry(path: str | Path):

@@ -18,6 +18,14 @@ from causal_kl.conditions import (ENERGY_CONDITIONS, GOLD, LOSS_FLOORS, MEAN, NO
 
 
 
+CORRELATION_COLUMNS = ("direction_mse", "ce0_clean", f"kl0_{RECON}")
+"""The per-site columns :func:`correlation_stats` reads."""
+PAIRED_COLUMNS = tuple(f"kl0_{c}" for c in (RECON, RECON_RAW, NOISE))
+"""The per-site columns :func:`paired_stats` reads."""
+ENERGY_COLUMNS = tuple(f"{p}_{c}" for c in ENERGY_CONDITIONS for p in ("kl0", "err"))
+"""The per-site columns :func:`energy_stats` reads."""
+
+
 def correlation_stats(per_site: pd.DataFrame) -> dict:
     """§3: Spearman ρ, p of direction-MSE vs KL@0 (recon) and of clean CE@0 vs KL@0 (recon)."""
     kr = per_site[f"kl0_{RECON}"].to_numpy(dtype=np.float64)

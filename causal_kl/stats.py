@@ -13,6 +13,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 
+BOOTSTRAP_CHUNK = 1 << 21
+"""Resampled site indices a bootstrap draws at once (chunks of whole replicates, at least one)."""
+
+
 def bootstrap(
     arrays: Sequence[np.ndarray],
     statistic: Callable[..., float],
@@ -34,14 +38,20 @@ def bootstrap(
     if n_boot <= 0 or n == 0:
         return est, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    if statistic is nanmedian and len(arrays) == 1:
-        # every replicate's median at once: the same order statistics, so bit-identical to the loop (tested), ~20x faster
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a replicate of only NaN sites: NaN, dropped below
-            reps = np.nanmedian(arrays[0][idx], axis=1)
-    else:
-        reps = np.array([statistic(*(a[i] for a in arrays)) for i in idx], dtype=np.float64)
+    reps = np.empty(n_boot, dtype=np.float64)
+    rows = max(1, BOOTSTRAP_CHUNK // n)
+    for start in range(0, n_boot, rows):
+        # the resamples a chunk at a time: the generator yields the same indices as one [n_boot, n] draw (tested),
+        # without holding n_boot x n of them (1000 x 100k sites: 0.8 GB, and as much again for the values)
+        idx = rng.integers(0, n, size=(min(rows, n_boot - start), n))
+        if statistic is nanmedian and len(arrays) == 1:
+            # every replicate's median at once: the same order statistics, so bit-identical to the loop (tested),
+            # ~20x faster
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a replicate of only NaN sites: NaN, dropped below
+                reps[start:start + len(idx)] = np.nanmedian(arrays[0][idx], axis=1)
+        else:
+            reps[start:start + len(idx)] = [statistic(*(a[i] for a in arrays)) for i in idx]
     reps = reps[np.isfinite(reps)]
     if reps.size == 0:
         return est, float("nan"), float("nan")

@@ -26,6 +26,14 @@ ROUTE_TAGS = ((RECON, "recon"), (RECON_RAW, "rawnorm"), (NOISE, "noise"))
 
 
 
+CONDITIONS_COLUMNS = tuple(f"{p}_{c}" for c in TABLE_ORDER for p in ("kl0", "dce0"))
+"""The per-site columns :func:`conditions_table` reads."""
+QUARTILE_COLUMNS = ("direction_mse", f"kl0_{RECON}", f"kl0_{NOISE}")
+"""The per-site columns :func:`quartile_table` reads."""
+TOKEN_CLASS_COLUMNS = ("token", "direction_mse", *(f"kl0_{c}" for c in ROUTE_CONDITIONS))
+"""The per-site columns :func:`token_class_table` reads."""
+
+
 def conditions_table(per_site: pd.DataFrame, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """§2: per condition KL@0 median/mean/p90, ΔCE@0 median/mean, loss recovered vs every floor.
 
@@ -75,14 +83,27 @@ def quartile_table(per_site: pd.DataFrame, variance: float, n_boot: int = 1000, 
 
 
 def offsets_table(patch: pd.DataFrame) -> pd.DataFrame:
-    """§5: median KL per condition (columns) at each offset 0–31 (rows); n sites per offset too."""
-    sub = patch[patch["condition"] != CLEAN]
-    med = sub.groupby(["offset", "condition"])["kl"].median().unstack("condition")
+    """§5: median KL per condition (columns) at each offset 0–31 (rows); n sites per offset too.
+
+    One offset at a time (a group's median does not depend on the other groups'): the working memory is one
+    offset's rows, not another copy of every row (~30 M for a route and the floors at 100k sites).
+    """
+    offsets = patch["offset"].to_numpy()
+    conditions = patch["condition"]
+    has_gold = bool((conditions == GOLD).any())
+    medians, n_sites = {}, {}
+    for o in np.unique(offsets):
+        sub = patch.iloc[np.flatnonzero(offsets == o)]
+        sub = sub[sub["condition"] != CLEAN]
+        if sub.empty:
+            continue
+        medians[o] = sub.groupby("condition", observed=True)["kl"].median()
+        n_sites[o] = sub[sub["condition"] == GOLD]["site_id"].nunique() if has_gold else sub["site_id"].nunique()
+    med = pd.DataFrame({o: m.set_axis([str(c) for c in m.index]) for o, m in medians.items()}).T
     cols = [c for c in TABLE_ORDER if c in med.columns]
-    out = med[cols].astype(np.float64).reset_index()
-    n = sub[sub["condition"] == GOLD].groupby("offset")["site_id"].nunique() if (sub["condition"] == GOLD).any() \
-        else sub.groupby("offset")["site_id"].nunique()
-    out.insert(1, "n_sites", out["offset"].map(n).fillna(0).astype(int))
+    out = med[cols].astype(np.float64).rename_axis("offset").reset_index()
+    out.columns.name = "condition"
+    out.insert(1, "n_sites", out["offset"].map(n_sites).fillna(0).astype(int))
     return out
 
 

@@ -307,7 +307,7 @@ def run_targets():
     """Every output of the run but the shards: planned (and shown by ``snakemake -n``) before sites exist."""
     targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/report.html"] + across_layer_targets()
     for layer in LAYERS:
-        targets += [f"{R}/L{layer}/gold.parquet", f"{R}/L{layer}/patch.parquet"] + analysis_targets(layer)
+        targets += [f"{R}/L{layer}/gold.parquet", f"{R}/L{layer}/patch.json"] + analysis_targets(layer)
     return targets
 
 

@@ -113,7 +113,7 @@ rule patch_aggregate:
             f"{R}/L{w.layer}/span{{span}}/patch/{{route}}.parquet", span=SPANS, route=routes_of(w.layer)
         ),
     output:
-        patch=f"{RL}/patch.parquet",
+        index=f"{RL}/patch.json",
     log:
         f"{LL}/patch_aggregate.log",
     conda:

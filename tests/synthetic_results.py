@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from causal_kl.contracts import CONDITION_CHOICES, EVAL_MEAN, GEOMETRY, GOLD, PATCH, SITES
-from causal_kl.io import write_json, write_parquet
+from causal_kl.io import vectors_to_arrow, write_json, write_parquet
 
 TOKENS = (" the", " model", " 42", "7", " 1000", "x", ".", " 3 ")
 """Token texts of the synthetic sites (some digits-only, some with spaces), chosen per site."""
@@ -28,76 +29,114 @@ LAYER = 3
 
 
 def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",), n_docs: int = 6,
-                 per_doc: int = 8, d: int = 16, seed: int = 0, gate_ok: bool = True) -> Path:
+                 per_doc: int = 8, d: int = 16, seed: int = 0, gate_ok: bool = True, spans: tuple[int, ...] = (1,),
+                 shard_size: int | None = None, n_sites: int | None = None) -> Path:
     """Write the synthetic run under ``root/results/{run}`` (its layer's files under ``L3/``); return the layer's
-    directory (the run's own files, ``sites.parquet`` and ``run.json``, are in its parent)."""
+    directory (the run's own files, ``sites.parquet`` and ``run.json``, are in its parent).
+
+    Every site has the floors (the last document has one site only: no same-document sibling) and each route's three
+    conditions at offsets 0-31 after its span (every 7th site's document ends after offset 19), and for a span of
+    k > 1 also at the k - 1 positions inside it (negative offsets). ``shard_size`` None writes what the aggregates
+    make (``gold.parquet``, ``span{k}/gold.parquet``, ``span{k}/patch/{floors,route}.parquet``); a number writes
+    their shards instead (``gold/shard_NNN.parquet`` ...), so that the aggregates themselves can run on them. The
+    golds are drawn and written one shard at a time (``d`` may be the model's width at 100k sites), the patch rows
+    vectorised per shard, each shard from its own seed: a shard's numbers do not depend on the shard size.
+    ``n_sites`` (instead of ``n_docs``): that many sites, ``per_doc`` per document and one in the last.
+    """
+    from causal_kl.contracts import SPAN_GOLD
+
     rng = np.random.default_rng(seed)
     R = Path(root) / "results" / run / f"L{LAYER}"
-    n = n_docs * per_doc
+    if n_sites is not None:  # n_sites - 1 sites in documents of per_doc, then a document of one site
+        docs = np.append(np.arange(n_sites - 1) // per_doc, (n_sites - 2) // per_doc + 1 if n_sites > 1 else 0)
+        n_docs = int(docs[-1]) + 1
+    else:
+        docs = np.repeat(np.arange(n_docs), per_doc)
+        # the last document has one site only (no same-doc sibling); drop the rest of its sites
+        docs = docs[~((docs == n_docs - 1) & (np.arange(n_docs * per_doc) % per_doc > 0))]
+    n = len(docs)
     site_ids = np.arange(n, dtype=np.int64)
-    docs = np.repeat(np.arange(n_docs), per_doc)
-    # the last document has one site only (no same-doc sibling); drop the rest of its sites
-    keep = ~((docs == n_docs - 1) & (np.arange(n) % per_doc > 0))
-    site_ids, docs = site_ids[keep], docs[keep]
-    n = len(site_ids)
     positions = 50 + (np.arange(n) % per_doc) * 20
     token_ids = rng.integers(0, len(TOKENS), size=n)
+    tokens = np.asarray(TOKENS, dtype=object)[token_ids]
+    size = shard_size or n
+    shard_of = site_ids // size
     write_parquet(R.parent / "sites.parquet", {
         "site_id": site_ids, "doc_id": [f"syn:train:{k}" for k in docs], "position": positions,
-        "token_id": token_ids, "token": [TOKENS[t] for t in token_ids], "next_token_id": rng.integers(4, 200, size=n),
-        "shard": site_ids // 100,
+        "token_id": token_ids, "token": tokens.tolist(), "next_token_id": rng.integers(4, 200, size=n),
+        "shard": shard_of,
     }, SITES)
-    gold = rng.normal(size=(n, d)).astype(np.float32) + 0.5
-    write_parquet(R / "gold.parquet", {"site_id": site_ids, "layer": np.full(n, 3), "activation": gold}, GOLD, d=d)
-    write_parquet(R / "stored_gold.parquet", {"site_id": site_ids, "layer": np.full(n, 3), "activation": gold}, GOLD, d=d)
-    same = np.full(n, -1, dtype=np.int64)
-    cross = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        sib = site_ids[(docs == docs[i]) & (site_ids != site_ids[i])]
-        if len(sib):
-            same[i] = rng.choice(sib)
-        cross[i] = rng.choice(site_ids[docs != docs[i]])
+    # resample choices, vectorised: a sibling of the same document (none for a document of one site) and a site of
+    # another document, each uniform
+    start = np.searchsorted(docs, docs, side="left")
+    count = np.searchsorted(docs, docs, side="right") - start
+    local = site_ids - start
+    r = np.floor(rng.random(n) * np.maximum(count - 1, 1)).astype(np.int64)
+    same = np.where(count > 1, start + r + (r >= local), -1)
+    r = np.floor(rng.random(n) * (n - count)).astype(np.int64)
+    cross = np.where(r < start, r, r + count)
     write_parquet(R / "conditions" / "choices.parquet",
                   {"site_id": site_ids, "same_doc_source": same, "cross_doc_source": cross}, CONDITION_CHOICES)
-    write_parquet(R / "conditions" / "mean.parquet", {"mean": gold.mean(axis=0, keepdims=True), "n": [n]}, EVAL_MEAN, d=d)
-
-    rows = []
     clean_ce = rng.gamma(2.0, 1.5, size=n)
-    for i, s in enumerate(site_ids):
-        n_off = 32 if i % 7 else 20  # some documents end before offset 31
-        for k in range(n_off):
-            decay = 1.0 if k == 0 else 1e-3 * 0.5 ** k
-            rows.append((s, "", "clean", k, 0.0, clean_ce[i], 0.0))
-            for c, scale in FLOOR_SCALE.items():
-                if c == "resample_same_doc" and same[i] < 0:
-                    continue
-                kl = scale * decay * rng.lognormal(0, 0.5)
-                rows.append((s, "", c, k, kl, clean_ce[i] + kl * 0.9, kl * 0.9 * rng.normal(1, 0.1)))
-    for r_i, route in enumerate(routes):
-        for i, s in enumerate(site_ids):
-            n_off = 32 if i % 7 else 20
-            for k in range(n_off):
-                decay = 1.0 if k == 0 else 1e-3 * 0.5 ** k
-                for c, scale in ROUTE_SCALE.items():
-                    kl = scale * (1 + r_i) * decay * rng.lognormal(0, 0.8) * (1 + 0.3 * clean_ce[i])
-                    rows.append((s, route, c, k, kl, clean_ce[i] + kl * 0.5, kl * 0.5 * rng.normal(1, 0.3)))
-    cols = ["site_id", "route", "condition", "offset", "kl", "ce", "delta_ce"]
-    patch = pd.DataFrame(rows, columns=cols)
-    patch["span"] = 1
-    # as the pipeline writes them: the floors, each route's rows, and all of them in one file
-    for name, part in [("floors", patch[patch["route"] == ""])] + [(r, patch[patch["route"] == r]) for r in routes]:
-        write_parquet(R / "span1" / "patch" / f"{name}.parquet", {c: part[c].to_numpy() for c in PATCH.names}, PATCH)
-    write_parquet(R / "patch.parquet", {c: patch[c].to_numpy() for c in PATCH.names}, PATCH)
+    n_shards = int(shard_of.max()) + 1 if n else 0
+    shard_rows = [np.arange(j * size, min((j + 1) * size, n)) for j in range(n_shards)]
+    gold_sum = np.zeros(d)
+    geometry = {route: [] for route in routes}
+    golds = [R / "gold.parquet", R / "stored_gold.parquet"] if shard_size is None else []
+    with _Writers(golds, GOLD.schema(d)) as whole:
+        for j, rows in enumerate(shard_rows):
+            g_rng = np.random.default_rng([seed, 1, j])
+            gold = g_rng.standard_normal(size=(len(rows), d), dtype=np.float32) + np.float32(0.5)
+            gold_sum += gold.sum(axis=0, dtype=np.float64)
+            table = _table({"site_id": site_ids[rows], "layer": np.full(len(rows), LAYER), "activation": gold}, GOLD, d)
+            if shard_size is None:
+                whole.write(table)
+            else:
+                write_parquet(R / "gold" / f"shard_{j:03d}.parquet", table, GOLD, d)
+            for r_i, route in enumerate(routes):
+                recon = gold + g_rng.normal(scale=0.3 + 0.2 * r_i, size=gold.shape)
+                g, rc = gold.astype(np.float64), recon.astype(np.float64)
+                gn, rn = np.linalg.norm(g, axis=1), np.linalg.norm(rc, axis=1)
+                cos = (g * rc).sum(1) / gn / rn
+                rg = rc / rn[:, None] * gn[:, None]
+                geometry[route].append((cos, gn, rn, np.linalg.norm(rg - g, axis=1)))
+    write_parquet(R / "conditions" / "mean.parquet", {"mean": (gold_sum / max(n, 1))[None, :].astype(np.float32),
+                                                      "n": [n]}, EVAL_MEAN, d=d)
+    for k in spans:
+        if k > 1:  # the golds at each span's extra positions, as span_gold writes them
+            whole_span = [R / f"span{k}" / "gold.parquet"] if shard_size is None else []
+            with _Writers(whole_span, SPAN_GOLD.schema(d)) as out:
+                for j, rows in enumerate(shard_rows):
+                    s_rng = np.random.default_rng([seed, 2, k, j])
+                    vec = s_rng.standard_normal(size=(len(rows) * (k - 1), d), dtype=np.float32)
+                    table = _table({"site_id": np.repeat(site_ids[rows], k - 1),
+                                    "j": np.tile(np.arange(1, k, dtype=np.int32), len(rows)), "activation": vec},
+                                   SPAN_GOLD, d)
+                    if shard_size is None:
+                        out.write(table)
+                    else:
+                        write_parquet(R / f"span{k}" / "gold" / f"shard_{j:03d}.parquet", table, SPAN_GOLD, d)
+            write_json(R / f"span{k}" / "sites.json", {"span": k, "n_sites": n, "n_eligible": n, "n_excluded": 0,
+                                                      "excluded_site_ids": []})
+        names = ["floors", *routes]
+        for i, name in enumerate(names):
+            whole_patch = [R / f"span{k}" / "patch" / f"{name}.parquet"] if shard_size is None else []
+            with _Writers(whole_patch, PATCH.schema()) as out:
+                for j, rows in enumerate(shard_rows):
+                    p_rng = np.random.default_rng([seed, 3, k, i, j])
+                    table = _patch_rows(site_ids[rows], same[rows] < 0, clean_ce[rows], k,
+                                        "" if name == "floors" else name, i - 1, p_rng)
+                    if shard_size is None:
+                        out.write(table)
+                    else:
+                        write_parquet(R / f"span{k}" / "patch" / name / f"shard_{j:03d}.parquet", table, PATCH)
 
-    for r_i, route in enumerate(routes):
-        recon = gold + rng.normal(scale=0.3 + 0.2 * r_i, size=gold.shape)
-        g, r = gold.astype(np.float64), recon.astype(np.float64)
-        gn, rn = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
-        cos = (g * r).sum(1) / gn / rn
-        rg = r / rn[:, None] * gn[:, None]
+    for route in routes:
+        cos, gn, rn, nn = (np.concatenate([part[c] for part in geometry[route]]) if n else np.zeros(0)
+                           for c in range(4))
         write_parquet(R / "geometry" / f"{route}.parquet", {
             "site_id": site_ids, "cos": cos, "direction_mse": 2 * (1 - cos), "gold_norm": gn,
-            "recon_norm": rn, "noise_norm": np.linalg.norm(rg - g, axis=1)}, GEOMETRY)
+            "recon_norm": rn, "noise_norm": nn}, GEOMETRY)
         write_json(R / "geometry" / f"{route}.json", {"route": route, "variance": 0.6, "fve": float(1 - np.mean(2 * (1 - cos)) / 0.6),
                                                      "n": n, "recheck": None})
     write_json(R / "reextract.json", {"min_cos": 0.99995 if gate_ok else 0.9, "threshold": 0.999,
@@ -107,6 +146,66 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
                                 "config_hash": "abc123", "model": "tiny", "layer": LAYER, "layers": [LAYER],
                                 "code_version": "test", "production": False})
     return R
+
+
+def _patch_rows(site_ids: np.ndarray, no_sibling: np.ndarray, clean_ce: np.ndarray, span: int, route: str,
+                route_index: int, rng: np.random.Generator) -> pa.Table:
+    """PATCH rows of some sites for the floors (``route`` "", clean included) or one route's three conditions, site by
+    site, offset by offset, condition by condition, as ``results_table`` orders them."""
+    scales = FLOOR_SCALE if route == "" else ROUTE_SCALE
+    names = (["clean"] if route == "" else []) + list(scales)
+    n_off = np.where(site_ids % 7 == 0, 20, 32) + span - 1  # some documents end before offset 31
+    per_site = n_off * len(names)
+    site = np.repeat(np.arange(len(site_ids)), per_site)
+    step = np.arange(len(site)) - np.repeat(np.cumsum(per_site) - per_site, per_site)
+    offset = (step // len(names) - (span - 1)).astype(np.int32)
+    cond = step % len(names)
+    names_arr = np.asarray(names)
+    keep = ~((names_arr[cond] == "resample_same_doc") & no_sibling[site])
+    site, offset, cond = site[keep], offset[keep], cond[keep]
+    m = len(site)
+    decay = np.where(offset <= 0, 1.0, 1e-3 * 0.5 ** np.maximum(offset, 0))
+    scale = np.asarray([0.0 if c == "clean" else scales[c] for c in names])[cond]
+    ce0 = clean_ce[site]
+    if route == "":
+        kl = scale * decay * rng.lognormal(0, 0.5, size=m)
+        ce, dce = ce0 + kl * 0.9, kl * 0.9 * rng.normal(1, 0.1, size=m)
+    else:
+        kl = scale * (1 + route_index) * decay * rng.lognormal(0, 0.8, size=m) * (1 + 0.3 * ce0)
+        ce, dce = ce0 + kl * 0.5, kl * 0.5 * rng.normal(1, 0.3, size=m)
+    is_clean = names_arr[cond] == "clean"
+    kl, dce = np.where(is_clean, 0.0, kl), np.where(is_clean, 0.0, dce)
+    return _table({"site_id": site_ids[site], "route": pa.array([route] * m, pa.string()),
+                   "condition": pa.array(names_arr[cond].tolist(), pa.string()), "offset": offset, "kl": kl, "ce": ce,
+                   "delta_ce": dce, "span": np.full(m, span, np.int32)}, PATCH)
+
+
+def _table(columns: dict, contract, d: int | None = None) -> pa.Table:
+    """``columns`` as a table of ``contract`` (vectors as fixed-size lists)."""
+    cols = {k: vectors_to_arrow(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v for k, v in columns.items()}
+    schema = contract.schema(d)
+    return pa.table(cols).select(schema.names).cast(schema)
+
+
+class _Writers:
+    """Parquet writers of one schema for some paths (none: nothing written), fed a table at a time."""
+
+    def __init__(self, paths: list[Path], schema: pa.Schema):
+        self.paths, self.schema, self.writers = paths, schema, []
+
+    def __enter__(self):
+        for p in self.paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.writers.append(pq.ParquetWriter(p, self.schema))
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        for w in self.writers:
+            w.write_table(table)
+
+    def __exit__(self, *exc):
+        for w in self.writers:
+            w.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

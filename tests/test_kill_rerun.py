@@ -232,14 +232,14 @@ def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_d
     import shutil
 
     shutil.copytree(wf, reference)
-    run_wf(reference, "results/t/L2/patch.parquet")
+    run_wf(reference, "results/t/L2/patch.json")
     expected = read_outputs(reference)
 
     floors = wf / "results/t/L2/span1/patch/floors"
     logs = [wf / f"logs/t/L2/span1/patch/floors/shard_{i:03d}.log" for i in range(2)]
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(["timeout", "-k", "10", str(4 * TIMEOUT_S), sys.executable, "-m", "snakemake", "--cores", "1",
-                                 "results/t/L2/patch.parquet"], cwd=wf, stdout=log, stderr=subprocess.STDOUT,
+                                 "results/t/L2/patch.json"], cwd=wf, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
             deadline = time.monotonic() + 4 * TIMEOUT_S
@@ -257,16 +257,16 @@ def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_d
             if proc.poll() is None:
                 sigkill_tree(proc)
 
-    assert not (floors / f"shard_{killed}.parquet").exists() and not (wf / "results/t/L2/patch.parquet").exists()
+    assert not (floors / f"shard_{killed}.parquet").exists() and not (wf / "results/t/L2/patch.json").exists()
     assert all(p.name.startswith(".") for p in floors.iterdir() if p.name not in done_before)
     for name in done_before:  # what exists after the kill is complete
         assert read_outputs(wf)[f"results/t/L2/span1/patch/floors/{name}"].equals(expected[f"results/t/L2/span1/patch/floors/{name}"])
     run_wf(wf, "--unlock")
-    out = run_wf(wf, "--rerun-incomplete", "results/t/L2/patch.parquet")
+    out = run_wf(wf, "--rerun-incomplete", "results/t/L2/patch.json")
     assert out.count("rule patch_floors:") == 2 - len(done_before)  # the killed shard (and one never started)
     for name, mtime in done_before.items():
         assert (floors / name).stat().st_mtime_ns == mtime
     final = read_outputs(wf)
     for name in ("results/t/L2/span1/patch/floors/shard_000.parquet", "results/t/L2/span1/patch/floors/shard_001.parquet",
-                 "results/t/L2/patch.parquet"):
+                 "results/t/L2/span1/patch/floors.parquet"):
         assert final[name].equals(expected[name]), name

@@ -45,7 +45,10 @@ PIPELINE_TIMEOUT_S = 540
 fresh Python importing torch, ~2 min through SLURM on a quiet 2-core box, 5+ min on a busy one."""
 PIPELINE_RUN = "slurmtest"
 PIPELINE_TARGETS = [f"results/{PIPELINE_RUN}/sites.parquet",
-                    *(f"results/{PIPELINE_RUN}/L3/{name}.parquet" for name in ("gold", "patch"))]
+                    *(f"results/{PIPELINE_RUN}/L3/{name}" for name in ("gold.parquet", "patch.json"))]
+PIPELINE_TABLES = [f"results/{PIPELINE_RUN}/{name}" for name in ("sites.parquet", "L3/gold.parquet",
+                                                                 "L3/span1/patch/floors.parquet")]
+"""The tables compared with a local run (patch.json lists the patch files; the floors' aggregate holds their rows)."""
 PIPELINE_ALLOCATIONS = ["conditions", "gold_aggregate", "group:extract-0", "group:patch-0", "patch_aggregate",
                         "patch_floors_aggregate", "sites"]
 """The allocations the targets need: two shards, the floors only (no routes). Both shards' gold extraction is one
@@ -286,7 +289,7 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
         if name in MODEL_GROUPS:
             funcs = sorted(e["func"].rsplit(":", 1)[1] for e in requests[jid])
             assert funcs == MODEL_GROUPS[name], (name, funcs)
-    for target in PIPELINE_TARGETS:
+    for target in PIPELINE_TABLES:
         assert_tables_equal(wf / target, local / target)
 
     # one shard's patch file gone: the rerun patches only that shard (one allocation, one load) and re-aggregates
@@ -306,5 +309,5 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
     reran = [e for reqs in requests2.values() for e in reqs]
     assert len(reran) == 1 and reran[0]["func"].endswith(":patch_floors"), reran
     assert reran[0]["log"].endswith(f"logs/{PIPELINE_RUN}/L3/span1/patch/floors/shard_001.log"), reran
-    for target in PIPELINE_TARGETS:
+    for target in PIPELINE_TABLES:
         assert_tables_equal(wf / target, local / target)

@@ -46,6 +46,24 @@ def test_bootstrap_of_the_median_is_the_loop_bit_for_bit(rng):
         np.testing.assert_array_equal(got[1:], expect)
 
 
+@pytest.mark.parametrize("chunk", [1, 7 * 64, 1 << 30])
+def test_bootstrap_in_chunks_is_one_draw_bit_for_bit(rng, monkeypatch, chunk):
+    """However few resamples it holds at once, the bootstrap draws the indices of one [n_boot, n] draw (numpy
+    directly) and gives the CI of the plain loop over them, for the vectorised median and any other statistic."""
+    monkeypatch.setattr(stats, "BOOTSTRAP_CHUNK", chunk)
+    for n, n_boot in ((1, 5), (64, 333), (501, 120)):
+        x = rng.lognormal(size=n)
+        y = rng.lognormal(size=n)
+        x[rng.random(n) < 0.1] = np.nan
+        idx = np.random.default_rng(11).integers(0, n, size=(n_boot, n))
+        for arrays, statistic in (([x], stats.nanmedian), ([x, y], stats.loss_recovered)):
+            reps = np.array([statistic(*(a[i] for a in arrays)) for i in idx])
+            reps = reps[np.isfinite(reps)]
+            q = (1.0 - 0.95) / 2.0  # the percentile as the bootstrap computes it (not the literal 0.025)
+            expect = tuple(np.quantile(reps, [q, 1.0 - q])) if reps.size else (np.nan, np.nan)
+            np.testing.assert_array_equal(stats.bootstrap(arrays, statistic, n_boot=n_boot, seed=11)[1:], expect)
+
+
 def test_bootstrap_is_seeded_and_paired(rng):
     a = rng.normal(size=80)
     b = a + rng.normal(scale=0.01, size=80)

@@ -22,10 +22,15 @@ def run(tmp_path_factory):
     return R, files, None
 
 
+def _patch(R: Path, route: str) -> pd.DataFrame:
+    """The floors' and the route's patch rows as pandas reads the two files (not through causal_kl.io)."""
+    p = pd.concat([pd.read_parquet(R / "span1/patch/floors.parquet"), pd.read_parquet(R / f"span1/patch/{route}.parquet")])
+    return p.astype({"route": str, "condition": str})
+
+
 def _patch0(R: Path, route: str) -> pd.DataFrame:
-    p = pd.read_parquet(R / "patch.parquet")
-    p = p[(p["offset"] == 0) & p["route"].isin(["", route])]
-    return p
+    p = _patch(R, route)
+    return p[p["offset"] == 0]
 
 
 def test_error_norms_against_gold_vectors(run):
@@ -86,8 +91,7 @@ def test_quartile_table_against_pandas(run):
 def test_offsets_table_against_groupby(run):
     R, files, _ = run
     o = pd.read_csv(files["layers"]["3"]["routes"]["toy"]["offsets"]).set_index("offset")
-    p = pd.read_parquet(R / "patch.parquet")
-    p = p[p["route"].isin(["", "toy"])]
+    p = _patch(R, "toy")
     want = p.groupby(["offset", "condition"])["kl"].median().unstack()
     assert list(o.index) == list(range(32))
     for c in conditions.TABLE_ORDER:
@@ -188,3 +192,31 @@ def test_alpha_carries_a_bootstrap_ci(run):
     ci = st["energy"]["alpha_ci"]["resample_cross_doc"]["recon_goldnorm"]
     a = st["energy"]["alpha"]["resample_cross_doc"]["recon_goldnorm"]
     assert ci["lo"] <= a <= ci["hi"] and ci["defined"] is True  # the synthetic resamples are far above noise
+
+
+def test_error_norms_a_block_at_a_time_equal_numpy_on_every_row(monkeypatch):
+    """Error norms taken a few rows at a time are numpy's norms of the whole float64 golds, bit for bit."""
+    import pyarrow as pa
+
+    from causal_kl import per_site
+
+    monkeypatch.setattr(per_site, "VALUES_AT_ONCE", 7 * 33)  # blocks of 7 rows
+    rng = np.random.default_rng(3)
+    ids = np.arange(100, 150, dtype=np.int64)
+    gold = rng.normal(size=(50, 33)).astype(np.float32)
+    mean = gold.mean(axis=0)
+    same = np.where(np.arange(50) % 5 == 0, -1, ids[(np.arange(50) + 1) % 50])
+    cross = ids[rng.integers(0, 50, size=50)]
+    choices = pa.table({"site_id": ids[::-1], "same_doc_source": same[::-1], "cross_doc_source": cross[::-1]})
+    got = per_site.error_norms(ids, gold, choices, mean)
+    g = gold.astype(np.float64)
+    np.testing.assert_array_equal(got["zero"], np.linalg.norm(g, axis=1))
+    np.testing.assert_array_equal(got["mean"], np.linalg.norm(g - mean.astype(np.float64), axis=1))
+    row = {int(s): i for i, s in enumerate(ids)}
+    want_same = [np.linalg.norm(g[row[int(s)]] - g[i]) if s >= 0 else np.nan for i, s in enumerate(same)]
+    np.testing.assert_array_equal(got["resample_same_doc"], want_same)
+    np.testing.assert_array_equal(got["resample_cross_doc"], [np.linalg.norm(g[row[int(s)]] - g[i])
+                                                               for i, s in enumerate(cross)])
+    bad = choices.set_column(2, "cross_doc_source", pa.array(np.full(50, 999), pa.int64()))
+    with pytest.raises(Exception, match="source site 999 has no gold"):
+        per_site.error_norms(ids, gold, bad, mean)

@@ -1,7 +1,7 @@
 """Workflow level: adding a route to a finished run builds only that route's jobs.
 
 Runs Snakemake on a copy of the workflow with a tiny Gemma-3 and a fixture corpus: sites, golds,
-one `file` route, its geometry and the patch table; then adds a second `file` route and checks
+one `file` route, its geometry and the layer's patch dataset; then adds a second `file` route and checks
 that the dry run (`snakemake -n`) lists only jobs of the new route (plus the aggregate that
 collects every route's patch shards).
 """
@@ -17,7 +17,8 @@ import yaml
 from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, run_snakemake, tiny_config, write_config
 
 AGGREGATES = {"patch_aggregate"}
-"""The one job of the layer (not of a route) that a new route reruns: the layer's patch table in one file."""
+"""The one job of the layer (not of a route) that a new route reruns: the layer's patch dataset (patch.json), which
+lists every route's files."""
 
 
 def _add_file_route(tmp, name, sites, gold, noise):
@@ -39,7 +40,7 @@ def test_adding_a_file_route_builds_only_its_jobs(root, gemma3_dir, corpus_path,
     gold = np.stack(gold_t.activation.to_numpy()).astype(np.float64)
 
     _add_file_route(tmp_path, "first", sites, gold, 0.5)
-    targets = ["results/t/L2/patch.parquet", "results/t/L2/geometry/first.json"]
+    targets = ["results/t/L2/patch.json", "results/t/L2/geometry/first.json"]
     run_snakemake(tmp_path, *targets, blocked=TORCH_ENV_BLOCKS)
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", *targets)
     # one clean pass per document for the floors and the route together: the model server computed each

@@ -6,6 +6,7 @@ a deleted gold shard re-extracts only that shard, and a deleted patch shard reru
 shard (plus the aggregate that collects them).
 """
 
+import json
 import re
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     sites = {"positions_per_doc": 3, "min_position": 50, "max_length": 256, "max_sites": 12, "shard_size": 3}
     corpus = dict(tiny_config(corpus_path, gemma3_dir)["corpus"], rows=[0, 3])
     write_config(tmp_path, tiny_config(corpus_path, gemma3_dir, sites=sites, corpus=corpus, gold={"write_demo_base": True}))
-    out = run_snakemake(tmp_path, "results/t/L2/patch.parquet", "results/t/run.json", blocked=TORCH_ENV_BLOCKS)
+    out = run_snakemake(tmp_path, "results/t/L2/patch.json", "results/t/run.json", blocked=TORCH_ENV_BLOCKS)
     assert "Group job" not in out  # locally the model rules' cluster groups are inactive: each job runs as before
     R = tmp_path / "results/t"
     RL = R / "L2"
@@ -44,14 +45,15 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     model_jobs = len(list((tmp_path / "logs/t/L2/gold").glob("*.log"))) + len(list((tmp_path / "logs/t/L2").rglob("patch/**/shard_*.log")))
     assert len(loads) == 1 and model_jobs == 6, (loads, model_jobs)
     assert gone(int(loads[0])), "the model server outlived snakemake"
-    patch = pd.read_parquet(RL / "patch.parquet")
+    patch = pd.read_parquet(RL / "span1/patch/floors.parquet")
+    index = json.loads((RL / "patch.json").read_text())  # the layer's patch dataset: here the floors of span 1 alone
+    assert [(f["path"], f["span"], f["route"], f["rows"]) for f in index["files"]] == [
+        ("span1/patch/floors.parquet", 1, "", len(patch))]
     sites = pd.read_parquet(R / "sites.parquet")
     assert sorted(patch.site_id.unique()) == sorted(sites.site_id)
     assert set(patch.condition) >= {"clean", "gold", "resample_cross_doc", "zero", "mean"}
     assert (patch.route == "").all() and patch.offset.between(0, 31).all() and (patch.span == 1).all()
     # the demo-style stored golds passed the re-extract check (bf16 round trip keeps cos > 0.999)
-    import json
-
     stats = json.loads((R / "sites.json").read_text())
     assert stats["n_sites"] == 9 and stats["n_shards"] == 3 and "max_sites is 12" in stats["warning"]
     assert sorted(p.name for p in (RL / "span1/patch/floors").iterdir()) == [f"shard_{i:03d}.parquet" for i in range(3)]
@@ -62,16 +64,16 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
 
     # a deleted gold shard: only that shard is re-extracted (what reads the golds reruns after it)
     (RL / "gold/shard_001.parquet").unlink()
-    targets = ["results/t/L2/patch.parquet", *(f"results/t/L2/gold/shard_{i:03d}.parquet" for i in range(3))]
+    targets = ["results/t/L2/patch.json", *(f"results/t/L2/gold/shard_{i:03d}.parquet" for i in range(3))]
     out = run_snakemake(tmp_path, "-n", *targets)
     assert [r for r, _ in dry_run_jobs(out)].count("gold") == 1 and dry_run_shards(out, "gold") == ["001"]
     run_snakemake(tmp_path, *targets)
     # everything downstream reran; seeded, recorded choices make the rerun bit-identical
-    pd.testing.assert_frame_equal(pd.read_parquet(RL / "patch.parquet"), patch)
+    pd.testing.assert_frame_equal(pd.read_parquet(RL / "span1/patch/floors.parquet"), patch)
 
     # a deleted (or failed) patch shard reruns alone, then the aggregate
     (RL / "span1/patch/floors/shard_002.parquet").unlink()
-    out = run_snakemake(tmp_path, "-n", "results/t/L2/patch.parquet", "results/t/L2/span1/patch/floors/shard_002.parquet")
+    out = run_snakemake(tmp_path, "-n", "results/t/L2/patch.json", "results/t/L2/span1/patch/floors/shard_002.parquet")
     jobs = dry_run_jobs(out)
     assert sorted(r for r, _ in jobs) == ["patch_aggregate", "patch_floors", "patch_floors_aggregate"], jobs
     assert dry_run_shards(out, "patch_floors") == ["002"]

@@ -148,7 +148,7 @@ def test_a_sweep_equals_single_layer_runs_and_a_span_of_one_ignores_longer_spans
         single.update(run=f"single{layer}", model=dict(single["model"], layer=layer), patch={"spans": [1]})
         single["routes"] = {"sae": single["routes"]["sae"]}
         cfg = _write(wd, f"single{layer}.yaml", single)
-        targets = [f"results/single{layer}/L{layer}/gold.parquet", f"results/single{layer}/L{layer}/patch.parquet"]
+        targets = [f"results/single{layer}/L{layer}/gold.parquet", f"results/single{layer}/L{layer}/patch.json"]
         run_snakemake(wd, *targets, "--configfile", cfg)
         S = wd / f"results/single{layer}/L{layer}"
         pd.testing.assert_frame_equal(pd.read_parquet(S / "gold.parquet"), pd.read_parquet(R / f"L{layer}/gold.parquet"),
@@ -160,12 +160,12 @@ def test_a_sweep_equals_single_layer_runs_and_a_span_of_one_ignores_longer_spans
 
 def test_adding_a_layer_plans_only_that_layers_jobs(sweep):
     wd = sweep["wd"]
-    if not (wd / "results/single2/L2/patch.parquet").exists():
+    if not (wd / "results/single2/L2/patch.json").exists():
         pytest.skip("needs the single-layer run of the test before")
     grown = yaml.safe_load((wd / "single2.yaml").read_text())
     grown["model"]["layer"] = [1, 2]
     cfg = _write(wd, "single2_grown.yaml", grown)
-    out = run_snakemake(wd, "-n", "results/single2/L1/patch.parquet", "results/single2/L2/patch.parquet",
+    out = run_snakemake(wd, "-n", "results/single2/L1/patch.json", "results/single2/L2/patch.json",
                         "results/single2/L2/gold.parquet", "--configfile", cfg)
     jobs = []
     for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", out):  # group members are indented

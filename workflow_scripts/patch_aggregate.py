@@ -1,4 +1,4 @@
-"""Rule patch_aggregate (rules/patch.smk): Every shard of the floors and of every route -> ``results/{run}/patch.parquet``."""
+"""Rule patch_aggregate (rules/patch.smk): the floors and every route of every span of a layer -> ``results/{run}/L{layer}/patch.json``, the layer's patch dataset."""
 from causal_kl.jobs import run_rule
 from causal_kl.jobs.patch import patch_aggregate
 

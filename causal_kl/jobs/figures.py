@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from causal_kl import figures
-from causal_kl.io import read_csv, read_json
+from causal_kl.io import read_csv, read_json, read_per_site
 
 
 def _fig1(per_site: dict, correlation: dict, png: str, svg: str, dpi: int, style: dict) -> None:
-    data = {r: pd.read_parquet(p) for r, p in per_site.items()}
+    data = {r: read_per_site(p, figures.FIG1_COLUMNS) for r, p in per_site.items()}
     corr = {r: read_json(p) for r, p in correlation.items()}
     figures.save(figures.fig1_geometry_vs_kl(data, corr, **style), png, svg, dpi)
 

@@ -11,7 +11,8 @@ import pyarrow as pa
 from causal_kl.contracts import GOLD, REEXTRACT
 from causal_kl.errors import CausalKLError
 from causal_kl.io import provenance as provenance_record
-from causal_kl.io import read_docs, read_gold, read_parquet, read_sites, write_json, write_parquet
+from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_gold, read_parquet, read_sites,
+                          write_json, write_parquet)
 from causal_kl.jobs import model_job
 from causal_kl.sites import load_tokenizer
 
@@ -71,11 +72,12 @@ def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, mo
 
 
 def gold_aggregate(shards: list[str], gold: str, layer: str, provenance: dict) -> None:
-    """Every gold shard -> ``gold.parquet`` (empty shards, whose width is unknown, are left out)."""
-    tables = [t for t in (read_parquet(p, GOLD) for p in shards) if t.num_rows]
-    d = max(t.schema.field("activation").type.list_size for t in tables)
-    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-    write_parquet(gold, merged, GOLD, d, meta=provenance_record(**provenance))
+    """Every gold shard -> ``gold.parquet``, streamed a row group at a time (empty shards, whose width is unknown, are
+    left out)."""
+    schemas = {p: parquet_schema(p, GOLD) for p in shards}
+    widths = {p: sch.field("activation").type.list_size for p, sch in schemas.items() if parquet_rows(p)}
+    d = max(widths.values()) if widths else 1
+    concat_parquet(list(widths), gold, GOLD, d, meta=provenance_record(**provenance))
 
 
 def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str, model: str, layer: str,

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 def gate(geometry: list[str], floors: str, reextract: list[str], record: str, min_cos: float,
          gold_repatch_kl_max: float, expected_fve: dict, routes: list[str], layer: str) -> None:
     """The floor-check gate of the run (re-extract cos, gold-repatch KL, FVE re-check)."""
-    record_ = floor_gate(read_json(reextract[0]) if reextract else None, read_patch(floors, None, offsets=[0]),
+    record_ = floor_gate(read_json(reextract[0]) if reextract else None, read_patch(floors, None, offsets=[0], columns=["condition", "offset", "kl"]),
                          {r: read_json(p) for r, p in zip(routes, geometry)}, min_cos, gold_repatch_kl_max,
                          expected_fve)
     write_json(record, record_)

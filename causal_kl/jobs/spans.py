@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from causal_kl.contracts import CONDITION_CHOICES, SPAN_GOLD, SPAN_NOISE, SPAN_RECON
 from causal_kl.io import provenance as provenance_record
-from causal_kl.io import (read_docs, read_docs_table, read_gold, read_parquet, read_sites, read_span_gold, write_json,
-                          write_parquet)
+from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_docs_table, read_gold,
+                          read_parquet, read_sites, read_span_gold, write_json, write_parquet)
 from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import block_states, load_run_model
 
@@ -61,15 +61,15 @@ def span_gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dic
 
 
 def span_gold_aggregate(shards: list[str], gold: str, layer: str, span: str, provenance: dict) -> None:
-    """Every span-gold shard -> ``span{k}/gold.parquet`` (empty shards, whose width is unknown, left out)."""
-    tables = [t for t in (read_parquet(p, SPAN_GOLD) for p in shards) if t.num_rows]
-    if not tables:
+    """Every span-gold shard -> ``span{k}/gold.parquet``, streamed a row group at a time (empty shards, whose width is
+    unknown, left out)."""
+    schemas = {p: parquet_schema(p, SPAN_GOLD) for p in shards}
+    widths = {p: sch.field("activation").type.list_size for p, sch in schemas.items() if parquet_rows(p)}
+    if not widths:
         _write_span(gold, SPAN_GOLD, "activation", np.zeros(0, np.int64), np.zeros(0, np.int32),
                     np.zeros((0, 0), np.float32), provenance_record(**provenance))
         return
-    d = max(t.schema.field("activation").type.list_size for t in tables)
-    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-    write_parquet(gold, merged, SPAN_GOLD, d, meta=provenance_record(**provenance))
+    concat_parquet(list(widths), gold, SPAN_GOLD, max(widths.values()), meta=provenance_record(**provenance))
 
 
 def span_conditions(gold: str, sites: str, docs: str, choices: str, noise: str, summary: str, seed: int, layer: str,

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from causal_kl import records
-from causal_kl.io import read_csv, read_json, write_json
+from causal_kl.io import read_csv, read_json, read_per_site, write_json
 
 
 def stat_correlation(per_site: str, record: str, layer: str, route: str) -> None:
     """§3: Spearman ρ of direction-MSE and of clean CE against KL@0."""
-    write_json(record, records.correlation_stats(pd.read_parquet(per_site)))
+    write_json(record, records.correlation_stats(read_per_site(per_site, records.CORRELATION_COLUMNS)))
 
 
 def stat_paired(per_site: str, record: str, n_boot: int, seed: int, ci: float, layer: str, route: str) -> None:
     """§4: reconstruction vs matched noise per site (median ratio with CI, share worse, Wilcoxon)."""
-    write_json(record, records.paired_stats(pd.read_parquet(per_site), n_boot=n_boot, seed=seed, ci=ci))
+    write_json(record, records.paired_stats(read_per_site(per_site, records.PAIRED_COLUMNS), n_boot=n_boot, seed=seed, ci=ci))
 
 
 def stat_energy(per_site: str, record: str, n_boot: int, seed: int, ci: float, layer: str, route: str) -> None:
     """§4: damage per unit squared error norm (noise = 1) and the mixture α."""
-    write_json(record, records.energy_stats(pd.read_parquet(per_site), n_boot=n_boot, seed=seed, ci=ci))
+    write_json(record, records.energy_stats(read_per_site(per_site, records.ENERGY_COLUMNS), n_boot=n_boot, seed=seed, ci=ci))
 
 
 def stat_floor_offsets(offsets: str, record: str, tolerance: float, min_kl: float, layer: str, route: str) -> None:

@@ -12,12 +12,17 @@ from causal_kl.contracts import ERROR_NORMS, PER_SITE
 from causal_kl.geometry import gold_variance
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_csv, read_geometry, read_gold, read_json, read_mean, read_patch,
-                          read_sites, write_csv, write_parquet)
+                          read_per_site, read_sites, write_csv, write_parquet)
 from causal_kl.per_site import error_norms as error_norms_of
 from causal_kl.per_site import per_site_table
 from causal_kl.reference import with_reference
 
 log = logging.getLogger(__name__)
+
+OFFSET_COLUMNS = ["site_id", "condition", "offset", "kl"]
+"""What the offsets table (§5) reads of the patch rows."""
+FRAME_COLUMNS = ["site_id", "condition", "offset", "kl", "delta_ce"]
+"""What a table at one offset (``tables.offset_frame``) reads of the patch rows."""
 
 
 def _published(reference: list[str]) -> pd.DataFrame | None:
@@ -36,8 +41,8 @@ def error_norms(gold: str, choices: str, mean: str, norms: str, layer: str, prov
 def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: str, table: str, layer: str, route: str,
              provenance: dict) -> None:
     """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
-    df = per_site_table(read_patch([floors, patch], route, offsets=[0]), read_geometry(geometry), pd.read_parquet(error_norms),
-                        read_sites(sites).to_pandas())
+    rows = read_patch([floors, patch], route, offsets=[0], columns=["site_id", "condition", "offset", "kl", "ce", "delta_ce"])
+    df = per_site_table(rows, read_geometry(geometry), pd.read_parquet(error_norms), read_sites(sites).to_pandas())
     write_parquet(table, pa.Table.from_pandas(df, preserve_index=False), PER_SITE,
                   meta=provenance_record(**provenance, route=route))
     log.info("route %s: %d sites", route, len(df))
@@ -46,7 +51,7 @@ def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: st
 def table_conditions(per_site: str, reference: list[str], table: str, n_boot: int, seed: int, ci: float,
                      layer: str, route: str) -> None:
     """§2: the conditions table of one route."""
-    df = tables.conditions_table(pd.read_parquet(per_site), n_boot=n_boot, seed=seed, ci=ci)
+    df = tables.conditions_table(read_per_site(per_site, tables.CONDITIONS_COLUMNS), n_boot=n_boot, seed=seed, ci=ci)
     write_csv(table, with_reference(df, _published(reference), "condition"))
 
 
@@ -57,20 +62,20 @@ def table_quartiles(per_site: str, geometry_json: str, gold: str, reference: lis
     if var is None:
         var = gold_variance(read_gold(gold)[1])
         log.info("geometry JSON states no Var; recomputed %.6g from %s", var, gold)
-    df = tables.quartile_table(pd.read_parquet(per_site), var, n_boot=n_boot, seed=seed, ci=ci)
+    df = tables.quartile_table(read_per_site(per_site, tables.QUARTILE_COLUMNS), var, n_boot=n_boot, seed=seed, ci=ci)
     write_csv(table, with_reference(df, _published(reference), "quartile"))
 
 
 def table_offsets(floors: str, patch: str, reference: list[str], table: str, layer: str, route: str) -> None:
     """§5: median KL per condition at every offset, for one route."""
-    df = tables.offsets_table(read_patch([floors, patch], route))
+    df = tables.offsets_table(read_patch([floors, patch], route, columns=OFFSET_COLUMNS))
     write_csv(table, with_reference(df, _published(reference), "offset"))
 
 
 def table_token_classes(per_site: str, geometry_json: str, reference: list[str], table: str, classes: dict,
                         layer: str, route: str) -> None:
     """Median KL@0 of the route conditions by token class (digits and the configured classes)."""
-    df = tables.token_class_table(pd.read_parquet(per_site), classes, read_json(geometry_json).get("variance"))
+    df = tables.token_class_table(read_per_site(per_site, tables.TOKEN_CLASS_COLUMNS), classes, read_json(geometry_json).get("variance"))
     write_csv(table, with_reference(df, _published(reference), "group"))
 
 
@@ -88,21 +93,24 @@ def table_routes(conditions: list[str], geometry: list[str], whole_context: list
 def table_span_conditions(floors: str, patch: str, table: str, n_boot: int, seed: int, ci: float, layer: str,
                           route: str, span: str) -> None:
     """§2 for a span of k positions: every condition at the first token after the span (offset 0)."""
-    df = tables.span_conditions_table(read_patch([floors, patch], route), n_boot=n_boot, seed=seed, ci=ci)
+    rows = read_patch([floors, patch], route, offsets=[0], columns=FRAME_COLUMNS)
+    df = tables.span_conditions_table(rows, n_boot=n_boot, seed=seed, ci=ci)
     write_csv(table, df)
 
 
 def table_span_offsets(floors: str, patch: str, table: str, layer: str, route: str, span: str) -> None:
     """§5 for a span of k positions: median KL per condition at every offset from the span's last position
     (negative: inside the span)."""
-    write_csv(table, tables.offsets_table(read_patch([floors, patch], route)))
+    write_csv(table, tables.offsets_table(read_patch([floors, patch], route, columns=OFFSET_COLUMNS)))
 
 
 def table_spans(floors: list[str], patches: list[str], summaries: list[str], table: str, spans: list[int],
                 offsets: list[int], n_boot: int, seed: int, ci: float, layer: str, route: str) -> None:
     """Every span length side by side: median KL at offsets after the span and loss recovered, with CIs, and how
     many sites each span excluded (its span ran past the document's end)."""
-    frames = {int(k): read_patch([f, p], route) for k, f, p in zip(spans, floors, patches)}
+    wanted = sorted({0, *(int(o) for o in offsets)})
+    frames = {int(k): read_patch([f, p], route, offsets=wanted, columns=FRAME_COLUMNS)
+              for k, f, p in zip(spans, floors, patches)}
     df = tables.spans_table(frames, offsets=tuple(offsets), n_boot=n_boot, seed=seed, ci=ci)
     excluded = {int(read_json(s)["span"]): int(read_json(s)["n_excluded"]) for s in summaries}
     df.insert(3, "n_excluded", df["span"].map(lambda k: excluded.get(int(k), 0)).astype(int))
