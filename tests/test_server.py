@@ -58,7 +58,14 @@ def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
 
 
 def _registry(rt: Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(rt.glob("*/servers/*.json"))]
+    """The servers' records; a server whose owner just died removes its own, maybe between glob and read."""
+    records = []
+    for f in sorted(rt.glob("*/servers/*.json")):
+        try:
+            records.append(json.loads(f.read_text()))
+        except FileNotFoundError:
+            continue
+    return records
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def workdir(tmp_path_factory, root):
     )
     # parse-time checks read the model's config.json only (no weights, no torch): a folder holding just that will do
     (wd / "model").mkdir()
-    (wd / "model" / "config.json").write_text('{"architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 6}')
+    (wd / "model" / "config.json").write_text(
+        '{"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "num_hidden_layers": 6}')
     cfg = {"run": "syn", "corpus": {"name": "syn", "column": "content", "rows": [0, 6]},
            "model": {"path": str(wd / "model"), "layer": 3},
            "routes": {"toy": {"kind": "file", "path": str(wd / "recon.parquet")}},

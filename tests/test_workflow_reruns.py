@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import assert_params_canonical, copy_workflow, run_snakemake, tiny_config
+from workflow_helpers import assert_params_canonical, copy_workflow, dry_run_blocks, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -82,14 +82,11 @@ def finished(tmp_path_factory, root, gemma3_dir, corpus_path):
 
 
 def planned(out: str) -> dict[tuple[str, str | None], str]:
-    """(rule, route) -> reason of every job a dry run plans."""
+    """(rule, route) -> reason of every job a dry run plans (members of group jobs too)."""
     jobs = {}
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", out):
-        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
-        if m:
-            route = re.search(r"wildcards:.*\broute=([^,\s]+)", block)
-            reason = re.search(r"reason: ([^\n]*)", block)
-            jobs[(m.group(1), route.group(1) if route else None)] = reason.group(1) if reason else ""
+    for rule, route, block in dry_run_blocks(out):
+        reason = re.search(r"reason: ([^\n]*)", block)
+        jobs[(rule, route)] = reason.group(1) if reason else ""
     return jobs
 
 

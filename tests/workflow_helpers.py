@@ -79,16 +79,21 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900, blocked: tuple[
     return res.stdout + res.stderr
 
 
-def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
-    """(rule, route wildcard or None) of each job a dry run lists."""
+def dry_run_blocks(out: str) -> list[tuple[str, str | None, str]]:
+    """(rule, route wildcard or None, the job's text) of each job a dry run lists."""
     jobs = []
     # (a dry run lists the members of a group job indented: dry runs show the model rules' cluster groups)
     for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", out):
         m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
         if m:
             w = re.search(r"wildcards:.*\broute=([^,\s]+)", block)
-            jobs.append((m.group(1), w.group(1) if w else None))
+            jobs.append((m.group(1), w.group(1) if w else None, block))
     return jobs
+
+
+def dry_run_jobs(out: str) -> list[tuple[str, str | None]]:
+    """(rule, route wildcard or None) of each job a dry run lists."""
+    return [(rule, route) for rule, route, _ in dry_run_blocks(out)]
 
 
 def dry_run_shards(out: str, rule: str) -> list[str]:
