@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from causal_kl.io import read_provenance
-from workflow_helpers import assert_params_canonical, copy_workflow, run_snakemake, tiny_config
+from workflow_helpers import assert_params_canonical, copy_workflow, dry_run_blocks, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -168,11 +168,9 @@ def test_adding_a_layer_plans_only_that_layers_jobs(sweep):
     out = run_snakemake(wd, "-n", "results/single2/L1/patch.json", "results/single2/L2/patch.json",
                         "results/single2/L2/gold.parquet", "--configfile", cfg)
     jobs = []
-    for block in re.split(r"\n(?=\s*(?:local)?(?:rule|checkpoint) \w+:)", out):  # group members are indented
-        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
-        if m:
-            w = re.search(r"wildcards: ([^\n]*)", block)
-            jobs.append((m.group(1), w.group(1) if w else ""))
+    for rule, _, block in dry_run_blocks(out):
+        w = re.search(r"wildcards: ([^\n]*)", block)
+        jobs.append((rule, w.group(1) if w else ""))
     assert {"gold", "patch_floors", "conditions"} <= {r for r, _ in jobs} and "sites" not in {r for r, _ in jobs}
     for rule, wildcards in jobs:  # every job is of the new layer, or of the run itself
         assert "layer=1" in wildcards or rule in RUN_LEVEL_RULES, (rule, wildcards)
