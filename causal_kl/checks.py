@@ -240,14 +240,18 @@ def runs_jobs_here(argv: list[str]) -> bool:
 ROUTE_SLOTS = ("tables", "stats", "figures", "analysis", "patch", "recon", "geometry", "explanations", "sae",
                "whole_context")
 """Folders of ``results/{run}/L{layer}/`` (and of its ``span{k}/``) whose next path component names a route."""
-RUN_LEVEL = {"tables": {"routes.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
-                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
-                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
-                                                  "routes_comparison.png", "routes_comparison.svg"},
+RUN_LEVEL = {"tables": {"routes.csv", "frontier.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
+                                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
+                                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
+                                                                  "routes_comparison.png", "routes_comparison.svg",
+                                                                  "frontier.png", "frontier.svg"},
              "analysis": {"error_norms.parquet"}, "patch": {"floors", "floors.parquet"}}
 """Files in those folders that belong to the layer (every route of it), not to one route."""
-ACROSS_LAYERS = {"tables": {"layers.csv"}, "figures": {"layers.png", "layers.svg"}}
+ACROSS_LAYERS = {"tables": {"layers.csv", "frontier.csv"},
+                 "figures": {"layers.png", "layers.svg", "frontier.png", "frontier.svg"}}
 """Files of ``results/{run}/`` itself that compare the layers."""
+REPORT_PAGES = "report"
+"""``results/{run}/report/L{layer}/{route}.html``: the page of a route at a layer, beside the main page."""
 
 
 def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list[str]], spans: list[int]) -> None:
@@ -261,6 +265,9 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
     layers = sorted(routes_by_layer)
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         parts = target[len(prefix):].split("/")
+        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(r"L\d+", parts[1]) is not None
+        if page:  # a route's page: checked as the layer's outputs are (report/L3/pca.html as if L3/report/pca.html)
+            parts = [parts[1], REPORT_PAGES, parts[2]]
         m = re.fullmatch(r"L(\d+)", parts[0])
         if m is None:
             if len(parts) > 1 and parts[0] in ROUTE_SLOTS and parts[1] not in ACROSS_LAYERS.get(parts[0], set()):
@@ -278,7 +285,8 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
                 raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",
                                     "add it to patch.spans in the config, or ask for one of the run's spans")
             rest = rest[1:]
-        if len(rest) < 2 or rest[0] not in ROUTE_SLOTS or rest[1] in RUN_LEVEL.get(rest[0], set()):
+        slots = (*ROUTE_SLOTS, REPORT_PAGES) if page else ROUTE_SLOTS
+        if len(rest) < 2 or rest[0] not in slots or rest[1] in RUN_LEVEL.get(rest[0], set()):
             continue
         name = rest[1] if len(rest) > 2 else Path(rest[1]).name.split(".")[0]
         here = routes_by_layer[layer]

@@ -225,6 +225,8 @@ def test_cli_help_is_plain_text():
     ("results/mine/L2/recon/pca.parquet", "route", "'pca' is not a route of layer 2"),
     ("results/mine/L1/recon/vec.parquet", "route", "it reconstructs layer 2"),
     ("results/mine/tables/pca/conditions.csv", "layer", "ask for results/mine/L1/tables/pca/conditions.csv"),
+    ("results/mine/report/L1/vec.html", "route", "it reconstructs layer 2"),
+    ("results/mine/report/L7/vec.html", "layer", "layer 7 is not a layer of this run"),
 ])
 def test_a_target_the_run_does_not_have_is_one_line(target, field, words):
     with pytest.raises(CausalKLError) as e:
