@@ -19,9 +19,20 @@ from typing import Any
 from causal_kl.errors import CausalKLError
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
-DEMO_SAE_DIR = "resources/demo/sae"
-"""Where the demo writes its SAEs (one folder per layer, ``L{layer}``)."""
 """Where the demo builds its corpus and model: the only places a rule may write outside results/ and logs/."""
+DEMO_SAE_DIR = "resources/demo/sae"
+"""Where the demo writes its SAEs: one folder per sparsity and layer, ``k{k}/L{layer}``."""
+
+
+def demo_sae_ks(config: dict) -> list[int]:
+    """The sparsities (active latents k) of the demo's SAE suite: ``demo.sae.k``, one value or a list."""
+    k = ((config.get("demo") or {}).get("sae") or {}).get("k", 16)
+    return sorted({int(x) for x in (k if isinstance(k, list) else [k])})
+
+
+def demo_sae_dir(k: int | str, layer: int | str) -> str:
+    """The folder of the demo's SAE with ``k`` active latents at ``layer`` (SAELens' format)."""
+    return f"{DEMO_SAE_DIR}/k{k}/L{layer}"
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 """config.json ``architectures`` a causal LM's checkpoint names (the multimodal Gemma-3 wrapper included)."""
@@ -191,6 +202,22 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
 
 
+def check_route_spans(routes: dict, spans: list[int], source: str = "config") -> None:
+    """A route's own ``spans`` are spans the run patches, 1 (the single-site splice its tables read) among them."""
+    for name, route in routes.items():
+        own = route.get("spans")
+        if own is None:
+            continue
+        where = f"routes.{name}.spans"
+        extra = sorted(set(own) - set(spans))
+        if extra:
+            raise CausalKLError(source, where, f"{extra} not among patch.spans {spans}",
+                                f"list only spans of patch.spans, or add {extra} to patch.spans")
+        if 1 not in own:
+            raise CausalKLError(source, where, f"{sorted(own)} lacks 1, the single-site splice every route table reads",
+                                f"list 1 among the route's spans, e.g. {sorted({1, *own})}")
+
+
 def check_demo(config: dict, source: str = "config") -> None:
     """The demo builds its corpus and model only at its own paths, so it never writes over a user's files."""
     for key, want in DEMO_PATHS.items():
@@ -318,12 +345,13 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     if 1 not in run_spans(config):
         raise CausalKLError(source, "patch.spans", f"{run_spans(config)} lacks 1, the single-site splice every route table reads",
                             f"list 1 among the spans, e.g. {sorted({1, *run_spans(config)})}")
+    check_route_spans(config.get("routes") or {}, run_spans(config), source)
     stored = config["gold"].get("stored")
     if stored:
         for one in layers:
             _must_exist(layer_path(stored, one), source, "gold.stored", "stored-gold file",
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
-    built = {f"{DEMO_SAE_DIR}/L{one}" for one in layers} if demo else set()
+    built = {demo_sae_dir(k, one) for k in demo_sae_ks(config) for one in layers} if demo else set()
     check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, built)
     return {"model_config": model_config}

@@ -85,7 +85,7 @@ def quantize_png(raw: bytes, colors: int = 256) -> bytes:
         dpi = img.info.get("dpi")
         small = img.convert("RGBA").quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
         out = io.BytesIO()
-        small.save(out, format="PNG", optimize=True, **({"dpi": dpi} if dpi else {}))
+        small.save(out, format="PNG", compress_level=9, **({"dpi": dpi} if dpi else {}))
     return out.getvalue()
 
 

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 from snakemake.utils import validate
 
-from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, runs_jobs_here
+from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, demo_sae_dir, demo_sae_ks, runs_jobs_here
 from causal_kl.config import (
     DEFAULT_CONFIG,
     layer_path,
     resolve_config,
     route_layers,
+    route_spans,
     routes_at,
     run_layers,
     run_spans,
@@ -105,6 +106,16 @@ def shard_files(pattern, **kw):
 def routes_of(layer):
     """The routes that reconstruct ``layer``, in name order."""
     return routes_at(config, int(layer))
+
+
+def spans_of(route):
+    """The spans ``route`` is patched at (its own ``spans``, else every span of the run), ascending."""
+    return route_spans(config, route)
+
+
+def extra_spans_of(route):
+    """The spans of more than one position ``route`` is patched at."""
+    return [k for k in spans_of(route) if k > 1]
 
 
 def per_route(pattern):
@@ -247,7 +258,7 @@ def shard_targets(wildcards):
         for k in SPANS:
             if k > 1:
                 targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
-            for name in ["floors", *routes_of(layer)]:
+            for name in ["floors", *[r for r in routes_of(layer) if k in spans_of(r)]]:
                 targets += expand(f"{R}/L{layer}/span{k}/patch/{name}/shard_{{shard}}.parquet", shard=shards)
     return targets
 
@@ -291,13 +302,13 @@ def analysis_targets(layer):
             t += [f"{L}/whole_context/{r}.json"]
         if config["routes"][r]["kind"] == "sae":
             t += [f"{L}/sae/{r}.json"]
-        for k in EXTRA_SPANS:
+        for k in extra_spans_of(r):
             t += [
                 f"{L}/span{k}/tables/{r}/conditions.csv",
                 f"{L}/span{k}/tables/{r}/offsets.csv",
                 f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
             ]
-        if EXTRA_SPANS:
+        if extra_spans_of(r):
             t += [f"{L}/tables/{r}/spans.csv"] + [f"{L}/figures/{r}/spans.{ext}" for ext in ("png", "svg")]
     if routes:
         t += [f"{L}/tables/routes.csv", f"{L}/tables/frontier.csv"]
@@ -325,8 +336,8 @@ def route_regex(*kinds):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
-"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers the route covers."""
+ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer", "spans")
+"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers and spans the route covers."""
 
 
 def route_params(wildcards):
@@ -445,7 +456,7 @@ def route_manifest(layer, route):
         files["whole_context"] = f"{L}/whole_context/{route}.json"
     if config["routes"][route]["kind"] == "sae":
         files["sae"] = f"{L}/sae/{route}.json"
-    if EXTRA_SPANS:
+    if extra_spans_of(route):
         files["spans"] = {
             "table": f"{L}/tables/{route}/spans.csv",
             "figure": figure_files(f"{L}/figures/{route}/spans"),
@@ -457,7 +468,7 @@ def route_manifest(layer, route):
                     "recon": f"{L}/span{k}/recon/{route}.parquet",
                     "sites": f"{L}/span{k}/sites.json",
                 }
-                for k in EXTRA_SPANS
+                for k in extra_spans_of(route)
             },
         }
     return files

@@ -181,9 +181,9 @@ rule table_span_offsets:
 
 rule table_spans:
     input:
-        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
-        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=SPANS),
-        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=EXTRA_SPANS),
+        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=spans_of(w.route)),
+        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=spans_of(w.route)),
+        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=extra_spans_of(w.route)),
     output:
         table=report(
             f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans", subcategory="{route}"
@@ -192,7 +192,7 @@ rule table_spans:
         f"{LL}/analysis/{{route}}/table_spans.log",
     params:
         **BOOTSTRAP,
-        spans=SPANS,
+        spans=lambda w: spans_of(w.route),
         offsets=SPAN_OFFSETS,
     conda:
         "../envs/analysis.yaml"
