@@ -1,6 +1,7 @@
 # The offline demo assets: a corpus from text shipped with Python, a BPE tokenizer trained on it,
-# a tiny Gemma-3 trained briefly, and a small TopK SAE per sparsity k and layer (the demo's SAE suite). Only defined when config["demo"] is set; common.smk's
-# model_input()/corpus_input() then make every model/corpus consumer depend on these outputs.
+# a tiny Gemma-3 trained briefly, and a small TopK SAE per sparsity k and layer (the demo's SAE suite).
+# Only defined when config["demo"] is set; common.smk's model_input()/corpus_input() then make every
+# model/corpus consumer depend on these outputs.
 
 if config.get("demo"):
     DEMO = config["demo"]
