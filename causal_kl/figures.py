@@ -486,7 +486,7 @@ def fig_frontier(frontier: pd.DataFrame, width: float = 11.0, height: float = 11
     handles += [plt.Line2D([], [], ls="--", marker="o", ms=8, color="#333333", label="on the frontier"),
                 plt.Line2D([], [], ls="", marker="o", ms=8, color="#333333", mfc="white", mew=1.6, label="dominated")]
     fig.suptitle("Sparsity–damage frontier (filled, dashed: no other route is better on both axes)", fontsize=11)
-    ncol = min(len(handles), 6)
+    ncol = min(len(handles), 8)
     fig.legend(handles=handles, loc="upper center", ncol=ncol, frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 1 - 0.35 / height))
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.22 * math.ceil(len(handles) / ncol)) / height))
