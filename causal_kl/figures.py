@@ -1,4 +1,4 @@
-"""The write-up's figures (seaborn), one function each, plus the multi-route comparison.
+"""The write-up's figures (matplotlib in seaborn's whitegrid theme), one function each, plus the multi-route comparison.
 
 Each function takes already-computed data keyed by route (one panel, bar group or line set
 per route) and plotting options, and returns a matplotlib Figure; :func:`save` writes it as
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from cycler import cycler  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import textwrap  # noqa: E402
 
@@ -39,8 +39,41 @@ PALETTE = {
 }
 
 
+DEEP = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+"""seaborn's "deep" palette: ``color_palette("deep")``."""
+
+THEME = {
+    "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
+    "axes.labelcolor": ".15", "axes.labelsize": 12.0, "axes.linewidth": 1.25, "axes.prop_cycle": cycler(color=DEEP),
+    "axes.spines.bottom": True, "axes.spines.left": True, "axes.spines.right": True, "axes.spines.top": True,
+    "axes.titlesize": 12.0, "figure.facecolor": "white", "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "font.size": 12.0, "grid.color": ".8", "grid.linestyle": "-", "grid.linewidth": 1.0, "legend.fontsize": 11.0,
+    "legend.title_fontsize": 12.0, "lines.linewidth": 1.5, "lines.markersize": 6.0, "lines.solid_capstyle": "round",
+    "patch.edgecolor": "w", "patch.force_edgecolor": True, "patch.linewidth": 1.0, "text.color": ".15",
+    "xtick.bottom": False, "xtick.color": ".15", "xtick.direction": "out", "xtick.labelsize": 11.0,
+    "xtick.major.pad": 3.5, "xtick.major.size": 6.0, "xtick.major.width": 1.25, "xtick.minor.pad": 3.4,
+    "xtick.minor.size": 4.0, "xtick.minor.width": 1.0, "xtick.top": False, "ytick.color": ".15",
+    "ytick.direction": "out", "ytick.labelsize": 11.0, "ytick.left": False, "ytick.major.pad": 3.5,
+    "ytick.major.size": 6.0, "ytick.major.width": 1.25, "ytick.minor.pad": 3.4, "ytick.minor.size": 4.0,
+    "ytick.minor.width": 1.0, "ytick.right": False,
+}
+"""seaborn's ``set_theme(style="whitegrid", context="notebook")`` as matplotlib settings (its colormap aside: no figure
+draws an image). Importing seaborn imports scipy.stats, about a third of a figure job's CPU time; tests/test_figures.py
+holds these settings and palettes equal to seaborn's own."""
+
+
 def _theme() -> None:
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=1.0)
+    matplotlib.rcParams.update(THEME)
+
+
+def _palette(name: str, n: int) -> list:
+    """``n`` colours of seaborn's ``deep`` palette (cycled), or ``n`` evenly spaced inside a matplotlib colormap (its
+    ends left out), as seaborn's ``color_palette(name, n)`` gives them."""
+    if name == "deep":
+        return [DEEP[i % len(DEEP)] for i in range(n)]
+    cmap = matplotlib.colormaps[name]
+    return [tuple(float(c) for c in cmap(x)[:3]) for x in np.linspace(0, 1, int(n) + 2)[1:-1]]
 
 
 def _log_ticks(axis, values) -> None:
@@ -89,8 +122,7 @@ def fig1_geometry_vs_kl(
             df = df.sample(n=subsample, random_state=seed)
         x = df["direction_mse"].clip(lower=1e-12)
         y = df[kl0].clip(lower=kl_floor)
-        sns.scatterplot(x=x, y=y, ax=ax, s=point_size, alpha=alpha, color=PALETTE[RECON],
-                        edgecolor="none")
+        ax.scatter(x, y, s=point_size, alpha=alpha, color=PALETTE[RECON], edgecolors="none")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_ticks(ax.xaxis, x)
@@ -130,7 +162,7 @@ def fig2_damage_per_energy(
     fig, ax = plt.subplots(figsize=(width, height))
     x = np.arange(len(FIG2_CONDITIONS))
     w = 0.8 / n_routes
-    colors = sns.color_palette("deep", n_routes) if n_routes > 1 else [PALETTE[RECON]]
+    colors = _palette("deep", n_routes) if n_routes > 1 else [PALETTE[RECON]]
     for j, route in enumerate(data):
         sub = df[df["route"] == route].set_index("key").reindex(list(FIG2_CONDITIONS))
         xx = x + (j - (n_routes - 1) / 2) * w
@@ -367,7 +399,7 @@ def fig_layers(
     fig, (a1, a2, a3) = _grid(3, width / 3, height, max_cols=3)
     layers = layers.assign(route=layers["route"].fillna("").astype(str))  # the floors' route "" reads back from CSV as NaN
     routes = sorted(r for r in layers["route"].unique() if r != "")
-    colors = dict(zip(routes, sns.color_palette("deep", len(routes)) if len(routes) > 1 else [PALETTE[RECON]]))
+    colors = dict(zip(routes, _palette("deep", len(routes)) if len(routes) > 1 else [PALETTE[RECON]]))
     ls_all = sorted(int(x) for x in layers["layer"].unique()) if len(layers) else [0]
     undefined: list[str] = []
     for route in routes:
@@ -446,7 +478,7 @@ def fig_frontier(frontier: pd.DataFrame, width: float = 11.0, height: float = 11
     _theme()
     fig, axes = plt.subplots(len(FRONTIER_Y), len(FRONTIER_X), figsize=(width, height), squeeze=False)
     routes = frontier["route"].astype(str).tolist()
-    colors = dict(zip(routes, sns.color_palette("deep", max(len(routes), 1))))
+    colors = dict(zip(routes, _palette("deep", max(len(routes), 1))))
     for j, (xkey, (xcol, xlabel)) in enumerate(FRONTIER_X.items()):
         x = frontier[xcol].to_numpy(dtype=np.float64)
         for i, (ykey, (ycol, ylabel, log_y)) in enumerate(FRONTIER_Y.items()):
@@ -503,7 +535,7 @@ def fig_frontier_layers(frontier: pd.DataFrame, width: float = 11.0, height: flo
     rows = {k: FRONTIER_Y[k] for k in ("kl0", "loss")}
     fig, axes = plt.subplots(len(rows), len(FRONTIER_X), figsize=(width, height), squeeze=False)
     layers = sorted(int(l) for l in frontier["layer"].unique()) if len(frontier) else []
-    colors = dict(zip(layers, sns.color_palette("viridis", max(len(layers), 1))))
+    colors = dict(zip(layers, _palette("viridis", max(len(layers), 1))))
     for j, (xkey, (xcol, xlabel)) in enumerate(FRONTIER_X.items()):
         for i, (ykey, (ycol, ylabel, log_y)) in enumerate(rows.items()):
             ax = axes[i][j]

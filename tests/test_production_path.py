@@ -253,7 +253,8 @@ def test_every_output_the_workflow_plans_passes_the_target_check(wd):
     demo = load_config(wd / "config/config.yaml")
     assert any("/span16/" in p for p in paths) and any(p.endswith("tables/layers.csv") for p in paths)
     # a route is patched (and analysed) at its own spans only: the demo's SAE suite at span 1, its k = 16 SAE at all
-    assert any("L3/span16/patch/sae_k16" in p for p in paths) and any("L3/span1/patch/sae_k4" in p for p in paths)
-    assert not any(f"/span{k}/" in p and f"/{r}" in p for p in paths for k in (4, 16) for r in ("sae_k4", "sae_k64", "pca"))
-    assert any(p.endswith("report/L1/sae_k4.html") for p in paths) and any(p.endswith("L3/tables/frontier.csv") for p in paths)
+    assert any("L3/span16/patch/sae_k16" in p for p in paths) and any("L3/span1/patch/sae_k04" in p for p in paths)
+    others = ("sae_k04", "sae_k64", "pca", "text_channel")
+    assert not any(f"/span{k}/" in p and f"/{r}" in p for p in paths for k in (4, 16) for r in others)
+    assert any(p.endswith("report/L1/sae_k04.html") for p in paths) and any(p.endswith("L3/tables/frontier.csv") for p in paths)
     checks.check_targets(paths, "results/demo", {l: routes_at(demo, l) for l in run_layers(demo)}, run_spans(demo))
