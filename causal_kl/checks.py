@@ -24,12 +24,23 @@ from causal_kl.errors import CausalKLError
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
 """Where the demo builds its corpus and model: with its SAEs, the only places a rule may write outside results/ and logs/."""
 DEMO_SAE_DIR = "resources/demo/sae"
-"""Where the demo writes its SAEs (one folder per layer, ``L{layer}``)."""
+"""Where the demo writes its SAEs: one folder per sparsity and layer, ``k{k}/L{layer}``."""
+
+
+def demo_sae_ks(config: dict) -> list[int]:
+    """The sparsities (active latents k) of the demo's SAE suite: ``demo.sae.k``, one value or a list."""
+    k = ((config.get("demo") or {}).get("sae") or {}).get("k", 16)
+    return sorted({int(x) for x in (k if isinstance(k, list) else [k])})
+
+
+def demo_sae_dir(k: int | str, layer: int | str) -> str:
+    """The folder of the demo's SAE with ``k`` active latents at ``layer`` (SAELens' format)."""
+    return f"{DEMO_SAE_DIR}/k{k}/L{layer}"
 
 
 def made_by_workflow(config: dict) -> set[str]:
     """The files and folders outside ``results/`` that the run's own rules make (normalised paths): the demo's
-    corpus, model and one SAE per layer; none for any other run.
+    corpus, model and SAE suite (one folder per sparsity and layer); none for any other run.
 
     Those are Snakemake inputs of the rules that read them; every other file a rule reads is fingerprinted
     (``io.fingerprint``), in every config, so that replacing it behind the same path reruns what read it.
@@ -38,7 +49,8 @@ def made_by_workflow(config: dict) -> set[str]:
         return set()
     from causal_kl.config import run_layers
 
-    return {os.path.normpath(p) for p in (*DEMO_PATHS.values(), *(f"{DEMO_SAE_DIR}/L{l}" for l in run_layers(config)))}
+    saes = (demo_sae_dir(k, one) for k in demo_sae_ks(config) for one in run_layers(config))
+    return {os.path.normpath(p) for p in (*DEMO_PATHS.values(), *saes)}
 
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
@@ -246,6 +258,22 @@ def check_spans(config: dict, source: str = "config") -> None:
                             f"list spans of at most {longest}, or raise sites.max_length")
 
 
+def check_route_spans(routes: dict, spans: list[int], source: str = "config") -> None:
+    """A route's own ``spans`` are spans the run patches, 1 (the single-site splice its tables read) among them."""
+    for name, route in routes.items():
+        own = route.get("spans")
+        if own is None:
+            continue
+        where = f"routes.{name}.spans"
+        extra = sorted(set(own) - set(spans))
+        if extra:
+            raise CausalKLError(source, where, f"{extra} not among patch.spans {spans}",
+                                f"list only spans of patch.spans, or add {extra} to patch.spans")
+        if 1 not in own:
+            raise CausalKLError(source, where, f"{sorted(own)} lacks 1, the single-site splice every route table reads",
+                                f"list 1 among the route's spans, e.g. {sorted({1, *own})}")
+
+
 def check_demo(config: dict, source: str = "config") -> None:
     """The demo builds its corpus and model only at its own paths, so it never writes over a user's files."""
     for key, want in DEMO_PATHS.items():
@@ -322,14 +350,18 @@ def runs_jobs_here(argv: list[str]) -> bool:
 ROUTE_SLOTS = ("tables", "stats", "figures", "analysis", "patch", "recon", "geometry", "explanations", "sae",
                "whole_context")
 """Folders of ``results/{run}/L{layer}/`` (and of its ``span{k}/``) whose next path component names a route."""
-RUN_LEVEL = {"tables": {"routes.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
-                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
-                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
-                                                  "routes_comparison.png", "routes_comparison.svg"},
+RUN_LEVEL = {"tables": {"routes.csv", "frontier.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
+                                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
+                                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
+                                                                  "routes_comparison.png", "routes_comparison.svg",
+                                                                  "frontier.png", "frontier.svg"},
              "analysis": {"error_norms.parquet"}, "patch": {"floors", "floors.parquet"}}
 """Files in those folders that belong to the layer (every route of it), not to one route."""
-ACROSS_LAYERS = {"tables": {"layers.csv"}, "figures": {"layers.png", "layers.svg"}}
+ACROSS_LAYERS = {"tables": {"layers.csv", "frontier.csv"},
+                 "figures": {"layers.png", "layers.svg", "frontier.png", "frontier.svg"}}
 """Files of ``results/{run}/`` itself that compare the layers."""
+REPORT_PAGES = "report"
+"""``results/{run}/report/L{layer}/{route}.html``: the page of a route at a layer, beside the main page."""
 
 
 def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list[str]], spans: list[int]) -> None:
@@ -343,6 +375,9 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
     layers = sorted(routes_by_layer)
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         parts = target[len(prefix):].split("/")
+        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(r"L\d+", parts[1]) is not None
+        if page:  # a route's page: checked as the layer's outputs are (report/L3/pca.html as if L3/report/pca.html)
+            parts = [parts[1], REPORT_PAGES, parts[2]]
         m = re.fullmatch(r"L(\d+)", parts[0])
         if m is None:
             if len(parts) > 1 and parts[0] in ROUTE_SLOTS and parts[1] not in ACROSS_LAYERS.get(parts[0], set()):
@@ -365,7 +400,8 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
                 raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",
                                     "add it to patch.spans in the config, or ask for one of the run's spans")
             rest = rest[1:]
-        if len(rest) < 2 or rest[0] not in ROUTE_SLOTS or rest[1] in RUN_LEVEL.get(rest[0], set()):
+        slots = (*ROUTE_SLOTS, REPORT_PAGES) if page else ROUTE_SLOTS
+        if len(rest) < 2 or rest[0] not in slots or rest[1] in RUN_LEVEL.get(rest[0], set()):
             continue
         name = rest[1] if len(rest) > 2 else Path(rest[1]).name.split(".")[0]
         here = routes_by_layer[layer]
@@ -386,7 +422,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     demo = bool(config.get("demo"))
     if demo:
         check_demo(config, source)
-    from causal_kl.config import layer_path, run_layers
+    from causal_kl.config import layer_path, run_layers, run_spans
 
     model = config["model"]
     layers = run_layers(config)
@@ -396,6 +432,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)
     check_spans(config, source)
+    check_route_spans(config.get("routes") or {}, run_spans(config), source)
     stored = config["gold"].get("stored")
     if stored:
         for one in layers:

@@ -261,6 +261,17 @@ def run_spans(config: dict) -> list[int]:
     return sorted(int(k) for k in config["patch"]["spans"])
 
 
+def route_spans(config: dict, route: str) -> list[int]:
+    """The spans a route is patched at: its ``spans`` (a subset of ``patch.spans``), else every span of the run."""
+    own = config["routes"][route].get("spans")
+    return run_spans(config) if own is None else sorted(int(k) for k in own)
+
+
+def routes_at_span(config: dict, layer: int, span: int) -> list[str]:
+    """The routes of the run patched at ``span`` at ``layer``, in name order."""
+    return [r for r in routes_at(config, layer) if int(span) in route_spans(config, r)]
+
+
 def layer_path(template: str, layer: int) -> str:
     """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds)."""
     return template.replace("{layer}", str(int(layer)))

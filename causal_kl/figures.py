@@ -1,4 +1,4 @@
-"""The write-up's figures (seaborn), one function each, plus the multi-route comparison.
+"""The write-up's figures (matplotlib in seaborn's whitegrid theme), one function each, plus the multi-route comparison.
 
 Each function takes already-computed data keyed by route (one panel, bar group or line set
 per route) and plotting options, and returns a matplotlib Figure; :func:`save` writes it as
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from cycler import cycler  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import textwrap  # noqa: E402
 
@@ -39,8 +39,41 @@ PALETTE = {
 }
 
 
+DEEP = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+"""seaborn's "deep" palette: ``color_palette("deep")``."""
+
+THEME = {
+    "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
+    "axes.labelcolor": ".15", "axes.labelsize": 12.0, "axes.linewidth": 1.25, "axes.prop_cycle": cycler(color=DEEP),
+    "axes.spines.bottom": True, "axes.spines.left": True, "axes.spines.right": True, "axes.spines.top": True,
+    "axes.titlesize": 12.0, "figure.facecolor": "white", "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "font.size": 12.0, "grid.color": ".8", "grid.linestyle": "-", "grid.linewidth": 1.0, "legend.fontsize": 11.0,
+    "legend.title_fontsize": 12.0, "lines.linewidth": 1.5, "lines.markersize": 6.0, "lines.solid_capstyle": "round",
+    "patch.edgecolor": "w", "patch.force_edgecolor": True, "patch.linewidth": 1.0, "text.color": ".15",
+    "xtick.bottom": False, "xtick.color": ".15", "xtick.direction": "out", "xtick.labelsize": 11.0,
+    "xtick.major.pad": 3.5, "xtick.major.size": 6.0, "xtick.major.width": 1.25, "xtick.minor.pad": 3.4,
+    "xtick.minor.size": 4.0, "xtick.minor.width": 1.0, "xtick.top": False, "ytick.color": ".15",
+    "ytick.direction": "out", "ytick.labelsize": 11.0, "ytick.left": False, "ytick.major.pad": 3.5,
+    "ytick.major.size": 6.0, "ytick.major.width": 1.25, "ytick.minor.pad": 3.4, "ytick.minor.size": 4.0,
+    "ytick.minor.width": 1.0, "ytick.right": False,
+}
+"""seaborn's ``set_theme(style="whitegrid", context="notebook")`` as matplotlib settings (its colormap aside: no figure
+draws an image). Importing seaborn imports scipy.stats, about a third of a figure job's CPU time; tests/test_figures.py
+holds these settings and palettes equal to seaborn's own."""
+
+
 def _theme() -> None:
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=1.0)
+    matplotlib.rcParams.update(THEME)
+
+
+def _palette(name: str, n: int) -> list:
+    """``n`` colours of seaborn's ``deep`` palette (cycled), or ``n`` evenly spaced inside a matplotlib colormap (its
+    ends left out), as seaborn's ``color_palette(name, n)`` gives them."""
+    if name == "deep":
+        return [DEEP[i % len(DEEP)] for i in range(n)]
+    cmap = matplotlib.colormaps[name]
+    return [tuple(float(c) for c in cmap(x)[:3]) for x in np.linspace(0, 1, int(n) + 2)[1:-1]]
 
 
 def _log_ticks(axis, values) -> None:
@@ -93,8 +126,7 @@ def fig1_geometry_vs_kl(
             df = df.sample(n=subsample, random_state=seed)
         x = df["direction_mse"].clip(lower=1e-12)
         y = df[kl0].clip(lower=kl_floor)
-        sns.scatterplot(x=x, y=y, ax=ax, s=point_size, alpha=alpha, color=PALETTE[RECON],
-                        edgecolor="none")
+        ax.scatter(x, y, s=point_size, alpha=alpha, color=PALETTE[RECON], edgecolors="none")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_ticks(ax.xaxis, x)
@@ -134,7 +166,7 @@ def fig2_damage_per_energy(
     fig, ax = plt.subplots(figsize=(width, height))
     x = np.arange(len(FIG2_CONDITIONS))
     w = 0.8 / n_routes
-    colors = sns.color_palette("deep", n_routes) if n_routes > 1 else [PALETTE[RECON]]
+    colors = _palette("deep", n_routes) if n_routes > 1 else [PALETTE[RECON]]
     for j, route in enumerate(data):
         sub = df[df["route"] == route].set_index("key").reindex(list(FIG2_CONDITIONS))
         xx = x + (j - (n_routes - 1) / 2) * w
@@ -371,7 +403,7 @@ def fig_layers(
     fig, (a1, a2, a3) = _grid(3, width / 3, height, max_cols=3)
     layers = layers.assign(route=layers["route"].fillna("").astype(str))  # the floors' route "" reads back from CSV as NaN
     routes = sorted(r for r in layers["route"].unique() if r != "")
-    colors = dict(zip(routes, sns.color_palette("deep", len(routes)) if len(routes) > 1 else [PALETTE[RECON]]))
+    colors = dict(zip(routes, _palette("deep", len(routes)) if len(routes) > 1 else [PALETTE[RECON]]))
     ls_all = sorted(int(x) for x in layers["layer"].unique()) if len(layers) else [0]
     undefined: list[str] = []
     for route in routes:
@@ -415,6 +447,144 @@ def fig_layers(
     return fig
 
 
+FRONTIER_X = {"l0": ("l0", "L0 (mean active latents; lower is sparser)"),
+              "fve": ("fve", "FVE (higher is closer in direction)")}
+FRONTIER_Y = {"kl0": ("kl0_median", "median KL@0, nats (reconstruction at gold norm)", True),
+              "loss": ("loss_recovered", "loss recovered vs cross-doc resample", False),
+              "saelens": ("saelens_kl_div_score", "SAELens' kl_div_score (whole context)", False)}
+"""The frontier figures' axes: (column, label[, log scale])."""
+
+
+def _frontier_line(ax, x, y, on, color, log_x: bool) -> None:
+    """The frontier of one panel: its points joined in order of the x axis."""
+    idx = np.flatnonzero(on)
+    if len(idx) > 1:
+        idx = idx[np.argsort(x[idx], kind="stable")]
+        ax.plot(x[idx], y[idx], color=color, lw=1.2, ls="--", zorder=1)
+
+
+def _frontier_x_axis(ax, values: np.ndarray, key: str) -> None:
+    v = values[np.isfinite(values) & (values > 0)]
+    if key == "l0" and v.size and v.max() / v.min() > 4:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
+
+
+def fig_frontier(frontier: pd.DataFrame, width: float = 11.0, height: float = 11.0, kl_floor: float = 1e-6,
+                 ) -> plt.Figure:
+    """One layer's sparsity–damage frontier: every route as a point, three rows of damage (median KL@0, loss
+    recovered, SAELens' kl_div_score) against two sparsity axes (L0, FVE), 95% CIs as error bars.
+
+    ``frontier`` is :func:`causal_kl.frontier.frontier_table`'s output. In each panel the routes on that pair's
+    frontier are filled and joined by a dashed line; the others are hollow. A route without an L0 is absent from
+    the L0 column; a panel with nothing to show says why.
+    """
+    _theme()
+    fig, axes = plt.subplots(len(FRONTIER_Y), len(FRONTIER_X), figsize=(width, height), squeeze=False)
+    routes = frontier["route"].astype(str).tolist()
+    colors = dict(zip(routes, _palette("deep", max(len(routes), 1))))
+    for j, (xkey, (xcol, xlabel)) in enumerate(FRONTIER_X.items()):
+        x = frontier[xcol].to_numpy(dtype=np.float64)
+        for i, (ykey, (ycol, ylabel, log_y)) in enumerate(FRONTIER_Y.items()):
+            ax = axes[i][j]
+            y = frontier[ycol].to_numpy(dtype=np.float64)
+            lo = frontier[f"{ycol}_lo"].to_numpy(dtype=np.float64) if f"{ycol}_lo" in frontier else np.full_like(y, np.nan)
+            hi = frontier[f"{ycol}_hi"].to_numpy(dtype=np.float64) if f"{ycol}_hi" in frontier else np.full_like(y, np.nan)
+            if log_y:
+                y, lo, hi = (_at_floor(a, kl_floor) for a in (y, lo, hi))
+            on = frontier[f"frontier_{xkey}_{ykey}"].astype(bool).to_numpy()
+            if ykey == "loss" and "loss_recovered_defined" in frontier and not frontier["loss_recovered_defined"].all():
+                y = np.full_like(y, np.nan)
+            ok = np.isfinite(x) & np.isfinite(y)
+            for k in np.flatnonzero(ok):
+                err = None
+                if np.isfinite(lo[k]) and np.isfinite(hi[k]):
+                    err = [[max(y[k] - lo[k], 0.0)], [max(hi[k] - y[k], 0.0)]]
+                ax.errorbar([x[k]], [y[k]], yerr=err, fmt="o", ms=8, capsize=3, lw=1, color=colors[routes[k]],
+                            mfc=colors[routes[k]] if on[k] else "white", mew=1.6, zorder=3)
+            _frontier_line(ax, x, y, on & ok, "#333333", xkey == "l0")
+            if not ok.any():
+                why = ("no route of this layer has an L0 (only SAE routes do)" if xkey == "l0" and not np.isfinite(x).any()
+                       else "loss recovered is not a score here (the floor's mean ΔCE@0 CI is not above 0)"
+                       if ykey == "loss" else "no route has this score")
+                ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=9, wrap=True)
+            else:
+                _frontier_x_axis(ax, x[ok], xkey)
+                if log_y:
+                    ax.set_yscale("log")
+                    _log_ticks(ax.yaxis, np.concatenate([y[ok], lo[ok], hi[ok]]))
+            if i == len(FRONTIER_Y) - 1:
+                ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel, fontsize=9)
+    axes[0][0].set_title("against L0", fontsize=10)
+    axes[0][1].set_title("against FVE", fontsize=10)
+    handles = [plt.Line2D([], [], ls="", marker="o", ms=8, color=colors[r], label=r) for r in routes]
+    handles += [plt.Line2D([], [], ls="--", marker="o", ms=8, color="#333333", label="on the frontier"),
+                plt.Line2D([], [], ls="", marker="o", ms=8, color="#333333", mfc="white", mew=1.6, label="dominated")]
+    fig.suptitle("Sparsity–damage frontier (filled, dashed: no other route is better on both axes)", fontsize=11)
+    ncol = min(len(handles), 8)
+    fig.legend(handles=handles, loc="upper center", ncol=ncol, frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 1 - 0.35 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.22 * math.ceil(len(handles) / ncol)) / height))
+    return fig
+
+
+def fig_frontier_layers(frontier: pd.DataFrame, width: float = 11.0, height: float = 8.0, kl_floor: float = 1e-6,
+                        ) -> plt.Figure:
+    """Every layer's frontier in one figure: median KL@0 and loss recovered (rows) against L0 and FVE (columns);
+    one colour per layer, the routes on that layer's frontier filled, labelled and joined, the others hollow.
+
+    ``frontier`` is :func:`causal_kl.frontier.frontier_layers`' output (damage is compared within a layer only)."""
+    _theme()
+    rows = {k: FRONTIER_Y[k] for k in ("kl0", "loss")}
+    fig, axes = plt.subplots(len(rows), len(FRONTIER_X), figsize=(width, height), squeeze=False)
+    layers = sorted(int(l) for l in frontier["layer"].unique()) if len(frontier) else []
+    colors = dict(zip(layers, _palette("viridis", max(len(layers), 1))))
+    for j, (xkey, (xcol, xlabel)) in enumerate(FRONTIER_X.items()):
+        for i, (ykey, (ycol, ylabel, log_y)) in enumerate(rows.items()):
+            ax = axes[i][j]
+            shown = np.array([], dtype=np.float64)
+            for layer in layers:
+                sub = frontier[frontier["layer"] == layer]
+                x = sub[xcol].to_numpy(dtype=np.float64)
+                y = sub[ycol].to_numpy(dtype=np.float64)
+                if log_y:
+                    y = _at_floor(y, kl_floor)
+                if ykey == "loss" and "loss_recovered_defined" in sub and not sub["loss_recovered_defined"].all():
+                    continue
+                on = sub[f"frontier_{xkey}_{ykey}"].astype(bool).to_numpy()
+                ok = np.isfinite(x) & np.isfinite(y)
+                c = colors[layer]
+                ax.scatter(x[ok & ~on], y[ok & ~on], s=40, facecolors="white", edgecolors=[c], linewidths=1.4, zorder=2)
+                ax.scatter(x[ok & on], y[ok & on], s=48, color=c, zorder=3,
+                           label=f"layer {layer}" if (i, j) == (0, 1) else None)
+                _frontier_line(ax, x, y, on & ok, c, xkey == "l0")
+                for k in np.flatnonzero(ok & on):
+                    ax.annotate(str(sub["route"].iloc[k]), (x[k], y[k]), xytext=(4, 3), textcoords="offset points",
+                                fontsize=7, color=c)
+                shown = np.concatenate([shown, x[ok]])
+            if shown.size:
+                _frontier_x_axis(ax, shown, xkey)
+                if log_y:
+                    ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
+            else:
+                ax.text(0.5, 0.5, "no route has an L0 (only SAE routes do)" if xkey == "l0" else "nothing to show",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            if i == len(rows) - 1:
+                ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel, fontsize=9)
+    handles, labels = axes[0][1].get_legend_handles_labels()
+    fig.suptitle("Sparsity–damage frontier of every layer (filled, labelled: on that layer's frontier)", fontsize=11)
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(handles), 8), frameon=False, fontsize=9,
+                   bbox_to_anchor=(0.5, 1 - 0.35 / height))
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
+    else:
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
+    return fig
+
+
 def save(fig: plt.Figure, png: str | Path, svg: str | Path | None = None, dpi: int = 150) -> None:
     """Write ``fig`` to PNG (and SVG) atomically and close it."""
     with atomic_path(png) as tmp:
@@ -426,4 +596,5 @@ def save(fig: plt.Figure, png: str | Path, svg: str | Path | None = None, dpi: i
 
 
 __all__ = ["FIG2_CONDITIONS", "OFFSET_MARKERS", "PALETTE", "fig1_geometry_vs_kl", "fig2_damage_per_energy",
-           "fig3_kl_by_offset", "fig_layers", "fig_routes", "fig_spans", "save"]
+           "fig3_kl_by_offset", "fig_frontier", "fig_frontier_layers", "fig_layers", "fig_routes", "fig_spans",
+           "save"]

@@ -1,9 +1,20 @@
-"""The self-contained HTML report of one run: provenance, floor gate, every table, statistic and figure.
+"""The HTML report of one run: a main page, and one page per route and layer.
 
-Figures are embedded as base64 PNG and the style sheet is inline, so the one file opens
-offline and can be mailed around. A failed floor gate is shown at the top in red; the report
-is still written. Captions come from ``reports/*.rst`` (the same files ``snakemake --report``
-shows), with the reStructuredText markup stripped.
+The main page (``results/{run}/report.html``) holds what a reader compares: the floor gate of every
+layer, provenance, the cross-layer table and figures, and per layer the routes table, the all-routes
+figures and the sparsity–damage frontier, each route linked to its own page. A route's page
+(``results/{run}/report/L{layer}/{route}.html``) holds its details: headline cards, the four tables,
+statistics, its figures, SAELens' scores and SAE sparsity, spans; it links back to the main page's
+layer section. So the main page grows with layers and routes by a table row and the comparison
+figures, not by every route's figures, and adding a route writes one new route page without
+touching the others.
+
+Every page is self-contained: the style sheet is inline and each figure is embedded as a ``data:``
+image, PNG or SVG, whichever is smaller for that figure; a page opens offline and its links are
+relative, so ``report.html`` and the ``report/`` folder beside it can be copied together. A failed
+floor gate is shown at the top in red; the report is still written. Captions come from
+``reports/*.rst`` (the same files ``snakemake --report`` shows), with the reStructuredText markup
+stripped.
 """
 
 from __future__ import annotations
@@ -11,9 +22,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import numpy as np
 import pandas as pd
@@ -43,17 +55,100 @@ def caption(name: str, directory: str | Path = CAPTIONS_DIR) -> str:
     return " ".join(text.split())
 
 
-def _img(path: str | Path) -> str:
-    """A PNG as an inline ``data:`` image, shown at 100 CSS px per inch of the figure (dpi from its pHYs chunk)."""
-    raw = Path(path).read_bytes()
-    style = ""
-    if raw[:8] == b"\x89PNG\r\n\x1a\n":
-        width = int.from_bytes(raw[16:20], "big")
-        i = raw.find(b"pHYs")
-        dpi = int.from_bytes(raw[i + 4:i + 8], "big") * 0.0254 if i > 0 else 100.0
-        style = f' style="width:{width * 100.0 / max(dpi, 1.0):.0f}px"'
-    data = base64.b64encode(raw).decode("ascii")
-    return f'<img alt="{html.escape(Path(path).stem)}"{style} src="data:image/png;base64,{data}">'
+FigureSpec = Union[str, Path, Mapping[str, Any], None]
+"""A figure in a manifest: ``{"png": path, "svg": path}`` (either may be absent), or one path (PNG or SVG)."""
+
+SVG_UNSAFE = re.compile(r'[%#"&<>`{}?\x00-\x1f\x7f-\U0010ffff]')
+"""Characters an SVG is percent-encoded at inside a ``data:`` URL in a double-quoted attribute (the WHATWG path
+percent-encode set, ``&`` and ``"`` for HTML, and everything outside ASCII; spaces and ``'`` are left as they are)."""
+
+
+def _png_data(raw: bytes) -> tuple[str, str]:
+    """A PNG's ``data:`` URL and its display width: 100 CSS px per inch of the figure (dpi from its pHYs chunk)."""
+    width = int.from_bytes(raw[16:20], "big")
+    i = raw.find(b"pHYs")
+    dpi = int.from_bytes(raw[i + 4:i + 8], "big") * 0.0254 if i > 0 else 100.0
+    return ("data:image/png;base64," + base64.b64encode(raw).decode("ascii"),
+            f"{width * 100.0 / max(dpi, 1.0):.0f}px")
+
+
+def quantize_png(raw: bytes, colors: int = 256) -> bytes:
+    """A PNG with its colours reduced to a palette of ``colors`` (Pillow's fast octree, alpha kept) and its dpi kept.
+
+    A plot has few colours but anti-aliased edges and translucent points blend them into many; a 256-colour
+    palette draws the same picture at a third to a fifth of the bytes of matplotlib's RGBA PNG."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as img:
+        dpi = img.info.get("dpi")
+        small = img.convert("RGBA").quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
+        out = io.BytesIO()
+        small.save(out, format="PNG", compress_level=9, **({"dpi": dpi} if dpi else {}))
+    return out.getvalue()
+
+
+def minify_svg(text: str) -> str:
+    """A matplotlib SVG without its XML prolog, doctype, metadata block and the whitespace between tags, its attributes
+    in single quotes (which a ``data:`` URL inside a double-quoted HTML attribute need not escape).
+
+    Matplotlib draws text as paths (``svg.fonttype: path``), so no element's text content is whitespace-sensitive.
+    """
+    text = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<metadata>.*?</metadata>", "", text, flags=re.S)
+    text = re.sub(r"(\s[\w:.-]+)=\"([^\"'<]*)\"", r"\1='\2'", text)  # attributes in single quotes: nothing to escape
+    return re.sub(r">\s+<", "><", text).strip()
+
+
+def _svg_data(text: str) -> tuple[str, str]:
+    """An SVG's ``data:`` URL (percent-encoded, not base64: a third smaller) and its display width (100 px/inch)."""
+    text = minify_svg(text)
+    m = re.search(r"<svg[^>]*?\swidth='([\d.]+)(pt|px)?'", text)
+    width = ""
+    if m:
+        per_inch = 72.0 if m.group(2) in (None, "pt") else 96.0
+        width = f"{float(m.group(1)) * 100.0 / per_inch:.0f}px"
+    data = SVG_UNSAFE.sub(lambda c: "".join(f"%{b:02X}" for b in c.group(0).encode("utf-8")), text)
+    return "data:image/svg+xml;charset=utf-8," + data, width
+
+
+def figure_sources(fig: FigureSpec) -> dict[str, Path]:
+    """The existing files of a figure, by format (``png``, ``svg``)."""
+    if fig is None:
+        return {}
+    if isinstance(fig, Mapping):
+        paths = {k: Path(v) for k, v in fig.items() if k in ("png", "svg") and v}
+    else:
+        p = Path(fig)
+        paths = {"png": p.with_suffix(".png"), "svg": p.with_suffix(".svg")} if p.suffix == ".png" else \
+            {p.suffix.lstrip("."): p}
+    return {k: p for k, p in paths.items() if p.exists()}
+
+
+def embed_figure(fig: FigureSpec) -> tuple[str, str, str] | None:
+    """The smallest ``data:`` URL of a figure: its SVG, its PNG, or its PNG with a 256-colour palette
+    (:func:`quantize_png`); ``(url, format, display width)``, format ``svg``, ``png`` or ``png8``; None when the figure
+    has no file."""
+    options = []
+    for fmt, path in figure_sources(fig).items():
+        if fmt == "svg":
+            options.append((*_svg_data(path.read_text()), "svg"))
+            continue
+        raw = path.read_bytes()
+        options.append((*_png_data(raw), "png"))
+        options.append((*_png_data(quantize_png(raw)), "png8"))
+    if not options:
+        return None
+    url, width, fmt = min(options, key=lambda o: len(o[0]))
+    return url, fmt, width
+
+
+def _img(fig: FigureSpec) -> str:
+    """A figure as an ``<img>`` with its smaller ``data:`` URL, shown at 100 CSS px per inch of the figure."""
+    url, _, width = embed_figure(fig)
+    name = next(iter(figure_sources(fig).values())).stem
+    style = f' style="width:{width}"' if width else ""
+    return f'<img alt="{html.escape(name)}"{style} src="{url}">'
 
 
 def _fmt(v: Any, col: str = "") -> str:
@@ -67,6 +162,8 @@ def _fmt(v: Any, col: str = "") -> str:
         v = float(v)
         if col in ("n", "n_sites") or col.startswith("n_"):
             return str(int(round(v)))
+        if col in ("l0", "sae_l0"):
+            return f"{v:.1f}"
         if col.startswith("loss_recovered") or col.endswith("loss_recovered") or "share" in col:
             return f"{100 * v:.1f}%"
         if v == 0:
@@ -101,8 +198,13 @@ def _is_text(col: pd.Series) -> bool:
     return col.dtype == object or pd.api.types.is_string_dtype(col.dtype)
 
 
-def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
-    """A DataFrame as an HTML table; published/diff columns tinted, CI columns folded."""
+def html_table(df: pd.DataFrame, drop: tuple[str, ...] = (), links: Mapping[str, str] | None = None,
+               link_column: str = "route", row_ids: Mapping[str, str] | None = None) -> str:
+    """A DataFrame as an HTML table; published/diff columns tinted, CI columns folded.
+
+    ``links`` maps values of ``link_column`` to an href (the cell becomes a link); ``row_ids`` maps them to the
+    ``id`` of their row (an anchor other pages link to).
+    """
     df = df[[c for c in df.columns if c not in drop]]
     disp = display_frame(df)
     head = []
@@ -111,14 +213,36 @@ def html_table(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> str:
         txt = " txt" if _is_text(df[c]) else ""
         head.append(f'<th class="{cls}{txt}">{html.escape(c).replace("_", "_<wbr>")}</th>')
     body = []
-    for _, row in disp.iterrows():
+    keys = df[link_column].astype(str).tolist() if link_column in df and (links or row_ids) else [None] * len(df)
+    for key, (_, row) in zip(keys, disp.iterrows()):
         cells = []
         for c in disp.columns:
             cls = "pub" if c.endswith("_published") else "diff" if c.endswith("_diff") else ""
             txt = " txt" if _is_text(df[c]) else ""
-            cells.append(f'<td class="{cls}{txt}">{row[c]}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
+            value = row[c]
+            if links and c == link_column and key in links:
+                value = f"<a href='{html.escape(links[key])}'>{value}</a>"
+            cells.append(f'<td class="{cls}{txt}">{value}</td>')
+        rid = f" id='{html.escape(row_ids[key])}'" if row_ids and key in row_ids else ""
+        body.append(f"<tr{rid}>" + "".join(cells) + "</tr>")
     return "<table><thead><tr>" + "".join(head) + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+
+
+def gate_bound(check: Mapping[str, Any]) -> str:
+    """A gate row's bound as a reader wants it: ``> 0.999`` (re-extract cos), ``≤ 0.01`` (gold-repatch KL, nats),
+    ``0.7749 ± 0.001`` (an FVE re-check: the stated expectation and its tolerance), ``–`` when there is none (an FVE
+    row of a route that states no expected FVE)."""
+    bound = check.get("bound")
+    if bound is None:
+        return "–"
+    name = check.get("name")
+    if name == "fve_recheck" and isinstance(bound, (list, tuple)) and len(bound) == 2:
+        return f"{float(bound[0]):.4f} ± {float(bound[1]):g}"
+    if name == "reextract":
+        return f"> {float(bound):g}"
+    if name == "gold_repatch":
+        return f"≤ {float(bound):g} nats"
+    return str(bound)
 
 
 def gate_html(gate: Mapping[str, Any], label: str | None = None) -> str:
@@ -132,7 +256,7 @@ def gate_html(gate: Mapping[str, Any], label: str | None = None) -> str:
         ok = c.get("pass")
         mark = '<span class="ok">✓</span>' if ok else ('<span class="bad">✗</span>' if ok is False else "–")
         rows.append(f"<tr><td>{mark}</td><td class='txt'>{html.escape(str(c.get('label', c.get('name'))))}</td>"
-                    f"<td>{_fmt(c.get('value'))}</td><td class='txt'>{html.escape(str(c.get('bound')))}</td>"
+                    f"<td>{_fmt(c.get('value'))}</td><td class='txt'>{html.escape(gate_bound(c))}</td>"
                     f"<td class='txt'>{html.escape(str(c.get('detail', '')))}</td></tr>")
     title = ("✓ Floor checks passed" if passed else
              "✗ FLOOR CHECK FAILED: the numbers below are not trustworthy until the failing check is fixed")
@@ -163,10 +287,10 @@ def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[st
     return f"<table id='provenance'><tbody>{rows}</tbody></table>"
 
 
-def _figure(path: str | Path | None, cap: str) -> str:
-    if not path or not Path(path).exists():
-        return f"<p class='caption'>(figure missing: {html.escape(str(path))})</p>"
-    return f"<figure>{_img(path)}<figcaption>{html.escape(cap)}</figcaption></figure>"
+def _figure(fig: FigureSpec, cap: str) -> str:
+    if not figure_sources(fig):
+        return f"<p class='caption'>(figure missing: {html.escape(str(fig))})</p>"
+    return f"<figure>{_img(fig)}<figcaption>{html.escape(cap)}</figcaption></figure>"
 
 
 def _with_ci(v: Any, lo: Any, hi: Any, col: str = "") -> str:
@@ -295,11 +419,11 @@ def spans_html(route: str, spans: Mapping[str, Any], aid: str) -> str:
 
 def route_section(route: str, files: Mapping[str, Any], reference: Mapping[str, Any] | None,
                   layer: int | str | None = None) -> str:
-    """One route at one layer: headline cards, the four tables, statistics, three figures, SAELens' scores, spans."""
+    """One route at one layer, the body of its page: headline cards, SAELens' scores and SAE sparsity, the four tables,
+    statistics, three figures, spans. Section anchors: ``{section}-L{layer}-{route}``."""
     rid = _anchor(route) if layer is None else _anchor(f"L{layer}", route)
     stats = json.loads(Path(files["stats"]).read_text())
-    where = "" if layer is None else f" at layer {html.escape(str(layer))}"
-    parts = [f"<h2 id='route-{rid}'>Route <code>{html.escape(route)}</code>{where}</h2>", _cards(stats)]
+    parts = [f"<div id='route-{rid}'>{_cards(stats)}</div>"]
     wc = saelens_html(files)
     if wc:
         parts.append(f"<h3 id='saelens-{rid}'>SAELens-comparable scores (whole-context splice)</h3>")
@@ -389,17 +513,140 @@ def _load_json(path: str | Path, missing: dict) -> dict:
     return json.loads(Path(path).read_text()) if path and Path(path).exists() else missing
 
 
-def _comparison_html(comparison: Mapping[str, str], aid: str) -> list[str]:
+ROUTE_PAGE_DIR = "report"
+"""Route pages live in ``{this folder}/L{layer}/{route}.html`` beside the main page."""
+
+
+def route_page_path(main: str | Path, layer: int | str, route: str) -> Path:
+    """Where the page of ``route`` at ``layer`` lives, for the main page ``main`` (``results/{run}/report.html``)."""
+    return Path(main).parent / ROUTE_PAGE_DIR / f"L{layer}" / f"{route}.html"
+
+
+def _relative(target: str | Path, page: str | Path) -> str:
+    """``target`` as a link from the page ``page`` (both paths from the same root; always with forward slashes)."""
+    return Path(os.path.relpath(Path(target), Path(page).parent)).as_posix()
+
+
+def _document(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS_PATH.read_text()}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+
+
+def _comparison_html(comparison: Mapping[str, Any], layer: str, pages: Mapping[str, str],
+                     frontier: Mapping[str, Any] | None, heading: str) -> list[str]:
+    """A layer's all-routes section: the routes table (each route linked to its page), the routes comparison, the
+    sparsity–damage frontier, then the write-up's figures with a panel per route."""
     body = []
     if comparison.get("routes") and Path(comparison["routes"]).exists():
-        body.append(html_table(read_csv(comparison["routes"])))
-        body.append(f"<div class='caption'>{html.escape(caption('routes'))}</div>")
+        table = read_csv(comparison["routes"])
+        body.append(html_table(table, links=pages, row_ids={r: f"route-{_anchor(f'L{layer}', r)}" for r in pages}))
+        body.append(f"<div class='caption'>{html.escape(caption('routes'))} Each route's name opens its own page "
+                    "(tables, statistics, figures, SAELens' scores, spans).</div>")
     if comparison.get("fig_routes"):
         body.append(_figure(comparison.get("fig_routes"), caption("fig_routes")))
+    if frontier:
+        body += frontier_html(frontier, _anchor(layer), heading, links=pages)
     for key in ("fig1", "fig2", "fig3"):
         if comparison.get(key):
             body.append(_figure(comparison[key], caption(key) + " All routes of the layer."))
     return body
+
+
+FRONTIER_AXES = {"l0": "L0", "fve": "FVE"}
+FRONTIER_DAMAGE = {"kl0": "KL@0", "loss": "loss recovered", "saelens": "SAELens kl_div_score"}
+FRONTIER_SHOWN = ("layer", "route", "kind", "l0", "fve", "kl0_median", "kl0_median_lo", "kl0_median_hi",
+                  "loss_recovered", "loss_recovered_lo", "loss_recovered_hi", "saelens_kl_div_score")
+
+
+def frontier_display(frontier: pd.DataFrame, with_layer: bool = False) -> pd.DataFrame:
+    """The frontier table as the report shows it: the values with CIs, and one column naming the (sparsity, damage)
+    pairs whose frontier the route is on."""
+    cols = [c for c in FRONTIER_SHOWN if c in frontier and (with_layer or c != "layer")]
+    out = frontier[cols].copy()
+    on = []
+    for _, row in frontier.iterrows():
+        names = [f"{FRONTIER_AXES[a]}–{FRONTIER_DAMAGE[d]}" for a in FRONTIER_AXES for d in FRONTIER_DAMAGE
+                 if bool(row.get(f"frontier_{a}_{d}", False))]
+        on.append(", ".join(names) or "–")
+    out["on_the_frontier_of"] = on
+    return out
+
+
+def frontier_html(frontier: Mapping[str, Any], aid: str, heading: str, with_layer: bool = False,
+                  links: Mapping[str, str] | None = None) -> list[str]:
+    """The sparsity–damage frontier: its table (a layer's open, every layer's folded), then its figure."""
+    body = [f"<h3 id='frontier-{aid}'>{html.escape(heading)}</h3>"]
+    if frontier.get("table") and Path(frontier["table"]).exists():
+        table = html_table(frontier_display(read_csv(frontier["table"]), with_layer), links=links)
+        if with_layer:
+            table = ("<details><summary>the table: per layer and route, L0, FVE, median KL@0 and loss recovered vs "
+                     "cross-doc resample [95% CI], SAELens' kl_div_score, and the frontiers the route is on</summary>"
+                     + table + "</details>")
+        body.append(table)
+    body.append(_figure(frontier.get("figure"), caption("frontier")))
+    return body
+
+
+def build_route_page(
+    files: Mapping[str, Any],
+    out: str | Path,
+    run: str,
+    layer: int | str,
+    route: str,
+    main: str | Path,
+    route_config: Mapping[str, Any] | None = None,
+    reference: bool = False,
+    reference_dir: str | Path | None = None,
+) -> str:
+    """Write the page of one route at one layer (``out``, self-contained) and return its text.
+
+    ``files`` is the route's manifest (``conditions, quartiles, offsets, token_classes`` CSV, ``stats`` JSON, ``fig1,
+    fig2, fig3`` figures, optionally ``whole_context`` / ``sae`` JSON and ``spans``); ``main`` the run's main page,
+    which the page links back to (its layer section and the gate). The page reads nothing of other routes or of the
+    gate, so adding a route or a layer leaves it as it is.
+    """
+    ref = load_reference(reference_dir or REFERENCE_DIR) if reference else None
+    rid = _anchor(f"L{layer}", route)
+    back = _relative(main, out)
+    stats = _load_json(files.get("stats"), {})
+    n_sites = (stats.get("headline") or {}).get("n_sites")
+    settings = ", ".join(f"{k}: {v}" for k, v in sorted((route_config or {}).items()))
+    items = [("run", run), ("layer", layer), ("route", route), ("route settings", settings or None), ("sites", n_sites)]
+    sections = [("conditions", "conditions"), ("geometry", "geometry vs damage"), ("quartiles", "quartiles"),
+                ("energy", "damage per energy"), ("offsets", "KL by offset"), ("token_classes", "token classes"),
+                ("statistics", "statistics")]
+    if files.get("whole_context") or files.get("sae"):
+        sections.insert(0, ("saelens", "SAELens-comparable scores"))
+    if files.get("spans"):
+        sections.append(("spans", "spans"))
+    nav = [f"<a href='{back}#comparison-{_anchor(layer)}'>← all routes of layer {html.escape(str(layer))}</a>",
+           f"<a href='{back}#gate'>floor gate</a>"] + [f"<a href='#{s}-{rid}'>{html.escape(t)}</a>" for s, t in sections]
+    body = [
+        f"<h1>Route <code>{html.escape(route)}</code> at layer {html.escape(str(layer))}: run "
+        f"<code>{html.escape(str(run))}</code></h1>",
+        f"<p class='sub'>One route's details. The floor gate, provenance and the comparison with the run's other "
+        f"routes are on the <a href='{back}#route-{rid}'>main page</a>.</p>",
+        "<nav>" + " ".join(nav) + "</nav>",
+        "<table id='provenance'><tbody>" + "".join(f"<tr><td class='txt'>{html.escape(k)}</td><td class='txt'>"
+                                                  f"{_fmt(v)}</td></tr>" for k, v in items) + "</tbody></table>",
+        route_section(route, files, ref, layer),
+        f"<nav><a href='{back}#comparison-{_anchor(layer)}'>← all routes of layer {html.escape(str(layer))}</a></nav>",
+    ]
+    doc = _document(f"causal-kl report: {run}, layer {layer}, {route}", body)
+    write_text(out, doc)
+    return doc
+
+
+def _n_sites(layers: Mapping[str, Any]) -> int | None:
+    """The run's site count, from the first routes table (its ``n``: sites with a reconstruction at offset 0)."""
+    for spec in layers.values():
+        path = (spec.get("comparison") or {}).get("routes")
+        if path and Path(path).exists():
+            n = read_csv(path).get("n")
+            if n is not None and len(n):
+                return int(n.max())
+    return None
 
 
 def build_report(
@@ -409,53 +656,47 @@ def build_report(
     reference: bool = False,
     reference_dir: str | Path | None = None,
 ) -> str:
-    """Write ``out`` (one self-contained HTML file) and return its text.
+    """Write the main page ``out`` (self-contained) and return its text.
 
-    ``manifest["layers"][layer]`` maps ``gate`` (JSON), ``routes[route]`` (``conditions, quartiles,
-    offsets, token_classes`` CSV, ``stats`` JSON, ``fig1, fig2, fig3`` PNG, and optionally
-    ``whole_context`` / ``sae`` JSON and ``spans``) and ``comparison`` (``routes`` CSV, ``fig1, fig2,
-    fig3, fig_routes`` PNG); ``manifest["across"]`` the cross-layer ``table`` and ``figure`` of a sweep.
-    ``reference`` adds the published numbers to the statistics tables (the CSV tables carry them
-    already when the run was built with them).
+    ``manifest["layers"][layer]`` maps ``gate`` (JSON), ``routes`` (route -> its page, as
+    :func:`route_page_path` names it), ``comparison`` (``routes`` CSV, ``fig1, fig2, fig3,
+    fig_routes`` figures) and ``frontier`` (``table`` CSV, ``figure``); ``manifest["across"]`` the
+    cross-layer ``table`` and ``figure`` of a sweep and its ``frontier`` (``table``, ``figure``). The
+    main page reads no route page: it links to them. ``reference`` adds a note on the published
+    columns the CSV tables carry when the run was built with them.
     """
     run = json.loads(Path(run_json).read_text()) if Path(run_json).exists() else {}
-    ref = load_reference(reference_dir or REFERENCE_DIR) if reference else None
     layers = manifest.get("layers", {})
     many = len(layers) > 1
     gates = {l: _load_json(spec.get("gate"), {"checks": [], "pass": False, "line": "gate result missing"})
              for l, spec in layers.items()}
-    n_sites = None
-    for spec in layers.values():
-        for files in spec.get("routes", {}).values():
-            try:
-                n_sites = int(json.loads(Path(files["stats"]).read_text())["headline"]["n_sites"])
-            except (KeyError, OSError, ValueError):
-                pass
-            break
-        break
     names = sorted({r for spec in layers.values() for r in spec.get("routes", {})})
+    across = manifest.get("across") or {}
     nav = ["<a href='#gate'>floor gate</a>"]
-    if manifest.get("across"):
+    if across:
         nav.append("<a href='#layers'>across layers</a>")
+        if across.get("frontier"):
+            nav.append("<a href='#frontier-layers'>frontier across layers</a>")
     for l, spec in layers.items():
-        prefix = f"L{l} " if many else ""
+        prefix = f"layer {l}: " if many else ""
         nav.append(f"<a href='#comparison-{_anchor(l)}'>{html.escape(prefix)}all routes</a>")
-        nav += [f"<a href='#route-{_anchor(f'L{l}', r)}'>{html.escape(prefix + r)}</a>" for r in spec.get("routes", {})]
+        if spec.get("frontier"):
+            nav.append(f"<a href='#frontier-{_anchor(l)}'>{html.escape(prefix)}frontier</a>")
     body = [
         f"<h1>Causal KL report: run <code>{html.escape(str(run.get('run', '?')))}</code></h1>",
-        f"<p class='sub'>{html.escape(caption('report'))}</p>",
+        f"<p class='sub'>{html.escape(caption('report'))} Each route's details are on its own page, linked from "
+        "its layer's routes table.</p>",
     ]
     for i, (l, gate) in enumerate(gates.items()):
         box = gate_html(gate, f"layer {l}" if many else None)
         body.append(box if i == 0 else box.replace("id=\"gate\"", f"id=\"gate-{_anchor(l)}\""))
     body += ["<h2 id='provenance-h'>Provenance</h2>",
-             provenance_html(run, n_sites, names, list(layers), manifest.get("spans")),
+             provenance_html(run, _n_sites(layers), names, list(layers), manifest.get("spans")),
              "<nav>" + " ".join(nav) + "</nav>"]
     if reference:
         body.append("<p class='caption'>Published values of the reference write-up are shown beside the "
                     "measured ones (<span class='pub'>_published</span>) with the difference "
-                    "(<span class='diff'>_diff</span> = measured − published).</p>")
-    across = manifest.get("across") or {}
+                    "(<span class='diff'>_diff</span> = measured − published), here and on every route's page.</p>")
     if across:
         body.append("<h2 id='layers'>Across layers</h2>")
         body.append(_figure(across.get("figure"), caption("fig_layers")))
@@ -463,17 +704,22 @@ def build_report(
             body.append("<details><summary>the table: per route and floor and layer, median KL@0 and loss recovered "
                         "[95% CI], FVE</summary>" + html_table(read_csv(across["table"])) + "</details>")
         body.append(f"<div class='caption'>{html.escape(caption('layers'))}</div>")
+        if across.get("frontier"):
+            body += frontier_html(across["frontier"], "layers", "Sparsity–damage frontier, every layer",
+                                  with_layer=True)
     for l, spec in layers.items():
         title = f"Layer {html.escape(str(l))}: all routes" if many else "All routes"
         body.append(f"<h2 id='comparison-{_anchor(l)}'>{title}</h2>")
-        body += _comparison_html(spec.get("comparison", {}), _anchor(l))
-        for r, files in spec.get("routes", {}).items():
-            body.append(route_section(r, files, ref, l))
-    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-           f"<title>causal-kl report: {html.escape(str(run.get('run', '')))}</title>"
-           f"<style>{CSS_PATH.read_text()}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+        pages = {r: _relative(page, out) for r, page in spec.get("routes", {}).items()}
+        if pages:
+            body.append("<p class='caption'>Route pages: " + " · ".join(
+                f"<a href='{html.escape(href)}'>{html.escape(r)}</a>" for r, href in pages.items()) + "</p>")
+        body += _comparison_html(spec.get("comparison", {}), l, pages, spec.get("frontier"),
+                                 f"Sparsity–damage frontier{f' at layer {l}' if many else ''}")
+    doc = _document(f"causal-kl report: {run.get('run', '')}", body)
     write_text(out, doc)
     return doc
 
 
-__all__ = ["CAPTIONS_DIR", "build_report", "caption", "display_frame", "gate_html", "html_table"]
+__all__ = ["CAPTIONS_DIR", "build_report", "build_route_page", "caption", "display_frame", "embed_figure", "gate_bound",
+           "gate_html", "html_table", "route_page_path"]

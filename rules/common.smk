@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -20,7 +21,15 @@ from causal_kl.cluster import (
     shard_group_id,
     shards_per_allocation,
 )
-from causal_kl.checks import DEMO_SAE_DIR, check_run, check_targets, made_by_workflow, requested_groups, runs_jobs_here
+from causal_kl.checks import (
+    check_run,
+    check_targets,
+    demo_sae_dir,
+    demo_sae_ks,
+    made_by_workflow,
+    requested_groups,
+    runs_jobs_here,
+)
 from causal_kl.config import (
     run_identity,
     DEFAULT_CONFIG,
@@ -28,6 +37,7 @@ from causal_kl.config import (
     layer_path,
     resolve_config,
     route_layers,
+    route_spans,
     routes_at,
     run_layers,
     run_spans,
@@ -175,6 +185,16 @@ def routes_of(layer):
     return routes_at(config, int(layer))
 
 
+def spans_of(route):
+    """The spans ``route`` is patched at (its own ``spans``, else every span of the run), ascending."""
+    return route_spans(config, route)
+
+
+def extra_spans_of(route):
+    """The spans of more than one position ``route`` is patched at."""
+    return [k for k in spans_of(route) if k > 1]
+
+
 def per_route(pattern):
     """An input function: ``pattern`` (with ``{route}``) for every route of the job's layer, in name order."""
     return lambda wildcards: expand(pattern, route=routes_of(wildcards.layer), **dict(wildcards.items()))
@@ -320,7 +340,7 @@ def shard_targets(wildcards):
         for k in SPANS:
             if k > 1:
                 targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
-            for name in ["floors", *routes_of(layer)]:
+            for name in ["floors", *[r for r in routes_of(layer) if k in spans_of(r)]]:
                 targets += expand(f"{R}/L{layer}/span{k}/patch/{name}/shard_{{shard}}.parquet", shard=shards)
     return targets
 
@@ -364,27 +384,31 @@ def analysis_targets(layer):
             t += [f"{L}/whole_context/{r}.json"]
         if config["routes"][r]["kind"] == "sae":
             t += [f"{L}/sae/{r}.json"]
-        for k in EXTRA_SPANS:
+        for k in extra_spans_of(r):
             t += [
                 f"{L}/span{k}/tables/{r}/conditions.csv",
                 f"{L}/span{k}/tables/{r}/offsets.csv",
                 f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
             ]
-        if EXTRA_SPANS:
+        if extra_spans_of(r):
             t += [f"{L}/tables/{r}/spans.csv"] + [f"{L}/figures/{r}/spans.{ext}" for ext in ("png", "svg")]
     if routes:
-        t += [f"{L}/tables/routes.csv"]
+        t += [f"{L}/tables/routes.csv", f"{L}/tables/frontier.csv"]
         t += [
-            f"{L}/figures/{f}.{ext}" for f in list(FIG_NAMES.values()) + ["routes_comparison"] for ext in ("png", "svg")
+            f"{L}/figures/{f}.{ext}"
+            for f in list(FIG_NAMES.values()) + ["routes_comparison", "frontier"]
+            for ext in ("png", "svg")
         ]
     return t
 
 
 def across_layer_targets():
-    """The cross-layer table and figure (a sweep with routes only)."""
+    """The cross-layer tables and figures: the layers' comparison and frontier (a sweep with routes only)."""
     if len(LAYERS) < 2 or not ROUTES:
         return []
-    return [f"{R}/tables/layers.csv", f"{R}/figures/layers.png", f"{R}/figures/layers.svg"]
+    return [f"{R}/tables/{name}.csv" for name in ("layers", "frontier")] + [
+        f"{R}/figures/{name}.{ext}" for name in ("layers", "frontier") for ext in ("png", "svg")
+    ]
 
 
 # ----------------------------------------------------------------------------- routes (rules/recon.smk)
@@ -394,8 +418,8 @@ def route_regex(*kinds):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer")
-"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers the route covers."""
+ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer", "spans")
+"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers and spans the route covers."""
 
 
 def route_params(wildcards):
@@ -516,55 +540,94 @@ def sae_routes_of(pattern):
 
 
 # ----------------------------------------------------------------------------- report (rules/report.smk)
+def figure_files(path):
+    """A figure in a report manifest: its PNG and SVG (the report embeds whichever is smaller)."""
+    return {"png": f"{path}.png", "svg": f"{path}.svg"}
+
+
+def route_manifest(layer, route):
+    """What a route's page shows, file by file: its tables, statistics, figures, SAELens-comparable scores, SAE
+    sparsity and spans at ``layer`` (a route the layer does not have is an error)."""
+    route_config(SimpleNamespace(layer=str(layer), route=route))
+    L = f"{R}/L{layer}"
+    files = {name: f"{L}/tables/{route}/{name}.csv" for name in ROUTE_TABLES}
+    files["stats"] = f"{L}/stats/{route}.json"
+    files.update({key: figure_files(f"{L}/figures/{route}/{name}") for key, name in FIG_NAMES.items()})
+    if WHOLE_CONTEXT:
+        files["whole_context"] = f"{L}/whole_context/{route}.json"
+    if config["routes"][route]["kind"] == "sae":
+        files["sae"] = f"{L}/sae/{route}.json"
+    if extra_spans_of(route):
+        files["spans"] = {
+            "table": f"{L}/tables/{route}/spans.csv",
+            "figure": figure_files(f"{L}/figures/{route}/spans"),
+            "per_span": {
+                str(k): {
+                    "conditions": f"{L}/span{k}/tables/{route}/conditions.csv",
+                    "offsets": f"{L}/span{k}/tables/{route}/offsets.csv",
+                    "fig3": figure_files(f"{L}/span{k}/figures/{route}/fig3_kl_by_offset"),
+                    "recon": f"{L}/span{k}/recon/{route}.parquet",
+                    "sites": f"{L}/span{k}/sites.json",
+                }
+                for k in extra_spans_of(route)
+            },
+        }
+    return files
+
+
+def route_page(layer, route):
+    """The page of one route at one layer, beside the main page."""
+    return f"{R}/report/L{layer}/{route}.html"
+
+
+def route_pages():
+    """Every route page of the run (each its own target: adding a route builds only its pages)."""
+    return [route_page(layer, r) for layer in LAYERS for r in routes_of(layer)]
+
+
+def route_settings(route):
+    """A route's config entry as its page shows it: what its reconstruction depends on, keys sorted (not the layers it
+    covers: adding a layer leaves the route's other pages alone)."""
+    entry = config["routes"][route]
+    return {k: entry[k] for k in sorted(entry) if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+
+
 def report_manifest():
-    """What the report shows, file by file: per layer its gate, routes (tables, statistics, figures, SAELens-comparable
-    scores, SAE sparsity, spans) and all-routes comparison; the cross-layer table and figure of a sweep."""
+    """What the main page shows, file by file: per layer its gate, the page of each route, the all-routes comparison
+    (routes table and figures) and the sparsity-damage frontier; the cross-layer table, figure and frontier of a
+    sweep. Route pages have their own manifest (route_manifest)."""
     layers = {}
     for layer in LAYERS:
         L = f"{R}/L{layer}"
-        routes = {}
-        for r in routes_of(layer):
-            files = {name: f"{L}/tables/{r}/{name}.csv" for name in ROUTE_TABLES}
-            files["stats"] = f"{L}/stats/{r}.json"
-            files.update({key: f"{L}/figures/{r}/{name}.png" for key, name in FIG_NAMES.items()})
-            if WHOLE_CONTEXT:
-                files["whole_context"] = f"{L}/whole_context/{r}.json"
-            if config["routes"][r]["kind"] == "sae":
-                files["sae"] = f"{L}/sae/{r}.json"
-            if EXTRA_SPANS:
-                files["spans"] = {
-                    "table": f"{L}/tables/{r}/spans.csv",
-                    "figure": f"{L}/figures/{r}/spans.png",
-                    "per_span": {
-                        str(k): {
-                            "conditions": f"{L}/span{k}/tables/{r}/conditions.csv",
-                            "offsets": f"{L}/span{k}/tables/{r}/offsets.csv",
-                            "fig3": f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
-                            "recon": f"{L}/span{k}/recon/{r}.parquet",
-                            "sites": f"{L}/span{k}/sites.json",
-                        }
-                        for k in EXTRA_SPANS
-                    },
-                }
-            routes[r] = files
-        comparison = {}
+        routes = {r: route_page(layer, r) for r in routes_of(layer)}
+        comparison, frontier = {}, {}
         if routes:
             comparison = {
                 "routes": f"{L}/tables/routes.csv",
-                "fig_routes": f"{L}/figures/routes_comparison.png",
-                **{key: f"{L}/figures/{name}.png" for key, name in FIG_NAMES.items()},
+                "fig_routes": figure_files(f"{L}/figures/routes_comparison"),
+                **{key: figure_files(f"{L}/figures/{name}") for key, name in FIG_NAMES.items()},
             }
-        layers[str(layer)] = {"gate": f"{L}/gate.json", "routes": routes, "comparison": comparison}
+            frontier = {"table": f"{L}/tables/frontier.csv", "figure": figure_files(f"{L}/figures/frontier")}
+        layers[str(layer)] = {
+            "gate": f"{L}/gate.json",
+            "routes": routes,
+            "comparison": comparison,
+            "frontier": frontier,
+        }
     across = {}
     if across_layer_targets():
-        across = {"table": f"{R}/tables/layers.csv", "figure": f"{R}/figures/layers.png"}
+        across = {
+            "table": f"{R}/tables/layers.csv",
+            "figure": figure_files(f"{R}/figures/layers"),
+            "frontier": {"table": f"{R}/tables/frontier.csv", "figure": figure_files(f"{R}/figures/frontier")},
+        }
     return canonical({"layers": layers, "across": across, "spans": SPANS})
 
 
 def manifest_files(node):
-    """Every path in a manifest (its files are the report's inputs)."""
+    """Every path in a manifest (its files are the report's inputs), except the route pages the main page links to."""
     if isinstance(node, str):
-        return [node]
+        return [node] if not node.endswith(".html") else []
     if isinstance(node, dict):
         return [p for v in node.values() for p in manifest_files(v)]
     return []

@@ -1,6 +1,7 @@
 # The offline demo assets: a corpus from text shipped with Python, a BPE tokenizer trained on it,
-# a tiny Gemma-3 trained briefly, and one small TopK SAE per layer (the demo's `sae` route). Only defined when config["demo"] is set; common.smk's
-# model_input()/corpus_input() then make every model/corpus consumer depend on these outputs.
+# a tiny Gemma-3 trained briefly, and a small TopK SAE per sparsity k and layer (the demo's SAE suite).
+# Only defined when config["demo"] is set; common.smk's model_input()/corpus_input() then make every
+# model/corpus consumer depend on these outputs.
 
 if config.get("demo"):
     DEMO = config["demo"]
@@ -56,14 +57,16 @@ if config.get("demo"):
             "../workflow_scripts/demo_model.py"
 
     rule demo_sae:
+        wildcard_constraints:
+            k=_alternatives(demo_sae_ks(config)),
         input:
             train_gold=lambda w: f"{R}/L{w.layer}/train_gold/rows_{DEMO['sae']['train_rows'][0]}_{DEMO['sae']['train_rows'][1]}.parquet",
         output:
-            sae=directory(f"{DEMO_SAE_DIR}/L{{layer}}"),
+            sae=directory(demo_sae_dir("{k}", "{layer}")),
         log:
-            "logs/demo/sae_L{layer}.log",
+            "logs/demo/sae_k{k}_L{layer}.log",
         params:
-            settings=DEMO["sae"],
+            settings={key: DEMO["sae"][key] for key in sorted(DEMO["sae"]) if key != "k"},
             seed=DEMO["seed"],
         conda:
             "../envs/torch.yaml"

@@ -14,6 +14,8 @@ FIG_STYLE = canonical(
         "routes": FIGS["routes"],
         "spans": {**FIGS["spans"], "kl_floor": FIGS["kl_floor"]},
         "layers": {**FIGS["layers"], "kl_floor": FIGS["kl_floor"]},
+        "frontier": {**FIGS["frontier"], "kl_floor": FIGS["kl_floor"]},
+        "frontier_layers": {**FIGS["frontier_layers"], "kl_floor": FIGS["kl_floor"]},
     }
 )
 
@@ -183,3 +185,35 @@ rule fig_layers:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/fig_layers.py"
+
+
+rule fig_frontier:
+    input:
+        frontier=f"{RL}/tables/frontier.csv",
+    output:
+        **figure_outputs(f"{RL}/figures/frontier", caption="frontier"),
+    log:
+        f"{LL}/analysis/fig_frontier.log",
+    params:
+        dpi=FIGS["dpi"],
+        style=FIG_STYLE["frontier"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/fig_frontier.py"
+
+
+rule fig_frontier_layers:
+    input:
+        frontier=f"{R}/tables/frontier.csv",
+    output:
+        **figure_outputs(f"{R}/figures/frontier", caption="frontier"),
+    log:
+        f"{LOGS}/analysis/fig_frontier_layers.log",
+    params:
+        dpi=FIGS["dpi"],
+        style=FIG_STYLE["frontier_layers"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/fig_frontier_layers.py"

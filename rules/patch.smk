@@ -109,9 +109,9 @@ rule patch_route_aggregate:
 rule patch_aggregate:
     input:
         floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
-        routes=lambda w: expand(
-            f"{R}/L{w.layer}/span{{span}}/patch/{{route}}.parquet", span=SPANS, route=routes_of(w.layer)
-        ),
+        routes=lambda w: [
+            f"{R}/L{w.layer}/span{k}/patch/{r}.parquet" for k in SPANS for r in routes_of(w.layer) if k in spans_of(r)
+        ],
     output:
         index=f"{RL}/patch.json",
     log:

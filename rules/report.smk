@@ -1,6 +1,9 @@
-# The floor-check gate of each layer and the report: one self-contained HTML file per run (figures embedded), built
-# from the analysis outputs only. `snakemake --report report.zip` additionally collects every figure and table
-# wrapped in report(...) with its caption from reports/*.rst.
+# The floor-check gate of each layer and the report: a main page per run (gate, provenance, across layers, per layer
+# the routes table, comparison figures and frontier) and one page per route and layer (its details), each
+# self-contained (figures embedded), built from the analysis outputs only. A route page reads nothing of other routes,
+# so adding a route writes its page and the main page, and leaves the other pages alone.
+# `snakemake --report report.zip` additionally collects every figure and table wrapped in report(...) with its
+# caption from reports/*.rst.
 
 
 report: "../reports/workflow.rst"
@@ -29,10 +32,35 @@ rule gate:
         "../workflow_scripts/gate.py"
 
 
+rule report_route:
+    input:
+        files=lambda w: manifest_files(route_manifest(w.layer, w.route)),
+    output:
+        page=report(
+            f"{R}/report/L{{layer}}/{{route}}.html",
+            caption="../reports/report_route.rst",
+            category="Report",
+            subcategory="route pages",
+        ),
+    log:
+        f"{LL}/report/{{route}}.log",
+    params:
+        manifest=lambda w: route_manifest(w.layer, w.route),
+        main=f"{R}/report.html",
+        run_name=RUN,
+        route_config=lambda w: route_settings(w.route),
+        reference=SHOW_REF,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/report_route.py"
+
+
 rule report_html:
     input:
         run=f"{R}/run.json",
         files=manifest_files(REPORT_MANIFEST),
+        pages=route_pages(),
     output:
         report=report(f"{R}/report.html", caption="../reports/report.rst", category="Report"),
     log:

@@ -181,9 +181,9 @@ rule table_span_offsets:
 
 rule table_spans:
     input:
-        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
-        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=SPANS),
-        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=EXTRA_SPANS),
+        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=spans_of(w.route)),
+        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=spans_of(w.route)),
+        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=extra_spans_of(w.route)),
     output:
         table=report(
             f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans", subcategory="{route}"
@@ -192,7 +192,7 @@ rule table_spans:
         f"{LL}/analysis/{{route}}/table_spans.log",
     params:
         **BOOTSTRAP,
-        spans=SPANS,
+        spans=lambda w: spans_of(w.route),
         offsets=SPAN_OFFSETS,
     conda:
         "../envs/analysis.yaml"
@@ -216,3 +216,38 @@ rule table_layers:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/table_layers.py"
+
+
+rule table_frontier:
+    input:
+        routes_table=f"{RL}/tables/routes.csv",
+        conditions=per_route(f"{RL}/tables/{{route}}/conditions.csv"),
+    output:
+        table=report(
+            f"{RL}/tables/frontier.csv", caption="../reports/frontier.rst", category="Tables", subcategory="all routes"
+        ),
+    log:
+        f"{LL}/analysis/table_frontier.log",
+    params:
+        kinds=lambda w: {r: config["routes"][r]["kind"] for r in routes_of(w.layer)},
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_frontier.py"
+
+
+rule table_frontier_layers:
+    input:
+        frontiers=[f"{R}/L{l}/tables/frontier.csv" for l in LAYERS],
+    output:
+        table=report(
+            f"{R}/tables/frontier.csv", caption="../reports/frontier.rst", category="Tables", subcategory="all layers"
+        ),
+    log:
+        f"{LOGS}/analysis/table_frontier_layers.log",
+    params:
+        layers=LAYERS,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/table_frontier_layers.py"

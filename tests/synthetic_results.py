@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +31,8 @@ LAYER = 3
 
 def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",), n_docs: int = 6,
                  per_doc: int = 8, d: int = 16, seed: int = 0, gate_ok: bool = True, spans: tuple[int, ...] = (1,),
-                 shard_size: int | None = None, n_sites: int | None = None) -> Path:
-    """Write the synthetic run under ``root/results/{run}`` (its layer's files under ``L3/``); return the layer's
+                 shard_size: int | None = None, n_sites: int | None = None, layer: int = LAYER) -> Path:
+    """Write the synthetic run under ``root/results/{run}`` (its layer's files under ``L{layer}/``, L3 by default); return the layer's
     directory (the run's own files, ``sites.parquet`` and ``run.json``, are in its parent).
 
     Every site has the floors (the last document has one site only: no same-document sibling) and each route's three
@@ -46,7 +47,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
     from causal_kl.contracts import SPAN_GOLD
 
     rng = np.random.default_rng(seed)
-    R = Path(root) / "results" / run / f"L{LAYER}"
+    R = Path(root) / "results" / run / f"L{layer}"
     if n_sites is not None:  # n_sites - 1 sites in documents of per_doc, then a document of one site
         docs = np.append(np.arange(n_sites - 1) // per_doc, (n_sites - 2) // per_doc + 1 if n_sites > 1 else 0)
         n_docs = int(docs[-1]) + 1
@@ -88,7 +89,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
             g_rng = np.random.default_rng([seed, 1, j])
             gold = g_rng.standard_normal(size=(len(rows), d), dtype=np.float32) + np.float32(0.5)
             gold_sum += gold.sum(axis=0, dtype=np.float64)
-            table = _table({"site_id": site_ids[rows], "layer": np.full(len(rows), LAYER), "activation": gold}, GOLD, d)
+            table = _table({"site_id": site_ids[rows], "layer": np.full(len(rows), layer), "activation": gold}, GOLD, d)
             if shard_size is None:
                 whole.write(table)
             else:
@@ -143,7 +144,7 @@ def make_results(root: Path, run: str = "syn", routes: tuple[str, ...] = ("toy",
                                       "passed": gate_ok, "n": n})
     write_json(R.parent / "run.json", {"run": run, "config": {"seed": 42, "corpus": {"name": "syn", "split": "train",
                                                                              "rows": [0, n_docs]}},
-                                "config_hash": "abc123", "model": "tiny", "layer": LAYER, "layers": [LAYER],
+                                "config_hash": "abc123", "model": "tiny", "layer": layer, "layers": [layer],
                                 "code_version": "test", "production": False})
     return R
 
@@ -216,17 +217,28 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool = False, n_boot: int = 50,
-                  expected_fve: dict | None = None) -> dict:
-    """Run every analysis job (no Snakemake) on a synthetic run's layer ``R``; return the report's manifest."""
+                  expected_fve: dict | None = None, route_figures: bool = True, pages: bool = True,
+                  sae: Mapping[str, float] | None = None, whole_context: Mapping[str, float] | None = None,
+                  dpi: int = 80) -> dict:
+    """Run every analysis job (no Snakemake) on a synthetic run's layer ``R``; return the main page's manifest.
+
+    ``sae``: route -> the L0 its (synthetic) ``sae/{route}.json`` states; ``whole_context``: route -> the
+    ``kl_div_score`` its ``whole_context/{route}.json`` states (routes not named have neither, as a non-SAE route).
+    ``route_figures``/``pages``: also draw each route's figures / write each route's page (``report/L{layer}/``
+    beside the run's ``report.html``); ``dpi``: the figures' (80, for speed; the workflow's default is 150). The
+    manifest's ``route_files[layer][route]`` is each route's own manifest.
+    """
     from causal_kl.jobs import figures, report, statistics, tables
     from causal_kl.reference import REFERENCE_DIR
+    from causal_kl.report import route_page_path
 
     R = Path(R)
     s = lambda p: str(p)  # noqa: E731
-    prov = {"config_hash": "abc123", "run": R.parent.name, "model": "tiny", "layer": LAYER, "rule": "test"}
-    L = str(LAYER)
+    L = R.name[1:]
+    prov = {"config_hash": "abc123", "run": R.parent.name, "model": "tiny", "layer": int(L), "rule": "test"}
     boot = {"n_boot": n_boot, "seed": 0, "ci": 0.95}
     ref = (lambda name: [s(REFERENCE_DIR / f"{name}.csv")]) if reference else (lambda name: [])
+    main = R.parent / "report.html"
     tables.error_norms(gold=s(R / "stored_gold.parquet"), choices=s(R / "conditions/choices.parquet"),
                        mean=s(R / "conditions/mean.parquet"), norms=s(R / "analysis/error_norms.parquet"), layer=L,
                        provenance=prov)
@@ -253,23 +265,56 @@ def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool =
                                       layer=L, route=r)
         statistics.stats_route(**parts, conditions=t["conditions"], geometry_json=geo_json,
                                record=s(R / f"stats/{r}.json"), layer=L, route=r)
-        figs = {key: R / f"figures/{r}/{name}" for key, name in (("fig1", "fig1_geometry_vs_kl"),
-                                                                  ("fig2", "fig2_damage_per_energy"),
-                                                                  ("fig3", "fig3_kl_by_offset"))}
-        out = {key: {"png": s(f"{v}.png"), "svg": s(f"{v}.svg"), "dpi": 80, "layer": L, "route": r}
+        figs = {key: R / f"figures/{r}/{name}" for key, name in FIGURES.items()}
+        out = {key: {"png": s(f"{v}.png"), "svg": s(f"{v}.svg"), "dpi": dpi, "layer": L, "route": r}
                for key, v in figs.items()}
-        figures.fig1_route(per_site=ps, correlation=parts["correlation"], style={}, **out["fig1"])
-        figures.fig2_route(energy=parts["energy"], style={}, **out["fig2"])
-        figures.fig3_route(offsets=t["offsets"], style={}, **out["fig3"])
-        files[r] = {**t, "stats": s(R / f"stats/{r}.json"), **{k: v["png"] for k, v in out.items()}}
+        if route_figures:
+            figures.fig1_route(per_site=ps, correlation=parts["correlation"], style={}, **out["fig1"])
+            figures.fig2_route(energy=parts["energy"], style={}, **out["fig2"])
+            figures.fig3_route(offsets=t["offsets"], style={}, **out["fig3"])
+        files[r] = {**t, "stats": s(R / f"stats/{r}.json"), **{k: {"png": v["png"], "svg": v["svg"]} for k, v in out.items()}}
+        if sae and r in sae:
+            files[r]["sae"] = s(R / f"sae/{r}.json")
+            write_json(files[r]["sae"], {"route": r, "layer": int(L), "sae_path": f"sae/L{L}/{r}", "l0": float(sae[r]),
+                                         "d_sae": 320, "n_dead": 3, "dead_share": 3 / 320, "explained_variance": 0.9,
+                                         "architecture": "topk", "hook_name": f"blocks.{L}.hook_resid_post"})
+        if whole_context and r in whole_context:
+            files[r]["whole_context"] = s(R / f"whole_context/{r}.json")
+            write_json(files[r]["whole_context"], {
+                "route": r, "layer": int(L), "kl_div_score": float(whole_context[r]), "ce_loss_score": float(whole_context[r]),
+                "kl_route": 0.1, "kl_zero": 3.0, "ce_clean": 3.5, "ce_route": 3.6, "ce_zero": 7.0, "n_tokens_kl": 8192,
+                "n_contexts": 64, "n_ctx": 128})
     tables.table_routes(conditions=[files[r]["conditions"] for r in routes],
                         geometry=[s(R / f"geometry/{r}.json") for r in routes], table=s(R / "tables/routes.csv"),
-                        whole_context=[], sae=[], routes=list(routes), layer=L)
-    figures.fig_routes(routes_table=s(R / "tables/routes.csv"), png=s(R / "figures/routes_comparison.png"),
-                       svg=s(R / "figures/routes_comparison.svg"), dpi=80, style={}, layer=L)
+                        whole_context=[files[r]["whole_context"] for r in routes if "whole_context" in files[r]],
+                        sae=[files[r]["sae"] for r in routes if "sae" in files[r]], routes=list(routes), layer=L)
+    fig = lambda name: {"png": s(R / f"figures/{name}.png"), "svg": s(R / f"figures/{name}.svg")}  # noqa: E731
+    figures.fig_routes(routes_table=s(R / "tables/routes.csv"), **fig("routes_comparison"), dpi=dpi, style={}, layer=L)
+    figures.fig1_all(per_site=[s(R / f"analysis/{r}/per_site.parquet") for r in routes],
+                     correlation=[s(R / f"stats/{r}/correlation.json") for r in routes], **fig(FIGURES["fig1"]), dpi=dpi,
+                     style={}, routes=list(routes), layer=L)
+    figures.fig2_all(energy=[s(R / f"stats/{r}/energy.json") for r in routes], **fig(FIGURES["fig2"]), dpi=dpi, style={},
+                     routes=list(routes), layer=L)
+    figures.fig3_all(offsets=[files[r]["offsets"] for r in routes], **fig(FIGURES["fig3"]), dpi=dpi, style={},
+                     routes=list(routes), layer=L)
+    tables.table_frontier(routes_table=s(R / "tables/routes.csv"), conditions=[files[r]["conditions"] for r in routes],
+                          table=s(R / "tables/frontier.csv"), kinds={r: "sae" if sae and r in sae else "file" for r in routes},
+                          layer=L)
+    figures.fig_frontier(frontier=s(R / "tables/frontier.csv"), **fig("frontier"), dpi=dpi, style={}, layer=L)
     report.gate(geometry=[s(R / f"geometry/{r}.json") for r in routes], floors=s(R / "span1/patch/floors.parquet"),
                 reextract=[s(R / "reextract.json")], record=s(R / "gate.json"), min_cos=0.999,
                 gold_repatch_kl_max=0.01, expected_fve=expected_fve or {}, routes=list(routes), layer=L)
-    comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": s(R / "figures/routes_comparison.png")}
-    return {"layers": {L: {"gate": s(R / "gate.json"), "routes": files, "comparison": comparison}}, "across": {},
-            "spans": [1]}
+    page_of = {r: s(route_page_path(main, L, r)) for r in routes}
+    if pages:
+        for r in routes:
+            report.report_route(files=[], page=page_of[r], manifest=files[r], main=s(main), run_name=R.parent.name,
+                                route_config={"kind": "file"}, reference=reference, layer=L, route=r)
+    comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": fig("routes_comparison"),
+                  **{key: fig(name) for key, name in FIGURES.items()}}
+    frontier = {"table": s(R / "tables/frontier.csv"), "figure": fig("frontier")}
+    return {"layers": {L: {"gate": s(R / "gate.json"), "routes": page_of, "comparison": comparison, "frontier": frontier}},
+            "across": {}, "spans": [1], "route_files": {L: files}}
+
+
+FIGURES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
+"""The write-up's figures, by key, as the workflow names their files."""

@@ -15,6 +15,10 @@ def test_demo_and_production_configs_validate(root):
     # the demo: two shards of its sites, both layers, every span (what the README's demo section describes)
     assert demo["run"] == "demo" and demo["sites"]["max_sites"] == 2 * demo["sites"]["shard_size"]
     assert demo["model"]["layer"] == [1, 3] and demo["patch"]["spans"] == [1, 4, 16]
+    # an SAE suite of three sparsities for the frontier; the span splices for two routes, every other route at span 1
+    saes = {name: r for name, r in demo["routes"].items() if r["kind"] == "sae"}
+    assert len(saes) == len(demo["demo"]["sae"]["k"]) == 3
+    assert {tuple(r.get("spans") or demo["patch"]["spans"]) for r in demo["routes"].values()} == {(1,), (1, 4, 16)}
     prod = load_config(root / "config/gemma3-27b.yaml")
     assert prod["model"]["layer"] == 41 and prod["corpus"]["rows"] == [100000, 100200]
     assert prod["sites"]["max_sites"] == 1000 and prod["dtype"] == "bfloat16"

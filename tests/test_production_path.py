@@ -155,6 +155,12 @@ BAD = {
     "spans without the single-site splice": (lambda c: c.update(patch={"spans": [4, 16]}), "patch.spans", "lacks 1"),
     "a span longer than any document": (lambda c: c.update(patch={"spans": [1, 1000]}), "patch.spans",
                                         "span 1000 cannot fit any site"),
+    "a route's span the run does not patch": (
+        lambda c: c["routes"].update(p={"kind": "pca", "train_rows": [10, 20], "spans": [1, 8]}), "routes.p.spans",
+        "[8] not among patch.spans"),
+    "a route's spans without the single-site splice": (
+        lambda c: c.update(patch={"spans": [1, 4]}) or c["routes"].update(p={"kind": "pca", "train_rows": [10, 20],
+                                                                             "spans": [4]}), "routes.p.spans", "lacks 1"),
     "an SAE of another width": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/narrow"}), "d_in",
                                 "64"),
     "an SAE of another layer": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}_of_1"}),
@@ -228,6 +234,8 @@ def test_cli_help_is_plain_text():
     ("results/mine/L1/recon/vec.parquet", "route", "it reconstructs layer 2"),
     ("results/mine/tables/pca/conditions.csv", "layer", "ask for results/mine/L1/tables/pca/conditions.csv"),
     ("results/mine/L2/patch.parquet", "target", "ask for results/mine/L2/patch.json"),
+    ("results/mine/report/L1/vec.html", "route", "it reconstructs layer 2"),
+    ("results/mine/report/L7/vec.html", "layer", "layer 7 is not a layer of this run"),
 ])
 def test_a_target_the_run_does_not_have_is_one_line(target, field, words):
     with pytest.raises(CausalKLError) as e:
@@ -247,4 +255,9 @@ def test_every_output_the_workflow_plans_passes_the_target_check(wd):
     paths = [p.strip() for line in outputs for p in line.split(",") if p.strip().startswith("results/")]
     demo = load_config(wd / "config/config.yaml")
     assert any("/span16/" in p for p in paths) and any(p.endswith("tables/layers.csv") for p in paths)
+    # a route is patched (and analysed) at its own spans only: the demo's SAE suite at span 1, its k = 16 SAE at all
+    assert any("L3/span16/patch/sae_k16" in p for p in paths) and any("L3/span1/patch/sae_k04" in p for p in paths)
+    others = ("sae_k04", "sae_k64", "pca", "text_channel")
+    assert not any(f"/span{k}/" in p and f"/{r}" in p for p in paths for k in (4, 16) for r in others)
+    assert any(p.endswith("report/L1/sae_k04.html") for p in paths) and any(p.endswith("L3/tables/frontier.csv") for p in paths)
     checks.check_targets(paths, "results/demo", {l: routes_at(demo, l) for l in run_layers(demo)}, run_spans(demo))

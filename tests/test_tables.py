@@ -52,7 +52,7 @@ def test_error_norms_against_gold_vectors(run):
 
 def test_conditions_table_against_pandas(run):
     R, files, _ = run
-    df = pd.read_csv(files["layers"]["3"]["routes"]["toy"]["conditions"]).set_index("condition")
+    df = pd.read_csv(files["route_files"]["3"]["toy"]["conditions"]).set_index("condition")
     p = _patch0(R, "toy")
     med = p.groupby("condition")["kl"].median()
     mean_dce = p.groupby("condition")["delta_ce"].mean()
@@ -71,7 +71,7 @@ def test_conditions_table_against_pandas(run):
 
 def test_quartile_table_against_pandas(run):
     R, files, _ = run
-    q = pd.read_csv(files["layers"]["3"]["routes"]["toy"]["quartiles"])
+    q = pd.read_csv(files["route_files"]["3"]["toy"]["quartiles"])
     geo = pd.read_parquet(R / "geometry/toy.parquet").set_index("site_id")
     p = _patch0(R, "toy")
     kl = p.pivot_table(index="site_id", columns="condition", values="kl")
@@ -90,7 +90,7 @@ def test_quartile_table_against_pandas(run):
 
 def test_offsets_table_against_groupby(run):
     R, files, _ = run
-    o = pd.read_csv(files["layers"]["3"]["routes"]["toy"]["offsets"]).set_index("offset")
+    o = pd.read_csv(files["route_files"]["3"]["toy"]["offsets"]).set_index("offset")
     p = _patch(R, "toy")
     want = p.groupby(["offset", "condition"])["kl"].median().unstack()
     assert list(o.index) == list(range(32))
@@ -101,7 +101,7 @@ def test_offsets_table_against_groupby(run):
 
 def test_token_class_table(run):
     R, files, _ = run
-    t = pd.read_csv(files["layers"]["3"]["routes"]["toy"]["token_classes"])
+    t = pd.read_csv(files["route_files"]["3"]["toy"]["token_classes"])
     ps = pd.read_parquet(R / "analysis/toy/per_site.parquet")
     sites = pd.read_parquet(R.parent / "sites.parquet").set_index("site_id")
     text = ps["site_id"].map(sites["token"])  # the token text the sites stage decoded

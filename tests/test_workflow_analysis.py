@@ -44,7 +44,7 @@ def _planned(out: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, root):
     wd = tmp_path_factory.mktemp("wf")
-    make_results(wd, routes=("toy",))
+    make_results(wd, routes=("toy", "toy2"))  # the config names toy2 only in the last test
     (wd / "recon.parquet").touch()
     (wd / "Snakefile").write_text(
         'configfile: "config.yaml"\n'
@@ -87,3 +87,19 @@ def test_editing_a_plot_parameter_reruns_only_that_figure(workdir):
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     plan = _planned(_snakemake(workdir, "-n", FIG1, FIG3))
     assert set(plan) - {"total"} == {"fig1_route"}  # neither figure uses the bootstrap
+
+
+def test_adding_a_route_writes_its_pages_and_the_main_page_not_the_other_routes_pages(workdir):
+    main, toy = "results/syn/report.html", "results/syn/report/L3/toy.html"
+    _snakemake(workdir, main)
+    page = (workdir / toy).read_text()
+    assert "href='report/L3/toy.html'" in (workdir / main).read_text() and "../../report.html#comparison-3" in page
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["routes"]["toy2"] = {"kind": "file", "path": str(workdir / "recon.parquet")}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = _snakemake(workdir, "-n", main)
+    pages = re.findall(r"rule report_route:.*?wildcards: ([^\n]*)", out, re.S)
+    assert pages == ["layer=3, route=toy2"], pages
+    assert {"report_html", "table_routes", "table_frontier", "fig_frontier"} <= set(_planned(out))
+    _snakemake(workdir, main)
+    assert (workdir / toy).read_text() == page and "href='report/L3/toy2.html'" in (workdir / main).read_text()

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 LAYERS = [1, 2]
 SPAN = 16
-RUN_LEVEL_RULES = {"run_record", "report_html", "table_layers", "fig_layers", "all"}
+RUN_LEVEL_RULES = {"run_record", "report_html", "table_layers", "fig_layers", "table_frontier_layers", "fig_frontier_layers",
+                   "all"}
 """Jobs of the run itself (not of one layer): adding a layer reruns these too."""
 
 
@@ -82,10 +83,18 @@ def _to_arrow(df):
 def test_sweep_runs_to_its_report_with_every_section(sweep):
     R = sweep["R"]
     report = (R / "report.html").read_text()
-    for anchor in ("id='layers'", "id='comparison-1'", "id='comparison-2'", "id='route-L1-sae'", "id='route-L2-sae'",
-                   "id='route-L2-vec'", "id='saelens-L1-sae'", "id='spans-L2-sae'"):
+    for anchor in ("id='layers'", "id='frontier-layers'", "id='comparison-1'", "id='comparison-2'", "id='frontier-1'",
+                   "id='route-L1-sae'", "id='route-L2-sae'", "id='route-L2-vec'"):
         assert anchor in report, anchor
-    assert "route-L1-vec" not in report  # the file route is pinned to layer 2
+    # each route's details on its own page, linked from the main page and back
+    for layer, route, anchor in ((1, "sae", "saelens-L1-sae"), (2, "sae", "spans-L2-sae"), (2, "vec", "conditions-L2-vec")):
+        page = (R / f"report/L{layer}/{route}.html").read_text()
+        assert f"id='{anchor}'" in page and f"href='../../report.html#comparison-{layer}'" in page
+        assert f"href='report/L{layer}/{route}.html'" in report
+    assert "route-L1-vec" not in report and not (R / "report/L1/vec.html").exists()  # the file route is pinned to L2
+    frontier = pd.read_csv(R / "tables/frontier.csv")
+    assert set(zip(frontier.layer, frontier.route)) == {(1, "sae"), (2, "sae"), (2, "vec")}
+    assert frontier.loc[frontier.route == "vec", "l0"].isna().all() and not frontier.frontier_l0_kl0[frontier.route == "vec"].any()
     layers = pd.read_csv(R / "tables/layers.csv")
     assert set(layers.layer) == set(LAYERS) and {"sae", "vec", ""} <= set(layers.route.fillna(""))
     routes = pd.read_csv(R / "L2/tables/routes.csv").set_index("route")
@@ -125,7 +134,7 @@ def test_a_route_without_vectors_at_span_positions_is_skipped_with_its_reason(sw
     assert "site_id" in reason
     assert pd.read_parquet(R / f"L2/span{SPAN}/patch/vec.parquet").empty
     assert not pd.read_parquet(R / f"L2/span{SPAN}/patch/sae.parquet").empty  # an SAE reconstructs any position
-    assert "not computed for this span" in (R / "report.html").read_text()
+    assert "not computed for this span" in (R / "report/L2/vec.html").read_text()
 
 
 def test_span_choices_and_noise_are_recorded_and_rerun_bit_identically(sweep):

@@ -1,4 +1,4 @@
-"""Jobs of ``rules/demo.smk``: the offline demo's corpus, tokenizer and tiny Gemma-3."""
+"""Jobs of ``rules/demo.smk``: the offline demo's corpus, tokenizer, tiny Gemma-3 and SAE suite."""
 
 from __future__ import annotations
 
@@ -26,15 +26,17 @@ def demo_model(corpus: str, tokenizer: str, model: str, training: str, architect
                 DataSplit(**split, column=column))
 
 
-def demo_sae(train_gold: str, sae: str, settings: dict, seed: int, layer: str) -> None:
-    """A small TopK SAE trained on the golds of the demo's route-training rows at one layer (SAELens format)."""
+def demo_sae(train_gold: str, sae: str, settings: dict, seed: int, layer: str, k: str) -> None:
+    """A small TopK SAE with ``k`` active latents trained on the golds of the demo's route-training rows at one layer
+    (SAELens format): one of the demo's suite of sparsities."""
     import logging
 
     from causal_kl.demo.sae import SAETrainConfig, write_demo_sae
     from causal_kl.routes.training import read_training_golds
 
     _, golds = read_training_golds(train_gold)
-    config = SAETrainConfig(**{k: v for k, v in settings.items() if k != "train_rows"}, seed=seed)
+    config = SAETrainConfig(**{key: v for key, v in settings.items() if key not in ("train_rows", "k")}, k=int(k),
+                            seed=seed)
     report = write_demo_sae(golds, sae, int(layer), config, model_name="causal-kl demo model")
     logging.getLogger(__name__).info(
         "demo SAE at layer %s: %d golds, d_sae %d, k %d, %d steps in %.1f s; explained variance %.3f, L0 %.1f, "

@@ -72,3 +72,13 @@ def fig_spans(spans: str, png: str, svg: str, dpi: int, style: dict, layer: str,
 def fig_layers(layers: str, png: str, svg: str, dpi: int, style: dict) -> None:
     """A sweep's layers: median KL@0 and loss recovered per route and floor, and FVE, against layer."""
     figures.save(figures.fig_layers(read_csv(layers), **style), png, svg, dpi)
+
+
+def fig_frontier(frontier: str, png: str, svg: str, dpi: int, style: dict, layer: str) -> None:
+    """A layer's sparsity–damage frontier: median KL@0, loss recovered and SAELens' kl_div_score against L0 and FVE."""
+    figures.save(figures.fig_frontier(read_csv(frontier), **style), png, svg, dpi)
+
+
+def fig_frontier_layers(frontier: str, png: str, svg: str, dpi: int, style: dict) -> None:
+    """Every layer's sparsity–damage frontier in one figure, one colour per layer."""
+    figures.save(figures.fig_frontier_layers(read_csv(frontier), **style), png, svg, dpi)

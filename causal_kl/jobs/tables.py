@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from causal_kl import tables
+from causal_kl.frontier import frontier_layers, frontier_table, loss_recovered_defined
 from causal_kl.contracts import ERROR_NORMS, PER_SITE
 from causal_kl.geometry import gold_variance
 from causal_kl.io import provenance as provenance_record
@@ -122,3 +123,23 @@ def table_layers(conditions: list[str], geometry: list[str], table: str, pairs: 
     conds = {(int(l), r): read_csv(p) for (l, r), p in zip(pairs, conditions)}
     fve = {(int(l), r): read_json(p).get("fve") for (l, r), p in zip(pairs, geometry)}
     write_csv(table, tables.layers_table(conds, fve))
+
+
+
+def table_frontier(routes_table: str, conditions: list[str], table: str, kinds: dict, layer: str) -> None:
+    """The sparsity–damage frontier of a layer: per route L0, FVE, median KL@0 and loss recovered (with CIs), SAELens'
+    kl_div_score, and the (sparsity, damage) pairs whose frontier it is on (:mod:`causal_kl.frontier`).
+
+    ``conditions``: the layer's routes' conditions tables; the first says whether loss recovered is a score here (the
+    floors, and so that answer, do not depend on the route)."""
+    defined = loss_recovered_defined(read_csv(conditions[0])) if conditions else False
+    df = frontier_table(read_csv(routes_table), defined, int(layer), kinds)
+    write_csv(table, df)
+    log.info("layer %s: %d routes; on the L0-KL@0 frontier: %s; on the FVE-KL@0 frontier: %s", layer, len(df),
+             ", ".join(df.loc[df.frontier_l0_kl0, "route"]) or "none",
+             ", ".join(df.loc[df.frontier_fve_kl0, "route"]) or "none")
+
+
+def table_frontier_layers(frontiers: list[str], table: str, layers: list[int]) -> None:
+    """Every layer's frontier table in one (each frontier is of its own layer: damage is not compared across layers)."""
+    write_csv(table, frontier_layers({int(l): read_csv(p) for l, p in zip(layers, frontiers)}))

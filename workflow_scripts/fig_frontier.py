@@ -1,0 +1,5 @@
+"""Rule fig_frontier (rules/figures.smk): A layer's sparsity-damage frontier: damage against L0 and FVE, the non-dominated routes marked."""
+from causal_kl.jobs import run_rule
+from causal_kl.jobs.figures import fig_frontier
+
+run_rule(fig_frontier, snakemake)  # noqa: F821
