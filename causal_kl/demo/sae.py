@@ -72,7 +72,7 @@ def train_topk_sae(golds: np.ndarray, layer: int, config: SAETrainConfig = SAETr
                    model_name: str | None = None) -> tuple[SparseAutoencoder, SAETrainReport]:
     """Train a TopK SAE on ``golds [n, d]`` (float32, CPU) and return it (reading raw golds) and a report."""
     cfg = config
-    x = torch.as_tensor(np.asarray(golds, dtype=np.float32))
+    x = torch.from_numpy(np.array(golds, dtype=np.float32))  # a copy: Arrow-backed golds are read-only
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"golds must be [n >= 2, d], got {tuple(x.shape)}")
     n, d = x.shape
