@@ -6,7 +6,7 @@ its own compute.
 per layer and route in SAELens' format), makes the ``sites`` checkpoint's outputs by hand (as if it had run: the
 dry run then plans every shard), and dry-runs the real workflow twice, locally and under ``--profile
 profiles/slurm``. For each it prints the jobs, the model jobs, the group jobs (one allocation each) and the model
-jobs left alone, the planning seconds and the peak RSS of the Snakemake process (``wait4``)::
+jobs left alone, the planning seconds and the peak RSS of the Snakemake process (its ``VmHWM``)::
 
     python benchmarks/bench_scale.py plan --sites 100000 --layers 0 1 2 3 --spans 1 4 16 --routes 4
     python benchmarks/bench_scale.py plan --sites 2000 --layers 1 3 --routes 3        # the issue's 2,000-site case
@@ -146,15 +146,32 @@ def fake_sites(wf: Path, config: dict) -> int:
 
 
 # ----------------------------------------------------------------------------- measuring a process
+def _hwm_mb(pid: int) -> float:
+    """The process's own peak RSS so far (``VmHWM``, MB); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_measured(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None,
                  timeout_s: float = 3600) -> dict:
-    """Run ``cmd``; its wall seconds, peak RSS (MB, from ``wait4``), return code and output."""
+    """Run ``cmd``; its wall seconds, peak RSS (MB), return code and output.
+
+    The peak is the process's own high-water mark (``VmHWM``), polled while it runs: ``wait4``'s ``ru_maxrss``
+    would also count the high-water mark of this (large) benchmark process, which a child carries from its fork
+    through its exec."""
     out = open(log, "w") if log else subprocess.PIPE
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout_s
+    peak = 0.0
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        peak = max(peak, _hwm_mb(proc.pid))
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() > deadline:
@@ -163,7 +180,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict | None = None, log: Path |
     seconds = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = Path(log).read_text() if log else proc.stdout.read()
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "rc": proc.returncode, "output": text}
+    return {"seconds": seconds, "peak_rss_mb": peak, "rc": proc.returncode, "output": text}
 
 
 def snakemake_env(work: Path) -> dict:
