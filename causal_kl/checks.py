@@ -327,13 +327,8 @@ def requested_groups(argv: list[str]) -> dict[str, str]:
     return out
 
 
-def runs_jobs_here(argv: list[str]) -> bool:
-    """Whether this Snakemake invocation executes jobs on this machine (not a dry run, not a cluster submit).
-
-    At parse time Snakemake has not chosen its executor yet, so this reads its command line (and the
-    profile it names): ``-n``/``--dry-run`` plan only; an executor other than ``local`` (or a job step
-    inside a cluster allocation, which runs on the node with the GPU) submits elsewhere.
-    """
+def _invocation(argv: list[str]) -> tuple[bool, str | None]:
+    """(dry run?, executor) of a Snakemake command line: ``-e``/``--executor``, else its profile's ``executor:``."""
     import argparse
 
     ap = argparse.ArgumentParser(add_help=False)
@@ -341,10 +336,27 @@ def runs_jobs_here(argv: list[str]) -> bool:
     ap.add_argument("-e", "--executor", default=None)
     ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
     args, _ = ap.parse_known_args(argv)
-    if args.dry_run:
+    return args.dry_run, args.executor or (_profile_executor(args.profile) if args.profile else None)
+
+
+def runs_jobs_here(argv: list[str]) -> bool:
+    """Whether this Snakemake invocation executes jobs on this machine (not a dry run, not a cluster submit).
+
+    At parse time Snakemake has not chosen its executor yet, so this reads its command line (and the
+    profile it names): ``-n``/``--dry-run`` plan only; an executor other than ``local`` (or a job step
+    inside a cluster allocation, which runs on the node with the GPU) submits elsewhere.
+    """
+    dry_run, executor = _invocation(argv)
+    if dry_run:
         return False
-    executor = args.executor or (_profile_executor(args.profile) if args.profile else None)
     return executor in (None, "local") or str(executor).endswith("jobstep")
+
+
+def submits_to_cluster(argv: list[str]) -> bool:
+    """Whether this invocation (a run or a dry run) submits its jobs through a cluster executor (``slurm`` ...): the
+    one place the model rules' groups mean anything, so the only one that pays for Snakemake's group checks."""
+    _, executor = _invocation(argv)
+    return executor not in (None, "local") and not str(executor).endswith("jobstep")
 
 
 ROUTE_SLOTS = ("tables", "stats", "figures", "analysis", "patch", "recon", "geometry", "explanations", "sae",

@@ -29,6 +29,7 @@ from causal_kl.checks import (
     made_by_workflow,
     requested_groups,
     runs_jobs_here,
+    submits_to_cluster,
 )
 from causal_kl.config import (
     run_identity,
@@ -105,9 +106,17 @@ def group_components():
     return settings.group_components
 
 
+CLUSTER_GROUPS = workflow.remote_exec or submits_to_cluster(sys.argv[1:])
+"""Whether the model rules are grouped: under a cluster executor, and in an allocation's own Snakemake. A local run
+(or dry run) has none, as Snakemake would ignore them there, and so skips its group checks: their cost grows with
+the square of a group's jobs (``DAG._check_groups``; docs/cluster.md)."""
+
+
 def model_group(rule):
-    """``group:`` of a model rule: its block of shards, its layer, or the run (causal_kl.cluster). Each id is registered
-    so that Snakemake keeps the whole block in one group job (as ``--group-components ID=N`` would)."""
+    """``group:`` of a model rule: its block of shards, its layer, or the run (causal_kl.cluster); None locally. Each id
+    is registered so that Snakemake keeps the whole block in one group job (as ``--group-components ID=N`` would)."""
+    if not CLUSTER_GROUPS:
+        return None
     name = GROUPED_RULES[rule]
     if name in SHARD_GROUPS:
         return lambda w: register(group_components(), shard_group_id(name, w.shard, SHARDS_PER_ALLOCATION))

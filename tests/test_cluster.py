@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from causal_kl.checks import requested_groups
+from causal_kl.checks import requested_groups, submits_to_cluster
 from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_groups, runs_model_jobs,
                                shard_group_id, shards_per_allocation)
 from causal_kl.errors import CausalKLError
@@ -68,6 +68,11 @@ def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_pat
     assert runs_model_jobs(["--allowed-rules", "gold_aggregate conditions", "--cores", "1"]) is False
     assert runs_model_jobs(["--allowed-rules", "gold", "span_gold", "--cores", "1"]) is True
     assert runs_model_jobs(["--cores", "1"]) is True
+    # groups only where a cluster executor submits (a profile's or -e), never for a local run or dry run
+    (prof / "config.yaml").write_text(yaml.safe_dump({"executor": "slurm"}))
+    assert submits_to_cluster(["--profile", str(prof), "-n"]) and submits_to_cluster(["-e", "slurm"])
+    assert not submits_to_cluster(["--cores", "2"]) and not submits_to_cluster(["-n", "-e", "local"])
+    assert not submits_to_cluster(["-e", "slurm-jobstep"])
 
 
 # ------------------------------------------------------------------ Snakemake's plan under profiles/slurm
@@ -119,6 +124,8 @@ def test_slurm_profile_packs_each_block_of_shards_into_one_allocation(study):
     assert groups == expect, (groups, expect)
     model_jobs = sum(v for r, v in counts.items() if r in GROUPED_RULES)
     assert sum(groups.values()) == model_jobs  # every model job is in a group
+    local = dry_run(work, config)  # the same plan locally: the same jobs, no groups (Snakemake would ignore them)
+    assert bench_scale.job_counts(local) == counts and not bench_scale.group_jobs(local)
 
 
 def test_a_smaller_block_size_from_the_command_line_splits_the_shards(study):
