@@ -147,35 +147,64 @@ def job_list(R: Path, routes: list[str], spans: list[int], n_boot: int) -> list[
         geometry=[s(R / f"geometry/{r}.json") for _, r in pairs], table=s(R.parent / "tables/layers.csv"), pairs=pairs)
     add("fig_layers", "figures", layers=s(R.parent / "tables/layers.csv"), **figure(R.parent / "figures/layers"),
         style={})
+    add("table_frontier", "tables", routes_table=s(R / "tables/routes.csv"),
+        conditions=[s(R / f"tables/{r}/conditions.csv") for r in routes], table=s(R / "tables/frontier.csv"),
+        kinds={r: "file" for r in routes}, layer=L)
+    add("fig_frontier", "figures", frontier=s(R / "tables/frontier.csv"), **figure(R / "figures/frontier"), style={},
+        layer=L)
+    add("table_frontier_layers", "tables", frontiers=[s(R / "tables/frontier.csv")],
+        table=s(R.parent / "tables/frontier.csv"), layers=[LAYER])
+    add("fig_frontier_layers", "figures", frontier=s(R.parent / "tables/frontier.csv"),
+        **figure(R.parent / "figures/frontier"), style={})
     add("gate", "report", geometry=[s(R / f"geometry/{r}.json") for r in routes], floors=floors1,
         reextract=[s(R / "reextract.json")], record=s(R / "gate.json"), min_cos=0.999, gold_repatch_kl_max=0.01,
         expected_fve={r: {} for r in routes}, routes=routes, layer=L)
-    add("report_html", "report", run=s(R.parent / "run.json"), files=[], report=s(R.parent / "report.html"),
-        manifest=report_manifest(R, routes, spans), reference=False)
+    main_page = R.parent / "report.html"
+    for r in routes:
+        add("report_route", "report", r, files=[], page=s(route_page(R, r)), manifest=route_manifest(R, r, spans),
+            main=s(main_page), run_name=R.parent.name, route_config={"kind": "file"}, reference=False, layer=L, route=r)
+    add("report_html", "report", run=s(R.parent / "run.json"), files=[], pages=[s(route_page(R, r)) for r in routes],
+        report=s(main_page), manifest=report_manifest(R, routes, spans), reference=False)
     return jobs
 
 
-def report_manifest(R: Path, routes: list[str], spans: list[int]) -> dict:
-    """The report's manifest for the synthetic layer, as ``rules/common.smk: report_manifest`` builds it."""
+def _fig(path: Path) -> dict:
+    return {"png": str(path) + ".png", "svg": str(path) + ".svg"}
+
+
+def route_page(R: Path, route: str) -> Path:
+    """A route's page of the report, as ``rules/common.smk: route_page`` names it."""
+    return R.parent / "report" / R.name / f"{route}.html"
+
+
+def route_manifest(R: Path, r: str, spans: list[int]) -> dict:
+    """A route's page's manifest for the synthetic layer, as ``rules/common.smk: route_manifest`` builds it."""
     s = str
     extra = [k for k in spans if k > 1]
-    files = {}
-    for r in routes:
-        f = {name: s(R / f"tables/{r}/{name}.csv") for name in ROUTE_TABLES}
-        f["stats"] = s(R / f"stats/{r}.json")
-        f.update({key: s(R / f"figures/{r}/{name}.png") for key, name in FIG_NAMES.items()})
-        if extra:
-            f["spans"] = {"table": s(R / f"tables/{r}/spans.csv"), "figure": s(R / f"figures/{r}/spans.png"),
-                          "per_span": {str(k): {"conditions": s(R / f"span{k}/tables/{r}/conditions.csv"),
-                                                "offsets": s(R / f"span{k}/tables/{r}/offsets.csv"),
-                                                "fig3": s(R / f"span{k}/figures/{r}/fig3_kl_by_offset.png"),
-                                                "recon": s(R / f"span{k}/recon/{r}.parquet"),
-                                                "sites": s(R / f"span{k}/sites.json")} for k in extra}}
-        files[r] = f
-    comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": s(R / "figures/routes_comparison.png"),
-                  **{key: s(R / f"figures/{name}.png") for key, name in FIG_NAMES.items()}}
-    return {"layers": {str(LAYER): {"gate": s(R / "gate.json"), "routes": files, "comparison": comparison}},
-            "across": {"table": s(R.parent / "tables/layers.csv"), "figure": s(R.parent / "figures/layers.png")},
+    f = {name: s(R / f"tables/{r}/{name}.csv") for name in ROUTE_TABLES}
+    f["stats"] = s(R / f"stats/{r}.json")
+    f.update({key: _fig(R / f"figures/{r}/{name}") for key, name in FIG_NAMES.items()})
+    if extra:
+        f["spans"] = {"table": s(R / f"tables/{r}/spans.csv"), "figure": _fig(R / f"figures/{r}/spans"),
+                      "per_span": {str(k): {"conditions": s(R / f"span{k}/tables/{r}/conditions.csv"),
+                                            "offsets": s(R / f"span{k}/tables/{r}/offsets.csv"),
+                                            "fig3": _fig(R / f"span{k}/figures/{r}/fig3_kl_by_offset"),
+                                            "recon": s(R / f"span{k}/recon/{r}.parquet"),
+                                            "sites": s(R / f"span{k}/sites.json")} for k in extra}}
+    return f
+
+
+def report_manifest(R: Path, routes: list[str], spans: list[int]) -> dict:
+    """The main page's manifest for the synthetic layer, as ``rules/common.smk: report_manifest`` builds it."""
+    s = str
+    comparison = {"routes": s(R / "tables/routes.csv"), "fig_routes": _fig(R / "figures/routes_comparison"),
+                  **{key: _fig(R / f"figures/{name}") for key, name in FIG_NAMES.items()}}
+    frontier = {"table": s(R / "tables/frontier.csv"), "figure": _fig(R / "figures/frontier")}
+    return {"layers": {str(LAYER): {"gate": s(R / "gate.json"), "routes": {r: s(route_page(R, r)) for r in routes},
+                                    "comparison": comparison, "frontier": frontier}},
+            "across": {"table": s(R.parent / "tables/layers.csv"), "figure": _fig(R.parent / "figures/layers"),
+                       "frontier": {"table": s(R.parent / "tables/frontier.csv"),
+                                    "figure": _fig(R.parent / "figures/frontier")}},
             "spans": list(spans)}
 
 

@@ -581,7 +581,7 @@ def route_manifest(layer, route):
                 for k in extra_spans_of(route)
             },
         }
-    return files
+    return canonical(files)
 
 
 def route_page(layer, route):
@@ -598,7 +598,7 @@ def route_settings(route):
     """A route's config entry as its page shows it: what its reconstruction depends on, keys sorted (not the layers it
     covers: adding a layer leaves the route's other pages alone)."""
     entry = config["routes"][route]
-    return {k: entry[k] for k in sorted(entry) if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE}
+    return canonical({k: entry[k] for k in entry if k not in ROUTE_KEYS_OF_NO_CONSEQUENCE})
 
 
 def report_manifest():
