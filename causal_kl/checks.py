@@ -303,21 +303,26 @@ def profile_value(profile: str | None, key: str) -> Any:
     return None
 
 
-def _profile_executor(profile: str) -> str | None:
-    """The ``executor:`` a Snakemake profile sets."""
-    return profile_value(profile, "executor")
-
-
-def requested_groups(argv: list[str]) -> dict[str, str]:
-    """``--groups RULE=GROUP ...`` of this invocation, else what its profile's ``groups:`` says (Snakemake applies
-    them only after the Snakefile is parsed; the parse-time check reads them here)."""
+def _command_line(argv: list[str]) -> Any:
+    """What a Snakemake command line says about where and how it runs, as the parse-time checks read it (Snakemake
+    applies these only after the Snakefile is parsed): ``dry_run``, ``executor`` (``-e``, else the profile's
+    ``executor:``) and ``groups`` (``--groups``, else the profile's ``groups:``)."""
     import argparse
 
     ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("-n", "--dry-run", "--dryrun", action="store_true", dest="dry_run")
+    ap.add_argument("-e", "--executor", default=None)
     ap.add_argument("--groups", nargs="+", default=None)
     ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
     args, _ = ap.parse_known_args(argv)
-    entries = args.groups if args.groups is not None else profile_value(args.profile, "groups")
+    args.executor = args.executor or profile_value(args.profile, "executor")
+    args.groups = args.groups if args.groups is not None else profile_value(args.profile, "groups")
+    return args
+
+
+def requested_groups(argv: list[str]) -> dict[str, str]:
+    """``--groups RULE=GROUP ...`` of this invocation, else what its profile's ``groups:`` says."""
+    entries = _command_line(argv).groups
     if isinstance(entries, dict):
         return {str(k): str(v) for k, v in entries.items()}
     out = {}
@@ -327,18 +332,6 @@ def requested_groups(argv: list[str]) -> dict[str, str]:
     return out
 
 
-def _invocation(argv: list[str]) -> tuple[bool, str | None]:
-    """(dry run?, executor) of a Snakemake command line: ``-e``/``--executor``, else its profile's ``executor:``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("-n", "--dry-run", "--dryrun", action="store_true", dest="dry_run")
-    ap.add_argument("-e", "--executor", default=None)
-    ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
-    args, _ = ap.parse_known_args(argv)
-    return args.dry_run, args.executor or (_profile_executor(args.profile) if args.profile else None)
-
-
 def runs_jobs_here(argv: list[str]) -> bool:
     """Whether this Snakemake invocation executes jobs on this machine (not a dry run, not a cluster submit).
 
@@ -346,16 +339,16 @@ def runs_jobs_here(argv: list[str]) -> bool:
     profile it names): ``-n``/``--dry-run`` plan only; an executor other than ``local`` (or a job step
     inside a cluster allocation, which runs on the node with the GPU) submits elsewhere.
     """
-    dry_run, executor = _invocation(argv)
-    if dry_run:
+    args = _command_line(argv)
+    if args.dry_run:
         return False
-    return executor in (None, "local") or str(executor).endswith("jobstep")
+    return args.executor in (None, "local") or str(args.executor).endswith("jobstep")
 
 
 def submits_to_cluster(argv: list[str]) -> bool:
     """Whether this invocation (a run or a dry run) submits its jobs through a cluster executor (``slurm`` ...): the
     one place the model rules' groups mean anything, so the only one that pays for Snakemake's group checks."""
-    _, executor = _invocation(argv)
+    executor = _command_line(argv).executor
     return executor not in (None, "local") and not str(executor).endswith("jobstep")
 
 

@@ -90,7 +90,7 @@ if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
 
 # ----------------------------------------------------------------------------- cluster groups
 # On a cluster the model jobs of a block of shards share one allocation and one model load (causal_kl/cluster.py);
-# locally Snakemake ignores groups. `cluster.shards_per_allocation` (profiles/slurm sets it) sizes the blocks.
+# locally the rules carry none (CLUSTER_GROUPS). `cluster.shards_per_allocation` (profiles/slurm) sizes the blocks.
 try:
     SHARDS_PER_ALLOCATION = shards_per_allocation(config, CONFIG_SOURCE)
     check_groups(requested_groups(sys.argv[1:]))
