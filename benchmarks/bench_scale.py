@@ -8,7 +8,7 @@ dry run then plans every shard), and dry-runs the real workflow twice, locally a
 profiles/slurm``. For each it prints the jobs, the model jobs, the group jobs (one allocation each) and the model
 jobs left alone, the planning seconds and the peak RSS of the Snakemake process (its ``VmHWM``)::
 
-    python benchmarks/bench_scale.py plan --sites 100000 --layers 0 1 2 3 --spans 1 4 16 --routes 4
+    python benchmarks/bench_scale.py plan --sites 100000 --shard-size 1000 --layers 0 1 2 3 --spans 1 4 16 --routes 4
     python benchmarks/bench_scale.py plan --sites 2000 --layers 1 3 --routes 3        # the 2,000-site case
 
 ``overhead``: runs the workflow for real on this machine (``snakemake --cores N``) with enough shards to make at least

@@ -27,6 +27,8 @@ keeps the block whole (``register``), just as ``--group-components ID=N`` would.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable, Mapping
 
 from causal_kl.errors import CausalKLError
@@ -132,3 +134,50 @@ def runs_model_jobs(argv: list[str]) -> bool:
 def group_rules(names: Iterable[str]) -> dict[str, str]:
     """``{rule: group}`` for the model rules among ``names`` (what the workflow assigns)."""
     return {n: GROUPED_RULES[n] for n in names if n in GROUPED_RULES}
+
+
+_CHECK_LOOP = "for group in self._group.values():"
+"""The loop of Snakemake's ``DAG._check_groups`` that ``check_each_group_once`` narrows (its only use of ``_group``)."""
+
+
+def check_each_group_once(dag_class=None) -> bool:
+    """Make Snakemake's group self-dependency check visit each group once instead of once per member.
+
+    ``DAG._check_groups`` (Snakemake 9) loops over ``self._group.values()``: one entry per *job*, so a group of g jobs
+    is checked g times, each check walking every member's ancestors in full. Its cost is then the sum over groups of
+    g² ancestor walks: a 100k-site study's 600-job patch blocks take minutes to plan. Checking a group once gives the
+    same verdict (the check of one group does not depend on which member led to it). This wraps the original method,
+    handing it a job -> group map with one entry per group, and puts the full map back afterwards; Snakemake's own
+    check still runs, unchanged. It is applied only where the installed method has the expected loop (and uses
+    ``_group`` nowhere else), so a Snakemake that changes it is left alone. Returns whether the wrapper is in place.
+    """
+    if dag_class is None:
+        import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
+        from snakemake.dag import DAG as dag_class
+    original = getattr(dag_class, "_check_groups", None)
+    if original is None:
+        return False
+    if getattr(original, "checks_each_group_once", False):
+        return True
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        return False
+    if source.count("self._group") != 1 or _CHECK_LOOP not in source:
+        return False
+
+    @functools.wraps(original)
+    def check_groups_once(self):
+        every = self._group
+        once: dict[int, tuple] = {}
+        for job, group in every.items():
+            once.setdefault(id(group), (job, group))
+        self._group = dict(once.values())
+        try:
+            return original(self)
+        finally:
+            self._group = every
+
+    check_groups_once.checks_each_group_once = True
+    dag_class._check_groups = check_groups_once
+    return True

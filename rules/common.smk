@@ -14,6 +14,7 @@ from causal_kl.cluster import (
     GROUPED_RULES,
     LAYER_GROUPS,
     SHARD_GROUPS,
+    check_each_group_once,
     check_groups,
     runs_model_jobs,
     layer_group_id,
@@ -108,8 +109,11 @@ def group_components():
 
 CLUSTER_GROUPS = workflow.remote_exec or submits_to_cluster(sys.argv[1:])
 """Whether the model rules are grouped: under a cluster executor, and in an allocation's own Snakemake. A local run
-(or dry run) has none, as Snakemake would ignore them there, and so skips its group checks: their cost grows with
-the square of a group's jobs (``DAG._check_groups``; docs/cluster.md)."""
+(or dry run) has none, as Snakemake would ignore them there, and so skips its group checks."""
+
+if CLUSTER_GROUPS:
+    # Snakemake checks each group once per member (DAG._check_groups): quadratic in a block's jobs; once is enough
+    check_each_group_once()
 
 
 def model_group(rule):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from causal_kl.checks import requested_groups, submits_to_cluster
-from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_groups, runs_model_jobs,
-                               shard_group_id, shards_per_allocation)
+from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_each_group_once, check_groups,
+                               runs_model_jobs, shard_group_id, shards_per_allocation)
 from causal_kl.errors import CausalKLError
 from workflow_helpers import ROOT
 
@@ -56,6 +57,92 @@ def test_every_group_holds_one_model():
             check_groups(bad)
         msg = str(e.value)
         assert "\n" not in msg and "one model server" in msg and "Fix:" in msg, msg
+
+
+# ------------------------------------------------------------------ Snakemake's group check, each group once
+class _Job:
+    def __init__(self, name):
+        self.rule = SimpleNamespace(name=name, lineno=None, snakefile=None)
+
+
+class _Group:
+    def __init__(self, groupid, jobs):
+        self.groupid, self.jobs = groupid, set(jobs)
+
+    def __contains__(self, job):
+        return job in self.jobs
+
+    def __iter__(self):
+        return iter(self.jobs)
+
+
+class _CountingDeps(dict):
+    """A job -> dependencies map that counts its lookups: each is one step of an ancestor walk."""
+    lookups = 0
+
+    def __getitem__(self, job):
+        type(self).lookups += 1
+        return super().__getitem__(job)
+
+
+def _snakemake_check():
+    """Snakemake's own ``DAG._check_groups``, unwrapped (a Snakefile parsed in this process may have wrapped it)."""
+    import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
+    from snakemake.dag import DAG
+
+    return getattr(DAG._check_groups, "__wrapped__", DAG._check_groups)
+
+
+def _dags():
+    """Two stand-ins for Snakemake's DAG running its own check: as installed, and checking each group once."""
+    plain = type("Plain", (), {"_check_groups": _snakemake_check()})
+    once = type("Once", (), {"_check_groups": _snakemake_check()})
+    assert check_each_group_once(once), "the installed Snakemake's _check_groups no longer has the expected loop"
+    return plain, once
+
+
+def _dag(cls, deps, groups):
+    dag = cls()
+    dag._dependencies = _CountingDeps(deps)
+    dag._group = {job: group for group in groups for job in group}
+    return dag
+
+
+def test_each_group_is_checked_once_with_the_same_verdict():
+    from snakemake.exceptions import WorkflowError
+
+    plain, once = _dags()
+    # a block of n independent jobs, each depending on one job outside the group (its gold): Snakemake's loop checks
+    # the group once per member, each check walking every member and its dependency: 2n lookups a check
+    n = 30
+    for cls, walks in ((plain, n), (once, 1)):
+        gold = _Job("conditions")
+        members = [_Job("patch_route") for _ in range(n)]
+        deps = {gold: [], **{m: [gold] for m in members}}
+        dag = _dag(cls, deps, [_Group("patch-0", members)])
+        before = dict(dag._group)
+        _CountingDeps.lookups = 0
+        dag._check_groups()
+        assert _CountingDeps.lookups == walks * 2 * n
+        assert dag._group == before, "the full job -> group map is back after the check"
+    # a path that leaves the group and enters it again (a -> b -> c, a and c grouped): both refuse it, both put the map back
+    for cls in (plain, once):
+        a, b, c = _Job("a"), _Job("b"), _Job("c")
+        dag = _dag(cls, {a: [], b: [a], c: [b]}, [_Group("g", [a, c])])
+        before = dict(dag._group)
+        with pytest.raises(WorkflowError, match="depends on itself"):
+            dag._check_groups()
+        assert dag._group == before
+
+
+def test_the_group_check_is_left_alone_where_it_differs():
+    def _check_groups(self):
+        for job, group in self._group.items():  # a loop that needs each job: not the one the wrapper narrows
+            pass
+
+    other = type("Other", (), {"_check_groups": _check_groups})
+    assert not check_each_group_once(other)
+    assert other._check_groups is _check_groups
 
 
 def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_path):
