@@ -288,19 +288,22 @@ def overhead(args: argparse.Namespace) -> dict:
     loads = [e for e in events if e["event"] == "load"]
     first, last = reqs[0]["start"], max(e["start"] + e["seconds"] for e in reqs)
     busy = sum(e["seconds"] for e in reqs)
-    n_slots = len({(e["pid"], e["slot"]) for e in reqs})
+    # servers side by side: one per slot (a server restarted on the same slot, e.g. after a code change, is the
+    # same slot's time, not another one running in parallel)
+    n_slots = len({e["slot"] for e in reqs})
+    n_servers = len({e["pid"] for e in reqs})
     gaps = [b["start"] - (a["start"] + a["seconds"]) for a, b in zip(reqs, reqs[1:]) if b["pid"] == a["pid"]]
     gaps.sort()
     phase = last - first
     res = {"machine": machine(), "cores": args.cores, "scheduler": args.scheduler or "default", "shards": n_shards, "shard_size": args.shard_size,
-           "model_jobs": len(reqs), "loads": len(loads), "servers": n_slots, "run_seconds": round(r["seconds"], 1),
+           "model_jobs": len(reqs), "loads": len(loads), "slots": n_slots, "servers": n_servers, "run_seconds": round(r["seconds"], 1),
            "model_phase_seconds": round(phase, 1), "server_busy_seconds": round(busy, 1),
            "overhead_per_job_s": round((phase * n_slots - busy) / len(reqs), 3),
            "gap_median_s": round(gaps[len(gaps) // 2], 3) if gaps else None,
            "gap_p90_s": round(gaps[int(len(gaps) * 0.9)], 3) if gaps else None,
            "compute_per_job_s": round(busy / len(reqs), 3)}
-    print(f"{len(reqs)} model jobs ({n_shards} shards of {args.shard_size} sites, --cores {args.cores}) in one server "
-          f"({len(loads)} load): model phase {phase:.1f} s, the server computed {busy:.1f} s "
+    print(f"{len(reqs)} model jobs ({n_shards} shards of {args.shard_size} sites, --cores {args.cores}) on "
+          f"{n_slots} slot(s), {n_servers} server(s), {len(loads)} load(s): model phase {phase:.1f} s, the server computed {busy:.1f} s "
           f"({busy / len(reqs):.3f} s per job); overhead {res['overhead_per_job_s']:.3f} s per model job "
           f"(gap between requests: median {res['gap_median_s']} s, p90 {res['gap_p90_s']} s)", flush=True)
     return res
