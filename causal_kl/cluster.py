@@ -181,3 +181,55 @@ def check_each_group_once(dag_class=None) -> bool:
     check_groups_once.checks_each_group_once = True
     dag_class._check_groups = check_groups_once
     return True
+
+
+_STATUS_QUERY_USE = "await query_job_status("
+"""How the SLURM executor plugin's ``check_active_jobs`` calls the query ``see_cancelled_slurm_jobs`` wraps."""
+
+
+def base_slurm_state(state: str) -> str:
+    """A SLURM job state without its annotation: ``sacct`` writes a cancelled job as ``CANCELLED by <uid>``."""
+    return state.split(maxsplit=1)[0] if state.strip() else state
+
+
+def see_cancelled_slurm_jobs(plugin=None) -> bool:
+    """Make the SLURM executor plugin see a cancelled allocation as failed instead of running forever.
+
+    The plugin (snakemake-executor-plugin-slurm 2.8) reads each job's state from ``sacct -X --parsable2
+    --format=JobIdRaw,State`` and fails a job whose state is one of its own fail states (``"CANCELLED"``, ...), by
+    equality. But ``sacct`` writes a job cancelled by ``scancel`` (a user, an admin, a preemption policy) as
+    ``CANCELLED by <uid>``: no fail state matches, the job counts as still running, and Snakemake waits for it for
+    ever, its rerun never submitted. This wraps the plugin's ``query_job_status`` so that every state reaches the
+    plugin as its first word (``CANCELLED``); the plugin's own handling then runs unchanged (the job fails, the
+    profile's ``retries`` resubmit it, ``--keep-going`` goes on with the rest). It is applied only where the installed
+    plugin calls that function from ``check_active_jobs``; without the plugin (a local install) nothing changes.
+    Returns whether the wrapper is in place.
+    """
+    if plugin is None:
+        try:
+            import snakemake_executor_plugin_slurm as plugin
+        except ImportError:
+            return False
+    original = getattr(plugin, "query_job_status", None)
+    executor = getattr(plugin, "Executor", None)
+    if original is None or executor is None or not inspect.iscoroutinefunction(original):
+        return False
+    if getattr(original, "sees_cancelled_jobs", False):
+        return True
+    try:
+        source = inspect.getsource(executor.check_active_jobs)
+    except (AttributeError, OSError, TypeError):
+        return False
+    if _STATUS_QUERY_USE not in source:
+        return False
+
+    @functools.wraps(original)
+    async def query_base_states(*args, **kwargs):
+        states, seconds = await original(*args, **kwargs)
+        if states:
+            states = {job: base_slurm_state(state) for job, state in states.items()}
+        return states, seconds
+
+    query_base_states.sees_cancelled_jobs = True
+    plugin.query_job_status = query_base_states
+    return True

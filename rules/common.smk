@@ -15,6 +15,7 @@ from causal_kl.cluster import (
     LAYER_GROUPS,
     SHARD_GROUPS,
     check_each_group_once,
+    see_cancelled_slurm_jobs,
     check_groups,
     runs_model_jobs,
     layer_group_id,
@@ -114,6 +115,8 @@ CLUSTER_GROUPS = workflow.remote_exec or submits_to_cluster(sys.argv[1:])
 if CLUSTER_GROUPS:
     # Snakemake checks each group once per member (DAG._check_groups): quadratic in a block's jobs; once is enough
     check_each_group_once()
+    # the SLURM plugin reads sacct's "CANCELLED by <uid>" as running: a scancel'd allocation would be waited on for ever
+    see_cancelled_slurm_jobs()
 
 
 def model_group(rule):

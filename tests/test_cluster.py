@@ -8,6 +8,7 @@ the one-shard rerun) is tests/test_slurm.py.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ import pytest
 import yaml
 
 from causal_kl.checks import requested_groups, submits_to_cluster
-from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, check_each_group_once, check_groups,
-                               runs_model_jobs, shard_group_id, shards_per_allocation)
+from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, base_slurm_state, check_each_group_once,
+                               check_groups, runs_model_jobs, see_cancelled_slurm_jobs, shard_group_id,
+                               shards_per_allocation)
 from causal_kl.errors import CausalKLError
 from workflow_helpers import ROOT
 
@@ -143,6 +145,72 @@ def test_the_group_check_is_left_alone_where_it_differs():
     other = type("Other", (), {"_check_groups": _check_groups})
     assert not check_each_group_once(other)
     assert other._check_groups is _check_groups
+
+
+def _plugin_states(monkeypatch, states: str, wrapped: bool):
+    """The SLURM plugin's own ``check_active_jobs`` on one status query that prints ``states`` (sacct's
+    ``JobIdRaw|State`` lines): which jobs it reports failed, finished, and still running."""
+    import asyncio
+    import contextlib
+    import logging
+
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    original = getattr(plugin.query_job_status, "__wrapped__", plugin.query_job_status)
+    monkeypatch.setattr(plugin, "query_job_status", original)
+    if wrapped:
+        assert see_cancelled_slurm_jobs(plugin), "the installed plugin no longer calls query_job_status"
+    monkeypatch.setattr(plugin, "query_job_status_sacct", lambda run_uuid: f"printf {shlex.quote(states)}")
+    monkeypatch.setattr(plugin, "is_query_tool_available", lambda tool: True)
+    monkeypatch.setattr(plugin, "get_min_job_age", lambda: 300)
+    # the plugin asks sacct for a failed job's step reasons: none here
+    monkeypatch.setattr(plugin, "subprocess", SimpleNamespace(check_output=lambda *a, **k: "", PIPE=subprocess.PIPE,
+                                                              CalledProcessError=subprocess.CalledProcessError))
+    seen = {"error": [], "success": []}
+    ex = object.__new__(plugin.Executor)
+    settings = SimpleNamespace(init_seconds_before_status_checks=1, status_attempts=1, status_command="sacct",
+                               keep_successful_logs=True, requeue=False)
+    vars(ex).update(workflow=SimpleNamespace(executor_settings=settings), run_uuid="run",
+                    logger=logging.getLogger("slurm-plugin-test"), status_rate_limiter=contextlib.AsyncExitStack(),
+                    _next_seconds_between_status_checks=1, _preemption_warning=False, _failed_nodes=set(),
+                    _status_query_calls=0, _status_query_failures=0, _status_query_total_seconds=0.0,
+                    _status_query_min_seconds=None, _status_query_max_seconds=0.0, _status_query_cycle_rows=[],
+                    report_job_error=lambda j, **kw: seen["error"].append(j.external_jobid),
+                    report_job_success=lambda j: seen["success"].append(j.external_jobid))
+    jobs = [SimpleNamespace(external_jobid=i, aux={"slurm_logfile": None}) for i in ("13", "14", "15")]
+
+    async def check():
+        return [j.external_jobid async for j in ex.check_active_jobs(jobs)]
+
+    seen["running"] = asyncio.run(check())
+    return seen
+
+
+def test_a_cancelled_allocation_fails_instead_of_running_for_ever(monkeypatch):
+    # what sacct -X --parsable2 --format=JobIdRaw,State prints after `scancel 13`: 14 finished, 15 still runs
+    states = r"13|CANCELLED by 0\n14|COMPLETED\n15|RUNNING\n"
+    as_installed = _plugin_states(monkeypatch, states, wrapped=False)
+    assert as_installed == {"error": [], "success": ["14"], "running": ["13", "15"]}, "the plugin fixed it: drop the wrapper"
+    assert _plugin_states(monkeypatch, states, wrapped=True) == {"error": ["13"], "success": ["14"], "running": ["15"]}
+
+
+def test_slurm_states_lose_only_their_annotation():
+    assert [base_slurm_state(s) for s in ("CANCELLED by 1234", "COMPLETED", "RUNNING", "OUT_OF_MEMORY", "")] == [
+        "CANCELLED", "COMPLETED", "RUNNING", "OUT_OF_MEMORY", ""]
+
+
+def test_the_status_query_is_left_alone_where_it_differs(monkeypatch):
+    async def query_job_status(command, logger):
+        return {}, 0.0
+
+    class Executor:
+        async def check_active_jobs(self, active_jobs):  # reads states some other way
+            yield None
+
+    other = SimpleNamespace(query_job_status=query_job_status, Executor=Executor)
+    assert not see_cancelled_slurm_jobs(other)
+    assert other.query_job_status is query_job_status
+    monkeypatch.setitem(sys.modules, "snakemake_executor_plugin_slurm", None)  # a local install: no plugin
+    assert not see_cancelled_slurm_jobs()
 
 
 def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_path):
