@@ -434,6 +434,29 @@ class SnakemakeRun:
                 for m in pat.finditer(self.log)}
 
 
+def start_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None,
+                    log_path: Path) -> subprocess.Popen:
+    """Start ``snakemake ARGS`` in ``cwd`` (same hard limit as ``run_snakemake``), its combined output going to
+    ``log_path`` as it runs; ``finish_snakemake`` waits for it."""
+    cmd = ["timeout", "-k", "10", str(int(timeout_s)), "snakemake", *args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL)
+    proc.started = time.monotonic()
+    proc.log_path = log_path
+    return proc
+
+
+def finish_snakemake(proc: subprocess.Popen, timeout_s: float) -> SnakemakeRun:
+    """Wait for a ``start_snakemake`` call (past its own limit: SIGKILL) and return what it left behind."""
+    try:
+        proc.wait(timeout=timeout_s + 30)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+    return SnakemakeRun(proc.returncode, Path(proc.log_path).read_text(errors="replace"),
+                        time.monotonic() - proc.started)
+
+
 def run_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None,
                   log_path: Path | None = None) -> SnakemakeRun:
     """Run ``snakemake ARGS`` in ``cwd`` under a hard ``timeout -k``: a hang fails fast.

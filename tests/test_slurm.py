@@ -8,7 +8,10 @@ overrides are a short first status check and the account. Each test proves:
   accounting (``sacct``) lists every one of those ids as COMPLETED;
 - the GPU rules requested a GPU: their ``AllocTRES`` holds ``gres/gpu=1`` (and the job saw
   ``CUDA_VISIBLE_DEVICES=0``), the CPU rules' does not;
-- the outputs equal a local ``--cores`` run of the same workflow.
+- the outputs equal a local ``--cores`` run of the same workflow;
+- reruns stay per shard through SLURM: a deleted shard file reruns only its shard; an allocation cancelled mid-group
+  (``scancel``) fails and is resubmitted while Snakemake runs on; and with Snakemake killed too, the README's
+  ``--unlock`` and rerun redo only the shards the kill left unfinished.
 
 Accounting (mariadb + slurmdbd) is on by default; ``CAUSAL_KL_SLURM_ACCOUNTING=0`` runs
 the same checks in the plugin's squeue status mode, reading the GPU request from
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -32,7 +38,8 @@ import yaml
 import fixtures
 
 from workflow_helpers import copy_workflow
-from slurm_harness import HarnessUnavailable, SlurmCluster, run_snakemake, slurm_cluster
+from slurm_harness import (HarnessUnavailable, SlurmCluster, finish_snakemake, run_snakemake, slurm_cluster,
+                           start_snakemake, stop_process)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -237,10 +244,14 @@ def assert_tables_equal(a: Path, b: Path) -> None:
             assert ca.equals(cb), f"{a.name}:{name}"
 
 
-def server_events(wf: Path) -> list[dict]:
-    """The model servers' own records (causal_kl.server: one JSON line per server start, model load and request)."""
+def server_events(wf: Path, partial_ok: bool = False) -> list[dict]:
+    """The model servers' own records (causal_kl.server: one JSON line per server start, model load and request).
+    ``partial_ok``: read while a server may be writing (a last line not yet whole is left out)."""
     path = wf / "logs" / PIPELINE_RUN / "model_server.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if partial_ok and lines and not lines[-1].rstrip().endswith("}"):
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines]
 
 
 def assert_one_load_per_allocation(events: list[dict], model_allocations: set[str]) -> dict[str, list[dict]]:
@@ -260,21 +271,30 @@ def assert_one_load_per_allocation(events: list[dict], model_allocations: set[st
     return requests
 
 
-def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster, pipeline_inputs: Path,
+@pytest.fixture(scope="module")
+def pipeline_runs(cluster: SlurmCluster, pipeline_inputs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The reduced pipeline run once locally and once through profiles/slurm (shared by the tests below, in order:
+    the one-shard rerun, then the killed allocation, each on the SLURM run's workflow as the one before left it)."""
+    d = tmp_path_factory.mktemp("pipeline")
+    local = make_pipeline(d / "local", pipeline_inputs)
+    wf = make_pipeline(d / "slurm", pipeline_inputs)
+    # the local reference runs while the SLURM run waits on its status polls
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local_run = pool.submit(run_snakemake, ["--cores", "1", *PIPELINE_TARGETS], local,
+                                timeout_s=PIPELINE_TIMEOUT_S, log_path=d / "local.log")
+        # targets first: --default-resources takes every value after it
+        r = run_snakemake([*PIPELINE_TARGETS, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
+                          timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=d / "slurm.log")
+        r_local = local_run.result()
+    return SimpleNamespace(local=local, wf=wf, r=r, r_local=r_local, dir=d)
+
+
+def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster, pipeline_runs,
                                                            tmp_path: Path) -> None:
     """The real sites -> gold -> patch_floors chain, two shards, through profiles/slurm: the model jobs of the two
     shards run in two allocations (extraction, patching) with one model load each, one GPU each; outputs equal a
     local run. Then one shard's patch file is deleted: only that shard's job reruns, in one allocation."""
-    local = make_pipeline(tmp_path / "local", pipeline_inputs)
-    wf = make_pipeline(tmp_path / "slurm", pipeline_inputs)
-    # the local reference runs while the SLURM run waits on its status polls
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        local_run = pool.submit(run_snakemake, ["--cores", "1", *PIPELINE_TARGETS], local,
-                                timeout_s=PIPELINE_TIMEOUT_S, log_path=tmp_path / "local.log")
-        # targets first: --default-resources takes every value after it
-        r = run_snakemake([*PIPELINE_TARGETS, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
-                          timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm.log")
-        r_local = local_run.result()
+    local, wf, r, r_local = pipeline_runs.local, pipeline_runs.wf, pipeline_runs.r, pipeline_runs.r_local
     assert r_local.returncode == 0, r_local.log[-4000:]
     assert not r.timed_out, f"snakemake hung and was killed after {r.seconds:.0f}s\n{r.log[-3000:]}\n{cluster.log_tail()}"
     assert r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
@@ -309,5 +329,121 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
     reran = [e for reqs in requests2.values() for e in reqs]
     assert len(reran) == 1 and reran[0]["func"].endswith(":patch_floors"), reran
     assert reran[0]["log"].endswith(f"logs/{PIPELINE_RUN}/L3/span1/patch/floors/shard_001.log"), reran
+    for target in PIPELINE_TABLES:
+        assert_tables_equal(wf / target, local / target)
+
+
+FLOORS = [f"results/{PIPELINE_RUN}/L3/span1/patch/floors/shard_{i:03d}.parquet" for i in range(2)]
+"""The two shards' patching: deleted, they are one allocation (group patch-0) running two jobs one after another."""
+PATCH_ALLOCATION = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/group_patch-0_")
+
+
+def start_and_kill_patching(cluster: SlurmCluster, wf: Path, log: Path, args: list[str], kill_snakemake: bool):
+    """Start the run, wait for the patch allocation's first finished model request, and ``scancel`` the allocation
+    (with ``kill_snakemake``, SIGKILL the Snakemake that submitted it first, as a lost login session would). Returns
+    the running (or killed) Snakemake and the killed allocation's id."""
+    before = len(server_events(wf))
+    proc = start_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=log)
+    try:
+        cluster.wait_until("the patch allocation's submission",
+                           lambda: PATCH_ALLOCATION.search(log.read_text()) or proc.poll() is not None, 240)
+        m = PATCH_ALLOCATION.search(log.read_text())
+        assert m, log.read_text()[-3000:]
+        jid = m.group(1)
+        cluster.wait_until("the allocation's first request", lambda: proc.poll() is not None or any(
+            e["event"] == "request" and e.get("slurm_job_id") == jid for e in server_events(wf, partial_ok=True)[before:]),
+            240, interval_s=0.1)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if kill_snakemake:  # Snakemake itself (the child of `timeout`), by PID
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            for pid in children:
+                os.kill(int(pid), signal.SIGKILL)
+        cluster.run(["scancel", jid])
+        cluster.wait_until("the allocation's end", lambda: not cluster.run(["squeue", "-h", "-j", jid, "-t", "PD,CF,R,CG,S"], check=False)
+                           .stdout.strip(), 120)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, jid
+
+
+def slurm_state(cluster: SlurmCluster, jid: str) -> str:
+    if cluster.accounting:
+        return cluster.sacct([jid])[0]["State"]
+    return re.search(r"JobState=(\S+)", cluster.run(["scontrol", "show", "job", jid]).stdout).group(1)
+
+
+def assert_whole_and_missing(wf: Path) -> list[str]:
+    """Nothing partial after a kill: every visible floors file reads whole (atomic writes). Returns the shards the
+    kill left unfinished (the kill comes after the allocation's first request, so at most one)."""
+    for path in (wf / f"results/{PIPELINE_RUN}/L3/span1/patch/floors").glob("shard_*.parquet"):
+        assert pq.read_table(path).num_rows > 0, path
+    return [s for s in FLOORS if not (wf / s).exists()]
+
+
+def test_a_cancelled_allocation_fails_and_is_resubmitted(cluster: SlurmCluster, pipeline_runs, tmp_path: Path) -> None:
+    """An allocation cancelled mid-group (``scancel``: a user, an admin, preemption) while Snakemake runs on: the SLURM
+    plugin sees it failed (sacct writes ``CANCELLED by <uid>``, which causal_kl.cluster.see_cancelled_slurm_jobs makes
+    a fail state; unwrapped, Snakemake would wait for it for ever), the profile's ``retries: 1`` submits the group
+    again, and the run ends by itself with the local run's outputs; every allocation loaded the model once."""
+    local, wf = pipeline_runs.local, pipeline_runs.wf
+    if pipeline_runs.r.returncode != 0:
+        pytest.skip("needs the SLURM run of the test before")
+    for shard in FLOORS:
+        (wf / shard).unlink()
+    before = len(server_events(wf))
+    log = tmp_path / "cancelled.log"
+    proc, killed = start_and_kill_patching(cluster, wf, log, [*PIPELINE_TARGETS, *FLOORS, "--profile", str(PROFILE),
+                                                              *profile_overrides(cluster)], kill_snakemake=False)
+    r = finish_snakemake(proc, PIPELINE_TIMEOUT_S)
+    assert not r.timed_out, f"Snakemake still waited for the cancelled allocation after {r.seconds:.0f}s\n{r.log[-3000:]}"
+    assert r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
+    assert slurm_state(cluster, killed).startswith("CANCELLED")
+    jobs = r.slurm_jobs()
+    assert sorted(jobs.values()) == ["group:patch-0", "group:patch-0", "patch_aggregate", "patch_floors_aggregate"], jobs
+    retried = {j: name for j, name in jobs.items() if j != killed}
+    assert_went_through_slurm(cluster, retried, gpu_rules=GPU_RULES, evidence=tmp_path / "slurm_jobs.txt")
+    events = server_events(wf)[before:]
+    # the retry: one load, its requests whole and one after another, the shards the kill left (at least the one
+    # the killed allocation had not reached)
+    retry = next(j for j, name in retried.items() if name == "group:patch-0")
+    requests = assert_one_load_per_allocation([e for e in events if e.get("slurm_job_id") == retry], {retry})
+    redone = {e["log"].rsplit(f"logs/{PIPELINE_RUN}/", 1)[1] for e in requests[retry]}
+    assert "L3/span1/patch/floors/shard_001.log" in redone, redone
+    assert [e["slurm_job_id"] for e in events if e["event"] == "load"].count(killed) == 1
+    for target in PIPELINE_TABLES:
+        assert_tables_equal(wf / target, local / target)
+
+
+def test_a_killed_run_recovers_with_unlock_and_rerun_incomplete(cluster: SlurmCluster, pipeline_runs,
+                                                                tmp_path: Path) -> None:
+    """Snakemake itself killed (SIGKILL) and its allocation cancelled mid-group: nothing partial is visible, and the
+    README's recovery (``--unlock``, then the same command; the profile sets ``--rerun-incomplete``) runs exactly the
+    shards the kill left unfinished, in one allocation with one load, to the local run's outputs."""
+    local, wf = pipeline_runs.local, pipeline_runs.wf
+    if pipeline_runs.r.returncode != 0:
+        pytest.skip("needs the SLURM run of the test before")
+    for shard in FLOORS:
+        (wf / shard).unlink()
+    args = [*PIPELINE_TARGETS, *FLOORS, "--profile", str(PROFILE), *profile_overrides(cluster)]
+    proc, killed = start_and_kill_patching(cluster, wf, tmp_path / "killed.log", args, kill_snakemake=True)
+    finish_snakemake(proc, 60)
+    assert slurm_state(cluster, killed).startswith("CANCELLED")
+    missing = assert_whole_and_missing(wf)
+    assert missing, "the kill came after both shards finished: nothing to recover"
+    assert any((wf / ".snakemake" / "locks").iterdir()), "a killed Snakemake leaves its lock"
+
+    u = run_snakemake([*args, "--unlock"], wf, timeout_s=120, env=run_env(cluster), log_path=tmp_path / "unlock.log")
+    assert u.returncode == 0, u.log[-3000:]
+    after_kill = len(server_events(wf))
+    r = run_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "recovered.log")
+    assert not r.timed_out and r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
+    jobs = r.slurm_jobs()
+    assert sorted(jobs.values()) == ["group:patch-0", "patch_aggregate", "patch_floors_aggregate"], jobs
+    assert_went_through_slurm(cluster, jobs, gpu_rules=GPU_RULES, evidence=tmp_path / "slurm_jobs_recovered.txt")
+    requests = assert_one_load_per_allocation(server_events(wf)[after_kill:],
+                                              {j for j, name in jobs.items() if name == "group:patch-0"})
+    logs = sorted(e["log"].rsplit(f"logs/{PIPELINE_RUN}/", 1)[1] for reqs in requests.values() for e in reqs)
+    assert logs == sorted(s.replace(f"results/{PIPELINE_RUN}/", "").replace(".parquet", ".log") for s in missing), logs
     for target in PIPELINE_TABLES:
         assert_tables_equal(wf / target, local / target)
