@@ -197,7 +197,7 @@ def see_cancelled_slurm_jobs(plugin=None) -> bool:
 
     The plugin (snakemake-executor-plugin-slurm 2.8) reads each job's state from ``sacct -X --parsable2
     --format=JobIdRaw,State`` and fails a job whose state is one of its own fail states (``"CANCELLED"``, ...), by
-    equality. But ``sacct`` writes a job cancelled by ``scancel`` (a user, an admin, a preemption policy) as
+    equality. But ``sacct`` writes a job cancelled by ``scancel`` (a user, an admin) as
     ``CANCELLED by <uid>``: no fail state matches, the job counts as still running, and Snakemake waits for it for
     ever, its rerun never submitted. This wraps the plugin's ``query_job_status`` so that every state reaches the
     plugin as its first word (``CANCELLED``); the plugin's own handling then runs unchanged (the job fails, the

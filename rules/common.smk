@@ -15,11 +15,11 @@ from causal_kl.cluster import (
     LAYER_GROUPS,
     SHARD_GROUPS,
     check_each_group_once,
-    see_cancelled_slurm_jobs,
     check_groups,
     runs_model_jobs,
     layer_group_id,
     register,
+    see_cancelled_slurm_jobs,
     shard_group_id,
     shards_per_allocation,
 )

@@ -434,13 +434,18 @@ class SnakemakeRun:
                 for m in pat.finditer(self.log)}
 
 
+def snakemake_command(args: Sequence[str], timeout_s: float) -> list[str]:
+    """``snakemake ARGS`` under a hard ``timeout -k``: a hang fails fast. Snakemake can wait forever on a lost SLURM
+    job while ignoring SIGTERM, hence SIGKILL 10 s after the TERM."""
+    return ["timeout", "-k", "10", str(int(timeout_s)), "snakemake", *args]
+
+
 def start_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None,
                     log_path: Path) -> subprocess.Popen:
-    """Start ``snakemake ARGS`` in ``cwd`` (same hard limit as ``run_snakemake``), its combined output going to
-    ``log_path`` as it runs; ``finish_snakemake`` waits for it."""
-    cmd = ["timeout", "-k", "10", str(int(timeout_s)), "snakemake", *args]
+    """Start ``snakemake ARGS`` in ``cwd`` (``snakemake_command``), its combined output going to ``log_path`` as it
+    runs; ``finish_snakemake`` waits for it."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        proc = subprocess.Popen(snakemake_command(args, timeout_s), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 stdin=subprocess.DEVNULL)
     proc.started = time.monotonic()
     proc.log_path = log_path
@@ -459,14 +464,10 @@ def finish_snakemake(proc: subprocess.Popen, timeout_s: float) -> SnakemakeRun:
 
 def run_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None,
                   log_path: Path | None = None) -> SnakemakeRun:
-    """Run ``snakemake ARGS`` in ``cwd`` under a hard ``timeout -k``: a hang fails fast.
-
-    Snakemake can wait forever on a lost SLURM job while ignoring SIGTERM, hence
-    SIGKILL 10 s after the TERM. The combined output is also written to ``log_path``.
-    """
-    cmd = ["timeout", "-k", "10", str(int(timeout_s)), "snakemake", *args]
+    """Run ``snakemake ARGS`` in ``cwd`` (``snakemake_command``) to its end; the combined output is also written to
+    ``log_path``."""
     t0 = time.monotonic()
-    r = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    r = subprocess.run(snakemake_command(args, timeout_s), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        stdin=subprocess.DEVNULL)
     run = SnakemakeRun(r.returncode, r.stdout, time.monotonic() - t0)
     if log_path is not None:
