@@ -26,10 +26,12 @@ Torch-free at import: the parse-time checks (``causal_kl.checks``) read it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import HOOKS, RESID_POST, TL_NAME, HookModule
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,43 @@ class Family:
     embed_positions: str | None = None  # learned absolute positions added at the input (GPT-2)
     rotary: str | None = "rotary_emb"  # decoder attribute: the rotary module (None: positions enter at the input)
     attention: str = "self_attn"  # block attribute: the self-attention module (has ``layer_idx`` and ``config``)
+    hooks: Mapping[str, HookModule] = field(default_factory=lambda: LLAMA_HOOKS)  # hook -> module of the block
+    parallel_residual: str | None = None  # config field that, when true, feeds attention and MLP the block's input
+
+
+def _hooks(**where: tuple[str, str]) -> Mapping[str, HookModule]:
+    return MappingProxyType({hook: HookModule(*where[hook]) for hook in HOOKS if hook in where})
+
+
+LLAMA_HOOKS = _hooks(resid_mid=("post_attention_layernorm", "in"), attn_z=("self_attn.o_proj", "in"),
+                     attn_out=("self_attn.o_proj", "out"), mlp_in=("mlp", "in"), mlp_out=("mlp", "out"))
+"""Llama, Mistral, Qwen2/3: ``x + o_proj(attn(input_layernorm(x)))``, then ``+ mlp(post_attention_layernorm(.))``."""
+GEMMA_HOOKS = _hooks(resid_mid=("pre_feedforward_layernorm", "in"), attn_z=("self_attn.o_proj", "in"),
+                     attn_out=("post_attention_layernorm", "out"), mlp_in=("mlp", "in"),
+                     mlp_out=("post_feedforward_layernorm", "out"))
+"""Gemma-2/3: the attention's and the MLP's outputs are normed again before they join the residual (SAELens' Gemma
+Scope 2 loader: ``hook_mlp_out`` = ``post_feedforward_layernorm.output``, ``attn.hook_z`` = ``o_proj.input``,
+``hook_mlp_in`` = ``pre_feedforward_layernorm.output`` = the MLP's input)."""
+GPT2_HOOKS = _hooks(resid_mid=("ln_2", "in"), attn_z=("attn.c_proj", "in"), attn_out=("attn.c_proj", "out"),
+                    mlp_in=("mlp", "in"), mlp_out=("mlp", "out"))
+"""GPT-2: ``x + attn.c_proj(heads)``, then ``+ mlp(ln_2(.))`` (dropout is the identity in eval)."""
+NEOX_HOOKS = _hooks(resid_mid=("post_attention_layernorm", "in"), attn_z=("attention.dense", "in"),
+                    attn_out=("attention.dense", "out"), mlp_in=("mlp", "in"), mlp_out=("mlp", "out"))
+"""GPT-NeoX: with ``use_parallel_residual`` (every Pythia) ``x + attention(ln1(x)) + mlp(ln2(x))``: the MLP reads the
+block's input and there is no residual between the two (no ``resid_mid``)."""
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("Gemma-3", ("gemma3", "gemma3_text")),
-    Family("Gemma-2", ("gemma2",)),
+    Family("Gemma-3", ("gemma3", "gemma3_text"), hooks=GEMMA_HOOKS),
+    Family("Gemma-2", ("gemma2",), hooks=GEMMA_HOOKS),
     Family("Llama", ("llama",)),
     Family("Mistral", ("mistral",)),
     Family("Qwen2", ("qwen2",)),
     Family("Qwen3", ("qwen3",)),
     Family("GPT-2", ("gpt2",), decoder=("transformer",), blocks="h", final_norm="ln_f", embed_tokens="wte",
-           embed_positions="wpe", rotary=None, attention="attn"),
+           embed_positions="wpe", rotary=None, attention="attn", hooks=GPT2_HOOKS),
     Family("GPT-NeoX/Pythia", ("gpt_neox",), decoder=("gpt_neox",), final_norm="final_layer_norm",
-           embed_tokens="embed_in", attention="attention"),
+           embed_tokens="embed_in", attention="attention", hooks=NEOX_HOOKS, parallel_residual="use_parallel_residual"),
 )
 """Every family the patch engine runs on (both paths; fast = naive tested on a tiny model of each; the README's
 table of families says which SAE releases each serves)."""
@@ -110,6 +136,28 @@ def check_family(model_config: dict, where: str, model: str) -> Family:
         f"families {supported()}",
         "point model.path at a model of one of those families",
     )
+
+
+def hook_modules(family: Family, model_config: Any) -> dict[str, HookModule | None]:
+    """The hooks a model has, each with the module of a block that holds it (None for ``resid_post``: the block
+    itself). ``model_config``: the (text) config, a dict (config.json) or a transformers config object."""
+    get = model_config.get if isinstance(model_config, dict) else (lambda k, d=None: getattr(model_config, k, d))
+    hooks: dict[str, HookModule | None] = {RESID_POST: None, **family.hooks}
+    if family.parallel_residual and get(family.parallel_residual, True):
+        hooks.pop("resid_mid", None)
+    return hooks
+
+
+def check_hook(family: Family, model_config: Any, hook: str, where: str, field_name: str, model: str) -> HookModule | None:
+    """The module holding ``hook`` in this model's blocks; one line naming the hooks it has when it lacks it."""
+    hooks = hook_modules(family, model_config)
+    if hook not in hooks:
+        have = ", ".join(f"{h} (blocks.L.{TL_NAME[h]})" for h in hooks)
+        why = (" (its blocks run attention and MLP in parallel on the block's input: there is no residual between them)"
+               if hook == "resid_mid" and family.parallel_residual else "")
+        raise CausalKLError(where, field_name, f"{model} ({family.name}) has no hook {hook}{why}",
+                            f"use one of its hooks: {have}")
+    return hooks[hook]
 
 
 def layer_types(text_config: Any, n_layers: int) -> list[str] | None:
