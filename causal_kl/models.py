@@ -22,13 +22,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from causal_kl import families
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import RESID_POST
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,26 @@ class LoadedModel:
             out = torch.tanh(out / cap) * cap
         return out
 
+    def hook_module(self, layer: int, hook: str = RESID_POST) -> tuple[nn.Module, str]:
+        """``(module, side)`` holding ``hook`` in block ``layer``: the block itself and ``"out"`` for resid_post, else the
+        family's module and ``"in"`` (its first input) or ``"out"`` (its output). One line when the family lacks it."""
+        where = families.check_hook(self.family, self.text_config, hook, self.path, "hook", self.architecture)
+        if where is None:
+            return self.layers[layer], "out"
+        module = families.resolve(self.layers[layer], where.module)
+        if module is None:
+            raise CausalKLError(self.path, "hook", f"block {layer} of {self.architecture} has no module {where.module} (hook {hook})",
+                                "use a model whose blocks are laid out as transformers' own for its family")
+        return module, where.side
+
+    def hook_width(self, hook: str = RESID_POST) -> int:
+        """The width of a hook's vectors: d_model, or heads x head_dim for attn_z; mlp_in is d_model too."""
+        if hook == "attn_z":
+            cfg = self.text_config
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            return int(cfg.num_attention_heads * head_dim)
+        return self.d_model
+
     def check_layer(self, layer: int, source: str = "config") -> None:
         if not 0 <= layer < self.n_layers:
             raise CausalKLError(
@@ -112,6 +133,39 @@ class LoadedModel:
                 f"set model.layer to a block index below {self.n_layers}",
             )
 
+
+
+@contextlib.contextmanager
+def at_hook(loaded: LoadedModel, layer: int, hook: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """While inside: every forward through block ``layer`` calls ``fn(activation)`` at ``hook``
+    (``[batch, seq, width]``). ``fn`` returns None to leave the activation as it is (record it), or a tensor to
+    put in its place (splice). Input hooks replace the module's first input, output hooks its output (the first
+    element of a tuple)."""
+    module, side = loaded.hook_module(layer, hook)
+    if side == "in":
+        def pre_hook(_mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            new = fn(x)
+            if new is None:
+                return None
+            if args:
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new}
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        def hook(_mod, _inp, out):
+            x = out[0] if isinstance(out, tuple) else out
+            new = fn(x)
+            if new is None:
+                return None
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def resolve_device(device: str) -> torch.device:
