@@ -67,7 +67,8 @@ import torch
 from causal_kl import N_OFFSETS
 from causal_kl.conditions import CLEAN
 from causal_kl.errors import CausalKLError
-from causal_kl.models import LoadedModel
+from causal_kl.hooks import RESID_POST
+from causal_kl.models import LoadedModel, at_hook
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,8 @@ def _check_sites(input_ids: Sequence[int], sites: Sequence[SiteVariants], d: int
     T = len(input_ids)
     for s in sites:
         if s.vectors.ndim not in (2, 3) or s.vectors.shape[-1] != d or s.vectors.shape[0] == 0 or s.vectors.ndim == 3 and s.vectors.shape[1] == 0:
-            raise CausalKLError("conditions", "vector", f"site {s.site_id}: variant vectors of shape {tuple(s.vectors.shape)}, model width {d}",
-                                "give vectors of the model's hidden size, [variants, d] or [variants, span, d]")
+            raise CausalKLError("conditions", "vector", f"site {s.site_id}: variant vectors of shape {tuple(s.vectors.shape)}, hook width {d}",
+                                "give vectors of the hook's width, [variants, d] or [variants, span, d]")
         if not 0 <= s.position or s.position + s.span > T:
             what = f"position {s.position}" if s.span == 1 else f"span {s.position}..{s.position + s.span - 1}"
             raise CausalKLError("sites", "position", f"site {s.site_id} {what} is out of range for {doc} ({T} tokens)",
@@ -216,8 +217,10 @@ def _to_result(site: SiteVariants, kl: np.ndarray, ce: np.ndarray, dce: np.ndarr
 
 # --------------------------------------------------------------------------- naive path
 @torch.no_grad()
-def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: SiteVariants) -> SiteResult:
-    """Reference: a full forward per variant (batched over the site's variants), hook at block ``layer``."""
+def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: SiteVariants,
+               hook: str = RESID_POST) -> SiteResult:
+    """Reference: a full forward per variant (batched over the site's variants), a forward hook at ``hook`` of block
+    ``layer`` (the block's output, or the module inside it that the family's table names) replacing positions p..p+k-1."""
     p, k = site.position, site.span
     width = k - 1 + N_OFFSETS
     end = min(p + width, len(input_ids))
@@ -229,17 +232,13 @@ def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: 
 
     clean = _readout_dtype(loaded.model(input_ids=x, logits_to_keep=keep, use_cache=False).logits)  # [1, keep, vocab]
 
-    def hook(_mod, _inp, out):
-        h = out[0] if isinstance(out, tuple) else out
+    def splice(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
         h[:, p: p + k] = vec
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return h
 
-    handle = loaded.layers[layer].register_forward_hook(hook)
-    try:
+    with at_hook(loaded, layer, hook, splice):
         patched = _readout_dtype(loaded.model(input_ids=x.expand(V, -1), logits_to_keep=keep, use_cache=False).logits)
-    finally:
-        handle.remove()
     lp_clean = torch.log_softmax(clean, -1)[0]  # [keep, vocab]
     lp_patch = torch.log_softmax(patched, -1)  # [V, keep, vocab]
     nxt, valid = _next_tokens(input_ids, p, width)
@@ -259,24 +258,24 @@ def naive_site(loaded: LoadedModel, input_ids: Sequence[int], layer: int, site: 
 
 
 # --------------------------------------------------------------------------- clean pass
-class _Recorder:
-    """Stops nothing; records the block-L output of the clean pass."""
-
-    def __init__(self):
-        self.h: torch.Tensor | None = None
-
-    def __call__(self, _mod, _inp, out):
-        self.h = (out[0] if isinstance(out, tuple) else out).detach()
+def window_start(layer: int, hook: str = RESID_POST) -> int:
+    """The first block a window pass runs for a splice at (layer, hook): block L + 1 after a splice of block L's output;
+    block L itself for a hook inside it (its rows are clean on input; the hook replaces the span's rows inside it)."""
+    return int(layer) + 1 if hook == RESID_POST else int(layer)
 
 
 @dataclass
 class CleanState:
-    """What the fast path keeps from one document's clean pass (T = the tokens it covered)."""
+    """What the fast path keeps from one document's clean pass (T = the tokens it covered).
 
-    hidden_L: torch.Tensor  # [T, d_model] block-L output
-    keys: dict[int, torch.Tensor]  # block -> [1, kv_heads, T, head_dim] (post-rotary), blocks > L only
+    ``start``: the first block the window pass runs (``window_start``); ``hidden_L`` is that block's input, i.e.
+    block ``start - 1``'s output (the design's layer ``start - 1``; the embeddings when ``start`` is 0)."""
+
+    hidden_L: torch.Tensor  # [T, d_model] the input of block ``start``
+    keys: dict[int, torch.Tensor]  # block -> [1, kv_heads, T, head_dim] (post-rotary), blocks >= start only
     values: dict[int, torch.Tensor]
     final_hidden: torch.Tensor  # [T, d_model] decoder output after the final norm
+    start: int = -1
 
     @property
     def n_tokens(self) -> int:
@@ -308,27 +307,45 @@ def _supports_fast(loaded: LoadedModel) -> None:
 
 
 @torch.no_grad()
-def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> CleanState:
-    """One forward of the document through the model's own decoder (its own attention kernel), keeping what windows need."""
+def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int, hook: str = RESID_POST) -> CleanState:
+    """One forward of the document through the model's own decoder (its own attention kernel), keeping what windows
+    need: the input of the window's first block (``window_start``) and the keys/values of it and every later block."""
     from transformers import DynamicCache
 
+    start = window_start(layer, hook)
     x = torch.tensor([list(input_ids)], dtype=torch.long, device=loaded.device)
-    rec = _Recorder()
-    handle = loaded.layers[layer].register_forward_hook(rec)
+    rec: list[torch.Tensor] = []
+
+    def record(h: torch.Tensor) -> None:
+        rec.append(h.detach())
+
+    # the input of block ``start`` is block ``start - 1``'s output; the embeddings (with GPT-2's positions) for block 0
+    where = (start - 1, RESID_POST) if start > 0 else (0, "block_in")
     cache = DynamicCache()  # no config: keeps every position of every block (sliding ones included)
-    try:
+    with _record_block_input(loaded, 0, record) if where[1] == "block_in" else at_hook(loaded, where[0], RESID_POST, record):
         out = loaded.decoder(input_ids=x, use_cache=True, **{_cache_kwarg(loaded.decoder): cache})
-    finally:
-        handle.remove()
     keys, values = {}, {}
-    for l in range(layer + 1, loaded.n_layers):
+    for l in range(start, loaded.n_layers):
         entry = cache.layers[l] if l < len(getattr(cache, "layers", ())) else None
         n = entry.keys.shape[2] if entry is not None and entry.keys is not None and entry.keys.ndim == 4 else 0
         if n != x.shape[1]:
             raise FastPathUnavailable(loaded.path, "cache", f"block {l} cached {n} of {x.shape[1]} positions",
                                 "set patch.method: naive for this model")
         keys[l], values[l] = entry.keys, entry.values
-    return CleanState(hidden_L=rec.h[0], keys=keys, values=values, final_hidden=out.last_hidden_state[0])
+    return CleanState(hidden_L=rec[0][0], keys=keys, values=values, final_hidden=out.last_hidden_state[0], start=start)
+
+
+@contextlib.contextmanager
+def _record_block_input(loaded: LoadedModel, block: int, fn):
+    """While inside: ``fn(hidden_states)`` with the input of block ``block`` on every forward through it."""
+    def pre_hook(_mod, args, kwargs):
+        fn(args[0] if args else kwargs["hidden_states"])
+
+    handle = loaded.layers[block].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class CleanCache:
@@ -354,10 +371,11 @@ class CleanCache:
         self.hits = 0
 
     @staticmethod
-    def key(loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> tuple:
+    def key(loaded: LoadedModel, input_ids: Sequence[int], layer: int, hook: str = RESID_POST) -> tuple:
+        """Keyed by the window's first block: a splice at (L - 1, resid_post) and one inside block L share a clean pass."""
         ids = np.asarray(list(input_ids), dtype=np.int64)
         digest = hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
-        return (id(loaded.model), loaded.path, str(loaded.dtype), str(loaded.device), int(layer), digest, len(ids))
+        return (id(loaded.model), loaded.path, str(loaded.dtype), str(loaded.device), window_start(layer, hook), digest, len(ids))
 
     def _device_budget(self, device: torch.device) -> int:
         name = str(device)
@@ -376,16 +394,16 @@ class CleanCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def get(self, loaded: LoadedModel, input_ids: Sequence[int], layer: int) -> CleanState:
+    def get(self, loaded: LoadedModel, input_ids: Sequence[int], layer: int, hook: str = RESID_POST) -> CleanState:
         """The document's clean state: from the cache, or computed (and stored if it fits)."""
-        key = self.key(loaded, input_ids, layer)
+        key = self.key(loaded, input_ids, layer, hook)
         if key in self._store:
             self._store.move_to_end(key)
             self.hits += 1
             return self._store[key]
-        state = clean_pass(loaded, input_ids, layer)
+        state = clean_pass(loaded, input_ids, layer, hook)
         self.clean_passes += 1
-        log.info("clean pass %d: %d tokens, layer %d (%s)", self.clean_passes, key[-1], layer, loaded.device)
+        log.info("clean pass %d: %d tokens, window from block %d (%s)", self.clean_passes, key[-1], state.start, loaded.device)
         dev = loaded.device
         budget, size = self._device_budget(dev), state.nbytes()
         if size <= budget:
@@ -646,11 +664,17 @@ def _readout_rows(loaded: LoadedModel, n_rows_per_chunk_item: int) -> int:
 
 @torch.no_grad()
 def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int], CleanState, list[SiteVariants]]],
-                 ablate: frozenset = frozenset()) -> list[list[SiteResult]]:
+                 ablate: frozenset = frozenset(), hook: str = RESID_POST) -> list[list[SiteResult]]:
     """Patch one batch of sites (of one or more documents; one variant count V and span k) in one window pass.
 
     ``parts``: (input_ids, clean state, sites sorted by position) per document. Returns the results
     in the same nesting and order.
+
+    At ``resid_post`` the span's rows of the window's input (block L's output) are the variants' vectors and the
+    pass runs blocks L+1..; at a hook inside block L the window's input rows are all clean (block L's input), the
+    pass runs blocks L.., and in block L the hook's activation at the span's rows is replaced by the vectors. Block
+    L's attention reads keys and values of its clean input, so only the span's rows of its output change, as in
+    the naive path's full forward.
     """
     _supports_fast(loaded)
     sites = [s for _, _, ss in parts for s in ss]
@@ -676,8 +700,10 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
             a, b = _next_tokens(ids, s.position, Wr)
             nxt.append(a)
             valid.append(b)
+    vectors = torch.stack([s.span_vectors() for s in sites]).to(dev, dt)  # [S, V, k, width]
     h = torch.cat(h_rows)[:, None].expand(S, V, Wr, -1).clone()  # [S, V, Wr, d]
-    h[:, :, :k] = torch.stack([s.span_vectors() for s in sites]).to(dev, dt)
+    if hook == RESID_POST:
+        h[:, :, :k] = vectors
     h = h.view(1, S * V * Wr, -1)
     # the window's absolute positions p..p+Wr-1 per site: what the rotary embedding must see (GPT-2's learned
     # positions were added at the input, so they are in the block-L states already)
@@ -685,7 +711,10 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
     position_ids = absolute[:, None].expand(S, V, Wr).reshape(1, -1)  # [1, N]
 
     window = loaded.sliding_window
-    blocks = range(layer + 1, loaded.n_layers)
+    start = window_start(layer, hook)
+    if any(st.start not in (-1, start) for _, st, _ in parts):
+        raise ValueError(f"clean states of another window start than block {start}")
+    blocks = range(start, loaded.n_layers)
     kinds = {l: _mask_kind(loaded, l, ablate) for l in blocks}
     segments = {kind: _segments(parts_pos, Wr, V, kind, window, cdt, dev) for kind in set(kinds.values())}
     win_masks = {kind: _window_mask(Wr, kind, window, cdt, dev) for kind in segments}
@@ -693,8 +722,14 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
     pe = {t: _rotary(loaded, h, position_ids, "full_attention" if "local_rope" in ablate and t == "sliding_attention" else t)
           for t in rope_kind} if loaded.rotary_emb is not None else {}
 
+    def splice(a: torch.Tensor) -> torch.Tensor:  # the hook's activation in block L: [1, S*V*Wr, width]
+        a = a.view(S, V, Wr, -1).clone()
+        a[:, :, :k] = vectors
+        return a.view(1, S * V * Wr, -1)
+
     ctx = _WindowContext(loaded, layer, [st for _, st, _ in parts], segments, win_masks, kinds, V, Wr, cdt, ablate)
-    with _window_attention_active(loaded, ctx):
+    inside = at_hook(loaded, layer, hook, splice) if hook != RESID_POST else contextlib.nullcontext()
+    with _window_attention_active(loaded, ctx), inside:
         for l in blocks:
             rotary = {"position_embeddings": pe[loaded.layer_type(l)]} if pe else {}
             out = loaded.layers[l](h, attention_mask=None, position_ids=position_ids, **rotary)
@@ -736,15 +771,15 @@ def _window_pass(loaded: LoadedModel, layer: int, parts: list[tuple[Sequence[int
 
 @torch.no_grad()
 def fast_sites(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites: Sequence[SiteVariants],
-               state: CleanState | None = None, ablate: Iterable[str] = ()) -> list[SiteResult]:
+               state: CleanState | None = None, ablate: Iterable[str] = (), hook: str = RESID_POST) -> list[SiteResult]:
     """Patch a batch of sites of one document (all with the same variant count V and span k) in one window pass."""
     ablate = frozenset(ablate)
     assert ablate <= ABLATIONS | FAMILY_ABLATIONS, ablate
     if not sites:
         return []
-    state = state if state is not None else clean_pass(loaded, input_ids, layer)
+    state = state if state is not None else clean_pass(loaded, input_ids, layer, hook)
     order = sorted(range(len(sites)), key=lambda i: sites[i].position)
-    res = _window_pass(loaded, layer, [(input_ids, state, [sites[i] for i in order])], ablate)[0]
+    res = _window_pass(loaded, layer, [(input_ids, state, [sites[i] for i in order])], ablate, hook)[0]
     out: list[SiteResult | None] = [None] * len(sites)
     for j, i in enumerate(order):
         out[i] = res[j]
@@ -802,28 +837,31 @@ class _Progress:
 def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,
                     method: str = "fast", sites_per_batch: int | str = "auto", clean_cache: CleanCache | None = None,
                     names: Sequence[str] | None = None, ablate: Iterable[str] = (),
-                    label: str = "sites") -> list[list[SiteResult]]:
+                    label: str = "sites", hook: str = RESID_POST) -> list[list[SiteResult]]:
     """Patch every site of several documents; returns each document's results in its sites' order.
 
     documents: (input_ids, sites) per document. Fast path: each document's clean pass once (from
     ``clean_cache`` where given), then window passes of up to ``sites_per_batch`` sites that may mix
     documents (sites grouped by variant count and span length, each document's sites by position), so
     short documents fill a batch together. Every site is checked before any model work. Each finished
-    document is logged (``patch {label}: document i/n done``).
+    document is logged (``patch {label}: document i/n done``). ``hook``: where in block ``layer`` the vectors go
+    (``causal_kl.hooks``; their width is the hook's, ``LoadedModel.hook_width``).
 
     A model the fast path cannot run (``FastPathUnavailable``) is patched by the naive path, and the
     call's log says so once (the model remembers it: later calls go straight to the naive path).
     """
     ablate = frozenset(ablate)
     names = list(names) if names is not None else [f"document {i}" for i in range(len(documents))]
+    loaded.hook_module(layer, hook)  # one line when the model's family has no such hook
     for (ids, sites), name in zip(documents, names):
-        _check_sites(ids, sites, loaded.d_model, name)
+        _check_sites(ids, sites, loaded.hook_width(hook), name)
     if method not in ("fast", "naive"):
         raise CausalKLError("config", "patch.method", f"unknown method {method!r}", "use fast or naive")
     if method == "fast":
         if _NO_FAST_PATH not in loaded.extra:
             try:
-                return _patch_fast(loaded, documents, layer, sites_per_batch, clean_cache, _Progress(documents, names, label), ablate)
+                return _patch_fast(loaded, documents, layer, sites_per_batch, clean_cache, _Progress(documents, names, label), ablate,
+                                   hook)
             except FastPathUnavailable as e:
                 loaded.extra[_NO_FAST_PATH] = e.problem
         log.warning("patch %s: the fast path cannot run %s (%s): patching with the naive path instead (the same numbers, "
@@ -831,7 +869,7 @@ def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int]
     progress = _Progress(documents, names, label)
     out = []
     for di, (ids, sites) in enumerate(documents):
-        out.append([naive_site(loaded, ids, layer, s) for s in sites])
+        out.append([naive_site(loaded, ids, layer, s, hook) for s in sites])
         for _ in sites:
             progress.site_done(di)
     return out
@@ -843,7 +881,7 @@ _NO_FAST_PATH = "fast_path_unavailable"
 
 def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,
                 sites_per_batch: int | str, clean_cache: CleanCache | None, progress: _Progress,
-                ablate: frozenset) -> list[list[SiteResult]]:
+                ablate: frozenset, hook: str = RESID_POST) -> list[list[SiteResult]]:
     """The fast path of ``patch_documents``."""
     _supports_fast(loaded)
     results: list[list[SiteResult | None]] = [[None] * len(sites) for _, sites in documents]
@@ -855,7 +893,7 @@ def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Se
             parts.setdefault(di, (ids, st, [], []))
             parts[di][2].append(s)
             parts[di][3].append(si)
-        out = _window_pass(loaded, layer, [(ids, st, ss) for ids, st, ss, _ in parts.values()], ablate)
+        out = _window_pass(loaded, layer, [(ids, st, ss) for ids, st, ss, _ in parts.values()], ablate, hook)
         for (d, (_, _, _, idx)), res in zip(parts.items(), out):
             for si, r in zip(idx, res):
                 results[d][si] = r
@@ -865,7 +903,7 @@ def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Se
         if not sites:
             continue
         ids = list(ids[: _clean_len(sites, len(ids))])
-        state = clean_cache.get(loaded, ids, layer) if clean_cache is not None else clean_pass(loaded, ids, layer)
+        state = clean_cache.get(loaded, ids, layer, hook) if clean_cache is not None else clean_pass(loaded, ids, layer, hook)
         limits: dict[tuple[int, int], int] = {}
         for si in sorted(range(len(sites)), key=lambda i: sites[i].position):
             s = sites[si]
@@ -885,11 +923,11 @@ def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Se
 
 def patch_document(loaded: LoadedModel, input_ids: Sequence[int], layer: int, sites: Sequence[SiteVariants],
                    method: str = "fast", sites_per_batch: int | str = "auto", doc: str = "document",
-                   clean_cache: CleanCache | None = None) -> list[SiteResult]:
+                   clean_cache: CleanCache | None = None, hook: str = RESID_POST) -> list[SiteResult]:
     """Patch every site of one document (see ``patch_documents``)."""
     if not sites:
         return []
-    return patch_documents(loaded, [(input_ids, sites)], layer, method, sites_per_batch, clean_cache, [doc])[0]
+    return patch_documents(loaded, [(input_ids, sites)], layer, method, sites_per_batch, clean_cache, [doc], hook=hook)[0]
 
 
 def results_table(results: Sequence[SiteResult], route: str = "", include_clean: bool = False) -> pa.Table:
