@@ -67,19 +67,32 @@ Formats read (``load_sae`` picks by the files present):
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 
+Transcoders (SAELens' ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+``jumprelu_skip_transcoder``, ``sae_lens/saes/transcoder.py``; Gemma Scope 2 ``transcoder`` folders)
+read ``x [d_in]`` at one hook and predict ``[d_out]`` at a later one: the encoder above (ReLU or
+JumpReLU, no ``b_dec`` subtracted, no normalisation), ``a @ W_dec + b_dec`` with ``W_dec [d_sae, d_out]``,
+plus ``x @ W_skip.T`` (``W_skip [d_out, d_in]``, the raw input) for the skip ones; Gemma Scope 2 keeps the
+skip term as ``affine_skip_connection [d_in, d_out]``. ``point_in``/``point_out`` say where an SAE reads
+and writes (``causal_kl.hooks.Point``; the same point for an SAE); ``hook_z`` SAEs (SAELens'
+``reshape_activations: hook_z``) read ``attn.hook_z`` flattened to heads x head_dim, which is what
+``o_proj``'s input already is.
+
 Refused with a one-line ``CausalKLError`` (file, field, fix): a missing path or file, invalid
-JSON, an unknown or unsupported architecture (gated, transcoders, ...), another activation
-function (``tanh-relu``), per-head or ``hook_z`` SAEs, ``covariance_whitening``, missing tensors,
-wrong shapes, a non-unit ``scaling_factor``, and, in ``check_compatible``, ``d_in`` differing
-from the model width or an SAE trained at another hook/layer than the one it is used at.
+JSON, an unknown or unsupported architecture (gated, ...), another activation
+function (``tanh-relu``), per-head SAEs, a transcoder with normalisation or ``apply_b_dec_to_input``,
+``covariance_whitening``, missing tensors, wrong shapes, a non-unit ``scaling_factor``, and, in
+``check_compatible`` (``causal_kl.sae_format.sae_points``), a width other than the hook's or an SAE
+trained at another hook/layer than the one it is used at.
 
 Hooks and layers. The design's layer ``L`` is the output of decoder block ``L`` (HF
 ``output_hidden_states[L + 1]``). SAELens' ``blocks.L.hook_resid_post`` is exactly that;
 ``blocks.L.hook_resid_pre`` is the *input* of block ``L``, i.e. the output of block ``L - 1``
 (layer ``L - 1``; ``blocks.0.hook_resid_pre`` is the embedding output, which no layer names);
 HF-style names ``model.layers.L.output`` / ``layers.L`` (Gemma Scope 2's ``hf_hook_point_in``,
-sparsify) are block ``L``'s output. Every other hook (``hook_resid_mid``, ``hook_mlp_out``,
-``attn.hook_z``, ``hook_embed``, ...) is not a block output and cannot be spliced at a layer.
+sparsify) are block ``L``'s output. The other hooks of a block (``hook_resid_mid``, ``hook_mlp_out``,
+``attn.hook_z``, ``hook_mlp_in``, ...; module paths by the families' tables) are points of that block
+(``causal_kl.hooks``), spliced there by a route that takes the SAE's own hook (``route_points``);
+``hook_embed`` is no point.
 When ``cfg.json`` names no hook, nothing can be checked and nothing is.
 
 Sparsity (``SparseAutoencoder.sparsity``), as SAELens' ``get_sparsity_and_variance_metrics``

@@ -26,6 +26,12 @@ route's two steps:
   offsets say (truncated or overlong), ``d_in`` differing from the model's width, and (unless
   ``check_hook`` is false) an SAE whose files say it was trained at another hook or layer than the
   route's.
+- ``route_points``: the same check for a route that splices where its SAE's files say, against the model's
+  ``config.json``: returns ``(point_in, point_out)`` (``causal_kl.hooks.Point``) and refuses, one line each,
+  a hook the model's family lacks, a hook_z width other than heads x head_dim, a transcoder's output width
+  other than its output hook's, another block than the route's layer (``check_hook: false`` moves the SAE
+  to the route's layer, never to another kind of hook) and another hook than the entry's optional ``hook``.
+  ``check_sae_config`` is the residual-stream route's check (its hook is ``resid_post``).
 - ``reconstruct``: loads the SAE (``causal_kl.sae.load_sae``, checked against the width and,
   unless ``check_hook`` is false, the layer), runs ``decode(encode(g))`` on the golds in batches
   of ``batch_size`` on ``device``, and returns SAELens-style sparsity statistics of those golds
