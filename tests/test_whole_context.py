@@ -520,6 +520,47 @@ def test_transcoder_matches_position_loops(case, hook_routes):
     assert same["hook_in"] is None and abs(same["kl_route"]) < 1e-6
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_at_hook_is_a_hand_written_hook_on_the_module_the_family_names(name, request):
+    """models.at_hook at every hook of block 1 of a tiny Llama and a tiny Gemma-3: what it records is what a plain
+    torch hook on the module the family table names (HAND_HOOKS, read off transformers' decoder layers; the block's
+    output for resid_post) sees, and its splice gives the same logits as that hand hook making the same change."""
+    from causal_kl.families import hook_modules
+    from causal_kl.hooks import HOOKS, HookModule
+    from causal_kl.models import at_hook
+
+    loaded = load_model(request.getfixturevalue(f"{name}_dir"))
+    table = hook_modules(loaded.family, loaded.text_config)
+    assert dict(table) == {"resid_post": None, **{h: HookModule(*w) for h, w in HAND_HOOKS[name].items()}}
+    block, layer = loaded.layers[1], 1
+    ids = torch.tensor([[2, 40, 41, 42, 43, 44, 45, 46, 47, 1]])
+    with torch.no_grad():
+        clean = loaded.model(input_ids=ids).logits
+
+        def change(x):
+            return x * 0.5 + torch.linspace(-1, 1, x.shape[-1])
+
+        for hook in HOOKS:
+            where = HAND_HOOKS[name].get(hook)
+            seen, hand_seen = [], []
+            with at_hook(loaded, layer, hook, lambda x: seen.append(x.clone())):
+                loaded.model(input_ids=ids)
+            handle = hand_hook(block, where, lambda x: hand_seen.append(x.clone()))
+            loaded.model(input_ids=ids)
+            handle.remove()
+            assert len(seen) == len(hand_seen) == 1 and torch.equal(seen[0], hand_seen[0]), hook
+            assert seen[0].shape == (1, ids.shape[1], loaded.hook_width(hook)), hook
+
+            with at_hook(loaded, layer, hook, change):
+                spliced = loaded.model(input_ids=ids).logits
+            handle = hand_hook(block, where, change)
+            hand = loaded.model(input_ids=ids).logits
+            handle.remove()
+            assert torch.equal(spliced, hand), hook
+            assert (spliced - clean).abs().max() > 1e-3, hook  # the splice took effect
+        assert torch.equal(loaded.model(input_ids=ids).logits, clean)  # and every hook came off
+
+
 def test_a_transcoder_reads_an_earlier_hook_and_widths_are_checked(case):
     loaded, contexts, layer = case["loaded"], case["contexts"][:1], case["layer"]
     with pytest.raises(ValueError, match="did not fire before"):
