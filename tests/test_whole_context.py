@@ -462,7 +462,8 @@ def test_peer_saelens_transcoder(case, hook_routes, bridge):
     score a transcoder (get_recons_loss splices decode(encode(x)) back at hook_name), so the three forwards are the
     bridge's own (clean; with the transcoder attached; hook_mlp_out zeroed), reduced as get_recons_loss and
     get_downstream_reconstruction_metrics do (sae_lens.evals._kl, TransformerLens' loss per token, one mean over
-    the tokens). The bridge's public splice has no special-token mask, so both sides score every position here;
+    the tokens, taken in float64: SAELens' float32 mean moves the tiny Llama's ce_loss_score by ~1e-5, see
+    test_peer_saelens_run_evals_at_hook). The bridge's public splice has no special-token mask, so both sides score every position here;
     the mask is held to the position loops in test_transcoder_matches_position_loops."""
     sae_lens = pytest.importorskip("sae_lens")
     from sae_lens.evals import _kl
@@ -486,7 +487,7 @@ def test_peer_saelens_transcoder(case, hook_routes, bridge):
                                               fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", lambda a, hook: torch.zeros_like(a))])
     theirs = {"kl_route": _kl(clean, route), "kl_zero": _kl(clean, zero), "ce_clean": ce_clean, "ce_route": ce_route,
               "ce_zero": ce_zero}
-    theirs = {k: v.flatten().mean().item() for k, v in theirs.items()}
+    theirs = {k: v.flatten().double().mean().item() for k, v in theirs.items()}  # one mean, in float64 as ours
     theirs["kl_div_score"] = (theirs["kl_zero"] - theirs["kl_route"]) / theirs["kl_zero"]
     theirs["ce_loss_score"] = (theirs["ce_zero"] - theirs["ce_route"]) / (theirs["ce_zero"] - theirs["ce_clean"])
     ours = whole_context_scores(case["loaded"], case["contexts"], layer, _transcode(weights), special_ids=(),
