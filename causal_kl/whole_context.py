@@ -7,9 +7,23 @@ definitions of ``sae_lens/evals.py`` (read at sae-lens 6.54.12: ``get_recons_los
 ``sae_lens/tokenization_and_batching.py`` builds them):
 
 * Each context of ``n_ctx`` tokens runs three times through the model's own forward: clean; with
-  the output of block ``L`` (SAELens' ``blocks.L.hook_resid_post``) replaced by its
-  reconstruction at **every** position at once (``route``); and with it replaced by zeros
-  (``zero``).
+  the activation at one hook of block ``L`` (``causal_kl.hooks``: by default ``resid_post``, the
+  block's output, SAELens' ``blocks.L.hook_resid_post``; or ``resid_mid``, ``attn_z``,
+  ``attn_out``, ``mlp_in``, ``mlp_out``) replaced by its reconstruction at **every** position at
+  once (``route``); and with it replaced by zeros (``zero``). The splice is SAELens' forward hook
+  at ``sae.cfg.metadata.hook_name`` (``get_recons_loss``), put on the module the model's family
+  names for the hook (``models.at_hook``).
+* ``attn.hook_z``: TransformerLens' hook holds ``[.., heads, head_dim]``; SAELens' eval flattens
+  it to ``[.., heads * head_dim]`` for the SAE and reshapes the result back
+  (``all_head_replacement_hook``; a ``hook_head_index`` SAE is not supported here), and its zero
+  ablation zeroes every head. Our ``attn_z`` is already that flat vector (the output projection's
+  input), so the reconstruction reads and writes it as it is.
+* Transcoders (``hook_in``): the reconstruction reads the activation at ``hook_in`` of the same
+  block (e.g. ``mlp_in``) and its output replaces the activation at ``hook`` (e.g. ``mlp_out``),
+  in the same forward; zero ablation zeroes ``hook``. This is SAELens' transcoder splice
+  (``SAETransformerBridge.add_sae`` / ``HookedSAETransformer``: capture the input at
+  ``hook_name``, replace at ``hook_name_out``); SAELens' own ``get_recons_loss`` does not do it (it
+  splices ``decode(encode(x))`` back at ``hook_name``, a transcoder's input hook).
 * Special tokens: SAELens' ``run_evals`` ignores the ids of the tokenizer's ``bos_token_id``,
   ``eos_token_id``, ``pad_token_id``, ``sep_token_id``, ``decoder_start_token_id``
   (``special_token_ids`` here). The route hook keeps the clean activation at positions holding
@@ -34,19 +48,23 @@ SAELens' names for the returned values: ``kl_route`` = ``kl_div_with_sae``, ``kl
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
 
+from causal_kl import models
+from causal_kl.hooks import HOOKS, RESID_POST
 from causal_kl.models import LoadedModel
 
 SPECIAL_TOKEN_ATTRS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")
 """The tokenizer attributes SAELens' ``get_special_token_ids`` reads (chat-template tokens are not among them)."""
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
-"""``[n, d_model]`` float32 hidden states -> ``[n, d_model]`` reconstructions."""
+"""``[n, width]`` float32 activations -> ``[n, width]`` reconstructions (a transcoder: ``[n, width of hook_in]``
+-> ``[n, width of hook]``); width d_model, or heads x head_dim at ``attn_z``."""
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -119,15 +137,29 @@ def draw_contexts(documents: Sequence[Sequence[int]], n_ctx: int, n_contexts: in
 
 
 # --------------------------------------------------------------------------------- scores
-def _replace_block_output(layer_module: torch.nn.Module, replace: Callable[[torch.Tensor], torch.Tensor]):
-    """Forward hook on a decoder block: its output hidden states ``[batch, seq, d_model]`` -> ``replace(...)``."""
+@contextlib.contextmanager
+def _splice(loaded: LoadedModel, layer: int, hook: str, replace: Callable[..., torch.Tensor], hook_in: str | None = None):
+    """While inside: each forward through block ``layer`` puts ``replace(activation)`` at ``hook`` in place of the
+    activation (``[batch, seq, width]``), or, with ``hook_in``, ``replace(activation, input)`` where ``input`` is
+    the activation recorded at ``hook_in`` earlier in the same forward. Both through ``models.at_hook``."""
+    with contextlib.ExitStack() as stack:
+        if hook_in is None:
+            stack.enter_context(models.at_hook(loaded, layer, hook, replace))
+        else:
+            recorded: list[torch.Tensor] = []
 
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = replace(hidden)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+            def record(x: torch.Tensor) -> None:
+                recorded[:] = [x]
 
-    return layer_module.register_forward_hook(hook)
+            def spliced(x: torch.Tensor) -> torch.Tensor:
+                if not recorded:
+                    raise ValueError(f"block {layer}: hook_in {hook_in} did not fire before hook {hook} in the forward "
+                                     "(a transcoder reads an earlier hook of the block than the one it writes)")
+                return replace(x, recorded.pop())
+
+            stack.enter_context(models.at_hook(loaded, layer, hook_in, record))
+            stack.enter_context(models.at_hook(loaded, layer, hook, spliced))
+        yield
 
 
 def _kl_per_position(logp_clean: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -144,42 +176,58 @@ def _ce_per_position(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] | torch.Tensor, layer: int,
-                         reconstruct: Reconstruct, special_ids: Iterable[int], batch_size: int = 8) -> dict[str, float | int]:
-    """SAELens' ``kl_div_score`` and ``ce_loss_score`` of ``reconstruct`` spliced at layer ``layer``.
+                         reconstruct: Reconstruct, special_ids: Iterable[int], batch_size: int = 8,
+                         hook: str = RESID_POST, hook_in: str | None = None) -> dict[str, float | int | str | None]:
+    """SAELens' ``kl_div_score`` and ``ce_loss_score`` of ``reconstruct`` spliced at ``hook`` of block ``layer``.
 
     ``contexts``: ``[n_contexts, n_ctx]`` token ids (all of one length; ``draw_contexts`` makes
-    them). ``reconstruct``: ``[n, d_model]`` float32 hidden states on the model's device ->
-    ``[n, d_model]`` (e.g. ``SparseAutoencoder.reconstruct``); it is given the non-special
-    positions of a batch at once. ``special_ids``: token ids left out (``special_token_ids``).
-    ``batch_size`` contexts run together (peak memory ~ 3 x batch x n_ctx x vocab floats).
+    them). ``reconstruct``: ``[n, width]`` float32 activations at ``hook`` (or, for a transcoder,
+    at ``hook_in``) on the model's device -> ``[n, width of hook]`` (e.g.
+    ``SparseAutoencoder.reconstruct``); it is given the non-special positions of a batch at once.
+    ``special_ids``: token ids left out (``special_token_ids``). ``batch_size`` contexts run
+    together (peak memory ~ 3 x batch x n_ctx x vocab floats). ``hook``: where the reconstruction
+    goes (``causal_kl.hooks.HOOKS``); ``hook_in``: where a transcoder reads, an earlier hook of the
+    same block (None, or ``hook`` itself: an SAE, which reads where it writes).
 
     Returns ``ce_clean``, ``ce_route``, ``ce_zero``, ``kl_route``, ``kl_zero`` (nats, means per
     token), ``kl_div_score``, ``ce_loss_score``, ``n_tokens_kl``, ``n_tokens_ce``,
-    ``n_contexts``, ``n_ctx``, ``layer``.
+    ``n_contexts``, ``n_ctx``, ``layer``, ``hook``, ``hook_in`` (None for an SAE).
     """
     loaded.check_layer(layer, "whole_context_scores")
+    if hook_in == hook:
+        hook_in = None
+    for name in (hook, hook_in):
+        if name is not None and name not in HOOKS:
+            raise ValueError(f"unknown hook {name!r}: one of {', '.join(HOOKS)}")
+        if name is not None:
+            loaded.hook_module(layer, name)  # one line when the model's family has no such hook
+    width_in, width_out = loaded.hook_width(hook_in or hook), loaded.hook_width(hook)
     device = loaded.device
     ids = torch.as_tensor([list(map(int, c)) for c in contexts] if not isinstance(contexts, torch.Tensor) else contexts,
                           dtype=torch.long)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise ValueError(f"contexts must be [n_contexts, n_ctx >= 2] token ids of one length, got shape {tuple(ids.shape)}")
     special = torch.tensor(sorted({int(t) for t in special_ids}), dtype=torch.long)
-    block = loaded.layers[layer]
     sums = {"kl_route": [], "kl_zero": [], "ce_clean": [], "ce_route": [], "ce_zero": []}
 
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size].to(device)  # [batch, seq]
         keep = ~torch.isin(batch, special.to(device))  # [batch, seq]: positions that are not special tokens
 
-        def route(hidden: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_model]
-            recon = reconstruct(hidden[keep].float())  # [n_keep, d_model]
+        def route(hidden: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:  # [batch, seq, width]
+            source = hidden if source is None else source  # a transcoder reads hook_in's activation
+            if source.shape[-1] != width_in or hidden.shape[-1] != width_out:
+                raise ValueError(f"block {layer}: activations of width {source.shape[-1]} -> {hidden.shape[-1]}, "
+                                 f"expected {width_in} -> {width_out} at {hook_in or hook} -> {hook}")
+            recon = reconstruct(source[keep].float())  # [n_keep, width_out]
             if tuple(recon.shape) != (int(keep.sum()), hidden.shape[-1]):
-                raise ValueError(f"reconstruct returned {tuple(recon.shape)} for {int(keep.sum())} vectors of width {hidden.shape[-1]}")
+                raise ValueError(f"reconstruct returned {tuple(recon.shape)} for {int(keep.sum())} vectors of width "
+                                 f"{source.shape[-1]}; {hook} needs width {hidden.shape[-1]}")
             out = hidden.clone()
             out[keep] = recon.to(device=hidden.device, dtype=hidden.dtype)
             return out
 
-        def zero(hidden: torch.Tensor) -> torch.Tensor:
+        def zero(hidden: torch.Tensor, _source: torch.Tensor | None = None) -> torch.Tensor:
             return torch.zeros_like(hidden)
 
         clean_logits = loaded.model(input_ids=batch, use_cache=False).logits  # [batch, seq, vocab]
@@ -187,11 +235,8 @@ def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] 
         sums["ce_clean"].append(_ce_per_position(clean_logits, batch)[keep[:, :-1]])
         del clean_logits
         for name, replace in (("route", route), ("zero", zero)):
-            handle = _replace_block_output(block, replace)
-            try:
+            with _splice(loaded, layer, hook, replace, hook_in):
                 logits = loaded.model(input_ids=batch, use_cache=False).logits
-            finally:
-                handle.remove()
             sums[f"kl_{name}"].append(_kl_per_position(logp_clean, logits)[keep])
             sums[f"ce_{name}"].append(_ce_per_position(logits, batch)[keep[:, :-1]])
             del logits
@@ -207,4 +252,6 @@ def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] 
         "n_contexts": int(ids.shape[0]),
         "n_ctx": int(ids.shape[1]),
         "layer": int(layer),
+        "hook": hook,
+        "hook_in": hook_in,
     }
