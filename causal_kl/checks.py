@@ -236,6 +236,18 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
 
 
+def check_route_hooks(routes: dict, model_config: dict | None, model: str, source: str = "config") -> None:
+    """Every route's ``hook`` is one the model's blocks have (``families.check_hook`` against its config.json): one
+    line naming the hooks it has. Nothing to check without a config.json (the demo's model is built by the run, a hub
+    id not cached here: the job's ``LoadedModel.hook_module`` says it then)."""
+    if model_config is None:
+        return
+    family = families.check_family(model_config, f"{model}/config.json", model)
+    for name, route in routes.items():
+        if route.get("hook"):
+            families.check_hook(family, text_config(model_config), route["hook"], source, f"routes.{name}.hook", model)
+
+
 def check_spans(config: dict, source: str = "config") -> None:
     """``patch.spans`` lists 1 (every route table reads it), and every span can fit a site: a span of k fits a site at
     position p of a document of n tokens when p + k <= n, and sites start at ``sites.min_position`` in documents cut
@@ -445,4 +457,5 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
     check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, made_by_workflow(config))
+    check_route_hooks(config.get("routes") or {}, model_config, model["path"], source)
     return {"model_config": model_config}
