@@ -381,31 +381,41 @@ REPORT_PAGES = "report"
 """``results/{run}/report/L{layer}/{route}.html``: the page of a route at a layer, beside the main page."""
 
 
-def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list[str]], spans: list[int]) -> None:
+def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str, list[str]], spans: list[int]) -> None:
     """A target naming a layer, span or route this run does not have is one line, not Snakemake's 'no rule to produce'.
 
-    ``routes_by_layer``: each layer of the run and the routes that reconstruct it.
+    ``routes_by_layer``: each point of the run (a layer, or a point name such as ``"3.mlp_out"``: ``L3.mlp_out/``) and
+    the routes at it.
     """
     import re
 
+    from causal_kl.hooks import parse_point
+
     prefix = results.rstrip("/") + "/"
-    layers = sorted(routes_by_layer)
+    routes_by_layer = {str(k): v for k, v in routes_by_layer.items()}
+    layers = sorted(routes_by_layer, key=lambda name: (parse_point(name).layer, name))
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         parts = target[len(prefix):].split("/")
-        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(r"L\d+", parts[1]) is not None
+        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(_POINT_DIR, parts[1]) is not None
         if page:  # a route's page: checked as the layer's outputs are (report/L3/pca.html as if L3/report/pca.html)
             parts = [parts[1], REPORT_PAGES, parts[2]]
-        m = re.fullmatch(r"L(\d+)", parts[0])
+        m = re.fullmatch(_POINT_DIR, parts[0])
         if m is None:
             if len(parts) > 1 and parts[0] in ROUTE_SLOTS and parts[1] not in ACROSS_LAYERS.get(parts[0], set()):
                 raise CausalKLError(target, "layer", f"outputs of a layer live under {prefix}L<layer>/ (this run's layers: "
                                     f"{', '.join(map(str, layers))})",
                                     f"ask for {prefix}L{layers[0]}/{'/'.join(parts)}")
             continue
-        layer = int(m.group(1))
+        layer = m.group(1)
         if layer not in routes_by_layer:
-            raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {layers})",
-                                "add it to model.layer in the config, or ask for one of the run's layers")
+            if layer.isdecimal():
+                residual = [int(l) for l in layers if l.isdecimal()]
+                raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {residual})",
+                                    "add it to model.layer in the config, or ask for one of the run's layers")
+            raise CausalKLError(target, "layer", f"L{layer} is not a point of this run (its points: "
+                                f"{', '.join('L' + l for l in layers)})",
+                                "give a route that hook (routes.<name>.hook) at that layer, or ask for one of the run's "
+                                "points")
         rest = parts[1:]
         if rest == ["patch.parquet"]:
             raise CausalKLError(target, "target", "a layer's patch rows are no longer copied into one file: they are the "
@@ -428,6 +438,10 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
             raise CausalKLError(target, "route", f"'{name}' is not a route of layer {layer} of this run{where} "
                                 f"(its routes there: {', '.join(here) or 'none'})",
                                 "add the route under routes: in the config (or its layer to the route), or ask for one of those")
+
+
+_POINT_DIR = r"L(\d+(?:\.[a-z_]+)?)"
+"""A point's folder: ``L3`` (resid_post), ``L3.mlp_out``."""
 
 
 def check_run(config: dict, source: str = "config", local_exec: bool = True) -> dict[str, Any]:
