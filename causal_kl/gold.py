@@ -1,8 +1,9 @@
-"""Gold extraction (the output of block L at each site) and stored golds (NLA base.parquet).
+"""Gold extraction (the activation at each site's point: block L's output, or a hook inside block L) and stored
+golds (NLA base.parquet).
 
 Layer convention: "layer L" is the output of decoder block index L, i.e. HF
-``output_hidden_states[L + 1]``. Extraction stops the forward after block L (after the deepest
-block asked for, when several layers are extracted at once).
+``output_hidden_states[L + 1]``; a point (L, hook) is a hook inside block L (``causal_kl.hooks``), read where the
+family's table puts it. Extraction stops the forward after the deepest block asked for.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pyarrow as pa
 import torch
 
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import RESID_POST, Point
 from causal_kl.io import arrow_to_vectors, check_vectors, read_parquet
-from causal_kl.models import LoadedModel
+from causal_kl.models import LoadedModel, at_hook
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +43,41 @@ def block_outputs(loaded: LoadedModel, input_ids: Sequence[int], layers: Sequenc
                   upto: int | None = None) -> dict[int, torch.Tensor]:
     """Outputs of the decoder blocks ``layers`` for one document: ``{layer: [T, d]}``; the forward stops
     right after the deepest of them."""
-    layers = sorted({int(l) for l in layers})
-    for l in layers:
-        loaded.check_layer(l)
+    states = point_states(loaded, input_ids, [Point(int(l)) for l in layers], upto)
+    return {p.layer: v for p, v in states.items()}
+
+
+@torch.no_grad()
+def point_states(loaded: LoadedModel, input_ids: Sequence[int], points: Sequence[Point],
+                 upto: int | None = None) -> dict[Point, torch.Tensor]:
+    """The activation at each point for one document: ``{point: [T, width]}`` (``models.at_hook``: the block's output
+    or the module of the block the family's table names); the forward stops right after the deepest block asked for."""
+    import contextlib
+
+    points = sorted(set(points), key=lambda p: (p.layer, p.hook))
+    for p in points:
+        loaded.check_layer(p.layer)
+    deepest = max(p.layer for p in points)
     ids = list(input_ids)[: upto if upto is not None else None]
     x = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-    captured: dict[int, torch.Tensor] = {}
+    captured: dict[Point, torch.Tensor] = {}
 
-    def hook_for(l: int):
-        def hook(_mod, _inp, out):
-            captured[l] = (out[0] if isinstance(out, tuple) else out).detach()[0]
-            if l == layers[-1]:
-                raise _StopForward
-        return hook
+    def record(p: Point):
+        def fn(a: torch.Tensor) -> None:
+            captured[p] = a.detach()[0]
+        return fn
 
-    handles = [loaded.layers[l].register_forward_hook(hook_for(l)) for l in layers]
+    def stop(_a: torch.Tensor) -> None:
+        raise _StopForward
+
     try:
-        loaded.model(input_ids=x, use_cache=False)
+        with contextlib.ExitStack() as stack:
+            for p in points:
+                stack.enter_context(at_hook(loaded, p.layer, p.hook, record(p)))
+            stack.enter_context(at_hook(loaded, deepest, RESID_POST, stop))  # entered last: runs after the recorders
+            loaded.model(input_ids=x, use_cache=False)
     except _StopForward:
         pass
-    finally:
-        for h in handles:
-            h.remove()
     return captured
 
 
@@ -79,7 +94,16 @@ def extract_golds(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc
 @torch.no_grad()
 def extract_block_states(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
                          positions: Sequence[int], layers: Sequence[int], progress: bool = False) -> dict[int, np.ndarray]:
-    """The output of each block in ``layers`` at each (doc_id, position): ``{layer: [n_sites, d] float32}``.
+    """The output of each block in ``layers`` at each (doc_id, position): ``{layer: [n_sites, d] float32}``
+    (``extract_states`` at the blocks' outputs)."""
+    states = extract_states(loaded, doc_tokens, doc_ids, positions, [Point(int(l)) for l in layers], progress)
+    return {p.layer: v for p, v in states.items()}
+
+
+@torch.no_grad()
+def extract_states(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
+                   positions: Sequence[int], points: Sequence[Point], progress: bool = False) -> dict[Point, np.ndarray]:
+    """The activation at each point at each (doc_id, position): ``{point: [n_sites, width] float32}``.
 
     One forward per document, truncated after its last requested position and stopped after the deepest
     block asked for; every shallower block's states are the ones a forward stopped at that block gives
@@ -87,10 +111,11 @@ def extract_block_states(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int
     """
     from tqdm import tqdm
 
-    layers = sorted({int(l) for l in layers})
-    for l in layers:
-        loaded.check_layer(l)
-    out = {l: np.zeros((len(doc_ids), loaded.d_model), dtype=np.float32) for l in layers}
+    points = sorted(set(points), key=lambda p: (p.layer, p.hook))
+    for p in points:
+        loaded.check_layer(p.layer)
+        loaded.hook_module(p.layer, p.hook)  # one line when the family has no such hook
+    out = {p: np.zeros((len(doc_ids), loaded.hook_width(p.hook)), dtype=np.float32) for p in points}
     by_doc: dict[str, list[int]] = {}
     for i, d in enumerate(doc_ids):
         by_doc.setdefault(d, []).append(i)
@@ -100,9 +125,9 @@ def extract_block_states(loaded: LoadedModel, doc_tokens: dict[str, Sequence[int
         if max(pos) >= len(ids):
             raise CausalKLError(None, "position", f"position {max(pos)} is past the end of {doc} ({len(ids)} tokens)",
                                 "rebuild sites.parquet and docs.parquet together")
-        states = block_outputs(loaded, ids, layers, upto=max(pos) + 1)
-        for l in layers:
-            out[l][idx] = states[l][pos].float().cpu().numpy()
+        states = point_states(loaded, ids, points, upto=max(pos) + 1)
+        for p in points:
+            out[p][idx] = states[p][pos].float().cpu().numpy()
     return out
 
 
@@ -120,7 +145,8 @@ class BlockStateCache:
         from collections import OrderedDict
 
         self.max_bytes = int(max_bytes)
-        self._store: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
+        self._store: OrderedDict[tuple, dict[Point, np.ndarray]] = OrderedDict()
+        self._hooks: set[str] = {RESID_POST}
         self.forwards = 0
         self.hits = 0
 
@@ -136,23 +162,28 @@ class BlockStateCache:
         return (id(loaded.model), loaded.path, str(loaded.dtype), str(loaded.device), h.hexdigest())
 
     def golds(self, loaded: LoadedModel, doc_tokens: dict[str, Sequence[int]], doc_ids: Sequence[str],
-              positions: Sequence[int], layer: int, progress: bool = False) -> np.ndarray:
-        """Block-``layer`` output at each (doc_id, position), ``[n, d]`` float32 (as ``extract_golds``)."""
+              positions: Sequence[int], layer: int, progress: bool = False, hook: str = RESID_POST) -> np.ndarray:
+        """The activation at (``layer``, ``hook``) at each (doc_id, position), ``[n, width]`` float32 (as
+        ``extract_states``). A forward to block ``layer`` keeps every shallower block's output, and every hook of
+        the points this cache has been asked for at that block."""
+        point = Point(int(layer), hook)
+        self._hooks.add(hook)
         key = self.key(loaded, doc_tokens, doc_ids, positions)
         entry = self._store.get(key)
-        if entry is not None and int(layer) in entry:
+        if entry is not None and point in entry:
             self._store.move_to_end(key)
             self.hits += 1
-            log.info("block %d states of %d positions from the forward of an earlier job", layer, len(positions))
-            return entry[int(layer)]
+            log.info("%s states of %d positions from the forward of an earlier job", point.saelens_name(), len(positions))
+            return entry[point]
         per_layer = len(doc_ids) * loaded.d_model * 4
-        keep = list(range(int(layer) + 1)) if per_layer * (int(layer) + 1) <= self.max_bytes else [int(layer)]
-        states = extract_block_states(loaded, doc_tokens, doc_ids, positions, keep, progress)
+        keep = [Point(l) for l in range(int(layer) + 1)] if per_layer * (int(layer) + 1) <= self.max_bytes else [Point(int(layer))]
+        keep += [Point(int(layer), h) for h in sorted(self._hooks) if h != RESID_POST]
+        states = extract_states(loaded, doc_tokens, doc_ids, positions, keep, progress)
         self.forwards += 1
         self._store[key] = states
         while sum(v.nbytes for e in self._store.values() for v in e.values()) > self.max_bytes and len(self._store) > 1:
             self._store.popitem(last=False)
-        return states[int(layer)]
+        return states[point]
 
 
 def read_nla_base(path: str, sites: pa.Table, layer: int, d: int) -> np.ndarray:

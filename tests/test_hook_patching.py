@@ -150,3 +150,36 @@ def test_a_hook_the_family_lacks_is_one_line(request):
     assert "\n" not in str(e.value)
     with pytest.raises(CausalKLError, match="hook width"):
         patch_document(m, ids, LAYER, [SiteVariants(0, 5, ["a"], torch.zeros(1, m.d_model + 1))], hook="mlp_out")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3", "gpt2"])
+def test_golds_at_points(model_type, request):
+    """extract_states at several points of a sweep in one forward per document: resid_post = the model's own hidden
+    states; resid_mid + mlp_out = the block's output; the output projection of attn_z = the attention's output (before
+    Gemma's post-attention norm); the BlockStateCache gives the same vectors, and the second hook of a shard's block
+    comes from the first job's forward."""
+    from causal_kl.gold import BlockStateCache, extract_states
+    from causal_kl.hooks import Point
+
+    m = load_model(model_dir(request, model_type), dtype="float32")
+    ids = document(m)
+    docs = {"a": ids, "b": ids[:60]}
+    doc_ids, positions = ["a", "a", "b", "a"], [3, 40, 59, 70]
+    points = [Point(LAYER, h) for h in ("resid_mid", "attn_z", "attn_out", "mlp_out")] + [Point(LAYER), Point(LAYER - 1)]
+    got = extract_states(m, docs, doc_ids, positions, points)
+    hidden = {d: m.model(input_ids=torch.tensor([list(t)]), output_hidden_states=True, use_cache=False).hidden_states
+              for d, t in docs.items()}
+    want = lambda l: np.stack([hidden[d][l + 1][0, p].numpy() for d, p in zip(doc_ids, positions)])
+    np.testing.assert_allclose(got[Point(LAYER)], want(LAYER), atol=1e-5)
+    np.testing.assert_allclose(got[Point(LAYER - 1)], want(LAYER - 1), atol=1e-5)
+    np.testing.assert_allclose(got[Point(LAYER, "resid_mid")] + got[Point(LAYER, "mlp_out")], want(LAYER), atol=1e-4)
+    o_proj, _ = m.hook_module(LAYER, "attn_z")
+    projected = o_proj(torch.from_numpy(got[Point(LAYER, "attn_z")])).detach().numpy()
+    if model_type == "gemma3":
+        projected = m.layers[LAYER].post_attention_layernorm(torch.from_numpy(projected)).detach().numpy()
+    np.testing.assert_allclose(projected, got[Point(LAYER, "attn_out")], atol=1e-4)
+    assert got[Point(LAYER, "attn_z")].shape[1] == m.hook_width("attn_z")
+    cache = BlockStateCache()
+    for p in (Point(LAYER, "mlp_out"), Point(LAYER), Point(LAYER - 1)):
+        np.testing.assert_array_equal(cache.golds(m, docs, doc_ids, positions, p.layer, hook=p.hook), got[p])
+    assert cache.forwards == 1 and cache.hits == 2
