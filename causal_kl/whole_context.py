@@ -40,7 +40,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch.nn import functional as F
 
-from causal_kl.models import LoadedModel
+from causal_kl.hooks import RESID_POST
+from causal_kl.models import LoadedModel, at_hook
 
 SPECIAL_TOKEN_ATTRS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")
 """The tokenizer attributes SAELens' ``get_special_token_ids`` reads (chat-template tokens are not among them)."""
@@ -119,17 +120,6 @@ def draw_contexts(documents: Sequence[Sequence[int]], n_ctx: int, n_contexts: in
 
 
 # --------------------------------------------------------------------------------- scores
-def _replace_block_output(layer_module: torch.nn.Module, replace: Callable[[torch.Tensor], torch.Tensor]):
-    """Forward hook on a decoder block: its output hidden states ``[batch, seq, d_model]`` -> ``replace(...)``."""
-
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = replace(hidden)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    return layer_module.register_forward_hook(hook)
-
-
 def _kl_per_position(logp_clean: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """KL(clean || patched) per position: ``[batch, seq, vocab]`` x2 -> ``[batch, seq]``."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -144,8 +134,10 @@ def _ce_per_position(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] | torch.Tensor, layer: int,
-                         reconstruct: Reconstruct, special_ids: Iterable[int], batch_size: int = 8) -> dict[str, float | int]:
-    """SAELens' ``kl_div_score`` and ``ce_loss_score`` of ``reconstruct`` spliced at layer ``layer``.
+                         reconstruct: Reconstruct, special_ids: Iterable[int], batch_size: int = 8,
+                         hook: str = RESID_POST) -> dict[str, float | int]:
+    """SAELens' ``kl_div_score`` and ``ce_loss_score`` of ``reconstruct`` spliced at layer ``layer`` (at ``hook`` of
+    block ``layer``, ``models.at_hook``: the hook's activations, of its width, are reconstructed and zeroed).
 
     ``contexts``: ``[n_contexts, n_ctx]`` token ids (all of one length; ``draw_contexts`` makes
     them). ``reconstruct``: ``[n, d_model]`` float32 hidden states on the model's device ->
@@ -164,7 +156,6 @@ def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] 
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise ValueError(f"contexts must be [n_contexts, n_ctx >= 2] token ids of one length, got shape {tuple(ids.shape)}")
     special = torch.tensor(sorted({int(t) for t in special_ids}), dtype=torch.long)
-    block = loaded.layers[layer]
     sums = {"kl_route": [], "kl_zero": [], "ce_clean": [], "ce_route": [], "ce_zero": []}
 
     for start in range(0, len(ids), batch_size):
@@ -187,11 +178,8 @@ def whole_context_scores(loaded: LoadedModel, contexts: Sequence[Sequence[int]] 
         sums["ce_clean"].append(_ce_per_position(clean_logits, batch)[keep[:, :-1]])
         del clean_logits
         for name, replace in (("route", route), ("zero", zero)):
-            handle = _replace_block_output(block, replace)
-            try:
+            with at_hook(loaded, layer, hook, replace):
                 logits = loaded.model(input_ids=batch, use_cache=False).logits
-            finally:
-                handle.remove()
             sums[f"kl_{name}"].append(_kl_per_position(logp_clean, logits)[keep])
             sums[f"ce_{name}"].append(_ce_per_position(logits, batch)[keep[:, :-1]])
             del logits

@@ -473,7 +473,9 @@ def route_params(wildcards):
 
 def named_sae(wildcards):
     """The hub cache's copy of a named SAE route's SAE at the job's layer (``causal_kl.sae_hub.HubSAE``)."""
-    return resolve_named_sae(route_config(wildcards), parse_point(wildcards.layer).layer, CONFIG_SOURCE, wildcards.route)
+    return resolve_named_sae(
+        route_config(wildcards), parse_point(wildcards.layer).layer, CONFIG_SOURCE, wildcards.route
+    )
 
 
 def route_path(wildcards, key="path"):
