@@ -6,6 +6,8 @@ space); a residual-stream config plans exactly what it planned before (its point
 
 import re
 
+import pytest
+
 import yaml
 
 from workflow_helpers import copy_workflow, dry_run_blocks, run_snakemake, tiny_config, write_config
@@ -70,3 +72,30 @@ def test_a_target_at_a_point_the_run_lacks_is_one_line(root, gemma3_dir, corpus_
         res.stderr[-2000:]
     cfg = yaml.safe_load((tmp_path / "config/config.yaml").read_text())
     assert "hook" not in RESIDUAL["res"] and cfg["routes"]["mlp"]["hook"] == "mlp_out"
+
+
+@pytest.mark.slow
+def test_a_pca_route_at_mlp_out_runs_to_its_routes_table(root, gemma3_dir, corpus_path, tmp_path):
+    """The real chain at a sublayer point (about 50 s on 2 shared cores): golds and training golds extracted at mlp_out, the
+    point's floors and the route's patches spliced there, its geometry in the hook's space, its routes table."""
+    import numpy as np
+    import pandas as pd
+
+    from causal_kl.io import read_provenance
+
+    copy_workflow(tmp_path, root)
+    config = tiny_config(corpus_path, gemma3_dir, routes={"mlp": AT_MLP_OUT["mlp"]}, whole_context={"enabled": False},
+                         analysis={"bootstrap": 20})
+    write_config(tmp_path, config)
+    run_snakemake(tmp_path, "results/t/L2.mlp_out/tables/routes.csv")
+    P = tmp_path / "results/t/L2.mlp_out"
+    routes = pd.read_csv(P / "tables/routes.csv").set_index("route")
+    assert list(routes.index) == ["mlp"] and np.isfinite(routes.loc["mlp", "recon_kl0_median"])
+    meta = read_provenance(P / "gold.parquet")
+    assert (meta["layer"], meta["hook"], meta["point"]) == (2, "mlp_out", "2.mlp_out")
+    floors = pd.read_parquet(P / "span1/patch/floors.parquet")
+    assert {"gold", "zero", "mean", "resample_cross_doc"} <= set(floors.condition.astype(str))
+    # the MLP's own output spliced back changes nothing: the gold re-patch floor is (numerically) zero
+    assert floors.loc[floors.condition.astype(str) == "gold", "kl"].abs().max() < 1e-4
+    # the residual stream of block 2 was never extracted: the point's golds are its own
+    assert not (tmp_path / "results/t/L2/gold.parquet").exists()
