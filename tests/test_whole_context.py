@@ -300,3 +300,22 @@ def test_the_report_says_when_fewer_contexts_were_scored(tmp_path):
     del record["note"]
     (tmp_path / "wc.json").write_text(json.dumps(record))
     assert "Contexts: 16 of 128 tokens from the run's documents.</div>" in saelens_html({"whole_context": str(tmp_path / "wc.json")})
+
+
+@pytest.mark.parametrize("hook", ["mlp_out", "attn_z"])
+def test_scores_at_a_hook_inside_the_block(case, hook):
+    """At a sublayer hook the route's reconstruction and the zero ablation replace that hook's activation (of its own
+    width): the identity scores 1, and zeroing the MLP's (or the heads') output is another damage than zeroing the
+    block's output."""
+    loaded, contexts, layer, special = case["loaded"], case["contexts"], case["layer"], case["special"]
+    widths = []
+
+    def identity(h):
+        widths.append(h.shape[-1])
+        return h
+
+    same = whole_context_scores(loaded, contexts, layer, identity, special, hook=hook)
+    assert set(widths) == {loaded.hook_width(hook)}
+    assert abs(same["kl_route"]) < 1e-6 and same["kl_div_score"] == pytest.approx(1.0, abs=1e-6)
+    block = whole_context_scores(loaded, contexts, layer, lambda h: h, special)
+    assert 0 < same["kl_zero"] != pytest.approx(block["kl_zero"])
