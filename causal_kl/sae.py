@@ -67,19 +67,32 @@ Formats read (``load_sae`` picks by the files present):
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 
+Transcoders (SAELens' ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+``jumprelu_skip_transcoder``, ``sae_lens/saes/transcoder.py``; Gemma Scope 2 ``transcoder`` folders)
+read ``x [d_in]`` at one hook and predict ``[d_out]`` at a later one: the encoder above (ReLU or
+JumpReLU, no ``b_dec`` subtracted, no normalisation), ``a @ W_dec + b_dec`` with ``W_dec [d_sae, d_out]``,
+plus ``x @ W_skip.T`` (``W_skip [d_out, d_in]``, the raw input) for the skip ones; Gemma Scope 2 keeps the
+skip term as ``affine_skip_connection [d_in, d_out]``. ``point_in``/``point_out`` say where an SAE reads
+and writes (``causal_kl.hooks.Point``; the same point for an SAE); ``hook_z`` SAEs (SAELens'
+``reshape_activations: hook_z``) read ``attn.hook_z`` flattened to heads x head_dim, which is what
+``o_proj``'s input already is.
+
 Refused with a one-line ``CausalKLError`` (file, field, fix): a missing path or file, invalid
-JSON, an unknown or unsupported architecture (gated, transcoders, ...), another activation
-function (``tanh-relu``), per-head or ``hook_z`` SAEs, ``covariance_whitening``, missing tensors,
-wrong shapes, a non-unit ``scaling_factor``, and, in ``check_compatible``, ``d_in`` differing
-from the model width or an SAE trained at another hook/layer than the one it is used at.
+JSON, an unknown or unsupported architecture (gated, ...), another activation
+function (``tanh-relu``), per-head SAEs, a transcoder with normalisation or ``apply_b_dec_to_input``,
+``covariance_whitening``, missing tensors, wrong shapes, a non-unit ``scaling_factor``, and, in
+``check_compatible`` (``causal_kl.sae_format.sae_points``), a width other than the hook's or an SAE
+trained at another hook/layer than the one it is used at.
 
 Hooks and layers. The design's layer ``L`` is the output of decoder block ``L`` (HF
 ``output_hidden_states[L + 1]``). SAELens' ``blocks.L.hook_resid_post`` is exactly that;
 ``blocks.L.hook_resid_pre`` is the *input* of block ``L``, i.e. the output of block ``L - 1``
 (layer ``L - 1``; ``blocks.0.hook_resid_pre`` is the embedding output, which no layer names);
 HF-style names ``model.layers.L.output`` / ``layers.L`` (Gemma Scope 2's ``hf_hook_point_in``,
-sparsify) are block ``L``'s output. Every other hook (``hook_resid_mid``, ``hook_mlp_out``,
-``attn.hook_z``, ``hook_embed``, ...) is not a block output and cannot be spliced at a layer.
+sparsify) are block ``L``'s output. The other hooks of a block (``hook_resid_mid``, ``hook_mlp_out``,
+``attn.hook_z``, ``hook_mlp_in``, ...; module paths by the families' tables) are points of that block
+(``causal_kl.hooks``), spliced there by a route that takes the SAE's own hook (``route_points``);
+``hook_embed`` is no point.
 When ``cfg.json`` names no hook, nothing can be checked and nothing is.
 
 Sparsity (``SparseAutoencoder.sparsity``), as SAELens' ``get_sparsity_and_variance_metrics``
@@ -113,8 +126,15 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     SAELENS_WEIGHTS,
     SPARSIFY_CFG,
     SPARSIFY_WEIGHTS,
+    GEMMA_SCOPE_SKIP,
     HookSite,
+    base_architecture,
     check_required_tensors,
+    gemma_scope_architecture,
+    gemma_scope_hooks,
+    has_skip,
+    is_transcoder,
+    sae_points,
     check_sparsify_tensors,
     sparsify_names,
     gemma_scope_config,
@@ -167,12 +187,17 @@ class SparseAutoencoder:
     b_dec: torch.Tensor
     architecture: str = "standard"
     threshold: torch.Tensor | None = None
+    W_skip: torch.Tensor | None = None  # skip transcoders: [d_out, d_in]
     k: int | None = None
     rescale_acts_by_decoder_norm: bool = False
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
     norm_scaling_factor: float | None = None  # expected_average_only_in only
     hook_name: str | None = None
+    hook_name_out: str | None = None  # transcoders: where the output is spliced
+    hf_hook_name: str | None = None  # the transformers module path the hook was read from (a family reads it)
+    hf_hook_name_out: str | None = None
+    hook_z: bool = False  # SAELens' reshape_activations: hook_z (the input is attn.hook_z)
     source: str = "<in memory>"
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -192,20 +217,32 @@ class SparseAutoencoder:
                                     f"put {SAELENS_SCALER} (written by SAELens' trainer) beside cfg.json, or pass "
                                     "norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per hub SAE)")
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
-        if self.architecture == "jumprelu":
+        if self.base == "jumprelu":
             if self.threshold is None:
                 raise CausalKLError(src, "threshold", "a JumpReLU SAE needs a threshold tensor [d_sae]",
                                     "save the SAE's threshold with its weights")
             tensors["threshold"] = self.threshold
+        if has_skip(self.architecture):
+            if self.W_skip is None:
+                raise CausalKLError(src, "W_skip", "a skip transcoder needs its skip matrix W_skip [d_out, d_in]",
+                                    "save the transcoder's W_skip with its weights")
+            tensors["W_skip"] = self.W_skip
+        if self.transcoder and (self.apply_b_dec_to_input or self.normalize_activations != "none"):
+            raise CausalKLError(src, "apply_b_dec_to_input" if self.apply_b_dec_to_input else "normalize_activations",
+                                "a transcoder runs with apply_b_dec_to_input false and normalize_activations none",
+                                "save the transcoder with those settings (SAELens' Transcoder refuses the others)")
         for name, t in tensors.items():
             setattr(self, name, torch.as_tensor(t).detach().to(torch.float32))
         if self.W_enc.ndim != 2:
             raise CausalKLError(src, "W_enc", f"shape {tuple(self.W_enc.shape)} is not [d_in, d_sae]",
                                 "store W_enc as a [d_in, d_sae] matrix")
         d_in, d_sae = self.W_enc.shape
-        expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-        if self.architecture == "jumprelu":
+        d_out = int(self.W_dec.shape[-1]) if self.transcoder and self.W_dec.ndim == 2 else d_in
+        expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+        if self.base == "jumprelu":
             expected["threshold"] = (d_sae,)
+        if has_skip(self.architecture):
+            expected["W_skip"] = (d_out, d_in)
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
@@ -229,6 +266,35 @@ class SparseAutoencoder:
         return int(self.W_enc.shape[1])
 
     @property
+    def d_out(self) -> int:
+        """The output's width: ``d_in`` for an SAE, the output hook's for a transcoder."""
+        return int(self.W_dec.shape[1])
+
+    @property
+    def base(self) -> str:
+        """The encoder's activation: ``standard``, ``jumprelu`` or ``topk`` (a transcoder's is its architecture's)."""
+        return base_architecture(self.architecture)
+
+    @property
+    def transcoder(self) -> bool:
+        return is_transcoder(self.architecture)
+
+    @property
+    def point_in(self):
+        """The point (``causal_kl.hooks.Point``) the SAE reads, from its files alone (None: not named, or no hook of
+        a block); a route's point is ``causal_kl.routes.sae.route_points``' (it knows the model's family)."""
+        name = self.hf_hook_name or self.hook_name
+        return parse_hook_name(name).point if name else None
+
+    @property
+    def point_out(self):
+        """The point its output replaces: ``point_in`` for an SAE, the output hook for a transcoder."""
+        if not self.transcoder:
+            return self.point_in
+        name = self.hf_hook_name_out or self.hook_name_out
+        return parse_hook_name(name).point if name else None
+
+    @property
     def device(self) -> torch.device:
         return self.W_enc.device
 
@@ -244,30 +310,34 @@ class SparseAutoencoder:
 
     def to(self, device: str | torch.device) -> "SparseAutoencoder":
         """Move every tensor to ``device`` (in place); returns self."""
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
         return self
 
     # ------------------------------------------------------------------------- the checks
-    def check_compatible(self, d_model: int | None = None, layer: int | None = None) -> None:
-        """Raise a ``CausalKLError`` if this SAE cannot reconstruct layer ``layer`` of a model of width ``d_model``.
+    def check_compatible(self, d_model: int | None = None, layer: int | None = None, *, check_hook: bool = True,
+                         route_hook: str | None = "resid_post", model_config: dict | None = None,
+                         model: str = "the model", check_hook_fix: str | None = None):
+        """Raise a ``CausalKLError`` if this SAE cannot be spliced at ``layer`` of a model of width ``d_model``; returns
+        ``(point_in, point_out)`` (``causal_kl.sae_format.sae_points``: the parse-time check's rules, word for word).
 
-        ``d_in`` must equal ``d_model``; when the SAE's config names its hook, that hook must be
-        the output of block ``layer`` (``blocks.{layer}.hook_resid_post`` or an equivalent name).
+        By default the route splices the residual stream (``route_hook`` resid_post: the SAE's files must name
+        ``blocks.{layer}.hook_resid_post`` or an equivalent, or nothing); ``route_hook=None`` takes the SAE's own hook
+        (a sub-layer route), ``model_config`` (the model's config.json) adds its family's hooks and attention width.
+        Without ``layer`` only the widths are checked.
         """
-        if d_model is not None and self.d_in != int(d_model):
-            raise CausalKLError(self.source, "d_in", f"the SAE reads vectors of width {self.d_in} but the model's width is {d_model}",
-                                "use an SAE trained on this model (d_in = hidden_size)")
-        if layer is None or self.hook_name is None:
-            return
-        site = self.hook
-        if site.layer != int(layer):
-            raise CausalKLError(self.source, "hook_name",
-                                f"the SAE was trained at {site.describe()} but is used at layer {layer} ({resid_post_hook(layer)})",
-                                f"use it at layer {site.layer}" if site.layer is not None and site.layer >= 0
-                                else f"use an SAE trained at {resid_post_hook(layer)}")
+        if layer is None:
+            if d_model is not None and self.d_in != int(d_model) and not self.hook_z:
+                raise CausalKLError(self.source, "d_in", f"the SAE reads vectors of width {self.d_in} but the model's width is {d_model}",
+                                    "use an SAE trained on this model (d_in = hidden_size)")
+            return None
+        return sae_points(self.source, d_in=self.d_in, d_out=self.d_out, hook_name=self.hook_name,
+                          hook_name_out=self.hook_name_out, hf_hook_name=self.hf_hook_name,
+                          hf_hook_name_out=self.hf_hook_name_out, transcoder=self.transcoder, hook_z=self.hook_z,
+                          layer=int(layer), check_hook=check_hook, route_hook=route_hook, d_model=d_model,
+                          model_config=model_config, model=model, check_hook_fix=check_hook_fix)
 
     # ---------------------------------------------------------------------- the computation
     def _as_input(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -307,9 +377,9 @@ class SparseAutoencoder:
         if self.apply_b_dec_to_input:
             sae_in = sae_in - self.b_dec
         pre = sae_in @ self.W_enc + self.b_enc  # [n, d_sae]
-        if self.architecture == "standard":
+        if self.base == "standard":
             acts = torch.relu(pre)
-        elif self.architecture == "jumprelu":
+        elif self.base == "jumprelu":
             acts = torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         else:  # topk
             if self.rescale_acts_by_decoder_norm:
@@ -318,13 +388,16 @@ class SparseAutoencoder:
             acts = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
         return acts, stats
 
-    def _decode(self, acts: torch.Tensor, stats: tuple) -> torch.Tensor:
+    def _decode(self, acts: torch.Tensor, stats: tuple, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
             acts = acts / self.W_dec.norm(dim=-1)
-        return self._denormalise(acts @ self.W_dec + self.b_dec, stats)
+        out = self._denormalise(acts @ self.W_dec + self.b_dec, stats)
+        if self.W_skip is not None and has_skip(self.architecture):  # SkipTranscoder.forward: + x @ W_skip.T, raw x
+            out = out + x @ self.W_skip.T
+        return out
 
     def _needs_input_to_decode(self) -> bool:
-        return self.normalize_activations in ("constant_norm_rescale", "layer_norm")
+        return self.normalize_activations in ("constant_norm_rescale", "layer_norm") or has_skip(self.architecture)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
@@ -336,11 +409,12 @@ class SparseAutoencoder:
     @torch.no_grad()
     def decode(self, acts: torch.Tensor, x: torch.Tensor | np.ndarray | None = None,
                batch_size: int | None = None) -> torch.Tensor:
-        """Reconstruction ``[n, d_in]`` from latents ``acts [n, d_sae]``.
+        """Reconstruction ``[n, d_out]`` from latents ``acts [n, d_sae]``.
 
         ``constant_norm_rescale`` and ``layer_norm`` undo the normalisation with the statistics of
         the vectors the latents were encoded from (SAELens keeps them on the module between
-        ``encode`` and ``decode``); pass those vectors as ``x [n, d_in]`` for these two settings.
+        ``encode`` and ``decode``); pass those vectors as ``x [n, d_in]`` for these two settings, and for a skip
+        transcoder (its skip term reads them).
         """
         acts = torch.as_tensor(acts).to(self.device, torch.float32)
         if acts.ndim != 2 or acts.shape[1] != self.d_sae:
@@ -351,20 +425,21 @@ class SparseAutoencoder:
             x = self._as_input(x)
             if len(x) != len(acts):
                 raise ValueError(f"{len(acts)} latent rows but {len(x)} input rows")
-            parts = [self._decode(a, self._normalise(xc)[1]) for a, xc in zip(_chunks(acts, batch_size), _chunks(x, batch_size))]
+            parts = [self._decode(a, self._normalise(xc)[1], xc) for a, xc in zip(_chunks(acts, batch_size), _chunks(x, batch_size))]
         else:
             parts = [self._decode(a, ()) for a in _chunks(acts, batch_size)]
-        return torch.cat(parts) if parts else acts.new_zeros((0, self.d_in))
+        return torch.cat(parts) if parts else acts.new_zeros((0, self.d_out))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor | np.ndarray, batch_size: int | None = 4096) -> torch.Tensor:
-        """``decode(encode(x))`` for ``x [n, d_in]``: ``[n, d_in]`` float32 on the SAE's device, batched."""
+        """``decode(encode(x))`` for ``x [n, d_in]``: ``[n, d_out]`` float32 on the SAE's device, batched (a transcoder's
+        prediction of its output hook, with the skip term ``x @ W_skip.T`` for a skip transcoder)."""
         x = self._as_input(x)
         parts = []
         for chunk in _chunks(x, batch_size):
             acts, stats = self._encode(chunk)
-            parts.append(self._decode(acts, stats))
-        return torch.cat(parts) if parts else x.new_zeros((0, self.d_in))
+            parts.append(self._decode(acts, stats, chunk))
+        return torch.cat(parts) if parts else x.new_zeros((0, self.d_out))
 
     @torch.no_grad()
     def sparsity(self, x: torch.Tensor | np.ndarray, batch_size: int | None = 4096) -> SparsityStats:
@@ -471,6 +546,9 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None,
         if stated is not None and actual is not None and stated != actual:
             raise CausalKLError(weights_path, "W_enc", f"shape {np.shape(tensors['W_enc'])} disagrees with cfg.json {name}={stated}",
                                 f"W_enc must be [d_in, d_sae] = [{cfg['d_in']}, {cfg['d_sae']}]; re-save the SAE")
+    if cfg["d_out"] is not None and np.ndim(tensors["W_dec"]) == 2 and np.shape(tensors["W_dec"])[1] != cfg["d_out"]:
+        raise CausalKLError(weights_path, "W_dec", f"shape {np.shape(tensors['W_dec'])} disagrees with cfg.json d_out={cfg['d_out']}",
+                            f"W_dec must be [d_sae, d_out] = [{cfg['d_sae']}, {cfg['d_out']}]; re-save the transcoder")
     if cfg["normalize_activations"] == "expected_average_only_in" and norm_scaling_factor is None:
         norm_scaling_factor = scaler_factor(d)
         if norm_scaling_factor is None:
@@ -479,10 +557,13 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None,
     sae = SparseAutoencoder(
         W_enc=torch.from_numpy(np.asarray(tensors["W_enc"])), b_enc=torch.from_numpy(np.asarray(tensors["b_enc"])),
         W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
-        threshold=torch.from_numpy(np.asarray(tensors["threshold"])) if cfg["architecture"] == "jumprelu" else None,
+        threshold=torch.from_numpy(np.asarray(tensors["threshold"])) if base_architecture(cfg["architecture"]) == "jumprelu" else None,
+        W_skip=torch.from_numpy(np.asarray(tensors["W_skip"])) if has_skip(cfg["architecture"]) else None,
         architecture=cfg["architecture"], k=cfg["k"], rescale_acts_by_decoder_norm=cfg["rescale_acts_by_decoder_norm"],
         apply_b_dec_to_input=cfg["apply_b_dec_to_input"], normalize_activations=cfg["normalize_activations"],
-        norm_scaling_factor=norm_scaling_factor, hook_name=cfg["hook_name"], source=str(weights_path),
+        norm_scaling_factor=norm_scaling_factor, hook_name=cfg["hook_name"], hook_name_out=cfg["hook_name_out"],
+        hf_hook_name=cfg["hf_hook_name"], hf_hook_name_out=cfg["hf_hook_name_out"], hook_z=cfg["hook_z"],
+        source=str(weights_path),
         metadata={"model_name": cfg["model_name"], "hook_layer": cfg["hook_layer"], "cfg": raw},
     )
     sae.source = str(cfg_path)  # tensor errors above name the weights file; later ones (d_in, hook) the config
@@ -507,22 +588,26 @@ def load_sparsify(path: str | Path) -> SparseAutoencoder:
         b_enc=torch.from_numpy(np.asarray(tensors["encoder.bias"])),
         W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
         architecture="topk", k=cfg["k"], apply_b_dec_to_input=True, normalize_activations="none",
-        hook_name=cfg["hook_name"], source=str(cfg_path), metadata={"format": "sparsify", "cfg": raw},
+        hook_name=cfg["hook_name"], hf_hook_name=cfg["hf_hook_name"], source=str(cfg_path),
+        metadata={"format": "sparsify", "cfg": raw},
     )
     return sae
 
 
 def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAutoencoder:
-    """Read a Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors`` (JumpReLU) on the CPU.
+    """Read a Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors`` (JumpReLU SAE or transcoder) on the CPU.
 
-    The hook is ``hook_name`` if given, else Gemma Scope 2's ``config.json``
-    (``hf_hook_point_in: model.layers.L.output`` = layer L), else the repos' folder layout
-    (``layer_L`` under ``*-res`` or ``resid_post``), else unknown.
+    The hook is ``hook_name`` if given, else Gemma Scope 2's ``config.json`` (``hf_hook_point_in``, and
+    ``hf_hook_point_out`` for a transcoder), else the repos' folder layout (``causal_kl.sae_format.gemma_scope_hooks``).
+    A transcoder (SAELens' gemma_3 loader: ``jumprelu_transcoder``, or ``jumprelu_skip_transcoder`` with
+    ``affine_connection``) has ``W_dec [d_sae, d_out]``, ``b_dec [d_out]`` and, when affine, the skip term
+    ``affine_skip_connection [d_in, d_out]`` (``W_skip`` is its transpose).
     """
     p = Path(path)
     if not p.exists():
         raise CausalKLError(p, "sae path", "does not exist", f"point it at a Gemma Scope {GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
     raw_cfg = gemma_scope_config(p)
+    where = gemma_scope_hooks(raw_cfg, p)
     if p.suffix == ".npz":
         try:
             with np.load(p) as data:
@@ -532,14 +617,17 @@ def load_gemma_scope(path: str | Path, hook_name: str | None = None) -> SparseAu
     else:
         tensors = _read_safetensors(p)
     tensors = gemma_scope_names(tensors)
+    arch = gemma_scope_architecture(where, tensors, p)
     check_required_tensors(tensors, "jumprelu", p, gemma_scope=True)
-    if hook_name is None:
-        hook_name = gemma_scope_hook(raw_cfg, p)
     return SparseAutoencoder(
         W_enc=torch.from_numpy(tensors["W_enc"]), b_enc=torch.from_numpy(tensors["b_enc"]),
         W_dec=torch.from_numpy(tensors["W_dec"]), b_dec=torch.from_numpy(tensors["b_dec"]),
-        threshold=torch.from_numpy(tensors["threshold"]), architecture="jumprelu",
-        apply_b_dec_to_input=False, normalize_activations="none", hook_name=hook_name, source=str(p),
+        threshold=torch.from_numpy(tensors["threshold"]), architecture=arch,
+        W_skip=torch.from_numpy(np.ascontiguousarray(tensors[GEMMA_SCOPE_SKIP].T)) if has_skip(arch) else None,
+        apply_b_dec_to_input=False, normalize_activations="none",
+        hook_name=hook_name if hook_name is not None else where.hook_name,
+        hook_name_out=where.hook_name_out, hf_hook_name=None if hook_name is not None else where.hf_hook_name,
+        hf_hook_name_out=where.hf_hook_name_out, source=str(p),
         metadata={"model_name": raw_cfg.get("model_name"), "cfg": raw_cfg},
     )
 
@@ -571,6 +659,11 @@ def saelens_cfg(sae: SparseAutoencoder, model_name: str | None = None, extra_met
     if sae.architecture == "topk":
         cfg["k"] = sae.k
         cfg["rescale_acts_by_decoder_norm"] = sae.rescale_acts_by_decoder_norm
+    if sae.transcoder:  # SAELens' TranscoderConfig: d_out; hook_name_out in the metadata
+        cfg["d_out"] = sae.d_out
+        metadata["hook_name_out"] = sae.hook_name_out
+    if sae.hook_z:
+        cfg["reshape_activations"] = "hook_z"
     return cfg
 
 

@@ -29,9 +29,28 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from causal_kl.errors import CausalKLError
+from causal_kl import hooks as H
 
-ARCHITECTURES = ("standard", "jumprelu", "topk")
+TRANSCODERS = {"transcoder": "standard", "skip_transcoder": "standard", "jumprelu_transcoder": "jumprelu",
+               "jumprelu_skip_transcoder": "jumprelu"}
+"""SAELens' transcoder architectures -> the activation of their encoder (``sae_lens/saes/transcoder.py``)."""
+
+ARCHITECTURES = ("standard", "jumprelu", "topk", *TRANSCODERS)
 """Architectures ``causal_kl.sae`` runs (SAELens' names)."""
+
+
+def base_architecture(arch: str) -> str:
+    """The encoder's activation of an architecture: a transcoder's ``standard``/``jumprelu``, else itself."""
+    return TRANSCODERS.get(arch, arch)
+
+
+def is_transcoder(arch: str) -> bool:
+    return arch in TRANSCODERS
+
+
+def has_skip(arch: str) -> bool:
+    """A skip transcoder: ``W_skip [d_out, d_in]`` adds ``x @ W_skip.T`` of the raw input to the output."""
+    return arch in ("skip_transcoder", "jumprelu_skip_transcoder")
 
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 """SAELens' ``normalize_activations`` settings ``causal_kl.sae`` runs."""
@@ -49,10 +68,7 @@ SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 FORMATS = ("saelens", "gemma_scope", "sparsify")
 
 ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
-KNOWN_UNSUPPORTED = {
-    "gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal",
-    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
-}
+KNOWN_UNSUPPORTED = {"gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
 
 
 # --------------------------------------------------------------------------------------- hooks
@@ -60,46 +76,82 @@ KNOWN_UNSUPPORTED = {
 class HookSite:
     """Where an SAE was trained, read from its hook name.
 
-    ``layer`` is the design's layer (output of decoder block ``layer``), or None when the hook is
-    not a decoder block's output (then the SAE cannot be spliced at any layer).
+    ``point`` is the (block, hook) it reads (``causal_kl.hooks.Point``), or None when the name is no hook inside a
+    block we know (the embeddings, a module path no family has there). ``layer`` is the design's layer when the
+    point is a block's output (``resid_post``), else None; ``kind`` is ``resid_post``, ``resid_pre``, one of the
+    sub-layer hooks (``mlp_out`` ...), ``embed`` or ``other``.
     """
 
     hook_name: str
-    kind: str  # resid_post | resid_pre | embed | other
+    kind: str
     layer: int | None
+    point: H.Point | None = None
 
     def describe(self) -> str:
         if self.kind == "resid_pre" and self.layer is not None:
             return f"{self.hook_name} (the input of block {self.layer + 1} = layer {self.layer}, the output of block {self.layer})"
         if self.layer is not None:
             return f"{self.hook_name} (layer {self.layer}, the output of block {self.layer})"
+        if self.point is not None:
+            return (f"{self.hook_name} ({H.DESCRIPTIONS[self.point.hook]} of block {self.point.layer}, "
+                    f"not the output of a decoder block)")
         return f"{self.hook_name} (not the output of a decoder block)"
 
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 _HF_LAYER_OUT = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)(?:\.output)?$")
-_HF_MODULE = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:(?:layers|h)\.\d+\.[\w.]+|embed_tokens|embed_in|wte)$")
+_EMBED = ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte")
+
+_FEEDS_MLP = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+"""Norms whose output is the MLP's input in some family (Gemma's pre-feedforward norm; Llama's and GPT-NeoX's
+post-attention norm; GPT-2's ``ln_2``): ``<norm>.output`` is read as ``mlp.input`` where the family's own table
+has no hook at ``<norm>.output`` (Gemma Scope 2's transcoders read ``pre_feedforward_layernorm.output``)."""
 
 
-def parse_hook_name(hook_name: str) -> HookSite:
-    """``blocks.L.hook_resid_post`` -> layer L; ``blocks.L.hook_resid_pre`` -> layer L - 1;
-    ``model.layers.L.output`` / ``layers.L`` / ``h.L`` (a decoder block's module: its forward output,
-    as Gemma Scope 2 and sparsify hook it) -> layer L (returned as ``blocks.L.hook_resid_post``);
-    anything else -> ``layer=None``."""
+def hf_point(hf_name: str, family_hooks=None) -> H.Point | None:
+    """A transformers module path -> its point, by one family's table (``families.Family.hooks``), or without a family
+    by every family's that has the module (None when they disagree or none has it). ``<norm>.output`` of a norm that
+    feeds the MLP is ``mlp.input`` (``_FEEDS_MLP``)."""
+    from causal_kl.families import FAMILIES
+
+    tables = [family_hooks] if family_hooks is not None else [f.hooks for f in FAMILIES]
+    found = set()
+    for table in tables:
+        point = H.hf_hook(hf_name, table)
+        if point is None:
+            m = H._HF_HOOK.match(hf_name.strip())
+            if m and m.group(2) in _FEEDS_MLP and (m.group(3) or "output") == "output":
+                point = H.hf_hook(f"layers.{m.group(1)}.mlp.input", table)
+        if point is not None:
+            found.add(point)
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_hook_name(hook_name: str, family_hooks=None) -> HookSite:
+    """A hook name -> where it is. SAELens/TransformerLens names by ``causal_kl.hooks.tl_hook``
+    (``blocks.L.hook_resid_post`` -> layer L; ``blocks.L.hook_resid_pre`` -> layer L - 1; ``blocks.L.hook_mlp_out``,
+    ``blocks.L.attn.hook_z`` ... -> that hook of block L); transformers module paths (Gemma Scope 2's
+    ``hf_hook_point_in``, sparsify's hookpoints): ``model.layers.L.output`` / ``layers.L`` / ``h.L`` (a block's
+    forward output) -> layer L, returned as ``blocks.L.hook_resid_post``, and a module inside a block by the
+    family's table (``hf_point``), returned by its SAELens name; anything else -> ``point=None``."""
     name = hook_name.strip()
     if m := _RESID_POST.match(name):
-        return HookSite(name, "resid_post", int(m.group(1)))
+        return HookSite(name, "resid_post", int(m.group(1)), H.Point(int(m.group(1))))
     if m := _RESID_PRE.match(name):
         block = int(m.group(1))
         if block == 0:
             return HookSite(name, "embed", None)
-        return HookSite(name, "resid_pre", block - 1)
+        return HookSite(name, "resid_pre", block - 1, H.Point(block - 1))
+    if point := H.tl_hook(name):
+        return HookSite(name, point.hook, point.layer if point.hook == H.RESID_POST else None, point)
     if m := _HF_LAYER_OUT.match(name):
         layer = int(m.group(1))
-        return HookSite(resid_post_hook(layer), "resid_post", layer)
-    if name in ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte"):
+        return HookSite(resid_post_hook(layer), "resid_post", layer, H.Point(layer))
+    if name in _EMBED:
         return HookSite(name, "embed", None)
+    if point := hf_point(name, family_hooks):
+        return HookSite(point.saelens_name(), point.hook, point.layer if point.hook == H.RESID_POST else None, point)
     return HookSite(name, "other", None)
 
 
@@ -219,9 +271,11 @@ def _int(value: Any, name: str, file: str | Path) -> int | None:
 def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any]:
     """Normalise a SAELens ``cfg.json`` of any supported version into ``causal_kl.sae``'s settings.
 
-    Returns ``architecture``, ``d_in``, ``d_sae`` (None when absent), ``k``,
+    Returns ``architecture``, ``d_in``, ``d_sae``, ``d_out`` (None when absent), ``k``,
     ``rescale_acts_by_decoder_norm``, ``apply_b_dec_to_input``, ``normalize_activations``,
-    ``hook_name``, ``hook_layer``, ``model_name``.
+    ``hook_name``, ``hook_name_out`` (transcoders), ``hf_hook_name``/``hf_hook_name_out`` (the transformers module
+    path, kept only when the hook is read from it: no SAELens name given), ``hook_z`` (SAELens'
+    ``reshape_activations: hook_z``), ``hook_layer``, ``model_name``.
     """
     arch = cfg_get(cfg, "architecture")
     act_fn = cfg_get(cfg, "activation_fn", "activation_fn_str")
@@ -233,7 +287,8 @@ def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any
         why = "is not supported here" if arch in KNOWN_UNSUPPORTED else "is unknown"
         raise CausalKLError(file, "architecture", f"SAE architecture {arch!r} {why}",
                             f"use a {', '.join(ARCHITECTURES)} SAE (a BatchTopK SAE is saved by SAELens as jumprelu)")
-    if act_fn is not None and act_fn not in ("relu", "topk") and not (arch == "jumprelu" and act_fn == "jumprelu"):
+    base = base_architecture(arch)
+    if act_fn is not None and act_fn not in ("relu", "topk") and not (base == "jumprelu" and act_fn == "jumprelu"):
         raise CausalKLError(file, "activation_fn", f"activation {act_fn!r} is not supported (SAELens >= 6 ignores it and runs ReLU)",
                             "use an SAE with activation_fn relu (or topk)")
     k = cfg_get(cfg, "k")
@@ -245,17 +300,38 @@ def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any
     if norm not in NORMALIZATIONS:
         raise CausalKLError(file, "normalize_activations", f"{norm!r} is not supported",
                             f"use an SAE with normalize_activations in {', '.join(NORMALIZATIONS)} (fold whitening into the weights first)")
+    apply_b_dec = bool(cfg_get(cfg, "apply_b_dec_to_input", default=not is_transcoder(arch)))
+    if is_transcoder(arch):
+        # SAELens' Transcoder normalises its input but never undoes it on the output (another hook's width), and
+        # refuses apply_b_dec_to_input (TranscoderConfig.__post_init__): only the plain transcoder is read here
+        if norm != "none":
+            raise CausalKLError(file, "normalize_activations", f"a transcoder with normalize_activations {norm!r} is not supported "
+                                "(SAELens normalises its input and leaves its output, at another hook, as it is)",
+                                "fold the normalisation into the weights and save the transcoder with normalize_activations none")
+        if apply_b_dec:
+            raise CausalKLError(file, "apply_b_dec_to_input", "a transcoder cannot subtract b_dec (of the output's width) "
+                                "from its input (SAELens refuses it too)", "set apply_b_dec_to_input: false")
     if cfg_get(cfg, "hook_head_index", "hook_point_head_index") is not None:
-        raise CausalKLError(file, "hook_head_index", "a per-attention-head SAE cannot reconstruct the residual stream",
-                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
-    if cfg_get(cfg, "reshape_activations", default="none") not in ("none", None):
-        raise CausalKLError(file, "reshape_activations",
-                            f"{cfg_get(cfg, 'reshape_activations')!r} (hook_z) SAEs read attention heads, not the residual stream",
-                            "use a residual-stream SAE (blocks.L.hook_resid_post)")
+        raise CausalKLError(file, "hook_head_index", "a per-attention-head SAE reads one head, not a hook of the block",
+                            "use an SAE of all heads (blocks.L.attn.hook_z) or of another hook")
+    reshape = cfg_get(cfg, "reshape_activations", default="none")
+    if reshape not in ("none", "hook_z"):
+        raise CausalKLError(file, "reshape_activations", f"{reshape!r} is not supported",
+                            "use an SAE with reshape_activations none or hook_z")
     hook = cfg_get(cfg, "hook_name", "hook_point")
     hf_hook = cfg_get(cfg, "hf_hook_name", "hf_hook_point_in")
+    hook_out = cfg_get(cfg, "hook_name_out")
+    hf_hook_out = cfg_get(cfg, "hf_hook_name_out", "hf_hook_point_out")
+    hf_in = None if hook is not None else hf_hook  # the module path is the hook only where SAELens' name is missing
+    hf_out = None if hook_out is not None else hf_hook_out
     if hook is None and hf_hook is not None:
         hook = parse_hook_name(str(hf_hook)).hook_name
+    if hook_out is None and hf_hook_out is not None:
+        hook_out = parse_hook_name(str(hf_hook_out)).hook_name
+    hook_z = reshape == "hook_z"
+    if hook_z and hook is not None and (site := parse_hook_name(str(hook))).point is not None and site.point.hook != "attn_z":
+        raise CausalKLError(file, "reshape_activations", f"hook_z (attention heads) but hook_name is {hook}",
+                            "fix cfg.json: a hook_z SAE reads blocks.L.attn.hook_z")
     hook_layer = cfg_get(cfg, "hook_layer", "hook_point_layer")
     if hook is not None and hook_layer is not None:
         m = re.match(r"^blocks\.(\d+)\.", str(hook))
@@ -266,11 +342,16 @@ def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any
         "architecture": arch,
         "d_in": _int(cfg_get(cfg, "d_in"), "d_in", file),
         "d_sae": _int(cfg_get(cfg, "d_sae"), "d_sae", file),
+        "d_out": _int(cfg_get(cfg, "d_out"), "d_out", file) if is_transcoder(arch) else None,
         "k": _int(k, "k", file),
         "rescale_acts_by_decoder_norm": bool(cfg_get(cfg, "rescale_acts_by_decoder_norm", default=False)),
-        "apply_b_dec_to_input": bool(cfg_get(cfg, "apply_b_dec_to_input", default=True)),
+        "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": norm,
         "hook_name": None if hook is None else str(hook),
+        "hook_name_out": None if hook_out is None or not is_transcoder(arch) else str(hook_out),
+        "hf_hook_name": None if hf_in is None else str(hf_in),
+        "hf_hook_name_out": None if hf_out is None or not is_transcoder(arch) else str(hf_out),
+        "hook_z": hook_z,
         "hook_layer": _int(hook_layer, "hook_layer", file),
         "model_name": cfg_get(cfg, "model_name"),
     }
@@ -278,39 +359,92 @@ def read_saelens_cfg(cfg: dict, file: str | Path = SAELENS_CFG) -> dict[str, Any
 
 # ---------------------------------------------------------------------------------- Gemma Scope
 def gemma_scope_config(weights: Path) -> dict:
-    """Gemma Scope 2's ``config.json`` beside ``weights`` ({} when there is none); a transcoder or
-    a non-JumpReLU SAE is a one-line error."""
+    """Gemma Scope 2's ``config.json`` beside ``weights`` ({} when there is none); an architecture other than JumpReLU
+    (SAELens' gemma_3 loader reads only ``jump_relu``, SAEs and transcoders alike) is a one-line error."""
     path = Path(weights).parent / GEMMA_SCOPE_CONFIG
     if not path.exists():
         return {}
     raw = read_json(path)
     arch = str(raw.get("architecture", "jump_relu")).lower()
-    if ARCH_ALIASES.get(arch, arch) != "jumprelu" or "hf_hook_point_out" in raw or "affine_connection" in raw:
-        raise CausalKLError(path, "architecture",
-                            f"not a residual JumpReLU SAE ({arch}{', a transcoder' if 'hf_hook_point_out' in raw else ''})",
-                            "use a Gemma Scope resid_post SAE")
+    if ARCH_ALIASES.get(arch, arch) != "jumprelu":
+        raise CausalKLError(path, "architecture", f"not a JumpReLU SAE or transcoder ({arch})",
+                            "use a Gemma Scope SAE or transcoder (architecture jump_relu)")
     return raw
 
 
+GEMMA_SCOPE_SKIP = "affine_skip_connection"
+"""Gemma Scope 2's skip term of an affine transcoder, stored ``[d_in, d_out]`` (SAELens' ``W_skip`` is its transpose)."""
+
+
+@dataclass(frozen=True)
+class GemmaScopeHooks:
+    """What a Gemma Scope SAE or transcoder reads and writes (``gemma_scope_hooks``)."""
+
+    hook_name: str | None  # SAELens' name (or the module path, when no family has it)
+    hook_name_out: str | None  # transcoders only
+    hf_hook_name: str | None  # config.json's hf_hook_point_in, when the hook is read from it
+    hf_hook_name_out: str | None
+    transcoder: bool
+    affine: bool  # config.json's affine_connection (a skip transcoder)
+
+
+def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
+    """Where a Gemma Scope SAE or transcoder was trained: Gemma Scope 2's ``config.json`` (``hf_hook_point_in`` and,
+    for a transcoder, ``hf_hook_point_out``: ``model.layers.L.output`` = layer L, ``...self_attn.o_proj.input`` =
+    ``attn.hook_z``, ``...post_feedforward_layernorm.output`` = ``hook_mlp_out``, ``...pre_feedforward_layernorm.output``
+    = ``hook_mlp_in``), else the repos' folder layout (``gemma_scope_hook_from_path``). A transcoder is a config with
+    ``hf_hook_point_out`` or ``affine_connection``, or a ``transcoder`` folder; cross-layer transcoders (``clt``) are
+    refused."""
+    folder = Path(weights).parent
+    parts = [q.lower() for q in folder.resolve().parts]
+    if any(q == "clt" or q.startswith("clt_") for q in parts):
+        raise CausalKLError(weights, "architecture", "a cross-layer transcoder (clt) writes to every later layer",
+                            "use a Gemma Scope transcoder (transcoder/ or transcoder_all/ folders) or SAE")
+    in_path, out_path = gemma_scope_hook_from_path(folder), None
+    transcoder = any(q.startswith("transcoder") for q in parts) or "hf_hook_point_out" in raw_cfg or "affine_connection" in raw_cfg
+    if transcoder and in_path is not None:
+        in_path, out_path = gemma_scope_transcoder_hooks(folder)
+    hf_in, hf_out = raw_cfg.get("hf_hook_point_in"), raw_cfg.get("hf_hook_point_out")
+    hook_in = parse_hook_name(str(hf_in)).hook_name if hf_in else in_path
+    hook_out = parse_hook_name(str(hf_out)).hook_name if hf_out else out_path
+    affine = bool(raw_cfg.get("affine_connection", any(q.endswith("_affine") for q in parts[-1:])))
+    return GemmaScopeHooks(hook_in, hook_out if transcoder else None, str(hf_in) if hf_in else None,
+                           str(hf_out) if hf_out and transcoder else None, transcoder, affine and transcoder)
+
+
 def gemma_scope_hook(raw_cfg: dict, weights: Path) -> str | None:
-    """The hook a Gemma Scope SAE was trained at: Gemma Scope 2's ``hf_hook_point_in``
-    (``model.layers.L.output`` = layer L), else the repos' folder layout, else unknown (None)."""
-    if raw_cfg.get("hf_hook_point_in"):
-        return parse_hook_name(str(raw_cfg["hf_hook_point_in"])).hook_name
-    return gemma_scope_hook_from_path(Path(weights).parent)
+    """The hook a Gemma Scope SAE (or a transcoder's input) was trained at (``gemma_scope_hooks``)."""
+    return gemma_scope_hooks(raw_cfg, weights).hook_name
+
+
+def _gemma_scope_layer(folder: Path) -> int | None:
+    layer = None
+    for q in Path(folder).resolve().parts:
+        if m := re.match(r"^layer_(\d+)(?:_|$)", q.lower()):
+            layer = int(m.group(1))
+    return layer
+
+
+def gemma_scope_transcoder_hooks(folder: Path) -> tuple[str | None, str | None]:
+    """A Gemma Scope 2 ``transcoder`` folder's hooks, as SAELens' gemma_3 loader names them: ``blocks.L.hook_mlp_in``
+    -> ``blocks.L.hook_mlp_out``."""
+    layer = _gemma_scope_layer(folder)
+    return (None, None) if layer is None else (f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out")
 
 
 def gemma_scope_hook_from_path(folder: Path) -> str | None:
     """Gemma Scope repos' folder layout -> hook: ``.../gemma-scope-9b-pt-res/layer_20/...`` or
-    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``; ``.../embedding/...`` ->
-    ``hook_embed`` (no layer: refused unless check_hook is false)."""
+    ``.../resid_post/layer_41_width_16k_l0_medium/`` -> ``blocks.L.hook_resid_post``; ``-mlp`` repos and
+    ``mlp_out`` folders -> ``blocks.L.hook_mlp_out``; ``-att`` repos and ``attn_out`` folders ->
+    ``blocks.L.attn.hook_z`` (Gemma Scope's attention SAEs read the heads' outputs, ``o_proj``'s input, as SAELens'
+    gemma_2 and gemma_3 loaders say); ``transcoder`` folders -> ``blocks.L.hook_mlp_in`` (their input);
+    ``.../embedding/...`` -> ``hook_embed`` (no layer: refused)."""
     parts = [q.lower() for q in Path(folder).resolve().parts]
-    layer = None
-    for q in parts:
-        if m := re.match(r"^layer_(\d+)(?:_|$)", q):
-            layer = int(m.group(1))
+    layer = _gemma_scope_layer(folder)
     if layer is None:  # Gemma Scope's embedding SAEs (.../gemma-scope-2b-pt-res/embedding/...) read the embeddings
         return "hook_embed" if "embedding" in parts else None
+    if any(q.startswith("transcoder") for q in parts):
+        return f"blocks.{layer}.hook_mlp_in"
     if any(q in ("resid_post", "resid_post_all") or re.search(r"[-_]res$", q) for q in parts):
         return resid_post_hook(layer)
     if any(q in ("mlp_out", "mlp_out_all") or re.search(r"[-_]mlp$", q) for q in parts):
@@ -318,6 +452,19 @@ def gemma_scope_hook_from_path(folder: Path) -> str | None:
     if any(q in ("attn_out", "attn_out_all") or re.search(r"[-_]att$", q) for q in parts):
         return f"blocks.{layer}.attn.hook_z"
     return None
+
+
+def gemma_scope_architecture(where: GemmaScopeHooks, names, file: Path) -> str:
+    """SAELens' architecture for a Gemma Scope file: ``jumprelu``, or for a transcoder ``jumprelu_transcoder`` /
+    ``jumprelu_skip_transcoder`` (``affine_connection``, or the skip tensor present); an affine transcoder without
+    its skip tensor is a one-line error."""
+    if not where.transcoder:
+        return "jumprelu"
+    skip = GEMMA_SCOPE_SKIP in names
+    if where.affine and not skip:
+        raise CausalKLError(file, GEMMA_SCOPE_SKIP, "missing: config.json says affine_connection but the file has no skip term",
+                            "download the transcoder's params.safetensors again")
+    return "jumprelu_skip_transcoder" if skip else "jumprelu_transcoder"
 
 
 def gemma_scope_names(names: dict) -> dict:
@@ -366,6 +513,11 @@ def read_sparsify_cfg(cfg: dict, file: str | Path, folder: str | Path) -> dict[s
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "hook_name": sparsify_hook(folder),
+        "hook_name_out": None,
+        "hf_hook_name": sparsify_hookpoint(folder) if sparsify_hook(folder) is not None else None,
+        "hf_hook_name_out": None,
+        "d_out": None,
+        "hook_z": False,
         "hook_layer": None,
         "model_name": None,
     }
@@ -376,14 +528,21 @@ def sparsify_hook(folder: str | Path) -> str | None:
     ``{save_dir}/{run}/{hookpoint}``, ``/seedN`` below it when several seeds are trained; hub releases keep those
     folders). Hookpoints are module names under the model's ``base_model``: ``layers.L`` (Llama, Pythia/GPT-NeoX,
     Gemma, Qwen, Mistral) or ``h.L`` (GPT-2) is decoder block L's forward output = layer L
-    (``blocks.L.hook_resid_post``); ``layers.L.mlp`` and the like are other modules' outputs. A folder name that
-    is no module name (a folder the user renamed) says nothing: None."""
-    folder = Path(folder)
-    name = folder.parent.name if re.fullmatch(r"seed\d+", folder.name) else folder.name
+    (``blocks.L.hook_resid_post``); ``layers.L.mlp`` and the like are other modules' outputs, read by the families'
+    tables (``hf_point``: ``layers.L.mlp`` is ``blocks.L.hook_mlp_out`` in every family whose MLP output joins the
+    residual stream as it is, not Gemma's); a module name no family knows is returned as it is (refused where the
+    hook is checked). A folder name that is no module name (a folder the user renamed) says nothing: None."""
+    name = sparsify_hookpoint(folder)
     site = parse_hook_name(name)
-    if site.layer is not None or site.kind == "embed" or _HF_MODULE.match(name):
+    if site.point is not None or site.kind == "embed" or H._HF_HOOK.match(name):
         return site.hook_name
     return None
+
+
+def sparsify_hookpoint(folder: str | Path) -> str:
+    """The module name a sparsify folder is named after (``layers.3.mlp``), its ``seedN`` level skipped."""
+    folder = Path(folder)
+    return folder.parent.name if re.fullmatch(r"seed\d+", folder.name) else folder.name
 
 
 def sparsify_names(tensors: dict, transpose=lambda v: tuple(reversed(v))) -> dict:
@@ -473,7 +632,8 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 # ------------------------------------------------------------------------------------- tensors
 def required_tensors(arch: str) -> list[str]:
-    return ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
+    return (["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if base_architecture(arch) == "jumprelu" else [])
+            + (["W_skip"] if has_skip(arch) else []))
 
 
 def check_required_tensors(names: Iterable[str], arch: str, file: Path, gemma_scope: bool = False) -> None:
@@ -485,3 +645,126 @@ def check_required_tensors(names: Iterable[str], arch: str, file: Path, gemma_sc
         needs = f"a Gemma Scope SAE file holds {', '.join(required)}" if gemma_scope else f"a {arch} SAE needs {', '.join(required)}"
         raise CausalKLError(file, missing[0], f"tensor(s) {', '.join(missing)} missing (has {', '.join(sorted(names)) or 'none'})",
                             needs)
+
+
+# ------------------------------------------------------------------------------ where it splices
+def model_widths(model_config: dict) -> tuple[int | None, int | None]:
+    """``(d_model, heads x head_dim)`` of a model's config.json (its ``text_config`` where it has one; GPT-2's
+    ``n_embd``/``n_head``); ``head_dim`` defaults to ``hidden_size // num_attention_heads``."""
+    cfg = model_config.get("text_config") if isinstance(model_config.get("text_config"), dict) else model_config
+    d = cfg.get("hidden_size", cfg.get("n_embd"))
+    heads = cfg.get("num_attention_heads", cfg.get("n_head"))
+    if d is None or heads is None:
+        return (None if d is None else int(d)), None
+    head_dim = cfg.get("head_dim") or int(d) // int(heads)
+    return int(d), int(heads) * int(head_dim)
+
+
+def _text_config(model_config: dict) -> dict:
+    text = model_config.get("text_config")
+    return text if isinstance(text, dict) else model_config
+
+
+def sae_points(file: str | Path, *, d_in: int, d_out: int, hook_name: str | None, hook_name_out: str | None = None,
+               hf_hook_name: str | None = None, hf_hook_name_out: str | None = None, transcoder: bool = False,
+               hook_z: bool = False, layer: int, check_hook: bool = True, route_hook: str | None = None,
+               d_model: int | None = None, model_config: dict | None = None, model: str = "the model",
+               model_file: str | Path | None = None, check_hook_fix: str | None = None) -> tuple[H.Point, H.Point]:
+    """Where an SAE (or transcoder) is read and spliced when a route uses it at ``layer``: ``(point_in, point_out)``
+    (the same point for an SAE), or the one-line error. The parse-time check and the loader both call it.
+
+    The SAE's hooks are its files' (``hf_hook_name`` when the hook was read from a module path: then the model's
+    family reads it); an SAE whose files name no hook is used at ``route_hook`` (default ``resid_post``;
+    ``attn_z`` for a hook_z SAE). Refused: a hook that is no hook of a block (the embeddings, an unknown name), a hook
+    other than ``route_hook`` when the route names one (``check_hook: false`` never changes the kind of hook), a
+    hook the model's family lacks (``families.check_hook``), a transcoder whose output is in another block or
+    before its input, ``d_in`` other than the input hook's width (``d_model``; heads x head_dim at ``attn_z``),
+    ``d_out`` other than the output hook's, and, unless ``check_hook`` is false, a block other than ``layer`` (with
+    ``check_hook: false`` the SAE moves to ``layer``, both points alike). ``model_config``: the model's
+    config.json (None: no family or attention widths known, only ``d_model`` checked). ``check_hook_fix`` is
+    appended to the fix of a layer refusal (how to turn the check off)."""
+    from causal_kl import families
+
+    family = families.check_family(model_config, str(model_file or file), model) if model_config is not None else None
+    fam_hooks = family.hooks if family is not None else None
+    if model_config is not None:
+        d_model_cfg, d_attn = model_widths(model_config)
+        d_model = d_model if d_model is not None else d_model_cfg
+    else:
+        d_attn = None
+    layer = int(layer)
+
+    def site_of(tl: str | None, hf: str | None) -> HookSite | None:
+        name = hf if hf else tl
+        if not name:
+            return None
+        site = parse_hook_name(str(name), fam_hooks)
+        if hf and site.hook_name != hf:  # say both: the module path the files name and what it is
+            site = HookSite(f"{hf} = {site.hook_name}", site.kind, site.layer, site.point)
+        return site
+
+    def not_a_hook(site: HookSite, field: str) -> CausalKLError:
+        lacks = f" ({family.name} has no module there)" if family is not None and H._HF_HOOK.match(site.hook_name) else ""
+        want = H.Point(layer, route_hook or H.RESID_POST).saelens_name()
+        return CausalKLError(file, field, f"the SAE was trained at {site.describe()}{lacks}: no hook causal-kl splices at",
+                             f"use an SAE trained at a hook of a block (e.g. {want})")
+
+    site_in = site_of(hook_name, hf_hook_name)
+    if site_in is None:
+        p_in = H.Point(layer, route_hook or ("attn_z" if hook_z else H.RESID_POST))
+    elif site_in.point is None:
+        raise not_a_hook(site_in, "hook_name")
+    else:
+        p_in = site_in.point
+    if transcoder:
+        site_out = site_of(hook_name_out, hf_hook_name_out)
+        if site_out is None:
+            raise CausalKLError(file, "hook_name_out", "a transcoder whose files do not say where it writes",
+                                "give the transcoder's cfg.json a hook_name_out (e.g. blocks.L.hook_mlp_out)")
+        if site_out.point is None:
+            raise not_a_hook(site_out, "hook_name_out")
+        p_out = site_out.point
+    else:
+        p_out = p_in
+    if route_hook is not None and p_in.hook != route_hook:
+        want = H.Point(layer, route_hook).saelens_name()
+        trained = site_in.describe() if site_in is not None else p_in.saelens_name()
+        raise CausalKLError(file, "hook_name", f"the SAE was trained at {trained} but the route splices {want}",
+                            f"use an SAE trained at blocks.L.{H.TL_NAME[route_hook]} (check_hook: false moves an SAE "
+                            f"to another layer, never to another hook)")
+    if family is not None:
+        for p, field in ((p_in, "hook_name"), (p_out, "hook_name_out")) if transcoder else ((p_in, "hook_name"),):
+            families.check_hook(family, _text_config(model_config), p.hook, file, field, model)
+    if transcoder:
+        order = ("attn_z", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
+        if p_out.layer != p_in.layer or order.index(p_out.hook) <= order.index(p_in.hook):
+            raise CausalKLError(file, "hook_name_out", f"the transcoder reads {p_in.saelens_name()} and writes "
+                                f"{p_out.saelens_name()}: its output must come after its input in the same block",
+                                "use a transcoder that writes later in the block it reads (e.g. hook_mlp_in -> hook_mlp_out)")
+
+    def width(hook: str) -> int | None:
+        return d_attn if hook == "attn_z" else d_model
+
+    want_in = width(p_in.hook)
+    if want_in is not None and d_in != int(want_in):
+        if p_in.hook == "attn_z":
+            cfg = _text_config(model_config)
+            raise CausalKLError(file, "d_in", f"the SAE reads attention heads (attn.hook_z) of width {d_in} but {model} "
+                                f"has {cfg.get('num_attention_heads', cfg.get('n_head'))} heads x head_dim = {want_in}",
+                                "use an SAE trained on this model's attn.hook_z (d_in = num_attention_heads x head_dim)")
+        raise CausalKLError(file, "d_in", f"the SAE reads vectors of width {d_in} but the model's width is {want_in}",
+                            "use an SAE trained on this model (d_in = hidden_size)")
+    want_out = width(p_out.hook)
+    if transcoder and want_out is not None and d_out != int(want_out):
+        raise CausalKLError(file, "d_out", f"the transcoder writes vectors of width {d_out} but {p_out.saelens_name()} of "
+                            f"the model has width {want_out}", "use a transcoder trained on this model")
+    if p_in.layer != layer:
+        if check_hook:
+            trained = site_in.describe()
+            at = H.Point(layer, p_in.hook).saelens_name()
+            use = f"{at}" if p_in.hook != H.RESID_POST else f"layer {layer} ({at})"
+            fix = f"use it at layer {p_in.layer}" + (f", {check_hook_fix}" if check_hook_fix else "")
+            raise CausalKLError(file, "hook_name", f"the SAE was trained at {trained} but is used at {use}", fix)
+        shift = layer - p_in.layer
+        p_in, p_out = H.Point(layer, p_in.hook), H.Point(p_out.layer + shift, p_out.hook)
+    return p_in, p_out

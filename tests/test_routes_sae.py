@@ -291,8 +291,10 @@ def test_errors_at_parse_time_and_at_load_time_agree(bad_cases, case):
     assert parsed.value.problem.split(" (")[0] == loaded.value.problem.split(" (")[0]
 
 
-@pytest.mark.parametrize("case", ["other_layer", "resid_pre", "mlp_out"])
+@pytest.mark.parametrize("case", ["other_layer", "resid_pre"])
 def test_check_hook_false_splices_anyway(bad_cases, tensors, golds, case):
+    """check_hook: false moves an SAE to another layer (an MLP-out SAE is never moved to the residual stream:
+    tests/test_sae_hooks.py)."""
     path, _, layer, _ = bad_cases[case]
     entry = _entry(path, check_hook=False)
     check_sae_config(entry, "s", layer, D_IN, "config.yaml")

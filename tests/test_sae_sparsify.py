@@ -266,12 +266,13 @@ def test_folder_names(tmp_path):
     assert sparsify_hook(renamed) is None
     check_sae_config(_entry(renamed), "s", 5, D_IN, "config.yaml")
     mlp = write_sparsify(tmp_path / "rel" / "layers.2.mlp", t)
-    assert sparsify_hook(mlp) == "layers.2.mlp"
+    assert sparsify_hook(mlp) == "blocks.2.hook_mlp_out"  # the MLP's output, in every family whose table has it there
     for call in (lambda e: check_sae_config(e, "s", LAYER, D_IN, "config.yaml"), lambda e: reconstruct(e, LAYER, np.random.default_rng(0).normal(size=(4, D_IN)))):
-        with pytest.raises(CausalKLError) as e:
-            call(_entry(mlp))
-        _one_line_error(e, "cfg.json", "hook_name", "layers.2.mlp", "not the output of a decoder block", "check_hook")
-    call(_entry(mlp, check_hook=False))
+        for check_hook in (True, False):  # check_hook: false never moves an SAE to another kind of hook
+            with pytest.raises(CausalKLError) as e:
+                call(_entry(mlp, check_hook=check_hook))
+            _one_line_error(e, "cfg.json", "hook_name", "layers.2.mlp", "not the output of a decoder block", "never to another hook")
+            assert "check_hook: false to splice" not in str(e.value)
     for name, hook in (("embed_tokens", "embed_tokens"), ("h.4", "blocks.4.hook_resid_post"), ("layers.4", "blocks.4.hook_resid_post")):
         assert sparsify_hook(tmp_path / name) == hook
 

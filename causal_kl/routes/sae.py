@@ -26,6 +26,12 @@ route's two steps:
   offsets say (truncated or overlong), ``d_in`` differing from the model's width, and (unless
   ``check_hook`` is false) an SAE whose files say it was trained at another hook or layer than the
   route's.
+- ``route_points``: the same check for a route that splices where its SAE's files say, against the model's
+  ``config.json``: returns ``(point_in, point_out)`` (``causal_kl.hooks.Point``) and refuses, one line each,
+  a hook the model's family lacks, a hook_z width other than heads x head_dim, a transcoder's output width
+  other than its output hook's, another block than the route's layer (``check_hook: false`` moves the SAE
+  to the route's layer, never to another kind of hook) and another hook than the entry's optional ``hook``.
+  ``check_sae_config`` is the residual-stream route's check (its hook is ``resid_post``).
 - ``reconstruct``: loads the SAE (``causal_kl.sae.load_sae``, checked against the width and,
   unless ``check_hook`` is false, the layer), runs ``decode(encode(g))`` on the golds in batches
   of ``batch_size`` on ``device``, and returns SAELens-style sparsity statistics of those golds
@@ -48,6 +54,7 @@ import numpy as np
 
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
+from causal_kl.hooks import HOOKS
 from causal_kl import sae_hub  # SAEs named by SAELens release or hub repo, read from the Hugging Face cache
 
 if TYPE_CHECKING:  # torch is imported where the SAE runs: the parse-time check stays free of it
@@ -157,8 +164,8 @@ def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def _check_tensors(shapes: dict[str, tuple[int, ...]], arch: str, file: Path, d_in_cfg: int | None = None,
-                   d_sae_cfg: int | None = None, k: int | None = None) -> tuple[int, int]:
-    """Required tensors present and shaped ``W_enc [d_in, d_sae]`` etc.; returns ``(d_in, d_sae)``."""
+                   d_sae_cfg: int | None = None, k: int | None = None, d_out_cfg: int | None = None) -> tuple[int, int, int]:
+    """Required tensors present and shaped ``W_enc [d_in, d_sae]`` etc.; returns ``(d_in, d_sae, d_out)``."""
     fmt.check_required_tensors(shapes, arch, file)
     w_enc = shapes["W_enc"]
     if len(w_enc) == 2:
@@ -169,9 +176,17 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], arch: str, file: Path, d_
     else:
         raise CausalKLError(file, "W_enc", f"shape {w_enc} is not [d_in, d_sae]", "store W_enc as a [d_in, d_sae] matrix")
     d_in, d_sae = w_enc
-    expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if arch == "jumprelu":
+    d_out = d_in
+    if fmt.is_transcoder(arch) and len(shapes["W_dec"]) == 2:
+        d_out = shapes["W_dec"][1]
+        if d_out_cfg is not None and d_out_cfg != d_out:
+            raise CausalKLError(file, "W_dec", f"shape {shapes['W_dec']} disagrees with cfg.json d_out={d_out_cfg}",
+                                f"W_dec must be [d_sae, d_out] = [{d_sae}, {d_out_cfg}]; re-save the transcoder")
+    expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if fmt.base_architecture(arch) == "jumprelu":
         expected["threshold"] = (d_sae,)
+    if fmt.has_skip(arch):
+        expected["W_skip"] = (d_out, d_in)
     for name, shape in expected.items():
         if shapes[name] != shape:
             raise CausalKLError(file, name, f"shape {shapes[name]} does not fit W_enc [d_in={d_in}, d_sae={d_sae}] (expected {shape})",
@@ -179,46 +194,54 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], arch: str, file: Path, d_
     if arch == "topk" and (k is None or not 1 <= k <= d_sae):
         raise CausalKLError(file, "k", f"a TopK SAE needs 1 <= k <= d_sae={d_sae}, got {k!r}",
                             "set k in cfg.json (or activation_fn_kwargs.k)")
-    return d_in, d_sae
+    return d_in, d_sae, d_out
 
 
-def _check_width_and_hook(file: Path, d_in: int, d_model: int | None, hook: str | None, layer: int, check_hook: bool,
-                          where: str) -> None:
-    if d_model is not None and d_in != int(d_model):
-        raise CausalKLError(file, "d_in", f"the SAE reads vectors of width {d_in} but the model's width is {d_model}",
-                            "use an SAE trained on this model (d_in = hidden_size)")
-    if not check_hook or hook is None:
-        return
-    site = fmt.parse_hook_name(hook)
-    trained, described = site.layer, site.describe()
-    if trained != int(layer):
-        fix = f"use it at layer {trained}" if trained is not None else f"use an SAE trained at blocks.{int(layer)}.hook_resid_post"
-        raise CausalKLError(file, "hook_name",
-                            f"the SAE was trained at {described} but is used at layer {layer} (blocks.{int(layer)}.hook_resid_post)",
-                            f"{fix}, or set {where}.check_hook: false to splice it anyway")
+@dataclass(frozen=True)
+class SAEFiles:
+    """What an SAE's files say, read without torch (``read_sae_files``): the file errors name, widths and hooks
+    (the keyword arguments of ``causal_kl.sae_format.sae_points``)."""
+
+    file: Path
+    architecture: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    hook_name: str | None
+    hook_name_out: str | None = None
+    hf_hook_name: str | None = None
+    hf_hook_name_out: str | None = None
+    hook_z: bool = False
+
+    @property
+    def transcoder(self) -> bool:
+        return fmt.is_transcoder(self.architecture)
+
+    def points(self, layer: int, **kw):
+        """``causal_kl.sae_format.sae_points`` of these files at ``layer``."""
+        return fmt.sae_points(self.file, d_in=self.d_in, d_out=self.d_out, hook_name=self.hook_name,
+                              hook_name_out=self.hook_name_out, hf_hook_name=self.hf_hook_name,
+                              hf_hook_name_out=self.hf_hook_name_out, transcoder=self.transcoder, hook_z=self.hook_z,
+                              layer=layer, **kw)
 
 
-def check_sae_config(entry: dict, name: str, layer: int, d_model: int | None, source: str = "config") -> None:
-    """Parse-time check of an ``sae`` route at ``layer`` against a model of width ``d_model`` (None: unknown).
-
-    Reads only JSON files and tensor headers (no torch, transformers or safetensors import); raises
-    the one-line ``CausalKLError`` loading would raise (see the module docstring).
-    """
+def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "config") -> SAEFiles:
+    """The route's SAE at ``layer``, its files checked as the loader checks them (format, architecture, settings,
+    tensors and shapes, truncation, the scaling factor); reads only JSON and tensor headers."""
     found = resolve_sae(entry, layer, source, name)
-    check_hook = bool(entry.get("check_hook", True))
-    where = f"routes.{name}"
     if found.format == "saelens":
         cfg_path, weights = fmt.saelens_files(found.file)
         cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
         shapes = safetensors_shapes(weights)
         if "threshold" not in shapes and "log_threshold" in shapes:
             shapes["threshold"] = shapes["log_threshold"]
-        d_in, _ = _check_tensors(shapes, cfg["architecture"], weights, cfg["d_in"], cfg["d_sae"], cfg["k"])
+        d_in, d_sae, d_out = _check_tensors(shapes, cfg["architecture"], weights, cfg["d_in"], cfg["d_sae"], cfg["k"],
+                                            cfg["d_out"])
         if (cfg["normalize_activations"] == "expected_average_only_in" and found.norm_scaling_factor is None
                 and fmt.scaler_factor(found.file) is None):
             raise fmt.missing_scaler_error(cfg_path, _scaler_fix(found))
-        _check_width_and_hook(cfg_path, d_in, d_model, cfg["hook_name"], layer, check_hook, where)
-        return
+        return SAEFiles(cfg_path, cfg["architecture"], d_in, d_sae, d_out, cfg["hook_name"], cfg["hook_name_out"],
+                        cfg["hf_hook_name"], cfg["hf_hook_name_out"], cfg["hook_z"])
     if found.format == "sparsify":
         cfg_path, weights = found.file / fmt.SPARSIFY_CFG, found.file / fmt.SPARSIFY_WEIGHTS
         for f in (cfg_path, weights):
@@ -227,15 +250,50 @@ def check_sae_config(entry: dict, name: str, layer: int, d_model: int | None, so
                                     f"{fmt.SPARSIFY_WEIGHTS} (SparseCoder.save_to_disk writes both)")
         cfg = fmt.read_sparsify_cfg(fmt.read_json(cfg_path), cfg_path, found.file)
         fmt.check_sparsify_tensors(fmt.sparsify_names(safetensors_shapes(weights)), cfg, weights, cfg_path)
-        _check_width_and_hook(cfg_path, cfg["d_in"], d_model, cfg["hook_name"], layer, check_hook, where)
-        return
+        return SAEFiles(cfg_path, "topk", cfg["d_in"], cfg["d_sae"], cfg["d_in"], cfg["hook_name"],
+                        hf_hook_name=cfg["hf_hook_name"])
     # Gemma Scope: params.npz / params.safetensors, maybe config.json beside it
     raw_cfg = fmt.gemma_scope_config(found.file)
+    where = fmt.gemma_scope_hooks(raw_cfg, found.file)
     shapes = fmt.gemma_scope_names(npz_shapes(found.file) if found.file.suffix == ".npz" else safetensors_shapes(found.file))
+    arch = fmt.gemma_scope_architecture(where, shapes, found.file)
     fmt.check_required_tensors(shapes, "jumprelu", found.file, gemma_scope=True)
-    d_in, _ = _check_tensors(shapes, "jumprelu", found.file)
-    hook = fmt.gemma_scope_hook(raw_cfg, found.file)
-    _check_width_and_hook(found.file, d_in, d_model, hook, layer, check_hook, where)
+    if fmt.has_skip(arch):
+        shapes["W_skip"] = tuple(reversed(shapes[fmt.GEMMA_SCOPE_SKIP]))
+    d_in, d_sae, d_out = _check_tensors(shapes, arch, found.file)
+    return SAEFiles(found.file, arch, d_in, d_sae, d_out, where.hook_name, where.hook_name_out, where.hf_hook_name,
+                    where.hf_hook_name_out)
+
+
+def check_sae_config(entry: dict, name: str, layer: int, d_model: int | None, source: str = "config"):
+    """Parse-time check of an ``sae`` route splicing the residual stream at ``layer`` of a model of width ``d_model``
+    (None: unknown); returns ``(point_in, point_out)``. The route's hook is ``entry['hook']``, default ``resid_post``:
+    an SAE trained at another hook is refused whatever ``check_hook`` says (``route_points`` takes the SAE's own hook).
+
+    Reads only JSON files and tensor headers (no torch, transformers or safetensors import); raises
+    the one-line ``CausalKLError`` loading would raise (see the module docstring).
+    """
+    files = read_sae_files(entry, name, layer, source)
+    return files.points(int(layer), check_hook=bool(entry.get("check_hook", True)),
+                        route_hook=entry.get("hook") or "resid_post", d_model=d_model,
+                        check_hook_fix=f"or set routes.{name}.check_hook: false to splice it anyway")
+
+
+def route_points(entry: dict, name: str, layer: int, model_config: dict, source: str = "config",
+                 model: str = "the model", model_file: str | None = None):
+    """Parse time: where an ``sae`` route reads and splices at ``layer`` of a model (its config.json as a dict):
+    ``(point_in, point_out)`` (``causal_kl.hooks.Point``; the same point for an SAE, the input and output hooks for a
+    transcoder), after every check ``check_sae_config`` makes and, one line each: a hook the model's family lacks, a
+    hook_z SAE whose width is not heads x head_dim, a transcoder whose output width is not its output hook's, an SAE
+    at another block than ``layer`` (unless ``check_hook`` is false: then it moves to ``layer``, never to another
+    kind of hook), and an SAE at another hook than ``entry['hook']`` when the route names one (by default the
+    route splices wherever the SAE's files say). ``model`` / ``model_file`` name the model in messages."""
+    if entry.get("hook") is not None and entry["hook"] not in HOOKS:
+        raise CausalKLError(*_route_field(source, name, "hook"), f"unknown hook {entry['hook']!r}", f"use one of {', '.join(HOOKS)}")
+    files = read_sae_files(entry, name, layer, source)
+    return files.points(int(layer), check_hook=bool(entry.get("check_hook", True)), route_hook=entry.get("hook"),
+                        model_config=model_config, model=model, model_file=model_file,
+                        check_hook_fix=f"or set routes.{name}.check_hook: false to splice it anyway")
 
 
 def _scaler_fix(found: RouteSAE) -> str:
@@ -247,41 +305,41 @@ def _scaler_fix(found: RouteSAE) -> str:
 
 # ------------------------------------------------------------------------------------ run time
 def load_route_sae(entry: dict, layer: int, d_model: int | None, device: str = "cpu",
-                   source: str = "config routes") -> SparseAutoencoder:
+                   source: str = "config routes", model_config: dict | None = None) -> SparseAutoencoder:
     """The route's SAE at ``layer`` on ``device`` (``auto``: the GPU when there is one, as for the model), checked
-    against the width ``d_model`` and (unless ``check_hook`` is false) against ``layer`` (``causal_kl.sae.load_sae``
-    + ``check_compatible``). A named SAE is read from the Hugging Face cache with its release's norm scaling
-    factor and config overrides; its ``metadata['hub']`` is the cached revision (``HubSAE.fingerprint``)."""
+    as at parse time (``SparseAutoencoder.check_compatible``: the rules of ``check_sae_config``, or with
+    ``model_config`` those of ``route_points``). A named SAE is read from the Hugging Face cache with its release's
+    norm scaling factor and config overrides; its ``metadata['hub']`` is the cached revision
+    (``HubSAE.fingerprint``). ``sae.metadata['points']`` is ``(point_in, point_out)``, where the run splices."""
     from causal_kl.models import resolve_device
     from causal_kl.sae import load_sae
 
     device = resolve_device(str(device))
     found = resolve_sae(entry, layer, source)
-    sae = load_sae(found.file, "cpu", d_model=d_model, norm_scaling_factor=found.norm_scaling_factor,
-                   cfg_overrides=found.config_overrides)
+    sae = load_sae(found.file, "cpu", norm_scaling_factor=found.norm_scaling_factor, cfg_overrides=found.config_overrides)
     if found.hub is not None:
         sae.metadata["hub"] = found.hub.fingerprint()
         sae.metadata["name"] = found.hub.label
-    if entry.get("check_hook", True):
-        try:
-            sae.check_compatible(layer=int(layer))
-        except CausalKLError as e:
-            raise CausalKLError(e.file, e.field, e.problem, f"{e.fix}, or set the route's check_hook: false to splice it anyway") from e
+    route_hook = entry.get("hook") or (None if model_config is not None else "resid_post")
+    sae.metadata["points"] = sae.check_compatible(
+        d_model, int(layer), check_hook=bool(entry.get("check_hook", True)), route_hook=route_hook,
+        model_config=model_config, check_hook_fix="or set the route's check_hook: false to splice it anyway")
     return sae.to(device)
 
 
 def run_sae(sae: SparseAutoencoder, vectors: np.ndarray, batch_size: int | None = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """``decode(encode(x))`` of ``vectors [n, d_in]`` in float32, ``batch_size`` rows at a time.
+    """``decode(encode(x))`` of ``vectors [n, d_in]`` in float32, ``batch_size`` rows at a time (with a skip
+    transcoder's skip term).
 
-    Returns the reconstructions ``[n, d_in]`` float32 (numpy, CPU) and, per latent, on how many
-    vectors it was active (``!= 0``): ``[d_sae]`` int64.
+    Returns the reconstructions ``[n, d_out]`` float32 (numpy, CPU; ``d_out = d_in`` for an SAE) and, per latent, on
+    how many vectors it was active (``!= 0``): ``[d_sae]`` int64.
     """
     import torch
 
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != sae.d_in:
         raise ValueError(f"expected vectors [n, d_in={sae.d_in}], got {tuple(x.shape)}")
-    out = np.empty_like(x)
+    out = np.empty((len(x), sae.d_out), dtype=np.float32)
     fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.device)
     step = len(x) if not batch_size else int(batch_size)
     for start in range(0, len(x), max(step, 1)):
@@ -293,22 +351,29 @@ def run_sae(sae: SparseAutoencoder, vectors: np.ndarray, batch_size: int | None 
 
 
 def reconstruct(entry: dict, layer: int, golds: np.ndarray, device: str = "cpu",
-                source: str = "config routes") -> tuple[np.ndarray, dict[str, Any]]:
-    """The route's reconstructions of ``golds [n, d]`` (float32) and the SAE's sparsity on them.
+                source: str = "config routes", model_config: dict | None = None,
+                targets: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The route's reconstructions of ``golds [n, d_in]`` (float32; the vectors at the route's input point) and the
+    SAE's sparsity on them: ``[n, d_out]``, what replaces the output point (a transcoder's prediction of it).
 
     The statistics (JSON-ready): ``n``, ``l0``, ``dead_share``, ``n_dead``, ``d_sae``, ``d_in``,
     ``architecture``, ``hook_name``, ``explained_variance``, ``k``, ``apply_b_dec_to_input``,
     ``normalize_activations``, ``sae_file`` (the file read); for a named SAE also ``sae_name`` (release/id or
-    repo/folder) and ``sae_revision`` (``repo@commit/folder``, the cached revision read).
+    repo/folder) and ``sae_revision`` (``repo@commit/folder``, the cached revision read); for a transcoder also
+    ``d_out`` and ``hook_name_out``. The explained variance is of ``targets`` (the vectors at the output point; the
+    golds for an SAE; None for a transcoder given no targets). ``model_config``: the model's config.json, for a route
+    splicing where its SAE's files say (``route_points``); without it the route splices the residual stream.
     """
     from causal_kl.sae import explained_variance
 
     golds = np.asarray(golds, dtype=np.float32)
     if golds.ndim != 2 or len(golds) == 0:
         raise ValueError(f"expected golds [n >= 1, d], got {golds.shape}")
-    sae = load_route_sae(entry, layer, golds.shape[1], device, source)
+    sae = load_route_sae(entry, layer, golds.shape[1] if model_config is None else None, device, source, model_config)
     recon, fired = run_sae(sae, golds, int(entry.get("batch_size") or 4096))
     n_dead = int((fired == 0).sum())
+    if targets is None and not sae.transcoder:
+        targets = golds
     stats = {
         "n": int(len(golds)),
         "l0": float(fired.sum()) / len(golds),
@@ -318,12 +383,14 @@ def reconstruct(entry: dict, layer: int, golds: np.ndarray, device: str = "cpu",
         "d_in": sae.d_in,
         "architecture": sae.architecture,
         "hook_name": sae.hook_name,
-        "explained_variance": explained_variance(golds, recon),
+        "explained_variance": None if targets is None else explained_variance(targets, recon),
         "k": sae.k,
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": sae.normalize_activations,
         "sae_file": sae.source,
     }
+    if sae.transcoder:
+        stats.update(d_out=sae.d_out, hook_name_out=sae.hook_name_out)
     if "hub" in sae.metadata:  # a named SAE: how the route named it and the cached revision read
         stats.update(sae_name=sae.metadata["name"], sae_revision=sae.metadata["hub"])
     return recon, stats
