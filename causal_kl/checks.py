@@ -236,6 +236,18 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
 
 
+def check_route_hooks(routes: dict, model_config: dict | None, model: str, source: str = "config") -> None:
+    """Every route's ``hook`` is one the model's blocks have (``families.check_hook`` against its config.json): one
+    line naming the hooks it has. Nothing to check without a config.json (the demo's model is built by the run, a hub
+    id not cached here: the job's ``LoadedModel.hook_module`` says it then)."""
+    if model_config is None:
+        return
+    family = families.check_family(model_config, f"{model}/config.json", model)
+    for name, route in routes.items():
+        if route.get("hook"):
+            families.check_hook(family, text_config(model_config), route["hook"], source, f"routes.{name}.hook", model)
+
+
 def check_spans(config: dict, source: str = "config") -> None:
     """``patch.spans`` lists 1 (every route table reads it), and every span can fit a site: a span of k fits a site at
     position p of a document of n tokens when p + k <= n, and sites start at ``sites.min_position`` in documents cut
@@ -369,31 +381,41 @@ REPORT_PAGES = "report"
 """``results/{run}/report/L{layer}/{route}.html``: the page of a route at a layer, beside the main page."""
 
 
-def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list[str]], spans: list[int]) -> None:
+def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str, list[str]], spans: list[int]) -> None:
     """A target naming a layer, span or route this run does not have is one line, not Snakemake's 'no rule to produce'.
 
-    ``routes_by_layer``: each layer of the run and the routes that reconstruct it.
+    ``routes_by_layer``: each point of the run (a layer, or a point name such as ``"3.mlp_out"``: ``L3.mlp_out/``) and
+    the routes at it.
     """
     import re
 
+    from causal_kl.hooks import parse_point
+
     prefix = results.rstrip("/") + "/"
-    layers = sorted(routes_by_layer)
+    routes_by_layer = {str(k): v for k, v in routes_by_layer.items()}
+    layers = sorted(routes_by_layer, key=lambda name: (parse_point(name).layer, name))
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         parts = target[len(prefix):].split("/")
-        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(r"L\d+", parts[1]) is not None
+        page = len(parts) == 3 and parts[0] == REPORT_PAGES and re.fullmatch(_POINT_DIR, parts[1]) is not None
         if page:  # a route's page: checked as the layer's outputs are (report/L3/pca.html as if L3/report/pca.html)
             parts = [parts[1], REPORT_PAGES, parts[2]]
-        m = re.fullmatch(r"L(\d+)", parts[0])
+        m = re.fullmatch(_POINT_DIR, parts[0])
         if m is None:
             if len(parts) > 1 and parts[0] in ROUTE_SLOTS and parts[1] not in ACROSS_LAYERS.get(parts[0], set()):
                 raise CausalKLError(target, "layer", f"outputs of a layer live under {prefix}L<layer>/ (this run's layers: "
                                     f"{', '.join(map(str, layers))})",
                                     f"ask for {prefix}L{layers[0]}/{'/'.join(parts)}")
             continue
-        layer = int(m.group(1))
+        layer = m.group(1)
         if layer not in routes_by_layer:
-            raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {layers})",
-                                "add it to model.layer in the config, or ask for one of the run's layers")
+            if layer.isdecimal():
+                residual = [int(l) for l in layers if l.isdecimal()]
+                raise CausalKLError(target, "layer", f"layer {layer} is not a layer of this run (model.layer: {residual})",
+                                    "add it to model.layer in the config, or ask for one of the run's layers")
+            raise CausalKLError(target, "layer", f"L{layer} is not a point of this run (its points: "
+                                f"{', '.join('L' + l for l in layers)})",
+                                "give a route that hook (routes.<name>.hook) at that layer, or ask for one of the run's "
+                                "points")
         rest = parts[1:]
         if rest == ["patch.parquet"]:
             raise CausalKLError(target, "target", "a layer's patch rows are no longer copied into one file: they are the "
@@ -416,6 +438,10 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int, list
             raise CausalKLError(target, "route", f"'{name}' is not a route of layer {layer} of this run{where} "
                                 f"(its routes there: {', '.join(here) or 'none'})",
                                 "add the route under routes: in the config (or its layer to the route), or ask for one of those")
+
+
+_POINT_DIR = r"L(\d+(?:\.[a-z_]+)?)"
+"""A point's folder: ``L3`` (resid_post), ``L3.mlp_out``."""
 
 
 def check_run(config: dict, source: str = "config", local_exec: bool = True) -> dict[str, Any]:
@@ -445,4 +471,5 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
     check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, made_by_workflow(config))
+    check_route_hooks(config.get("routes") or {}, model_config, model["path"], source)
     return {"model_config": model_config}

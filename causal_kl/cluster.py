@@ -87,7 +87,9 @@ def shard_group_id(group: str, shard: int | str, shards: Mapping[str, int]) -> s
 
 
 def layer_group_id(group: str, layer: int | str) -> str:
-    return f"{group}-L{int(layer)}"
+    """The group id of a point's job in ``group`` (``recon_sae-L3``, ``recon_sae-L3.mlp_out``: ``layer`` is the point's
+    name, the ``{layer}`` wildcard)."""
+    return f"{group}-L{layer}"
 
 
 def register(group_components: dict, group_id: str) -> str:

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import HOOKS, RESID_POST, Point, parse_point
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema" / "config.schema.yaml"
@@ -251,9 +252,58 @@ def route_layers(config: dict, route: str) -> list[int]:
     return sorted(int(x) for x in (pinned if isinstance(pinned, list) else [pinned]))
 
 
-def routes_at(config: dict, layer: int) -> list[str]:
-    """The routes of the run that reconstruct ``layer``, in name order."""
-    return [r for r in sorted(config.get("routes") or {}) if int(layer) in route_layers(config, r)]
+def route_hook(config: dict, route: str) -> str:
+    """The hook a route reads and splices at: its ``hook`` key (default ``resid_post``, the block's output).
+
+    The one place a route's hook is decided. An ``sae`` route's point is, for now, its ``hook`` key too; once
+    ``causal_kl.routes.sae`` reads the SAE's own input and output points from its cfg.json, this is where they are
+    read (and ``route_gold_points`` where a transcoder's input point, whose golds it encodes, is added)."""
+    return config["routes"][route].get("hook") or RESID_POST
+
+
+def route_points(config: dict, route: str) -> list[Point]:
+    """The points a route reconstructs and is patched at: (layer, its hook) for each of its layers."""
+    hook = route_hook(config, route)
+    return [Point(layer, hook) for layer in route_layers(config, route)]
+
+
+def route_gold_points(config: dict, route: str) -> list[Point]:
+    """The points whose golds a route reads: its own points (a transcoder will add its input hook's points here,
+    e.g. (L, mlp_in) beside (L, mlp_out): gold-only points, extracted but never spliced at)."""
+    return route_points(config, route)
+
+
+def _point_order(point: Point) -> tuple[int, int]:
+    return (point.layer, HOOKS.index(point.hook))
+
+
+def run_points(config: dict) -> list[Point]:
+    """The run's points, by layer then hook (resid_post first): (L, resid_post) for every layer of ``model.layer``,
+    and (L, hook) for every route and each of its layers. Each has its own golds, conditions and floors, shared by
+    every route at it; a residual-stream run's points are its layers."""
+    points = {Point(layer) for layer in run_layers(config)}
+    for route in config.get("routes") or {}:
+        points.update(route_points(config, route))
+    return sorted(points, key=_point_order)
+
+
+def gold_points(config: dict) -> list[Point]:
+    """Every point whose golds the run extracts: the run's points and the gold-only points routes read."""
+    points = set(run_points(config))
+    for route in config.get("routes") or {}:
+        points.update(route_gold_points(config, route))
+    return sorted(points, key=_point_order)
+
+
+def as_point(point: Point | int | str) -> Point:
+    """A point, a layer (its resid_post point) or a point name (``"3"``, ``"3.mlp_out"``) as a ``Point``."""
+    return point if isinstance(point, Point) else parse_point(point)
+
+
+def routes_at(config: dict, point: Point | int | str) -> list[str]:
+    """The routes of the run at ``point`` (a layer alone: its resid_post point), in name order."""
+    point = as_point(point)
+    return [r for r in sorted(config.get("routes") or {}) if point in route_points(config, r)]
 
 
 def run_spans(config: dict) -> list[int]:
@@ -267,14 +317,15 @@ def route_spans(config: dict, route: str) -> list[int]:
     return run_spans(config) if own is None else sorted(int(k) for k in own)
 
 
-def routes_at_span(config: dict, layer: int, span: int) -> list[str]:
-    """The routes of the run patched at ``span`` at ``layer``, in name order."""
-    return [r for r in routes_at(config, layer) if int(span) in route_spans(config, r)]
+def routes_at_span(config: dict, point: Point | int | str, span: int) -> list[str]:
+    """The routes of the run patched at ``span`` at ``point``, in name order."""
+    return [r for r in routes_at(config, point) if int(span) in route_spans(config, r)]
 
 
-def layer_path(template: str, layer: int) -> str:
-    """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds)."""
-    return template.replace("{layer}", str(int(layer)))
+def layer_path(template: str, layer: Point | int | str) -> str:
+    """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds): a
+    point's layer (a point name such as ``"3.mlp_out"`` fills in ``3``)."""
+    return template.replace("{layer}", str(as_point(layer).layer))
 
 
 def is_production(config: dict) -> bool:
@@ -298,6 +349,7 @@ def run_record(config: dict) -> dict:
         "model": config["model"]["path"],
         "layer": config["model"]["layer"],
         "layers": run_layers(config),
+        "points": [p.name for p in run_points(config)],
         "spans": run_spans(config),
         "code_version": code_version(),
         "production": is_production(config),

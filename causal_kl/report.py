@@ -335,6 +335,12 @@ def _cards(stats: Mapping[str, Any]) -> str:
     ) + "</div>"
 
 
+def point_label(point: Any) -> str:
+    """A point as a section names it: ``layer 3`` (the block's output, resid_post), ``layer 3, mlp_out``."""
+    layer, _, hook = str(point).partition(".")
+    return f"layer {layer}, {hook}" if hook else f"layer {layer}"
+
+
 def _anchor(*names: Any) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9_-]", "-", str(n)) for n in names)
 
@@ -612,7 +618,8 @@ def build_route_page(
     stats = _load_json(files.get("stats"), {})
     n_sites = (stats.get("headline") or {}).get("n_sites")
     settings = ", ".join(f"{k}: {v}" for k, v in sorted((route_config or {}).items()))
-    items = [("run", run), ("layer", layer), ("route", route), ("route settings", settings or None), ("sites", n_sites)]
+    block, _, hook = str(layer).partition(".")
+    items = [("run", run), ("layer", block), *([("hook", hook)] if hook else []), ("route", route), ("route settings", settings or None), ("sites", n_sites)]
     sections = [("conditions", "conditions"), ("geometry", "geometry vs damage"), ("quartiles", "quartiles"),
                 ("energy", "damage per energy"), ("offsets", "KL by offset"), ("token_classes", "token classes"),
                 ("statistics", "statistics")]
@@ -620,10 +627,10 @@ def build_route_page(
         sections.insert(0, ("saelens", "SAELens-comparable scores"))
     if files.get("spans"):
         sections.append(("spans", "spans"))
-    nav = [f"<a href='{back}#comparison-{_anchor(layer)}'>← all routes of layer {html.escape(str(layer))}</a>",
+    nav = [f"<a href='{back}#comparison-{_anchor(layer)}'>← all routes of {html.escape(point_label(layer))}</a>",
            f"<a href='{back}#gate'>floor gate</a>"] + [f"<a href='#{s}-{rid}'>{html.escape(t)}</a>" for s, t in sections]
     body = [
-        f"<h1>Route <code>{html.escape(route)}</code> at layer {html.escape(str(layer))}: run "
+        f"<h1>Route <code>{html.escape(route)}</code> at {html.escape(point_label(layer))}: run "
         f"<code>{html.escape(str(run))}</code></h1>",
         f"<p class='sub'>One route's details. The floor gate, provenance and the comparison with the run's other "
         f"routes are on the <a href='{back}#route-{rid}'>main page</a>.</p>",
@@ -631,9 +638,9 @@ def build_route_page(
         "<table id='provenance'><tbody>" + "".join(f"<tr><td class='txt'>{html.escape(k)}</td><td class='txt'>"
                                                   f"{_fmt(v)}</td></tr>" for k, v in items) + "</tbody></table>",
         route_section(route, files, ref, layer),
-        f"<nav><a href='{back}#comparison-{_anchor(layer)}'>← all routes of layer {html.escape(str(layer))}</a></nav>",
+        f"<nav><a href='{back}#comparison-{_anchor(layer)}'>← all routes of {html.escape(point_label(layer))}</a></nav>",
     ]
-    doc = _document(f"causal-kl report: {run}, layer {layer}, {route}", body)
+    doc = _document(f"causal-kl report: {run}, {point_label(layer)}, {route}", body)
     write_text(out, doc)
     return doc
 
@@ -678,7 +685,7 @@ def build_report(
         if across.get("frontier"):
             nav.append("<a href='#frontier-layers'>frontier across layers</a>")
     for l, spec in layers.items():
-        prefix = f"layer {l}: " if many else ""
+        prefix = f"{point_label(l)}: " if many else ""
         nav.append(f"<a href='#comparison-{_anchor(l)}'>{html.escape(prefix)}all routes</a>")
         if spec.get("frontier"):
             nav.append(f"<a href='#frontier-{_anchor(l)}'>{html.escape(prefix)}frontier</a>")
@@ -688,7 +695,7 @@ def build_report(
         "its layer's routes table.</p>",
     ]
     for i, (l, gate) in enumerate(gates.items()):
-        box = gate_html(gate, f"layer {l}" if many else None)
+        box = gate_html(gate, point_label(l) if many else None)
         body.append(box if i == 0 else box.replace("id=\"gate\"", f"id=\"gate-{_anchor(l)}\""))
     body += ["<h2 id='provenance-h'>Provenance</h2>",
              provenance_html(run, _n_sites(layers), names, list(layers), manifest.get("spans")),
@@ -708,18 +715,18 @@ def build_report(
             body += frontier_html(across["frontier"], "layers", "Sparsity–damage frontier, every layer",
                                   with_layer=True)
     for l, spec in layers.items():
-        title = f"Layer {html.escape(str(l))}: all routes" if many else "All routes"
+        title = f"{html.escape(point_label(l)).capitalize()}: all routes" if many else "All routes"
         body.append(f"<h2 id='comparison-{_anchor(l)}'>{title}</h2>")
         pages = {r: _relative(page, out) for r, page in spec.get("routes", {}).items()}
         if pages:
             body.append("<p class='caption'>Route pages: " + " · ".join(
                 f"<a href='{html.escape(href)}'>{html.escape(r)}</a>" for r, href in pages.items()) + "</p>")
         body += _comparison_html(spec.get("comparison", {}), l, pages, spec.get("frontier"),
-                                 f"Sparsity–damage frontier{f' at layer {l}' if many else ''}")
+                                 f"Sparsity–damage frontier{f' at {point_label(l)}' if many else ''}")
     doc = _document(f"causal-kl report: {run.get('run', '')}", body)
     write_text(out, doc)
     return doc
 
 
 __all__ = ["CAPTIONS_DIR", "build_report", "build_route_page", "caption", "display_frame", "embed_figure", "gate_bound",
-           "gate_html", "html_table", "route_page_path"]
+           "gate_html", "html_table", "point_label", "route_page_path"]

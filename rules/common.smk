@@ -37,17 +37,21 @@ from causal_kl.config import (
     run_identity,
     DEFAULT_CONFIG,
     canonical,
+    gold_points,
     layer_path,
     resolve_config,
     route_layers,
     route_spans,
+    route_points,
     routes_at,
     run_layers,
+    run_points,
     run_spans,
     show_reference,
     validate_config,
 )
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import RESID_POST, parse_point
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
@@ -69,7 +73,7 @@ try:
     check_targets(
         sys.argv[1:],
         f"results/{config['run']}",
-        {l: routes_at(config, l) for l in run_layers(config)},
+        {p.name: routes_at(config, p) for p in run_points(config)},
         run_spans(config),
     )
 except CausalKLError as _err:
@@ -145,12 +149,19 @@ R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
 MODEL = config["model"]
 LAYERS = run_layers(config)
-"""The run's layers (model.layer: one, or a sweep)."""
+"""The run's layers (model.layer: one, or a sweep): its residual-stream points."""
+POINTS = [p.name for p in run_points(config)]
+"""The run's points, as the ``{layer}`` wildcard names them: ``"3"`` (block 3's output, resid_post) for every layer,
+``"3.mlp_out"`` for a route at another hook of block 3. Each has its own golds, conditions and floors (in the hook's
+space), shared by every route there; everything a residual route gets, a route gets at its point."""
+GOLD_POINTS = [p.name for p in gold_points(config)]
+"""The points whose golds are extracted: the run's points and the gold-only points routes read (a transcoder's input)."""
 SPANS = run_spans(config)
 """The span lengths patched (1: the single-site splice)."""
 EXTRA_SPANS = [k for k in SPANS if k > 1]
 RL = f"{R}/L{{layer}}"
-"""A layer's outputs (``{layer}`` is a wildcard): golds, conditions, routes, patches, analyses, gate."""
+"""A point's outputs (``{layer}`` is a wildcard naming a point: ``L3``, ``L3.mlp_out``): golds, conditions, routes,
+patches, analyses, gate."""
 LL = f"{LOGS}/L{{layer}}"
 RS = f"{RL}/span{{span}}"
 """A span's patch files (every span, 1 included) and, for spans > 1, its golds, choices and reconstructions."""
@@ -165,7 +176,7 @@ def _alternatives(values):
 
 wildcard_constraints:
     shard=r"\d\d\d+",  # 000..999, then 1000 and on: any number of shards plans (no braces: they would read as a wildcard)
-    layer=_alternatives(LAYERS),
+    layer=_alternatives(GOLD_POINTS),  # a point: "3" (resid_post) or "3.mlp_out"
     span=_alternatives(SPANS),
     route=_alternatives(ROUTES),  # a target naming no configured route has no rule
 
@@ -196,9 +207,9 @@ def shard_files(pattern, **kw):
     return lambda wildcards: expand(pattern, shard=shard_ids(), **kw, **dict(wildcards.items()))
 
 
-def routes_of(layer):
-    """The routes that reconstruct ``layer``, in name order."""
-    return routes_at(config, int(layer))
+def routes_of(point):
+    """The routes at ``point`` (a point name, the ``{layer}`` wildcard), in name order."""
+    return routes_at(config, point)
 
 
 def spans_of(route):
@@ -219,12 +230,12 @@ def per_route(pattern):
 def route_config(wildcards):
     """The config entry of the job's route (at the job's layer: a pair the config does not have is an error)."""
     entry = config["routes"][wildcards.route]
-    if hasattr(wildcards, "layer") and int(wildcards.layer) not in route_layers(config, wildcards.route):
+    if hasattr(wildcards, "layer") and parse_point(wildcards.layer) not in route_points(config, wildcards.route):
         raise CausalKLError(
             CONFIG_SOURCE,
             f"routes.{wildcards.route}.layer",
-            f"the route does not reconstruct layer {wildcards.layer}",
-            "add the layer to the route",
+            f"the route does not reconstruct point L{wildcards.layer}",
+            "add the layer to the route (its hook decides the point)",
         )
     return entry
 
@@ -273,7 +284,7 @@ def shard_priority(wildcards):
 def gold_priority(wildcards):
     """Gold shards in order, the deepest layer of a shard first: its forward keeps every shallower block's
     states at the shard's positions, so in the model server one forward serves every layer of a shard."""
-    return 1000 * (1000 - int(wildcards.shard)) + int(wildcards.layer)
+    return 1000 * (1000 - int(wildcards.shard)) + parse_point(wildcards.layer).layer
 
 
 def model_resources(base_mb=8000):
@@ -327,11 +338,17 @@ def stored_base(wildcards):
     return f"{R}/L{wildcards.layer}/base.parquet"
 
 
+def reads_stored_gold(point):
+    """Whether a point's conditions read stored golds: an NLA base.parquet holds the residual stream (resid_post) only,
+    so a point at another hook always reads the golds extracted there."""
+    stored = config["gold"].get("stored") or config["gold"].get("write_demo_base")
+    return bool(stored) and parse_point(point).hook == RESID_POST
+
+
 def stored_gold():
-    """The golds the conditions read: the NLA base.parquet (converted) when one is configured, else the extracted ones."""
-    if config["gold"].get("stored") or config["gold"].get("write_demo_base"):
-        return f"{RL}/stored_gold.parquet"
-    return f"{RL}/gold.parquet"
+    """An input function: the golds the conditions read at the job's point: the NLA base.parquet (converted) when one
+    is configured (resid_post points), else the extracted ones."""
+    return lambda w: f"{R}/L{w.layer}/{'stored_gold' if reads_stored_gold(w.layer) else 'gold'}.parquet"
 
 
 def reference_input(name):
@@ -342,8 +359,9 @@ def reference_input(name):
 def run_targets():
     """Every output of the run but the shards: planned (and shown by ``snakemake -n``) before sites exist."""
     targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/report.html"] + across_layer_targets()
-    for layer in LAYERS:
-        targets += [f"{R}/L{layer}/gold.parquet", f"{R}/L{layer}/patch.json"] + analysis_targets(layer)
+    targets += [f"{R}/L{point}/gold.parquet" for point in GOLD_POINTS]
+    for point in POINTS:
+        targets += [f"{R}/L{point}/patch.json"] + analysis_targets(point)
     return targets
 
 
@@ -351,8 +369,9 @@ def shard_targets(wildcards):
     """The shards themselves, so that a deleted or failed shard is rebuilt by a plain ``snakemake``."""
     shards = shard_ids()
     targets = []
-    for layer in LAYERS:
-        targets += expand(f"{R}/L{layer}/gold/shard_{{shard}}.parquet", shard=shards)
+    for point in GOLD_POINTS:
+        targets += expand(f"{R}/L{point}/gold/shard_{{shard}}.parquet", shard=shards)
+    for layer in POINTS:
         for k in SPANS:
             if k > 1:
                 targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
@@ -385,7 +404,7 @@ def figure_outputs(path, caption=None):
 
 
 def analysis_targets(layer):
-    """Every table, statistic and figure of one layer, plus its gate."""
+    """Every table, statistic and figure of one point (``layer``: its name), plus its gate."""
     L = f"{R}/L{layer}"
     routes = routes_of(layer)
     # the recorded choices and noise too: deleting one rebuilds it (and what read it) on a plain `snakemake`
@@ -419,8 +438,10 @@ def analysis_targets(layer):
 
 
 def across_layer_targets():
-    """The cross-layer tables and figures: the layers' comparison and frontier (a sweep with routes only)."""
-    if len(LAYERS) < 2 or not ROUTES:
+    """The cross-layer tables and figures: the layers' comparison and frontier (a sweep with routes only). They compare
+    the residual-stream points (``LAYERS``, resid_post) only: a point at another hook is in its own section, its numbers
+    in another space than the layers'."""
+    if len(LAYERS) < 2 or not any(routes_of(layer) for layer in LAYERS):
         return []
     return [f"{R}/tables/{name}.csv" for name in ("layers", "frontier")] + [
         f"{R}/figures/{name}.{ext}" for name in ("layers", "frontier") for ext in ("png", "svg")
@@ -434,8 +455,9 @@ def route_regex(*kinds):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "layer", "spans")
-"""Route keys a reconstruction does not depend on: the geometry re-check, and which layers and spans the route covers."""
+ROUTE_KEYS_OF_NO_CONSEQUENCE = ("expected_fve", "fve_tolerance", "hook", "layer", "spans")
+"""Route keys a reconstruction does not depend on: the geometry re-check, and which points (layers, hook) and spans the
+route covers (the point is the job's ``{layer}`` wildcard: its golds are an input)."""
 
 
 def route_params(wildcards):
@@ -451,7 +473,9 @@ def route_params(wildcards):
 
 def named_sae(wildcards):
     """The hub cache's copy of a named SAE route's SAE at the job's layer (``causal_kl.sae_hub.HubSAE``)."""
-    return resolve_named_sae(route_config(wildcards), int(wildcards.layer), CONFIG_SOURCE, wildcards.route)
+    return resolve_named_sae(
+        route_config(wildcards), parse_point(wildcards.layer).layer, CONFIG_SOURCE, wildcards.route
+    )
 
 
 def route_path(wildcards, key="path"):
@@ -592,13 +616,13 @@ def route_manifest(layer, route):
 
 
 def route_page(layer, route):
-    """The page of one route at one layer, beside the main page."""
+    """The page of one route at one point (``layer``: its name), beside the main page."""
     return f"{R}/report/L{layer}/{route}.html"
 
 
 def route_pages():
     """Every route page of the run (each its own target: adding a route builds only its pages)."""
-    return [route_page(layer, r) for layer in LAYERS for r in routes_of(layer)]
+    return [route_page(point, r) for point in POINTS for r in routes_of(point)]
 
 
 def route_settings(route):
@@ -613,7 +637,7 @@ def report_manifest():
     (routes table and figures) and the sparsity-damage frontier; the cross-layer table, figure and frontier of a
     sweep. Route pages have their own manifest (route_manifest)."""
     layers = {}
-    for layer in LAYERS:
+    for layer in POINTS:  # a section per point: "3", "3.mlp_out"
         L = f"{R}/L{layer}"
         routes = {r: route_page(layer, r) for r in routes_of(layer)}
         comparison, frontier = {}, {}

@@ -22,7 +22,7 @@ rule train_gold:
         rows=lambda w: [int(w.start), int(w.stop)],
     resources:
         **model_resources(),
-    priority: lambda w: int(w.layer)
+    priority: lambda w: parse_point(w.layer).layer
     group:
         model_group("train_gold")
     conda:

@@ -13,7 +13,7 @@ rule gate:
     input:
         geometry=per_route(f"{RL}/geometry/{{route}}.json"),
         floors=f"{RL}/span1/patch/floors.parquet",
-        reextract=[f"{RL}/reextract.json"] if stored_gold() != f"{RL}/gold.parquet" else [],
+        reextract=lambda w: [f"{R}/L{w.layer}/reextract.json"] if reads_stored_gold(w.layer) else [],
     output:
         record=f"{RL}/gate.json",
     log:

@@ -200,6 +200,9 @@ rule table_spans:
         "../workflow_scripts/table_spans.py"
 
 
+# across layers: the residual-stream points (LAYERS, resid_post) only; a point at another hook has its own section
+
+
 rule table_layers:
     input:
         conditions=[f"{R}/L{l}/tables/{r}/conditions.csv" for l in LAYERS for r in routes_of(l)],

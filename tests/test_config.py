@@ -108,3 +108,47 @@ def test_cli_validate_reports_one_line(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sitse" in err and "did you mean 'sites'" in err
+
+
+def _points_config(**routes):
+    cfg = copy.deepcopy(MIN)
+    cfg["model"]["layer"] = [1, 3]
+    cfg["routes"] = routes
+    return validate_config(cfg)
+
+
+def test_run_points_are_the_layers_plus_each_routes_hook_at_its_layers():
+    from causal_kl.config import gold_points, route_hook, route_points, routes_at, run_layers, run_points
+    from causal_kl.hooks import Point
+
+    residual = _points_config(pca={"kind": "pca", "train_rows": [20, 30]})
+    assert run_points(residual) == [Point(1), Point(3)]  # a residual-stream run: its points are its layers
+    assert "hook" not in residual["routes"]["pca"]  # no default filled in: the config (and its hash) reads as before
+    assert route_hook(residual, "pca") == "resid_post" and routes_at(residual, 3) == routes_at(residual, "3") == ["pca"]
+
+    c = _points_config(pca={"kind": "pca", "train_rows": [20, 30]},
+                       mlp={"kind": "pca", "train_rows": [20, 30], "hook": "mlp_out", "layer": 3},
+                       z={"kind": "file", "path": "z_L{layer}.parquet", "hook": "attn_z"})
+    assert run_layers(c) == [1, 3]
+    assert [p.name for p in run_points(c)] == ["1", "1.attn_z", "3", "3.attn_z", "3.mlp_out"]
+    assert gold_points(c) == run_points(c)
+    assert route_points(c, "mlp") == [Point(3, "mlp_out")] and route_points(c, "z") == [Point(1, "attn_z"), Point(3, "attn_z")]
+    # floors are per point, shared by every route there; a route is at its own point only
+    assert routes_at(c, "3") == ["pca"] and routes_at(c, "3.mlp_out") == ["mlp"] and routes_at(c, Point(1, "attn_z")) == ["z"]
+    assert routes_at(c, "1.mlp_out") == []
+
+
+def test_layer_path_fills_in_a_points_layer():
+    from causal_kl.config import layer_path
+
+    assert layer_path("sae/L{layer}", 3) == layer_path("sae/L{layer}", "3") == layer_path("sae/L{layer}", "3.mlp_out") == "sae/L3"
+
+
+def test_a_route_hook_outside_the_vocabulary_is_one_line(tmp_path):
+    cfg = copy.deepcopy(MIN)
+    cfg["routes"] = {"p": {"kind": "pca", "train_rows": [20, 30], "hook": "mlp_post"}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CausalKLError) as e:
+        load_config(path)
+    assert "routes.p.hook" in str(e.value) and "mlp_out" in str(e.value) and "\n" not in str(e.value)

@@ -349,3 +349,27 @@ def _zero_at(out, p):
     hidden = (out[0] if isinstance(out, tuple) else out).clone()
     hidden[:, p] = 0
     return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+def test_a_route_hook_the_family_lacks_is_one_line_at_parse_time(tmp_path, corpus_path):
+    """Read from config.json alone: a parallel-residual GPT-NeoX block has no resid_mid; its mlp_out is fine."""
+    folder = tmp_path / "neox"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+                                                    "num_hidden_layers": 4, "use_parallel_residual": True}))
+    route = {"kind": "pca", "train_rows": [20, 30]}
+    cfg = run_config(folder, corpus_path)
+    cfg["routes"] = {"mid": {**route, "hook": "resid_mid"}}
+    with pytest.raises(CausalKLError) as e:
+        checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: routes.mid.hook: ") and "has no hook resid_mid" in msg, msg
+    assert "mlp_out" in msg and "Fix:" in msg
+    cfg["routes"] = {"out": {**route, "hook": "mlp_out"}}
+    checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+
+
+def _validated(cfg: dict) -> dict:
+    from causal_kl.config import validate_config
+
+    return validate_config(cfg, "run.yaml")

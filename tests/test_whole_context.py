@@ -570,3 +570,22 @@ def test_a_transcoder_reads_an_earlier_hook_and_widths_are_checked(case):
         whole_context_scores(loaded, contexts, layer, lambda h: h[:, :8], case["special"], hook="attn_z")
     with pytest.raises(ValueError, match="unknown hook"):
         whole_context_scores(loaded, contexts, layer, lambda h: h, case["special"], hook="resid_pre")
+
+
+@pytest.mark.parametrize("hook", ["mlp_out", "attn_z"])
+def test_scores_at_a_hook_inside_the_block(case, hook):
+    """At a sublayer hook the route's reconstruction and the zero ablation replace that hook's activation (of its own
+    width): the identity scores 1, and zeroing the MLP's (or the heads') output is another damage than zeroing the
+    block's output."""
+    loaded, contexts, layer, special = case["loaded"], case["contexts"], case["layer"], case["special"]
+    widths = []
+
+    def identity(h):
+        widths.append(h.shape[-1])
+        return h
+
+    same = whole_context_scores(loaded, contexts, layer, identity, special, hook=hook)
+    assert set(widths) == {loaded.hook_width(hook)}
+    assert abs(same["kl_route"]) < 1e-6 and same["kl_div_score"] == pytest.approx(1.0, abs=1e-6)
+    block = whole_context_scores(loaded, contexts, layer, lambda h: h, special)
+    assert 0 < same["kl_zero"] != pytest.approx(block["kl_zero"])

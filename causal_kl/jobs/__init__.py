@@ -58,14 +58,19 @@ def rule_fields(snakemake: Any) -> dict[str, Any]:
 
 def job_provenance(config: dict, rule: str, wildcards: dict | None = None) -> dict[str, Any]:
     """What every output of a job records about where it came from (with ``causal_kl.io.provenance``):
-    the config's hash, run and model, the rule, and the job's layer (its ``{layer}`` wildcard; the
-    config's ``model.layer`` for a job of no one layer) and span where it has one."""
+    the config's hash, run and model, the rule, and the job's point (its ``{layer}`` wildcard, ``3`` or
+    ``3.mlp_out``: its layer, hook and name; the config's ``model.layer`` for a job of no one point) and span where it
+    has one."""
     from causal_kl.config import config_hash
+    from causal_kl.hooks import parse_point
 
     model = config.get("model") or {}
     wildcards = wildcards or {}
+    point = parse_point(wildcards["layer"]) if "layer" in wildcards else None
     record = {"config_hash": config_hash(config), "run": config.get("run"), "model": model.get("path"),
-              "layer": int(wildcards["layer"]) if "layer" in wildcards else model.get("layer"), "rule": rule}
+              "layer": point.layer if point else model.get("layer"), "rule": rule}
+    if point is not None:
+        record.update(hook=point.hook, point=point.name)
     if "span" in wildcards:
         record["span"] = int(wildcards["span"])
     return record

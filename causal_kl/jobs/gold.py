@@ -13,14 +13,17 @@ from causal_kl.errors import CausalKLError
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_gold, read_parquet, read_sites,
                           write_json, write_parquet)
+from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.jobs import model_job
 from causal_kl.sites import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = False, layer: int | None = None):
-    """The run's model (``model``: the config's model block), checked against the job's ``layer``.
+def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = False,
+                   layer: "int | str | Point | None" = None):
+    """The run's model (``model``: the config's model block), checked against the job's ``layer`` (a layer, or a
+    point: its layer, and its hook against the model's family).
 
     Through ``get_model``: in the model server the model is loaded once and serves every job.
     """
@@ -28,13 +31,17 @@ def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = 
 
     loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "auto"), with_tokenizer)
     if layer is not None:
-        loaded.check_layer(int(layer))
+        point = parse_point(layer) if not isinstance(layer, Point) else layer
+        loaded.check_layer(point.layer)
+        if point.hook != RESID_POST:
+            loaded.hook_module(point.layer, point.hook)  # one line when the model's blocks have no such hook
     log.info("loaded %s (%s, %d blocks, d=%d) on %s in %s", model["path"], loaded.architecture, loaded.n_layers,
              loaded.d_model, loaded.device, loaded.dtype)
     return loaded
 
 
 def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
+    """A GOLD table (``layer``: the point's block; its hook is in the provenance)."""
     return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
 
 
@@ -55,20 +62,21 @@ def block_states():
 @model_job
 def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None, dtype: str,
          device: str, layer: str, shard: str, provenance: dict) -> None:
-    """Block-L output at each site of one shard."""
+    """The activation at the job's point (block L's output, or a hook inside block L) at each site of one shard."""
     table = read_sites(sites)
-    layer = int(layer)
+    point = parse_point(layer)
+    layer = point.layer
     meta = provenance_record(**provenance, dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
         write_parquet(gold, {"site_id": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                              "activation": pa.array([], pa.list_(pa.float32(), 1))}, meta=meta)
         return
-    loaded = load_run_model(model, dtype, device, layer=layer)
+    loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
     vec = block_states().golds(loaded, read_docs(docs), table["doc_id"].to_pylist(), table["position"].to_pylist(), layer,
-                               progress=True)
-    log.info("gold: %d sites in %.1f s", len(vec), time.time() - t0)
-    write_parquet(gold, _gold_table(table["site_id"], layer, vec), GOLD, loaded.d_model, meta=meta)
+                               progress=True, hook=point.hook)
+    log.info("gold at %s: %d sites in %.1f s", point.saelens_name(), len(vec), time.time() - t0)
+    write_parquet(gold, _gold_table(table["site_id"], layer, vec), GOLD, loaded.hook_width(point.hook), meta=meta)
 
 
 def gold_aggregate(shards: list[str], gold: str, layer: str, provenance: dict) -> None:
@@ -89,7 +97,7 @@ def demo_base(gold: str, sites: str, docs: str, model_dir: list[str], base: str,
     ids, vec = read_gold(gold)
     if not np.array_equal(ids, table["site_id"].to_numpy()):
         raise CausalKLError(gold, "site_id", "gold sites do not match sites.parquet", "delete gold.parquet and rerun")
-    base_table = nla_base_table(table, read_docs(docs), vec, int(layer), load_tokenizer(model))
+    base_table = nla_base_table(table, read_docs(docs), vec, parse_point(layer).layer, load_tokenizer(model))
     write_parquet(base, base_table, meta=provenance_record(**provenance))
 
 
@@ -99,7 +107,7 @@ def stored_gold(base: str, sites: str, gold: str, stored: str, reextract: str, s
     from causal_kl.gold import read_nla_base, reextract_cos, reextract_summary
 
     table = read_sites(sites)
-    layer = int(layer)
+    layer = parse_point(layer).layer  # (a resid_post point: stored golds are the residual stream)
     ids, extracted = read_gold(gold)
     vectors = read_nla_base(base, table, layer, extracted.shape[1])
     cos = reextract_cos(vectors, extracted)

@@ -16,6 +16,7 @@ from causal_kl.io import concat_parquet
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_docs, read_gold, read_mean, read_noise, read_recon, read_sites,
                           vectors_for_sites, write_parquet)
+from causal_kl.hooks import Point, parse_point
 from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
 
@@ -54,9 +55,10 @@ def clean_cache():
     return _CLEAN_CACHE
 
 
-def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int, patch: dict,
+def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], point: Point, patch: dict,
                  variants: dict[str, tuple[np.ndarray, np.ndarray]], label: str) -> list:
-    """Patch every site of a shard: ``variants[name] = (vectors [n, d], valid [n])``; documents batched together."""
+    """Patch every site of a shard at ``point`` (block L's output, or a hook inside block L): ``variants[name] =
+    (vectors [n, width], valid [n])`` in the hook's space; documents batched together."""
     import torch
 
     from causal_kl.patching import SiteVariants, patch_documents
@@ -77,8 +79,8 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], layer: int
         documents.append((docs[doc], sv))
     cache = clean_cache()
     passes, hits = cache.clean_passes, cache.hits
-    results = patch_documents(loaded, documents, layer, patch["method"], patch["sites_per_batch"], cache, list(by_doc),
-                              label=label)
+    results = patch_documents(loaded, documents, point.layer, patch["method"], patch["sites_per_batch"], cache,
+                              list(by_doc), label=label, hook=point.hook)
     log.info("patch %s: %d sites in %d documents; clean passes: %d computed, %d from the cache", label, len(site_ids),
              len(documents), cache.clean_passes - passes, cache.hits - hits)
     return [r for doc_results in results for r in doc_results]
@@ -115,8 +117,9 @@ def _eligible_shard(sites: str, docs: str, span: int) -> pa.Table:
 def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span_gold: list[str], model_dir: list[str],
                  floors: str, model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, layer: str,
                  span: str, shard: str, provenance: dict) -> None:
-    """The route-independent conditions (and clean) for one shard, at one layer and span length."""
-    k, layer = int(span), int(layer)
+    """The route-independent conditions (and clean) for one shard, at one point and span length (in the point's space:
+    its golds, resamples, zero and mean)."""
+    k, point = int(span), parse_point(layer)
     table = _eligible_shard(sites, docs, k)
     meta = provenance_record(**provenance, method=patch["method"], dtype=dtype, model_fingerprint=model_fingerprint)
     if table.num_rows == 0:
@@ -137,9 +140,9 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
         fv = span_floor_vectors(spans[:, 0], spans[:, 1:], ids.tolist(), picks, read_mean(mean), choices)
         rows = vectors_for_sites(ids, np.arange(len(ids)), want, choices)
         variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
-    loaded = load_run_model(model, dtype, device, layer=layer)
+    loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
-    results = _patch_shard(loaded, table, read_docs(docs), layer, patch, variants, f"floors, span {k}")
+    results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"floors, span {k}")
     log.info("floors (span %d): %d sites in %.1f s", k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
@@ -153,7 +156,7 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_g
                 provenance: dict) -> None:
     """The three route conditions (reconstruction at gold norm and raw norm, matched noise) of one route for one shard,
     at one layer and span length (each position of a span gets its own reconstruction and matched noise)."""
-    k, layer = int(span), int(layer)
+    k, point = int(span), parse_point(layer)
     table = _eligible_shard(sites, docs, k)
     meta = provenance_record(**provenance, route=route, method=patch["method"], dtype=dtype,
                              model_fingerprint=model_fingerprint)
@@ -179,9 +182,9 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_g
         rv = span_route_vectors(golds[:, 0], golds[:, 1:], recons, ext_recon, want.tolist(), seed, directions, ext_dirs)
     ones = np.ones(len(want), dtype=bool)
     variants = {c: (rv[c], ones) for c in ROUTE_CONDITIONS}
-    loaded = load_run_model(model, dtype, device, layer=layer)
+    loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
-    results = _patch_shard(loaded, table, read_docs(docs), layer, patch, variants, f"{route}, span {k}")
+    results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"{route}, span {k}")
     log.info("route %s (span %d): %d sites in %.1f s", route, k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
@@ -220,4 +223,6 @@ def patch_aggregate(floors: list[str], routes: list[str], index: str, layer: str
     from causal_kl.io import patch_index, write_json
 
     record = patch_index([*floors, *routes], index)
-    write_json(index, {**record, "layer": int(layer), "provenance": provenance_record(**provenance)})
+    point = parse_point(layer)
+    write_json(index, {**record, "layer": point.layer, "hook": point.hook, "point": point.name,
+                       "provenance": provenance_record(**provenance)})

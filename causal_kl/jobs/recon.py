@@ -10,6 +10,7 @@ import pyarrow as pa
 from causal_kl.config import layer_path
 from causal_kl.contracts import EXPLANATIONS, GEOMETRY, GOLD
 from causal_kl.geometry import check_recheck, geometry_summary, site_geometry
+from causal_kl.hooks import parse_point
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import read_gold, read_recon, read_sites, vectors_for_sites, write_json, write_parquet
 from causal_kl.jobs import model_job
@@ -39,14 +40,18 @@ def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray
 def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
                seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, layer: str, start: str,
                stop: str, provenance: dict) -> None:
-    """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites."""
+    """Golds of route-training documents (corpus rows ``[start, stop)``), sampled like the eval sites, at the job's
+    point (a route at a hook trains on that hook's activations)."""
+    import functools
+
     from causal_kl.jobs.gold import block_states
     from causal_kl.routes.training import training_golds
 
-    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=int(layer))
-    table = training_golds(loaded, corpus, sampling, seed, int(layer), tuple(rows), progress=True,
-                           extract=block_states().golds)
-    write_parquet(gold, table, GOLD, loaded.d_model,
+    point = parse_point(layer)
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=point)
+    table = training_golds(loaded, corpus, sampling, seed, point.layer, tuple(rows), progress=True,
+                           extract=functools.partial(block_states().golds, hook=point.hook))
+    write_parquet(gold, table, GOLD, loaded.hook_width(point.hook),
                   meta=provenance_record(**provenance, train_rows=list(rows), model_fingerprint=model_fingerprint))
 
 
@@ -83,7 +88,7 @@ def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: 
     _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()))
     from causal_kl.routes import text_channel
 
-    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=int(layer))
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=layer)
     top_k = int(route_entry.get("top_k", 8))
     texts, recons, reconstructor = text_channel.reconstruct(loaded, train, golds, top_k,
                                                             float(route_entry.get("ridge_alpha", 1.0)))
@@ -102,12 +107,14 @@ def recon_sae(sae: list[str], sites: str, gold: str, recon: str, sparsity: str, 
 
     source = f"config routes.{route}"
     _, site_ids, golds = _eval_golds(sites, gold)
-    recons, stats = sae_route.reconstruct(route_entry, int(layer), golds, device, source)
+    point = parse_point(layer)
+    recons, stats = sae_route.reconstruct(route_entry, point.layer, golds, device, source)
     # a named SAE (release/id, repo/folder) is shown by its name; sae_revision and sae_file say what was read
-    label = stats.get("sae_name") or sae_route.sae_path(route_entry, int(layer))
+    label = stats.get("sae_name") or sae_route.sae_path(route_entry, point.layer)
     write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, sae_path=label,
                                                      sae_fingerprint=sae_fingerprint, sparsity=stats))
-    write_json(sparsity, {"route": route, "layer": int(layer), "sae_path": label, **stats})
+    write_json(sparsity, {"route": route, "layer": point.layer, "hook": point.hook, "point": point.name,
+                          "sae_path": label, **stats})
     log.info("sae %s at layer %s: L0 %.1f of %d latents, %.1f%% dead on %d golds", route, layer, stats["l0"],
              stats["d_sae"], 100 * stats["dead_share"], len(site_ids))
 
@@ -150,7 +157,7 @@ def recon_nla_ar(explanations: list[str], sites: str, gold: str, checkpoint: lis
     texts = nla_ar.explanations_for_sites(explanations, table)
     evict_models()  # the AR is loaded on its own: the run's model does not stay beside it
     path = route_entry["ar_checkpoint"] if route_entry["kind"] == "nla_av" else route_entry["checkpoint"]
-    ar = nla_ar.load_ar(path, int(layer), golds.shape[1], dtype, device)
+    ar = nla_ar.load_ar(path, parse_point(layer).layer, golds.shape[1], dtype, device)
     recons = nla_ar.reconstruct(ar, texts, int(route_entry.get("batch_size", 16)), progress=True)
     write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, checkpoint=ar.checkpoint,
                                                      checkpoint_fingerprint=checkpoint_fingerprint, mse_scale=ar.mse_scale,

@@ -12,6 +12,7 @@ from causal_kl.contracts import CONDITION_CHOICES, SPAN_GOLD, SPAN_NOISE, SPAN_R
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_docs_table, read_gold,
                           read_parquet, read_sites, read_span_gold, write_json, write_parquet)
+from causal_kl.hooks import parse_point
 from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import block_states, load_run_model
 
@@ -38,10 +39,11 @@ def _write_span(path: str, contract, column: str, site_ids: np.ndarray, js: np.n
 @model_job
 def span_gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None,
               dtype: str, device: str, layer: str, span: str, shard: str, provenance: dict) -> None:
-    """Block-L output at the extra positions p+1 .. p+k-1 of every span of one shard that fits its document."""
+    """The activation at the job's point at the extra positions p+1 .. p+k-1 of every span of one shard that fits its
+    document."""
     from causal_kl.spans import eligible_sites, extension_positions
 
-    k, layer = int(span), int(layer)
+    k, point = int(span), parse_point(layer)
     table = read_sites(sites)
     mask, summary = eligible_sites(table, read_docs_table(docs), k)
     table = table.filter(pa.array(mask))
@@ -53,8 +55,9 @@ def span_gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dic
         return
     positions = extension_positions(table["position"].to_numpy(), k).reshape(-1)
     doc_ids = np.repeat(np.asarray(table["doc_id"].to_pylist(), dtype=object), k - 1).tolist()
-    loaded = load_run_model(model, dtype, device, layer=layer)
-    vec = block_states().golds(loaded, read_docs(docs), doc_ids, positions.tolist(), layer, progress=True)
+    loaded = load_run_model(model, dtype, device, layer=point)
+    vec = block_states().golds(loaded, read_docs(docs), doc_ids, positions.tolist(), point.layer, progress=True,
+                               hook=point.hook)
     log.info("span %d golds: %d sites, %d extra positions (%d sites excluded: span past the document's end)",
              k, table.num_rows, len(positions), summary["n_excluded"])
     _write_span(gold, SPAN_GOLD, "activation", ids, js, vec, meta)
@@ -103,7 +106,8 @@ def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str]
     positions than its sites (or whose file lacks some) writes none and says why (``skipped`` in the provenance)."""
     from causal_kl.routes.reconstructors import build_reconstructor
 
-    k, layer = int(span), int(layer)
+    k, point = int(span), parse_point(layer)
+    layer = point.layer
     ids, js, golds = read_span_gold(span_gold)
     table = read_sites(sites)
     doc_of = dict(zip(table["site_id"].to_pylist(), table["doc_id"].to_pylist()))
@@ -117,7 +121,7 @@ def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str]
         return
     loaded = None
     if route_entry["kind"] == "text_channel":
-        loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=layer)
+        loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=point)
     rebuilt = build_reconstructor(route_entry, layer, route=route, d_model=d,
                                   train_gold=train_gold[0] if train_gold else None,
                                   eval_doc_ids=set(doc_of.values()), loaded=loaded, dtype=dtype, device=device)

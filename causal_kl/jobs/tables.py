@@ -11,6 +11,7 @@ from causal_kl import tables
 from causal_kl.frontier import frontier_layers, frontier_table, loss_recovered_defined
 from causal_kl.contracts import ERROR_NORMS, PER_SITE
 from causal_kl.geometry import gold_variance
+from causal_kl.hooks import parse_point
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_csv, read_geometry, read_gold, read_json, read_mean, read_patch,
                           read_per_site, read_sites, write_csv, write_parquet)
@@ -133,7 +134,7 @@ def table_frontier(routes_table: str, conditions: list[str], table: str, kinds: 
     ``conditions``: the layer's routes' conditions tables; the first says whether loss recovered is a score here (the
     floors, and so that answer, do not depend on the route)."""
     defined = loss_recovered_defined(read_csv(conditions[0])) if conditions else False
-    df = frontier_table(read_csv(routes_table), defined, int(layer), kinds)
+    df = frontier_table(read_csv(routes_table), defined, parse_point(layer).layer, kinds)  # (its point: the folder)
     write_csv(table, df)
     log.info("layer %s: %d routes; on the L0-KL@0 frontier: %s; on the FVE-KL@0 frontier: %s", layer, len(df),
              ", ".join(df.loc[df.frontier_l0_kl0, "route"]) or "none",

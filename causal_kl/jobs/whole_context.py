@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from causal_kl.hooks import parse_point
 from causal_kl.io import read_docs, write_json
 from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
@@ -29,12 +30,13 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
     from causal_kl.routes.reconstructors import build_reconstructor
     from causal_kl.whole_context import draw_contexts, special_token_ids, whole_context_scores
 
-    layer_i = int(layer)
-    record = {"route": route, "layer": layer_i, "kind": route_entry["kind"], "definitions": DEFINITIONS,
-              "provenance": provenance}
-    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=layer_i)
+    point = parse_point(layer)
+    layer_i = point.layer
+    record = {"route": route, "layer": layer_i, "hook": point.hook, "point": point.name, "kind": route_entry["kind"],
+              "definitions": DEFINITIONS, "provenance": provenance}
+    loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=point)
     doc_tokens = read_docs(docs)
-    rebuilt = build_reconstructor(route_entry, layer_i, route=route, d_model=loaded.d_model,
+    rebuilt = build_reconstructor(route_entry, layer_i, route=route, d_model=loaded.hook_width(point.hook),
                                   train_gold=train_gold[0] if train_gold else None, eval_doc_ids=set(doc_tokens),
                                   loaded=loaded, dtype=dtype, device=device)
     reason = rebuilt.reason
@@ -63,11 +65,11 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
         log.warning("route %s, layer %d: %s; widen corpus.rows for more, or set whole_context.n_contexts to %d",
                     route, layer_i, record["note"], len(contexts))
 
-    def reconstruct(hidden: torch.Tensor) -> torch.Tensor:  # [n, d_model] float32 on the model's device
+    def reconstruct(hidden: torch.Tensor) -> torch.Tensor:  # [n, width] float32 on the model's device (the hook's)
         return torch.from_numpy(rebuilt(hidden.detach().cpu().numpy())).to(hidden.device)
 
     result = whole_context_scores(loaded, contexts, layer_i, reconstruct, special_token_ids(loaded.tokenizer),
-                                  int(settings["batch_size"]))
+                                  int(settings["batch_size"]), hook=point.hook)
     log.info("route %s, layer %d (SAELens' definitions): kl_div_score %.4f, ce_loss_score %.4f on %d contexts of %d",
              route, layer_i, result["kl_div_score"], result["ce_loss_score"], result["n_contexts"], n_ctx)
     write_json(scores, {**record, **result, "n_contexts_requested": n_contexts, "seed": seed})
