@@ -198,14 +198,21 @@ def _must_exist(path: str, source: str, field: str, what: str, fix: str) -> None
 
 
 def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: str = "config",
-                 d_model: int | None = None, built: set[str] = frozenset()) -> None:
+                 d_model: int | None = None, built: set[str] = frozenset(), model_config: dict | None = None,
+                 model: str = "the model") -> dict[str, tuple[str, str]]:
     """Every route reconstructs layers of the run; every file it names exists (per layer where the path
     has ``{layer}``); training rows are disjoint from the eval rows; an SAE fits the model and its layer.
-    ``built``: paths the workflow itself makes (the demo's SAEs), not checked here."""
+    ``built``: paths the workflow itself makes (the demo's SAEs), not checked here.
+
+    Returns, per ``sae`` route whose files were read against the model's ``config.json`` (``model_config``), the
+    hooks it reads and splices at, ``(hook_in, hook)``, from the SAE's own files (``routes.sae.route_points``): the
+    same at every layer of a suite, else one line. Without a config.json (the demo's model is built by the run) an
+    SAE is checked at the route's ``hook`` (default the residual stream)."""
     from causal_kl.config import layer_path
     from causal_kl.routes.base import check_train_rows
     from causal_kl.routes.file import input_files
 
+    resolved: dict[str, tuple[str, str]] = {}
     for name, route in routes.items():
         where = f"routes.{name}"
         kind = route["kind"]
@@ -220,11 +227,23 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
                 for f in input_files({**route, "path": layer_path(route["path"], one)}):
                     _must_exist(f, source, f"{where}.path", "reconstruction file", "point the route at an existing file")
         if kind == "sae":
-            from causal_kl.routes.sae import check_sae_config
+            from causal_kl.routes.sae import check_sae_config, route_points
 
+            seen: dict[tuple[str, str], int] = {}
             for one in mine:  # (a named SAE, release or repo, is read from the hub cache: never built here)
                 if "path" not in route or os.path.normpath(layer_path(route["path"], one)) not in built:
-                    check_sae_config(route, name, one, d_model, source)
+                    if model_config is None:
+                        check_sae_config(route, name, one, d_model, source)
+                        continue
+                    p_in, p_out = route_points(route, name, one, model_config, source, model=model,
+                                               model_file=f"{model}/config.json")
+                    seen.setdefault((p_in.hook, p_out.hook), one)
+            if len(seen) > 1:
+                (a, la), (b, lb) = list(seen.items())[:2]
+                raise CausalKLError(source, f"{where}.path", f"the suite's SAEs sit at different hooks: {a[1]} at layer {la}, "
+                                    f"{b[1]} at layer {lb} (read from their files)", "make one route per hook")
+            if seen:
+                resolved[name] = next(iter(seen))
         if kind == "nla_ar":
             _must_exist(route["explanations"], source, f"{where}.explanations", "explanations file",
                         "point the route at an existing parquet of explanations")
@@ -234,6 +253,7 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
                             "point the route at a local checkpoint folder or a hub id org/name")
         if "train_rows" in route:
             check_train_rows(route["train_rows"], eval_rows, f"{source} {where}")
+    return resolved
 
 
 def check_route_hooks(routes: dict, model_config: dict | None, model: str, source: str = "config") -> None:
@@ -470,6 +490,7 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
             _must_exist(layer_path(stored, one), source, "gold.stored", "stored-gold file",
                         "point gold.stored at an NLA base.parquet, or remove it to use the extracted golds")
     d_model = text_config(model_config).get("hidden_size") if model_config else None
-    check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model, made_by_workflow(config))
+    route_hooks = check_routes(config.get("routes") or {}, config["corpus"]["rows"], layers, source, d_model,
+                               made_by_workflow(config), model_config, model["path"])
     check_route_hooks(config.get("routes") or {}, model_config, model["path"], source)
-    return {"model_config": model_config}
+    return {"model_config": model_config, "route_hooks": route_hooks}

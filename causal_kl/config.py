@@ -253,12 +253,28 @@ def route_layers(config: dict, route: str) -> list[int]:
 
 
 def route_hook(config: dict, route: str) -> str:
-    """The hook a route reads and splices at: its ``hook`` key (default ``resid_post``, the block's output).
-
-    The one place a route's hook is decided. An ``sae`` route's point is, for now, its ``hook`` key too; once
-    ``causal_kl.routes.sae`` reads the SAE's own input and output points from its cfg.json, this is where they are
-    read (and ``route_gold_points`` where a transcoder's input point, whose golds it encodes, is added)."""
+    """The hook a route splices at: its ``hook`` key (default ``resid_post``, the block's output). An ``sae`` route's
+    hooks are read from its SAE's files when the workflow is parsed (``checks.check_run``) and written into the config
+    as ``hook`` / ``hook_in`` (``set_route_hooks``), so this is the one place a route's hook is read."""
     return config["routes"][route].get("hook") or RESID_POST
+
+
+def route_hook_in(config: dict, route: str) -> str:
+    """The hook a route reads its input at: a transcoder's ``hook_in`` (e.g. ``mlp_in`` for an ``mlp_out`` transcoder),
+    else the hook it splices at."""
+    return config["routes"][route].get("hook_in") or route_hook(config, route)
+
+
+def set_route_hooks(config: dict, hooks: dict[str, tuple[str, str]]) -> None:
+    """Write the hooks read from each ``sae`` route's files (``{route: (hook_in, hook)}``) into the config: ``hook``
+    where it is not the residual stream, ``hook_in`` where a transcoder reads another hook. A residual-stream route
+    gets no key, so its entry (and the run's config hash) reads as before."""
+    for route, (hook_in, hook) in hooks.items():
+        entry = config["routes"][route]
+        if hook != RESID_POST:
+            entry["hook"] = hook
+        if hook_in != hook:
+            entry["hook_in"] = hook_in
 
 
 def route_points(config: dict, route: str) -> list[Point]:
@@ -268,9 +284,11 @@ def route_points(config: dict, route: str) -> list[Point]:
 
 
 def route_gold_points(config: dict, route: str) -> list[Point]:
-    """The points whose golds a route reads: its own points (a transcoder will add its input hook's points here,
-    e.g. (L, mlp_in) beside (L, mlp_out): gold-only points, extracted but never spliced at)."""
-    return route_points(config, route)
+    """The points whose golds a route reads: its own points, and a transcoder's input points (e.g. (L, mlp_in) beside
+    (L, mlp_out): gold-only points, extracted but never spliced at)."""
+    hook_in = route_hook_in(config, route)
+    extra = [Point(layer, hook_in) for layer in route_layers(config, route)] if hook_in != route_hook(config, route) else []
+    return route_points(config, route) + extra
 
 
 def _point_order(point: Point) -> tuple[int, int]:

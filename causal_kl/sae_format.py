@@ -726,10 +726,13 @@ def sae_points(file: str | Path, *, d_in: int, d_out: int, hook_name: str | None
         p_out = site_out.point
     else:
         p_out = p_in
-    if route_hook is not None and p_in.hook != route_hook:
+    if route_hook is not None and p_out.hook != route_hook:  # the route splices where the SAE (a transcoder) writes
         want = H.Point(layer, route_hook).saelens_name()
         trained = site_in.describe() if site_in is not None else p_in.saelens_name()
-        raise CausalKLError(file, "hook_name", f"the SAE was trained at {trained} but the route splices {want}",
+        if transcoder:
+            trained = f"{trained} -> {p_out.saelens_name()} (a transcoder)"
+        raise CausalKLError(file, "hook_name_out" if transcoder else "hook_name",
+                            f"the SAE was trained at {trained} but the route splices {want}",
                             f"use an SAE trained at blocks.L.{H.TL_NAME[route_hook]} (check_hook: false moves an SAE "
                             f"to another layer, never to another hook)")
     if family is not None:

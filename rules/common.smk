@@ -41,7 +41,9 @@ from causal_kl.config import (
     layer_path,
     resolve_config,
     route_layers,
+    route_hook_in,
     route_spans,
+    set_route_hooks,
     route_points,
     routes_at,
     run_layers,
@@ -51,7 +53,7 @@ from causal_kl.config import (
     validate_config,
 )
 from causal_kl.errors import CausalKLError
-from causal_kl.hooks import RESID_POST, parse_point
+from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
@@ -69,7 +71,8 @@ try:
     # one-line, file/key/fix errors before snakemake's own (longer) schema report, then every check the
     # config and the files it names allow (model config.json, layers, device, corpus, route files, SAEs)
     validate_config(config, source=CONFIG_SOURCE)
-    check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))
+    # an sae route splices where its SAE's files say (a transcoder also reads another hook): written into the config
+    set_route_hooks(config, check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))["route_hooks"])
     check_targets(
         sys.argv[1:],
         f"results/{config['run']}",
@@ -349,6 +352,24 @@ def stored_gold():
     """An input function: the golds the conditions read at the job's point: the NLA base.parquet (converted) when one
     is configured (resid_post points), else the extracted ones."""
     return lambda w: f"{R}/L{w.layer}/{'stored_gold' if reads_stored_gold(w.layer) else 'gold'}.parquet"
+
+
+def input_point(wildcards):
+    """The point whose golds the job's route reads: a transcoder's input hook at the job's layer, else the job's point."""
+    point = parse_point(wildcards.layer)
+    return Point(point.layer, route_hook_in(config, wildcards.route)).name
+
+
+def transcoder_gold(wildcards):
+    """An input function: a transcoder's input golds (``L{layer}.{hook_in}/gold.parquet``); nothing for an SAE."""
+    name = input_point(wildcards)
+    return [f"{R}/L{name}/gold.parquet"] if name != wildcards.layer else []
+
+
+def transcoder_span_gold(wildcards):
+    """An input function: a transcoder's input golds at a span's extra positions; nothing for an SAE."""
+    name = input_point(wildcards)
+    return [f"{R}/L{name}/span{wildcards.span}/gold.parquet"] if name != wildcards.layer else []
 
 
 def reference_input(name):

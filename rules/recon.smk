@@ -109,6 +109,7 @@ rule recon_sae:
         sae=sae_input,
         sites=f"{R}/sites.parquet",
         gold=stored_gold(),
+        gold_in=transcoder_gold,
     output:
         recon=f"{RL}/recon/{{route}}.parquet",
         sparsity=f"{RL}/sae/{{route}}.json",

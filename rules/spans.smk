@@ -70,6 +70,7 @@ rule recon_span:
         span=EXTRA_SPAN,
     input:
         span_gold=f"{RS}/gold.parquet",
+        span_gold_in=transcoder_span_gold,
         sites=f"{R}/sites.parquet",
         train_gold=train_rows_gold,
         sae=sae_input,

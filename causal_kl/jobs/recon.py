@@ -100,15 +100,19 @@ def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: 
 
 
 @model_job
-def recon_sae(sae: list[str], sites: str, gold: str, recon: str, sparsity: str, route_entry: dict,
+def recon_sae(sae: list[str], sites: str, gold: str, gold_in: list[str], recon: str, sparsity: str, route_entry: dict,
               sae_fingerprint: str | None, device: str, layer: str, route: str, provenance: dict) -> None:
-    """An ``sae`` route: decode(encode(gold)) in float32, and the SAE's L0 and dead latents on the eval golds."""
+    """An ``sae`` route: decode(encode(gold)) in float32, and the SAE's L0 and dead latents on the eval golds. A
+    transcoder encodes the golds of its input hook (``gold_in``) and predicts those of the job's point (``gold``: its
+    FVE's targets)."""
     from causal_kl.routes import sae as sae_route
 
     source = f"config routes.{route}"
     _, site_ids, golds = _eval_golds(sites, gold)
+    inputs = _eval_golds(sites, gold_in[0])[2] if gold_in else golds
     point = parse_point(layer)
-    recons, stats = sae_route.reconstruct(route_entry, point.layer, golds, device, source)
+    recons, stats = sae_route.reconstruct({**route_entry, "hook": point.hook}, point.layer, inputs, device, source,
+                                          targets=golds)
     # a named SAE (release/id, repo/folder) is shown by its name; sae_revision and sae_file say what was read
     label = stats.get("sae_name") or sae_route.sae_path(route_entry, point.layer)
     write_recon(recon, site_ids, recons, _route_meta(provenance, route, route_entry, sae_path=label,

@@ -98,17 +98,18 @@ def span_conditions(gold: str, sites: str, docs: str, choices: str, noise: str, 
 
 
 @model_job
-def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str], vectors: list[str],
+def recon_span(span_gold: str, span_gold_in: list[str], sites: str, train_gold: list[str], sae: list[str], vectors: list[str],
                explanations: list[str], checkpoint: list[str], model_dir: list[str], recon: str, route_entry: dict,
                fingerprints: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,
                device: str, layer: str, route: str, span: str, provenance: dict) -> None:
     """A route's reconstruction of the golds at a span's extra positions; a route that cannot reconstruct other
-    positions than its sites (or whose file lacks some) writes none and says why (``skipped`` in the provenance)."""
+    positions than its sites (or whose file lacks some) writes none and says why (``skipped`` in the provenance).
+    A transcoder reconstructs from the golds of its input hook at those positions (``span_gold_in``)."""
     from causal_kl.routes.reconstructors import build_reconstructor
 
     k, point = int(span), parse_point(layer)
     layer = point.layer
-    ids, js, golds = read_span_gold(span_gold)
+    ids, js, golds = read_span_gold(span_gold_in[0] if span_gold_in else span_gold)
     table = read_sites(sites)
     doc_of = dict(zip(table["site_id"].to_pylist(), table["doc_id"].to_pylist()))
     pos_of = dict(zip(table["site_id"].to_pylist(), table["position"].to_pylist()))
@@ -122,7 +123,7 @@ def recon_span(span_gold: str, sites: str, train_gold: list[str], sae: list[str]
     loaded = None
     if route_entry["kind"] == "text_channel":
         loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=point)
-    rebuilt = build_reconstructor(route_entry, layer, route=route, d_model=d,
+    rebuilt = build_reconstructor({**route_entry, "hook": point.hook}, layer, route=route, d_model=golds.shape[1],
                                   train_gold=train_gold[0] if train_gold else None,
                                   eval_doc_ids=set(doc_of.values()), loaded=loaded, dtype=dtype, device=device)
     reason = rebuilt.reason

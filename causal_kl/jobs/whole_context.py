@@ -36,7 +36,9 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
               "definitions": DEFINITIONS, "provenance": provenance}
     loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=point)
     doc_tokens = read_docs(docs)
-    rebuilt = build_reconstructor(route_entry, layer_i, route=route, d_model=loaded.hook_width(point.hook),
+    hook_in = route_entry.get("hook_in")  # a transcoder reads another hook of the block than the one it writes
+    rebuilt = build_reconstructor({**route_entry, "hook": point.hook}, layer_i, route=route,
+                                  d_model=loaded.hook_width(hook_in or point.hook),
                                   train_gold=train_gold[0] if train_gold else None, eval_doc_ids=set(doc_tokens),
                                   loaded=loaded, dtype=dtype, device=device)
     reason = rebuilt.reason
@@ -69,7 +71,7 @@ def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: lis
         return torch.from_numpy(rebuilt(hidden.detach().cpu().numpy())).to(hidden.device)
 
     result = whole_context_scores(loaded, contexts, layer_i, reconstruct, special_token_ids(loaded.tokenizer),
-                                  int(settings["batch_size"]), hook=point.hook)
+                                  int(settings["batch_size"]), hook=point.hook, hook_in=hook_in)
     log.info("route %s, layer %d (SAELens' definitions): kl_div_score %.4f, ce_loss_score %.4f on %d contexts of %d",
              route, layer_i, result["kl_div_score"], result["ce_loss_score"], result["n_contexts"], n_ctx)
     write_json(scores, {**record, **result, "n_contexts_requested": n_contexts, "seed": seed})
