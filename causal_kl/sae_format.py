@@ -392,19 +392,21 @@ def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
     """Where a Gemma Scope SAE or transcoder was trained: Gemma Scope 2's ``config.json`` (``hf_hook_point_in`` and,
     for a transcoder, ``hf_hook_point_out``: ``model.layers.L.output`` = layer L, ``...self_attn.o_proj.input`` =
     ``attn.hook_z``, ``...post_feedforward_layernorm.output`` = ``hook_mlp_out``, ``...pre_feedforward_layernorm.output``
-    = ``hook_mlp_in``), else the repos' folder layout (``gemma_scope_hook_from_path``). A transcoder is a config with
-    ``hf_hook_point_out`` or ``affine_connection``, or a ``transcoder`` folder; cross-layer transcoders (``clt``) are
-    refused."""
+    = ``hook_mlp_in``), else the repos' folder layout (``gemma_scope_hook_from_path``). A transcoder is a
+    ``transcoder`` folder, or a config of ``type`` transcoder, or one whose ``hf_hook_point_out`` differs from its
+    ``hf_hook_point_in`` or whose ``affine_connection`` is true (the published SAEs' configs name an ``hf_hook_point_out``
+    equal to their input, ``affine_connection: false`` and ``type: sae``); cross-layer transcoders (``clt``) are refused."""
     folder = Path(weights).parent
     parts = [q.lower() for q in folder.resolve().parts]
     if any(q == "clt" or q.startswith("clt_") for q in parts):
         raise CausalKLError(weights, "architecture", "a cross-layer transcoder (clt) writes to every later layer",
                             "use a Gemma Scope transcoder (transcoder/ or transcoder_all/ folders) or SAE")
     in_path, out_path = gemma_scope_hook_from_path(folder), None
-    transcoder = any(q.startswith("transcoder") for q in parts) or "hf_hook_point_out" in raw_cfg or "affine_connection" in raw_cfg
+    hf_in, hf_out = raw_cfg.get("hf_hook_point_in"), raw_cfg.get("hf_hook_point_out")
+    transcoder = (any(q.startswith("transcoder") for q in parts) or str(raw_cfg.get("type", "")).lower() == "transcoder"
+                  or bool(hf_out and hf_out != hf_in) or bool(raw_cfg.get("affine_connection")))
     if transcoder and in_path is not None:
         in_path, out_path = gemma_scope_transcoder_hooks(folder)
-    hf_in, hf_out = raw_cfg.get("hf_hook_point_in"), raw_cfg.get("hf_hook_point_out")
     hook_in = parse_hook_name(str(hf_in)).hook_name if hf_in else in_path
     hook_out = parse_hook_name(str(hf_out)).hook_name if hf_out else out_path
     affine = bool(raw_cfg.get("affine_connection", any(q.endswith("_affine") for q in parts[-1:])))
