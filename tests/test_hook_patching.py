@@ -183,3 +183,27 @@ def test_golds_at_points(model_type, request):
     for p in (Point(LAYER, "mlp_out"), Point(LAYER), Point(LAYER - 1)):
         np.testing.assert_array_equal(cache.golds(m, docs, doc_ids, positions, p.layer, hook=p.hook), got[p])
     assert cache.forwards == 1 and cache.hits == 2
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "gemma2", "gpt_neox", "mistral", "qwen3", "gpt2"])
+def test_each_trap_at_a_hook_inside_the_block(model_type, request):
+    """The window pass now runs block L too: each family's traps, left out at mlp_out (and attn_z), still move the
+    numbers where the family has them, and only there."""
+    from causal_kl.patching import fast_sites
+    from test_families import CHECKED_TRAPS, TRAPS
+
+    traps = {"gemma3": {"layer_idx", "sliding_mask", "local_rope", "softcap", "positions"}}.get(model_type, TRAPS.get(model_type))
+    m = load_model(model_dir(request, model_type), dtype="float32")
+    ids = document(m)
+    for hook in ("mlp_out", "attn_z"):
+        acts = recorded(m, ids, LAYER, [hook])
+        sites = hook_sites(m, ids, hook, acts[hook], 1)
+        naive = [naive_site(m, ids, LAYER, s, hook) for s in sites]
+        state = clean_pass(m, ids, LAYER, hook)
+        checked = sorted(set(CHECKED_TRAPS) | ({"layer_idx", "local_rope", "softcap"} if model_type == "gemma3" else set()))
+        for trap in checked:
+            moved = max_diff(fast_sites(m, ids, LAYER, sites, state, ablate={trap}, hook=hook), naive)[0]
+            if trap in traps:
+                assert moved > 1e-3, f"{model_type} at {hook}: removing {trap} changed KL by only {moved}"  # 10x the tolerance
+            else:
+                assert moved < 1e-4, (model_type, hook, trap, moved)
