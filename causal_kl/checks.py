@@ -24,7 +24,18 @@ from causal_kl.errors import CausalKLError
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
 """Where the demo builds its corpus and model: with its SAEs, the only places a rule may write outside results/ and logs/."""
 DEMO_SAE_DIR = "resources/demo/sae"
-"""Where the demo writes its SAEs: one folder per sparsity and layer, ``k{k}/L{layer}``."""
+"""Where the demo writes its SAEs: one folder per sparsity and layer, ``k{k}/L{layer}``, and per kind of its SAEs
+inside a block, ``{kind}/L{layer}``."""
+DEMO_SUBLAYER_KINDS = ("mlp_out", "attn_z", "skip_transcoder")
+"""The demo's SAEs inside a block: a TopK SAE at hook_mlp_out, one at attn.hook_z, a skip transcoder mlp_in -> mlp_out."""
+
+
+def demo_sublayer_saes(config: dict) -> list[tuple[str, int]]:
+    """``(kind, layer)`` of each SAE the demo trains inside a block (``demo.sae.sublayer``: its layer and kinds)."""
+    sub = ((config.get("demo") or {}).get("sae") or {}).get("sublayer") or {}
+    if sub.get("layer") is None:
+        return []
+    return [(kind, int(sub["layer"])) for kind in sub.get("kinds", DEMO_SUBLAYER_KINDS)]
 
 
 def demo_sae_ks(config: dict) -> list[int]:
@@ -33,9 +44,10 @@ def demo_sae_ks(config: dict) -> list[int]:
     return sorted({int(x) for x in (k if isinstance(k, list) else [k])})
 
 
-def demo_sae_dir(k: int | str, layer: int | str) -> str:
-    """The folder of the demo's SAE with ``k`` active latents at ``layer`` (SAELens' format)."""
-    return f"{DEMO_SAE_DIR}/k{k}/L{layer}"
+def demo_sae_dir(k: int | str, layer: int | str, prefix: str = "k") -> str:
+    """The folder of the demo's SAE with ``k`` active latents at ``layer`` (SAELens' format); with ``prefix=""``, of
+    its SAE of kind ``k`` inside block ``layer`` (``mlp_out/L3``)."""
+    return f"{DEMO_SAE_DIR}/{prefix}{k}/L{layer}"
 
 
 def made_by_workflow(config: dict) -> set[str]:
@@ -49,7 +61,8 @@ def made_by_workflow(config: dict) -> set[str]:
         return set()
     from causal_kl.config import run_layers
 
-    saes = (demo_sae_dir(k, one) for k in demo_sae_ks(config) for one in run_layers(config))
+    saes = [demo_sae_dir(k, one) for k in demo_sae_ks(config) for one in run_layers(config)]
+    saes += [demo_sae_dir(kind, one, prefix="") for kind, one in demo_sublayer_saes(config)]
     return {os.path.normpath(p) for p in (*DEMO_PATHS.values(), *saes)}
 
 

@@ -269,6 +269,12 @@ def gate_html(gate: Mapping[str, Any], label: str | None = None) -> str:
             f'<div class="caption">{html.escape(caption("gate"))}</div></div>')
 
 
+def _point_text(point: Any) -> str:
+    """A layer as itself, a point inside a block as ``3 (mlp_out)``."""
+    layer, _, hook = str(point).partition(".")
+    return f"{layer} ({hook})" if hook else layer
+
+
 def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[str], layers: list | None = None,
                     spans: list | None = None) -> str:
     cfg = run.get("config", {}) or {}
@@ -276,7 +282,7 @@ def provenance_html(run: Mapping[str, Any], n_sites: int | None, routes: list[st
     layers = layers if layers is not None else run.get("layers") or [run.get("layer")]
     items = [
         ("run", run.get("run")), ("model", run.get("model")),
-        ("layers" if len(layers) > 1 else "layer", ", ".join(str(l) for l in layers)),
+        ("layers" if len(layers) > 1 else "layer", ", ".join(_point_text(l) for l in layers)),
         ("spans", ", ".join(str(k) for k in (spans or run.get("spans") or [1]))),
         ("corpus", f"{corpus.get('name', '?')} · {corpus.get('split', '?')} · rows {corpus.get('rows', '?')}"),
         ("sites", n_sites), ("seed", cfg.get("seed")), ("routes", ", ".join(routes) or "none"),
@@ -379,7 +385,9 @@ def saelens_html(files: Mapping[str, Any]) -> str:
                              ("dead latents (never active on the eval golds)", f"{sp.get('n_dead')} of {sp.get('d_sae')}"),
                              ("dead-latent share", sp.get("dead_share")),
                              ("explained variance (SAELens' definition)", sp.get("explained_variance")),
-                             ("architecture", sp.get("architecture")), ("hook", sp.get("hook_name")),
+                             ("architecture", sp.get("architecture")),
+                             ("hook", sp.get("hook_name") if not sp.get("hook_name_out")
+                              else f"reads {sp.get('hook_name')}, writes {sp.get('hook_name_out')}"),
                              ("SAE", sp.get("sae_path"))], columns=["SAE on the eval golds", "value"])
         parts.append(html_table(rows))
     return "\n".join(parts)

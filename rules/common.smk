@@ -26,6 +26,7 @@ from causal_kl.cluster import (
 from causal_kl.checks import (
     check_run,
     check_targets,
+    DEMO_SUBLAYER_KINDS,
     demo_sae_dir,
     demo_sae_ks,
     made_by_workflow,
@@ -220,6 +221,15 @@ def spans_of(route):
     return route_spans(config, route)
 
 
+def spans_at(layer):
+    """The spans a point is patched at (its floors, and its routes' patches by their own ``spans``): every span of the
+    run at the residual stream; inside a block only the spans its routes are patched at (floors at another span would
+    serve no route there)."""
+    if parse_point(layer).hook == RESID_POST:
+        return SPANS
+    return sorted({1, *(k for r in routes_of(layer) for k in spans_of(r))})
+
+
 def extra_spans_of(route):
     """The spans of more than one position ``route`` is patched at."""
     return [k for k in spans_of(route) if k > 1]
@@ -393,7 +403,7 @@ def shard_targets(wildcards):
     for point in GOLD_POINTS:
         targets += expand(f"{R}/L{point}/gold/shard_{{shard}}.parquet", shard=shards)
     for layer in POINTS:
-        for k in SPANS:
+        for k in spans_at(layer):
             if k > 1:
                 targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
             for name in ["floors", *[r for r in routes_of(layer) if k in spans_of(r)]]:
@@ -430,7 +440,7 @@ def analysis_targets(layer):
     routes = routes_of(layer)
     # the recorded choices and noise too: deleting one rebuilds it (and what read it) on a plain `snakemake`
     t = [f"{L}/gate.json"] + [f"{L}/conditions/{name}.parquet" for name in ("choices", "mean", "noise")]
-    for k in EXTRA_SPANS:
+    for k in spans_at(layer)[1:]:
         t += [f"{L}/span{k}/conditions/{name}.parquet" for name in ("choices", "noise")] + [f"{L}/span{k}/gold.parquet"]
     for r in routes:
         t += [f"{L}/tables/{r}/{name}.csv" for name in ROUTE_TABLES]

@@ -108,9 +108,12 @@ rule patch_route_aggregate:
 
 rule patch_aggregate:
     input:
-        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=SPANS),
+        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=spans_at(w.layer)),
         routes=lambda w: [
-            f"{R}/L{w.layer}/span{k}/patch/{r}.parquet" for k in SPANS for r in routes_of(w.layer) if k in spans_of(r)
+            f"{R}/L{w.layer}/span{k}/patch/{r}.parquet"
+            for k in spans_at(w.layer)
+            for r in routes_of(w.layer)
+            if k in spans_of(r)
         ],
     output:
         index=f"{RL}/patch.json",

@@ -404,3 +404,41 @@ def test_demo_sae_is_deterministic_and_saved_in_saelens_format(tmp_path):
 def test_demo_sae_rejects_bad_golds():
     with pytest.raises(ValueError):
         train_topk_sae(np.zeros((1, 8), np.float32), layer=0)
+
+
+def test_demo_sublayer_saes_saved_as_saelens_reads_them(tmp_path):
+    """The demo's SAEs inside a block: a TopK SAE at attn.hook_z is saved with SAELens' hook name and reshape (read
+    back by SAELens itself); a skip transcoder mlp_in -> mlp_out, saved as SAELens' SkipTranscoder, is read back by
+    SAELens and its forward equals ours; its latents beat the best linear map from input to target (least squares,
+    numpy), which the skip term alone could at most reach, and it is sparse."""
+    import sae_lens
+
+    from causal_kl.demo.sae import write_demo_transcoder
+
+    data = _sparse_data(1500)
+    write_demo_sae(data[:1200], tmp_path / "z", layer=3, config=SAETrainConfig(k=8, steps=100), hook="attn_z")
+    cfg_json = json.loads((tmp_path / "z" / "cfg.json").read_text())
+    assert cfg_json["metadata"]["hook_name"] == "blocks.3.attn.hook_z" and cfg_json["reshape_activations"] == "hook_z"
+    assert sae_lens.SAE.load_from_disk(str(tmp_path / "z")).cfg.metadata.hook_name == "blocks.3.attn.hook_z"
+
+    rng = np.random.default_rng(1)
+    x = data.astype(np.float64)
+    W = rng.normal(size=(32, 48)) / 4
+    y = (np.maximum(x @ W - 2.0, 0) @ rng.normal(size=(48, 32)) / 4 + 0.5 * x).astype(np.float32)
+    report = write_demo_transcoder(data[:1200], y[:1200], tmp_path / "tc", layer=3,
+                                   config=SAETrainConfig(steps=600, expansion=4), l1_coefficient=0.3)
+    cfg_json = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert cfg_json["architecture"] == "skip_transcoder"
+    assert (cfg_json["metadata"]["hook_name"], cfg_json["metadata"]["hook_name_out"]) == ("blocks.3.hook_mlp_in",
+                                                                                        "blocks.3.hook_mlp_out")
+    theirs = sae_lens.SkipTranscoder.load_from_disk(str(tmp_path / "tc"))
+    ours = load_sae(tmp_path / "tc")
+    held_in, held_out = data[1200:], y[1200:]
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(held_in)).numpy()
+    np.testing.assert_allclose(ours.reconstruct(held_in).numpy(), want, atol=1e-4, rtol=1e-4)
+    xa = np.c_[data[:1200], np.ones(1200)]
+    coef = np.linalg.lstsq(xa, y[:1200], rcond=None)[0]
+    linear = np.c_[held_in, np.ones(len(held_in))] @ coef
+    assert explained_variance(held_out, want) > explained_variance(held_out, linear) + 0.02
+    assert 0 < report.l0 < ours.d_sae / 2
