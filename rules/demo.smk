@@ -100,7 +100,7 @@ if config.get("demo"):
             "logs/demo/sae_{kind}_L{layer}.log",
         params:
             settings={key: DEMO["sae"][key] for key in sorted(DEMO["sae"]) if key not in ("k", "sublayer")},
-            sublayer=DEMO["sae"]["sublayer"],
+            sublayer=DEMO["sae"].get("sublayer"),
             seed=DEMO["seed"],
         conda:
             "../envs/torch.yaml"
