@@ -69,6 +69,30 @@ class SAETrainReport:
     dead_share: float
 
 
+def _optimise(params: dict[str, torch.Tensor], cfg: SAETrainConfig, n: int, gen: torch.Generator,
+              loss_of) -> torch.Tensor:
+    """Adam over ``params`` for ``cfg.steps`` steps: a batch of ``cfg.batch_size`` of the ``n`` rows drawn from ``gen``
+    each step, ``loss_of(indices) -> (loss, mse)`` minimised, a constant learning rate then a linear decay over the
+    last fifth, ``W_dec``'s rows put back to unit norm after every step. Returns the last step's MSE."""
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    decay_from = int(cfg.steps * 0.8)
+    mse = torch.tensor(float("nan"))
+    for step in range(cfg.steps):
+        lr = cfg.lr if step < decay_from else cfg.lr * (cfg.steps - step) / (cfg.steps - decay_from)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        loss, mse = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+    return mse
+
+
 def train_topk_sae(golds: np.ndarray, layer: int, config: SAETrainConfig = SAETrainConfig(),
                    model_name: str | None = None, hook: str = RESID_POST) -> tuple[SparseAutoencoder, SAETrainReport]:
     """Train a TopK SAE on ``golds [n, d]`` (float32, CPU; the activations at ``hook`` of block ``layer``) and return
@@ -95,18 +119,10 @@ def train_topk_sae(golds: np.ndarray, layer: int, config: SAETrainConfig = SAETr
         "b_enc": torch.zeros(d_sae),
         "b_dec": xs.mean(dim=0).clone(),
     }
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
-    decay_from = int(cfg.steps * 0.8)
     steps_since_fired = torch.zeros(d_sae, dtype=torch.long)
-    mse = torch.tensor(float("nan"))
 
-    for step in range(cfg.steps):
-        lr = cfg.lr if step < decay_from else cfg.lr * (cfg.steps - step) / (cfg.steps - decay_from)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal steps_since_fired
         batch = xs[idx]  # [b, d]
         pre = (batch - params["b_dec"]) @ params["W_enc"] + params["b_enc"]  # [b, d_sae]
         values, indices = torch.topk(pre, k, dim=-1)
@@ -127,12 +143,9 @@ def train_topk_sae(golds: np.ndarray, layer: int, config: SAETrainConfig = SAETr
             aux_recon = aux_acts @ params["W_dec"]
             aux_mse = (residual.detach() - aux_recon).pow(2).sum(dim=-1).mean()
             loss = loss + cfg.aux_coefficient * min(n_dead / k_aux, 1.0) * aux_mse
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+        return loss, mse
 
+    mse = _optimise(params, cfg, n, gen, loss_of)
     with torch.no_grad():
         sae = SparseAutoencoder(
             W_enc=params["W_enc"].detach() * scale, b_enc=params["b_enc"].detach(),
@@ -199,27 +212,17 @@ def train_skip_transcoder(x_in: np.ndarray, y_out: np.ndarray, layer: int, confi
         "b_dec": ys.mean(dim=0).clone(),
         "W_skip": torch.zeros(d_out, d_in),
     }
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
-    decay_from = int(cfg.steps * 0.8)
-    mse = torch.tensor(float("nan"))
-    for step in range(cfg.steps):
-        lr = cfg.lr if step < decay_from else cfg.lr * (cfg.steps - step) / (cfg.steps - decay_from)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = xs[idx], ys[idx]
         acts = torch.relu(xb @ params["W_enc"] + params["b_enc"])  # [b, d_sae]
         pred = acts @ params["W_dec"] + params["b_dec"] + xb @ params["W_skip"].T
         mse = (yb - pred).pow(2).sum(dim=-1).mean()
         l1 = (acts * params["W_dec"].norm(dim=1)).sum(dim=-1).mean()
-        loss = mse + l1_coefficient * l1
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():  # unit decoder rows (as train_topk_sae): the L1 cannot shrink them instead of the latents
-            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+        return mse + l1_coefficient * l1, mse
+
+    # unit decoder rows (as for the TopK SAE): the L1 penalty cannot shrink them instead of the latents
+    mse = _optimise(params, cfg, n, gen, loss_of)
     with torch.no_grad():
         tc = SparseAutoencoder(
             W_enc=params["W_enc"].detach() * a, b_enc=params["b_enc"].detach(),
