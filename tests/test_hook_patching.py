@@ -99,9 +99,9 @@ def test_fast_equals_naive_at_every_hook_float32(model_type, span, request):
     assert cache.clean_passes == 1 and window_start(LAYER, hooks[0]) == LAYER
 
 
-@pytest.mark.parametrize("model_type", ["gemma3", "llama", "gemma2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ALL)
 def test_fast_equals_naive_at_every_hook_float64(model_type, request):
-    """One family per block layout; spans of 4: exact to 1e-9."""
+    """Every family, every hook; spans of 4 (their first position is a single-site splice's): exact to 1e-9."""
     with float64_reference(model_type), gemma_norm_in_input_dtype():
         m = load_model(model_dir(request, model_type), dtype="float64")
         ids = document(m)
