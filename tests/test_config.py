@@ -16,8 +16,12 @@ def test_demo_and_production_configs_validate(root):
     assert demo["run"] == "demo" and demo["sites"]["max_sites"] == 2 * demo["sites"]["shard_size"]
     assert demo["model"]["layer"] == [1, 3] and demo["patch"]["spans"] == [1, 4, 16]
     # an SAE suite of three sparsities for the frontier; the span splices for two routes, every other route at span 1
-    saes = {name: r for name, r in demo["routes"].items() if r["kind"] == "sae"}
+    saes = {name: r for name, r in demo["routes"].items() if r["kind"] == "sae" and "hook" not in r}
     assert len(saes) == len(demo["demo"]["sae"]["k"]) == 3
+    # and inside block 3, at their hooks: an MLP-out SAE, an attention (hook_z) SAE and a skip transcoder
+    inside = {name: (r.get("hook_in", r["hook"]), r["hook"], r["layer"]) for name, r in demo["routes"].items() if "hook" in r}
+    assert sorted(inside.values()) == [("attn_z", "attn_z", 3), ("mlp_in", "mlp_out", 3), ("mlp_out", "mlp_out", 3)]
+    assert demo["demo"]["sae"]["sublayer"]["layer"] == 3
     assert {tuple(r.get("spans") or demo["patch"]["spans"]) for r in demo["routes"].values()} == {(1,), (1, 4, 16)}
     prod = load_config(root / "config/gemma3-27b.yaml")
     assert prod["model"]["layer"] == 41 and prod["corpus"]["rows"] == [100000, 100200]
