@@ -77,7 +77,7 @@ try:
     check_targets(
         sys.argv[1:],
         f"results/{config['run']}",
-        {p.name: routes_at(config, p) for p in run_points(config)},
+        {p.name: routes_at(config, p) for p in gold_points(config)},  # a transcoder's input point has golds only
         run_spans(config),
     )
 except CausalKLError as _err:

@@ -248,7 +248,7 @@ def test_every_output_the_workflow_plans_passes_the_target_check(wd):
     """No false alarm: each file a full plan names (demo sweep, spans, run level) is a target the check lets through."""
     import re
 
-    from causal_kl.config import load_config, routes_at, run_layers, run_spans
+    from causal_kl.config import gold_points, load_config, routes_at, run_spans
 
     out = snakemake(wd, "-n", "--forceall")
     outputs = set(re.findall(r"output: ([^\n]+)", out))
@@ -260,4 +260,8 @@ def test_every_output_the_workflow_plans_passes_the_target_check(wd):
     others = ("sae_k04", "sae_k64", "pca", "text_channel")
     assert not any(f"/span{k}/" in p and f"/{r}" in p for p in paths for k in (4, 16) for r in others)
     assert any(p.endswith("report/L1/sae_k04.html") for p in paths) and any(p.endswith("L3/tables/frontier.csv") for p in paths)
-    checks.check_targets(paths, "results/demo", {l: routes_at(demo, l) for l in run_layers(demo)}, run_spans(demo))
+    # and the demo's points inside block 3: its three SAEs there, the transcoder's input golds (a gold-only point)
+    assert any("L3.mlp_out/span1/patch/skip_transcoder" in p for p in paths) and any("L3.attn_z/tables/routes.csv" in p for p in paths)
+    assert any(p.endswith("L3.mlp_in/gold.parquet") for p in paths) and not any("L3.mlp_in/span" in p for p in paths)
+    assert not any("L3.mlp_out/span4" in p for p in paths)  # a point inside a block is patched at its routes' spans only
+    checks.check_targets(paths, "results/demo", {p.name: routes_at(demo, p) for p in gold_points(demo)}, run_spans(demo))
