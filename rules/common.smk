@@ -514,6 +514,22 @@ def route_path(wildcards, key="path"):
     return layer_path(route_config(wildcards)[key], wildcards.layer)
 
 
+def demo_sublayer_golds(role):
+    """An input function of ``demo_sublayer_sae``: the training golds of a demo SAE inside a block, at its hook (a skip
+    transcoder's targets at mlp_out, ``role="target"``, and its inputs at mlp_in, ``role="input"``; none for an SAE)."""
+
+    def golds(w):
+        start, stop = config["demo"]["sae"]["train_rows"]
+        transcoder = w.kind == "skip_transcoder"
+        if role == "input" and not transcoder:
+            return []
+        hook = ("mlp_in" if role == "input" else "mlp_out") if transcoder else w.kind
+        path = f"{R}/L{w.layer}.{hook}/train_gold/rows_{start}_{stop}.parquet"
+        return [path] if role == "input" else path
+
+    return golds
+
+
 def train_rows_gold(wildcards):
     """Training golds are shared by every route that trains on the same rows (none for routes that do not train)."""
     entry = route_config(wildcards)

@@ -73,21 +73,6 @@ if config.get("demo"):
         script:
             "../workflow_scripts/demo_sae.py"
 
-    def demo_sublayer_golds(role):
-        """An input function: the training golds of a demo SAE inside a block, at its hook (a skip transcoder's
-        targets at mlp_out, ``role="target"``, and its inputs at mlp_in, ``role="input"``; nothing for an SAE)."""
-
-        def golds(w):
-            start, stop = DEMO["sae"]["train_rows"]
-            transcoder = w.kind == "skip_transcoder"
-            if role == "input" and not transcoder:
-                return []
-            hook = ("mlp_in" if role == "input" else "mlp_out") if transcoder else w.kind
-            path = f"{R}/L{w.layer}.{hook}/train_gold/rows_{start}_{stop}.parquet"
-            return [path] if role == "input" else path
-
-        return golds
-
     rule demo_sublayer_sae:
         wildcard_constraints:
             kind="|".join(DEMO_SUBLAYER_KINDS),
