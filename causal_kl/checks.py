@@ -20,6 +20,7 @@ from typing import Any
 
 from causal_kl import families
 from causal_kl.errors import CausalKLError
+from causal_kl.hooks import RESID_POST
 
 DEMO_PATHS = {"corpus": "resources/demo/corpus.parquet", "model": "resources/demo/model"}
 """Where the demo builds its corpus and model: with its SAEs, the only places a rule may write outside results/ and logs/."""
@@ -269,10 +270,21 @@ def check_routes(routes: dict, eval_rows: list[int], layers: list[int], source: 
     return resolved
 
 
+RESIDUAL_ONLY_KINDS = ("text_channel", "nla_ar", "nla_av")
+"""Route kinds whose reconstruction reads a vector as the residual stream: refused at a hook inside a block."""
+
+
 def check_route_hooks(routes: dict, model_config: dict | None, model: str, source: str = "config") -> None:
     """Every route's ``hook`` is one the model's blocks have (``families.check_hook`` against its config.json): one
     line naming the hooks it has. Nothing to check without a config.json (the demo's model is built by the run, a hub
-    id not cached here: the job's ``LoadedModel.hook_module`` says it then)."""
+    id not cached here: the job's ``LoadedModel.hook_module`` says it then). Routes that read a vector as the residual
+    stream (a text channel's logit lens, an NLA's verbaliser) sit at the residual stream only."""
+    for name, route in routes.items():
+        if route["kind"] in RESIDUAL_ONLY_KINDS and route.get("hook", RESID_POST) != RESID_POST:
+            raise CausalKLError(source, f"routes.{name}.hook",
+                                f"a {route['kind']} route reads its vectors as the residual stream (the logit lens, an "
+                                f"NLA's verbaliser), not as {route['hook']}",
+                                f"remove routes.{name}.hook (or use a pca, file or sae route at {route['hook']})")
     if model_config is None:
         return
     family = families.check_family(model_config, f"{model}/config.json", model)

@@ -367,6 +367,12 @@ def test_a_route_hook_the_family_lacks_is_one_line_at_parse_time(tmp_path, corpu
     assert "mlp_out" in msg and "Fix:" in msg
     cfg["routes"] = {"out": {**route, "hook": "mlp_out"}}
     checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+    # a text channel reads its vectors as the residual stream (the logit lens): never at a hook inside a block
+    cfg["routes"] = {"tc": {"kind": "text_channel", "train_rows": [20, 30], "hook": "mlp_out"}}
+    with pytest.raises(CausalKLError) as e:
+        checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: routes.tc.hook: ") and "residual stream" in msg, msg
 
 
 def _validated(cfg: dict) -> dict:
