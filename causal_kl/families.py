@@ -130,8 +130,8 @@ def check_family(model_config: dict, where: str, model: str) -> Family:
     if family is not None:
         return family
     archs = model_config.get("architectures") or ["?"]
-    raise CausalKLError(
-        where, "architectures",
+    raise CausalKLError(  # the field read to decide: model_type (architectures only where a config has none)
+        where, "model_type" if model_type else "architectures",
         f"{model} is {archs[0]} ('{model_type}'), {_kind(model_config)}: causal-kl patches decoder-only causal LMs of the "
         f"families {supported()}",
         "point model.path at a model of one of those families",

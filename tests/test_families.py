@@ -231,7 +231,7 @@ def test_a_family_we_cannot_patch_is_one_line_at_parse_time(case, tmp_path, corp
     with pytest.raises(CausalKLError) as e:
         checks.check_run(run_config(folder, corpus_path), "run.yaml", local_exec=False)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{folder}/config.json: architectures: {folder} is {words}: "), msg
+    assert "\n" not in msg and msg.startswith(f"{folder}/config.json: model_type: {folder} is {words}: "), msg
     assert f"the families {families.supported()}" in msg and "Gemma-2" in msg and "GPT-NeoX/Pythia" in msg and "Fix:" in msg
 
 

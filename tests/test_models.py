@@ -57,7 +57,7 @@ def test_not_a_causal_lm(tmp_path):
         load_model(tmp_path / "vit")
     # an encoder that transformers will wrap as a "causal LM" is refused from its config, before any weight is read
     BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "bert")
-    with pytest.raises(CausalKLError, match=r"bert/config.json: architectures: .*bert is BertModel \('bert'\), an encoder: "
+    with pytest.raises(CausalKLError, match=r"bert/config.json: model_type: .*bert is BertModel \('bert'\), an encoder: "
                                             r"causal-kl patches .* the families Gemma-3, .*GPT-2"):
         load_model(tmp_path / "bert")
     (tmp_path / "empty").mkdir()
