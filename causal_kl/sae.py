@@ -138,7 +138,6 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     check_sparsify_tensors,
     sparsify_names,
     gemma_scope_config,
-    gemma_scope_hook,
     gemma_scope_names,
     locate_sae,
     missing_scaler_error,
@@ -148,7 +147,6 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     read_saelens_cfg,
     read_sparsify_cfg,
     required_tensors,
-    resid_post_hook,
     saelens_files,
     scaler_factor,
 )
