@@ -313,14 +313,9 @@ def gold_points(config: dict) -> list[Point]:
     return sorted(points, key=_point_order)
 
 
-def as_point(point: Point | int | str) -> Point:
-    """A point, a layer (its resid_post point) or a point name (``"3"``, ``"3.mlp_out"``) as a ``Point``."""
-    return point if isinstance(point, Point) else parse_point(point)
-
-
 def routes_at(config: dict, point: Point | int | str) -> list[str]:
     """The routes of the run at ``point`` (a layer alone: its resid_post point), in name order."""
-    point = as_point(point)
+    point = parse_point(point)
     return [r for r in sorted(config.get("routes") or {}) if point in route_points(config, r)]
 
 
@@ -343,7 +338,7 @@ def routes_at_span(config: dict, point: Point | int | str, span: int) -> list[st
 def layer_path(template: str, layer: Point | int | str) -> str:
     """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds): a
     point's layer (a point name such as ``"3.mlp_out"`` fills in ``3``)."""
-    return template.replace("{layer}", str(as_point(layer).layer))
+    return template.replace("{layer}", str(parse_point(layer).layer))
 
 
 def is_production(config: dict) -> bool:

@@ -98,8 +98,10 @@ def point_name(layer: int, hook: str = RESID_POST) -> str:
 _POINT = re.compile(r"^(\d+)(?:\.([a-z_]+))?$")
 
 
-def parse_point(name: str | int) -> Point:
-    """``"12"`` / ``12`` -> Point(12, resid_post); ``"12.mlp_out"`` -> Point(12, mlp_out)."""
+def parse_point(name: "Point | str | int") -> Point:
+    """``"12"`` / ``12`` -> Point(12, resid_post); ``"12.mlp_out"`` -> Point(12, mlp_out); a Point as it is."""
+    if isinstance(name, Point):
+        return name
     m = _POINT.match(str(name))
     if not m or (m.group(2) is not None and m.group(2) not in SUBLAYER_HOOKS):
         raise ValueError(f"not a point name: {name!r} (a layer, or layer.hook with hook one of {', '.join(SUBLAYER_HOOKS)})")

@@ -11,7 +11,7 @@ import pyarrow as pa
 from causal_kl.contracts import GOLD, REEXTRACT
 from causal_kl.errors import CausalKLError
 from causal_kl.io import provenance as provenance_record
-from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_gold, read_parquet, read_sites,
+from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_gold, read_sites,
                           write_json, write_parquet)
 from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.jobs import model_job
@@ -31,7 +31,7 @@ def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = 
 
     loaded = get_model(model["path"], dtype, device, model.get("attn_implementation", "auto"), with_tokenizer)
     if layer is not None:
-        point = parse_point(layer) if not isinstance(layer, Point) else layer
+        point = parse_point(layer)
         loaded.check_layer(point.layer)
         if point.hook != RESID_POST:
             loaded.hook_module(point.layer, point.hook)  # one line when the model's blocks have no such hook
