@@ -127,9 +127,21 @@ def tl_hook(hook_name: str) -> Point | None:
     return Point(block, hook) if hook else None
 
 
+FEEDS_MLP = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+"""Norms whose output is the MLP's input in some family (Gemma's pre-feedforward norm; Llama's and GPT-NeoX's
+post-attention norm; GPT-2's ``ln_2``): ``<norm>.output`` is read as ``mlp.input`` where the family's own table
+has no hook at ``<norm>.output`` (Gemma Scope 2's transcoders read ``pre_feedforward_layernorm.output``)."""
+
+
+def is_module_path(name: str) -> bool:
+    """Whether a hook name is a transformers module path inside a block (``model.layers.L.<module>[.input|.output]``)."""
+    return bool(_HF_HOOK.match(name.strip()))
+
+
 def hf_hook(hf_name: str, family_hooks: dict[str, HookModule]) -> Point | None:
     """A transformers module path (``model.layers.L.post_feedforward_layernorm.output``, SAELens' ``hf_hook_name``)
-    -> its point, read against one family's table (``families.Family.hooks``); None when no hook of the family is there."""
+    -> its point, read against one family's table (``families.Family.hooks``; ``<norm>.output`` of a norm of
+    ``FEEDS_MLP`` is ``mlp.input`` where the table has nothing there); None when no hook of the family is there."""
     m = _HF_HOOK.match(hf_name.strip())
     if not m:
         return None
@@ -138,4 +150,6 @@ def hf_hook(hf_name: str, family_hooks: dict[str, HookModule]) -> Point | None:
     for hook, where in family_hooks.items():
         if where.module == module and where.side == want:
             return Point(block, hook)
+    if module in FEEDS_MLP and want == "out":
+        return hf_hook(f"layers.{block}.mlp.input", family_hooks)
     return None

@@ -103,26 +103,17 @@ _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 _HF_LAYER_OUT = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)(?:\.output)?$")
 _EMBED = ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte")
 
-_FEEDS_MLP = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
-"""Norms whose output is the MLP's input in some family (Gemma's pre-feedforward norm; Llama's and GPT-NeoX's
-post-attention norm; GPT-2's ``ln_2``): ``<norm>.output`` is read as ``mlp.input`` where the family's own table
-has no hook at ``<norm>.output`` (Gemma Scope 2's transcoders read ``pre_feedforward_layernorm.output``)."""
-
 
 def hf_point(hf_name: str, family_hooks=None) -> H.Point | None:
     """A transformers module path -> its point, by one family's table (``families.Family.hooks``), or without a family
     by every family's that has the module (None when they disagree or none has it). ``<norm>.output`` of a norm that
-    feeds the MLP is ``mlp.input`` (``_FEEDS_MLP``)."""
+    feeds the MLP is ``mlp.input`` (``causal_kl.hooks.FEEDS_MLP``)."""
     from causal_kl.families import FAMILIES
 
     tables = [family_hooks] if family_hooks is not None else [f.hooks for f in FAMILIES]
     found = set()
     for table in tables:
         point = H.hf_hook(hf_name, table)
-        if point is None:
-            m = H._HF_HOOK.match(hf_name.strip())
-            if m and m.group(2) in _FEEDS_MLP and (m.group(3) or "output") == "output":
-                point = H.hf_hook(f"layers.{m.group(1)}.mlp.input", table)
         if point is not None:
             found.add(point)
     return found.pop() if len(found) == 1 else None
@@ -536,7 +527,7 @@ def sparsify_hook(folder: str | Path) -> str | None:
     hook is checked). A folder name that is no module name (a folder the user renamed) says nothing: None."""
     name = sparsify_hookpoint(folder)
     site = parse_hook_name(name)
-    if site.point is not None or site.kind == "embed" or H._HF_HOOK.match(name):
+    if site.point is not None or site.kind == "embed" or H.is_module_path(name):
         return site.hook_name
     return None
 
@@ -706,7 +697,7 @@ def sae_points(file: str | Path, *, d_in: int, d_out: int, hook_name: str | None
         return site
 
     def not_a_hook(site: HookSite, field: str) -> CausalKLError:
-        lacks = f" ({family.name} has no module there)" if family is not None and H._HF_HOOK.match(site.hook_name) else ""
+        lacks = f" ({family.name} has no module there)" if family is not None and H.is_module_path(site.hook_name) else ""
         want = H.Point(layer, route_hook or H.RESID_POST).saelens_name()
         return CausalKLError(file, field, f"the SAE was trained at {site.describe()}{lacks}: no hook causal-kl splices at",
                              f"use an SAE trained at a hook of a block (e.g. {want})")
