@@ -6,7 +6,9 @@ d 5376, 54 GB in bf16) to fast local storage, a local corpus parquet of 200 docu
 runs ``snakemake`` on ``config/gemma3-27b.yaml`` with only the model and corpus paths and the routes
 overridden: first with one ``file`` route, then with a second one added. It prints, for each run, the wall
 time of each stage (from Snakemake's own log), the model loads (from the jobs' logs), and the share of the
-wall time the patch engine computed; and it writes everything as JSON.
+wall time the patch engine computed, and the model timeline from the servers' own ``model_server.jsonl``
+(``causal_kl.timeline``: time to the first model request, loads, busy seconds and share, the gaps between requests
+and the tail after the last one); and it writes everything as JSON.
 
     python benchmarks/e2e_gpu.py --shape 27b --device cuda --dtype bfloat16 --workdir /dev/shm/ckl-e2e
     python benchmarks/e2e_gpu.py --shape tiny --device cpu --dtype float32 --workdir /tmp/ckl-e2e   # seconds; the tests
@@ -124,7 +126,16 @@ def run_snakemake(workdir: Path, configfile: Path, cores: int, label: str) -> di
                          + (res.stdout + res.stderr)[-3000:])
     logs = sorted(set((workdir / ".snakemake/log").glob("*.log")) - before)
     text = logs[-1].read_text() if logs else ""
-    return {"wall_s": round(wall, 1), "stages": stage_times(text), "log": str(logs[-1]) if logs else None}
+    return {"wall_s": round(wall, 1), "stages": stage_times(text), "log": str(logs[-1]) if logs else None,
+            "window": (t0, t0 + wall)}
+
+
+def model_timeline(workdir: Path, run: str, window: tuple[float, float]) -> dict:
+    """The invocation's model timeline (``causal_kl.timeline``) from the servers' own ``model_server.jsonl``."""
+    from causal_kl.timeline import read_events, server_timeline
+
+    events = [e for f in sorted((workdir / "logs" / run).rglob("model_server.jsonl")) for e in read_events(f)]
+    return server_timeline(events, *window)
 
 
 def job_log_facts(workdir: Path, run: str, since: float) -> dict:
@@ -180,6 +191,7 @@ def main(argv=None) -> int:
     if args.bootstrap is not None:
         config.setdefault("analysis", {})["bootstrap"] = args.bootstrap
     from causal_kl.config import validate_config
+    from causal_kl.timeline import format_timeline
 
     d = json.loads((model_dir / "config.json").read_text())["hidden_size"]
     routes = {}
@@ -195,10 +207,12 @@ def main(argv=None) -> int:
         since = time.time()
         r = run_snakemake(wd, cfg_path, args.cores, label)
         r.update(job_log_facts(wd, "e2e", since))
+        r["timeline"] = model_timeline(wd, "e2e", r.pop("window"))
         r["patch_share"] = round(r["patch_compute_s"] / r["wall_s"], 3) if r["wall_s"] else None
         runs[label] = r
         print(f"{label}: {r['wall_s']} s end to end, {r['model_loads']} model load(s), patch compute "
               f"{r['patch_compute_s']} s ({100 * (r['patch_share'] or 0):.0f}% of the wall)", flush=True)
+        print(f"    model timeline: {format_timeline(r['timeline'])}", flush=True)
         for stage, v in sorted(r["stages"].items(), key=lambda kv: -kv[1]["seconds"]):
             print(f"    {stage:22s} {v['jobs']:3d} job(s) {v['seconds']:7.1f} s", flush=True)
         if args.json:

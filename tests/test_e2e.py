@@ -26,3 +26,9 @@ def test_e2e_benchmark_at_a_tiny_shape(root, tmp_path):
     assert "gold" not in two["stages"] and "patch_floors" not in two["stages"] and "patch_route" in two["stages"]
     assert one["stages"]["gold"]["jobs"] == one["stages"]["patch_floors"]["jobs"] == 1  # 24 sites: one shard
     assert 0 < one["patch_compute_s"] <= one["wall_s"] and r["checkpoint"]["layer"] == 3
+    # the model timeline, from the server's own records, agrees with the jobs' logs and Snakemake's plan
+    for run in (one, two):
+        t = run["timeline"]
+        assert t["loads"] == run["model_loads"] and 0 < t["busy_s"] <= t["wall_s"] and t["tail_s"] >= 0
+        assert t["requests"] >= sum(run["stages"][k]["jobs"] for k in ("patch_route",))
+        assert t["gaps"] <= t["requests"] - 1 and 0 <= t["gap_total_s"] < t["wall_s"]

@@ -1,0 +1,87 @@
+"""Where a run's model time goes, from the model server's own event records (``model_server.jsonl``).
+
+The server appends one JSON line per ``start``, ``load`` and ``request`` (``causal_kl.server.Server.record``); a
+request record carries its wall-clock ``start`` and its ``seconds``, a load the request it happened in and its
+``seconds``. ``server_timeline`` reads the records of one invocation (a window of wall-clock time) and says what
+issue #32 measures: the time from the invocation's start to its first model request, the loads (and whether one
+sat on a request's path), the seconds the server was busy (requests merged where they overlap), the gaps between
+requests (count, median, total), the tail after the last request, and the busy share of the wall.
+
+No job log is read: the records are the server's, written as it works, one ``write`` per line.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """The records of a ``model_server.jsonl`` (several servers may share one file); a torn last line is skipped."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "event" in rec:
+            out.append(rec)
+    return out
+
+
+def _merged(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def server_timeline(events: list[dict], start: float, end: float) -> dict[str, Any]:
+    """The timeline of the invocation that ran from ``start`` to ``end`` (wall-clock seconds).
+
+    Requests are those that started inside the window. Busy time is the union of their intervals; a gap is the idle
+    time between one busy interval's end and the next one's start. ``load_on_request_path``: a load happened inside
+    a request (its seconds were waited for by a job) rather than before the first request."""
+    wall = max(end - start, 0.0)
+    reqs = sorted((r for r in events if r.get("event") == "request" and start <= float(r.get("start", -1)) <= end),
+                  key=lambda r: float(r["start"]))
+    servers = [r for r in events if r.get("event") == "start" and start <= float(r.get("time", -1)) <= end]
+    loads = [r for r in events if r.get("event") == "load" and start <= float(r.get("time", -1)) <= end]
+    busy = _merged((float(r["start"]), float(r["start"]) + float(r.get("seconds", 0.0))) for r in reqs)
+    gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
+    busy_s = sum(b - a for a, b in busy)
+    out: dict[str, Any] = {
+        "wall_s": round(wall, 2),
+        "servers_started": len(servers),
+        "requests": len(reqs),
+        "loads": len(loads),
+        "load_s": round(sum(float(r.get("seconds", 0.0)) for r in loads), 2),
+        "load_on_request_path": any(r.get("request") is not None for r in loads),
+        "first_request_s": round(busy[0][0] - start, 2) if busy else None,
+        "busy_s": round(busy_s, 2),
+        "busy_share": round(busy_s / wall, 3) if wall else None,
+        "gaps": len(gaps),
+        "gap_median_s": round(statistics.median(gaps), 3) if gaps else None,
+        "gap_total_s": round(sum(gaps), 2),
+        "tail_s": round(end - busy[-1][1], 2) if busy else None,
+    }
+    return out
+
+
+def format_timeline(t: dict[str, Any]) -> str:
+    """One line of the figures, as the benchmark prints them."""
+    def s(v: Any, unit: str = " s") -> str:
+        return "-" if v is None else f"{v}{unit}"
+
+    load = f"{t['loads']} ({s(t['load_s'])}{', on a request' if t['load_on_request_path'] else ''})"
+    return (f"requests {t['requests']}, load {load}, first request at {s(t['first_request_s'])}, busy "
+            f"{s(t['busy_s'])} ({100 * (t['busy_share'] or 0):.0f}%), gaps {t['gaps']} "
+            f"(median {s(t['gap_median_s'])}, total {s(t['gap_total_s'])}), after the last request {s(t['tail_s'])}")
