@@ -101,10 +101,6 @@ def checkpoint_tensors(path: str | Path) -> dict[str, TensorEntry]:
     return out
 
 
-def is_local(path: str | Path) -> bool:
-    return Path(path).exists()
-
-
 def fingerprint(path: str | Path) -> str:
     """A short id of what a model folder holds: config.json's bytes, each weight file's name, size and mtime.
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from causal_kl.errors import CausalKLError
 
@@ -131,11 +131,6 @@ def runs_model_jobs(argv: list[str]) -> bool:
             break
         rules += arg.split()
     return any(r in RULE_MODELS for r in rules)
-
-
-def group_rules(names: Iterable[str]) -> dict[str, str]:
-    """``{rule: group}`` for the model rules among ``names`` (what the workflow assigns)."""
-    return {n: GROUPED_RULES[n] for n in names if n in GROUPED_RULES}
 
 
 _CHECK_LOOP = "for group in self._group.values():"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import threading
@@ -183,16 +182,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise CausalKLError("config", "dtype", f"unknown dtype {dtype!r}", f"use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
-
-
-def _read_model_config(path: str) -> dict | None:
-    cfg = Path(path) / "config.json"
-    if cfg.exists():
-        try:
-            return json.loads(cfg.read_text())
-        except json.JSONDecodeError as e:
-            raise CausalKLError(cfg, None, f"not valid JSON ({e})", "re-save the model with save_pretrained") from e
-    return None
 
 
 def load_model(
