@@ -230,3 +230,35 @@ def see_cancelled_slurm_jobs(plugin=None) -> bool:
     query_base_states.sees_cancelled_jobs = True
     plugin.query_job_status = query_base_states
     return True
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def apply_cluster_shims(dag_class=None, plugin=None) -> list[str]:
+    """Put both wrappers in place for a cluster run; one warning line for each that could not be (the installed
+    source is not the one they were written against), naming the version seen and what the run loses without it.
+    The Snakefile logs them, so a user on another Snakemake or plugin version learns it from the run's log."""
+    warnings = []
+    if not check_each_group_once(dag_class):
+        warnings.append(
+            f"causal-kl: Snakemake {_version('snakemake')}'s DAG._check_groups is not the one check_each_group_once "
+            "was written for (tested: 9.27): the group check runs once per member, so planning a 100k-site study "
+            "under SLURM may take minutes instead of seconds (results are unaffected)")
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+        have_plugin = True
+    except ImportError:
+        have_plugin = plugin is not None
+    if (have_plugin or plugin is not None) and not see_cancelled_slurm_jobs(plugin):
+        warnings.append(
+            f"causal-kl: snakemake-executor-plugin-slurm {_version('snakemake-executor-plugin-slurm')} does not call "
+            "query_job_status from check_active_jobs as 2.8 does, so see_cancelled_slurm_jobs is not applied: an "
+            "allocation cancelled with scancel may be waited on for ever (cancel the snakemake run too, then rerun)")
+    return warnings

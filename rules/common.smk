@@ -8,18 +8,18 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from causal_kl.cluster import (
     GROUPED_RULES,
     LAYER_GROUPS,
     SHARD_GROUPS,
-    check_each_group_once,
+    apply_cluster_shims,
     check_groups,
     runs_model_jobs,
     layer_group_id,
     register,
-    see_cancelled_slurm_jobs,
     shard_group_id,
     shards_per_allocation,
 )
@@ -121,10 +121,11 @@ CLUSTER_GROUPS = workflow.remote_exec or submits_to_cluster(sys.argv[1:])
 (or dry run) has none, as Snakemake would ignore them there, and so skips its group checks."""
 
 if CLUSTER_GROUPS:
-    # Snakemake checks each group once per member (DAG._check_groups): quadratic in a block's jobs; once is enough
-    check_each_group_once()
-    # the SLURM plugin reads sacct's "CANCELLED by <uid>" as running: a scancel'd allocation would be waited on for ever
-    see_cancelled_slurm_jobs()
+    # Snakemake checks each group once per member (DAG._check_groups): quadratic in a block's jobs; once is enough.
+    # The SLURM plugin reads sacct's "CANCELLED by <uid>" as running: a scancel'd allocation would be waited on for ever.
+    # Each wrapper that does not fit the installed source says so in the log, with what the run loses.
+    for warning in apply_cluster_shims():
+        logger.warning(warning)
 
 
 def model_group(rule):

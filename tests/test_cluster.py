@@ -8,6 +8,7 @@ the one-shard rerun) is tests/test_slurm.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import shlex
 import subprocess
 import sys
@@ -320,3 +321,35 @@ def test_more_than_1000_shards_plan(study, tmp_path):
     assert {g: n for g, n in groups.items() if g.startswith("extract-")} == \
         {f"extract-{b}": min(k["extract"], 1002 - b * k["extract"]) for b in range(-(-1002 // k["extract"]))}
     assert len([g for g in groups if g.startswith("patch-")]) == -(-1002 // k["patch"])
+
+
+def test_a_shim_that_does_not_fit_says_so_with_the_version_and_the_cost(monkeypatch):
+    """Where the installed Snakemake or plugin is not the source a wrapper was written for, the run's log gets one
+    line each (version seen, what is lost); where both fit, none."""
+    from causal_kl.cluster import apply_cluster_shims
+
+    class OtherDAG:  # a Snakemake whose group check reads its groups some other way
+        def _check_groups(self):
+            return [g for g in getattr(self, "groups", ())]
+
+    async def query_job_status(command, logger):
+        return {}, 0.0
+
+    class Executor:
+        async def check_active_jobs(self, active_jobs):
+            yield None
+
+    other_plugin = SimpleNamespace(query_job_status=query_job_status, Executor=Executor)
+    warnings = apply_cluster_shims(OtherDAG, other_plugin)
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings)
+    snakemake_version = importlib.metadata.version("snakemake")
+    assert f"Snakemake {snakemake_version}" in warnings[0] and "once per member" in warnings[0]
+    assert "snakemake-executor-plugin-slurm" in warnings[1] and "for ever" in warnings[1]
+    # the installed versions are the tested ones: both wrappers fit, nothing is said (each put back afterwards)
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
+    from snakemake.dag import DAG
+
+    monkeypatch.setattr(plugin, "query_job_status", plugin.query_job_status)
+    monkeypatch.setattr(DAG, "_check_groups", DAG._check_groups)
+    assert apply_cluster_shims() == []
