@@ -200,9 +200,9 @@ def _gemma_3(release: str, info: dict, sae: dict) -> Site:
 
 
 def _sparsify(release: str, info: dict, sae: dict) -> Site:
-    """``get_sparsify_config_from_disk``: the hookpoint folder (``layers.N`` -> resid_post; ``layers.N.mlp`` ...)."""
-    hook = fmt.sparsify_hook(str(sae["path"]))
-    return Site(None if hook is None else fmt.parse_hook_name(hook).hook_name)
+    """``get_sparsify_config_from_disk``: the hookpoint folder, a module path (``layers.N`` -> resid_post;
+    ``layers.N.mlp`` ... read by the model's family's table, as ``causal_kl.sae_format.sparsify_hook``)."""
+    return Site(fmt.sparsify_hookpoint(str(sae["path"])))
 
 
 def _connor_rob_hook_z(release: str, info: dict, sae: dict) -> Site:
@@ -291,7 +291,9 @@ def _point(hook: str | None, family: families.Family | None) -> tuple[H.Point | 
         return None, HOOK_NOT_KNOWN
     site = fmt.parse_hook_name(hook, family.hooks if family is not None else None)
     if site.point is None:
-        return None, NOT_A_BLOCK_HOOK if site.kind == "embed" else HOOK_NOT_KNOWN
+        if site.kind == "embed":
+            return None, NOT_A_BLOCK_HOOK
+        return None, HOOK_NOT_IN_FAMILY if family is not None and H.is_module_path(hook) else HOOK_NOT_KNOWN
     return site.point, None
 
 
