@@ -297,7 +297,8 @@ def _point(hook: str | None, family: families.Family | None) -> tuple[H.Point | 
     return site.point, None
 
 
-def _family(model_type: str | None) -> families.Family | None:
+def family_of(model_type: str | None) -> families.Family | None:
+    """The family of a catalogue model's ``model_type`` (its text config's for a multimodal one), None when not patched."""
     family = families.family_for(model_type)
     if family is None and model_type in TEXT_MODEL_TYPES:
         family = families.family_for(TEXT_MODEL_TYPES[model_type])
@@ -309,7 +310,7 @@ def classify(release: str, info: dict, sae: dict) -> Entry:
     converter = info.get("conversion_func")
     model = str(info.get("model"))
     model_type = MODEL_TYPES.get(model)
-    family = _family(model_type)
+    family = family_of(model_type)
     rule = SITE_RULES.get(converter)
     site = rule(release, info, sae) if rule is not None else Site(None)
     point_in, why_in = _point(site.hook_in, family)
@@ -396,16 +397,29 @@ def _few(values: set, n: int = 2) -> str:
     return ", ".join(v[:n]) + (f" +{len(v) - n}" if len(v) > n else "")
 
 
+def saelens_version() -> str:
+    """The installed sae-lens' version (``?`` when it has none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return "?"
+
+
 def total_line(items: list[Entry]) -> str:
     n, r = len(items), sum(e.read for e in items)
     releases = len({e.release for e in items})
-    return (f"total: {n:,} SAEs in {releases} releases (sae-lens {sae_hub._saelens_version()}): {r:,} read "
+    return (f"total: {n:,} SAEs in {releases} releases (sae-lens {saelens_version()}): {r:,} read "
             f"({100 * r / n:.1f}%), {n - r:,} refused" if n else "total: no SAEs")
 
 
 def render(items: list[Entry], by: str = "release", markdown: bool = False) -> str:
-    """The table ``causal-kl catalogue`` prints."""
+    """The table ``causal-kl catalogue`` prints: per ``by`` value (``BY``) the SAEs, how many are read and refused,
+    the hook sites and the reasons; then the total."""
     table = rows(items, by)
+    if by != "release":  # releases in the YAML's order; the rest largest first
+        table.sort(key=lambda r: -r.saes)
     head = [by, "model(s)", "converter", "SAEs", "read", "refused", "hook sites", "why refused"]
     body = [[r.key, _few(r.models), _few(r.converters, 3), f"{r.saes:,}", f"{r.read:,}", f"{r.refused:,}",
              ", ".join(sorted(r.sites)), _reasons(r.reasons)] for r in table]

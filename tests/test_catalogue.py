@@ -165,8 +165,6 @@ def test_sites_are_the_hooks_saelens_loaders_derive(monkeypatch, tmp_path, entri
                         lambda repo, name: {"w_enc": [16, 32], "w_dec": [32, 16]})
     getters = loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS
     by_key = {(e.release, e.sae_id): e for e in entries}
-    from causal_kl.families import family_for
-
     checked = Counter()
     for release, info in yaml_releases.items():
         converter = info.get("conversion_func")
@@ -175,7 +173,8 @@ def test_sites_are_the_hooks_saelens_loaders_derive(monkeypatch, tmp_path, entri
         for sae in info["saes"]:
             entry = by_key[(release, str(sae["id"]))]
             cfg = getters[converter](info["repo_id"], str(sae["path"]), device="cpu")
-            table = C._family(entry.model_type).hooks if C._family(entry.model_type) else None
+            family = C.family_of(entry.model_type)
+            table = family.hooks if family is not None else None
             want_in = parse_hook_name(cfg["hook_name"], table)
             want_out = parse_hook_name(cfg["hook_name_out"], table).point if cfg.get("hook_name_out") else want_in.point
             assert (entry.point_in, entry.point_out) == (want_in.point, want_out), (release, sae["id"], cfg["hook_name"])
