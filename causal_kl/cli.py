@@ -81,11 +81,17 @@ def main(argv: list[str] | None = None) -> int:
             from causal_kl import catalogue
 
             items = catalogue.entries()
-            if args.refused:
-                print(catalogue.render_refused(items))
-                print(catalogue.total_line(items), file=sys.stderr)
-            else:
-                print(catalogue.render(items, args.by, args.markdown))
+            try:
+                if args.refused:
+                    print(catalogue.render_refused(items))
+                    print(catalogue.total_line(items), file=sys.stderr)
+                else:
+                    print(catalogue.render(items, args.by, args.markdown))
+                sys.stdout.flush()
+            except BrokenPipeError:  # `causal-kl catalogue | head`: the reader has seen enough
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except CausalKLError as e:
         print(f"causal-kl: {e}", file=sys.stderr)
         return 1

@@ -272,6 +272,13 @@ def _samples(entries: list) -> list:
     return out
 
 
+def test_every_format_read_has_a_sample_writer():
+    """A format counted as read is checked against its reader below: one added to ``sae_hub.CONVERTERS`` needs its
+    writer in ``SAMPLE_WRITERS`` (the files of one SAE of a release, as the hub holds them)."""
+    missing = sorted(set(sae_hub.CONVERTERS.values()) - set(SAMPLE_WRITERS))
+    assert not missing, f"add a writer to tests/test_catalogue.py SAMPLE_WRITERS for: {', '.join(missing)}"
+
+
 def test_the_reader_agrees_with_the_catalogue(tmp_path, monkeypatch, yaml_releases):
     releases = {**yaml_releases, **SPARSIFY_RELEASE}
     monkeypatch.setattr(sae_hub, "saelens_releases", lambda *a, **k: releases)
