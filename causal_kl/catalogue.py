@@ -2,24 +2,26 @@
 read or refused, from the catalogue's metadata alone (``causal-kl catalogue`` prints it; the README's table is its
 ``--markdown``).
 
-Each entry (release + SAE id) is classified by the same registries the readers use, so a format or a family added
-there is counted here without an edit:
-
-In this order, the first reason found refused:
+Each entry (release + SAE id) is classified by the registries the readers use, so a format or a family added
+there is counted here without an edit. It is read unless one of these refuses it (the first found, in this order,
+is its reason):
 
 - the format: ``causal_kl.sae_hub.CONVERTERS`` (SAELens' ``conversion_func`` -> the format read); a converter absent
   there, or one a newer sae-lens brings, is refused "format not read" (``NOT_READ`` gives the specific reason of
   the kinds refused on purpose: cross-layer transcoders, temporal SAEs);
 - the model: ``MODEL_TYPES`` maps the catalogue's ``model`` names (TransformerLens' ``gpt2-small``, hub ids such as
   ``google/gemma-3-27b-it``) to the Hugging Face ``model_type`` of their ``config.json``; a name not there is
-  refused "model not known"; ``causal_kl.families.family_for`` gives the family, none is "model family not patched";
+  refused "model not known";
+- a release trained on TransformerLens' model with ``center_writing_weights`` is refused, as ``sae_hub.release_sae``
+  refuses it;
+- the family: ``causal_kl.families.family_for`` of the model type (of its text config's for a multimodal one);
+  none is "model family not patched";
 - the hook site: ``SITE_RULES``, one rule per converter, reads the point(s) from the release's repo, the SAE's id
   and path as SAELens' loader for that converter derives its ``hook_name`` (see each rule); the family must have
-  the hook (``causal_kl.families.hook_modules``), a transcoder both of its hooks, its output after its input;
+  the hook (``causal_kl.families.hook_modules``), a transcoder both of its hooks, its output after its input; the
+  embeddings are no hook of a block;
 - the architecture, where the catalogue says it (``dictionary_learning_1`` release names; temporal SAEs): one not in
-  ``causal_kl.sae_format.ARCHITECTURES`` is refused;
-- a release trained on TransformerLens' model with ``center_writing_weights`` is refused, as ``sae_hub.release_sae``
-  refuses it.
+  ``causal_kl.sae_format.ARCHITECTURES`` is refused.
 
 **SAELens' own format (conversion_func null)**: the hook is in each SAE's ``cfg.json``, which the catalogue does
 not hold. Every release of sae-lens 6.54 names its SAEs by that hook (the id is ``blocks.L.hook_...``, a
@@ -312,7 +314,10 @@ def classify(release: str, info: dict, sae: dict) -> Entry:
     model_type = MODEL_TYPES.get(model)
     family = family_of(model_type)
     rule = SITE_RULES.get(converter)
-    site = rule(release, info, sae) if rule is not None else Site(None)
+    try:
+        site = rule(release, info, sae) if rule is not None else Site(None)
+    except (KeyError, TypeError, ValueError, AttributeError):  # an entry of a newer YAML the rule cannot parse
+        site = Site(None)
     point_in, why_in = _point(site.hook_in, family)
     point_out, why_out = _point(site.hook_out, family) if site.hook_out else (point_in, why_in)
     reason = None
@@ -335,7 +340,7 @@ def classify(release: str, info: dict, sae: dict) -> Entry:
     elif site.architecture is not None and site.architecture not in fmt.ARCHITECTURES:
         reason = NOT_READ.get(site.architecture, f"architecture {site.architecture} not read")
     hook = f"{site.hook_in} -> {site.hook_out}" if site.hook_out else site.hook_in
-    return Entry(release, str(sae["id"]), model, converter, hook, sae_hub.CONVERTERS.get(converter), model_type,
+    return Entry(release, str(sae.get("id")), model, converter, hook, sae_hub.CONVERTERS.get(converter), model_type,
                  family.name if family is not None else None, point_in, point_out, site.architecture, reason)
 
 

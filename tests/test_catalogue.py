@@ -32,7 +32,7 @@ from causal_kl import catalogue as C
 from causal_kl import sae_hub
 from causal_kl.cli import main
 from causal_kl.errors import CausalKLError
-from causal_kl.hooks import RESID_POST
+from causal_kl.hooks import RESID_POST, Point
 from causal_kl.sae_format import parse_hook_name
 from fixtures import lay_out_hub_cache
 
@@ -119,6 +119,11 @@ def test_an_unknown_conversion_func_or_model_is_refused_not_an_error(tmp_path, m
                              "saes": [{"id": f"blocks.{i}.hook_resid_post", "path": f"layer_{i}"} for i in range(3)]},
         "new-model": {"repo_id": "someone/other-saes", "model": "acme/never-seen-7b", "conversion_func": None,
                       "saes": [{"id": "blocks.1.hook_resid_post", "path": "blocks.1.hook_resid_post"}]},
+        # SAELens' format, ids that are no hook names: the release's name says the kind, the path the layer; an entry
+        # with neither (or no path at all) is "hook not known", not an error
+        "acme-gpt2-small-mlp-out-v1": {"repo_id": "acme/saes", "model": "gpt2-small", "conversion_func": None,
+                                       "saes": [{"id": "first", "path": "v1_layer_3"}, {"id": "second", "path": "misc"},
+                                                {"id": "third"}]},
     }
     path = tmp_path / "pretrained_saes.yaml"
     path.write_text(yaml.safe_dump({**keep, **new}, sort_keys=False))
@@ -128,11 +133,16 @@ def test_an_unknown_conversion_func_or_model_is_refused_not_an_error(tmp_path, m
     out = capsys.readouterr().out
     n_keep = sum(len(v["saes"]) for v in keep.values())
     n, releases, read, _ = _total(out)
-    assert (n, releases) == (n_keep + 4, 4)
+    assert (n, releases) == (n_keep + 7, 5)
     line = next(l for l in out.splitlines() if l.startswith("brand-new-format"))
     assert re.search(r"\b3\s+0\s+3\b", line) and "format not read (3)" in line
     line = next(l for l in out.splitlines() if l.startswith("new-model"))
     assert re.search(r"\b1\s+0\s+1\b", line) and "model not known (1)" in line
+    line = next(l for l in out.splitlines() if l.startswith("acme-gpt2-small-mlp-out-v1"))
+    assert re.search(r"\b3\s+1\s+2\s+\?, mlp_out\s+hook not known from the catalogue \(2\)", line), line
+    acme = C.entries(yaml.safe_load(path.read_text()))
+    assert [(e.sae_id, e.point_in, e.reason) for e in acme if e.release.startswith("acme")] == [
+        ("first", Point(3, "mlp_out"), None), ("second", None, C.HOOK_NOT_KNOWN), ("third", None, C.HOOK_NOT_KNOWN)]
     assert main(["catalogue", "--refused"]) == 0
     refused = capsys.readouterr().out
     assert "brand-new-format / blocks.2.hook_resid_post: format not read" in refused
