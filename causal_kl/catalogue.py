@@ -412,6 +412,11 @@ def saelens_version() -> str:
         return "?"
 
 
+def saelens_pretrained_file_label() -> str:
+    """The catalogue counted, for messages: the installed ``pretrained_saes.yaml`` (sae-lens version)."""
+    return f"{sae_hub.pretrained_saes_file()} (sae-lens {saelens_version()})"
+
+
 def total_line(items: list[Entry]) -> str:
     n, r = len(items), sum(e.read for e in items)
     releases = len({e.release for e in items})

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one row per release (default), conversion_func, model, model family or refusal reason")
     c.add_argument("--refused", action="store_true", help="list every refused SAE with its reason instead of the table")
     c.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    c.add_argument("--at-least", type=float, metavar="PERCENT",
+                   help="exit 1 (one line on stderr) when less than PERCENT of the catalogue's SAEs are read (#29: 95)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "validate":
@@ -92,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 import os
 
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            read = 100 * sum(e.read for e in items) / max(len(items), 1)
+            if args.at_least is not None and read < args.at_least:
+                raise CausalKLError(catalogue.saelens_pretrained_file_label(), "saes",
+                                    f"causal-kl reads {read:.1f}% of the catalogue's SAEs, less than --at-least {args.at_least:g}%",
+                                    "see causal-kl catalogue --by reason (and --refused) for what is refused and why")
     except CausalKLError as e:
         print(f"causal-kl: {e}", file=sys.stderr)
         return 1

@@ -98,6 +98,14 @@ def test_the_command_counts_every_entry_of_the_yaml(capsys, yaml_releases):
     assert len(listed) == n - read and all(": " in line for line in listed)
     assert _total(cap.err) == (n, releases, read, pct)
 
+    # the target as a gate: below it, exit 1 with one line naming the catalogue and where to look
+    assert main(["catalogue", "--at-least", f"{pct - 1}"]) == 0
+    capsys.readouterr()
+    assert main(["catalogue", "--at-least", f"{pct + 0.2}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pretrained_saes.yaml" in err and f"reads {pct:.1f}%" in err
+    assert "--by reason" in err
+
 
 def test_help_as_a_subprocess():
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
