@@ -269,7 +269,8 @@ SITE_RULES: dict[str | None, Callable[[str, dict, dict], Site]] = {
     "llama_scope": _llama_scope,
     "llama_scope_r1_distill": _llama_scope,
     "dictionary_learning_1": _dictionary_learning_1,
-    "qwen_scope": _layer_resid_post(r"layer(\d+)\.sae\.pt", "``get_qwen_scope_config_from_hf``: ``layerN.sae.pt`` -> resid_post."),
+    "qwen_scope": _layer_resid_post(r"layer(\d+)\.sae\.pt",
+                                    "``get_qwen_scope_config_from_hf``: ``layerN.sae.pt`` -> resid_post."),
     "deepseek_r1": _layer_resid_post(r"l(\d+)", "``get_deepseek_r1_config_from_hf``: ``lN`` in the file name -> resid_post."),
     "goodfire": _layer_resid_post(r"-l(\d+)\.pth?$", "``get_goodfire_config_from_hf``: ``-lN.pt(h)`` -> resid_post (SAELens "
                                   "hard-codes its two repos at these layers)."),
@@ -357,7 +358,8 @@ def entries(releases: dict[str, dict] | None = None) -> list[Entry]:
 
 # ------------------------------------------------------------------------------------------ the tables
 BY = {"release": lambda e: e.release, "converter": lambda e: str(e.converter) if e.converter else "saelens (null)",
-      "model": lambda e: e.model, "family": lambda e: e.family or f"({e.model_type or '?'})", "reason": lambda e: e.reason or "read"}
+      "model": lambda e: e.model, "family": lambda e: e.family or f"({e.model_type or '?'})",
+      "reason": lambda e: e.reason or "read"}
 """What ``--by`` groups by."""
 
 
@@ -448,8 +450,10 @@ def render(items: list[Entry], by: str = "release", markdown: bool = False) -> s
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in b) + " |" for b in body]
         return "\n".join(lines) + f"\n\n{total[0].upper() + total[1:]}."
     widths = [min(max(len(h), *(len(b[i]) for b in body)) if body else len(h), 60) for i, h in enumerate(head)]
-    fmt_row = lambda cells: "  ".join(c.ljust(w) if i < len(cells) - 1 else c for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt_row(head), *(fmt_row(b) for b in body), "", total])
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < len(cells) - 1 else c for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(head), *(line(b) for b in body), "", total])
 
 
 def render_refused(items: list[Entry]) -> str:

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             read = 100 * sum(e.read for e in items) / max(len(items), 1)
             if args.at_least is not None and read < args.at_least:
                 raise CausalKLError(catalogue.saelens_pretrained_file_label(), "saes",
-                                    f"causal-kl reads {read:.1f}% of the catalogue's SAEs, less than --at-least {args.at_least:g}%",
+                                    f"causal-kl reads {read:.1f}% of the catalogue's SAEs, less than "
+                                    f"--at-least {args.at_least:g}%",
                                     "see causal-kl catalogue --by reason (and --refused) for what is refused and why")
     except CausalKLError as e:
         print(f"causal-kl: {e}", file=sys.stderr)

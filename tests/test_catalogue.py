@@ -200,7 +200,8 @@ def test_sites_are_the_hooks_saelens_loaders_derive(monkeypatch, tmp_path, entri
                 assert entry.site == "embed" and want_in.kind == "embed", (release, sae["id"])
             checked[converter] += 1
     assert set(checked) == set(NAME_ONLY)
-    assert sum(checked.values()) == sum(len(i["saes"]) for i in yaml_releases.values() if i.get("conversion_func") in NAME_ONLY)
+    assert sum(checked.values()) == sum(len(i["saes"]) for i in yaml_releases.values()
+                                        if i.get("conversion_func") in NAME_ONLY)
 
 
 # ----------------------------------------------------------------------- the reader agrees, on laid-out files
@@ -276,7 +277,8 @@ SPARSIFY_RELEASE = {  # sae-lens 6.54 lists no sparsify release: one in its layo
                                      {"id": "layers.5.self_attn", "path": "layers.5.self_attn"}]}}
 
 REFUSAL_WORDS = {C.CENTRED: "center_writing_weights", C.FAMILY_NOT_PATCHED: "causal-kl patches decoder-only",
-                 C.NOT_A_BLOCK_HOOK: "no hook causal-kl splices at", C.HOOK_NOT_IN_FAMILY: "no hook", C.HOOK_NOT_KNOWN: "no hook"}
+                 C.NOT_A_BLOCK_HOOK: "no hook causal-kl splices at", C.HOOK_NOT_IN_FAMILY: "no hook",
+                 C.HOOK_NOT_KNOWN: "no hook"}
 """The reader's one-line error names the catalogue's reason (a word of it)."""
 
 
@@ -304,7 +306,8 @@ def test_the_reader_agrees_with_the_catalogue(tmp_path, monkeypatch, yaml_releas
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     samples = _samples(C.entries(releases))
     assert {e.format for e in samples} == set(SAMPLE_WRITERS)
-    assert {e.release for e in samples} == {r for r, i in releases.items() if sae_hub.CONVERTERS.get(i.get("conversion_func"), "-") in SAMPLE_WRITERS}
+    read_formats = {r for r, i in releases.items() if sae_hub.CONVERTERS.get(i.get("conversion_func"), "-") in SAMPLE_WRITERS}
+    assert {e.release for e in samples} == read_formats  # every release of a format read today has a sample
 
     rng = np.random.default_rng(0)
     files: dict[str, dict[str, bytes]] = {}  # repo -> its files (one snapshot per repo: releases share repos)
