@@ -300,6 +300,26 @@ def test_a_run_waits_for_a_live_runs_server_and_goes_on_once_that_run_ends(sandb
     assert "stopping another run" not in log.read_text() or "its run has ended" in log.read_text()
 
 
+def test_a_server_running_a_request_is_not_stopped_by_another_run(sandbox, second_run):
+    """A request still running in a server whose client was killed (the slot is free, the server is not): another
+    run's job waits for it, however short its handover time, and stops the server only once the request is done."""
+    (sandbox.work / "out").mkdir()
+    marker = str(sandbox.work / "out/started")
+    a = client(sandbox, "server_jobs:quiet", {"seconds": 6, "marker": marker}, wait=False)
+    _wait_for(lambda: Path(marker).exists(), 30)
+    server_pid = int(Path(marker).read_text())
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    second = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 1}, log="logs/b.log",
+                              env=dict(second_run.env, CAUSAL_KL_SERVER_HANDOVER="0.5")))
+    assert Path(marker + ".done").exists() and second["pid"] != server_pid and _wait_dead(server_pid, 5)
+    lines = (sandbox.work / "logs/b.log").read_text().splitlines()
+    waits = [l for l in lines if "waiting for another run's model server" in l]
+    assert len(waits) == 1 and f"(pid {server_pid}, " in waits[0] and "; running a request)" in waits[0], lines
+    stops = [l for l in lines if "stopping another run's model server" in l]
+    assert len(stops) == 1 and "handing the slot over" in stops[0], lines
+
+
 def test_with_two_gpus_a_run_takes_the_one_no_other_run_is_using(sandbox, second_run):
     """Two (faked) GPUs: a run that finds another live run's server on the first GPU takes the second at once,
     neither waiting nor stopping that server; each server sees only its own GPU."""
