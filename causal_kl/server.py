@@ -932,7 +932,7 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[d
     """Make the held ``slot`` free of other runs' servers, or say which one to wait for.
 
     A slot's GPU holds one server, so another run's server there must go before this run starts its own; but
-    it is stopped only when its run has ended (its owner is gone), it does not answer, or it has served nothing
+    it is stopped only when its run has ended (its owner is gone), it no longer listens, or it has served nothing
     for ``grace_s`` seconds (its run's model jobs stopped coming: between stages, or done). A server that is
     running a request, or whose run used it within ``grace_s``, is left alone: returns its (registry record,
     hello reply) and the caller releases the slot and waits. The slot lock is held here, so no job of that run
@@ -941,21 +941,26 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[d
     for rec in list_servers(all_scopes=False):
         if not rec["alive"] or rec["slot"] != slot or (rec["owner_pid"], rec.get("owner_start")) == (owner.pid, owner.start):
             continue
-        conn = _connect("\0" + rec["socket"], 2.0)
+        try:
+            conn = _connect("\0" + rec["socket"], 2.0)
+        except OSError:  # a full backlog: it is there, and slow
+            if pid_alive(rec["owner_pid"], rec.get("owner_start")):
+                return rec, {"op": "hello", "busy": "not answering"}
+            conn = None
         info = None
         if conn is not None:
             try:
-                conn.settimeout(5.0)
+                conn.settimeout(10.0)
                 _send(conn, {"op": "hello"})
                 info = _recv(conn)
                 conn.settimeout(None)
             except (OSError, ValueError):
-                info = None
+                info = {"op": "hello", "busy": "not answering"}  # slow to answer (a long step holding the GIL): in use
         force = True
         if not pid_alive(rec["owner_pid"], rec.get("owner_start")):
             why = "its run has ended"
-        elif info is None or info.get("op") != "hello":
-            why = "it does not answer"
+        elif conn is None or info is None or info.get("op") != "hello":
+            why = "it does not listen"  # exiting, or it lost its socket: it can serve no one
         elif info.get("busy") or (info.get("idle_s") is not None and info["idle_s"] < grace_s):
             conn.close()
             return rec, info
@@ -1005,7 +1010,8 @@ def _take_slot(device: str, owner: Owner, out: _JobLog) -> gpu.Slot:
             continue  # a slot not looked at yet may be free of other runs' servers: try it before waiting
         now = time.monotonic()
         if now - told.get(rec["pid"], -1e9) > 300:
-            state = "running a request" if info.get("busy") else f"last used {info.get('idle_s', 0):.0f} s ago"
+            busy = info.get("busy")
+            state = (busy if isinstance(busy, str) else "running a request") if busy else f"last used {info.get('idle_s', 0):.0f} s ago"
             out.line(f"waiting for another run's model server on slot {slot.name} ({_describe(rec)}; {state}): "
                      f"this job takes the slot once that run leaves it unused for {grace:.0f} s ({HANDOVER_ENV}) "
                      "or ends; stopping it now would cost that run a model load")
