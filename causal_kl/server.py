@@ -1011,7 +1011,10 @@ def _take_slot(device: str, owner: Owner, out: _JobLog) -> gpu.Slot:
         now = time.monotonic()
         if now - told.get(rec["pid"], -1e9) > 300:
             busy = info.get("busy")
-            state = (busy if isinstance(busy, str) else "running a request") if busy else f"last used {info.get('idle_s', 0):.0f} s ago"
+            if busy:
+                state = busy if isinstance(busy, str) else "running a request"
+            else:
+                state = f"last used {info.get('idle_s', 0):.0f} s ago"
             out.line(f"waiting for another run's model server on slot {slot.name} ({_describe(rec)}; {state}): "
                      f"this job takes the slot once that run leaves it unused for {grace:.0f} s ({HANDOVER_ENV}) "
                      "or ends; stopping it now would cost that run a model load")

@@ -225,8 +225,9 @@ def test_two_runs_started_together_share_the_slot_without_stopping_each_others_s
             work = sandbox.tmp / f"work_{name}"
             work.mkdir()
             for i in range(3):
-                results[name].append(client(sandbox, "server_jobs:model_logits", {"model_path": str(gemma3_dir), "text": text},
-                                            log=f"logs/{i}.log", env=runs[name], cwd=work))
+                kwargs = {"model_path": str(gemma3_dir), "text": text}
+                results[name].append(client(sandbox, "server_jobs:model_logits", kwargs, log=f"logs/{i}.log",
+                                            env=runs[name], cwd=work))
 
         threads = [threading.Thread(target=run, args=(n,)) for n in runs]
         for t in threads:
@@ -281,7 +282,8 @@ def _visible(pid: int) -> str | None:
 def test_a_run_waits_for_a_live_runs_server_and_goes_on_once_that_run_ends(sandbox, second_run):
     """Another run's idle server, used just now, is not stopped: the job waits (saying for whose server, without
     holding the slot) and goes on, with a server of its own, as soon as that run ends."""
-    first = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=dict(sandbox.env, CAUSAL_KL_SERVER_HANDOVER="600")))
+    first = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2},
+                             env=dict(sandbox.env, CAUSAL_KL_SERVER_HANDOVER="600")))
     job = client(sandbox, "server_jobs:add", {"a": 2, "b": 2}, log="logs/b.log", wait=False,
                  env=dict(second_run.env, CAUSAL_KL_SERVER_HANDOVER="600"))
     log = sandbox.work / "logs/b.log"
