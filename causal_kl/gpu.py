@@ -27,7 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from causal_kl.errors import CausalKLError
 
@@ -160,15 +160,19 @@ def acquire_slot(
     poll_s: float = 0.1,
     on_wait: Callable[[str], None] | None = None,
     set_env: bool = True,
+    last: Sequence[str] = (),
 ) -> Slot:
     """Take one free slot for ``device`` (``auto``, ``cuda``, ``cpu``), waiting while all are held.
 
     With ``set_env`` the process's ``CUDA_VISIBLE_DEVICES`` becomes the slot's GPU (``""`` for
     the CPU slot), so call this before anything initialises CUDA. ``on_wait`` gets one line when
-    the job has to wait. Raises ``TimeoutError`` after ``timeout_s``.
+    the job has to wait. Slots named in ``last`` are tried after the others, in that order (the
+    model server names those where another run's server holds the GPU, the one it found so most
+    recently last). Raises ``TimeoutError`` after ``timeout_s``.
     """
     global _original_visible
-    candidates = slot_candidates(device)
+    rank = {name: i for i, name in enumerate(last)}
+    candidates = sorted(slot_candidates(device), key=lambda g: rank.get(slot_name(g), -1))
     lock_dir = scope_dir() / "slots"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
     paths = [(g, lock_dir / f"{slot_name(g)}.lock") for g in candidates]

@@ -5,8 +5,12 @@ the sum of their resources, and when one consumer reruns the service reruns and 
 every consumer (both seen with Snakemake 9.27), which would undo shard-level reruns. Here a
 model job stays an ordinary job; it calls ``run_remote(func, kwargs, log)``, which
 
-1. takes a GPU slot (``causal_kl.gpu``: one GPU per job, ``CUDA_VISIBLE_DEVICES`` set),
-2. finds the owner (the Snakemake process the server must not outlive, ``find_owner``),
+1. finds the owner (the Snakemake process the server must not outlive, ``find_owner``),
+2. takes a GPU slot (``causal_kl.gpu``: one GPU per job, ``CUDA_VISIBLE_DEVICES`` set) that no
+   other run's server is using (``_take_slot``: two runs on one box share the slots; another run's
+   server is stopped only once that run has ended or left it unused for ``CAUSAL_KL_SERVER_HANDOVER``
+   seconds, default 30, so the slot changes hands at most once per stage of a run; until then the
+   job waits without holding the slot, and says for whose server),
 3. connects to that (owner, slot)'s server, spawning it if absent (race-free: a spawn lock,
    and the abstract socket name can be bound only once),
 4. checks the server's identity (protocol, causal_kl code version and source digest, torch
@@ -63,6 +67,8 @@ PROTOCOL = 1
 IDLE_ENV = "CAUSAL_KL_SERVER_IDLE"
 OWNER_ENV = "CAUSAL_KL_SERVER_OWNER"
 DEFAULT_IDLE_S = 600.0
+HANDOVER_ENV = "CAUSAL_KL_SERVER_HANDOVER"
+DEFAULT_HANDOVER_S = 30.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
 _MAX_FRAME = 1 << 30
@@ -573,8 +579,10 @@ class Server:
                 if op == "hello":
                     with self.state_lock:
                         busy = self.active
+                        idle = 0.0 if busy else time.monotonic() - self.last_activity
                     _send(conn, {"op": "hello", "pid": os.getpid(), "slot": self.slot, "key": self.key, "log": self.log_path,
-                                 "identity": self.identity, "busy": busy, "owner_pid": self.owner.pid}, send_lock)
+                                 "identity": self.identity, "busy": busy, "idle_s": idle, "owner_pid": self.owner.pid},
+                          send_lock)
                 elif op == "status":
                     from causal_kl import models
 
@@ -908,12 +916,110 @@ def _stop_one(conn: socket.socket | None, pid: int, force: bool, timeout_s: floa
     return not pid_alive(pid, start)
 
 
-def _stop_foreign(slot: str, owner: Owner, out: _JobLog) -> None:
-    """A slot's device holds one server: stop another invocation's server on this slot (it is idle: we hold the slot)."""
+def handover_s() -> float:
+    """How long another run's server must have been idle before a job of this run may stop it and take its slot."""
+    return float(os.environ.get(HANDOVER_ENV, DEFAULT_HANDOVER_S))
+
+
+def _describe(rec: dict) -> str:
+    """Another run's server, as a waiting job names it: its pid, its run (owner pid and command), workdir and code."""
+    ident = rec.get("identity") or {}
+    return (f"pid {rec['pid']}, run of owner pid {rec['owner_pid']} ({rec.get('owner_cmdline', '')[:80] or '?'}), "
+            f"workdir {rec.get('workdir')}, code {ident.get('code_version')} / {ident.get('source')}")
+
+
+def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[dict, dict] | None:
+    """Make the held ``slot`` free of other runs' servers, or say which one to wait for.
+
+    A slot's GPU holds one server, so another run's server there must go before this run starts its own; but
+    it is stopped only when its run has ended (its owner is gone), it no longer listens, or it has served nothing
+    for ``grace_s`` seconds (its run's model jobs stopped coming: between stages, or done). A server that is
+    running a request, or whose run used it within ``grace_s``, is left alone: returns its (registry record,
+    hello reply) and the caller releases the slot and waits. The slot lock is held here, so no job of that run
+    can start a request while this looks and stops. None: the slot is free for this run's own server.
+    """
     for rec in list_servers(all_scopes=False):
-        if rec["alive"] and rec["slot"] == slot and (rec["owner_pid"], rec["owner_start"]) != (owner.pid, owner.start):
-            out.line(f"stopping model server pid {rec['pid']} of another invocation (owner pid {rec['owner_pid']}) on slot {slot}")
-            _stop_one(_connect("\0" + rec["socket"], 2.0), rec["pid"], force=True, start=rec.get("start"))
+        if not rec["alive"] or rec["slot"] != slot or (rec["owner_pid"], rec.get("owner_start")) == (owner.pid, owner.start):
+            continue
+        try:
+            conn = _connect("\0" + rec["socket"], 2.0)
+        except OSError:  # a full backlog: it is there, and slow
+            if pid_alive(rec["owner_pid"], rec.get("owner_start")):
+                return rec, {"op": "hello", "busy": "not answering"}
+            conn = None
+        info = None
+        if conn is not None:
+            try:
+                conn.settimeout(10.0)
+                _send(conn, {"op": "hello"})
+                info = _recv(conn)
+                conn.settimeout(None)
+            except (OSError, ValueError):
+                info = {"op": "hello", "busy": "not answering"}  # slow to answer (a long step holding the GIL): in use
+        force = True
+        if not pid_alive(rec["owner_pid"], rec.get("owner_start")):
+            why = "its run has ended"
+        elif conn is None or info is None or info.get("op") != "hello":
+            why = "it does not listen"  # exiting, or it lost its socket: it can serve no one
+        elif info.get("busy") or (info.get("idle_s") is not None and info["idle_s"] < grace_s):
+            conn.close()
+            return rec, info
+        else:  # idle, and this job holds the slot: a graceful shutdown, which would still let a request finish
+            idle = info.get("idle_s")
+            why = f"its run has not used it for {idle:.0f} s: handing the slot over" if idle is not None else "it is idle"
+            force = False
+        out.line(f"stopping another run's model server on slot {slot} ({_describe(rec)}): {why}")
+        _stop_one(conn, rec["pid"], force=force, start=rec.get("start"))
+    return None
+
+
+def _take_slot(device: str, owner: Owner, out: _JobLog) -> gpu.Slot:
+    """A slot for ``device`` that holds no other live run's server in use (``_hand_over``), waiting while there is none.
+
+    While it waits the job holds no slot, so the other run's jobs keep using their server; it says once what it
+    waits for (and again every few minutes). A run that keeps its server busy keeps the slot; the other run takes
+    it over when that run's model jobs pause for ``CAUSAL_KL_SERVER_HANDOVER`` seconds or the run ends: one
+    handover per stage of a run, not one per job.
+    """
+    t0 = time.monotonic()
+    grace = handover_s()
+    names = {gpu.slot_name(g) for g in gpu.slot_candidates(device)}
+    avoid: list[str] = []  # slots where another run's server was found in use, the latest last
+    told: dict[int, float] = {}
+    first = True
+    while True:
+        slot = gpu.acquire_slot(device, on_wait=out.line if first else None, last=avoid)
+        first = False
+        try:
+            blocker = _hand_over(slot.name, owner, out, grace)
+        except BaseException:
+            slot.release()
+            raise
+        if blocker is None:
+            slot.waited_s = time.monotonic() - t0
+            if told:
+                out.line(f"slot {slot.name} is this run's now, after waiting {slot.waited_s:.1f} s for another run's server")
+            return slot
+        slot.release()
+        rec, info = blocker
+        seen = slot.name in avoid
+        if seen:
+            avoid.remove(slot.name)
+        avoid.append(slot.name)
+        if not seen and not names <= set(avoid):
+            continue  # a slot not looked at yet may be free of other runs' servers: try it before waiting
+        now = time.monotonic()
+        if now - told.get(rec["pid"], -1e9) > 300:
+            busy = info.get("busy")
+            if busy:
+                state = busy if isinstance(busy, str) else "running a request"
+            else:
+                state = f"last used {info.get('idle_s', 0):.0f} s ago"
+            out.line(f"waiting for another run's model server on slot {slot.name} ({_describe(rec)}; {state}): "
+                     f"this job takes the slot once that run leaves it unused for {grace:.0f} s ({HANDOVER_ENV}) "
+                     "or ends; stopping it now would cost that run a model load")
+            told[rec["pid"]] = now
+        time.sleep(min(0.5, max(grace / 10, 0.05)))
 
 
 def run_remote(
@@ -941,10 +1047,9 @@ def run_remote(
     out = _JobLog(log_path)
     try:
         t0 = time.perf_counter()
-        with gpu.acquire_slot(device, on_wait=out.line) as slot:
-            owner = find_owner()
+        owner = find_owner()
+        with _take_slot(device, owner, out) as slot:
             ident = identity()
-            _stop_foreign(slot.name, owner, out)
             conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
             expect = None
             if expect_model is not None:

@@ -64,3 +64,11 @@ def write_file(path: str, text: str) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     return os.path.abspath(path)
+
+
+def quiet(seconds: float, marker: str) -> dict:
+    """Like a long forward pass: no log line for ``seconds``; writes ``marker`` when it starts and ``marker.done`` at its end."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(marker + ".done").write_text("done")
+    return {"pid": os.getpid()}

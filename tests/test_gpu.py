@@ -70,6 +70,18 @@ def test_slot_sets_cuda_visible_devices_and_frees_on_release(monkeypatch, runtim
     c.release()
 
 
+def test_slots_named_last_are_tried_last_in_that_order(monkeypatch, runtime):
+    """The model server names the slots where another run's server is in use (the latest last): a free slot
+    without one is taken first; with all named, the one named longest ago is tried first."""
+    monkeypatch.setenv("CAUSAL_KL_GPUS", "0,1,2")
+    with gpu.acquire_slot("cuda", last=["gpu-0"]) as slot:
+        assert (slot.name, os.environ["CUDA_VISIBLE_DEVICES"]) == ("gpu-1", "1")
+    with gpu.acquire_slot("cuda", last=["gpu-2", "gpu-0", "gpu-1"]) as slot:
+        assert slot.name == "gpu-2"
+        with gpu.acquire_slot("cuda", last=["gpu-2", "gpu-0", "gpu-1"]) as second:  # a held one is skipped, as ever
+            assert second.name == "gpu-0"
+
+
 HOLDER = textwrap.dedent("""
     import os, sys, time
     from causal_kl import gpu

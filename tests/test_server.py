@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ CLIENT = textwrap.dedent("""
     from causal_kl.server import RemoteJobError, run_remote
     args = json.loads(sys.argv[1])
     try:
-        res = run_remote(args["func"], args["kwargs"], args.get("log"), device="cpu", **args.get("opts", {}))
+        res = run_remote(args["func"], args["kwargs"], args.get("log"), **{"device": "cpu", **args.get("opts", {})})
     except Exception as e:  # what a job script does with an error: one line, exit 1
         if not isinstance(e, (CausalKLError, RemoteJobError)):
             import traceback; traceback.print_exc()
@@ -89,9 +90,10 @@ def sandbox(tmp_path):
             os.kill(rec["pid"], signal.SIGKILL)
 
 
-def client(box, func: str, kwargs: dict, log: str | None = None, env: dict | None = None, wait: bool = True, **opts):
+def client(box, func: str, kwargs: dict, log: str | None = None, env: dict | None = None, wait: bool = True,
+           cwd: Path | None = None, **opts):
     args = json.dumps({"func": func, "kwargs": kwargs, "log": log, "opts": opts})
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, args], cwd=box.work, env=env or box.env, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, args], cwd=cwd or box.work, env=env or box.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if not wait:
         return proc
@@ -192,6 +194,146 @@ def test_concurrent_clients_queue_on_one_server(sandbox):
     assert len({r["pid"] for r in results}) == 1
     spans = sorted((r["t0"], r["t1"]) for r in results)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one request at a time
+
+
+def _changed_copy(box) -> Path:
+    """A copy of the package with one edit: other code, as a second checkout would be (a different source digest)."""
+    old = box.tmp / "old"
+    shutil.copytree(ROOT / "causal_kl", old / "causal_kl", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(old / "causal_kl" / "stats.py", "a") as f:
+        f.write("\n# an edit\n")
+    return old
+
+
+def test_two_runs_started_together_share_the_slot_without_stopping_each_others_server(sandbox, gemma3_dir):
+    """Two runs on one box (two checkouts: other code, other workdir, other owner) start their model jobs together
+    on the one slot. Neither stops the other's server while that run uses it: each run's jobs are all served by
+    one server of its own that loaded the model once (two loads in all, not one per job); the run that came second
+    waited, said for whose server, and took the slot over once, after the first run's jobs stopped coming."""
+    from causal_kl.models import load_model
+
+    text = "two runs share one box"
+    second_owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        runs = {"a": dict(sandbox.env, PYTHONPATH=os.pathsep.join([str(_changed_copy(sandbox)), str(ROOT / "tests")]),
+                          CAUSAL_KL_SERVER_HANDOVER="8"),
+                "b": dict(sandbox.env, CAUSAL_KL_SERVER_OWNER=str(second_owner.pid), CAUSAL_KL_SERVER_HANDOVER="8")}
+        owners = {"a": sandbox.owner.pid, "b": second_owner.pid}
+        results: dict[str, list] = {r: [] for r in runs}
+
+        def run(name: str) -> None:  # a run's model jobs, one after another, as one GPU slot lets Snakemake run them
+            work = sandbox.tmp / f"work_{name}"
+            work.mkdir()
+            for i in range(3):
+                kwargs = {"model_path": str(gemma3_dir), "text": text}
+                results[name].append(client(sandbox, "server_jobs:model_logits", kwargs, log=f"logs/{i}.log",
+                                            env=runs[name], cwd=work))
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        out = {n: [result_of(r) for r in rs] for n, rs in results.items()}
+        logs = {n: [(sandbox.tmp / f"work_{n}/logs/{i}.log").read_text() for i in range(3)] for n in runs}
+        pids = {n: {o["pid"] for o in outs} for n, outs in out.items()}
+        # each run kept one server for all its jobs (none lost mid-run) and loaded the model once in it
+        assert all(len(p) == 1 for p in pids.values()) and pids["a"] != pids["b"], pids
+        assert {o["loads"] for outs in out.values() for o in outs} == {1}
+        load_pids = sorted(int(l[4]) for ls in logs.values() for t in ls for l in LOAD_LINE.findall(t))
+        assert load_pids == sorted(p for ps in pids.values() for p in ps), load_pids
+        # the second run waited once, naming the first run's server and owner, then stopped it once, idle
+        waits = {n: [l for t in ls for l in t.splitlines() if "waiting for another run's model server" in l]
+                 for n, ls in logs.items()}
+        assert sorted(len(w) for w in waits.values()) == [0, 1], waits
+        second = next(n for n, w in waits.items() if w)
+        first = "b" if second == "a" else "a"
+        (first_pid,) = pids[first]
+        assert f"pid {first_pid}, run of owner pid {owners[first]}" in waits[second][0], waits
+        stops = [l for ls in logs.values() for t in ls for l in t.splitlines() if "stopping another run's model server" in l]
+        assert len(stops) == 1 and f"pid {first_pid}," in stops[0] and "handing the slot over" in stops[0], stops
+        assert _wait_dead(first_pid, 5)
+        # independent: the same forward pass in this process
+        direct = load_model(gemma3_dir)
+        with torch.no_grad():
+            expected = direct.model(input_ids=torch.tensor([direct.tokenizer(text).input_ids])).logits[0, -1].float()
+        for o in out["a"] + out["b"]:
+            assert torch.allclose(torch.tensor(o["logits"]), expected, atol=1e-5, rtol=0)
+    finally:
+        second_owner.kill()
+        second_owner.wait()
+
+
+@pytest.fixture
+def second_run(sandbox):
+    """The owner of a second run on the same box (as its Snakemake would be), and that run's client environment."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield type("Run", (), {"owner": owner, "env": dict(sandbox.env, CAUSAL_KL_SERVER_OWNER=str(owner.pid))})
+    owner.kill()
+    owner.wait()
+
+
+def _visible(pid: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES of a live process, from /proc (what the process itself was started with)."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"CUDA_VISIBLE_DEVICES=")), None)
+
+
+def test_a_run_waits_for_a_live_runs_server_and_goes_on_once_that_run_ends(sandbox, second_run):
+    """Another run's idle server, used just now, is not stopped: the job waits (saying for whose server, without
+    holding the slot) and goes on, with a server of its own, as soon as that run ends."""
+    first = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2},
+                             env=dict(sandbox.env, CAUSAL_KL_SERVER_HANDOVER="600")))
+    job = client(sandbox, "server_jobs:add", {"a": 2, "b": 2}, log="logs/b.log", wait=False,
+                 env=dict(second_run.env, CAUSAL_KL_SERVER_HANDOVER="600"))
+    log = sandbox.work / "logs/b.log"
+    _wait_for(lambda: log.exists() and "waiting for another run's model server" in log.read_text(), 30)
+    wait_line = next(l for l in log.read_text().splitlines() if "waiting for another run" in l)
+    assert f"on slot cpu (pid {first['pid']}, run of owner pid {sandbox.owner.pid} " in wait_line, wait_line
+    assert f"workdir {sandbox.work}" in wait_line
+    # the slot is free while it waits: the first run's next job is served by its server at once
+    again = result_of(client(sandbox, "server_jobs:add", {"a": 0, "b": 0}))
+    assert again["pid"] == first["pid"] and job.poll() is None and _alive(first["pid"])
+    sandbox.owner.kill()  # the first run ends: its server goes with it, and the waiting job takes the slot
+    sandbox.owner.wait()
+    out, err = job.communicate(timeout=60)
+    second = result_of((job.returncode, out, err))
+    assert second == {"sum": 4, "pid": second["pid"]} and second["pid"] != first["pid"] and _wait_dead(first["pid"], 5)
+    assert "stopping another run" not in log.read_text() or "its run has ended" in log.read_text()
+
+
+def test_a_server_running_a_request_is_not_stopped_by_another_run(sandbox, second_run):
+    """A request still running in a server whose client was killed (the slot is free, the server is not): another
+    run's job waits for it, however short its handover time, and stops the server only once the request is done."""
+    (sandbox.work / "out").mkdir()
+    marker = str(sandbox.work / "out/started")
+    a = client(sandbox, "server_jobs:quiet", {"seconds": 6, "marker": marker}, wait=False)
+    _wait_for(lambda: Path(marker).exists(), 30)
+    server_pid = int(Path(marker).read_text())
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    second = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 1}, log="logs/b.log",
+                              env=dict(second_run.env, CAUSAL_KL_SERVER_HANDOVER="0.5")))
+    assert Path(marker + ".done").exists() and second["pid"] != server_pid and _wait_dead(server_pid, 5)
+    lines = (sandbox.work / "logs/b.log").read_text().splitlines()
+    waits = [l for l in lines if "waiting for another run's model server" in l]
+    assert len(waits) == 1 and f"(pid {server_pid}, " in waits[0] and "; running a request)" in waits[0], lines
+    stops = [l for l in lines if "stopping another run's model server" in l]
+    assert len(stops) == 1 and "handing the slot over" in stops[0], lines
+
+
+def test_with_two_gpus_a_run_takes_the_one_no_other_run_is_using(sandbox, second_run):
+    """Two (faked) GPUs: a run that finds another live run's server on the first GPU takes the second at once,
+    neither waiting nor stopping that server; each server sees only its own GPU."""
+    env = dict(sandbox.env, CAUSAL_KL_GPUS="0,1", CAUSAL_KL_SERVER_HANDOVER="600")
+    first = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 1}, env=env, device="auto"))
+    t = time.monotonic()
+    second = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 1}, log="logs/b.log", device="auto",
+                              env=dict(second_run.env, CAUSAL_KL_GPUS="0,1", CAUSAL_KL_SERVER_HANDOVER="600")))
+    assert time.monotonic() - t < 60 and second["pid"] != first["pid"] and _alive(first["pid"])
+    assert (_visible(first["pid"]), _visible(second["pid"])) == ("0", "1")
+    text = (sandbox.work / "logs/b.log").read_text()
+    assert "waiting for another run" not in text and "stopping another run" not in text, text
 
 
 SNAKEFILE = textwrap.dedent('''
