@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# GPU slots and the server registry of this test session alone: another session on the box (or the user's own run)
+# holds its slots elsewhere, so neither waits for the other's model server (causal_kl.server's handover)
+os.environ.setdefault("CAUSAL_KL_RUNTIME_DIR", tempfile.mkdtemp(prefix="causal-kl-tests-"))
 
 import fixtures  # noqa: E402
 
