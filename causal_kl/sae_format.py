@@ -35,7 +35,7 @@ TRANSCODERS = {"transcoder": "standard", "skip_transcoder": "standard", "jumprel
                "jumprelu_skip_transcoder": "jumprelu"}
 """SAELens' transcoder architectures -> the activation of their encoder (``sae_lens/saes/transcoder.py``)."""
 
-ARCHITECTURES = ("standard", "jumprelu", "topk", *TRANSCODERS)
+ARCHITECTURES = ("standard", "jumprelu", "topk", "gated", *TRANSCODERS)
 """Architectures ``causal_kl.sae`` runs (SAELens' names)."""
 
 
@@ -65,10 +65,12 @@ SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 """What sparsify's ``SparseCoder.save_to_disk`` writes (``encoder``: an ``nn.Linear(d_in, num_latents)``)."""
-FORMATS = ("saelens", "gemma_scope", "sparsify")
+FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning", "qwen_scope", "goodfire", "deepseek_r1")
+"""The last four: ``causal_kl.sae_dictionary`` (SAELens' ``dictionary_learning_1``, ``qwen_scope``, ``goodfire`` and
+``deepseek_r1`` conversions)."""
 
 ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
-KNOWN_UNSUPPORTED = {"gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
+KNOWN_UNSUPPORTED = {"batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
 
 
 # --------------------------------------------------------------------------------------- hooks
@@ -172,6 +174,8 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
             return locate_sae(p.parent)
         if p.suffix == ".npz" or p.name == GEMMA_SCOPE_SAFETENSORS:
             return "gemma_scope", p
+        if (other := _dictionary_locate(p)) is not None:
+            return other
         raise CausalKLError(p, "sae path", "is not an SAE file",
                             f"give the SAE directory, its {SAELENS_WEIGHTS} or {SPARSIFY_WEIGHTS}, a Gemma Scope "
                             f"{GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
@@ -184,6 +188,8 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     for name in (GEMMA_SCOPE_NPZ, GEMMA_SCOPE_SAFETENSORS):
         if (p / name).exists():
             return "gemma_scope", p / name
+    if (other := _dictionary_locate(p)) is not None:
+        return other
     hookpoints = sorted(q.name for q in p.iterdir() if (q / SPARSIFY_WEIGHTS).exists()) if p.is_dir() else []
     if hookpoints:
         shown = ", ".join(hookpoints[:4]) + (", ..." if len(hookpoints) > 4 else "")
@@ -193,6 +199,13 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
                         f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SPARSIFY_CFG} + "
                         f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+
+
+def _dictionary_locate(p: Path) -> tuple[str, Path] | None:
+    """dictionary_learning, Qwen-Scope, Goodfire and DeepSeek-R1 files (``causal_kl.sae_dictionary.locate``)."""
+    from causal_kl import sae_dictionary
+
+    return sae_dictionary.locate(p)
 
 
 def _looks_like_sparsify_cfg(cfg_path: Path) -> bool:
@@ -624,7 +637,13 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------------------------- tensors
+GATED_TENSORS = ("b_gate", "b_mag", "r_mag")
+"""SAELens' ``gated`` SAE's own tensors, each ``[d_sae]``, in place of ``b_enc`` (``sae_lens/saes/gated_sae.py``)."""
+
+
 def required_tensors(arch: str) -> list[str]:
+    if arch == "gated":
+        return ["W_enc", *GATED_TENSORS, "W_dec", "b_dec"]
     return (["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if base_architecture(arch) == "jumprelu" else [])
             + (["W_skip"] if has_skip(arch) else []))
 
