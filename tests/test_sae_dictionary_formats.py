@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -251,7 +254,8 @@ def test_qwen_scope_as_saelens_reads_it(cache, releases, monkeypatch, tmp_path, 
     np.testing.assert_allclose(ours.reconstruct(torch.from_numpy(x)).numpy(), ref, rtol=1e-6, atol=1e-6)
     qwen3 = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": D, "num_attention_heads": 2,
              "head_dim": 8, "num_hidden_layers": 4}
-    for entry_ in (named, {"kind": "sae", "repo": info["repo_id"], "folder": "layer3.sae.pt"},
+    pinned = {"kind": "sae", "hub": hub.pin()}  # what the workflow hands the jobs: the commit, no SAELens YAML
+    for entry_ in (named, pinned, {"kind": "sae", "repo": info["repo_id"], "folder": "layer3.sae.pt"},
                    {"kind": "sae", "path": str(hub.path)}):
         assert route_points(entry_, "s", 3, qwen3, "config.yaml") == (Point(3), Point(3))
         recon, stats = reconstruct(entry_, 3, x, model_config=qwen3)
@@ -264,6 +268,16 @@ def test_qwen_scope_as_saelens_reads_it(cache, releases, monkeypatch, tmp_path, 
     with pytest.raises(CausalKLError) as e:
         check_sae_config({**named, "sae_id": "layer5"}, "s", 5, D, "config.yaml")
     _one_line(e, "layer5.sae.pt not in the Hugging Face cache", f"download {info['repo_id']} layer5.sae.pt")
+    # the parse-time check imports no torch (nor safetensors, transformers, sae_lens): the pickle's opcodes are read
+    from workflow_helpers import ROOT, blocked_imports_env
+
+    parse = (f"import sys\nfrom causal_kl.routes.sae import route_points\n"
+             f"print(route_points({named!r}, 's', 3, {qwen3!r}, 'config.yaml'))\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'safetensors', 'sae_lens')))")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", parse], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=blocked_imports_env(("torch", "transformers", "safetensors"), env))
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
     # outside a folder named after its repo, k is nowhere: one line
     lone = tmp_path / "layer3.sae.pt"
     lone.write_bytes(hub.path.read_bytes())
