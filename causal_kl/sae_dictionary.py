@@ -18,6 +18,12 @@ and its tensors renamed to SAELens' (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec
     ``blocks.{trainer.layer}.hook_resid_post``; where ``trainer.submodule_name`` says ``attn_out_layer_L`` /
     ``mlp_out_layer_L`` / ``embed`` (Sam Marks' pythia-70m dictionaries) that hook is taken instead
     (``hook_attn_out``/``hook_mlp_out``; the embeddings are no point: refused where the hook is checked).
+    The catalogue's 838 (sae-lens 6.54) are all at ``hook_resid_post`` by their ids: SAEBench's gemma-2-2b suites
+    (``topk`` releases: ``AutoEncoderTopK``; ``vanilla``: ``AutoEncoder``; the ``-0107``/``-0108`` ones:
+    ``MatryoshkaBatchTopKSAE``, by their folder names), SAEBench's pythia-70m-deduped sweeps (``standard`` and
+    ``panneal``: ``AutoEncoder``; ``gated``: ``GatedAutoEncoder``; ``topk``: ``AutoEncoderTopK``) and andyrdt's
+    Llama-3.1-8B-Instruct, Qwen2.5-7B-Instruct and gpt-oss-20b SAEs (their ``config.json`` says the class; not
+    checked here, no copy of them being at hand); every class above is read.
 ``qwen_scope``: one file per layer, ``layer{L}.sae.pt`` (``W_enc [d_sae, d_in]``, ``W_dec [d_in, d_sae]``, both
     transposed; ``b_enc``, ``b_dec``), TopK, no ``b_dec`` subtracted, no normalisation, ``blocks.L.hook_resid_post``;
     ``k`` and the width are in the repo's name, ``Qwen/SAE-Res-{model}-W{N}K-L0_{k}``, read from the path (the hub

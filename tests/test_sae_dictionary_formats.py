@@ -223,6 +223,11 @@ def test_gated_saelens_format_as_saelens_reads_it(tmp_path, x):
     _same_settings(ours, theirs)
     np.testing.assert_allclose(ours.reconstruct(torch.from_numpy(x)).numpy(), _theirs(theirs, x), rtol=1e-6, atol=1e-6)
     assert check_sae_config({"kind": "sae", "path": str(folder)}, "s", 2, D) == (Point(2), Point(2))
+    # a gated SAE read from dictionary_learning's files is saved in SAELens' format, which SAELens reads back
+    from causal_kl.sae import save_sae
+
+    again = sae_lens.SAE.load_from_disk(str(save_sae(ours, tmp_path / "saved")), device="cpu")
+    np.testing.assert_allclose(_theirs(again, x), _theirs(theirs, x), rtol=1e-6, atol=1e-6)
     with pytest.raises(CausalKLError) as e:  # its gate tensors are required
         write_saelens_dir(tmp_path / "bad", {k: v for k, v in t.items() if k != "r_mag"}, cfg)
         load_sae(tmp_path / "bad")
