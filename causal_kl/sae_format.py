@@ -159,7 +159,9 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     or ``("sparsify", directory)``.
 
     ``path`` is an SAE directory, its ``cfg.json`` / ``sae_weights.safetensors`` / ``sae.safetensors``, or
-    a Gemma Scope ``params.npz`` / ``params.safetensors`` (or a directory holding one). A folder holding
+    a Gemma Scope ``params.npz`` / ``params.safetensors`` (or a directory holding one), or a format of
+    ``causal_kl.sae_dictionary`` (a dictionary_learning folder or its ``ae.pt``, a Qwen-Scope, Goodfire or DeepSeek-R1
+    ``.pt``/``.pth``: ``(format, folder or file)``). A folder holding
     only ``cfg.json`` is SAELens' or sparsify's by the keys of that file (so the missing weights file is
     named right). A path that holds no SAE is a one-line error (a sparsify release folder, holding one
     folder per hookpoint, says which); a path that does not exist is the caller's to report (it knows the field).
@@ -198,7 +200,8 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
                             f"point the route at one hookpoint's folder, e.g. '{p / layered}'")
     raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
                         f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SPARSIFY_CFG} + "
-                        f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+                        f"{SPARSIFY_WEIGHTS} (sparsify), {GEMMA_SCOPE_NPZ} (Gemma Scope) or config.json + ae.pt "
+                        "(dictionary_learning), or give an SAE's .pt file")
 
 
 def _dictionary_locate(p: Path) -> tuple[str, Path] | None:

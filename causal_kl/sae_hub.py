@@ -118,7 +118,7 @@ def hub_cache_dir() -> Path:
 
 def download_command(repo_id: str, folder: str, revision: str | None = None, file: bool = False) -> str:
     """The command that puts ``folder`` of ``repo_id`` into the cache (``hf``: huggingface_hub >= 0.34's CLI,
-    the one it installs; ``huggingface-cli`` before)."""
+    the one it installs; ``huggingface-cli`` before); ``file``: ``folder`` is one file (a Qwen-Scope ``layer3.sae.pt``)."""
     from importlib.metadata import version
 
     try:
@@ -198,8 +198,8 @@ def release_sae(release: str, sae_id: str, source: str = "config", name: str | N
         raise CausalKLError(source, f"{where}.release", f"release '{release}' ({converter}): {why}", fix)
     if converter not in CONVERTERS:
         raise CausalKLError(source, f"{where}.release", f"release '{release}' is in SAELens' '{converter}' format, which "
-                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3) or "
-                            "sparsify format, or convert the SAE to SAELens' format and give its path")
+                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3), "
+                            "sparsify, dictionary_learning_1, qwen_scope, goodfire or deepseek_r1 format, or convert the SAE to SAELens' format and give its path")
     overrides = dict(info.get("config_overrides") or {})
     if (overrides.get("model_from_pretrained_kwargs") or {}).get("center_writing_weights"):
         raise CausalKLError(source, f"{where}.release", f"release '{release}' was trained on TransformerLens' model with "
