@@ -68,6 +68,11 @@ Formats read (``load_sae`` picks by the files present):
   normalisation (``causal_kl.sae_format.read_sparsify_cfg`` has what is refused). The hook is the
   folder's name: ``layers.L`` is block L's forward output, layer L.
 
+* **dictionary_learning** (a folder of ``config.json`` + ``ae.pt``), **Qwen-Scope** (``layer{L}.sae.pt``),
+  **Goodfire** and **DeepSeek-R1** (``.pt``/``.pth`` state dicts): SAELens' ``dictionary_learning_1``, ``qwen_scope``,
+  ``goodfire`` and ``deepseek_r1`` loaders' settings and tensor names, in ``causal_kl.sae_dictionary`` (pickles read
+  by ``torch.load(weights_only=True)`` only); temporal SAEs are refused there.
+
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 
