@@ -266,6 +266,12 @@ def test_qwen_scope_as_saelens_reads_it(cache, releases, monkeypatch, tmp_path, 
         recon, stats = reconstruct(entry_, 3, x, model_config=qwen3)
         np.testing.assert_allclose(recon, ref, rtol=1e-6, atol=1e-6)
         assert stats["k"] == QWEN_K and stats["l0"] == QWEN_K
+    # the route's format key names these formats too
+    by_path = {"kind": "sae", "path": str(hub.path)}
+    assert check_sae_config({**by_path, "format": "qwen_scope"}, "s", 3, D) == (Point(3), Point(3))
+    with pytest.raises(CausalKLError) as e:
+        check_sae_config({**by_path, "format": "goodfire"}, "s", 3, D)
+    _one_line(e, "format is goodfire", "holds a qwen_scope SAE")
     # at another layer than the file's, and a layer not in the cache (the download command names the file)
     with pytest.raises(CausalKLError) as e:
         route_points({"kind": "sae", "path": str(hub.path)}, "s", 2, qwen3, "config.yaml")
