@@ -13,6 +13,9 @@ are SAELens' (``sae_lens/saes/{standard,jumprelu,topk}_sae.py`` and ``SAE.proces
    ``topk``      keep the ``k`` largest entries of ``pre`` (after ``relu`` on those values), zero
                  the rest; with ``rescale_acts_by_decoder_norm`` ``pre`` is first multiplied by
                  the decoder row norms ``||W_dec[i]||`` and decode divides ``a`` by them again;
+   ``gated``     (``sae_lens/saes/gated_sae.py``; no ``b_enc``) a gate and a magnitude path sharing ``W_enc``:
+                 ``a = (x @ W_enc + b_gate > 0) * relu(x @ (W_enc * exp(r_mag)) + b_mag)``, with
+                 ``b_gate``, ``b_mag``, ``r_mag`` each ``[d_sae]``;
 5. decode: ``a @ W_dec + b_dec``, then the normalisation is undone.
 
 ``normalize_activations`` (SAELens' four inference settings):
@@ -40,7 +43,8 @@ Formats read (``load_sae`` picks by the files present):
 
 * **SAELens directory**: ``cfg.json`` + ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
   ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]`` for
-  JumpReLU, or ``log_threshold`` which is exponentiated). ``cfg.json`` spellings supported:
+  JumpReLU, or ``log_threshold`` which is exponentiated; ``b_gate``, ``b_mag``, ``r_mag`` and no ``b_enc`` for
+  gated). ``cfg.json`` spellings supported:
   SAELens >= 6 (``architecture`` top level; ``hook_name``, ``hook_head_index``, ``hf_hook_name``,
   ``sae_lens_version`` nested under ``metadata``) and 3.x-5.x (everything top level:
   ``hook_name`` or the older ``hook_point``; ``hook_layer`` or ``hook_point_layer``;
@@ -64,6 +68,11 @@ Formats read (``load_sae`` picks by the files present):
   normalisation (``causal_kl.sae_format.read_sparsify_cfg`` has what is refused). The hook is the
   folder's name: ``layers.L`` is block L's forward output, layer L.
 
+* **dictionary_learning** (a folder of ``config.json`` + ``ae.pt``), **Qwen-Scope** (``layer{L}.sae.pt``),
+  **Goodfire** and **DeepSeek-R1** (``.pt``/``.pth`` state dicts): SAELens' ``dictionary_learning_1``, ``qwen_scope``,
+  ``goodfire`` and ``deepseek_r1`` loaders' settings and tensor names, in ``causal_kl.sae_dictionary`` (pickles read
+  by ``torch.load(weights_only=True)`` only); temporal SAEs are refused there.
+
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 
@@ -78,7 +87,7 @@ and writes (``causal_kl.hooks.Point``; the same point for an SAE); ``hook_z`` SA
 ``o_proj``'s input already is.
 
 Refused with a one-line ``CausalKLError`` (file, field, fix): a missing path or file, invalid
-JSON, an unknown or unsupported architecture (gated, ...), another activation
+JSON, an unknown or unsupported architecture (batchtopk as such, ...), another activation
 function (``tanh-relu``), per-head SAEs, a transcoder with normalisation or ``apply_b_dec_to_input``,
 ``covariance_whitening``, missing tensors, wrong shapes, a non-unit ``scaling_factor``, and, in
 ``check_compatible`` (``causal_kl.sae_format.sae_points``), a width other than the hook's or an SAE
@@ -127,6 +136,7 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     SPARSIFY_CFG,
     SPARSIFY_WEIGHTS,
     GEMMA_SCOPE_SKIP,
+    GATED_TENSORS,
     HookSite,
     base_architecture,
     check_required_tensors,
@@ -150,6 +160,8 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     saelens_files,
     scaler_factor,
 )
+
+DICTIONARY_FORMATS = ("dictionary_learning", "qwen_scope", "goodfire", "deepseek_r1")  # = sae_dictionary.FORMATS
 
 SAELENS_LAYOUT_VERSION = "6.0.0"
 """``metadata.sae_lens_version`` written by ``save_sae``: the cfg.json layout (SAELens >= 6),
@@ -180,12 +192,15 @@ class SparseAutoencoder:
     """
 
     W_enc: torch.Tensor
-    b_enc: torch.Tensor
+    b_enc: torch.Tensor | None  # None for gated (b_gate, b_mag, r_mag instead)
     W_dec: torch.Tensor
     b_dec: torch.Tensor
     architecture: str = "standard"
     threshold: torch.Tensor | None = None
     W_skip: torch.Tensor | None = None  # skip transcoders: [d_out, d_in]
+    b_gate: torch.Tensor | None = None  # gated only: [d_sae] each
+    b_mag: torch.Tensor | None = None
+    r_mag: torch.Tensor | None = None
     k: int | None = None
     rescale_acts_by_decoder_norm: bool = False
     apply_b_dec_to_input: bool = True
@@ -214,7 +229,16 @@ class SparseAutoencoder:
                                     f"expected_average_only_in needs its scaling factor, got {f!r}",
                                     f"put {SAELENS_SCALER} (written by SAELens' trainer) beside cfg.json, or pass "
                                     "norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per hub SAE)")
-        tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        if self.architecture == "gated":
+            for name in GATED_TENSORS:
+                if getattr(self, name) is None:
+                    raise CausalKLError(src, name, f"a gated SAE needs {', '.join(GATED_TENSORS)} [d_sae]",
+                                        "save the gated SAE's gate and magnitude tensors with its weights")
+                tensors[name] = getattr(self, name)
+            self.b_enc = None  # SAELens' GatedSAE has none: the gate and magnitude biases take its place
+        else:
+            tensors["b_enc"] = self.b_enc
         if self.base == "jumprelu":
             if self.threshold is None:
                 raise CausalKLError(src, "threshold", "a JumpReLU SAE needs a threshold tensor [d_sae]",
@@ -236,7 +260,9 @@ class SparseAutoencoder:
                                 "store W_enc as a [d_in, d_sae] matrix")
         d_in, d_sae = self.W_enc.shape
         d_out = int(self.W_dec.shape[-1]) if self.transcoder and self.W_dec.ndim == 2 else d_in
-        expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+        expected = {"W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+        for name in GATED_TENSORS if self.architecture == "gated" else ("b_enc",):
+            expected[name] = (d_sae,)
         if self.base == "jumprelu":
             expected["threshold"] = (d_sae,)
         if has_skip(self.architecture):
@@ -308,7 +334,7 @@ class SparseAutoencoder:
 
     def to(self, device: str | torch.device) -> "SparseAutoencoder":
         """Move every tensor to ``device`` (in place); returns self."""
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", *GATED_TENSORS):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -374,6 +400,9 @@ class SparseAutoencoder:
         sae_in, stats = self._normalise(x)
         if self.apply_b_dec_to_input:
             sae_in = sae_in - self.b_dec
+        if self.architecture == "gated":  # SAELens' GatedSAE.encode: the gate decides, the magnitude path sizes
+            gate = (sae_in @ self.W_enc + self.b_gate) > 0
+            return torch.relu(sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag) * gate.to(sae_in.dtype), stats
         pre = sae_in @ self.W_enc + self.b_enc  # [n, d_sae]
         if self.base == "standard":
             acts = torch.relu(pre)
@@ -476,7 +505,8 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: i
              layer: int | None = None, norm_scaling_factor: float | None = None,
              hook_name: str | None = None, cfg_overrides: dict | None = None) -> SparseAutoencoder:
     """Load an SAE (SAELens directory, Gemma Scope ``params.npz`` or Gemma Scope 2 ``params.safetensors``,
-    EleutherAI sparsify folder).
+    EleutherAI sparsify folder, or a format of ``causal_kl.sae_dictionary``: a dictionary_learning folder, a
+    Qwen-Scope, Goodfire or DeepSeek-R1 ``.pt``/``.pth``).
 
     ``path`` is the directory or the weights file. With ``d_model``/``layer`` the SAE is checked
     against the model and layer it will be used at (``check_compatible``). ``hook_name``
@@ -489,7 +519,13 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: i
         raise CausalKLError(p, "sae path", "does not exist",
                             f"point it at an SAE directory ({SAELENS_CFG} + {SAELENS_WEIGHTS}) or a Gemma Scope {GEMMA_SCOPE_NPZ}")
     fmt, found = locate_sae(p)
-    if fmt in ("saelens", "sparsify"):
+    if fmt in DICTIONARY_FORMATS:  # dictionary_learning, qwen_scope, goodfire, deepseek_r1: causal_kl.sae_dictionary
+        from causal_kl import sae_dictionary
+
+        sae = sae_dictionary.load(fmt, found, cfg_overrides)
+        if hook_name is not None:
+            sae.hook_name, sae.hf_hook_name = hook_name, None
+    elif fmt in ("saelens", "sparsify"):
         sae = (load_saelens(found, norm_scaling_factor=norm_scaling_factor, cfg_overrides=cfg_overrides)
                if fmt == "saelens" else load_sparsify(found))
         if hook_name is not None:
@@ -552,9 +588,11 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None,
         if norm_scaling_factor is None:
             raise missing_scaler_error(cfg_path, f"put SAELens' {SAELENS_SCALER} beside cfg.json, or pass norm_scaling_factor "
                                                  "(SAELens' pretrained_saes.yaml lists it per hub SAE)")
+    gated = {n: torch.from_numpy(np.asarray(tensors[n])) for n in GATED_TENSORS} if cfg["architecture"] == "gated" else {}
     sae = SparseAutoencoder(
-        W_enc=torch.from_numpy(np.asarray(tensors["W_enc"])), b_enc=torch.from_numpy(np.asarray(tensors["b_enc"])),
-        W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])),
+        W_enc=torch.from_numpy(np.asarray(tensors["W_enc"])),
+        b_enc=torch.from_numpy(np.asarray(tensors["b_enc"])) if "b_enc" in tensors and not gated else None,
+        W_dec=torch.from_numpy(np.asarray(tensors["W_dec"])), b_dec=torch.from_numpy(np.asarray(tensors["b_dec"])), **gated,
         threshold=torch.from_numpy(np.asarray(tensors["threshold"])) if base_architecture(cfg["architecture"]) == "jumprelu" else None,
         W_skip=torch.from_numpy(np.asarray(tensors["W_skip"])) if has_skip(cfg["architecture"]) else None,
         architecture=cfg["architecture"], k=cfg["k"], rescale_acts_by_decoder_norm=cfg["rescale_acts_by_decoder_norm"],

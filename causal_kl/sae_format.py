@@ -35,7 +35,7 @@ TRANSCODERS = {"transcoder": "standard", "skip_transcoder": "standard", "jumprel
                "jumprelu_skip_transcoder": "jumprelu"}
 """SAELens' transcoder architectures -> the activation of their encoder (``sae_lens/saes/transcoder.py``)."""
 
-ARCHITECTURES = ("standard", "jumprelu", "topk", *TRANSCODERS)
+ARCHITECTURES = ("standard", "jumprelu", "topk", "gated", *TRANSCODERS)
 """Architectures ``causal_kl.sae`` runs (SAELens' names)."""
 
 
@@ -65,10 +65,12 @@ SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 """What sparsify's ``SparseCoder.save_to_disk`` writes (``encoder``: an ``nn.Linear(d_in, num_latents)``)."""
-FORMATS = ("saelens", "gemma_scope", "sparsify")
+FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning", "qwen_scope", "goodfire", "deepseek_r1")
+"""The last four: ``causal_kl.sae_dictionary`` (SAELens' ``dictionary_learning_1``, ``qwen_scope``, ``goodfire`` and
+``deepseek_r1`` conversions)."""
 
 ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
-KNOWN_UNSUPPORTED = {"gated", "batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
+KNOWN_UNSUPPORTED = {"batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
 
 
 # --------------------------------------------------------------------------------------- hooks
@@ -157,7 +159,9 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     or ``("sparsify", directory)``.
 
     ``path`` is an SAE directory, its ``cfg.json`` / ``sae_weights.safetensors`` / ``sae.safetensors``, or
-    a Gemma Scope ``params.npz`` / ``params.safetensors`` (or a directory holding one). A folder holding
+    a Gemma Scope ``params.npz`` / ``params.safetensors`` (or a directory holding one), or a format of
+    ``causal_kl.sae_dictionary`` (a dictionary_learning folder or its ``ae.pt``, a Qwen-Scope, Goodfire or DeepSeek-R1
+    ``.pt``/``.pth``: ``(format, folder or file)``). A folder holding
     only ``cfg.json`` is SAELens' or sparsify's by the keys of that file (so the missing weights file is
     named right). A path that holds no SAE is a one-line error (a sparsify release folder, holding one
     folder per hookpoint, says which); a path that does not exist is the caller's to report (it knows the field).
@@ -172,6 +176,8 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
             return locate_sae(p.parent)
         if p.suffix == ".npz" or p.name == GEMMA_SCOPE_SAFETENSORS:
             return "gemma_scope", p
+        if (other := _dictionary_locate(p)) is not None:
+            return other
         raise CausalKLError(p, "sae path", "is not an SAE file",
                             f"give the SAE directory, its {SAELENS_WEIGHTS} or {SPARSIFY_WEIGHTS}, a Gemma Scope "
                             f"{GEMMA_SCOPE_NPZ} or {GEMMA_SCOPE_SAFETENSORS}")
@@ -184,6 +190,8 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     for name in (GEMMA_SCOPE_NPZ, GEMMA_SCOPE_SAFETENSORS):
         if (p / name).exists():
             return "gemma_scope", p / name
+    if (other := _dictionary_locate(p)) is not None:
+        return other
     hookpoints = sorted(q.name for q in p.iterdir() if (q / SPARSIFY_WEIGHTS).exists()) if p.is_dir() else []
     if hookpoints:
         shown = ", ".join(hookpoints[:4]) + (", ..." if len(hookpoints) > 4 else "")
@@ -192,7 +200,15 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
                             f"point the route at one hookpoint's folder, e.g. '{p / layered}'")
     raise CausalKLError(p, SAELENS_CFG, "no SAE found in this directory",
                         f"give a directory holding {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), {SPARSIFY_CFG} + "
-                        f"{SPARSIFY_WEIGHTS} (sparsify) or {GEMMA_SCOPE_NPZ} (Gemma Scope)")
+                        f"{SPARSIFY_WEIGHTS} (sparsify), {GEMMA_SCOPE_NPZ} (Gemma Scope) or config.json + ae.pt "
+                        "(dictionary_learning), or give an SAE's .pt file")
+
+
+def _dictionary_locate(p: Path) -> tuple[str, Path] | None:
+    """dictionary_learning, Qwen-Scope, Goodfire and DeepSeek-R1 files (``causal_kl.sae_dictionary.locate``)."""
+    from causal_kl import sae_dictionary
+
+    return sae_dictionary.locate(p)
 
 
 def _looks_like_sparsify_cfg(cfg_path: Path) -> bool:
@@ -624,7 +640,13 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------------------------- tensors
+GATED_TENSORS = ("b_gate", "b_mag", "r_mag")
+"""SAELens' ``gated`` SAE's own tensors, each ``[d_sae]``, in place of ``b_enc`` (``sae_lens/saes/gated_sae.py``)."""
+
+
 def required_tensors(arch: str) -> list[str]:
+    if arch == "gated":
+        return ["W_enc", *GATED_TENSORS, "W_dec", "b_dec"]
     return (["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if base_architecture(arch) == "jumprelu" else [])
             + (["W_skip"] if has_skip(arch) else []))
 

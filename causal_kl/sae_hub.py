@@ -27,8 +27,9 @@ commit, exactly what read the SAE reruns.
 on top (a release may change ``normalize_activations`` there); the release's ``norm_scaling_factor``
 is folded in only when the SAE's ``cfg.json`` says ``expected_average_only_in`` (SAELens ignores it
 otherwise); formats read: ``conversion_func`` null (SAELens' own), ``gemma_2`` (Gemma Scope
-``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``) and ``sparsify``; other formats
-(Llama Scope, transcoders, ...) are one line. Releases trained on TransformerLens' model with
+``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``), ``sparsify``, and ``dictionary_learning_1``,
+``qwen_scope``, ``goodfire``, ``deepseek_r1`` (``causal_kl.sae_dictionary``; ``temporal`` is refused with its reason
+there); other formats (Llama Scope, transcoders, ...) are one line. Releases trained on TransformerLens' model with
 ``center_writing_weights`` read a mean-centred residual stream the Hugging Face model does not have:
 refused, with the reason.
 
@@ -49,11 +50,13 @@ from typing import Any
 
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt
+from causal_kl import sae_dictionary
 
 NAMED_KEYS = ("release", "repo")
 """The keys that name an SAE on the hub instead of a ``path``."""
 
-CONVERTERS = {None: "saelens", "sparsify": "sparsify", "gemma_2": "gemma_scope", "gemma_3": "gemma_scope"}
+CONVERTERS = {None: "saelens", "sparsify": "sparsify", "gemma_2": "gemma_scope", "gemma_3": "gemma_scope",
+              **sae_dictionary.CONVERTERS}
 """SAELens' ``conversion_func`` of a release -> the format read here."""
 
 FORMAT_FILES = {
@@ -61,10 +64,13 @@ FORMAT_FILES = {
     "sparsify": (fmt.SPARSIFY_CFG, fmt.SPARSIFY_WEIGHTS),
     "gemma_2": (fmt.GEMMA_SCOPE_NPZ,),
     "gemma_3": (fmt.GEMMA_SCOPE_SAFETENSORS,),
+    **sae_dictionary.FORMAT_FILES,
 }
-"""The files an SAE of each format needs (Gemma Scope 2's optional ``config.json`` is read when present)."""
+"""The files an SAE of each format needs (Gemma Scope 2's optional ``config.json`` is read when present);
+``sae_dictionary.THE_FILE`` (""): the SAE's path in the repo is its one file (Qwen-Scope's ``layer3.sae.pt``)."""
 
-PROBE_FILES = (fmt.SAELENS_WEIGHTS, fmt.SPARSIFY_WEIGHTS, fmt.GEMMA_SCOPE_NPZ, fmt.GEMMA_SCOPE_SAFETENSORS, fmt.SAELENS_CFG)
+PROBE_FILES = (fmt.SAELENS_WEIGHTS, fmt.SPARSIFY_WEIGHTS, fmt.GEMMA_SCOPE_NPZ, fmt.GEMMA_SCOPE_SAFETENSORS, fmt.SAELENS_CFG,
+               sae_dictionary.DL_WEIGHTS, sae_dictionary.THE_FILE)
 """What a ``repo`` + ``folder`` SAE's folder is recognised by, in this order."""
 
 
@@ -110,9 +116,9 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def download_command(repo_id: str, folder: str, revision: str | None = None) -> str:
+def download_command(repo_id: str, folder: str, revision: str | None = None, file: bool = False) -> str:
     """The command that puts ``folder`` of ``repo_id`` into the cache (``hf``: huggingface_hub >= 0.34's CLI,
-    the one it installs; ``huggingface-cli`` before)."""
+    the one it installs; ``huggingface-cli`` before); ``file``: ``folder`` is one file (a Qwen-Scope ``layer3.sae.pt``)."""
     from importlib.metadata import version
 
     try:
@@ -120,7 +126,7 @@ def download_command(repo_id: str, folder: str, revision: str | None = None) -> 
         cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
     except Exception:  # noqa: BLE001 - no version: the current CLI
         cli = "hf"
-    include = f' --include "{folder.rstrip("/")}/*"' if folder else ""
+    include = f" {folder}" if file else f' --include "{folder.rstrip("/")}/*"' if folder else ""
     rev = f" --revision {revision}" if revision and revision != "main" else ""
     return f"{cli} download {repo_id}{include}{rev}"
 
@@ -187,10 +193,13 @@ def release_sae(release: str, sae_id: str, source: str = "config", name: str | N
         raise CausalKLError(source, f"{where}.sae_id", f"'{sae_id}' is not an SAE of release '{release}' ({len(saes)} SAEs)",
                             f"{_suggest(sae_id, list(saes))} ('{{layer}}' in sae_id is the layer)")
     converter = info.get("conversion_func")
+    if converter in sae_dictionary.REFUSED:
+        why, fix = sae_dictionary.REFUSED[converter]
+        raise CausalKLError(source, f"{where}.release", f"release '{release}' ({converter}): {why}", fix)
     if converter not in CONVERTERS:
         raise CausalKLError(source, f"{where}.release", f"release '{release}' is in SAELens' '{converter}' format, which "
-                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3) or "
-                            "sparsify format, or convert the SAE to SAELens' format and give its path")
+                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3), "
+                            "sparsify, dictionary_learning_1, qwen_scope, goodfire or deepseek_r1 format, or convert the SAE to SAELens' format and give its path")
     overrides = dict(info.get("config_overrides") or {})
     if (overrides.get("model_from_pretrained_kwargs") or {}).get("center_writing_weights"):
         raise CausalKLError(source, f"{where}.release", f"release '{release}' was trained on TransformerLens' model with "
@@ -216,10 +225,11 @@ def _cached(repo_id: str, folder: str, filename: str, revision: str | None) -> P
     return Path(hit) if isinstance(hit, str) else None
 
 
-def _snapshot_of(hit: Path, folder: str) -> Path:
-    """``snapshots/<commit>`` above a cached file of ``folder`` (the file's own path, not its blob: never resolved)."""
-    snap = hit.parent
-    for _ in PurePosixPath(folder).parts if folder not in ("", ".") else ():
+def _snapshot_of(hit: Path, rel: str) -> Path:
+    """``snapshots/<commit>`` above a cached file whose path in the repo is ``rel`` (the file's own path, not its blob:
+    never resolved)."""
+    snap = hit
+    for _ in PurePosixPath(rel).parts:
         snap = snap.parent
     return snap
 
@@ -227,9 +237,10 @@ def _snapshot_of(hit: Path, folder: str) -> Path:
 def _not_cached(source: str, field: str, repo_id: str, folder: str, revision: str | None, missing: list[str]) -> CausalKLError:
     at = f"@{revision}" if revision and revision != "main" else ""
     what = ", ".join(_join(folder, m) for m in missing)
+    one_file = missing == [sae_dictionary.THE_FILE]  # the folder is the SAE's one file
     return CausalKLError(source, field, f"{repo_id}{at}: {what} not in the Hugging Face cache ({hub_cache_dir()}; "
                          "causal-kl reads hub SAEs from the cache only and never downloads)",
-                         f"download it into the cache once: {download_command(repo_id, folder, revision)}")
+                         f"download it into the cache once: {download_command(repo_id, folder, revision, file=one_file)}")
 
 
 def find_in_cache(repo_id: str, folder: str, revision: str | None, files: tuple[str, ...] | None, source: str,
@@ -242,16 +253,18 @@ def find_in_cache(repo_id: str, folder: str, revision: str | None, files: tuple[
     with the ``hf download`` command."""
     revision = revision or None
     if files is None:
-        hit = next((h for f in PROBE_FILES if (h := _cached(repo_id, folder, f, revision)) is not None), None)
-        if hit is None:
+        probe = next(((f, h) for f in PROBE_FILES if (f or folder) and (h := _cached(repo_id, folder, f, revision)) is not None),
+                     None)
+        if probe is None:
             raise _not_cached(source, field, repo_id, folder, revision, ["*"])
-        found_format, found = fmt.locate_sae(hit.parent)
+        found_format, found = fmt.locate_sae(probe[1] if probe[0] == sae_dictionary.THE_FILE else probe[1].parent)
         files = (found.name,) if found_format == "gemma_scope" else FORMAT_FILES[found_format]
     hits = {f: _cached(repo_id, folder, f, revision) for f in files}
     missing = [f for f, h in hits.items() if h is None]
     if missing:
         raise _not_cached(source, field, repo_id, folder, revision, missing)
-    snapshot = _snapshot_of(next(iter(hits.values())), folder)
+    first = next(iter(hits))
+    snapshot = _snapshot_of(hits[first], _join(folder, first))
     if snapshot.parent.name != "snapshots":
         raise CausalKLError(snapshot, None, "not a Hugging Face cache snapshot folder",
                             f"download it into the cache once: {download_command(repo_id, folder, revision)}")

@@ -2,12 +2,13 @@
 
 A route entry::
 
-    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope" | "sparsify",
+    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope" | "sparsify" | ...,
      "layer": 3 | [1, 3] | None, "check_hook": True, "batch_size": 4096}
 
 ``path`` is a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``), a Gemma Scope
 ``params.npz`` or a Gemma Scope 2 ``params.safetensors`` (or a directory holding one), or an
-EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint); ``{layer}``
+EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint), or a format of
+``causal_kl.sae_dictionary`` (``dictionary_learning``, ``qwen_scope``, ``goodfire``, ``deepseek_r1``); ``{layer}``
 in it is the layer, so one entry names a suite (one SAE per layer). Instead of ``path`` an entry may
 name the SAE by ``release`` + ``sae_id`` (SAELens' ``pretrained_saes.yaml``) or ``repo`` + ``folder``
 (any hub repo), optionally at a ``revision``: found in the Hugging Face cache by ``causal_kl.sae_hub``
@@ -56,6 +57,7 @@ from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
 from causal_kl.hooks import HOOKS
 from causal_kl import sae_hub  # SAEs named by SAELens release or hub repo, read from the Hugging Face cache
+from causal_kl import sae_dictionary  # dictionary_learning, Qwen-Scope, Goodfire, DeepSeek-R1 files
 
 if TYPE_CHECKING:  # torch is imported where the SAE runs: the parse-time check stays free of it
     from causal_kl.sae import SparseAutoencoder
@@ -182,7 +184,9 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], arch: str, file: Path, d_
         if d_out_cfg is not None and d_out_cfg != d_out:
             raise CausalKLError(file, "W_dec", f"shape {shapes['W_dec']} disagrees with cfg.json d_out={d_out_cfg}",
                                 f"W_dec must be [d_sae, d_out] = [{d_sae}, {d_out_cfg}]; re-save the transcoder")
-    expected = {"b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    expected = {"W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    for name in fmt.GATED_TENSORS if arch == "gated" else ("b_enc",):
+        expected[name] = (d_sae,)
     if fmt.base_architecture(arch) == "jumprelu":
         expected["threshold"] = (d_sae,)
     if fmt.has_skip(arch):
@@ -229,6 +233,11 @@ def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "con
     """The route's SAE at ``layer``, its files checked as the loader checks them (format, architecture, settings,
     tensors and shapes, truncation, the scaling factor); reads only JSON and tensor headers."""
     found = resolve_sae(entry, layer, source, name)
+    if found.format in sae_dictionary.FORMATS:  # dictionary_learning, Qwen-Scope, Goodfire, DeepSeek-R1: pickle opcodes
+        cfg, shapes, weights = sae_dictionary.read_files(found.format, found.file, found.config_overrides)
+        d_in, d_sae, d_out = _check_tensors(shapes, cfg["architecture"], weights, cfg["d_in"], cfg["d_sae"], cfg["k"])
+        return SAEFiles(sae_dictionary.config_file(found.format, found.file), cfg["architecture"], d_in, d_sae, d_out,
+                        cfg["hook_name"], hf_hook_name=cfg["hf_hook_name"])
     if found.format == "saelens":
         cfg_path, weights = fmt.saelens_files(found.file)
         cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
