@@ -371,9 +371,7 @@ def test_demo_sae_is_deterministic_and_saved_in_saelens_format(tmp_path):
     data = _sparse_data(1500)
     golds, held_out = data[:1200], data[1200:]
     cfg = SAETrainConfig(k=8, steps=600)
-    t0 = time.perf_counter()
     report = write_demo_sae(golds, tmp_path / "a", layer=3, config=cfg)
-    seconds = time.perf_counter() - t0
     write_demo_sae(golds, tmp_path / "b", layer=3, config=cfg)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         from safetensors.numpy import load_file
@@ -397,7 +395,7 @@ def test_demo_sae_is_deterministic_and_saved_in_saelens_format(tmp_path):
     assert stats.l0 == pytest.approx(8.0)  # TopK: exactly k active unless a top-k value is <= 0
     assert fve > 0.8, fve
     assert explained_variance(held_out, recon) > 0.8
-    assert report.l0 == pytest.approx(8.0) and seconds < 30
+    assert report.l0 == pytest.approx(8.0)
     # Measured on the real demo (2000 training golds of width 160, layer 3 of the demo Gemma-3,
     # default SAETrainConfig: d_sae 320, k 16, 600 steps; 2.4 s on one core of the shared 2-core box):
     # on the 500 held-out eval golds, explained variance 0.943, FVE (design) 0.931, L0 16.0, dead 0.9%.
