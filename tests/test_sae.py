@@ -8,7 +8,6 @@ JumpReLU), in float64, independently of the module. Where sae-lens is installed
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
