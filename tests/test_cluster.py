@@ -230,6 +230,27 @@ def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_pat
     assert not submits_to_cluster(["-e", "slurm-jobstep"])
 
 
+NO_SLURM_PLUGIN = """
+import pkgutil, sys
+found = pkgutil.iter_modules  # Snakemake finds executor plugins by module name: hide the SLURM one, as if not installed
+pkgutil.iter_modules = lambda *a, **k: (m for m in found(*a, **k) if not m.name.startswith("snakemake_executor_plugin_slurm"))
+from snakemake.cli import main
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_slurm_profile_without_the_plugin_is_one_line():
+    """Snakemake's argparse refuses `executor: slurm` (its whole usage, "invalid choice: 'slurm'") before the workflow
+    is read; the profile itself is read first (a YTE definition): one line naming the extra to install."""
+    res = subprocess.run([sys.executable, "-c", NO_SLURM_PLUGIN, "-n", "--profile", "profiles/slurm"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    lines = [l for l in out.splitlines() if l.startswith("causal-kl:")]
+    assert res.returncode == 1 and len(lines) == 1, out[-2000:]
+    assert "executor: slurm" in lines[0] and "Fix: pip install '.[slurm]'" in lines[0] and "usage:" not in out
+
+
 # ------------------------------------------------------------------ Snakemake's plan under profiles/slurm
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, gemma3_dir):
