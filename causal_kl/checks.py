@@ -6,7 +6,11 @@ range), the device, the corpus file (its column and rows), stored golds and rout
 disjoint from the eval rows, the demo's own paths. Each problem is the one-line ``file: field: problem.
 Fix: ...`` error. No weights are read and neither torch nor transformers is imported, so a parse costs
 milliseconds (except for a ``model.attn_implementation`` other than ``auto``: checking it against what
-transformers offers for the model's class imports transformers).
+transformers offers for the model's class imports transformers; a hub ``model.path`` not in the Hugging Face cache,
+where jobs run here, costs one request to the hub to see that it answers).
+
+``check_configfiles`` runs earlier still, from ``profiles/default`` (the workflow profile Snakemake reads before it
+loads any ``--configfile``); ``check_shard_targets`` and ``setting_source`` serve the Snakefile's other checks.
 """
 
 from __future__ import annotations
