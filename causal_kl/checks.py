@@ -681,13 +681,6 @@ def check_shard_targets(argv: list[str], results: str) -> None:
                                 "says how many shards the run has, does not exist yet)",
                                 f"build the sites first (snakemake {stats}, with the same --configfile), then ask for "
                                 f"the shard; or ask for {whole}")
-        try:
-            n_shards = int(json.loads(stats.read_text())["n_shards"])
-        except (ValueError, KeyError, TypeError):
-            continue  # an unreadable sites.json is the sites checkpoint's to redo
-        if int(m.group(1)) >= n_shards:
-            raise CausalKLError(target, "target", f"shard {m.group(1)} is not a shard of this run ({stats}: {n_shards} "
-                                f"shards, shard_000..shard_{n_shards - 1:03d})", f"ask for one of those, or for {whole}")
 
 
 _POINT_DIR = r"L(\d+(?:\.[a-z_]+)?)"

@@ -335,8 +335,6 @@ def test_a_shard_target_before_the_sites_says_what_to_build_first(tmp_path, monk
     (tmp_path / "results/mine").mkdir(parents=True)
     (tmp_path / "results/mine/sites.json").write_text(json.dumps({"n_shards": 2}))
     checks.check_shard_targets(["results/mine/L2/gold/shard_001.parquet"], "results/mine")
-    with pytest.raises(CausalKLError, match=r"shard 002 is not a shard of this run .*2 shards, shard_000..shard_001"):
-        checks.check_shard_targets(["results/mine/L2/gold/shard_002.parquet"], "results/mine")
 
 
 def test_cli_help_is_plain_text():
