@@ -666,7 +666,7 @@ SHARD_FILE = r"shard_(\d{3,})\.parquet"
 def check_shard_targets(argv: list[str], results: str) -> None:
     """A target that is one shard's file needs the sampled sites, which say which shards exist (``sites.json``): asked
     for before them it is one line saying what to build first (Snakemake says MissingInputException on the sites
-    shard); a shard past the run's last is one line too."""
+    shard). Once they exist the target is Snakemake's to plan (a config that samples more sites reruns them first)."""
     import re
 
     prefix = results.rstrip("/") + "/"
