@@ -542,7 +542,10 @@ def check_configfiles(argv: list[str]) -> None:
     present = [f for f in files if Path(f).is_file()]
     for f in files:
         if Path(f).exists():
-            read_yaml(f)
+            try:  # Snakemake reads a config file as JSON first (JSON with tabs is no YAML)
+                json.loads(Path(f).read_text())
+            except (ValueError, OSError):
+                read_yaml(f)
             continue
         if f.startswith(("results/", "logs/", "resources/")) or not f.endswith(CONFIG_SUFFIXES):
             cfgs = " ".join(present) or "X.yaml"

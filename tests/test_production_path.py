@@ -317,6 +317,10 @@ def test_a_config_file_argument_that_is_no_config_file_is_one_line(wd, monkeypat
 
 def test_good_config_file_arguments_pass(wd, monkeypatch):
     monkeypatch.chdir(wd)
+    (wd / "tabs.json").write_text(json.dumps(yaml.safe_load((wd / "mine.yaml").read_text()), indent="\t"))
+    with pytest.raises(yaml.YAMLError):  # no YAML, yet a config file Snakemake reads (as JSON)
+        yaml.safe_load((wd / "tabs.json").read_text())
+    checks.check_configfiles(["--configfile", "tabs.json"])
     for argv in (["-n"], ["results/mine/L2/gate.json", "--configfile", "mine.yaml", "--cores", "2"],
                  ["--config", "seed=7", "--configfile", "mine.yaml", "config/config.yaml"]):
         checks.check_configfiles(argv)
