@@ -172,8 +172,6 @@ BAD = {
                                 "routes.s", "check_hook: false"),
     "a missing SAE": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}"}), "routes.s.path",
                       "does not exist"),
-    "flash attention on a machine without it": (lambda c: c["model"].update(attn_implementation="flash_attention_2"),
-                                                "model.attn_implementation", "flash_attention_2 cannot run here"),
     "a hub model not in the cache, the hub off": (lambda c: c["model"].update(path="someorg/not-cached"), "model.path",
                                                   "hf download someorg/not-cached"),
     "a corpus whose text column is empty": (lambda c: c["corpus"].update(path="no_text.parquet"),
@@ -197,16 +195,36 @@ def test_every_config_problem_is_one_line_before_any_job(wd, run_config, case, m
     assert "[0, 0]" not in msg  # a fix that is itself refused (rows within [0, 0]) is no fix
 
 
-def test_the_job_would_fail_where_the_parse_time_checks_refuse(wd, run_config, monkeypatch, tmp_path):
-    """The refusals above are the jobs' own failures, said earlier: transformers cannot load flash attention here, nor
-    the uncached hub id offline; the sites job finds no text in the empty column (its own message, naming the file)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def test_flash_attention_is_refused_where_transformers_cannot_load_it(wd, run_config):
+    """The model job's own load decides: where transformers cannot load the model with flash_attention_2 (no
+    flash-attn, no GPU) the parse refuses it in one line; where it can, the parse lets it through."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        AutoModelForCausalLM.from_pretrained(wd / "my_models/tiny", attn_implementation="flash_attention_2")
+        loads = True
+    except (ValueError, ImportError):
+        loads = False
+    run_config["model"]["attn_implementation"] = "flash_attention_2"
+    run_config["device"] = "auto"
+    if loads:
+        _check(wd, run_config)
+        return
+    with pytest.raises(CausalKLError) as e:
+        _check(wd, run_config)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: model.attn_implementation: flash_attention_2 cannot run here")
+    assert "Fix: set model.attn_implementation: auto" in msg
+    _check(wd, run_config, local_exec=False)  # a dry run or a cluster submission: the jobs run elsewhere
+
+
+def test_the_job_would_fail_where_the_parse_time_checks_refuse(wd, run_config, tmp_path):
+    """The refusals above are the jobs' own failures, said earlier: transformers cannot load the uncached hub id
+    offline; the sites job finds no text in the empty column."""
+    from transformers import AutoConfig
 
     from causal_kl.sites import load_corpus_rows
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises((ValueError, ImportError)):
-        AutoModelForCausalLM.from_pretrained(wd / "my_models/tiny", attn_implementation="flash_attention_2")
     with pytest.raises(OSError):
         AutoConfig.from_pretrained("someorg/not-cached", cache_dir=str(tmp_path / "hub"), local_files_only=True)
     rows = load_corpus_rows({**run_config["corpus"], "path": str(wd / "no_text.parquet")})
