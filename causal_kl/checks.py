@@ -299,9 +299,8 @@ def check_corpus_text(files: list[Path], metas: list, column: str, start: int, s
     """Rows ``[start, stop)`` of the corpus hold some text in ``column``: when every one is empty (or null), no site can
     be sampled. Read from the row groups' statistics where they show no empty or null value (no data read), else
     from the column of the row groups that hold those rows only."""
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     kind = metas[0].schema.to_arrow_schema().field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
