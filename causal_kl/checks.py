@@ -6,7 +6,11 @@ range), the device, the corpus file (its column and rows), stored golds and rout
 disjoint from the eval rows, the demo's own paths. Each problem is the one-line ``file: field: problem.
 Fix: ...`` error. No weights are read and neither torch nor transformers is imported, so a parse costs
 milliseconds (except for a ``model.attn_implementation`` other than ``auto``: checking it against what
-transformers offers for the model's class imports transformers).
+transformers offers for the model's class imports transformers; a hub ``model.path`` not in the Hugging Face cache,
+where jobs run here, costs one request to the hub to see that it answers).
+
+``check_configfiles`` runs earlier still, from ``profiles/default`` (the workflow profile Snakemake reads before it
+loads any ``--configfile``); ``check_shard_targets`` and ``setting_source`` serve the Snakefile's other checks.
 """
 
 from __future__ import annotations
@@ -106,14 +110,60 @@ def text_config(model_config: dict) -> dict:
     return model_config.get("text_config") or model_config
 
 
+OFFLINE_VALUES = ("1", "true", "yes", "on")
+"""Values of ``HF_HUB_OFFLINE`` that switch the hub off (as huggingface_hub reads it)."""
+
+
+def hub_model_cached(repo_id: str) -> bool:
+    """Whether a hub model's ``config.json`` is in the Hugging Face cache (``sae_hub.hub_cache_dir``), as
+    ``from_pretrained`` looks it up offline (``main``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from causal_kl.sae_hub import hub_cache_dir
+
+    try:
+        hit = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(hub_cache_dir()))
+    except Exception:  # noqa: BLE001 - an id huggingface_hub refuses (bad characters): not cached
+        return False
+    return isinstance(hit, str)
+
+
+def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be reached from here (one request to its model API, no retries), or None when it answers
+    (any HTTP status: a missing or gated repo is for the download to say)."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        return f"{endpoint}: {' '.join(str(reason).split())[:120]}"
+    return None
+
+
 def check_hub_id(path: str, source: str = "config") -> None:
-    """With the hub switched off (``HF_HUB_OFFLINE=1``), a hub id must already be in the local cache."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+    """A hub id the jobs load here is in the Hugging Face cache, or the hub can download it: not cached with the hub
+    off (``HF_HUB_OFFLINE``) or unreachable is one line with the ``hf download`` command (as a named SAE's is), not a
+    sites job that fails after minutes of HTTP retries."""
+    if hub_model_cached(path):
         return
-    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-    if not (cache.expanduser() / f"models--{path.replace('/', '--')}").exists():
-        raise CausalKLError(source, "model.path", f"'{path}' is a hub id, the hub is off (HF_HUB_OFFLINE=1) and it is not cached",
-                            "point model.path at a local save_pretrained folder, or allow the hub")
+    from causal_kl.sae_hub import download_command, hub_cache_dir
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in OFFLINE_VALUES:
+        why = "the hub is off (HF_HUB_OFFLINE=1)"
+    else:
+        reason = hub_unreachable(path)
+        if reason is None:
+            return  # the first job downloads it
+        why = f"the hub cannot be reached ({reason})"
+    raise CausalKLError(source, "model.path", f"'{path}' is a hub id that is not in the Hugging Face cache "
+                        f"({hub_cache_dir()}) and {why}",
+                        f"download it into the cache once where the hub is reachable: {download_command(path, '')} "
+                        "(or point model.path at a local save_pretrained folder)")
 
 
 def check_model(path: str | Path, layer: int | list[int], source: str = "config", reach_hub: bool = True,
@@ -122,12 +172,14 @@ def check_model(path: str | Path, layer: int | list[int], source: str = "config"
     decoder has block ``layer`` (each of a list), and transformers offers ``attn_implementation`` for its
     class; returns its config.json.
 
-    A hub id is checked against the local cache when the hub is off and ``reach_hub`` (jobs run here).
+    Where jobs run here (``reach_hub``), a hub id must be cached or the hub reachable (``check_hub_id``) and the
+    attention implementation must run on this machine (``check_attn_available``).
     """
     cfg = read_model_config(path, source)
     if cfg is None:
         if reach_hub:
             check_hub_id(str(path), source)
+            check_attn_implementation(None, attn_implementation, source, local_exec=True)
         return None
     cfg_path = Path(path) / "config.json"
     archs = cfg.get("architectures") or []
@@ -135,7 +187,7 @@ def check_model(path: str | Path, layer: int | list[int], source: str = "config"
         raise CausalKLError(cfg_path, "architectures", f"{archs[0]} ('{cfg.get('model_type')}') is not a causal language model",
                             f"point model.path at a decoder-only causal LM ({families.supported()})")
     families.check_family(cfg, cfg_path, str(path))
-    check_attn_implementation(cfg, attn_implementation, source)
+    check_attn_implementation(cfg, attn_implementation, source, local_exec=reach_hub)
     n = text_config(cfg).get("num_hidden_layers")
     for one in layer if isinstance(layer, list) else [layer]:
         if n is not None and not 0 <= int(one) < int(n):
@@ -144,14 +196,46 @@ def check_model(path: str | Path, layer: int | list[int], source: str = "config"
     return cfg
 
 
-def check_attn_implementation(model_config: dict, requested: str, source: str = "config") -> None:
+def check_attn_implementation(model_config: dict | None, requested: str, source: str = "config",
+                              local_exec: bool = False) -> None:
     """``model.attn_implementation`` is one transformers offers for the model's class (``auto`` always is:
-    sdpa where offered, else eager). Imports transformers, so only for a value other than ``auto``."""
+    sdpa where offered, else eager), and, where jobs run here (``local_exec``), one this machine can run (flash
+    attention: its package and a CUDA GPU). Imports transformers, so only for a value other than ``auto``."""
     if requested in (None, families.AUTO):
         return
-    model_class = families.causal_lm_class(model_config)
+    model_class = families.causal_lm_class(model_config) if model_config is not None else None
     if model_class is not None:
         families.choose_attn_implementation(model_class, requested, source)
+    if local_exec:
+        check_attn_available(requested, source)
+
+
+FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"), "flash_attention_3": ("flash_attn_interface",
+                                                                                           "flash-attn 3")}
+"""The module each flash attention is imported from and the package that installs it."""
+
+
+def check_attn_available(requested: str, source: str = "config") -> None:
+    """This machine can run a flash attention ``requested``, as transformers decides when it loads the model (in the
+    first model job): its package usable (``is_flash_attn_*_available``: installed and a CUDA GPU), else the hub's
+    kernels (the ``kernels`` package) on a GPU."""
+    if requested not in FLASH_PACKAGES:
+        return
+    import importlib.util
+
+    from transformers import utils as tu
+
+    usable = tu.is_flash_attn_2_available if requested == "flash_attention_2" else tu.is_flash_attn_3_available
+    gpu = bool(visible_gpus())
+    if usable() or (gpu and tu.is_kernels_available()):
+        return
+    module, package = FLASH_PACKAGES[requested]
+    missing = [] if importlib.util.find_spec(module) is not None else [f"the {package} package is not installed"]
+    missing += [] if gpu else ["this machine has no visible GPU"]
+    raise CausalKLError(source, "model.attn_implementation",
+                        f"{requested} cannot run here: {' and '.join(missing) or 'transformers cannot use it'}",
+                        f"set model.attn_implementation: auto (sdpa where offered, else eager), or run where {package} "
+                        "is installed and a CUDA GPU is visible")
 
 
 def visible_gpus() -> list[str]:
@@ -201,9 +285,48 @@ def check_corpus(corpus: dict, built_by_demo: bool, source: str = "config") -> N
     start, stop = corpus["rows"]
     if stop <= start:
         raise CausalKLError(source, "corpus.rows", f"empty row range [{start}, {stop})", "give rows as [start, stop) with stop > start")
+    if n_rows == 0:
+        raise CausalKLError(path, "corpus.path", "the corpus holds no rows",
+                            f"point corpus.path at a corpus with one document per row (its text in column "
+                            f"'{corpus['column']}')")
     if stop > n_rows:
         raise CausalKLError(path, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({n_rows} rows)",
                             f"set corpus.rows within [0, {n_rows}]")
+    check_corpus_text(files, metas, corpus["column"], start, stop, path)
+
+
+def check_corpus_text(files: list[Path], metas: list, column: str, start: int, stop: int, shown: str) -> None:
+    """Rows ``[start, stop)`` of the corpus hold some text in ``column``: when every one is empty (or null), no site can
+    be sampled. Read from the row groups' statistics where they show no empty or null value (no data read), else
+    from the column of the row groups that hold those rows only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = metas[0].schema.to_arrow_schema().field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise CausalKLError(shown, "corpus.column", f"column '{column}' holds {kind}, not text",
+                            "set corpus.column to the column that holds the documents' text")
+    offset, reads = 0, []
+    for f, meta in zip(files, metas):
+        index = meta.schema.to_arrow_schema().get_field_index(column)
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            lo, hi = offset, offset + group.num_rows
+            offset = hi
+            if hi <= start or lo >= stop:
+                continue
+            stats = group.column(index).statistics if index >= 0 else None
+            if stats is not None and stats.has_min_max and stats.has_null_count and stats.null_count == 0 \
+                    and isinstance(stats.min, (str, bytes)) and len(stats.min.strip()) > 0:
+                return  # every value of this row group is non-empty text
+            reads.append((f, g, max(start - lo, 0), min(stop, hi) - lo))
+    for f, g, a, b in reads:
+        values = pq.ParquetFile(f).read_row_group(g, columns=[column]).column(column).slice(a, b - a).to_pylist()
+        if any(isinstance(v, (str, bytes)) and v.strip() for v in values):
+            return
+    raise CausalKLError(shown, "corpus.column", f"column '{column}' is empty in every row of corpus.rows [{start}, {stop}) "
+                        "(no text to sample sites from)",
+                        "set corpus.column to the column that holds the documents' text, or corpus.rows to rows that have text")
 
 
 def _must_exist(path: str, source: str, field: str, what: str, fix: str) -> None:
@@ -371,10 +494,63 @@ def _command_line(argv: list[str]) -> Any:
     ap.add_argument("-e", "--executor", default=None)
     ap.add_argument("--groups", nargs="+", default=None)
     ap.add_argument("--profile", default=os.environ.get("SNAKEMAKE_PROFILE"))
+    ap.add_argument("--config", "-C", nargs="*", default=None)
+    ap.add_argument("--configfile", "--configfiles", nargs="+", default=[])
     args, _ = ap.parse_known_args(argv)
     args.executor = args.executor or profile_value(args.profile, "executor")
     args.groups = args.groups if args.groups is not None else profile_value(args.profile, "groups")
     return args
+
+
+def setting_source(argv: list[str], key: str, configfile: str) -> str:
+    """Where this invocation's value of config ``key`` (dotted) was given: ``--config`` on the command line, the profile's
+    ``config:`` (which a command-line ``--config`` replaces whole, as Snakemake reads it), else ``configfile``."""
+    from snakemake.cli import parse_config
+
+    def sets(values: Any) -> bool:
+        for part in key.split("."):
+            if not isinstance(values, dict) or part not in values:
+                return False
+            values = values[part]
+        return True
+
+    args = _command_line(argv)
+    if args.config is not None:
+        try:
+            given = parse_config(args.config)
+        except (ValueError, AssertionError):
+            given = {}
+        return "--config" if sets(given) else configfile
+    profile = profile_value(args.profile, "config")
+    return f"--profile {args.profile} (its config:)" if sets(profile) else configfile
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+"""What a config file's name ends with; a ``--configfile`` word that does not (or names a path under results/) is a
+target."""
+
+
+def check_configfiles(argv: list[str]) -> None:
+    """The ``--configfile`` files of a Snakemake command line, read as Snakemake will read them, before it does (from
+    ``profiles/default``, the workflow profile Snakemake reads first): a target written after ``--configfile`` (which
+    takes every word after it) is one line saying to name it before, not a FileNotFoundError traceback; a YAML error
+    names the file, line and column (``config.read_yaml``), not Snakemake's "not valid JSON or YAML"."""
+    from causal_kl.config import read_yaml
+
+    files = [str(f) for f in _command_line(argv).configfile]
+    present = [f for f in files if Path(f).is_file()]
+    for f in files:
+        if Path(f).exists():
+            try:  # Snakemake reads a config file as JSON first (JSON with tabs is no YAML)
+                json.loads(Path(f).read_text())
+            except (ValueError, OSError):
+                read_yaml(f)
+            continue
+        if f.startswith(("results/", "logs/", "resources/")) or not f.endswith(CONFIG_SUFFIXES):
+            cfgs = " ".join(present) or "X.yaml"
+            raise CausalKLError(f, "--configfile", "this target was read as a config file: --configfile takes every "
+                                "word after it", f"name targets before --configfile: snakemake {f} --configfile {cfgs}")
+        read_yaml(f)  # the one line of a config file that is not there
 
 
 def requested_groups(argv: list[str]) -> dict[str, str]:
@@ -485,6 +661,30 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str
                                 "add the route under routes: in the config (or its layer to the route), or ask for one of those")
 
 
+SHARD_FILE = r"shard_(\d{3,})\.parquet"
+"""One shard's file of a per-shard output (``.../gold/shard_000.parquet``): a target only once the sites exist."""
+
+
+def check_shard_targets(argv: list[str], results: str) -> None:
+    """A target that is one shard's file needs the sampled sites, which say which shards exist (``sites.json``): asked
+    for before them it is one line saying what to build first (Snakemake says MissingInputException on the sites
+    shard). Once they exist the target is Snakemake's to plan (a config that samples more sites reruns them first)."""
+    import re
+
+    prefix = results.rstrip("/") + "/"
+    stats = Path(f"{prefix}sites.json")
+    for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
+        m = re.fullmatch(SHARD_FILE, Path(target).name)
+        if m is None:
+            continue
+        whole = f"{Path(target).parent}.parquet" if Path(target).parent.name != "sites" else str(stats)
+        if not stats.exists():
+            raise CausalKLError(target, "target", f"a shard's file is planned once the sites are sampled ({stats}, which "
+                                "says how many shards the run has, does not exist yet)",
+                                f"build the sites first (snakemake {stats}, with the same --configfile), then ask for "
+                                f"the shard; or ask for {whole}")
+
+
 _POINT_DIR = r"L(\d+(?:\.[a-z_]+)?)"
 """A point's folder: ``L3`` (resid_post), ``L3.mlp_out``."""
 
@@ -504,6 +704,8 @@ def check_run(config: dict, source: str = "config", local_exec: bool = True) -> 
     layers = run_layers(config)
     model_config = None if demo else check_model(model["path"], layers, source, reach_hub=local_exec,
                                                  attn_implementation=model.get("attn_implementation", families.AUTO))
+    if demo and local_exec:  # the demo's model is built by the run: what this machine runs is checked all the same
+        check_attn_available(model.get("attn_implementation", families.AUTO), source)
     if local_exec:
         check_device(config["device"], source)
     check_corpus(config["corpus"], demo, source)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from causal_kl.errors import CausalKLError
 
@@ -58,10 +58,12 @@ DEFAULT_SHARDS = {"extract": 20, "patch": 10}
 """Shards per allocation when neither the run config nor the profile says (the schema's defaults too)."""
 
 
-def shards_per_allocation(config: Mapping, source: str) -> dict[str, int]:
+def shards_per_allocation(config: Mapping, source: str | Callable[[str], str]) -> dict[str, int]:
     """``cluster.shards_per_allocation`` as positive integers (a profile's ``config:`` gives them as strings).
 
-    Raises one line naming the setting and the fix for anything but a whole number ≥ 1.
+    Raises one line naming the setting and the fix for anything but a whole number ≥ 1. ``source``: where the config
+    was given (then the profile's ``config:`` is named beside it), or, given a setting's key, where that setting was
+    given (``checks.setting_source``: ``--config``, the profile, the config file).
     """
     given = ((config.get("cluster") or {}).get("shards_per_allocation") or {})
     out = dict(DEFAULT_SHARDS)
@@ -74,7 +76,9 @@ def shards_per_allocation(config: Mapping, source: str) -> dict[str, int]:
         except ValueError:
             n = None
         if n is None or n < 1 or str(value).strip() not in (str(n), f"+{n}"):
-            raise CausalKLError(f"{source} (or the profile's config:)", f"cluster.shards_per_allocation.{group}",
+            key = f"cluster.shards_per_allocation.{group}"
+            where = source(key) if callable(source) else f"{source} (or the profile's config:)"
+            raise CausalKLError(where, key,
                                 f"{value!r} is not a number of shards", f"give a whole number ≥ 1 (default "
                                 f"{DEFAULT_SHARDS[group]}: that many shards' {group} jobs share one allocation)")
         out[group] = n

@@ -64,6 +64,9 @@ def load_corpus_rows(corpus: dict, rows: Sequence[int] | None = None, source: st
     path = corpus.get("path")
     texts = _local_rows(path, column, start, stop) if path else _hub_rows(corpus, column, start, stop)
     where = path or f"{corpus['name']}:{corpus.get('split')}"
+    if not texts and start == 0:
+        raise CausalKLError(where, "corpus.path", "the corpus holds no rows",
+                            f"point corpus.path at a corpus with one document per row (its text in column '{column}')")
     if len(texts) < stop - start:
         raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({start + len(texts)} rows)",
                             f"set corpus.rows within [0, {start + len(texts)}]")
@@ -209,6 +212,11 @@ def build_sites(corpus: dict, sampling: dict, seed: int, tokenizer, source: str 
     sample = sample_sites(doc_ids, [r for r, _ in rows], token_ids, special_token_ids(tokenizer), seed,
                           sampling["positions_per_doc"], sampling["min_position"], sampling["max_sites"],
                           sampling["shard_size"], decode=lambda t: tokenizer.decode([t]))
+    if not any(t.strip() for _, t in rows):
+        raise CausalKLError(corpus.get("path") or f"{corpus['name']}:{corpus.get('split')}", "corpus.column",
+                            f"column '{corpus['column']}' is empty in every row of corpus.rows {list(corpus['rows'])} (no text "
+                            "to sample sites from)", "set corpus.column to the column that holds the documents' text, or "
+                            "corpus.rows to rows that have text")
     if sample.stats["n_sites"] == 0:
         raise CausalKLError(source, "corpus.rows", "no document has a candidate position (every document is shorter than sites.min_position)",
                             "use longer documents, more rows, or a smaller sites.min_position")

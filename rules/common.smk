@@ -25,6 +25,7 @@ from causal_kl.cluster import (
 )
 from causal_kl.checks import (
     check_run,
+    check_shard_targets,
     check_targets,
     DEMO_SUBLAYER_KINDS,
     demo_sae_dir,
@@ -32,6 +33,7 @@ from causal_kl.checks import (
     made_by_workflow,
     requested_groups,
     runs_jobs_here,
+    setting_source,
     submits_to_cluster,
 )
 from causal_kl.config import (
@@ -80,6 +82,7 @@ try:
         {p.name: routes_at(config, p) for p in gold_points(config)},  # a transcoder's input point has golds only
         run_spans(config),
     )
+    check_shard_targets(sys.argv[1:], f"results/{config['run']}")  # a shard before the sites: what to build first
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")
 validate(config, "../config/schema/config.schema.yaml")
@@ -102,7 +105,7 @@ if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
 # On a cluster the model jobs of a block of shards share one allocation and one model load (causal_kl/cluster.py);
 # locally the rules carry none (CLUSTER_GROUPS). `cluster.shards_per_allocation` (profiles/slurm) sizes the blocks.
 try:
-    SHARDS_PER_ALLOCATION = shards_per_allocation(config, CONFIG_SOURCE)
+    SHARDS_PER_ALLOCATION = shards_per_allocation(config, lambda key: setting_source(sys.argv[1:], key, CONFIG_SOURCE))
     check_groups(requested_groups(sys.argv[1:]))
 except CausalKLError as _err:
     sys.exit(f"causal-kl: {_err}")

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from causal_kl.checks import requested_groups, submits_to_cluster
+from causal_kl.checks import requested_groups, setting_source, submits_to_cluster
 from causal_kl.cluster import (DEFAULT_SHARDS, GROUPED_RULES, RULE_MODELS, base_slurm_state, check_each_group_once,
                                check_groups, runs_model_jobs, see_cancelled_slurm_jobs, shard_group_id,
                                shards_per_allocation)
@@ -231,6 +231,52 @@ def test_groups_and_allowed_rules_read_from_the_command_line_and_profile(tmp_pat
     assert not submits_to_cluster(["-e", "slurm-jobstep"])
 
 
+def test_a_bad_block_size_names_where_it_was_given(tmp_path, monkeypatch):
+    """--config on the command line, the profile's config: (which a command-line --config replaces whole, as
+    Snakemake's own parser shows), or the config file."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)  # no workflow profile here
+    prof = tmp_path / "prof"
+    prof.mkdir()
+    (prof / "config.yaml").write_text(yaml.safe_dump({"executor": "slurm", "config": {"cluster": {
+        "shards_per_allocation": {"patch": 0}}}}))
+    key = "cluster.shards_per_allocation.patch"
+    cases = [(["-n", "--config", "cluster={shards_per_allocation: {patch: 0}}"], "--config"),
+             (["-n", "--profile", str(prof), "--config", "cluster={shards_per_allocation: {patch: x}}"], "--config"),
+             (["-n", "--profile", str(prof)], f"--profile {prof} (its config:)"),
+             (["-n", "--profile", str(prof), "--config", "seed=7"], "run.yaml"),
+             (["-n", "--configfile", "run.yaml"], "run.yaml")]
+    for argv, where in cases:
+        assert setting_source(argv, key, "run.yaml") == where, argv
+    assert parse_args(["-n", "--profile", str(prof), "--config", "seed=7"])[1].config == ["seed=7"]
+    with pytest.raises(CausalKLError) as e:
+        shards_per_allocation({"cluster": {"shards_per_allocation": {"patch": "x"}}},
+                              lambda k: setting_source(cases[1][0], k, "run.yaml"))
+    assert str(e.value).startswith("--config: cluster.shards_per_allocation.patch: 'x' is not a number of shards")
+
+
+NO_SLURM_PLUGIN = """
+import pkgutil, sys
+found = pkgutil.iter_modules  # Snakemake finds executor plugins by module name: hide the SLURM one, as if not installed
+pkgutil.iter_modules = lambda *a, **k: (m for m in found(*a, **k) if not m.name.startswith("snakemake_executor_plugin_slurm"))
+from snakemake.cli import main
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_slurm_profile_without_the_plugin_is_one_line():
+    """Snakemake's argparse refuses `executor: slurm` (its whole usage, "invalid choice: 'slurm'") before the workflow
+    is read; the profile itself is read first (a YTE definition): one line naming the extra to install."""
+    res = subprocess.run([sys.executable, "-c", NO_SLURM_PLUGIN, "-n", "--profile", "profiles/slurm"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    lines = [l for l in out.splitlines() if l.startswith("causal-kl:")]
+    assert res.returncode == 1 and len(lines) == 1, out[-2000:]
+    assert "executor: slurm" in lines[0] and "Fix: pip install '.[slurm]'" in lines[0] and "usage:" not in out
+
+
 # ------------------------------------------------------------------ Snakemake's plan under profiles/slurm
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, gemma3_dir):
@@ -295,7 +341,8 @@ def test_a_smaller_block_size_from_the_command_line_splits_the_shards(study):
 def test_a_bad_group_setting_is_one_line_before_any_job(study):
     work, config = study
     wf = work / "wf"
-    for args, field in ((["--config", "cluster={shards_per_allocation: {patch: 0}}"], "cluster.shards_per_allocation.patch"),
+    for args, field in ((["--config", "cluster={shards_per_allocation: {patch: 0}}"],
+                         "--config: cluster.shards_per_allocation.patch"),
                         (["--groups", "recon_nla_ar=patch"], "recon_nla_ar=patch")):
         res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", *args], cwd=wf,
                              capture_output=True, text=True, timeout=600, env=bench_scale.snakemake_env(work))

@@ -50,6 +50,11 @@ def wd(tmp_path_factory, gemma3_dir, corpus_path):
     shutil.copy(corpus_path, wd / "my_corpus.parquet")
     cfg = tiny_config(Path("my_corpus.parquet"), Path("my_models/tiny"), run="mine")
     (wd / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"content": [""] * 30, "title": [f"t{i}" for i in range(30)]}), wd / "no_text.parquet")
+    pq.write_table(pa.table({"content": pa.array([], pa.string())}), wd / "no_rows.parquet")
     # SAEs that do not fit the run: 32 wide for a 64-wide model; trained at layer 1, for a run at layer 2
     from causal_kl.demo.sae import SAETrainConfig, write_demo_sae
 
@@ -167,18 +172,89 @@ BAD = {
                                 "routes.s", "check_hook: false"),
     "a missing SAE": (lambda c: c["routes"].update(s={"kind": "sae", "path": "saes/L{layer}"}), "routes.s.path",
                       "does not exist"),
+    "a hub model not in the cache, the hub off": (lambda c: c["model"].update(path="someorg/not-cached"), "model.path",
+                                                  "hf download someorg/not-cached"),
+    "a corpus whose text column is empty": (lambda c: c["corpus"].update(path="no_text.parquet"),
+                                            "no_text.parquet: corpus.column", "'content' is empty in every row"),
+    "a corpus of zero rows": (lambda c: c["corpus"].update(path="no_rows.parquet"), "no_rows.parquet: corpus.path",
+                              "holds no rows"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_every_config_problem_is_one_line_before_any_job(wd, run_config, case, monkeypatch):
+def test_every_config_problem_is_one_line_before_any_job(wd, run_config, case, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
     edit, field, words = BAD[case]
     edit(run_config)
     with pytest.raises(CausalKLError) as e:
         _check(wd, run_config)
     msg = str(e.value)
     assert "\n" not in msg and field in msg and words in msg and "Fix:" in msg, msg
+    assert "[0, 0]" not in msg  # a fix that is itself refused (rows within [0, 0]) is no fix
+
+
+def test_flash_attention_is_refused_where_transformers_cannot_load_it(wd, run_config):
+    """The model job's own load decides: where transformers cannot load the model with flash_attention_2 (no
+    flash-attn, no GPU) the parse refuses it in one line; where it can, the parse lets it through."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        AutoModelForCausalLM.from_pretrained(wd / "my_models/tiny", attn_implementation="flash_attention_2")
+        loads = True
+    except (ValueError, ImportError):
+        loads = False
+    run_config["model"]["attn_implementation"] = "flash_attention_2"
+    run_config["device"] = "auto"
+    if loads:
+        _check(wd, run_config)
+        return
+    with pytest.raises(CausalKLError) as e:
+        _check(wd, run_config)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: model.attn_implementation: flash_attention_2 cannot run here")
+    assert "Fix: set model.attn_implementation: auto" in msg
+    _check(wd, run_config, local_exec=False)  # a dry run or a cluster submission: the jobs run elsewhere
+
+
+def test_the_job_would_fail_where_the_parse_time_checks_refuse(wd, run_config, tmp_path):
+    """The refusals above are the jobs' own failures, said earlier: transformers cannot load the uncached hub id
+    offline; the sites job finds no text in the empty column."""
+    from transformers import AutoConfig
+
+    from causal_kl.sites import load_corpus_rows
+
+    with pytest.raises(OSError):
+        AutoConfig.from_pretrained("someorg/not-cached", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    rows = load_corpus_rows({**run_config["corpus"], "path": str(wd / "no_text.parquet")})
+    assert len(rows) == 4 and not any(text.strip() for _, text in rows)
+    with pytest.raises(CausalKLError, match="holds no rows"):
+        load_corpus_rows({**run_config["corpus"], "path": str(wd / "no_rows.parquet")})
+
+
+def test_a_cached_hub_model_passes_and_an_unreachable_hub_is_one_line(wd, run_config, monkeypatch, tmp_path):
+    """A hub id is fine when its files are in the cache (laid out as huggingface_hub downloads them; transformers
+    reads the config from there offline), or when the hub answers; with neither, one line gives `hf download`."""
+    from transformers import AutoConfig
+
+    import fixtures
+
+    cache = tmp_path / "hub"
+    fixtures.lay_out_hub_cache(cache, "org/tiny", {"config.json": (wd / "my_models/tiny/config.json").read_bytes()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert AutoConfig.from_pretrained("org/tiny", cache_dir=str(cache), local_files_only=True).model_type
+    checks.check_hub_id("org/tiny", "run.yaml")  # cached: no error, offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the hub cannot be reached
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(CausalKLError) as e:
+        checks.check_hub_id("org/other", "run.yaml")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: model.path: 'org/other'") and "cannot be reached" in msg
+    assert "Fix: download it into the cache once where the hub is reachable: hf download org/other" in msg
 
 
 def test_not_a_causal_lm_is_refused_from_its_config_json(wd, run_config, tmp_path):
@@ -220,6 +296,67 @@ def test_invalid_yaml_names_line_and_column(wd, tmp_path):
     res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "validate", "config/config.yaml"], cwd=broken,
                          capture_output=True, text=True)
     assert res.returncode == 1 and "line 3, column 1" in res.stderr
+
+
+def test_config_file_problems_are_one_line_before_snakemake_reads_the_file(wd, tmp_path):
+    """Snakemake loads --configfile before the Snakefile (a target after it: FileNotFoundError traceback; bad YAML:
+    "not valid JSON or YAML"); the workflow profile (profiles/default) reads them first, with causal-kl's reading."""
+    broken = copy_workflow(tmp_path / "wf")
+    (broken / "bad.yaml").write_text("run: mx\nmodel:\n  path: m\n  layer: [2\n")
+    (broken / "mine.yaml").write_text((wd / "mine.yaml").read_text())
+    for args, words in ((["--configfile", "bad.yaml"], "bad.yaml: line 5, column 1: not valid YAML"),
+                        (["--configfile", "mine.yaml", "results/mine/L2/gate.json"],
+                         "results/mine/L2/gate.json: --configfile: this target was read as a config file")):
+        out = snakemake(broken, "-n", *args, ok=False)
+        lines = [ln for ln in out.splitlines() if ln.startswith("causal-kl:")]
+        assert len(lines) == 1 and words in lines[0] and "Fix:" in lines[0] and "Traceback" not in out, out[-1500:]
+    # causal-kl validate reads the file alike (yaml's own mark: the unclosed list runs to the end of the file)
+    res = subprocess.run([sys.executable, "-m", "causal_kl.cli", "validate", "bad.yaml"], cwd=broken,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "line 5, column 1" in res.stderr
+    with pytest.raises(yaml.YAMLError) as e:
+        yaml.safe_load((broken / "bad.yaml").read_text())
+    assert (e.value.problem_mark.line + 1, e.value.problem_mark.column + 1) == (5, 1)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-n", "--configfile", "mine.yaml", "results/mine/L2/gate.json"], "name targets before --configfile: snakemake "
+     "results/mine/L2/gate.json --configfile mine.yaml"),
+    (["--configfile", "mine.yaml", "all"], "this target was read as a config file"),
+    (["--configfiles=nothere.yaml"], "nothere.yaml: config file not found"),
+])
+def test_a_config_file_argument_that_is_no_config_file_is_one_line(wd, monkeypatch, argv, words):
+    monkeypatch.chdir(wd)
+    with pytest.raises(CausalKLError) as e:
+        checks.check_configfiles(argv)
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg and "Fix:" in msg, msg
+
+
+def test_good_config_file_arguments_pass(wd, monkeypatch):
+    monkeypatch.chdir(wd)
+    (wd / "tabs.json").write_text(json.dumps(yaml.safe_load((wd / "mine.yaml").read_text()), indent="\t"))
+    with pytest.raises(yaml.YAMLError):  # no YAML, yet a config file Snakemake reads (as JSON)
+        yaml.safe_load((wd / "tabs.json").read_text())
+    checks.check_configfiles(["--configfile", "tabs.json"])
+    for argv in (["-n"], ["results/mine/L2/gate.json", "--configfile", "mine.yaml", "--cores", "2"],
+                 ["--config", "seed=7", "--configfile", "mine.yaml", "config/config.yaml"]):
+        checks.check_configfiles(argv)
+
+
+def test_a_shard_target_before_the_sites_says_what_to_build_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shard = "results/mine/L2/span1/patch/floors/shard_000.parquet"
+    with pytest.raises(CausalKLError) as e:
+        checks.check_shard_targets(["-n", shard], "results/mine")
+    msg = str(e.value)
+    assert msg.startswith(f"{shard}: target: ") and "snakemake results/mine/sites.json" in msg, msg
+    assert "or ask for results/mine/L2/span1/patch/floors.parquet" in msg and "\n" not in msg
+    checks.check_shard_targets(["results/mine/L2/gold.parquet", "results/other/L2/gold/shard_000.parquet"],
+                               "results/mine")  # not a shard of this run: not this check's
+    (tmp_path / "results/mine").mkdir(parents=True)
+    (tmp_path / "results/mine/sites.json").write_text(json.dumps({"n_shards": 2}))
+    checks.check_shard_targets(["results/mine/L2/gold/shard_001.parquet"], "results/mine")
 
 
 def test_cli_help_is_plain_text():

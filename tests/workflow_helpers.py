@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ("Snakefile", "rules", "config", "workflow_scripts", "envs", "reports")
+WORKFLOW = ("Snakefile", "rules", "config", "workflow_scripts", "envs", "reports", "profiles")
 BLOCKER = ROOT / "tests" / "import_blocker"
 ANALYSIS_ENV_BLOCKS = ("torch", "transformers", "tokenizers", "safetensors", "datasets")
 """What envs/analysis.yaml lacks that the torch env has."""
