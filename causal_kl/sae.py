@@ -115,6 +115,7 @@ import torch
 
 from causal_kl.errors import CausalKLError
 from causal_kl.io import atomic_path
+from causal_kl import sae_scope
 
 from causal_kl.sae_format import (  # the formats' torch-free rules, shared with the parse-time route check
     ARCHITECTURES,
@@ -489,7 +490,11 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: i
         raise CausalKLError(p, "sae path", "does not exist",
                             f"point it at an SAE directory ({SAELENS_CFG} + {SAELENS_WEIGHTS}) or a Gemma Scope {GEMMA_SCOPE_NPZ}")
     fmt, found = locate_sae(p)
-    if fmt in ("saelens", "sparsify"):
+    if fmt in sae_scope.FORMATS:  # Llama Scope, mwhanna's transcoders, hook_z .pt files (causal_kl.sae_scope)
+        sae = sae_scope.load(fmt, found, norm_scaling_factor)
+        if hook_name is not None:
+            sae.hook_name = hook_name
+    elif fmt in ("saelens", "sparsify"):
         sae = (load_saelens(found, norm_scaling_factor=norm_scaling_factor, cfg_overrides=cfg_overrides)
                if fmt == "saelens" else load_sparsify(found))
         if hook_name is not None:

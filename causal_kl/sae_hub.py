@@ -49,11 +49,13 @@ from typing import Any
 
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt
+from causal_kl import sae_scope  # Llama Scope, mwhanna / Gemma Scope transcoders, hook_z .pt; CLTs refused
 
 NAMED_KEYS = ("release", "repo")
 """The keys that name an SAE on the hub instead of a ``path``."""
 
-CONVERTERS = {None: "saelens", "sparsify": "sparsify", "gemma_2": "gemma_scope", "gemma_3": "gemma_scope"}
+CONVERTERS = {None: "saelens", "sparsify": "sparsify", "gemma_2": "gemma_scope", "gemma_3": "gemma_scope",
+              **sae_scope.CONVERTERS}
 """SAELens' ``conversion_func`` of a release -> the format read here."""
 
 FORMAT_FILES = {
@@ -61,10 +63,12 @@ FORMAT_FILES = {
     "sparsify": (fmt.SPARSIFY_CFG, fmt.SPARSIFY_WEIGHTS),
     "gemma_2": (fmt.GEMMA_SCOPE_NPZ,),
     "gemma_3": (fmt.GEMMA_SCOPE_SAFETENSORS,),
+    **sae_scope.FORMAT_FILES,
 }
 """The files an SAE of each format needs (Gemma Scope 2's optional ``config.json`` is read when present)."""
 
-PROBE_FILES = (fmt.SAELENS_WEIGHTS, fmt.SPARSIFY_WEIGHTS, fmt.GEMMA_SCOPE_NPZ, fmt.GEMMA_SCOPE_SAFETENSORS, fmt.SAELENS_CFG)
+PROBE_FILES = (fmt.SAELENS_WEIGHTS, fmt.SPARSIFY_WEIGHTS, fmt.GEMMA_SCOPE_NPZ, fmt.GEMMA_SCOPE_SAFETENSORS, fmt.SAELENS_CFG,
+               sae_scope.LLAMA_SCOPE_CFG)
 """What a ``repo`` + ``folder`` SAE's folder is recognised by, in this order."""
 
 
@@ -187,10 +191,12 @@ def release_sae(release: str, sae_id: str, source: str = "config", name: str | N
         raise CausalKLError(source, f"{where}.sae_id", f"'{sae_id}' is not an SAE of release '{release}' ({len(saes)} SAEs)",
                             f"{_suggest(sae_id, list(saes))} ('{{layer}}' in sae_id is the layer)")
     converter = info.get("conversion_func")
+    sae_scope.check_release(release, info, entry, source, f"{where}.sae_id")  # cross-layer transcoders: one line
     if converter not in CONVERTERS:
         raise CausalKLError(source, f"{where}.release", f"release '{release}' is in SAELens' '{converter}' format, which "
-                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3) or "
-                            "sparsify format, or convert the SAE to SAELens' format and give its path")
+                            "causal-kl does not read", f"use a release in one of the formats read "
+                            f"({', '.join(str(c) for c in CONVERTERS if c)} or SAELens' own), or convert the SAE to "
+                            "SAELens' format and give its path")
     overrides = dict(info.get("config_overrides") or {})
     if (overrides.get("model_from_pretrained_kwargs") or {}).get("center_writing_weights"):
         raise CausalKLError(source, f"{where}.release", f"release '{release}' was trained on TransformerLens' model with "
@@ -271,14 +277,27 @@ def resolve_named(entry: dict, layer: int, source: str = "config", name: str | N
     fill = lambda s: str(s).replace("{layer}", str(int(layer)))  # noqa: E731
     if entry.get("hub"):
         pin = entry["hub"]
+        if pin.get("format") in sae_scope.FORMATS:
+            return sae_scope.find_in_cache(pin["repo"], pin["folder"], pin["revision"], tuple(pin["files"]), pin["format"],
+                                           source, f"{where}.hub", pin.get("label", pin["repo"]),
+                                           pin.get("norm_scaling_factor"), pin.get("config_overrides"))
         return find_in_cache(pin["repo"], pin["folder"], pin["revision"], tuple(pin["files"]), source, f"{where}.hub",
                              pin.get("label", pin["repo"]), pin.get("norm_scaling_factor"), pin.get("config_overrides"))
     revision = entry.get("revision")
     if entry.get("release") is not None:
         sae_id = fill(entry.get("sae_id", ""))
         found = release_sae(str(entry["release"]), sae_id, source, name)
+        if found["format"] in sae_scope.FORMATS:
+            args = (source, f"{where}.release", f"{entry['release']}/{sae_id}", found["norm_scaling_factor"],
+                    found["config_overrides"])
+            if found["format"] in sae_scope.FILE_FORMATS:
+                return sae_scope.find_file(found["repo_id"], found["folder"], revision, *args)
+            return sae_scope.find_in_cache(found["repo_id"], found["folder"], revision, FORMAT_FILES[found["format"]],
+                                           found["format"], *args)
         files = FORMAT_FILES[found["converter"] if found["format"] == "gemma_scope" else found["format"]]
         return find_in_cache(found["repo_id"], found["folder"], revision, files, source, f"{where}.release",
                              f"{entry['release']}/{sae_id}", found["norm_scaling_factor"], found["config_overrides"])
     repo, folder = str(entry["repo"]), fill(entry.get("folder", "")).strip("/")
+    if sae_scope.is_file_sae(folder):  # one file of a folder of them (mwhanna's layer_L.safetensors, a hook_z .pt)
+        return sae_scope.find_file(repo, folder, revision, source, f"{where}.repo", f"{repo}/{folder}")
     return find_in_cache(repo, folder, revision, None, source, f"{where}.repo", f"{repo}/{folder}")

@@ -55,6 +55,7 @@ import numpy as np
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
 from causal_kl.hooks import HOOKS
+from causal_kl import sae_scope
 from causal_kl import sae_hub  # SAEs named by SAELens release or hub repo, read from the Hugging Face cache
 
 if TYPE_CHECKING:  # torch is imported where the SAE runs: the parse-time check stays free of it
@@ -229,6 +230,8 @@ def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "con
     """The route's SAE at ``layer``, its files checked as the loader checks them (format, architecture, settings,
     tensors and shapes, truncation, the scaling factor); reads only JSON and tensor headers."""
     found = resolve_sae(entry, layer, source, name)
+    if found.format in sae_scope.FORMATS:  # Llama Scope, mwhanna's transcoders, hook_z .pt files
+        return SAEFiles(**sae_scope.read_files(found.format, found.file, found.norm_scaling_factor))
     if found.format == "saelens":
         cfg_path, weights = fmt.saelens_files(found.file)
         cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
