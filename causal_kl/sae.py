@@ -64,6 +64,11 @@ Formats read (``load_sae`` picks by the files present):
   normalisation (``causal_kl.sae_format.read_sparsify_cfg`` has what is refused). The hook is the
   folder's name: ``layers.L`` is block L's forward output, layer L.
 
+* **Llama Scope** (and its R1-distill series), **mwhanna's Qwen3 transcoders**, **Gemma Scope's gemma-2
+  transcoders** (``params.npz`` above, in a ``-transcoders`` repo) and **Connor & Rob's GPT-2 hook_z** ``.pt`` SAEs:
+  read as SAELens' loaders read them by ``causal_kl.sae_scope`` (its docstring has the layouts), with any
+  dataset-norm scaling folded into the weights as ``SAE.from_pretrained`` folds it.
+
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
 

@@ -27,8 +27,10 @@ commit, exactly what read the SAE reruns.
 on top (a release may change ``normalize_activations`` there); the release's ``norm_scaling_factor``
 is folded in only when the SAE's ``cfg.json`` says ``expected_average_only_in`` (SAELens ignores it
 otherwise); formats read: ``conversion_func`` null (SAELens' own), ``gemma_2`` (Gemma Scope
-``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``) and ``sparsify``; other formats
-(Llama Scope, transcoders, ...) are one line. Releases trained on TransformerLens' model with
+``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``), ``sparsify``, and ``causal_kl.sae_scope``'s
+(``llama_scope``, ``llama_scope_r1_distill``, ``mwhanna_transcoder``, ``gemma_2_transcoder``, ``connor_rob_hook_z``;
+the file formats' SAE is one file of the repo's root, found with its config); cross-layer transcoders and other
+formats are one line. Releases trained on TransformerLens' model with
 ``center_writing_weights`` read a mean-centred residual stream the Hugging Face model does not have:
 refused, with the reason.
 

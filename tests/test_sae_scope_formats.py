@@ -182,10 +182,13 @@ def test_read_as_saelens_reads_it(hub, case, llama_dir, family_dirs):
     want = _their_forward(module, theirs, x)
     folder = str(sae_entry["path"])
     hub_sae = resolve_named({"release": release, "sae_id": sae_id}, layer)
+    pinned = resolve_named({"hub": json.loads(json.dumps(hub_sae.pin()))}, layer)  # what the workflow hands a job
+    assert (pinned.path, pinned.format, pinned.revision, pinned.files) == (hub_sae.path, hub_sae.format,
+                                                                           snapshot.name, hub_sae.files)
     ways = {"release": {"release": release, "sae_id": sae_id}, "repo": {"repo": repo, "folder": folder},
-            "path": {"path": str(hub_sae.path)}}
+            "path": {"path": str(hub_sae.path)}, "pinned": {"hub": hub_sae.pin()}}
     if case == "llama_scope_r1":  # its config.json has no dataset norm: only the catalogue's factor says it
-        for way in ("repo", "path"):
+        for way in ("repo", "path"):  # (a pinned entry keeps the release's factor)
             with pytest.raises(CausalKLError) as e:
                 route_points({"kind": "sae", **ways.pop(way)}, "s", layer, model, "config.yaml")
             assert "\n" not in str(e.value) and "release + sae_id" in str(e.value)

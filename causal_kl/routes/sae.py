@@ -2,12 +2,14 @@
 
 A route entry::
 
-    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope" | "sparsify",
+    {"kind": "sae", "path": "suite/L{layer}", "format": "auto" | "saelens" | "gemma_scope" | "sparsify" | ...,
      "layer": 3 | [1, 3] | None, "check_hook": True, "batch_size": 4096}
 
 ``path`` is a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``), a Gemma Scope
 ``params.npz`` or a Gemma Scope 2 ``params.safetensors`` (or a directory holding one), or an
-EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint); ``{layer}``
+EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint), or an SAE of
+``causal_kl.sae_scope``'s formats (``format``: ``llama_scope``, ``llama_scope_r1_distill``, ``mwhanna_transcoder``,
+``connor_rob_hook_z``; the last two are one file per layer); ``{layer}``
 in it is the layer, so one entry names a suite (one SAE per layer). Instead of ``path`` an entry may
 name the SAE by ``release`` + ``sae_id`` (SAELens' ``pretrained_saes.yaml``) or ``repo`` + ``folder``
 (any hub repo), optionally at a ``revision``: found in the Hugging Face cache by ``causal_kl.sae_hub``
