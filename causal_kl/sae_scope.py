@@ -211,7 +211,7 @@ def locate(p: Path) -> tuple[str, Path] | None:
             return "llama_scope", p.parent.parent
         if p.name in (R1_CFG, R1_WEIGHTS) and _is_r1_folder(p.parent):
             return "llama_scope_r1_distill", p.parent
-        if p.suffix == ".safetensors" and any((p.parent / c).exists() for c in MWHANNA_CFGS):
+        if _MWHANNA_FILE.fullmatch(p.name) and any((p.parent / c).exists() for c in MWHANNA_CFGS):
             return "mwhanna_transcoder", p
         if p.suffix == ".pt" and _connor_cfg(p).exists():
             return "connor_rob_hook_z", p
@@ -224,12 +224,16 @@ def locate(p: Path) -> tuple[str, Path] | None:
         return "llama_scope", p
     if _is_r1_folder(p):
         return "llama_scope_r1_distill", p
-    if any((p / c).exists() for c in MWHANNA_CFGS):
-        layers = sorted(q.name for q in p.glob("layer_*.safetensors"))
+    layers = sorted(q.name for q in p.glob("*.safetensors") if _MWHANNA_FILE.fullmatch(q.name))
+    if layers and any((p / c).exists() for c in MWHANNA_CFGS):
         shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
-        raise CausalKLError(p, "sae path", f"a folder of mwhanna transcoders, one file per layer ({shown or 'none here'})",
+        raise CausalKLError(p, "sae path", f"a folder of mwhanna transcoders, one file per layer ({shown})",
                             f"point the route at one layer's file, e.g. '{p / 'layer_{layer}.safetensors'}'")
     return None
+
+
+_MWHANNA_FILE = re.compile(r".+_\d+\.safetensors")
+"""An mwhanna transcoder's file: SAELens' loader takes the layer from the name's last ``_`` part (``layer_3``)."""
 
 
 def _is_r1_folder(p: Path) -> bool:

@@ -282,9 +282,45 @@ def test_missing_files_and_unknown_formats_are_one_line(hub, monkeypatch, llama_
                      model, "config.yaml")
     msg = str(e.value)
     assert "\n" not in msg and "wandb-config.yaml not in the Hugging Face cache" in msg and "hf download" in msg
+    # the repo's folder of per-layer files given as a path: one line naming the file to give
+    _, snapshot = _lay_out(hub, "mwhanna_14b")
+    with pytest.raises(CausalKLError) as e:
+        route_points({"kind": "sae", "path": str(snapshot)}, "s", 1, model, "config.yaml")
+    assert "\n" not in str(e.value) and "one file per layer (layer_1.safetensors)" in str(e.value)
+    assert "layer_{layer}.safetensors" in str(e.value)
     # a newer sae-lens' release of a format nobody reads yet: refused in one line, not an error
     releases = {"future": {"repo_id": "a/b", "conversion_func": "future_format", "saes": [{"id": "s", "path": "p"}]}}
     monkeypatch.setattr(sae_hub, "saelens_releases", lambda *a, **k: releases)
     with pytest.raises(CausalKLError) as e:
         sae_hub.release_sae("future", "s")
     assert "\n" not in str(e.value) and "'future_format' format" in str(e.value)
+
+
+def test_the_parse_time_check_imports_no_torch(hub, llama_dir, family_dirs):
+    """route_points on each format reads configs and tensor headers only (the hook_z pickle's shapes through the
+    torch-free unpickler): torch, transformers and safetensors blocked, the points are the ones SAELens says."""
+    import subprocess
+    import sys
+
+    from workflow_helpers import ROOT, blocked_imports_env
+
+    picked = ("llama_scope_att", "llama_scope_r1", "mwhanna", "gemma_2_transcoder", "hook_z")
+    calls = []
+    for case in picked:
+        release, sae_id, _, layer, hooks = CASES[case]
+        _lay_out(hub, case)
+        entry = {"kind": "sae", "release": release, "sae_id": sae_id}
+        calls.append((entry, layer, _model_config(case, llama_dir, family_dirs), [(layer, h) for h in hooks]))
+    script = f"""
+import sys
+from causal_kl.routes.sae import route_points
+for entry, layer, model, want in {calls!r}:
+    got = route_points(entry, "s", layer, model, "config.yaml")
+    assert [(p.layer, p.hook) for p in got] == [tuple(w) for w in want], (entry, got, want)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "safetensors", "sae_lens")))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_CACHE", "PYTHONPATH")}
+    env.update(HF_HUB_CACHE=str(hub), PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=blocked_imports_env(("torch", "transformers", "safetensors"), env))
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
