@@ -443,16 +443,26 @@ class _ShapeUnpickler(pickle.Unpickler):
         return _Stub()
 
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+
+
 def pt_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of a pickled state dict (``torch.save``'s zip), without torch and without reading the
     weights; a file that is no such state dict (or needs more than tensors to unpickle) is one line."""
     fix = "give a state dict saved with torch.save (tensors only), or convert the SAE to SAELens' format"
     try:
-        with zipfile.ZipFile(path) as z:
-            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if pkl is None:
-                raise ValueError("no data.pkl inside")
-            with z.open(pkl) as f:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if pkl is None:
+                    raise ValueError("no data.pkl inside")
+                with z.open(pkl) as f:
+                    obj = _ShapeUnpickler(f).load()
+        else:  # torch.save's legacy format (before torch 1.6): magic number, protocol, sys info, then the object
+            with open(path, "rb") as f:
+                if _ShapeUnpickler(f).load() != _LEGACY_MAGIC:
+                    raise ValueError("neither a zip nor torch's legacy format")
+                _ShapeUnpickler(f).load(), _ShapeUnpickler(f).load()
                 obj = _ShapeUnpickler(f).load()
     except (OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as e:
         raise CausalKLError(path, None, f"not a state dict torch.load(weights_only=True) reads "

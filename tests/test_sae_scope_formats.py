@@ -43,6 +43,7 @@ CASES = {  # case -> (release, sae_id, family of the tiny model, layer, (hook in
     "gemma_2_transcoder": ("gemma-scope-2b-pt-transcoders", "layer_3/width_16k/average_l0_54", "gemma2", 3,
                            ("mlp_in", "mlp_out")),
     "hook_z": ("gpt2-small-hook-z-kk", "blocks.2.hook_z", "gpt2", 2, ("attn_z", "attn_z")),
+    "hook_z_legacy": ("gpt2-small-hook-z-kk", "blocks.1.hook_z", "gpt2", 1, ("attn_z", "attn_z")),  # torch < 1.6's .pt
 }
 
 
@@ -57,11 +58,12 @@ def _safetensors(t: dict) -> bytes:
     return save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()})
 
 
-def _pt(t: dict) -> bytes:
+def _pt(t: dict, legacy: bool = False) -> bytes:
     import torch
 
     buf = io.BytesIO()
-    torch.save({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in t.items()}, buf)
+    torch.save({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in t.items()}, buf,
+               _use_new_zipfile_serialization=not legacy)
     return buf.getvalue()
 
 
@@ -104,10 +106,11 @@ def _files(case: str, rng) -> dict[str, bytes]:
                  b_enc=n(d_sae).astype(np.float32), b_dec=n(D).astype(np.float32),
                  threshold=rng.uniform(0.05, 0.6, d_sae).astype(np.float32))
         return {f"{path}/params.npz": buf.getvalue()}
-    assert case == "hook_z"
+    assert case.startswith("hook_z")
     cfg = {"act_size": D, "dict_size": d_sae, "act_name": f"blocks.{layer}.attn.hook_z", "model_name": "gpt2-small",
            "site": "z", "layer": layer, "concat_heads": True}
-    return {path: _pt({"W_enc": n(D, d_sae), "b_enc": n(d_sae), "W_dec": n(d_sae, D), "b_dec": n(D)}),
+    return {path: _pt({"W_enc": n(D, d_sae), "b_enc": n(d_sae), "W_dec": n(d_sae, D), "b_dec": n(D)},
+                      legacy=case == "hook_z_legacy"),
             path.split(".pt")[0] + "_cfg.json": json.dumps(cfg).encode()}
 
 
