@@ -82,7 +82,7 @@ class HubSAE:
     folder: str  # inside the repo ("" = its root)
     revision: str  # the commit hash of the cached snapshot
     path: Path  # snapshots/<commit>/<folder>: what causal_kl.sae_format.locate_sae reads
-    format: str  # saelens | gemma_scope | sparsify
+    format: str  # saelens | gemma_scope | sparsify | one of causal_kl.sae_scope.FORMATS
     files: tuple[str, ...]  # the files of the SAE in its folder (FORMAT_FILES)
     norm_scaling_factor: float | None
     config_overrides: dict

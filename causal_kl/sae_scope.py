@@ -111,7 +111,7 @@ _LLAMA_SCOPE_KIND = {"r": "hook_resid_post", "a": "hook_attn_out", "m": "hook_ml
 
 def catalogue_sites(info: dict, entry: dict) -> dict[str, Any] | None:
     """From one catalogue entry alone (``info``: the release's dict in ``pretrained_saes.yaml``, ``entry``: one of its
-    ``saes``): ``{"format", "hook_in", "hook_out", "refused"}`` (SAELens' hook names; ``hook_out`` equals ``hook_in``
+    ``saes``): ``{"format", "conversion_func", "hook_in", "hook_out", "refused"}`` (SAELens' hook names; ``hook_out`` equals ``hook_in``
     for an SAE; ``refused``: the reason, or None), or None for a format this module does not cover. The hooks are
     what SAELens' loader will say, told by the id or path the catalogue gives (``l3r_8x`` = ``blocks.3.hook_resid_post``;
     ``layer_3`` of mwhanna = ``blocks.3.mlp.hook_in`` -> ``blocks.3.hook_mlp_out``)."""
@@ -119,7 +119,7 @@ def catalogue_sites(info: dict, entry: dict) -> dict[str, Any] | None:
     sae_id, path = str(entry.get("id", "")), str(entry.get("path", ""))
     why = refusal(info, entry)
     if conv in CLT_CONVERTERS:
-        return {"format": conv, "hook_in": None, "hook_out": None, "refused": why}
+        return {"format": None, "conversion_func": conv, "hook_in": None, "hook_out": None, "refused": why}
     hook_in = hook_out = None
     if conv in ("llama_scope", "llama_scope_r1_distill"):
         m = re.search(r"(?:^|/)L(\d+)([RAM])(?:-|$)", path) or re.match(r"^l(\d+)([ram])_", sae_id)
@@ -136,7 +136,8 @@ def catalogue_sites(info: dict, entry: dict) -> dict[str, Any] | None:
             hook_in = hook_out = f"blocks.{m.group(1)}.attn.hook_z"
     else:
         return None
-    return {"format": CONVERTERS[conv], "hook_in": hook_in, "hook_out": hook_out, "refused": why}
+    return {"format": CONVERTERS[conv], "conversion_func": conv, "hook_in": hook_in, "hook_out": hook_out,
+            "refused": why}
 
 
 # ------------------------------------------------------------------------------------ the hub cache
@@ -204,6 +205,8 @@ def locate(p: Path) -> tuple[str, Path] | None:
     """``(format, path)`` when ``p`` is an SAE of these formats (a folder for the Llama Scope ones, the file for the
     others), else None (``causal_kl.sae_format.locate_sae`` asks first). A folder of mwhanna transcoders (one file
     per layer) is a one-line error naming a file to give."""
+    if _MNTSS_CLT.fullmatch(p.name) or (p.is_dir() and any(_MNTSS_CLT.fullmatch(q.name) for q in p.glob("W_enc_*"))):
+        raise CausalKLError(p, "architecture", CLT_REASON, CLT_FIX)  # mntss' CLT files: W_enc_L / W_dec_L.safetensors
     if p.is_file():
         if p.name == LLAMA_SCOPE_CFG and (p.parent / LLAMA_SCOPE_WEIGHTS).exists():
             return "llama_scope", p.parent
@@ -232,6 +235,7 @@ def locate(p: Path) -> tuple[str, Path] | None:
     return None
 
 
+_MNTSS_CLT = re.compile(r"W_(?:enc|dec)_\d+\.safetensors")
 _MWHANNA_FILE = re.compile(r".+_\d+\.safetensors")
 """An mwhanna transcoder's file: SAELens' loader takes the layer from the name's last ``_`` part (``layer_3``)."""
 

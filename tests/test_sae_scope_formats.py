@@ -248,6 +248,14 @@ def test_cross_layer_transcoders_are_one_line(hub, tmp_path, llama_dir):
     with pytest.raises(CausalKLError) as e:
         route_points({"kind": "sae", "path": str(folder)}, "s", 3, model, "config.yaml")
     assert "\n" not in str(e.value) and "cross-layer transcoder" in str(e.value) and "one site" in str(e.value)
+    # mntss' CLT files (W_enc_L / W_dec_L.safetensors beside config.yaml), by path
+    clt = tmp_path / "clt-gemma-2-2b-2.5M"
+    clt.mkdir()
+    (clt / "W_enc_3.safetensors").write_bytes(_safetensors({"W_enc_3": np.zeros((8, D))}))
+    for path in (clt, clt / "W_enc_3.safetensors"):
+        with pytest.raises(CausalKLError) as e:
+            route_points({"kind": "sae", "path": str(path)}, "s", 3, model, "config.yaml")
+        assert "\n" not in str(e.value) and "cross-layer transcoder" in str(e.value), path
 
 
 def test_a_pickle_weights_only_refuses_is_one_line(hub, tmp_path, llama_dir, family_dirs):
