@@ -397,7 +397,7 @@ def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
     if any(q == "clt" or q.startswith("clt_") for q in parts):
         from causal_kl.sae_scope import CLT_REASON
 
-        raise CausalKLError(weights, "architecture", f"{CLT_REASON}",
+        raise CausalKLError(weights, "architecture", CLT_REASON,
                             "use a Gemma Scope transcoder (transcoder/ or transcoder_all/ folders) or SAE")
     in_path, out_path = gemma_scope_hook_from_path(folder), None
     hf_in, hf_out = raw_cfg.get("hf_hook_point_in"), raw_cfg.get("hf_hook_point_out")
