@@ -11,7 +11,8 @@ Each format is read as SAELens' loader reads it (``sae_lens/loading/pretrained_s
     ``decoder.weight [d_in, d_sae]``, ``decoder.bias``). JumpReLU, ``apply_b_dec_to_input`` false, the hook is
     ``hook_point_in`` (``blocks.L.hook_resid_post`` / ``hook_attn_out`` / ``hook_mlp_out``). The SAE saw its input
     times ``f = sqrt(d_in) / dataset_average_activation_norm.in``; SAELens sets every latent's threshold to
-    ``jump_relu_threshold * f`` and folds ``f`` into the weights (``W_enc * f``, ``W_dec / f``, ``b_dec / f``,
+    ``jump_relu_threshold * f`` (SAELens PR #483, by Llama Scope's authors: without it the L0s are far too large)
+    and folds ``f`` into the weights (``W_enc * f``, ``W_dec / f``, ``b_dec / f``,
     ``fold_activation_norm_scaling_factor``) with the factor its catalogue lists (``norm_scaling_factor``); so does
     this, with the file's own ``f`` where no catalogue entry names the SAE.
 ``llama_scope_r1_distill`` (``fnlp/Llama-Scope-R1-Distill``)
