@@ -72,6 +72,10 @@ Formats read (``load_sae`` picks by the files present):
   **Goodfire** and **DeepSeek-R1** (``.pt``/``.pth`` state dicts): SAELens' ``dictionary_learning_1``, ``qwen_scope``,
   ``goodfire`` and ``deepseek_r1`` loaders' settings and tensor names, in ``causal_kl.sae_dictionary`` (pickles read
   by ``torch.load(weights_only=True)`` only); temporal SAEs are refused there.
+* **Llama Scope** (and its R1-distill series), **mwhanna's Qwen3 transcoders**, **Gemma Scope's gemma-2
+  transcoders** (``params.npz`` above, in a ``-transcoders`` repo) and **Connor & Rob's GPT-2 hook_z** ``.pt`` SAEs:
+  read as SAELens' loaders read them by ``causal_kl.sae_scope`` (its docstring has the layouts), with any
+  dataset-norm scaling folded into the weights as ``SAE.from_pretrained`` folds it.
 
 Every safetensors file's size is checked against its header's data offsets before it is read
 (``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
@@ -124,6 +128,7 @@ import torch
 
 from causal_kl.errors import CausalKLError
 from causal_kl.io import atomic_path
+from causal_kl import sae_scope
 
 from causal_kl.sae_format import (  # the formats' torch-free rules, shared with the parse-time route check
     ARCHITECTURES,
@@ -525,6 +530,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, d_model: i
         sae = sae_dictionary.load(fmt, found, cfg_overrides)
         if hook_name is not None:
             sae.hook_name, sae.hf_hook_name = hook_name, None
+    elif fmt in sae_scope.FORMATS:  # Llama Scope, mwhanna's transcoders, hook_z .pt files (causal_kl.sae_scope)
+        sae = sae_scope.load(fmt, found, norm_scaling_factor)
+        if hook_name is not None:
+            sae.hook_name = hook_name
     elif fmt in ("saelens", "sparsify"):
         sae = (load_saelens(found, norm_scaling_factor=norm_scaling_factor, cfg_overrides=cfg_overrides)
                if fmt == "saelens" else load_sparsify(found))

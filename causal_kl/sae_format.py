@@ -65,9 +65,10 @@ SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SPARSIFY_TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 """What sparsify's ``SparseCoder.save_to_disk`` writes (``encoder``: an ``nn.Linear(d_in, num_latents)``)."""
-FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning", "qwen_scope", "goodfire", "deepseek_r1")
-"""The last four: ``causal_kl.sae_dictionary`` (SAELens' ``dictionary_learning_1``, ``qwen_scope``, ``goodfire`` and
-``deepseek_r1`` conversions)."""
+FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning", "qwen_scope", "goodfire", "deepseek_r1",
+           "llama_scope", "llama_scope_r1_distill", "mwhanna_transcoder", "connor_rob_hook_z")
+"""After the first three: ``causal_kl.sae_dictionary``'s four (SAELens' ``dictionary_learning_1``, ``qwen_scope``,
+``goodfire`` and ``deepseek_r1`` conversions), then ``causal_kl.sae_scope``'s four."""
 
 ARCH_ALIASES = {"jump_relu": "jumprelu", "relu": "standard", "top_k": "topk"}
 KNOWN_UNSUPPORTED = {"batchtopk", "matryoshka_batchtopk", "abstopk", "matching_pursuit", "temporal"}
@@ -167,6 +168,10 @@ def locate_sae(path: str | Path) -> tuple[str, Path]:
     folder per hookpoint, says which); a path that does not exist is the caller's to report (it knows the field).
     """
     p = Path(path)
+    from causal_kl import sae_scope  # Llama Scope, mwhanna's transcoders, hook_z .pt files: their files first
+
+    if (scoped := sae_scope.locate(p)) is not None:
+        return scoped
     if p.is_file():
         if p.name == SAELENS_WEIGHTS:
             return "saelens", p.parent
@@ -406,11 +411,15 @@ def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
     folder = Path(weights).parent
     parts = [q.lower() for q in folder.resolve().parts]
     if any(q == "clt" or q.startswith("clt_") for q in parts):
-        raise CausalKLError(weights, "architecture", "a cross-layer transcoder (clt) writes to every later layer",
+        from causal_kl.sae_scope import CLT_REASON
+
+        raise CausalKLError(weights, "architecture", CLT_REASON,
                             "use a Gemma Scope transcoder (transcoder/ or transcoder_all/ folders) or SAE")
     in_path, out_path = gemma_scope_hook_from_path(folder), None
     hf_in, hf_out = raw_cfg.get("hf_hook_point_in"), raw_cfg.get("hf_hook_point_out")
-    transcoder = (any(q.startswith("transcoder") for q in parts) or str(raw_cfg.get("type", "")).lower() == "transcoder"
+    transcoder = (any(q.startswith("transcoder") or re.search(r"[-_]transcoders$", q) for q in parts)  # -transcoders:
+                  # Gemma Scope's gemma-2 transcoders repo (SAELens' gemma_2_transcoder)
+                  or str(raw_cfg.get("type", "")).lower() == "transcoder"
                   or bool(hf_out and hf_out != hf_in) or bool(raw_cfg.get("affine_connection")))
     if transcoder and in_path is not None:
         in_path, out_path = gemma_scope_transcoder_hooks(folder)
@@ -452,7 +461,7 @@ def gemma_scope_hook_from_path(folder: Path) -> str | None:
     layer = _gemma_scope_layer(folder)
     if layer is None:  # Gemma Scope's embedding SAEs (.../gemma-scope-2b-pt-res/embedding/...) read the embeddings
         return "hook_embed" if "embedding" in parts else None
-    if any(q.startswith("transcoder") for q in parts):
+    if any(q.startswith("transcoder") or re.search(r"[-_]transcoders$", q) for q in parts):
         return f"blocks.{layer}.hook_mlp_in"
     if any(q in ("resid_post", "resid_post_all") or re.search(r"[-_]res$", q) for q in parts):
         return resid_post_hook(layer)

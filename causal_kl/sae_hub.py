@@ -27,9 +27,11 @@ commit, exactly what read the SAE reruns.
 on top (a release may change ``normalize_activations`` there); the release's ``norm_scaling_factor``
 is folded in only when the SAE's ``cfg.json`` says ``expected_average_only_in`` (SAELens ignores it
 otherwise); formats read: ``conversion_func`` null (SAELens' own), ``gemma_2`` (Gemma Scope
-``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``), ``sparsify``, and ``dictionary_learning_1``,
+``params.npz``), ``gemma_3`` (Gemma Scope 2 ``params.safetensors``), ``sparsify``, ``dictionary_learning_1``,
 ``qwen_scope``, ``goodfire``, ``deepseek_r1`` (``causal_kl.sae_dictionary``; ``temporal`` is refused with its reason
-there); other formats (Llama Scope, transcoders, ...) are one line. Releases trained on TransformerLens' model with
+there), and ``causal_kl.sae_scope``'s (``llama_scope``, ``llama_scope_r1_distill``, ``mwhanna_transcoder``,
+``gemma_2_transcoder``, ``connor_rob_hook_z``; the file formats' SAE is one file of the repo's root, found with its
+config); cross-layer transcoders and other formats are one line. Releases trained on TransformerLens' model with
 ``center_writing_weights`` read a mean-centred residual stream the Hugging Face model does not have:
 refused, with the reason.
 
@@ -51,12 +53,13 @@ from typing import Any
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt
 from causal_kl import sae_dictionary
+from causal_kl import sae_scope  # Llama Scope, mwhanna / Gemma Scope transcoders, hook_z .pt; CLTs refused
 
 NAMED_KEYS = ("release", "repo")
 """The keys that name an SAE on the hub instead of a ``path``."""
 
 CONVERTERS = {None: "saelens", "sparsify": "sparsify", "gemma_2": "gemma_scope", "gemma_3": "gemma_scope",
-              **sae_dictionary.CONVERTERS}
+              **sae_dictionary.CONVERTERS, **sae_scope.CONVERTERS}
 """SAELens' ``conversion_func`` of a release -> the format read here."""
 
 FORMAT_FILES = {
@@ -65,12 +68,14 @@ FORMAT_FILES = {
     "gemma_2": (fmt.GEMMA_SCOPE_NPZ,),
     "gemma_3": (fmt.GEMMA_SCOPE_SAFETENSORS,),
     **sae_dictionary.FORMAT_FILES,
+    **sae_scope.FORMAT_FILES,
 }
 """The files an SAE of each format needs (Gemma Scope 2's optional ``config.json`` is read when present);
 ``sae_dictionary.THE_FILE`` (""): the SAE's path in the repo is its one file (Qwen-Scope's ``layer3.sae.pt``)."""
 
 PROBE_FILES = (fmt.SAELENS_WEIGHTS, fmt.SPARSIFY_WEIGHTS, fmt.GEMMA_SCOPE_NPZ, fmt.GEMMA_SCOPE_SAFETENSORS, fmt.SAELENS_CFG,
-               sae_dictionary.DL_WEIGHTS, sae_dictionary.THE_FILE)
+               sae_dictionary.DL_WEIGHTS, sae_dictionary.THE_FILE,
+               sae_scope.LLAMA_SCOPE_CFG)
 """What a ``repo`` + ``folder`` SAE's folder is recognised by, in this order."""
 
 
@@ -82,7 +87,7 @@ class HubSAE:
     folder: str  # inside the repo ("" = its root)
     revision: str  # the commit hash of the cached snapshot
     path: Path  # snapshots/<commit>/<folder>: what causal_kl.sae_format.locate_sae reads
-    format: str  # saelens | gemma_scope | sparsify
+    format: str  # saelens | gemma_scope | sparsify | one of causal_kl.sae_scope.FORMATS
     files: tuple[str, ...]  # the files of the SAE in its folder (FORMAT_FILES)
     norm_scaling_factor: float | None
     config_overrides: dict
@@ -196,10 +201,12 @@ def release_sae(release: str, sae_id: str, source: str = "config", name: str | N
     if converter in sae_dictionary.REFUSED:
         why, fix = sae_dictionary.REFUSED[converter]
         raise CausalKLError(source, f"{where}.release", f"release '{release}' ({converter}): {why}", fix)
+    sae_scope.check_release(release, info, entry, source, f"{where}.sae_id")  # cross-layer transcoders: one line
     if converter not in CONVERTERS:
         raise CausalKLError(source, f"{where}.release", f"release '{release}' is in SAELens' '{converter}' format, which "
-                            "causal-kl does not read", "use a release in SAELens' own, Gemma Scope (gemma_2, gemma_3), "
-                            "sparsify, dictionary_learning_1, qwen_scope, goodfire or deepseek_r1 format, or convert the SAE to SAELens' format and give its path")
+                            "causal-kl does not read", f"use a release in one of the formats read "
+                            f"({', '.join(str(c) for c in CONVERTERS if c)} or SAELens' own), or convert the SAE to "
+                            "SAELens' format and give its path")
     overrides = dict(info.get("config_overrides") or {})
     if (overrides.get("model_from_pretrained_kwargs") or {}).get("center_writing_weights"):
         raise CausalKLError(source, f"{where}.release", f"release '{release}' was trained on TransformerLens' model with "
@@ -284,14 +291,27 @@ def resolve_named(entry: dict, layer: int, source: str = "config", name: str | N
     fill = lambda s: str(s).replace("{layer}", str(int(layer)))  # noqa: E731
     if entry.get("hub"):
         pin = entry["hub"]
+        if pin.get("format") in sae_scope.FORMATS:
+            return sae_scope.find_in_cache(pin["repo"], pin["folder"], pin["revision"], tuple(pin["files"]), pin["format"],
+                                           source, f"{where}.hub", pin.get("label", pin["repo"]),
+                                           pin.get("norm_scaling_factor"), pin.get("config_overrides"))
         return find_in_cache(pin["repo"], pin["folder"], pin["revision"], tuple(pin["files"]), source, f"{where}.hub",
                              pin.get("label", pin["repo"]), pin.get("norm_scaling_factor"), pin.get("config_overrides"))
     revision = entry.get("revision")
     if entry.get("release") is not None:
         sae_id = fill(entry.get("sae_id", ""))
         found = release_sae(str(entry["release"]), sae_id, source, name)
+        if found["format"] in sae_scope.FORMATS:
+            args = (source, f"{where}.release", f"{entry['release']}/{sae_id}", found["norm_scaling_factor"],
+                    found["config_overrides"])
+            if found["format"] in sae_scope.FILE_FORMATS:
+                return sae_scope.find_file(found["repo_id"], found["folder"], revision, *args)
+            return sae_scope.find_in_cache(found["repo_id"], found["folder"], revision, FORMAT_FILES[found["format"]],
+                                           found["format"], *args)
         files = FORMAT_FILES[found["converter"] if found["format"] == "gemma_scope" else found["format"]]
         return find_in_cache(found["repo_id"], found["folder"], revision, files, source, f"{where}.release",
                              f"{entry['release']}/{sae_id}", found["norm_scaling_factor"], found["config_overrides"])
     repo, folder = str(entry["repo"]), fill(entry.get("folder", "")).strip("/")
+    if sae_scope.is_file_sae(folder):  # one file of a folder of them (mwhanna's layer_L.safetensors, a hook_z .pt)
+        return sae_scope.find_file(repo, folder, revision, source, f"{where}.repo", f"{repo}/{folder}")
     return find_in_cache(repo, folder, revision, None, source, f"{where}.repo", f"{repo}/{folder}")

@@ -226,14 +226,15 @@ def test_files_not_in_the_cache_are_one_line_with_the_download(cache, releases, 
     _one_line_error(e, "layers.1/sae.safetensors", "truncated", "64 missing")
 
 
-@pytest.mark.parametrize("case", ["unknown_release", "unknown_id", "llama_scope", "centred", "revision_with_path"])
+@pytest.mark.parametrize("case", ["unknown_release", "unknown_id", "clt", "centred", "revision_with_path"])
 def test_what_is_refused(cache, releases, case, tmp_path):
     entry, parts = {
         "unknown_release": ({"release": "gemma-scope-2b-pt-res-canonicall", "sae_id": "x"},
                             ["routes.s.release", "not a release", "did you mean 'gemma-scope-2b-pt-res-canonical'", "repo + folder"]),
         "unknown_id": ({"release": "gemma-scope-2b-pt-res-canonical", "sae_id": "layer_3/width_16k/canonicall"},
                        ["routes.s.sae_id", "not an SAE of release", "did you mean 'layer_3/width_16k/canonical'"]),
-        "llama_scope": ({"release": "llama_scope_lxr_8x", "sae_id": "l0r_8x"}, ["routes.s.release", "'llama_scope' format", "does not read"]),
+        "clt": ({"release": "mntss-gemma-2-2b-2.5m-clt-as-per-layer", "sae_id": "layer_3"},
+                ["routes.s.sae_id", "cross-layer transcoder", "one site"]),
         "centred": ({"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"},
                     ["routes.s.release", "center_writing_weights", "mean-centred"]),
         "revision_with_path": ({"path": str(tmp_path), "revision": "main"}, ["routes.s.revision", "local path"]),

@@ -7,8 +7,10 @@ A route entry::
 
 ``path`` is a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``), a Gemma Scope
 ``params.npz`` or a Gemma Scope 2 ``params.safetensors`` (or a directory holding one), or an
-EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint), or a format of
-``causal_kl.sae_dictionary`` (``dictionary_learning``, ``qwen_scope``, ``goodfire``, ``deepseek_r1``); ``{layer}``
+EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, named after its hookpoint), a format of
+``causal_kl.sae_dictionary`` (``dictionary_learning``, ``qwen_scope``, ``goodfire``, ``deepseek_r1``), or an SAE of
+``causal_kl.sae_scope``'s formats (``format``: ``llama_scope``, ``llama_scope_r1_distill``, ``mwhanna_transcoder``,
+``connor_rob_hook_z``; the last two are one file per layer); ``{layer}``
 in it is the layer, so one entry names a suite (one SAE per layer). Instead of ``path`` an entry may
 name the SAE by ``release`` + ``sae_id`` (SAELens' ``pretrained_saes.yaml``) or ``repo`` + ``folder``
 (any hub repo), optionally at a ``revision``: found in the Hugging Face cache by ``causal_kl.sae_hub``
@@ -56,6 +58,7 @@ import numpy as np
 from causal_kl.errors import CausalKLError
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
 from causal_kl.hooks import HOOKS
+from causal_kl import sae_scope
 from causal_kl import sae_hub  # SAEs named by SAELens release or hub repo, read from the Hugging Face cache
 from causal_kl import sae_dictionary  # dictionary_learning, Qwen-Scope, Goodfire, DeepSeek-R1 files
 
@@ -238,6 +241,8 @@ def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "con
         d_in, d_sae, d_out = _check_tensors(shapes, cfg["architecture"], weights, cfg["d_in"], cfg["d_sae"], cfg["k"])
         return SAEFiles(sae_dictionary.config_file(found.format, found.file), cfg["architecture"], d_in, d_sae, d_out,
                         cfg["hook_name"], hf_hook_name=cfg["hf_hook_name"])
+    if found.format in sae_scope.FORMATS:  # Llama Scope, mwhanna's transcoders, hook_z .pt files
+        return SAEFiles(**sae_scope.read_files(found.format, found.file, found.norm_scaling_factor))
     if found.format == "saelens":
         cfg_path, weights = fmt.saelens_files(found.file)
         cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
