@@ -312,6 +312,6 @@ def resolve_named(entry: dict, layer: int, source: str = "config", name: str | N
         return find_in_cache(found["repo_id"], found["folder"], revision, files, source, f"{where}.release",
                              f"{entry['release']}/{sae_id}", found["norm_scaling_factor"], found["config_overrides"])
     repo, folder = str(entry["repo"]), fill(entry.get("folder", "")).strip("/")
-    if sae_scope.is_file_sae(folder):  # one file of a folder of them (mwhanna's layer_L.safetensors, a hook_z .pt)
+    if sae_scope.claims_file(repo, folder, revision):  # one file of a folder of them (mwhanna's, a hook_z .pt + cfg)
         return sae_scope.find_file(repo, folder, revision, source, f"{where}.repo", f"{repo}/{folder}")
     return find_in_cache(repo, folder, revision, None, source, f"{where}.repo", f"{repo}/{folder}")

@@ -149,6 +149,21 @@ def is_file_sae(folder: str) -> bool:
     return name.endswith(".pt") or bool(re.fullmatch(r"layer_\d+\.safetensors", name))
 
 
+def claims_file(repo_id: str, folder: str, revision: str | None) -> bool:
+    """Whether a ``repo`` + ``folder`` naming one file is one of these formats: mwhanna's ``layer_L.safetensors``, or
+    a ``.pt`` with Connor & Rob's ``<name>_cfg.json`` cached beside it (another ``.pt``, a Qwen-Scope
+    ``layer3.sae.pt`` or a Goodfire state dict, is ``causal_kl.sae_dictionary``'s)."""
+    from causal_kl.sae_hub import _cached
+
+    if not is_file_sae(folder):
+        return False
+    p = PurePosixPath(str(folder))
+    if file_format(p.name) != "connor_rob_hook_z":
+        return True
+    parent = "" if str(p.parent) == "." else str(p.parent)
+    return _cached(repo_id, parent, p.name.split(".pt")[0] + CONNOR_CFG_SUFFIX, revision or None) is not None
+
+
 def file_format(name: str) -> str:
     return "connor_rob_hook_z" if str(name).endswith(".pt") else "mwhanna_transcoder"
 
