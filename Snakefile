@@ -17,6 +17,10 @@ include: "rules/figures.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    preload_run_model()
+
+
 onsuccess:
     stop_model_servers()
 

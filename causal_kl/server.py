@@ -235,8 +235,9 @@ def find_owner() -> Owner:
     2. inside a SLURM allocation: the allocation's Snakemake on this node (the one running
        ``--executor slurm-jobstep`` with this ``SLURM_JOB_ID``; each job runs in an ``srun``
        step, which is not its descendant);
-    3. the outermost Snakemake among this process's ancestors (locally, ``run:`` jobs run in a
-       nested ``python -m snakemake --target-jobs`` per job; the main one is the invocation);
+    3. the outermost Snakemake among this process and its ancestors (locally, ``run:`` jobs run in a
+       nested ``python -m snakemake --target-jobs`` per job; the main one is the invocation, and owns what it
+       starts itself, such as the model preload of its ``onstart``);
     4. else this process's parent (a shell, a notebook, pytest).
     """
     env = os.environ.get(OWNER_ENV)
@@ -252,7 +253,7 @@ def find_owner() -> Owner:
             st = _proc_stat(pid)
             if st is not None:
                 return Owner(pid, st[2], f"SLURM job {job}'s snakemake")
-    snakemakes = [p for p in _ancestors(os.getpid()) if is_snakemake(_cmdline(p))]
+    snakemakes = [p for p in (os.getpid(), *_ancestors(os.getpid())) if is_snakemake(_cmdline(p))]
     if snakemakes:
         pid = snakemakes[-1]
         st = _proc_stat(pid)
@@ -743,15 +744,16 @@ def _serve_main(args: argparse.Namespace) -> int:
 class _JobLog:
     """The client's output: every line to stderr and to the job's log file."""
 
-    def __init__(self, path: str | None):
-        self.path = path
+    def __init__(self, path: str | None, echo: bool = True):
+        self.path, self.echo = path, echo
         self.file = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "w", buffering=1)
 
     def raw(self, line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        if self.echo:
+            print(line, file=sys.stderr, flush=True)
         if self.file:
             self.file.write(line + "\n")
 
@@ -1032,6 +1034,7 @@ def run_remote(
     expect_model: dict | None = None,
     server_log: str | None = None,
     start_timeout_s: float = 120.0,
+    echo: bool = True,
 ) -> Any:
     """Run ``func(**kwargs)`` (``"package.module:function"``, JSON-able kwargs) in this slot's model server; return its result.
 
@@ -1044,7 +1047,7 @@ def run_remote(
     starts (default: beside the registry). Raises ``CausalKLError`` (the job's own, one line),
     ``RemoteJobError`` or ``ServerError``.
     """
-    out = _JobLog(log_path)
+    out = _JobLog(log_path, echo)
     try:
         t0 = time.perf_counter()
         owner = find_owner()
@@ -1099,6 +1102,26 @@ def run_remote(
             if p.poll() is not None:
                 _CHILDREN.remove(p)
         out.close()
+
+
+def preload_in_background(func: str, kwargs: dict, log_path: str, *, device: str, server_log: str,
+                          expect_model: dict | None = None) -> threading.Thread:
+    """Run ``func(**kwargs)`` in this run's model server from a thread of the calling process (a local Snakemake,
+    from its ``onstart``): the server starts and loads the model while the jobs before the first model job
+    (``sites``) run, so that job finds it loaded. The request holds the slot while it loads, so a model job that
+    comes early waits for the load it would have paid anyway. Its lines go to ``log_path`` only; a failure is
+    written there and left to the model jobs, which report their own."""
+    def preload() -> None:
+        try:
+            run_remote(func, kwargs, log_path, device=device, expect_model=expect_model, server_log=server_log,
+                       echo=False)
+        except Exception as e:  # noqa: BLE001 - the first model job meets the same problem and says it in one line
+            with contextlib.suppress(OSError), open(log_path, "a") as f:
+                f.write(f"preload failed (the model jobs load the model themselves): {e}\n")
+
+    thread = threading.Thread(target=preload, daemon=True, name="model-preload")
+    thread.start()
+    return thread
 
 
 def _died(pid: int, slot: str, func: str, srv_log: str | None) -> ServerError:

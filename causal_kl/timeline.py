@@ -5,7 +5,8 @@ request record carries its wall-clock ``start`` and its ``seconds``, a load the 
 ``seconds``. ``server_timeline`` reads the records of one invocation (a window of wall-clock time) and says what
 issue #32 measures: the time from the invocation's start to its first model request, the loads (and whether one
 sat on a request's path), the seconds the server was busy (requests merged where they overlap), the gaps between
-requests (count, median, total), the tail after the last request, and the busy share of the wall.
+requests (count, median, total), the tail after the last request, and the busy share of the wall. The preload of
+the run's model (``PRELOAD``) counts as busy time, not as a job's request.
 
 No job log is read: the records are the server's, written as it works, one ``write`` per line.
 """
@@ -16,6 +17,11 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
+
+
+PRELOAD = ":preload_model"
+"""A request whose function ends so is the run's model preload (``causal_kl.jobs.gold.preload_model``, started from
+Snakemake's ``onstart``): not a job's request, and a load inside it is not on a job's path."""
 
 
 def read_events(path: str | Path) -> list[dict]:
@@ -47,7 +53,7 @@ def _merged(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float
 def server_timeline(events: list[dict], start: float, end: float) -> dict[str, Any]:
     """The timeline of the invocation that ran from ``start`` to ``end`` (wall-clock seconds).
 
-    Requests are those that started inside the window. Busy time is the union of their intervals; a gap is the idle
+    Requests are those that started inside the window (a job's; the preload is counted apart). Busy time is the union of their intervals; a gap is the idle
     time between one busy interval's end and the next one's start. ``load_on_request_path``: a load happened inside
     a request (its seconds were waited for by a job) rather than before the first request."""
     wall = max(end - start, 0.0)
@@ -55,17 +61,21 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
                   key=lambda r: float(r["start"]))
     servers = [r for r in events if r.get("event") == "start" and start <= float(r.get("time", -1)) <= end]
     loads = [r for r in events if r.get("event") == "load" and start <= float(r.get("time", -1)) <= end]
+    preloads = {(r.get("pid"), r.get("request")) for r in reqs if str(r.get("func", "")).endswith(PRELOAD)}
+    jobs = [r for r in reqs if (r.get("pid"), r.get("request")) not in preloads]
     busy = _merged((float(r["start"]), float(r["start"]) + float(r.get("seconds", 0.0))) for r in reqs)
     gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
     busy_s = sum(b - a for a, b in busy)
     out: dict[str, Any] = {
         "wall_s": round(wall, 2),
         "servers_started": len(servers),
-        "requests": len(reqs),
+        "requests": len(jobs),
+        "preloads": len(preloads),
         "loads": len(loads),
         "load_s": round(sum(float(r.get("seconds", 0.0)) for r in loads), 2),
-        "load_on_request_path": any(r.get("request") is not None for r in loads),
-        "first_request_s": round(busy[0][0] - start, 2) if busy else None,
+        "load_on_request_path": any(r.get("request") is not None and (r.get("pid"), r.get("request")) not in preloads
+                                    for r in loads),
+        "first_request_s": round(float(jobs[0]["start"]) - start, 2) if jobs else None,
         "busy_s": round(busy_s, 2),
         "busy_share": round(busy_s / wall, 3) if wall else None,
         "gaps": len(gaps),
@@ -81,7 +91,8 @@ def format_timeline(t: dict[str, Any]) -> str:
     def s(v: Any, unit: str = " s") -> str:
         return "-" if v is None else f"{v}{unit}"
 
-    load = f"{t['loads']} ({s(t['load_s'])}{', on a request' if t['load_on_request_path'] else ''})"
+    where = ", on a job's request" if t["load_on_request_path"] else (", preloaded" if t.get("preloads") else "")
+    load = f"{t['loads']} ({s(t['load_s'])}{where})"
     return (f"requests {t['requests']}, load {load}, first request at {s(t['first_request_s'])}, busy "
             f"{s(t['busy_s'])} ({100 * (t['busy_share'] or 0):.0f}%), gaps {t['gaps']} "
             f"(median {s(t['gap_median_s'])}, total {s(t['gap_total_s'])}), after the last request {s(t['tail_s'])}")

@@ -312,6 +312,28 @@ def model_resources(base_mb=8000):
     return {"gpu": 0 if config["device"] == "cpu" else 1, "mem_mb": mem_mb(base_mb)}
 
 
+def preload_run_model():
+    """From ``onstart`` (a local run that executes jobs; never a dry run, a cluster submission or a job's own
+    Snakemake, which run no hooks): load the run's model in its server while the jobs before the first model job
+    run, when the plan has model jobs (causal_kl.jobs.gold.preload_plan)."""
+    if CLUSTER_GROUPS or not workflow.local_exec or not config.get("model_server", True):
+        return
+    from causal_kl.jobs.gold import preload_plan
+    from causal_kl.server import preload_in_background
+
+    jobs = list(workflow.dag.needrun_jobs())
+    outputs = [str(f) for job in jobs for f in job.output]
+    if preload_plan({job.rule.name for job in jobs}, outputs, MODEL["path"]):
+        preload_in_background(
+            "causal_kl.jobs.gold:preload_model",
+            {"model": MODEL_BLOCK, "dtype": config["dtype"], "device": config["device"]},
+            f"{LOGS}/model_preload.log",
+            device=config["device"],
+            server_log=f"{LOGS}/model_server.log",
+            expect_model={"path": MODEL["path"], "dtype": config["dtype"]},
+        )
+
+
 def stop_model_servers():
     """Stop the model servers this Snakemake process owns (they would also go when it exits)."""
     from causal_kl.server import stop_servers

@@ -48,10 +48,40 @@ def test_timeline_matches_a_time_grid(tmp_path):
     assert abs(got["gap_median_s"] - statistics.median(ref["gaps"])) < 0.002
     assert abs(got["busy_share"] - ref["busy"] / (end - start)) < 0.002
     line = format_timeline(got)
-    assert "requests 24" in line and "on a request" in line and f"gaps {len(ref['gaps'])}" in line
+    assert "requests 24" in line and "on a job's request" in line and f"gaps {len(ref['gaps'])}" in line
 
 
 def test_timeline_of_an_invocation_without_requests():
     got = server_timeline([], 0.0, 10.0)
     assert got["requests"] == 0 and got["busy_s"] == 0 and got["first_request_s"] is None and got["tail_s"] is None
     assert "-" in format_timeline(got)
+
+
+def test_a_preload_is_busy_time_but_no_jobs_request():
+    events = [
+        {"event": "start", "time": 100.1, "pid": 7},
+        {"event": "request", "pid": 7, "request": 1, "func": "causal_kl.jobs.gold:preload_model", "start": 100.2,
+         "seconds": 3.0},
+        {"event": "load", "pid": 7, "request": 1, "seconds": 2.5, "time": 103.0},
+        {"event": "request", "pid": 7, "request": 2, "func": "causal_kl.jobs.gold:gold", "start": 104.0, "seconds": 1.0},
+        {"event": "request", "pid": 7, "request": 3, "func": "causal_kl.jobs.patch:patch_route", "start": 106.0,
+         "seconds": 1.0},
+    ]
+    t = server_timeline(events, 100.0, 110.0)
+    assert (t["requests"], t["preloads"], t["loads"]) == (2, 1, 1) and not t["load_on_request_path"]
+    assert t["first_request_s"] == 4.0 and t["busy_s"] == 5.0 and t["gaps"] == 2 and t["gap_total_s"] == 1.8  # 103.2 -> 104, 105 -> 106
+    assert t["tail_s"] == 3.0 and "preloaded" in format_timeline(t)
+
+
+def test_a_local_run_preloads_only_a_model_it_does_not_make_and_only_for_model_jobs():
+    from causal_kl.cluster import LM, RULE_MODELS
+    from causal_kl.jobs.gold import preload_plan
+
+    lm_rules = {r for r, m in RULE_MODELS.items() if m == LM}
+    assert lm_rules and "gold" in lm_rules
+    assert preload_plan({"sites", "gold"}, ["results/x/sites.json"], "/m/model")
+    assert not preload_plan({"sites", "gold_aggregate", "table_routes"}, [], "/m/model")  # analysis only
+    assert not preload_plan({"recon_sae", "explain_nla_av"}, [], "/m/model")  # no language model of the run's
+    # the demo's model is made by the run itself: nothing to load before its rule has run
+    assert not preload_plan({"demo_model", "gold"}, ["resources/demo/model", "logs/demo/model.log"], "resources/demo/model/")
+    assert preload_plan({"gold"}, ["resources/demo/model_card.json"], "resources/demo/model")

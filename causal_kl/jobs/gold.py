@@ -40,6 +40,25 @@ def load_run_model(model: dict, dtype: str, device: str, with_tokenizer: bool = 
     return loaded
 
 
+def preload_model(model: dict, dtype: str, device: str) -> None:
+    """Load the run's model (and its tokenizer) into the model server before the first model job asks for it
+    (``preload_plan``): the job then reuses the resident copy."""
+    load_run_model(model, dtype, device, with_tokenizer=True)
+
+
+def preload_plan(planned_rules: set[str], planned_outputs: list[str], model_path: str) -> bool:
+    """Whether a local run should load its model while the jobs before the first model job run: some planned job
+    loads the run's model, and no planned job writes it (the demo's model is made by the run itself)."""
+    import os
+
+    from causal_kl.cluster import LM, RULE_MODELS
+
+    if not any(RULE_MODELS.get(r) == LM for r in planned_rules):
+        return False
+    model = os.path.normpath(str(model_path))
+    return not any(o == model or o.startswith(model + os.sep) for o in map(os.path.normpath, planned_outputs))
+
+
 def _gold_table(site_ids, layer: int, vectors: np.ndarray) -> dict:
     """A GOLD table (``layer``: the point's block; its hook is in the provenance)."""
     return {"site_id": site_ids, "layer": pa.array([layer] * len(vectors), pa.int64()), "activation": vectors}
