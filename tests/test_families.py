@@ -30,10 +30,13 @@ from causal_kl.models import load_model
 from causal_kl.patching import FAMILY_ABLATIONS, clean_pass, fast_sites, naive_site, patch_document, patch_documents
 from test_patching import LAYER, doc_and_sites, max_diff
 
-ADDED = ["gemma2", "gpt2", "gpt_neox", "mistral", "qwen3"]
-FAMILY = {"gemma2": "Gemma-2", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX/Pythia", "mistral": "Mistral", "qwen3": "Qwen3"}
+ADDED = ["gemma2", "gpt2", "gpt_neox", "mistral", "qwen3", "gemma", "qwen3_moe", "gpt_oss"]
+FAMILY = {"gemma2": "Gemma-2", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX/Pythia", "mistral": "Mistral", "qwen3": "Qwen3",
+          "gemma": "Gemma", "qwen3_moe": "Qwen3-MoE", "gpt_oss": "gpt-oss", "qwen3_5": "Qwen3.5",
+          "qwen3_5_moe": "Qwen3.5-MoE"}
 TRAPS = {"gemma2": {"attn_softcap", "positions", "sliding_mask"}, "gpt_neox": {"positions"},
-         "mistral": {"positions", "sliding_mask"}, "qwen3": {"positions"}, "gpt2": set()}
+         "mistral": {"positions", "sliding_mask"}, "qwen3": {"positions"}, "gpt2": set(), "gemma": {"positions"},
+         "qwen3_moe": {"positions"}, "gpt_oss": {"positions", "sliding_mask", "sinks"}}
 """The traps that must move the numbers when left out, per family; the others must not (GPT-2's blocks never read
 positions: its learned positions were added at the input, so they are in the block-L states already)."""
 CHECKED_TRAPS = sorted(FAMILY_ABLATIONS | {"sliding_mask"})
@@ -120,7 +123,9 @@ def test_fast_equals_naive_float64(model_type, family_dirs):
     assert dk < 1e-9 and dc < 1e-9, (dk, dc)
 
 
-ALL = ["gemma3_dir", "gemma3_mm_dir", "llama_dir", "qwen2_dir", *ADDED]
+NAIVE_ONLY = ["qwen3_5", "qwen3_5_moe"]
+"""Families with linear-attention blocks: patched by the naive path (the window pass cannot carry their state)."""
+ALL = ["gemma3_dir", "gemma3_mm_dir", "llama_dir", "qwen2_dir", *ADDED, *NAIVE_ONLY]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -128,7 +133,7 @@ def test_layer_convention_and_parts_against_the_models_own_states(name, request,
     """Layer L = the output of block L = output_hidden_states[L + 1] (the last entry is after the final norm);
     the embeddings (token, and GPT-2's learned positions), final norm, head and soft-cap the adapter found give
     the model's own first hidden state and logits."""
-    m = load_model(family_dirs(name) if name in ADDED else request.getfixturevalue(name), dtype="float32")
+    m = load_model(family_dirs(name) if name in ADDED + NAIVE_ONLY else request.getfixturevalue(name), dtype="float32")
     ids = m.tokenizer("the model reads a state and writes its next token").input_ids
     x = torch.tensor([ids])
     with torch.no_grad():

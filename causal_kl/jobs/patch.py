@@ -86,6 +86,17 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], point: Poi
     return [r for doc_results in results for r in doc_results]
 
 
+def method_provenance(loaded, method: str) -> dict:
+    """The provenance fields of the patch method that ran: ``method`` is ``naive`` where ``fast`` was asked for and the
+    fast path could not run the model (then also ``method_asked`` and ``fast_path_unavailable``, the reason)."""
+    from causal_kl.patching import fast_path_unavailable, method_used
+
+    used = method_used(loaded, method)
+    if used == method:
+        return {"method": used}
+    return {"method": used, "method_asked": method, "fast_path_unavailable": fast_path_unavailable(loaded)}
+
+
 def _span_golds(gold: str, span_gold: list[str], want: np.ndarray, k: int) -> np.ndarray:
     """The golds at every position of the spans of the sites ``want``: ``[n, d]`` for k = 1, ``[n, k, d]`` else."""
     from causal_kl.io import read_span_gold, span_vectors_for_sites
@@ -143,6 +154,7 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
     loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"floors, span {k}")
+    meta.update(method_provenance(loaded, patch["method"]))  # what ran: naive where the fast path could not
     log.info("floors (span %d): %d sites in %.1f s", k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
@@ -185,6 +197,7 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_g
     loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"{route}, span {k}")
+    meta.update(method_provenance(loaded, patch["method"]))  # what ran: naive where the fast path could not
     log.info("route %s (span %d): %d sites in %.1f s", route, k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
