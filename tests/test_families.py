@@ -27,7 +27,8 @@ from causal_kl import checks, families
 from causal_kl.errors import CausalKLError
 from causal_kl.gold import block_outputs
 from causal_kl.models import load_model
-from causal_kl.patching import FAMILY_ABLATIONS, clean_pass, fast_sites, naive_site, patch_document, patch_documents
+from causal_kl.patching import (FAMILY_ABLATIONS, SiteVariants, clean_pass, fast_sites, naive_site, patch_document,
+                                patch_documents)
 from test_patching import LAYER, doc_and_sites, max_diff
 
 ADDED = ["gemma2", "gpt2", "gpt_neox", "mistral", "qwen3", "gemma", "qwen3_moe", "gpt_oss"]
@@ -384,3 +385,91 @@ def _validated(cfg: dict) -> dict:
     from causal_kl.config import validate_config
 
     return validate_config(cfg, "run.yaml")
+
+
+# ----------------------------------------------------------------------------- linear attention: the naive path, said
+@pytest.mark.parametrize("model_type", NAIVE_ONLY)
+def test_linear_attention_families_run_the_naive_path_and_say_so(model_type, family_dirs, caplog):
+    """Qwen3.5 (the multimodal checkpoint, loaded as its text decoder) and Qwen3.5-MoE: the fast path cannot carry a
+    linear-attention block's recurrent state, so ``fast`` patches with the naive path, one log line per call naming
+    the blocks, ``method_used`` says naive; the numbers are a plain forward's with block L's output replaced (a hook
+    registered here, KL computed here with torch)."""
+    m = load_model(family_dirs(model_type), dtype="float32")
+    assert m.family.name == FAMILY[model_type] and m.architecture in ("Qwen3_5ForCausalLM", "Qwen3_5MoeForCausalLM")
+    assert m.layer_types == ["linear_attention", "full_attention"] * 2 and m.rotary_emb is not None
+    ids, sites = family_sites(m, n_var=3, span=1, keep=[3, 8])
+    with caplog.at_level(logging.INFO, logger="causal_kl.patching"):
+        got = patch_documents(m, [(ids, sites)], LAYER, "fast", sites_per_batch=2)[0]
+        patch_documents(m, [(ids, sites[:1])], LAYER, "fast")
+    lines = [r.getMessage() for r in caplog.records if "fast path cannot run" in r.getMessage()]
+    assert len(lines) == 2 and "linear-attention blocks (0, 2)" in lines[0] and "naive path" in lines[0], lines
+    from causal_kl.patching import method_used
+
+    assert method_used(m, "fast") == "naive" and method_used(m, "naive") == "naive"
+    for site, res in zip(sites, got):
+        p = site.position
+        x = torch.tensor([ids[: min(len(ids), p + 32)]])
+
+        def put(_mod, _inp, out, v):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[:, p] = v
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        with torch.no_grad():
+            clean = torch.log_softmax(m.model(input_ids=x).logits[0, p:].double(), -1)
+            for v in (1, 2):  # a perturbed state, zero (variant 0, the clean state, is the pass-through)
+                handle = m.layers[LAYER].register_forward_hook(lambda mod, i, o, v=v: put(mod, i, o, site.vectors[v]))
+                try:
+                    patched = torch.log_softmax(m.model(input_ids=x).logits[0, p:].double(), -1)
+                finally:
+                    handle.remove()
+                kl = (clean.exp() * (clean - patched)).sum(-1).numpy()
+                n = len(kl) - (1 if x.shape[1] == len(ids) else 0)  # the last position has no next token
+                np.testing.assert_allclose(res.kl[v, :n], kl[:n], rtol=1e-4, atol=1e-5)
+        assert float(np.nanmax(res.kl[2])) > 0.1  # zero at block L moves the model: there is something to compare
+
+
+def test_provenance_records_the_method_that_ran(family_dirs, tmp_path):
+    """The floors job of a shard, run in this process: asked for ``fast``, a Qwen3.5 model's floors say ``method:
+    naive`` and why; gpt-oss's (whose fast path runs) say ``fast``. The zero condition's KL is the naive path's."""
+    import pyarrow as pa
+
+    from causal_kl.contracts import DOCS
+    from causal_kl.io import read_provenance, write_parquet
+    from causal_kl.jobs.patch import conditions, patch_floors
+    from run_files import write_gold, write_sites
+
+    for model_type, want in (("qwen3_5", "naive"), ("gpt_oss", "fast")):
+        d = tmp_path / model_type
+        d.mkdir()
+        m = load_model(family_dirs(model_type), dtype="float32")
+        ids, _ = family_sites(m, n_var=3, span=1)
+        docs = {"a": ids, "b": ids[5:90]}
+        positions = [30, 60]
+        write_sites(d / "sites.parquet", ["a", "b"], positions)
+        write_parquet(d / "docs.parquet", pa.table({"doc_id": list(docs), "row": pa.array([0, 1], pa.int64()),
+                                                    "n_tokens": pa.array([len(t) for t in docs.values()], pa.int64()),
+                                                    "input_ids": pa.array(list(docs.values()), pa.list_(pa.int32()))}), DOCS)
+        golds = np.stack([block_outputs(m, docs[doc], [LAYER])[LAYER][p].numpy() for doc, p in zip(docs, positions)])
+        write_gold(d / "gold.parquet", golds, layer=LAYER)
+        prov = {"config_hash": "h", "model": str(family_dirs(model_type))}
+        files = {k: str(d / f"{k}.parquet") for k in ("sites", "docs", "gold", "choices", "mean", "noise", "floors")}
+        conditions(files["gold"], files["sites"], files["choices"], files["mean"], files["noise"], 0, str(LAYER), prov)
+        patch_floors(sites=files["sites"], docs=files["docs"], gold=files["gold"], choices=files["choices"],
+                     mean=files["mean"], span_gold=[], model_dir=[], floors=files["floors"],
+                     model={"path": str(family_dirs(model_type))}, model_fingerprint=None,
+                     patch={"method": "fast", "sites_per_batch": "auto"}, dtype="float32", device="cpu",
+                     layer=str(LAYER), span="1", shard="0", provenance=prov)
+        meta = read_provenance(files["floors"])
+        assert meta["method"] == want, meta
+        if want == "naive":
+            assert meta["method_asked"] == "fast" and "linear-attention blocks" in meta["fast_path_unavailable"], meta
+        else:
+            assert "method_asked" not in meta and "fast_path_unavailable" not in meta, meta
+        import pandas as pd
+
+        rows = pd.read_parquet(files["floors"]).set_index(["site_id", "condition", "offset"])
+        for i, (doc, p) in enumerate(zip(docs, positions)):
+            zero = SiteVariants(i, p, ["zero"], torch.zeros(1, m.d_model))
+            ref = naive_site(m, docs[doc], LAYER, zero)
+            assert rows.loc[(i, "zero", 0), "kl"] == pytest.approx(float(ref.kl[0, 0]), rel=1e-4, abs=1e-6)
