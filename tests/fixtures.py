@@ -267,8 +267,8 @@ FAMILY_BUILDERS = {"gemma2": tiny_gemma2, "gpt2": tiny_gpt2, "gpt_neox": tiny_gp
 # ----------------------------------------------------------------------------- the families of SAELens' other releases
 def tiny_gemma(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
     """GemmaForCausalLM (Gemma 1, gemma-2b's class): Llama-style blocks, embeddings scaled by sqrt(d), one kv head
-    (gemma-2b's multi-query attention), a head_dim wider than hidden / heads, tied head; query/key projections
-    scaled up."""
+    (gemma-2b's multi-query attention), a head_dim wider than hidden / heads, tied head. Weights rescaled (embeddings down, query/key
+    projections and the MLP's output up) so that random blocks matter against the sqrt(d)-scaled embeddings."""
     from transformers import GemmaConfig, GemmaForCausalLM
 
     tokenizer = make_tokenizer()
@@ -277,10 +277,12 @@ def tiny_gemma(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Pa
                       pad_token_id=0, eos_token_id=1, bos_token_id=2)
     torch.manual_seed(seed)
     model = GemmaForCausalLM(cfg)
-    with torch.no_grad():  # sharper attention, so that positions given wrongly move KL well past the tolerance
+    with torch.no_grad():  # so that the blocks, their MLPs and positions move the logits (the tests' traps)
+        model.model.embed_tokens.weight.div_(2.5)  # scaled by sqrt(d) on the way in: the residual would drown the blocks
         for block in model.model.layers:
-            block.self_attn.q_proj.weight.mul_(4.0)
-            block.self_attn.k_proj.weight.mul_(4.0)
+            block.self_attn.q_proj.weight.mul_(8.0)  # sharp attention: positions given wrongly move KL
+            block.self_attn.k_proj.weight.mul_(8.0)
+            block.mlp.down_proj.weight.mul_(6.0)
     return _finish(model, tokenizer, path, boost_norm)
 
 
