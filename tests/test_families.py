@@ -155,7 +155,7 @@ def test_layer_convention_and_parts_against_the_models_own_states(name, request,
     assert (m.embed_positions is not None) == (name == "gpt2") and (m.rotary_emb is None) == (name == "gpt2")
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma2"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma2", "gemma", "qwen3_moe", "gpt_oss"])
 def test_saelens_hook_names_are_our_layers_peer_transformer_lens(model_type, family_dirs):
     """SAELens' hook names (``blocks.L.hook_resid_post`` = layer L; ``blocks.L.hook_resid_pre`` = layer L - 1)
     against TransformerLens' own hook points on the same checkpoint (the model SAELens runs): the states there
