@@ -179,6 +179,8 @@ def check_hook(family: Family, model_config: Any, hook: str, where: str, field_n
         have = ", ".join(f"{h} (blocks.L.{TL_NAME[h]})" for h in hooks)
         why = (" (its blocks run attention and MLP in parallel on the block's input: there is no residual between them)"
                if hook == "resid_mid" and family.parallel_residual else "")
+        if hook == "attn_z" and any("linear_attn" in where.module for where in family.hooks.values()):
+            why = " (its linear-attention blocks have no attention heads, and its full-attention blocks gate theirs)"
         raise CausalKLError(where, field_name, f"{model} ({family.name}) has no hook {hook}{why}",
                             f"use one of its hooks: {have}")
     return hooks[hook]

@@ -381,6 +381,25 @@ def test_a_route_hook_the_family_lacks_is_one_line_at_parse_time(tmp_path, corpu
     assert "\n" not in msg and msg.startswith("run.yaml: routes.tc.hook: ") and "residual stream" in msg, msg
 
 
+def test_qwen3_5_has_no_attn_z_one_line_at_parse_time(tmp_path, corpus_path):
+    """Read from a multimodal Qwen3.5 config.json alone (the text decoder's settings under text_config)."""
+    folder = tmp_path / "qwen3_5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+        "text_config": {"model_type": "qwen3_5_text", "num_hidden_layers": 4,
+                        "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"]}}))
+    cfg = run_config(folder, corpus_path)
+    cfg["routes"] = {"z": {"kind": "pca", "train_rows": [20, 30], "hook": "attn_z"}}
+    with pytest.raises(CausalKLError) as e:
+        checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: routes.z.hook: ") and "(Qwen3.5) has no hook attn_z" in msg, msg
+    assert "linear-attention blocks have no attention heads" in msg and "attn_out" in msg and "Fix:" in msg, msg
+    cfg["routes"] = {"out": {"kind": "pca", "train_rows": [20, 30], "hook": "attn_out"}}
+    checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+
+
 def _validated(cfg: dict) -> dict:
     from causal_kl.config import validate_config
 
