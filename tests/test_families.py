@@ -450,12 +450,13 @@ def test_linear_attention_families_run_the_naive_path_and_say_so(model_type, fam
 
 def test_provenance_records_the_method_that_ran(family_dirs, tmp_path):
     """The floors job of a shard, run in this process: asked for ``fast``, a Qwen3.5 model's floors say ``method:
-    naive`` and why; gpt-oss's (whose fast path runs) say ``fast``. The zero condition's KL is the naive path's."""
+    naive`` and why; gpt-oss's (whose fast path runs) say ``fast``; the aggregate of the shards says the same. The
+    zero condition's KL is the naive path's."""
     import pyarrow as pa
 
     from causal_kl.contracts import DOCS
     from causal_kl.io import read_provenance, write_parquet
-    from causal_kl.jobs.patch import conditions, patch_floors
+    from causal_kl.jobs.patch import conditions, patch_floors, patch_floors_aggregate
     from run_files import write_gold, write_sites
 
     for model_type, want in (("qwen3_5", "naive"), ("gpt_oss", "fast")):
@@ -485,6 +486,9 @@ def test_provenance_records_the_method_that_ran(family_dirs, tmp_path):
             assert meta["method_asked"] == "fast" and "linear-attention blocks" in meta["fast_path_unavailable"], meta
         else:
             assert "method_asked" not in meta and "fast_path_unavailable" not in meta, meta
+        patch_floors_aggregate([files["floors"]], str(d / "all.parquet"), str(LAYER), "1", prov)
+        assert {k: v for k, v in read_provenance(d / "all.parquet").items() if k in meta and k not in ("created_utc", "code_version")} == \
+            {k: v for k, v in meta.items() if k in ("config_hash", "model", "method", "method_asked", "fast_path_unavailable")}
         import pandas as pd
 
         rows = pd.read_parquet(files["floors"]).set_index(["site_id", "condition", "offset"])

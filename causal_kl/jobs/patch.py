@@ -211,10 +211,24 @@ def _span_skip_reason(span_recon: list[str]) -> str | None:
     return (read_provenance(span_recon[0]) or {}).get("skipped")
 
 
+def shards_method(shards: list[str]) -> dict:
+    """The patch method the shards record having run (``method_provenance``), for their aggregate: one method, or
+    several joined by ``+`` where shards differ; with the fast path's reason where a shard fell back."""
+    from causal_kl.io import read_provenance
+
+    metas = [read_provenance(p) for p in shards]
+    methods = sorted({m["method"] for m in metas if m.get("method")})
+    out: dict = {"method": "+".join(methods)} if methods else {}
+    reasons = sorted({m["fast_path_unavailable"] for m in metas if m.get("fast_path_unavailable")})
+    if reasons:
+        out.update(method_asked="fast", fast_path_unavailable="; ".join(reasons))
+    return out
+
+
 def patch_floors_aggregate(shards: list[str], patch: str, layer: str, span: str, provenance: dict) -> None:
     """Every floors shard -> ``span{k}/patch/floors.parquet`` (what every route's analysis compares with), streamed a
-    row group at a time."""
-    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance))
+    row group at a time; it records the method its shards ran."""
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, **shards_method(shards)))
 
 
 def patch_route_aggregate(shards: list[str], patch: str, layer: str, route: str, span: str, provenance: dict) -> None:
@@ -226,7 +240,8 @@ def patch_route_aggregate(shards: list[str], patch: str, layer: str, route: str,
 
     reasons = {read_provenance(p).get("skipped") for p in shards}
     skipped = reasons.pop() if len(reasons) == 1 else None
-    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route, skipped=skipped))
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route, skipped=skipped,
+                                                                      **shards_method(shards)))
 
 
 def patch_aggregate(floors: list[str], routes: list[str], index: str, layer: str, provenance: dict) -> None:
