@@ -13,9 +13,21 @@ What the rows say (transformers 5.x):
   Gemma-3 keeps its text decoder at ``model.language_model``.
 - GPT-2: ``transformer.h``, ``transformer.ln_f``, ``transformer.wte`` and learned absolute positions
   ``transformer.wpe`` added at the input (no rotary: blocks never read positions), ``block.attn``.
+- Gemma (1), Qwen3-MoE and gpt-oss are Llama-style too (Gemma scales its embeddings inside ``embed_tokens``; the
+  MoE blocks' ``mlp`` is the router and its experts, gpt-oss's returning ``(hidden, router_scores)``; gpt-oss's
+  attention adds a learned sink logit per head to every softmax, which the window attention models).
+- Qwen3.5 (dense and MoE): ``layer_types`` mixes ``linear_attention`` blocks (a Gated DeltaNet at
+  ``block.linear_attn``, a recurrent state over the whole prefix) with ``full_attention`` ones (``block.self_attn``,
+  its output gated per head). The checkpoints are multimodal (``Qwen3_5ForConditionalGeneration``, text decoder
+  at ``model.language_model``); ``AutoModelForCausalLM`` loads their text decoder as ``Qwen3_5ForCausalLM``. The
+  window pass cannot carry a linear-attention block's recurrent state from the clean prefix, so these models are
+  patched by the naive path (``patching``: said once in the log and in the outputs' provenance).
 - GPT-NeoX / Pythia: ``gpt_neox.layers``, ``gpt_neox.final_layer_norm``, ``gpt_neox.embed_in``,
   ``gpt_neox.rotary_emb`` (partial rotary: the attention rotates the first ``rotary_pct`` of each head),
   ``block.attention``; parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))`` inside the block.
+
+A hook's module path may name alternatives, ``a|b``: the first the block has (Qwen3.5's token mixer is
+``self_attn`` in full-attention blocks and ``linear_attn`` in the others).
 
 Sliding windows: a config's ``layer_types`` says which blocks slide; a config with a
 ``sliding_window`` and no ``layer_types`` (Mistral) slides in every block, as transformers' Mistral
@@ -72,6 +84,13 @@ NEOX_HOOKS = _hooks(resid_mid=("post_attention_layernorm", "in"), attn_z=("atten
 """GPT-NeoX: with ``use_parallel_residual`` (every Pythia) ``x + attention(ln1(x)) + mlp(ln2(x))``: the MLP reads the
 block's input and there is no residual between the two (no ``resid_mid``)."""
 
+QWEN3_5_HOOKS = _hooks(resid_mid=("post_attention_layernorm", "in"), attn_out=("self_attn.o_proj|linear_attn.out_proj", "out"),
+                       mlp_in=("mlp", "in"), mlp_out=("mlp", "out"))
+"""Qwen3.5: ``x + mixer(input_layernorm(x))``, then ``+ mlp(post_attention_layernorm(.))``; the mixer is a gated
+full attention or a Gated DeltaNet, whose outputs both go through an output projection (attn_out). No attn_z: a
+linear-attention block has no attention heads (its ``out_proj`` reads gated delta-rule values of another width),
+and a full-attention block's ``o_proj`` reads the heads already gated by the query's gate."""
+
 
 FAMILIES: tuple[Family, ...] = (
     Family("Gemma-3", ("gemma3", "gemma3_text"), hooks=GEMMA_HOOKS),
@@ -80,6 +99,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("Mistral", ("mistral",)),
     Family("Qwen2", ("qwen2",)),
     Family("Qwen3", ("qwen3",)),
+    Family("Gemma", ("gemma",)),
+    Family("Qwen3-MoE", ("qwen3_moe",)),
+    Family("Qwen3.5", ("qwen3_5", "qwen3_5_text"), hooks=QWEN3_5_HOOKS),
+    Family("Qwen3.5-MoE", ("qwen3_5_moe", "qwen3_5_moe_text"), hooks=QWEN3_5_HOOKS),
+    Family("gpt-oss", ("gpt_oss",)),
     Family("GPT-2", ("gpt2",), decoder=("transformer",), blocks="h", final_norm="ln_f", embed_tokens="wte",
            embed_positions="wpe", rotary=None, attention="attn", hooks=GPT2_HOOKS),
     Family("GPT-NeoX/Pythia", ("gpt_neox",), decoder=("gpt_neox",), final_norm="final_layer_norm",
@@ -155,6 +179,8 @@ def check_hook(family: Family, model_config: Any, hook: str, where: str, field_n
         have = ", ".join(f"{h} (blocks.L.{TL_NAME[h]})" for h in hooks)
         why = (" (its blocks run attention and MLP in parallel on the block's input: there is no residual between them)"
                if hook == "resid_mid" and family.parallel_residual else "")
+        if hook == "attn_z" and any("linear_attn" in where.module for where in family.hooks.values()):
+            why = " (its linear-attention blocks have no attention heads, and its full-attention blocks gate theirs)"
         raise CausalKLError(where, field_name, f"{model} ({family.name}) has no hook {hook}{why}",
                             f"use one of its hooks: {have}")
     return hooks[hook]
@@ -172,7 +198,9 @@ def layer_types(text_config: Any, n_layers: int) -> list[str] | None:
 
 
 def resolve(module: Any, dotted: str) -> Any:
-    """``module.a.b`` for ``"a.b"``; None where any step is missing."""
+    """``module.a.b`` for ``"a.b"``; None where any step is missing. ``"a.b|c.d"``: the first of them found."""
+    if "|" in dotted:
+        return next((m for m in (resolve(module, d) for d in dotted.split("|")) if m is not None), None)
     for part in dotted.split("."):
         module = getattr(module, part, None)
         if module is None:

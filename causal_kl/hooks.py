@@ -148,7 +148,7 @@ def hf_hook(hf_name: str, family_hooks: dict[str, HookModule]) -> Point | None:
     block, module, side = int(m.group(1)), m.group(2), m.group(3) or "output"
     want = "in" if side == "input" else "out"
     for hook, where in family_hooks.items():
-        if where.module == module and where.side == want:
+        if module in where.module.split("|") and where.side == want:  # "a|b": alternatives (families.resolve)
             return Point(block, hook)
     if module in FEEDS_MLP and want == "out":
         return hf_hook(f"layers.{block}.mlp.input", family_hooks)

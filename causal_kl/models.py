@@ -265,6 +265,7 @@ def load_model(
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
+    _experts_for_dtype(model, torch_dtype, path)
     loaded = wrap_model(model, path)
     if with_tokenizer:
         try:
@@ -282,6 +283,16 @@ def load_model(
     log.info("causal-kl: %s is %s (%s family), attention implementation %s", path, loaded.architecture, loaded.family.name,
              loaded.attn_implementation)
     return loaded
+
+
+def _experts_for_dtype(model: nn.Module, dtype: torch.dtype, path: str) -> None:
+    """Mixture-of-experts blocks (Qwen3-MoE, Qwen3.5-MoE, gpt-oss) run their experts through transformers'
+    ``grouped_mm`` by default, which has no float64 kernel: a float64 model runs them with the eager loop (the same
+    arithmetic, expert by expert)."""
+    impl = getattr(model.config, "_experts_implementation", None)
+    if dtype == torch.float64 and impl not in (None, "eager") and hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation("eager")
+        log.info("causal-kl: %s runs its experts with the eager implementation (%s has no float64 kernel)", path, impl)
 
 
 def load_count() -> int:
@@ -394,6 +405,11 @@ def fast_from_pretrained(
         src = _SAFETENSORS_TORCH[e.dtype]
         holders[key] = torch.empty(e.shape, dtype=dtype if src.is_floating_point else src)
     cls = _model_class(hf_config)
+    text_class = getattr(hf_config, "sub_configs", {}).get("text_config")
+    if text_class is not None and getattr(cls, "config_class", None) is text_class:
+        # a multimodal checkpoint whose causal-LM class is the text decoder alone (Qwen3.5): built from the text
+        # config, as AutoModelForCausalLM does
+        hf_config = hf_config.get_text_config()
     with _quiet_transformers():
         model = cls.from_pretrained(None, config=hf_config, state_dict=holders, dtype=dtype,
                                     attn_implementation=attn_implementation)

@@ -30,15 +30,18 @@ What the fast path must get right on Gemma-3 (each has a test that fails without
 blocks get the sliding mask for queries at absolute positions p..p+k-1+31; sliding blocks use the
 local rotary embedding and global blocks the global one; the final logit soft-cap is applied.
 And on the other families (``FAMILY_ABLATIONS``): Gemma-2's attention-logit soft-cap inside every
-attention call; the window's absolute positions given explicitly to the rotary embedding (GPT-NeoX's
+attention call; gpt-oss's attention sinks (one learned logit per head that joins every softmax's denominator and
+attends to nothing, ``s_aux``); the window's absolute positions given explicitly to the rotary embedding (GPT-NeoX's
 partial rotary, every rotary family). Each family's parts (blocks, their self-attention, rotary
 module or none) come from its adapter (``causal_kl.families``, through the ``LoadedModel``); the
 window pass itself has no family branch: it runs the model's own blocks (GPT-2's Conv1D projections,
 GPT-NeoX's parallel residual, Gemma's extra norms) with the swapped attention function.
 
-A model the fast path cannot run (a block without a ``layer_idx``'d attention, an attention that
-reports another sliding window than its layer type) is patched by the naive path instead, said once
-in the log (``patch_documents``): never a failure asking the user to change ``patch.method``.
+A model the fast path cannot run (a block without a ``layer_idx``'d attention, such as Qwen3.5's
+linear-attention (Gated DeltaNet) blocks, whose recurrent state over the prefix no KV cache holds; an
+attention that reports another sliding window than its layer type) is patched by the naive path instead,
+said once in the log (``patch_documents``) and recorded: ``method_used`` is what the outputs' provenance
+says ran. Never a failure asking the user to change ``patch.method``.
 
 Readout (``readout``): KL(clean || patched) of the next-token distribution, CE of the true
 next token and delta-CE, in float32 from the final (soft-capped) logits, at offsets -(k-1)..31
@@ -74,9 +77,10 @@ log = logging.getLogger(__name__)
 
 ABLATIONS = frozenset({"layer_idx", "sliding_mask", "local_rope", "softcap"})
 """Test-only switches that remove one of the four things the fast path must get right (on Gemma-3)."""
-FAMILY_ABLATIONS = frozenset({"attn_softcap", "positions"})
+FAMILY_ABLATIONS = frozenset({"attn_softcap", "positions", "sinks"})
 """Test-only switches for the other families' traps: Gemma-2's attention-logit soft-cap left out; the window's
-positions counted from 0 instead of given as absolute positions (rotary families)."""
+positions counted from 0 instead of given as absolute positions (rotary families); gpt-oss's attention sinks left
+out of the softmax."""
 
 
 class FastPathUnavailable(CausalKLError):
@@ -294,6 +298,12 @@ def _cache_kwarg(module: torch.nn.Module) -> str:
 
 def _supports_fast(loaded: LoadedModel) -> None:
     """Raises ``FastPathUnavailable`` when the model lacks what the window pass needs."""
+    linear = [i for i in range(loaded.n_layers) if loaded.layer_type(i) == "linear_attention"]
+    if linear:
+        raise FastPathUnavailable(loaded.path, "architecture",
+                                  f"{loaded.architecture} has linear-attention blocks ({', '.join(map(str, linear))}), whose "
+                                  "recurrent state over the prefix the window pass does not carry",
+                                  "none needed: the naive path gives the same numbers")
     if loaded.family.rotary is not None and loaded.rotary_emb is None:
         raise FastPathUnavailable(loaded.path, "architecture",
                                   f"{loaded.architecture} has no decoder-level rotary embedding ({loaded.family.rotary}), which the fast path needs",
@@ -312,6 +322,7 @@ def clean_pass(loaded: LoadedModel, input_ids: Sequence[int], layer: int, hook: 
     need: the input of the window's first block (``window_start``) and the keys/values of it and every later block."""
     from transformers import DynamicCache
 
+    _supports_fast(loaded)
     start = window_start(layer, hook)
     x = torch.tensor([list(input_ids)], dtype=torch.long, device=loaded.device)
     rec: list[torch.Tensor] = []
@@ -489,8 +500,10 @@ class _WindowContext:
                 others = [o for o, k in sorted(kinds.items()) if o != l and k == kind]
                 self.source[l] = others[0] if others else l
 
-    def attend(self, module, query, key, value, scaling, sliding_window, softcap):
-        """query ``[1, heads, N, head_dim]``, key/value ``[1, kv_heads, N, head_dim]`` (the window's own) -> ``[1, N, heads, head_dim]``."""
+    def attend(self, module, query, key, value, scaling, sliding_window, softcap, sinks=None):
+        """query ``[1, heads, N, head_dim]``, key/value ``[1, kv_heads, N, head_dim]`` (the window's own) -> ``[1, N, heads, head_dim]``.
+
+        ``sinks``: ``[heads]`` logits (gpt-oss's ``s_aux``) that join every query's softmax and attend to nothing."""
         l = int(module.layer_idx)
         if l not in self.kinds:
             raise CausalKLError(self.loaded.path, "architecture", f"window attention called for block {l}, outside {min(self.kinds)}..{max(self.kinds)}",
@@ -504,6 +517,8 @@ class _WindowContext:
                                       "set patch.method: naive for this model")
         if "attn_softcap" in self.ablate:  # trap: Gemma-2's attention-logit soft-cap left out
             softcap = None
+        if "sinks" in self.ablate:  # trap: gpt-oss's attention sinks left out
+            sinks = None
         src = self.source[l]
         _, H, N, hd = query.shape
         KVH = key.shape[1]
@@ -519,6 +534,7 @@ class _WindowContext:
         else:  # half precision: scale the float32 scores, never round q * scale to bf16
             post = scale
         kw_all, vw_all = key[0], value[0]  # [KVH, N, hd]
+        sink = sinks.to(cdt).view(KVH, 1, G) if sinks is not None else None  # head h = kv head * G + group
         out = torch.empty(N, KVH, G, hd, dtype=dt, device=query.device)
         win_mask = self.win_masks[kind]  # [Wr, 1, Wr]
         for seg in self.segments[kind]:
@@ -544,9 +560,14 @@ class _WindowContext:
                     sp.div_(softcap).tanh_().mul_(softcap)
                 sp.view(KVH, S, V, Wr, G, -1).add_(seg.mask)
                 m = torch.maximum(m, sp.amax(-1))
+            if sink is not None:  # the sink logit of each row's head: one more term of the softmax, no value
+                sink_rows = sink.expand(KVH, n, G).reshape(KVH, n * G)
+                m = torch.maximum(m, sink_rows)
             # one softmax over both parts: shared row max, summed denominators
             sw.sub_(m.view(KVH, SV, Wr * G, 1)).exp_()
             denom = sw.sum(-1).view(KVH, n * G)
+            if sink is not None:
+                denom += (sink_rows - m).exp()
             o = _mm(sw.to(pdt), vw_all[:, seg.r0: seg.r1].reshape(KVH, SV, Wr, hd), cdt).view(KVH, n * G, hd)
             if sp is not None:
                 sp.sub_(m[..., None]).exp_()
@@ -558,12 +579,13 @@ class _WindowContext:
 
 
 def _window_attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, sliding_window=None,
-                      softcap=None, **kwargs):
-    """The attention function registered with transformers' ``AttentionInterface`` for window passes."""
+                      softcap=None, s_aux=None, **kwargs):
+    """The attention function registered with transformers' ``AttentionInterface`` for window passes (``s_aux``:
+    gpt-oss's attention sinks, as transformers passes them to every attention implementation)."""
     ctx = _ACTIVE.get()
     if ctx is None:
         raise RuntimeError(f"attention implementation {_ATTN_NAME!r} is only usable inside a causal_kl window pass")
-    return ctx.attend(module, query, key, value, scaling, sliding_window, softcap)
+    return ctx.attend(module, query, key, value, scaling, sliding_window, softcap, s_aux)
 
 
 @contextlib.contextmanager
@@ -877,6 +899,17 @@ def patch_documents(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int]
 
 _NO_FAST_PATH = "fast_path_unavailable"
 """``LoadedModel.extra`` key: why the fast path cannot run the model (set by the first call that found out)."""
+
+
+def method_used(loaded: LoadedModel, method: str) -> str:
+    """The method that patches with ``method`` on this model: ``naive`` where ``fast`` was asked for and the fast path
+    cannot run it (once a ``patch_documents`` call has found out), else ``method``. What provenance records."""
+    return "naive" if method == "fast" and _NO_FAST_PATH in loaded.extra else method
+
+
+def fast_path_unavailable(loaded: LoadedModel) -> str | None:
+    """Why the fast path cannot run this model (None: it can, or no call has found out yet)."""
+    return loaded.extra.get(_NO_FAST_PATH)
 
 
 def _patch_fast(loaded: LoadedModel, documents: Sequence[tuple[Sequence[int], Sequence[SiteVariants]]], layer: int,

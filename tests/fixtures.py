@@ -262,3 +262,105 @@ def tiny_gpt_neox(path: Path, seed: int = 0, boost_norm: float | None = 30.0) ->
 FAMILY_BUILDERS = {"gemma2": tiny_gemma2, "gpt2": tiny_gpt2, "gpt_neox": tiny_gpt_neox, "mistral": tiny_mistral,
                    "qwen3": tiny_qwen3}
 """The families added for SAE users' models, by config.json ``model_type`` (conftest: ``family_dir``)."""
+
+
+# ----------------------------------------------------------------------------- the families of SAELens' other releases
+def tiny_gemma(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """GemmaForCausalLM (Gemma 1, gemma-2b's class): Llama-style blocks, embeddings scaled by sqrt(d), one kv head
+    (gemma-2b's multi-query attention), a head_dim wider than hidden / heads, tied head. Weights rescaled (embeddings down, query/key
+    projections and the MLP's output up) so that random blocks matter against the sqrt(d)-scaled embeddings."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = GemmaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(cfg)
+    with torch.no_grad():  # so that the blocks, their MLPs and positions move the logits (the tests' traps)
+        model.model.embed_tokens.weight.div_(2.5)  # scaled by sqrt(d) on the way in: the residual would drown the blocks
+        for block in model.model.layers:
+            block.self_attn.q_proj.weight.mul_(8.0)  # sharp attention: positions given wrongly move KL
+            block.self_attn.k_proj.weight.mul_(8.0)
+            block.mlp.down_proj.weight.mul_(6.0)
+    return _finish(model, tokenizer, path, boost_norm)
+
+
+def tiny_qwen3_moe(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """Qwen3MoeForCausalLM: 4 experts, 2 per token, and one dense block (``mlp_only_layers``), as Qwen3-30B-A3B's
+    blocks but tiny."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = Qwen3MoeConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+                         num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1], num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    return _finish(Qwen3MoeForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def _qwen3_5_text(cls, vocab_size: int, **kw):
+    args = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, linear_num_key_heads=2,
+                linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+                layer_types=["linear_attention", "full_attention"] * 2, max_position_embeddings=1024,
+                pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    args.update(kw)
+    return cls(**args)
+
+
+def tiny_qwen3_5(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """Qwen3_5ForConditionalGeneration (Qwen3.5's checkpoints' class: a vision tower beside the text decoder, which
+    sits under ``model.language_model``): Gated DeltaNet (linear-attention) blocks beside full-attention ones."""
+    from transformers.models.qwen3_5 import (Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig,
+                                             Qwen3_5VisionConfig)
+
+    tokenizer = make_tokenizer()
+    text = _qwen3_5_text(Qwen3_5TextConfig, len(tokenizer))
+    vision = Qwen3_5VisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                                 patch_size=14, temporal_patch_size=2, spatial_merge_size=2)
+    cfg = Qwen3_5Config(text_config=text.to_dict(), vision_config=vision.to_dict())
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(cfg)
+    return _finish(model, tokenizer, path, boost_norm, norm=model.model.language_model.norm)
+
+
+def tiny_qwen3_5_moe(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """Qwen3_5MoeForCausalLM (the text decoder alone): linear-attention and full-attention blocks, each with a
+    mixture of 4 experts (2 per token) and a gated shared expert."""
+    from transformers.models.qwen3_5_moe import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+
+    tokenizer = make_tokenizer()
+    cfg = _qwen3_5_text(Qwen3_5MoeTextConfig, len(tokenizer), moe_intermediate_size=32,
+                        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(seed)
+    return _finish(Qwen3_5MoeForCausalLM(cfg), tokenizer, path, boost_norm)
+
+
+def tiny_gpt_oss(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
+    """GptOssForCausalLM: attention sinks (a learned logit per head in every softmax), sliding (window 24) and
+    global blocks alternating (block 3, the first a splice at layer 2 reruns, slides), YaRN rotary, 4 experts (2 per token) in every block.
+
+    The sinks are raised to about the attention logits' scale so that they take a real share of each softmax
+    (their random init, std 0.02, would barely move anything), and the query/key projections scaled up."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    tokenizer = make_tokenizer()
+    cfg = GptOssConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                       num_experts_per_tok=2, sliding_window=24, max_position_embeddings=131072,
+                       layer_types=["full_attention", "sliding_attention"] * 2,
+                       pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(seed)
+    model = GptOssForCausalLM(cfg)
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.sinks.normal_(0.0, 2.0)
+            block.self_attn.q_proj.weight.mul_(4.0)  # sharper attention: YaRN's positions matter (the positions trap)
+            block.self_attn.k_proj.weight.mul_(4.0)
+    return _finish(model, tokenizer, path, boost_norm)
+
+
+FAMILY_BUILDERS.update({"gemma": tiny_gemma, "qwen3_moe": tiny_qwen3_moe, "qwen3_5": tiny_qwen3_5,
+                        "qwen3_5_moe": tiny_qwen3_5_moe, "gpt_oss": tiny_gpt_oss})

@@ -27,13 +27,17 @@ from causal_kl import checks, families
 from causal_kl.errors import CausalKLError
 from causal_kl.gold import block_outputs
 from causal_kl.models import load_model
-from causal_kl.patching import FAMILY_ABLATIONS, clean_pass, fast_sites, naive_site, patch_document, patch_documents
+from causal_kl.patching import (FAMILY_ABLATIONS, SiteVariants, clean_pass, fast_sites, naive_site, patch_document,
+                                patch_documents)
 from test_patching import LAYER, doc_and_sites, max_diff
 
-ADDED = ["gemma2", "gpt2", "gpt_neox", "mistral", "qwen3"]
-FAMILY = {"gemma2": "Gemma-2", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX/Pythia", "mistral": "Mistral", "qwen3": "Qwen3"}
+ADDED = ["gemma2", "gpt2", "gpt_neox", "mistral", "qwen3", "gemma", "qwen3_moe", "gpt_oss"]
+FAMILY = {"gemma2": "Gemma-2", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX/Pythia", "mistral": "Mistral", "qwen3": "Qwen3",
+          "gemma": "Gemma", "qwen3_moe": "Qwen3-MoE", "gpt_oss": "gpt-oss", "qwen3_5": "Qwen3.5",
+          "qwen3_5_moe": "Qwen3.5-MoE"}
 TRAPS = {"gemma2": {"attn_softcap", "positions", "sliding_mask"}, "gpt_neox": {"positions"},
-         "mistral": {"positions", "sliding_mask"}, "qwen3": {"positions"}, "gpt2": set()}
+         "mistral": {"positions", "sliding_mask"}, "qwen3": {"positions"}, "gpt2": set(), "gemma": {"positions"},
+         "qwen3_moe": {"positions"}, "gpt_oss": {"positions", "sliding_mask", "sinks"}}
 """The traps that must move the numbers when left out, per family; the others must not (GPT-2's blocks never read
 positions: its learned positions were added at the input, so they are in the block-L states already)."""
 CHECKED_TRAPS = sorted(FAMILY_ABLATIONS | {"sliding_mask"})
@@ -120,7 +124,9 @@ def test_fast_equals_naive_float64(model_type, family_dirs):
     assert dk < 1e-9 and dc < 1e-9, (dk, dc)
 
 
-ALL = ["gemma3_dir", "gemma3_mm_dir", "llama_dir", "qwen2_dir", *ADDED]
+NAIVE_ONLY = ["qwen3_5", "qwen3_5_moe"]
+"""Families with linear-attention blocks: patched by the naive path (the window pass cannot carry their state)."""
+ALL = ["gemma3_dir", "gemma3_mm_dir", "llama_dir", "qwen2_dir", *ADDED, *NAIVE_ONLY]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -128,7 +134,7 @@ def test_layer_convention_and_parts_against_the_models_own_states(name, request,
     """Layer L = the output of block L = output_hidden_states[L + 1] (the last entry is after the final norm);
     the embeddings (token, and GPT-2's learned positions), final norm, head and soft-cap the adapter found give
     the model's own first hidden state and logits."""
-    m = load_model(family_dirs(name) if name in ADDED else request.getfixturevalue(name), dtype="float32")
+    m = load_model(family_dirs(name) if name in ADDED + NAIVE_ONLY else request.getfixturevalue(name), dtype="float32")
     ids = m.tokenizer("the model reads a state and writes its next token").input_ids
     x = torch.tensor([ids])
     with torch.no_grad():
@@ -149,7 +155,7 @@ def test_layer_convention_and_parts_against_the_models_own_states(name, request,
     assert (m.embed_positions is not None) == (name == "gpt2") and (m.rotary_emb is None) == (name == "gpt2")
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma2"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma2", "gemma", "qwen3_moe", "gpt_oss"])
 def test_saelens_hook_names_are_our_layers_peer_transformer_lens(model_type, family_dirs):
     """SAELens' hook names (``blocks.L.hook_resid_post`` = layer L; ``blocks.L.hook_resid_pre`` = layer L - 1)
     against TransformerLens' own hook points on the same checkpoint (the model SAELens runs): the states there
@@ -375,7 +381,118 @@ def test_a_route_hook_the_family_lacks_is_one_line_at_parse_time(tmp_path, corpu
     assert "\n" not in msg and msg.startswith("run.yaml: routes.tc.hook: ") and "residual stream" in msg, msg
 
 
+def test_qwen3_5_has_no_attn_z_one_line_at_parse_time(tmp_path, corpus_path):
+    """Read from a multimodal Qwen3.5 config.json alone (the text decoder's settings under text_config)."""
+    folder = tmp_path / "qwen3_5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+        "text_config": {"model_type": "qwen3_5_text", "num_hidden_layers": 4,
+                        "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"]}}))
+    cfg = run_config(folder, corpus_path)
+    cfg["routes"] = {"z": {"kind": "pca", "train_rows": [20, 30], "hook": "attn_z"}}
+    with pytest.raises(CausalKLError) as e:
+        checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: routes.z.hook: ") and "(Qwen3.5) has no hook attn_z" in msg, msg
+    assert "linear-attention blocks have no attention heads" in msg and "attn_out" in msg and "Fix:" in msg, msg
+    cfg["routes"] = {"out": {"kind": "pca", "train_rows": [20, 30], "hook": "attn_out"}}
+    checks.check_run(_validated(cfg), "run.yaml", local_exec=False)
+
+
 def _validated(cfg: dict) -> dict:
     from causal_kl.config import validate_config
 
     return validate_config(cfg, "run.yaml")
+
+
+# ----------------------------------------------------------------------------- linear attention: the naive path, said
+@pytest.mark.parametrize("model_type", NAIVE_ONLY)
+def test_linear_attention_families_run_the_naive_path_and_say_so(model_type, family_dirs, caplog):
+    """Qwen3.5 (the multimodal checkpoint, loaded as its text decoder) and Qwen3.5-MoE: the fast path cannot carry a
+    linear-attention block's recurrent state, so ``fast`` patches with the naive path, one log line per call naming
+    the blocks, ``method_used`` says naive; the numbers are a plain forward's with block L's output replaced (a hook
+    registered here, KL computed here with torch)."""
+    m = load_model(family_dirs(model_type), dtype="float32")
+    assert m.family.name == FAMILY[model_type] and m.architecture in ("Qwen3_5ForCausalLM", "Qwen3_5MoeForCausalLM")
+    assert m.layer_types == ["linear_attention", "full_attention"] * 2 and m.rotary_emb is not None
+    ids, sites = family_sites(m, n_var=3, span=1, keep=[3, 8])
+    with caplog.at_level(logging.INFO, logger="causal_kl.patching"):
+        got = patch_documents(m, [(ids, sites)], LAYER, "fast", sites_per_batch=2)[0]
+        patch_documents(m, [(ids, sites[:1])], LAYER, "fast")
+    lines = [r.getMessage() for r in caplog.records if "fast path cannot run" in r.getMessage()]
+    assert len(lines) == 2 and "linear-attention blocks (0, 2)" in lines[0] and "naive path" in lines[0], lines
+    from causal_kl.patching import method_used
+
+    assert method_used(m, "fast") == "naive" and method_used(m, "naive") == "naive"
+    for site, res in zip(sites, got):
+        p = site.position
+        x = torch.tensor([ids[: min(len(ids), p + 32)]])
+
+        def put(_mod, _inp, out, v):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[:, p] = v
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        with torch.no_grad():
+            clean = torch.log_softmax(m.model(input_ids=x).logits[0, p:].double(), -1)
+            for v in (1, 2):  # a perturbed state, zero (variant 0, the clean state, is the pass-through)
+                handle = m.layers[LAYER].register_forward_hook(lambda mod, i, o, v=v: put(mod, i, o, site.vectors[v]))
+                try:
+                    patched = torch.log_softmax(m.model(input_ids=x).logits[0, p:].double(), -1)
+                finally:
+                    handle.remove()
+                kl = (clean.exp() * (clean - patched)).sum(-1).numpy()
+                n = len(kl) - (1 if x.shape[1] == len(ids) else 0)  # the last position has no next token
+                np.testing.assert_allclose(res.kl[v, :n], kl[:n], rtol=1e-4, atol=1e-5)
+        assert float(np.nanmax(res.kl[2])) > 0.1  # zero at block L moves the model: there is something to compare
+
+
+def test_provenance_records_the_method_that_ran(family_dirs, tmp_path):
+    """The floors job of a shard, run in this process: asked for ``fast``, a Qwen3.5 model's floors say ``method:
+    naive`` and why; gpt-oss's (whose fast path runs) say ``fast``; the aggregate of the shards says the same. The
+    zero condition's KL is the naive path's."""
+    import pyarrow as pa
+
+    from causal_kl.contracts import DOCS
+    from causal_kl.io import read_provenance, write_parquet
+    from causal_kl.jobs.patch import conditions, patch_floors, patch_floors_aggregate
+    from run_files import write_gold, write_sites
+
+    for model_type, want in (("qwen3_5", "naive"), ("gpt_oss", "fast")):
+        d = tmp_path / model_type
+        d.mkdir()
+        m = load_model(family_dirs(model_type), dtype="float32")
+        ids, _ = family_sites(m, n_var=3, span=1)
+        docs = {"a": ids, "b": ids[5:90]}
+        positions = [30, 60]
+        write_sites(d / "sites.parquet", ["a", "b"], positions)
+        write_parquet(d / "docs.parquet", pa.table({"doc_id": list(docs), "row": pa.array([0, 1], pa.int64()),
+                                                    "n_tokens": pa.array([len(t) for t in docs.values()], pa.int64()),
+                                                    "input_ids": pa.array(list(docs.values()), pa.list_(pa.int32()))}), DOCS)
+        golds = np.stack([block_outputs(m, docs[doc], [LAYER])[LAYER][p].numpy() for doc, p in zip(docs, positions)])
+        write_gold(d / "gold.parquet", golds, layer=LAYER)
+        prov = {"config_hash": "h", "model": str(family_dirs(model_type))}
+        files = {k: str(d / f"{k}.parquet") for k in ("sites", "docs", "gold", "choices", "mean", "noise", "floors")}
+        conditions(files["gold"], files["sites"], files["choices"], files["mean"], files["noise"], 0, str(LAYER), prov)
+        patch_floors(sites=files["sites"], docs=files["docs"], gold=files["gold"], choices=files["choices"],
+                     mean=files["mean"], span_gold=[], model_dir=[], floors=files["floors"],
+                     model={"path": str(family_dirs(model_type))}, model_fingerprint=None,
+                     patch={"method": "fast", "sites_per_batch": "auto"}, dtype="float32", device="cpu",
+                     layer=str(LAYER), span="1", shard="0", provenance=prov)
+        meta = read_provenance(files["floors"])
+        assert meta["method"] == want, meta
+        if want == "naive":
+            assert meta["method_asked"] == "fast" and "linear-attention blocks" in meta["fast_path_unavailable"], meta
+        else:
+            assert "method_asked" not in meta and "fast_path_unavailable" not in meta, meta
+        patch_floors_aggregate([files["floors"]], str(d / "all.parquet"), str(LAYER), "1", prov)
+        assert {k: v for k, v in read_provenance(d / "all.parquet").items() if k in meta and k not in ("created_utc", "code_version")} == \
+            {k: v for k, v in meta.items() if k in ("config_hash", "model", "method", "method_asked", "fast_path_unavailable")}
+        import pandas as pd
+
+        rows = pd.read_parquet(files["floors"]).set_index(["site_id", "condition", "offset"])
+        for i, (doc, p) in enumerate(zip(docs, positions)):
+            zero = SiteVariants(i, p, ["zero"], torch.zeros(1, m.d_model))
+            ref = naive_site(m, docs[doc], LAYER, zero)
+            assert rows.loc[(i, "zero", 0), "kl"] == pytest.approx(float(ref.kl[0, 0]), rel=1e-4, abs=1e-6)

@@ -164,3 +164,31 @@ def test_on_the_cpu_load_model_maps_the_file_by_default_and_logs_each_load(llama
     assert "with from_pretrained (on the CPU it maps the safetensors file" in caplog.text
     assert re.search(rf"causal-kl: loaded model {re.escape(str(llama_dir))} \(float32, cpu\) in [\d.]+ s \[load #\d+ in pid {os.getpid()}\]",
                      caplog.text)
+
+
+@pytest.mark.parametrize("model_type", ["gemma", "qwen3_5", "gpt_oss", "qwen3_moe", "qwen3_5_moe"])
+def test_fast_load_of_the_newer_families(model_type, family_dirs, caplog, monkeypatch):
+    """Gemma 1, Qwen3.5 (its multimodal checkpoint built as the text decoder AutoModelForCausalLM makes of it) and
+    gpt-oss: bit for bit what from_pretrained gives. The MoE checkpoints store each expert's weights apart and
+    transformers fuses them on load: the fast loader declines, load_model says why and loads with from_pretrained."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from causal_kl.models import FastLoadUnsupported, fast_from_pretrained
+
+    path = family_dirs(model_type)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref_state = ref.state_dict()
+    if model_type.endswith("moe"):
+        with pytest.raises(FastLoadUnsupported, match="converted or initialised"):
+            fast_from_pretrained(str(path), AutoConfig.from_pretrained(path), torch.float32, torch.device("cpu"))
+        monkeypatch.setenv("CAUSAL_KL_FAST_LOAD", "1")
+        with caplog.at_level(logging.INFO, logger="causal_kl.models"):
+            got = load_model(path, with_tokenizer=False).model
+        assert "fast load not used for" in caplog.text and "loading with from_pretrained" in caplog.text
+    else:
+        got = fast_from_pretrained(str(path), AutoConfig.from_pretrained(path), torch.float32, torch.device("cpu"),
+                                   threads=2, in_place=False)
+    assert type(got) is type(ref) and list(got.state_dict()) == list(ref_state)
+    for name, t in ref_state.items():
+        assert torch.equal(_bits(t), _bits(got.state_dict()[name])), name
+    assert _tied_groups(got) == _tied_groups(ref)

@@ -43,13 +43,15 @@ def doc_and_sites(m, seed=0, n_var=8, span=1, n_words=(160, 200)):
     (W = 24), end at the document's last token, or leave fewer than 32 readout offsets."""
     ids = m.tokenizer(fixtures.make_texts(1, n_words, seed=seed)[0]).input_ids[:260]
     T = len(ids)
-    st = clean_pass(m, ids, LAYER)
+    from causal_kl.gold import block_outputs
+
+    states = block_outputs(m, ids, [LAYER])[LAYER]  # a plain forward: also for models the fast path cannot run
     g = torch.Generator().manual_seed(seed)
     k = span
     positions = [3, 10, 20, 23, 24, 25, 47, 120, T - 33 - (k - 1), T - 20 - (k - 1), T - k]
     sites = []
     for i, p in enumerate(positions):
-        gold = st.hidden_L[p: p + k]  # [k, d]
+        gold = states[p: p + k]  # [k, d]
         scale = gold.norm(dim=-1, keepdim=True) / m.d_model ** 0.5
         v = torch.randn(n_var, k, m.d_model, generator=g, dtype=torch.float64).to(m.dtype) * scale
         v[0] = gold  # clean states re-patched

@@ -86,6 +86,17 @@ def _patch_shard(loaded, sites: pa.Table, docs: dict[str, list[int]], point: Poi
     return [r for doc_results in results for r in doc_results]
 
 
+def method_provenance(loaded, method: str) -> dict:
+    """The provenance fields of the patch method that ran: ``method`` is ``naive`` where ``fast`` was asked for and the
+    fast path could not run the model (then also ``method_asked`` and ``fast_path_unavailable``, the reason)."""
+    from causal_kl.patching import fast_path_unavailable, method_used
+
+    used = method_used(loaded, method)
+    if used == method:
+        return {"method": used}
+    return {"method": used, "method_asked": method, "fast_path_unavailable": fast_path_unavailable(loaded)}
+
+
 def _span_golds(gold: str, span_gold: list[str], want: np.ndarray, k: int) -> np.ndarray:
     """The golds at every position of the spans of the sites ``want``: ``[n, d]`` for k = 1, ``[n, k, d]`` else."""
     from causal_kl.io import read_span_gold, span_vectors_for_sites
@@ -143,6 +154,7 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
     loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"floors, span {k}")
+    meta.update(method_provenance(loaded, patch["method"]))  # what ran: naive where the fast path could not
     log.info("floors (span %d): %d sites in %.1f s", k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
@@ -185,6 +197,7 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_g
     loaded = load_run_model(model, dtype, device, layer=point)
     t0 = time.time()
     results = _patch_shard(loaded, table, read_docs(docs), point, patch, variants, f"{route}, span {k}")
+    meta.update(method_provenance(loaded, patch["method"]))  # what ran: naive where the fast path could not
     log.info("route %s (span %d): %d sites in %.1f s", route, k, table.num_rows, time.time() - t0)
     from causal_kl.patching import results_table
 
@@ -198,10 +211,24 @@ def _span_skip_reason(span_recon: list[str]) -> str | None:
     return (read_provenance(span_recon[0]) or {}).get("skipped")
 
 
+def shards_method(shards: list[str]) -> dict:
+    """The patch method the shards record having run (``method_provenance``), for their aggregate: one method, or
+    several joined by ``+`` where shards differ; with the fast path's reason where a shard fell back."""
+    from causal_kl.io import read_provenance
+
+    metas = [read_provenance(p) for p in shards]
+    methods = sorted({m["method"] for m in metas if m.get("method")})
+    out: dict = {"method": "+".join(methods)} if methods else {}
+    reasons = sorted({m["fast_path_unavailable"] for m in metas if m.get("fast_path_unavailable")})
+    if reasons:
+        out.update(method_asked="fast", fast_path_unavailable="; ".join(reasons))
+    return out
+
+
 def patch_floors_aggregate(shards: list[str], patch: str, layer: str, span: str, provenance: dict) -> None:
     """Every floors shard -> ``span{k}/patch/floors.parquet`` (what every route's analysis compares with), streamed a
-    row group at a time."""
-    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance))
+    row group at a time; it records the method its shards ran."""
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, **shards_method(shards)))
 
 
 def patch_route_aggregate(shards: list[str], patch: str, layer: str, route: str, span: str, provenance: dict) -> None:
@@ -213,7 +240,8 @@ def patch_route_aggregate(shards: list[str], patch: str, layer: str, route: str,
 
     reasons = {read_provenance(p).get("skipped") for p in shards}
     skipped = reasons.pop() if len(reasons) == 1 else None
-    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route, skipped=skipped))
+    concat_parquet(list(shards), patch, PATCH, meta=provenance_record(**provenance, route=route, skipped=skipped,
+                                                                      **shards_method(shards)))
 
 
 def patch_aggregate(floors: list[str], routes: list[str], index: str, layer: str, provenance: dict) -> None:
