@@ -7,9 +7,11 @@ independent things:
   the catalogue's hook site of **every** entry of those converters is SAELens' ``hook_name`` (-> ``hook_name_out``);
 - causal-kl's actual reader: for a sample entry of every release whose format is read today (one entry per
   release and per (site, reason) the catalogue gives it), the entry's files are laid out in a temporary hub cache as
-  the hub holds them and ``route_points`` (release + sae_id, on a model config of the release's family) must read
-  it at the catalogue's points exactly when the catalogue says read, and refuse it otherwise. ``SAMPLE_WRITERS`` is
-  keyed by format: a format another branch adds needs one writer there.
+  the hub holds them and ``route_points`` (release + sae_id, on a tiny config.json of the release's model type,
+  ``TINY_CONFIGS``) must read it at the catalogue's points exactly when the catalogue says read, and refuse it
+  otherwise. ``SAMPLE_WRITERS`` is keyed by format: a format another branch adds needs one writer there; a family
+  added to ``causal_kl.families`` needs a ``TINY_CONFIGS`` entry only where its config.json is not Llama-style
+  (``test_every_family_has_a_tiny_config`` says so).
 
 And: a newer sae-lens whose YAML names an unknown ``conversion_func`` (or an unknown model) is counted as refused,
 not an error.
