@@ -180,6 +180,77 @@ def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit
     return commit
 
 
+# ------------------------------------------------------------------ SAE files in the formats of sae_dictionary
+def torch_save_bytes(obj) -> bytes:
+    """``torch.save(obj)``'s bytes (the zip format the hub's ``.pt`` files are in)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def dictionary_learning_state(cls: str, rng, d_in: int, d_sae: int, k: int = 6) -> tuple[dict, int | None]:
+    """``(ae.pt's state dict, the trainer's k or None)`` as dictionary_learning's class ``cls`` saves it: its own
+    tensor names and layouts (``encoder.weight [d_sae, d_in]`` or ``W_enc [d_in, d_sae]``, ...)."""
+    t = lambda *shape, s=0.5: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
+    if cls == "AutoEncoder":
+        return {"bias": t(d_in), "encoder.weight": t(d_sae, d_in), "encoder.bias": t(d_sae, s=0.3),
+                "decoder.weight": t(d_in, d_sae)}, None
+    if cls == "GatedAutoEncoder":
+        return {"decoder_bias": t(d_in), "r_mag": t(d_sae, s=0.3), "gate_bias": t(d_sae, s=0.3),
+                "mag_bias": t(d_sae, s=0.3), "encoder.weight": t(d_sae, d_in), "decoder.weight": t(d_in, d_sae)}, None
+    if cls == "AutoEncoderTopK":  # k and a threshold are saved too; TopK's encode reads only k (the trainer's)
+        return {"encoder.weight": t(d_sae, d_in), "encoder.bias": t(d_sae, s=0.3), "decoder.weight": t(d_in, d_sae),
+                "b_dec": t(d_in), "k": torch.tensor(k), "threshold": torch.tensor(0.4)}, k
+    if cls == "BatchTopKSAE":  # inference: one threshold, a scalar
+        return {"encoder.weight": t(d_sae, d_in), "encoder.bias": t(d_sae, s=0.3), "decoder.weight": t(d_in, d_sae),
+                "b_dec": t(d_in), "k": torch.tensor(k), "threshold": torch.tensor(0.7)}, k
+    if cls == "MatryoshkaBatchTopKSAE":
+        return {"W_enc": t(d_in, d_sae), "b_enc": t(d_sae, s=0.3), "W_dec": t(d_sae, d_in), "b_dec": t(d_in),
+                "k": torch.tensor(k), "threshold": torch.tensor(0.6),
+                "group_sizes": torch.tensor([d_sae // 3, d_sae - d_sae // 3])}, k
+    if cls == "JumpReluAutoEncoder":
+        return {"W_enc": t(d_in, d_sae), "b_enc": t(d_sae, s=0.3), "W_dec": t(d_sae, d_in), "b_dec": t(d_in),
+                "threshold": torch.from_numpy(rng.uniform(0.05, 0.8, d_sae).astype(np.float32))}, None
+    raise ValueError(cls)
+
+
+def dictionary_learning_config(cls: str, layer: int, k: int | None, d_in: int, d_sae: int, submodule: str | None = None,
+                               lm_name: str = "EleutherAI/pythia-70m-deduped") -> bytes:
+    """The ``config.json`` dictionary_learning's trainer writes beside ``ae.pt`` (``trainer`` and ``buffer``)."""
+    import json
+
+    trainer = {"dict_class": cls, "trainer_class": cls.replace("AutoEncoder", "Trainer"), "activation_dim": d_in,
+               "dict_size": d_sae, "layer": layer, "lm_name": lm_name, "lr": 1e-3,
+               "submodule_name": submodule or f"resid_post_layer_{layer}"}
+    if k is not None:
+        trainer["k"] = k
+    return json.dumps({"trainer": trainer, "buffer": {"d_submodule": d_in, "io": "out", "n_ctxs": 100, "ctx_len": 128,
+                                                      "refresh_batch_size": 8, "out_batch_size": 64}}).encode()
+
+
+def qwen_scope_state(rng, d_in: int, d_sae: int) -> dict:
+    """``layer{L}.sae.pt`` as Qwen-Scope keeps it: ``W_enc [d_sae, d_in]``, ``W_dec [d_in, d_sae]`` (both transposed
+    from SAELens' layout), ``b_enc``, ``b_dec``."""
+    f = lambda *shape, s: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
+    return {"W_enc": f(d_sae, d_in, s=0.5), "b_enc": f(d_sae, s=0.3), "W_dec": f(d_in, d_sae, s=0.2),
+            "b_dec": f(d_in, s=0.5)}
+
+
+LINEAR_SAE_NAMES = {"goodfire": ("encoder_linear", "decoder_linear"), "deepseek_r1": ("encoder", "decoder")}
+"""The one-file formats kept as two ``nn.Linear``s: the names of the encoder's and the decoder's."""
+
+
+def linear_sae_state(format: str, rng, d_in: int, d_sae: int) -> dict:
+    """A Goodfire or DeepSeek-R1 SAE's state dict: ``nn.Linear`` layouts, encoder ``[d_sae, d_in]``, decoder
+    ``[d_in, d_sae]``, their biases."""
+    f = lambda *shape, s: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
+    enc, dec = LINEAR_SAE_NAMES[format]
+    return {f"{enc}.weight": f(d_sae, d_in, s=0.5), f"{enc}.bias": f(d_sae, s=0.3),
+            f"{dec}.weight": f(d_in, d_sae, s=0.5), f"{dec}.bias": f(d_in, s=0.5)}
+
+
 # ----------------------------------------------------------------------------- the other families SAE users score
 def tiny_qwen3(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
     """Qwen3ForCausalLM: Llama-style, with q/k norms inside attention."""

@@ -7,9 +7,11 @@ independent things:
   the catalogue's hook site of **every** entry of those converters is SAELens' ``hook_name`` (-> ``hook_name_out``);
 - causal-kl's actual reader: for a sample entry of every release whose format is read today (one entry per
   release and per (site, reason) the catalogue gives it), the entry's files are laid out in a temporary hub cache as
-  the hub holds them and ``route_points`` (release + sae_id, on a model config of the release's family) must read
-  it at the catalogue's points exactly when the catalogue says read, and refuse it otherwise. ``SAMPLE_WRITERS`` is
-  keyed by format: a format another branch adds needs one writer there.
+  the hub holds them and ``route_points`` (release + sae_id, on a tiny config.json of the release's model type,
+  ``TINY_CONFIGS``) must read it at the catalogue's points exactly when the catalogue says read, and refuse it
+  otherwise. ``SAMPLE_WRITERS`` is keyed by format: a format another branch adds needs one writer there; a family
+  added to ``causal_kl.families`` needs a ``TINY_CONFIGS`` entry only where its config.json is not Llama-style
+  (``test_every_family_has_a_tiny_config`` says so).
 
 And: a newer sae-lens whose YAML names an unknown ``conversion_func`` (or an unknown model) is counted as refused,
 not an error.
@@ -23,18 +25,21 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 
 from causal_kl import catalogue as C
-from causal_kl import sae_hub
+from causal_kl import families, sae_hub
 from causal_kl.cli import main
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point
-from causal_kl.sae_format import parse_hook_name
-from fixtures import lay_out_hub_cache
+from causal_kl.sae_format import model_widths, parse_hook_name
+from fixtures import (dictionary_learning_config, dictionary_learning_state, lay_out_hub_cache, linear_sae_state,
+                      qwen_scope_state, torch_save_bytes)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,21 +214,71 @@ D, HEADS, HEAD_DIM, D_SAE = 16, 4, 6, 8
 D_ATTN = HEADS * HEAD_DIM
 
 
+LLAMA_FIELDS = {"hidden_size": D, "num_attention_heads": HEADS, "head_dim": HEAD_DIM, "num_key_value_heads": 2}
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """How a tiny config.json of one ``model_type`` differs from a Llama-style one."""
+
+    fields: dict = dataclass_field(default_factory=lambda: LLAMA_FIELDS)  # the (text) config's width fields
+    text_type: str | None = None  # a multimodal checkpoint: its decoder's config is text_config, of this model_type
+    d_attn: int = D_ATTN  # heads x head_dim (attn_z's width)
+
+
+TINY_CONFIGS = {
+    "gpt2": TinyConfig({"n_embd": D, "n_head": HEADS}, d_attn=D),
+    "gpt_neox": TinyConfig({**LLAMA_FIELDS, "use_parallel_residual": True}),
+    "gemma3": TinyConfig(text_type="gemma3_text"),
+    "qwen3_5": TinyConfig(text_type="qwen3_5_text"),
+    "qwen3_5_moe": TinyConfig(text_type="qwen3_5_moe_text"),
+}
+"""model_type -> its tiny config where it is not a Llama-style decoder's (``TinyConfig()``): a family that names its
+widths otherwise, needs a field set, or keeps its decoder under ``text_config`` is one entry here
+(``test_every_family_has_a_tiny_config`` says which)."""
+
+
+def tiny_config(model_type: str | None) -> TinyConfig:
+    return TINY_CONFIGS.get(model_type, TinyConfig())
+
+
 def model_config(model_type: str) -> dict:
-    """A config.json of ``model_type`` with small widths (multimodal ones with their text_config)."""
-    if model_type == "gpt2":
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": D, "n_head": HEADS}
-    text = {"model_type": C.TEXT_MODEL_TYPES.get(model_type, model_type), "hidden_size": D,
-            "num_attention_heads": HEADS, "head_dim": HEAD_DIM, "num_key_value_heads": 2}
-    if model_type == "gpt_neox":
-        text["use_parallel_residual"] = True
-    if model_type in C.TEXT_MODEL_TYPES:
-        return {"model_type": model_type, "architectures": ["ForConditionalGeneration"], "text_config": text}
-    return {**text, "architectures": ["ForCausalLM"]}
+    """A config.json of ``model_type`` with small widths (a multimodal one with its text_config)."""
+    tiny = tiny_config(model_type)
+    if tiny.text_type is not None:
+        return {"model_type": model_type, "architectures": ["ForConditionalGeneration"],
+                "text_config": {"model_type": tiny.text_type, **tiny.fields}}
+    return {"model_type": model_type, "architectures": ["ForCausalLM"], **tiny.fields}
 
 
 def _widths(model_type: str) -> tuple[int, int]:
-    return (D, D) if model_type == "gpt2" else (D, D_ATTN)
+    """``(d_model, heads x head_dim)`` of ``model_config(model_type)``."""
+    return D, tiny_config(model_type).d_attn
+
+
+def test_every_family_has_a_tiny_config():
+    """Every model type of every family ``causal_kl.families`` patches (one a branch adds included) and every one the
+    catalogue names gets a config here that the reader takes for that family, at the widths the samples are written
+    at; a multimodal one's text type is transformers' own."""
+    from transformers import CONFIG_MAPPING
+
+    for model_type in sorted({t for f in families.FAMILIES for t in f.model_types} | set(C.MODEL_TYPES.values())):
+        config = model_config(model_type)
+        family = families.family_for(model_type) or families.family_for(tiny_config(model_type).text_type)
+        where = f"add {model_type} to tests/test_catalogue.py TINY_CONFIGS"
+        if family is None:  # not patched (yet): the reader refuses it by its family
+            with pytest.raises(CausalKLError, match="causal-kl patches decoder-only"):
+                families.check_family(config, "config.json", model_type)
+            continue
+        assert families.check_family(config, "config.json", model_type) is family, where
+        assert model_widths(config) == _widths(model_type), where
+    multimodal = 0
+    for model_type in sorted(set(C.MODEL_TYPES.values()) & set(CONFIG_MAPPING)):
+        text = getattr(getattr(CONFIG_MAPPING[model_type], "sub_configs", {}).get("text_config"), "model_type", None)
+        assert tiny_config(model_type).text_type == text, f"add {model_type} to tests/test_catalogue.py TINY_CONFIGS"
+        assert C.TEXT_MODEL_TYPES.get(model_type) == text, model_type  # the catalogue looks up the same family
+        multimodal += text is not None
+    assert multimodal >= 2  # Gemma-3's and Qwen3.5's checkpoints
 
 
 def _st(tensors: dict) -> bytes:
@@ -267,8 +322,41 @@ def _write_sparsify(rng, info, sae, entry, d_in, d_out) -> dict[str, bytes]:
     return {"cfg.json": json.dumps(cfg).encode(), "sae.safetensors": _st(t)}
 
 
-SAMPLE_WRITERS = {"saelens": _write_saelens, "gemma_scope": _write_gemma_scope, "sparsify": _write_sparsify}
-"""A format read (``sae_hub.CONVERTERS``' values) -> the files of one SAE of a release in it, as the hub holds them."""
+DL_CLASSES = (("andyrdt", "BatchTopKSAE"), ("matryoshka", "MatryoshkaBatchTopKSAE"), ("topk", "AutoEncoderTopK"),
+              ("gated", "GatedAutoEncoder"), ("vanilla", "AutoEncoder"), ("standard", "AutoEncoder"),
+              ("panneal", "AutoEncoder"))
+"""The dictionary_learning class in a release's ``config.json``, as its name or folder says it (SAEBench's suites and
+sweeps); andyrdt's are BatchTopK as their users describe them (131K latents, k 64; no copy of their files at hand)."""
+
+
+def _write_dictionary_learning(rng, info, sae, entry, d_in, d_out) -> dict[str, bytes]:
+    """dictionary_learning: the trainer's folder, ``config.json`` (``trainer``: its class, widths, the layer of its
+    ``resid_post_layer_N`` folder, the model) and ``ae.pt`` (the class's own state dict)."""
+    path = str(sae["path"])
+    cls = next(c for word, c in DL_CLASSES if word in f"{entry.release}/{path}".lower())
+    layer = int(re.search(r"resid_post_layer_(\d+)/", path).group(1))
+    state, k = dictionary_learning_state(cls, rng, d_in, D_SAE, k=2)
+    return {"config.json": dictionary_learning_config(cls, layer, k, d_in, D_SAE, lm_name=str(info["model"])),
+            "ae.pt": torch_save_bytes(state)}
+
+
+def _write_qwen_scope(rng, info, sae, entry, d_in, d_out) -> dict[str, bytes]:
+    """Qwen-Scope: the one file ``layer{L}.sae.pt`` (the SAE's path), as wide as its repo's name says
+    (``...-W{N}K-L0_{k}``: N x 1024 latents)."""
+    width = int(re.search(r"-W(\d+)K-L0_\d+$", info["repo_id"]).group(1)) * 1024
+    return {"": torch_save_bytes(qwen_scope_state(rng, d_in, width))}
+
+
+def _write_linear_sae(rng, info, sae, entry, d_in, d_out) -> dict[str, bytes]:
+    """Goodfire and DeepSeek-R1: the one ``.pt``/``.pth`` file (the SAE's path), two ``nn.Linear``s' state dict."""
+    return {"": torch_save_bytes(linear_sae_state(info["conversion_func"], rng, d_in, D_SAE))}
+
+
+SAMPLE_WRITERS = {"saelens": _write_saelens, "gemma_scope": _write_gemma_scope, "sparsify": _write_sparsify,
+                  "dictionary_learning": _write_dictionary_learning, "qwen_scope": _write_qwen_scope,
+                  "goodfire": _write_linear_sae, "deepseek_r1": _write_linear_sae}
+"""A format read (``sae_hub.CONVERTERS``' values) -> the files of one SAE of a release in it, as the hub holds them
+(``{name in the SAE's folder: bytes}``; ``""``: the SAE's path is the file itself)."""
 
 SPARSIFY_RELEASE = {  # sae-lens 6.54 lists no sparsify release: one in its layout, so the writer runs too
     "test-sparsify-llama": {"repo_id": "EleutherAI/sae-llama-3-8b-32x", "model": "meta-llama/Llama-3.1-8B",
@@ -318,7 +406,8 @@ def test_the_reader_agrees_with_the_catalogue(tmp_path, monkeypatch, yaml_releas
         d_in = d_attn if e.point_in is not None and e.point_in.hook == "attn_z" else d_model
         d_out = d_attn if e.point_out is not None and e.point_out.hook == "attn_z" else d_model
         written = SAMPLE_WRITERS[e.format](rng, info, sae, e, d_in, d_out)
-        files.setdefault(info["repo_id"], {}).update({f"{sae['path']}/{name}": data for name, data in written.items()})
+        files.setdefault(info["repo_id"], {}).update({str(PurePosixPath(sae["path"], name)): data
+                                                      for name, data in written.items()})
     for repo, repo_files in files.items():
         lay_out_hub_cache(cache, repo, repo_files)
 

@@ -12,8 +12,6 @@ loader picks the format by the release's ``conversion_func``) and by causal-kl, 
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import pickle
 import subprocess
@@ -29,7 +27,8 @@ from causal_kl.routes.sae import check_sae_config, read_sae_files, reconstruct, 
 from causal_kl.sae import SparseAutoencoder, load_sae, write_saelens_dir
 from causal_kl.sae_dictionary import catalogue_site, torch_state_shapes
 from causal_kl.sae_hub import release_sae, resolve_named
-from fixtures import lay_out_hub_cache
+from fixtures import (dictionary_learning_config, dictionary_learning_state, lay_out_hub_cache, linear_sae_state,
+                      qwen_scope_state, torch_save_bytes)
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -97,12 +96,6 @@ def _same_settings(ours: SparseAutoencoder, theirs, k=None):
         assert ours.k == cfg.k == k
 
 
-def _pt(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def _first(releases, release):
     info = releases[release]
     return info, info["saes"][0]
@@ -110,36 +103,11 @@ def _first(releases, release):
 
 # ------------------------------------------------------------------------------------ dictionary_learning
 def _dl_state(cls: str, rng) -> tuple[dict, int | None]:
-    """An ``ae.pt`` state dict as dictionary_learning's class saves it (its own tensor names and layouts)."""
-    t = lambda *shape, s=0.5: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
-    if cls == "AutoEncoder":
-        return {"bias": t(D), "encoder.weight": t(S, D), "encoder.bias": t(S, s=0.3), "decoder.weight": t(D, S)}, None
-    if cls == "GatedAutoEncoder":
-        return {"decoder_bias": t(D), "r_mag": t(S, s=0.3), "gate_bias": t(S, s=0.3), "mag_bias": t(S, s=0.3),
-                "encoder.weight": t(S, D), "decoder.weight": t(D, S)}, None
-    if cls == "AutoEncoderTopK":  # k and a threshold are saved too; TopK's encode reads only k (the trainer's)
-        return {"encoder.weight": t(S, D), "encoder.bias": t(S, s=0.3), "decoder.weight": t(D, S), "b_dec": t(D),
-                "k": torch.tensor(6), "threshold": torch.tensor(0.4)}, 6
-    if cls == "BatchTopKSAE":  # inference: one threshold, a scalar
-        return {"encoder.weight": t(S, D), "encoder.bias": t(S, s=0.3), "decoder.weight": t(D, S), "b_dec": t(D),
-                "k": torch.tensor(6), "threshold": torch.tensor(0.7)}, 6
-    if cls == "MatryoshkaBatchTopKSAE":
-        return {"W_enc": t(D, S), "b_enc": t(S, s=0.3), "W_dec": t(S, D), "b_dec": t(D), "k": torch.tensor(6),
-                "threshold": torch.tensor(0.6), "group_sizes": torch.tensor([16, 32])}, 6
-    if cls == "JumpReluAutoEncoder":
-        return {"W_enc": t(D, S), "b_enc": t(S, s=0.3), "W_dec": t(S, D), "b_dec": t(D),
-                "threshold": torch.from_numpy(rng.uniform(0.05, 0.8, S).astype(np.float32))}, None
-    raise ValueError(cls)
+    return dictionary_learning_state(cls, rng, D, S)
 
 
 def _dl_config(cls: str, layer: int, k: int | None, submodule: str | None = None) -> bytes:
-    trainer = {"dict_class": cls, "trainer_class": cls.replace("AutoEncoder", "Trainer"), "activation_dim": D,
-               "dict_size": S, "layer": layer, "lm_name": "EleutherAI/pythia-70m-deduped", "lr": 1e-3,
-               "submodule_name": submodule or f"resid_post_layer_{layer}"}
-    if k is not None:
-        trainer["k"] = k
-    return json.dumps({"trainer": trainer, "buffer": {"d_submodule": D, "io": "out", "n_ctxs": 100, "ctx_len": 128,
-                                                      "refresh_batch_size": 8, "out_batch_size": 64}}).encode()
+    return dictionary_learning_config(cls, layer, k, D, S, submodule)
 
 
 DL_CASES = [  # (dict_class, a release of the catalogue to lay it out under: the loader decides by config.json)
@@ -160,7 +128,7 @@ def test_dictionary_learning_as_saelens_reads_it(cache, releases, monkeypatch, x
     layer = int(re.search(r"resid_post_layer_(\d+)", entry["path"]).group(1))
     state, k = _dl_state(cls, np.random.default_rng(len(cls)))
     lay_out_hub_cache(cache, info["repo_id"], {f"{entry['path']}/config.json": _dl_config(cls, layer, k),
-                                               f"{entry['path']}/ae.pt": _pt(state)})
+                                               f"{entry['path']}/ae.pt": torch_save_bytes(state)})
     theirs = _saelens(monkeypatch, release, entry["id"])
     ref = _theirs(theirs, x)
     assert np.abs(ref).max() > 0 and not np.allclose(ref, ref[0])  # latents fire, and not all alike
@@ -189,14 +157,14 @@ def test_dictionary_learning_hooks_and_refusals(tmp_path, x):
         d = tmp_path / sub
         d.mkdir()
         (d / "config.json").write_bytes(_dl_config("AutoEncoder", 0, None, submodule=sub))
-        (d / "ae.pt").write_bytes(_pt(state))
+        (d / "ae.pt").write_bytes(torch_save_bytes(state))
         assert load_sae(d).point_in == point
         files = read_sae_files({"kind": "sae", "path": str(d)}, "s", point.layer)
         assert (files.d_in, files.d_sae, files.architecture) == (D, S, "standard")
     d = tmp_path / "embed"
     d.mkdir()
     (d / "config.json").write_bytes(_dl_config("AutoEncoder", 0, None, submodule="embed"))
-    (d / "ae.pt").write_bytes(_pt(state))
+    (d / "ae.pt").write_bytes(torch_save_bytes(state))
     with pytest.raises(CausalKLError) as e:
         check_sae_config({"kind": "sae", "path": str(d)}, "s", 0, D)
     _one_line(e, "config.json", "hook_embed", "no hook causal-kl splices at")
@@ -238,16 +206,11 @@ def test_gated_saelens_format_as_saelens_reads_it(tmp_path, x):
 QWEN_RELEASE, QWEN_K, QWEN_S = "qwen-scope-3-1.7b-base-w32k-l50", 50, 32 * 1024
 
 
-def _qwen_state(rng) -> dict:
-    """``layer{L}.sae.pt`` as Qwen-Scope keeps it: W_enc [d_sae, d_in], W_dec [d_in, d_sae]."""
-    f = lambda *shape, s: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
-    return {"W_enc": f(QWEN_S, D, s=0.5), "b_enc": f(QWEN_S, s=0.3), "W_dec": f(D, QWEN_S, s=0.2), "b_dec": f(D, s=0.5)}
-
-
 def test_qwen_scope_as_saelens_reads_it(cache, releases, monkeypatch, tmp_path, x):
     info = releases[QWEN_RELEASE]
     entry = next(s for s in info["saes"] if s["id"] == "layer3")
-    lay_out_hub_cache(cache, info["repo_id"], {entry["path"]: _pt(_qwen_state(np.random.default_rng(5)))})
+    state = qwen_scope_state(np.random.default_rng(5), D, QWEN_S)
+    lay_out_hub_cache(cache, info["repo_id"], {entry["path"]: torch_save_bytes(state)})
     theirs = _saelens(monkeypatch, QWEN_RELEASE, "layer3", d_in=D)
     ref = _theirs(theirs, x)
     named = {"kind": "sae", "release": QWEN_RELEASE, "sae_id": "layer3"}
@@ -308,12 +271,10 @@ ONE_FILE = [  # (release, tensor names as the file keeps them (encoder, decoder,
 @pytest.mark.parametrize("release,names,layer", ONE_FILE)
 def test_goodfire_and_deepseek_as_saelens_reads_them(cache, releases, monkeypatch, x, release, names, layer):
     info, entry = _first(releases, release)
-    rng = np.random.default_rng(layer)
-    f = lambda *shape, s: torch.from_numpy(rng.normal(0, s, shape).astype(np.float32))  # noqa: E731
-    enc, dec = names  # nn.Linear layouts: encoder [d_sae, d_in], decoder [d_in, d_sae]
-    state = {f"{enc}.weight": f(S, D, s=0.5), f"{enc}.bias": f(S, s=0.3), f"{dec}.weight": f(D, S, s=0.5),
-             f"{dec}.bias": f(D, s=0.5)}
-    lay_out_hub_cache(cache, info["repo_id"], {entry["path"]: _pt(state)})
+    format = info["conversion_func"]
+    state = linear_sae_state(format, np.random.default_rng(layer), D, S)
+    assert {n.split(".")[0] for n in state} == set(names)  # the file's own tensor names
+    lay_out_hub_cache(cache, info["repo_id"], {entry["path"]: torch_save_bytes(state)})
     theirs = _saelens(monkeypatch, release, entry["id"], d_in=D, d_sae=S)
     ref = _theirs(theirs, x)
     named = {"kind": "sae", "release": release, "sae_id": entry["id"]}
@@ -337,7 +298,7 @@ def test_a_pickle_weights_only_refuses_is_one_line(cache, releases, tmp_path):
     state = {"encoder_linear.weight": torch.zeros(S, D), "encoder_linear.bias": torch.zeros(S),
              "decoder_linear.weight": torch.zeros(D, S), "decoder_linear.bias": torch.zeros(D), "extra": NotATensor()}
     path = tmp_path / "Llama-3.1-8B-Instruct-SAE-l19.pth"
-    path.write_bytes(_pt(state))
+    path.write_bytes(torch_save_bytes(state))
     with pytest.raises(pickle.UnpicklingError):  # torch itself refuses it under weights_only
         torch.load(path, weights_only=True)
     lay_out_hub_cache(cache, info["repo_id"], {entry["path"]: path.read_bytes()})
@@ -349,7 +310,7 @@ def test_a_pickle_weights_only_refuses_is_one_line(cache, releases, tmp_path):
         _one_line(e, "Llama-3.1-8B-Instruct-SAE-l19.pth", "weights_only", "NotATensor")
     # a plain state dict's shapes are read without torch's unpickler, as the parse-time check reads them
     del state["extra"]
-    path.write_bytes(_pt(state))
+    path.write_bytes(torch_save_bytes(state))
     assert torch_state_shapes(path) == {k: tuple(v.shape) for k, v in state.items()}
 
 
