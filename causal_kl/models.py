@@ -141,6 +141,10 @@ def at_hook(loaded: LoadedModel, layer: int, hook: str, fn: Callable[[torch.Tens
     put in its place (splice). Input hooks replace the module's first input, output hooks its output (the first
     element of a tuple)."""
     module, side = loaded.hook_module(layer, hook)
+    if hook == "resid_mid":
+        with _at_resid_mid(loaded, layer, fn):
+            yield
+        return
     if side == "in":
         def pre_hook(_mod, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
@@ -165,6 +169,42 @@ def at_hook(loaded: LoadedModel, layer: int, hook: str, fn: Callable[[torch.Tens
         yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def _at_resid_mid(loaded: LoadedModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """``resid_mid`` = the block's input + the attention's output, the residual stream between the two sublayers.
+
+    The block keeps that sum in a local variable (its ``residual``) and also feeds it to the MLP's norm, so no
+    module's input or output *is* it: replacing the norm's input would change what the MLP reads but not what the
+    residual carries on. So it is read and replaced at the attention's output (``attn_out``, where the block adds
+    it): ``fn(input + attn_out)``, and a replacement ``R`` puts ``R - input`` there, so the block's sum is ``R``
+    for both the residual and the MLP, as TransformerLens' ``hook_resid_mid`` replaces it."""
+    attn, side = loaded.hook_module(layer, "attn_out")
+    if side != "out":
+        raise CausalKLError(loaded.path, "hook", f"{loaded.architecture}: resid_mid needs the attention's output",
+                            "use a family whose attention output joins the residual stream (families.py)")
+    block_in: list[torch.Tensor] = []
+
+    def take_input(_mod, args, kwargs):
+        block_in[:] = [args[0] if args else kwargs["hidden_states"]]
+
+    def at_attn_out(_mod, _inp, out):
+        a = out[0] if isinstance(out, tuple) else out
+        x = block_in[0]
+        new = fn(x + a)
+        if new is None:
+            return None
+        new = new - x
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    handles = [loaded.layers[layer].register_forward_pre_hook(take_input, with_kwargs=True),
+               attn.register_forward_hook(at_attn_out)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -146,6 +146,31 @@ def test_hooks_are_where_the_block_computes_them(model_type, request):
     assert state.start == LAYER and min(state.keys) == LAYER
 
 
+@pytest.mark.parametrize("model_type", ALL + NAIVE_ONLY)
+def test_a_splice_at_resid_mid_is_what_the_residual_stream_carries(model_type, request):
+    """Replacing resid_mid by R at a position: the MLP reads R and the block's output there is R + the MLP's output
+    (TransformerLens' hook_resid_mid), not the old residual + mlp(R): the block's own sum is what changes, so both
+    of its users see R. Checked with the model's own forward: the block's output and its MLP's output recorded under
+    the splice; earlier positions do not move."""
+    m = load_model(model_dir(request, model_type), dtype="float32")
+    if "resid_mid" not in hooks_of(m):
+        pytest.skip("no resid_mid (parallel residual)")
+    ids = document(m)
+    x = torch.tensor([list(ids)])
+    p = 30
+    R = torch.randn(m.d_model, generator=torch.Generator().manual_seed(5)) * 3
+    got = {}
+    splice = lambda a: torch.where(torch.arange(a.shape[1])[None, :, None] == p, R.to(a.dtype), a)  # noqa: E731
+    with at_hook(m, LAYER, "resid_mid", splice), \
+            at_hook(m, LAYER, "mlp_out", lambda a: got.__setitem__("mlp", a.detach()[0].clone())), \
+            at_hook(m, LAYER, "resid_post", lambda a: got.__setitem__("out", a.detach()[0].clone())):
+        m.model(input_ids=x, use_cache=False)
+    clean = m.model(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states[LAYER + 1][0]
+    torch.testing.assert_close(got["out"][p], R + got["mlp"][p], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["out"][:p], clean[:p], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got["out"][p], clean[p], atol=1e-2)
+
+
 def test_a_hook_the_family_lacks_is_one_line(request):
     m = load_model(model_dir(request, "gpt_neox"), dtype="float32")
     ids = document(m)

@@ -554,6 +554,11 @@ def test_at_hook_is_a_hand_written_hook_on_the_module_the_family_names(name, req
 
             with at_hook(loaded, layer, hook, change):
                 spliced = loaded.model(input_ids=ids).logits
+            if hook == "resid_mid":
+                # the norm's input is where resid_mid is read, not where it is replaced: a splice there changes what
+                # the MLP reads but not the residual (test_hook_patching's test_a_splice_at_resid_mid_is_what_...)
+                assert (spliced - clean).abs().max() > 1e-3, hook
+                continue
             handle = hand_hook(block, where, change)
             hand = loaded.model(input_ids=ids).logits
             handle.remove()
