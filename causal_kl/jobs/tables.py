@@ -14,7 +14,7 @@ from causal_kl.geometry import gold_variance
 from causal_kl.hooks import parse_point
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_csv, read_geometry, read_gold, read_json, read_mean, read_patch,
-                          read_per_site, read_sites, write_csv, write_parquet)
+                          read_parquet, read_per_site, read_sites, write_csv, write_parquet)
 from causal_kl.per_site import error_norms as error_norms_of
 from causal_kl.per_site import per_site_table
 from causal_kl.reference import with_reference
@@ -44,7 +44,8 @@ def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: st
              provenance: dict) -> None:
     """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
     rows = read_patch([floors, patch], route, offsets=[0], columns=["site_id", "condition", "offset", "kl", "ce", "delta_ce"])
-    df = per_site_table(rows, read_geometry(geometry), pd.read_parquet(error_norms), read_sites(sites).to_pandas())
+    df = per_site_table(rows, read_geometry(geometry), read_parquet(error_norms, ERROR_NORMS).to_pandas(),
+                         read_sites(sites).to_pandas())
     write_parquet(table, pa.Table.from_pandas(df, preserve_index=False), PER_SITE,
                   meta=provenance_record(**provenance, route=route))
     log.info("route %s: %d sites", route, len(df))
