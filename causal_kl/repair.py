@@ -34,10 +34,16 @@ def made_by_run(path: str | Path, run: str) -> bool:
     return rel.startswith(os.path.join("results", run) + os.sep)
 
 
+FOLDER_RECORDS = {"sites": "sites.json"}
+"""A checkpoint's folder of shards (``results/{run}/sites/``) -> the checkpoint's record of them beside it. A shard in
+the folder has no rule of its own (the folder is the ``sites`` checkpoint's output): removing a bad one removes the
+record too, so that the checkpoint is rerun (``rebuild_missing_inputs``) and writes its shards again."""
+
+
 def remove_bad_input(error: CausalKLError, inputs: Iterable[str | Path], run: str | None) -> CausalKLError:
     """The error a job reports after ``error``: when it names one of the job's ``inputs`` that this run's rules wrote
-    (``made_by_run``) and that is there, the file is removed and the fix says to rerun the same command; any other
-    error (the config, a user's file, an output) comes back as it is."""
+    (``made_by_run``) and that is there, the file is removed (with its folder's record, ``FOLDER_RECORDS``) and the fix
+    says to rerun the same command; any other error (the config, a user's file, an output) comes back as it is."""
     if not error.file or not run:
         return error
     bad = os.path.normpath(os.path.abspath(error.file))
@@ -46,6 +52,10 @@ def remove_bad_input(error: CausalKLError, inputs: Iterable[str | Path], run: st
     if not os.path.isfile(bad):
         return error
     os.remove(bad)
+    folder = os.path.dirname(bad)
+    record = FOLDER_RECORDS.get(os.path.basename(folder))
+    if record and os.path.dirname(folder) == os.path.abspath(os.path.join("results", run)):
+        Path(os.path.dirname(folder), record).unlink(missing_ok=True)
     return CausalKLError(error.file, error.field, error.problem, REMADE_FIX)
 
 
@@ -65,10 +75,11 @@ def rebuild_missing_inputs(rebuildable: Callable[[str], bool], dag_class=None) -
     ``DAG.update_needrun`` (Snakemake 9) looks for missing outputs only in target jobs and in the jobs below one that
     must run; a job whose output is missing while every job reading it is up to date does not run (the ``temp()``
     semantics, here applied to files that are not temporary). This wraps it: before each pass, every job of the plan
-    whose output (one for which ``rebuildable(path)`` holds: the run's own results) is missing while another job of
-    the plan reads it is handed to Snakemake as a target job for that pass. Snakemake's own code then gives it the
-    reason "Missing output files" and reruns, as usual, every job that depends on it. Applied only where the installed
-    method has the expected target-job check; returns whether the wrapper is in place.
+    that other jobs of the plan depend on and whose output (one for which ``rebuildable(path)`` holds: the run's own
+    results) is missing is handed to Snakemake as a target job, that output as a target file, for that pass.
+    Snakemake's own code then gives it the reason "Missing output files" and reruns, as usual, every job that depends
+    on it. Applied only where the installed method has the expected target-job check; returns whether the wrapper is
+    in place.
     """
     if dag_class is None:
         import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
@@ -87,20 +98,21 @@ def rebuild_missing_inputs(rebuildable: Callable[[str], bool], dag_class=None) -
 
     @functools.wraps(original)
     async def update_needrun(self, *args, **kwargs):
-        added = set()
+        added, missing = set(), set()
         for job in list(self.jobs):
-            if job in self.targetjobs or self.finished(job):
+            if job in self.targetjobs or self.finished(job) or not self.depending[job]:
                 continue
-            read = {f for files in self.depending[job].values() for f in files if rebuildable(str(f))}
-            for f in read:
-                if not await f.exists():
-                    added.add(job)
-                    break
+            gone = {f for f in job.output if rebuildable(str(f)) and not await f.exists()}
+            if gone:
+                added.add(job)
+                missing |= gone - self.targetfiles
         self.targetjobs |= added
+        self.targetfiles |= missing  # (an output no job reads, e.g. a checkpoint's record, counts too)
         try:
             return await original(self, *args, **kwargs)
         finally:
             self.targetjobs -= added
+            self.targetfiles -= missing
 
     update_needrun.rebuilds_missing_inputs = True
     dag_class.update_needrun = update_needrun

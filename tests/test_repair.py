@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from causal_kl.contracts import PATCH
+from causal_kl.contracts import PATCH, SITES
 from causal_kl.errors import CausalKLError
 from causal_kl.io import read_parquet
 from causal_kl.repair import REMADE_FIX, made_by_run, rebuild_missing_inputs, remove_bad_input
@@ -48,6 +48,21 @@ def test_a_bad_input_this_run_wrote_is_removed_and_the_fix_says_rerun(workdir):
     assert reported.fix == REMADE_FIX and "rerun the same snakemake command" in str(reported)
     assert (reported.file, reported.field, reported.problem) == (err.file, err.field, err.problem)
     assert "\n" not in str(reported) and str(reported).startswith(rel + ": site_id: column missing")
+
+
+def test_a_bad_shard_of_the_sites_folder_takes_the_checkpoints_record_with_it(workdir):
+    """The folder is the sites checkpoint's output (its shards have no rule of their own): without its record
+    (sites.json) the checkpoint reruns and writes them again."""
+    shard, record = workdir / "results/t/sites/shard_000.parquet", workdir / "results/t/sites.json"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1]}), shard)
+    record.write_text("{}")
+    beside = workdir / "results/t/sites/shard_001.parquet"
+    pq.write_table(pa.table({"a": [1]}), beside)
+    with pytest.raises(CausalKLError) as info:
+        read_parquet(shard, SITES)
+    assert remove_bad_input(info.value, [str(shard)], "t").fix == REMADE_FIX
+    assert not shard.exists() and not record.exists() and beside.exists()
 
 
 def test_an_absolute_path_names_the_same_input(workdir):
