@@ -119,7 +119,7 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
             logging.getLogger("causal_kl").error("%s", e)
         # a bad file this run's own rules wrote (a truncated shard) is removed, so the same command remakes it
         reported = remove_bad_input(e, job_input_files(snakemake), snakemake.config.get("run"))
-        if reported is not e:
+        if reported is not e and not remote:  # (a model job's process has no log handler: its one line says it)
             logging.getLogger("causal_kl").error("removed %s; rerun the same command to remake it", e.file)
         print(f"causal-kl: {reported}", file=sys.stderr)
         sys.exit(1)
