@@ -5,8 +5,8 @@ Two holes let a rerun of the same command say "Nothing to be done" over a result
 1. Snakemake rebuilds a missing file only when a job that reads it must run anyway: a file between two others
    (an aggregate such as ``span1/patch/{route}.parquet``, deleted by Snakemake when its job failed) is treated like a
    ``temp()`` file once everything after it exists, so every target above it reads as up to date.
-   ``rebuild_missing_inputs`` makes any job of the plan whose output another job of the plan reads, and is missing,
-   run (as if it were a target), so that it and everything built on it are redone.
+   ``rebuild_missing_inputs`` makes any job of the plan that other jobs of the plan depend on, and whose output is
+   missing, run (as if it were a target), so that it and everything built on it are redone.
 2. A job that finds a file the pipeline itself wrote unreadable or off its contract (a truncated shard, a parquet of
    the wrong columns) cannot fix it, and a plain rerun keeps it (its date looks current). ``remove_bad_input`` takes
    such a file away when the job that read it fails, and its one line says so: rerunning the same command then remakes
