@@ -35,7 +35,8 @@ def _published(reference: list[str]) -> pd.DataFrame | None:
 def error_norms(gold: str, choices: str, mean: str, norms: str, layer: str, provenance: dict) -> None:
     """Route-independent error norms per site (resamples, zero, mean)."""
     site_ids, golds = read_gold(gold)
-    df = error_norms_of(site_ids, golds, read_choices(choices), read_mean(mean, golds.shape[1]), choices)
+    mean_gold = read_mean(mean, golds.shape[1])
+    df = error_norms_of(site_ids, golds, read_choices(choices), mean_gold, choices)
     write_parquet(norms, pa.Table.from_pandas(df, preserve_index=False), ERROR_NORMS, meta=provenance_record(**provenance))
     log.info("error norms for %d sites", len(df))
 
