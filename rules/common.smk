@@ -155,8 +155,11 @@ LOGS = f"logs/{RUN}"
 
 if not workflow.remote_exec and not rebuild_missing_inputs(lambda path: os.path.normpath(path).startswith(R + os.sep)):
     # without it, a failed aggregate's deleted output reads as an intermediate file: "Nothing to be done" above it
-    print("causal-kl: warning: this Snakemake's DAG.update_needrun is not the one causal_kl.repair wraps: a result file"
-          " deleted between others is remade only by a plain `snakemake` or when named as a target", file=sys.stderr)
+    print(
+        "causal-kl: warning: this Snakemake's DAG.update_needrun is not the one causal_kl.repair wraps: a result file"
+        " deleted between others is remade only by a plain `snakemake` or when named as a target",
+        file=sys.stderr,
+    )
 
 MODEL = config["model"]
 LAYERS = run_layers(config)
