@@ -509,10 +509,13 @@ def read_choices(path: str | Path) -> pa.Table:
     return read_parquet(path, CONDITION_CHOICES)
 
 
-def read_mean(path: str | Path) -> np.ndarray:
-    """The eval-set mean gold ``[d]`` (float32) from ``conditions/mean.parquet``."""
-    t = read_parquet(path, EVAL_MEAN)
-    return arrow_to_vectors(t["mean"], path, "mean")[0]
+def read_mean(path: str | Path, d: int | None = None) -> np.ndarray:
+    """The eval-set mean gold ``[d]`` (float32) from ``conditions/mean.parquet``, width (given ``d``) and finiteness
+    checked."""
+    t = read_parquet(path, EVAL_MEAN, d)
+    mean = arrow_to_vectors(t["mean"], path, "mean")
+    check_vectors(mean, path, "mean", d)
+    return mean[0]
 
 
 def read_patch(path: str | Path | list, route: str | None = None, offsets: list[int] | None = None,

@@ -96,13 +96,14 @@ def check_spans_fit(spans: Sequence[int], sites_path: str | Path, docs_path: str
     A span of k fits a site at position p of a document of n tokens when ``p + k <= n`` (``span_fits``); sites
     whose span does not fit are excluded and counted at that span, which is fine as long as two documents keep
     some. Reads only the ``doc_id``/``position`` and ``doc_id``/``n_tokens`` columns of ``SITES`` and ``DOCS``."""
-    import pyarrow.parquet as pq
+    from causal_kl.contracts import DOCS, SITES
+    from causal_kl.io import read_parquet
 
     extra = sorted(_check_span(k, source) for k in spans if int(k) > 1)
     if not extra:
         return
-    sites = pq.read_table(sites_path, columns=["doc_id", "position"])
-    docs = pq.read_table(docs_path, columns=["doc_id", "n_tokens"])
+    sites = read_parquet(sites_path, SITES, columns=["doc_id", "position"])  # (one line when a file is bad)
+    docs = read_parquet(docs_path, DOCS, columns=["doc_id", "n_tokens"])
     length = dict(zip(docs["doc_id"].to_pylist(), docs["n_tokens"].to_pylist()))
     room: dict[str, int] = {}  # per document: the longest span that fits one of its sites
     for doc, p in zip(sites["doc_id"].to_pylist(), sites["position"].to_pylist()):

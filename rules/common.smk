@@ -59,6 +59,7 @@ from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.io import fingerprint
 from causal_kl.reference import REFERENCE_DIR
+from causal_kl.repair import rebuild_missing_inputs
 from causal_kl.routes.file import input_files as file_route_inputs
 from causal_kl.sae_hub import is_named as is_named_sae, resolve_named as resolve_named_sae
 from causal_kl.spans import check_spans_fit
@@ -155,6 +156,15 @@ if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs
 RUN = config["run"]
 R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
+
+if not workflow.remote_exec and not rebuild_missing_inputs(lambda path: os.path.normpath(path).startswith(R + os.sep)):
+    # without it, a failed aggregate's deleted output reads as an intermediate file: "Nothing to be done" above it
+    print(
+        "causal-kl: warning: this Snakemake's DAG.update_needrun is not the one causal_kl.repair wraps: a result file"
+        " deleted between others is remade only by a plain `snakemake` or when named as a target",
+        file=sys.stderr,
+    )
+
 MODEL = config["model"]
 LAYERS = run_layers(config)
 """The run's layers (model.layer: one, or a sweep): its residual-stream points."""

@@ -85,12 +85,14 @@ def job_kwargs(func: Callable[..., None], snakemake: Any) -> dict[str, Any]:
 
 
 def run_rule(func: Callable[..., None], snakemake: Any) -> None:
-    """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1.
+    """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1 (when it
+    names an input this run's rules wrote, that file is removed first: ``causal_kl.repair.remove_bad_input``).
 
     A model job runs in its slot's model server (loaded once per GPU per run) unless the config says
     ``model_server: false``.
     """
     from causal_kl.errors import CausalKLError
+    from causal_kl.repair import job_input_files, remove_bad_input
 
     kwargs = job_kwargs(func, snakemake)
     log_path = str(snakemake.log[0]) if snakemake.log else None
@@ -111,11 +113,15 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
                     logging.getLogger("causal_kl").exception("%s failed", func.__name__)
                 raise
     except CausalKLError as e:
-        if not remote:  # the server already wrote the job's error into its log
-            import logging
+        import logging
 
+        if not remote:  # the server already wrote the job's error into its log
             logging.getLogger("causal_kl").error("%s", e)
-        print(f"causal-kl: {e}", file=sys.stderr)
+        # a bad file this run's own rules wrote (a truncated shard) is removed, so the same command remakes it
+        reported = remove_bad_input(e, job_input_files(snakemake), snakemake.config.get("run"))
+        if reported is not e and not remote:  # (a model job's process has no log handler: its one line says it)
+            logging.getLogger("causal_kl").error("removed %s; rerun the same command to remake it", e.file)
+        print(f"causal-kl: {reported}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -140,7 +140,7 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
     picks = read_choices(choices)
     if k == 1:  # the single-site splice, exactly as before spans
         all_ids, all_gold = read_gold(gold)
-        fv = floor_vectors(all_gold, all_ids.tolist(), picks, read_mean(mean), choices)
+        fv = floor_vectors(all_gold, all_ids.tolist(), picks, read_mean(mean, all_gold.shape[1]), choices)
         rows = vectors_for_sites(all_ids, np.arange(len(all_ids)), want, gold)
         variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
     else:  # resample sources may lie in other shards: the span golds of every site whose span fits
@@ -148,7 +148,8 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
 
         ids = picks["site_id"].to_numpy()
         spans = _span_golds(gold, span_gold, ids, k)  # [n, k, d]
-        fv = span_floor_vectors(spans[:, 0], spans[:, 1:], ids.tolist(), picks, read_mean(mean), choices)
+        mean_gold = read_mean(mean, spans.shape[-1])
+        fv = span_floor_vectors(spans[:, 0], spans[:, 1:], ids.tolist(), picks, mean_gold, choices)
         rows = vectors_for_sites(ids, np.arange(len(ids)), want, choices)
         variants = {c: (fv[c][0][rows], fv[c][1][rows]) for c in FLOOR_CONDITIONS}
     loaded = load_run_model(model, dtype, device, layer=point)
@@ -182,7 +183,7 @@ def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_g
     golds = _span_golds(gold, span_gold, want, k)
     d = golds.shape[-1]
     recons = vectors_for_sites(*read_recon(recon, d), want, recon)
-    directions = vectors_for_sites(*read_noise(noise), want, noise)
+    directions = vectors_for_sites(*read_noise(noise, d), want, noise)
     if k == 1:  # the single-site splice, exactly as before spans
         rv = route_vectors(golds, recons, want.tolist(), seed, directions=directions)
     else:

@@ -71,7 +71,7 @@ def recon_pca(train_gold: list[str], sites: str, gold: str, recon: str, route_en
     source = f"config routes.{route}"
     check_train_rows(route_entry["train_rows"], eval_rows, source)
     table, site_ids, golds = _eval_golds(sites, gold)
-    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()))
+    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()), golds.shape[1])
     basis = pca.fit_pca(train, int(route_entry["k"]), bool(route_entry.get("center", True)), source)
     write_recon(recon, site_ids, pca.project(basis, golds),
                 _route_meta(provenance, route, route_entry, n_train=len(train),
@@ -85,7 +85,7 @@ def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: 
     """A ``text_channel`` route: logit-lens words of each gold, ridge regression from that text back to a vector."""
     check_train_rows(route_entry["train_rows"], eval_rows, f"config routes.{route}")
     table, site_ids, golds = _eval_golds(sites, gold)
-    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()))
+    _, train = read_training_golds(train_gold[0], set(table.column("doc_id").to_pylist()), golds.shape[1])
     from causal_kl.routes import text_channel
 
     loaded = load_run_model(model, dtype, device, with_tokenizer=True, layer=layer)

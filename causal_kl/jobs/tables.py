@@ -14,7 +14,7 @@ from causal_kl.geometry import gold_variance
 from causal_kl.hooks import parse_point
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_csv, read_geometry, read_gold, read_json, read_mean, read_patch,
-                          read_per_site, read_sites, write_csv, write_parquet)
+                          read_parquet, read_per_site, read_sites, write_csv, write_parquet)
 from causal_kl.per_site import error_norms as error_norms_of
 from causal_kl.per_site import per_site_table
 from causal_kl.reference import with_reference
@@ -35,7 +35,8 @@ def _published(reference: list[str]) -> pd.DataFrame | None:
 def error_norms(gold: str, choices: str, mean: str, norms: str, layer: str, provenance: dict) -> None:
     """Route-independent error norms per site (resamples, zero, mean)."""
     site_ids, golds = read_gold(gold)
-    df = error_norms_of(site_ids, golds, read_choices(choices), read_mean(mean), choices)
+    mean_gold = read_mean(mean, golds.shape[1])
+    df = error_norms_of(site_ids, golds, read_choices(choices), mean_gold, choices)
     write_parquet(norms, pa.Table.from_pandas(df, preserve_index=False), ERROR_NORMS, meta=provenance_record(**provenance))
     log.info("error norms for %d sites", len(df))
 
@@ -44,7 +45,8 @@ def per_site(floors: str, patch: str, geometry: str, error_norms: str, sites: st
              provenance: dict) -> None:
     """The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
     rows = read_patch([floors, patch], route, offsets=[0], columns=["site_id", "condition", "offset", "kl", "ce", "delta_ce"])
-    df = per_site_table(rows, read_geometry(geometry), pd.read_parquet(error_norms), read_sites(sites).to_pandas())
+    df = per_site_table(rows, read_geometry(geometry), read_parquet(error_norms, ERROR_NORMS).to_pandas(),
+                         read_sites(sites).to_pandas())
     write_parquet(table, pa.Table.from_pandas(df, preserve_index=False), PER_SITE,
                   meta=provenance_record(**provenance, route=route))
     log.info("route %s: %d sites", route, len(df))

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from causal_kl.contracts import GOLD
 from causal_kl.errors import CausalKLError
-from causal_kl.io import arrow_to_vectors, read_parquet, vectors_to_arrow
+from causal_kl.io import arrow_to_vectors, check_vectors, read_parquet, vectors_to_arrow
 from causal_kl.sites import doc_id_for, load_corpus_rows, sample_sites, special_token_ids, tokenize_docs
 
 if TYPE_CHECKING:  # the model code is imported where it runs: a job's own process stays free of torch
@@ -57,9 +57,11 @@ def training_golds(loaded: LoadedModel, corpus: dict, sampling: dict, seed: int,
     })
 
 
-def read_training_golds(path: str | Path, eval_doc_ids: set[str] | None = None) -> tuple[list[str], np.ndarray]:
-    """``(doc_id per row, golds [n, d])`` of a training-gold file; a training document among ``eval_doc_ids`` is an error."""
-    table = read_parquet(path, GOLD)
+def read_training_golds(path: str | Path, eval_doc_ids: set[str] | None = None,
+                        d: int | None = None) -> tuple[list[str], np.ndarray]:
+    """``(doc_id per row, golds [n, d])`` of a training-gold file, finite and (given ``d``, the eval golds' width) of
+    that width; a training document among ``eval_doc_ids`` is an error."""
+    table = read_parquet(path, GOLD, d)
     if "doc_id" not in table.column_names:
         raise CausalKLError(path, "doc_id", "training golds without doc ids", "rebuild them with the train_gold rule")
     docs = table.column("doc_id").to_pylist()
@@ -68,4 +70,6 @@ def read_training_golds(path: str | Path, eval_doc_ids: set[str] | None = None) 
         if shared:
             raise CausalKLError(path, "doc_id", f"{len(shared)} training documents are eval documents ({shared[0]}, ...)",
                                 "choose train_rows disjoint from corpus.rows")
-    return docs, arrow_to_vectors(table.column("activation"), path, "activation")
+    golds = arrow_to_vectors(table.column("activation"), path, "activation")
+    check_vectors(golds, path, "activation", d)
+    return docs, golds
