@@ -251,6 +251,89 @@ def linear_sae_state(format: str, rng, d_in: int, d_sae: int) -> dict:
             f"{dec}.weight": f(d_in, d_sae, s=0.5), f"{dec}.bias": f(d_in, s=0.5)}
 
 
+# ---------------------------------------------------------------------- SAE files in the formats of sae_scope
+def _safetensors_bytes(tensors: dict) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+
+
+def llama_scope_files(rng, folder: str, hook: str, d_in: int, d_sae: int, norm_scaling_factor: float) -> dict[str, bytes]:
+    """A Llama Scope SAE's folder (``{path in the repo: bytes}``): ``hyperparams.json`` (``hook_point_in`` = ``_out``
+    = ``hook``, e.g. ``blocks.3.hook_resid_post``; a dataset-average norm that makes SAELens' factor
+    ``norm_scaling_factor``) and ``checkpoints/final.safetensors`` (``nn.Linear`` layouts)."""
+    import json
+    import math
+
+    n = lambda *shape: rng.normal(0, 0.3, shape)  # noqa: E731
+    norm = math.sqrt(d_in) / norm_scaling_factor
+    hyper = {"d_model": d_in, "d_sae": d_sae, "hook_point_in": hook, "hook_point_out": hook,
+             "jump_relu_threshold": 0.004, "act_fn": "jumprelu", "dataset_average_activation_norm": {"in": norm, "out": norm},
+             "top_k": 50}
+    return {f"{folder}/hyperparams.json": json.dumps(hyper).encode(),
+            f"{folder}/checkpoints/final.safetensors": _safetensors_bytes({
+                "encoder.weight": n(d_sae, d_in), "encoder.bias": n(d_sae), "decoder.weight": n(d_in, d_sae),
+                "decoder.bias": n(d_in)})}
+
+
+def llama_scope_r1_files(rng, folder: str, hook: str, d_in: int, d_sae: int) -> dict[str, bytes]:
+    """A Llama Scope R1-distill SAE's folder: ``config.json`` (``expansion_factor``, no dataset norm: the catalogue's
+    factor says it) and ``sae_weights.safetensors`` (with ``log_jumprelu_threshold``)."""
+    import json
+
+    n = lambda *shape: rng.normal(0, 0.3, shape)  # noqa: E731
+    cfg = {"d_model": d_in, "expansion_factor": d_sae // d_in, "hook_point_in": hook, "hook_point_out": hook,
+           "act_fn": "jumprelu"}
+    return {f"{folder}/config.json": json.dumps(cfg).encode(),
+            f"{folder}/sae_weights.safetensors": _safetensors_bytes({
+                "encoder.weight": n(d_sae, d_in), "encoder.bias": n(d_sae), "decoder.weight": n(d_in, d_sae),
+                "decoder.bias": n(d_in), "log_jumprelu_threshold": np.log(rng.uniform(0.05, 0.6, d_sae))})}
+
+
+def mwhanna_transcoder_files(rng, path: str, d_in: int, d_sae: int, wandb_name: str = "wandb-config.yaml",
+                             model_name: str | None = None) -> dict[str, bytes]:
+    """An mwhanna transcoder: ``layer_L.safetensors`` (``path``; ``W_enc [d_sae, d_in]``, ``W_dec [d_sae, d_in]``)
+    beside the repo's ``wandb_name`` (``d_model``, ``d_feature``) and, given ``model_name``, its ``config.yaml``."""
+    n = lambda *shape: rng.normal(0, 0.3, shape)  # noqa: E731
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    wandb = f"d_model:\n  value: {d_in}\nd_feature:\n  value: {d_sae}\nbatch_size:\n  value: 1024\n".encode()
+    files = {path: _safetensors_bytes({"W_enc": n(d_sae, d_in), "b_enc": n(d_sae), "W_dec": n(d_sae, d_in),
+                                       "b_dec": n(d_in)}),
+             folder + wandb_name: wandb}
+    if model_name is not None:
+        files[folder + "config.yaml"] = f"model_name: {model_name}\n".encode()
+    return files
+
+
+def gemma_scope_npz(rng, d_in: int, d_sae: int, d_out: int | None = None) -> bytes:
+    """Gemma Scope's ``params.npz`` (gemma-2's SAEs and transcoders): ``W_enc [d_in, d_sae]``, ``W_dec [d_sae,
+    d_out]``, ``b_enc``, ``b_dec``, ``threshold``."""
+    import io
+
+    d_out = d_in if d_out is None else d_out
+    n = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)  # noqa: E731
+    buf = io.BytesIO()
+    np.savez(buf, W_enc=n(d_in, d_sae), W_dec=n(d_sae, d_out), b_enc=n(d_sae), b_dec=n(d_out),
+             threshold=rng.uniform(0.05, 0.6, d_sae).astype(np.float32))
+    return buf.getvalue()
+
+
+def hook_z_files(rng, path: str, layer: int, d_in: int, d_sae: int, legacy: bool = False) -> dict[str, bytes]:
+    """Connor & Rob's hook_z SAE: ``<name>.pt`` (``path``; a pickled state dict, torch < 1.6's format if
+    ``legacy``) beside ``<name>_cfg.json`` (``act_name`` ``blocks.L.attn.hook_z``)."""
+    import io
+    import json
+
+    n = lambda *shape: rng.normal(0, 0.3, shape)  # noqa: E731
+    cfg = {"act_size": d_in, "dict_size": d_sae, "act_name": f"blocks.{layer}.attn.hook_z", "model_name": "gpt2-small",
+           "site": "z", "layer": layer, "concat_heads": True}
+    state = {"W_enc": n(d_in, d_sae), "b_enc": n(d_sae), "W_dec": n(d_sae, d_in), "b_dec": n(d_in)}
+    buf = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}, buf,
+               _use_new_zipfile_serialization=not legacy)
+    return {path: buf.getvalue(), path.split(".pt")[0] + "_cfg.json": json.dumps(cfg).encode()}
+
+
 # ----------------------------------------------------------------------------- the other families SAE users score
 def tiny_qwen3(path: Path, seed: int = 0, boost_norm: float | None = 20.0) -> Path:
     """Qwen3ForCausalLM: Llama-style, with q/k norms inside attention."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
 
 import numpy as np
@@ -28,7 +27,8 @@ from causal_kl.sae import load_sae
 from causal_kl.sae_hub import resolve_named, saelens_releases
 from causal_kl.sae_scope import catalogue_sites
 
-from fixtures import lay_out_hub_cache
+from fixtures import (gemma_scope_npz, hook_z_files, lay_out_hub_cache, llama_scope_files, llama_scope_r1_files,
+                      mwhanna_transcoder_files)
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -58,60 +58,25 @@ def _safetensors(t: dict) -> bytes:
     return save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()})
 
 
-def _pt(t: dict, legacy: bool = False) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in t.items()}, buf,
-               _use_new_zipfile_serialization=not legacy)
-    return buf.getvalue()
-
-
 def _files(case: str, rng) -> dict[str, bytes]:
     """The repo's files of one case, as the hub holds them (what SAELens' loader of the format downloads)."""
     release, sae_id, _, layer, _ = CASES[case]
     info, sae = _entry(release, sae_id)
     path = str(sae["path"])
-    n = lambda *shape, s=0.3: rng.normal(0, s, shape)  # noqa: E731
     d_sae = 2 * D
     if case.startswith("llama_scope") and case != "llama_scope_r1":
         kind = {"res": "hook_resid_post", "att": "hook_attn_out", "mlp": "hook_mlp_out"}[case.rsplit("_", 1)[1]]
-        f = float(sae["norm_scaling_factor"])
-        hyper = {"d_model": D, "d_sae": d_sae, "hook_point_in": f"blocks.{layer}.{kind}",
-                 "hook_point_out": f"blocks.{layer}.{kind}", "jump_relu_threshold": 0.004, "act_fn": "jumprelu",
-                 "dataset_average_activation_norm": {"in": math.sqrt(D) / f, "out": math.sqrt(D) / f}, "top_k": 50}
-        return {f"{path}/hyperparams.json": json.dumps(hyper).encode(),
-                f"{path}/checkpoints/final.safetensors": _safetensors({
-                    "encoder.weight": n(d_sae, D), "encoder.bias": n(d_sae), "decoder.weight": n(D, d_sae),
-                    "decoder.bias": n(D)})}
+        return llama_scope_files(rng, path, f"blocks.{layer}.{kind}", D, d_sae, float(sae["norm_scaling_factor"]))
     if case == "llama_scope_r1":
-        cfg = {"d_model": D, "expansion_factor": 2, "hook_point_in": f"blocks.{layer}.hook_resid_post",
-               "hook_point_out": f"blocks.{layer}.hook_resid_post", "act_fn": "jumprelu"}
-        return {f"{path}/config.json": json.dumps(cfg).encode(),
-                f"{path}/sae_weights.safetensors": _safetensors({
-                    "encoder.weight": n(d_sae, D), "encoder.bias": n(d_sae), "decoder.weight": n(D, d_sae),
-                    "decoder.bias": n(D), "log_jumprelu_threshold": np.log(rng.uniform(0.05, 0.6, d_sae))})}
-    if case.startswith("mwhanna"):
-        wandb = f"d_model:\n  value: {D}\nd_feature:\n  value: {d_sae}\nbatch_size:\n  value: 1024\n".encode()
-        files = {path: _safetensors({"W_enc": n(d_sae, D), "b_enc": n(d_sae), "W_dec": n(d_sae, D), "b_dec": n(D)})}
-        if case == "mwhanna":  # the misspelt wandb config and a config.yaml, as in some repos
-            files["wanb-config.yaml"] = wandb
-            files["config.yaml"] = b"model_name: Qwen/Qwen3-0.6B\n"
-        else:  # the 14b repos: no config.yaml
-            files["wandb-config.yaml"] = wandb
-        return files
+        return llama_scope_r1_files(rng, path, f"blocks.{layer}.hook_resid_post", D, d_sae)
+    if case == "mwhanna":  # the misspelt wandb config and a config.yaml, as in some repos
+        return mwhanna_transcoder_files(rng, path, D, d_sae, wandb_name="wanb-config.yaml", model_name="Qwen/Qwen3-0.6B")
+    if case == "mwhanna_14b":  # the 14b repos: no config.yaml
+        return mwhanna_transcoder_files(rng, path, D, d_sae)
     if case == "gemma_2_transcoder":
-        buf = io.BytesIO()
-        np.savez(buf, W_enc=n(D, d_sae).astype(np.float32), W_dec=n(d_sae, D).astype(np.float32),
-                 b_enc=n(d_sae).astype(np.float32), b_dec=n(D).astype(np.float32),
-                 threshold=rng.uniform(0.05, 0.6, d_sae).astype(np.float32))
-        return {f"{path}/params.npz": buf.getvalue()}
+        return {f"{path}/params.npz": gemma_scope_npz(rng, D, d_sae)}
     assert case.startswith("hook_z")
-    cfg = {"act_size": D, "dict_size": d_sae, "act_name": f"blocks.{layer}.attn.hook_z", "model_name": "gpt2-small",
-           "site": "z", "layer": layer, "concat_heads": True}
-    return {path: _pt({"W_enc": n(D, d_sae), "b_enc": n(d_sae), "W_dec": n(d_sae, D), "b_dec": n(D)},
-                      legacy=case == "hook_z_legacy"),
-            path.split(".pt")[0] + "_cfg.json": json.dumps(cfg).encode()}
+    return hook_z_files(rng, path, layer, D, d_sae, legacy=case == "hook_z_legacy")
 
 
 @pytest.fixture
