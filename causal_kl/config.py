@@ -188,8 +188,20 @@ NOT_IDENTITY = ("cluster",)
 
 
 def run_identity(config: dict) -> dict:
-    """The config without the blocks of ``NOT_IDENTITY`` (what the config hash and ``run.json`` describe)."""
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    """The config without the blocks of ``NOT_IDENTITY`` (what the config hash and ``run.json`` describe).
+
+    ``model_server`` counts only as on/off: ``{keep_s: ...}`` (how long a server outlives the invocation) is how
+    a run is executed, so it reads as ``true`` here and a run's hash is the same with or without it."""
+    out = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    if isinstance(out.get("model_server"), dict):
+        out["model_server"] = True
+    return out
+
+
+def model_server_keep_s(config: dict) -> float:
+    """Seconds a model server outlives its invocation, idle, for the run's next invocation to adopt (0: it does not)."""
+    block = config.get("model_server", True)
+    return float(block.get("keep_s", 0)) if isinstance(block, dict) else 0.0
 
 
 def _key_order(key: Any) -> tuple:

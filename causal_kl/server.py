@@ -31,7 +31,11 @@ peers of another uid refused): frames of a 4-byte big-endian length + UTF-8 JSON
 
 Lifetime: the server exits when its owner exits (pidfd, else 1 s polls), after
 ``CAUSAL_KL_SERVER_IDLE`` seconds without a request (default 600), on ``shutdown``
-(``stop_servers``, ``python -m causal_kl.server --stop``) or SIGTERM. Registry: one JSON file per
+(``stop_servers``, ``python -m causal_kl.server --stop``) or SIGTERM. Kept servers (``model_server: {keep_s: N}``,
+``CAUSAL_KL_SERVER_KEEP``; never inside a SLURM allocation): when the owner exits the server stays up until it
+has been idle N s; a client of the same run's next invocation (same workdir, code identity and model) adopts it
+(``adopt``: it takes the new owner and listens under the new owner's key as well), so that invocation finds
+the model loaded; any other run stops it as a server whose run has ended (``_hand_over``). Registry: one JSON file per
 server under ``<runtime dir>/<scope>/servers/`` (pid, slot, owner, socket, log, workdir).
 """
 
@@ -67,6 +71,7 @@ PROTOCOL = 1
 IDLE_ENV = "CAUSAL_KL_SERVER_IDLE"
 OWNER_ENV = "CAUSAL_KL_SERVER_OWNER"
 DEFAULT_IDLE_S = 600.0
+KEEP_ENV = "CAUSAL_KL_SERVER_KEEP"
 HANDOVER_ENV = "CAUSAL_KL_SERVER_HANDOVER"
 DEFAULT_HANDOVER_S = 30.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -476,8 +481,15 @@ def slurm_job_id() -> str | None:
 
 
 class Server:
-    def __init__(self, key: str, slot: str, owner: Owner, log_path: str, idle_s: float, origin: str = "job"):
+    def __init__(self, key: str, slot: str, owner: Owner, log_path: str, idle_s: float, origin: str = "job",
+                 keep_s: float = 0.0):
         self.key, self.slot, self.owner, self.log_path, self.idle_s = key, slot, owner, log_path, idle_s
+        self.keep_s = 0.0 if slurm_job_id() else keep_s  # an allocation's end kills it anyway: never kept there
+        self.orphaned = False  # the owner has exited and the server waits, kept, for the run's next invocation
+        self.adopted = threading.Event()
+        self.workdir = os.getcwd()
+        self.socks: list[socket.socket] = []
+        self.wake_r, self.wake_w = os.pipe()
         self.origin = origin  # "job": spawned by a model job's client; "allocation": by a cluster allocation's Snakemake
         self.identity = identity()
         self.run_lock = threading.Lock()
@@ -511,23 +523,25 @@ class Server:
             log.info("another server already serves %s (%s): exiting", self.key, e)
             return 3
         sock.listen(64)
-        _write_json_atomic(self.registry_file, {
-            "pid": os.getpid(), "start": _proc_stat(os.getpid())[2], "slot": self.slot, "key": self.key,
-            "owner_pid": self.owner.pid, "owner_start": self.owner.start, "owner_cmdline": " ".join(_cmdline(self.owner.pid))[:300],
-            "socket": socket_name(self.key).lstrip("\0"), "log": self.log_path, "workdir": os.getcwd(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time(),
-            "identity": self.identity, "idle_s": self.idle_s,
-        })
-        log.info("causal-kl model server pid %d: slot %s, scope %s, owner pid %d (%s), idle timeout %.0f s, code %s, log %s",
-                 os.getpid(), self.slot, _step_scope(), self.owner.pid, " ".join(_cmdline(self.owner.pid))[:120],
-                 self.idle_s, self.identity["code_version"], self.log_path)
-        self.record("start", owner_pid=self.owner.pid, owner_how=self.owner.how, key=self.key, origin=self.origin)
+        self.socks.append(sock)
+        self.started = time.time()
+        self._write_registry()
+        log.info("causal-kl model server pid %d: slot %s, scope %s, owner pid %d (%s), idle timeout %.0f s, kept %.0f s "
+                 "after its owner exits, code %s, log %s", os.getpid(), self.slot, _step_scope(), self.owner.pid,
+                 " ".join(_cmdline(self.owner.pid))[:120], self.idle_s, self.keep_s, self.identity["code_version"],
+                 self.log_path)
+        self.record("start", owner_pid=self.owner.pid, owner_how=self.owner.how, key=self.key, origin=self.origin,
+                    keep_s=self.keep_s)
         signal.signal(signal.SIGTERM, lambda *_: self._exit("SIGTERM", 0))
         threading.Thread(target=self._watch_owner, daemon=True, name="owner-watch").start()
         while not self.stopping.is_set():
-            r, _, _ = select.select([sock], [], [], 1.0)
-            if r:
-                conn, _ = sock.accept()
+            r, _, _ = select.select([*self.socks, self.wake_r], [], [], 1.0)
+            if self.wake_r in r:
+                os.read(self.wake_r, 64)  # an adoption added a socket: select on it too
+            for ready in r:
+                if ready is self.wake_r:
+                    continue
+                conn, _ = ready.accept()
                 pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
                 if uid != os.getuid():
                     _conn_log.warning("refused a connection from uid %d (pid %d)", uid, pid)
@@ -535,9 +549,11 @@ class Server:
                     continue
                 threading.Thread(target=self._handle, args=(conn, pid), daemon=True, name=f"conn-{pid}").start()
             with self.state_lock:
-                idle = self.active == 0 and time.monotonic() - self.last_activity > self.idle_s
+                limit = self.keep_s if self.orphaned else self.idle_s
+                idle = self.active == 0 and time.monotonic() - self.last_activity > limit
+                why = f"kept {limit:.0f} s after its run's invocation ended and not adopted" if self.orphaned else f"idle for {limit:.0f} s"
             if idle:
-                self._exit(f"idle for {self.idle_s:.0f} s", 0)
+                self._exit(why, 0)
         with self.run_lock:  # a graceful shutdown lets the running request finish
             self._exit("shutdown requested", 0)
         return 0
@@ -553,20 +569,86 @@ class Server:
         logging.shutdown()
         os._exit(code)
 
+    def _write_registry(self) -> None:
+        _write_json_atomic(self.registry_file, {
+            "pid": os.getpid(), "start": _proc_stat(os.getpid())[2], "slot": self.slot, "key": self.key,
+            "owner_pid": self.owner.pid, "owner_start": self.owner.start, "owner_cmdline": " ".join(_cmdline(self.owner.pid))[:300],
+            "socket": socket_name(self.key).lstrip("\0"), "log": self.log_path, "workdir": self.workdir,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": self.started,
+            "identity": self.identity, "idle_s": self.idle_s, "keep_s": self.keep_s, "kept": self.orphaned,
+        })
+
     def _watch_owner(self) -> None:
-        try:
-            fd = os.pidfd_open(self.owner.pid)
-        except (AttributeError, OSError):
-            fd = None
-        if not self.owner.alive():
-            self._exit(f"owner pid {self.owner.pid} is gone", 0)
+        """Exit when the owner does; a kept server instead waits, orphaned, for an adoption (then watches the new owner)."""
         while True:
+            owner = self.owner
+            try:
+                fd = os.pidfd_open(owner.pid)
+            except (AttributeError, OSError):
+                fd = None
+            while owner.alive():
+                if fd is not None:
+                    select.select([fd], [], [], 5.0)
+                else:
+                    time.sleep(1.0)
             if fd is not None:
-                select.select([fd], [], [], 5.0)
-            else:
-                time.sleep(1.0)
-            if not self.owner.alive():
-                self._exit(f"owner pid {self.owner.pid} exited", 0)
+                os.close(fd)
+            with self.state_lock:
+                if self.owner != owner:
+                    continue  # adopted by the next invocation while this one was ending
+                if self.keep_s <= 0:
+                    self._exit(f"owner pid {owner.pid} exited", 0)
+                self.orphaned = True
+                self.last_activity = time.monotonic()  # kept keep_s from here (or from the request running now)
+                self.adopted.clear()
+                self._write_registry()
+            log.info("owner pid %d exited: kept for %.0f s idle, for this run's next invocation to adopt", owner.pid, self.keep_s)
+            self.record("kept", owner_pid=owner.pid, keep_s=self.keep_s)
+            self.adopted.wait()
+
+    def _adopt(self, msg: dict, peer_pid: int) -> dict:
+        """A client of a new invocation of this server's run takes it over (``op: adopt``): refused while the current
+        owner lives (another invocation's server), for other code or another workdir, or when not kept."""
+        new = Owner(int(msg["owner_pid"]), int(msg["owner_start"]), "adopting client's " + str(msg.get("owner_how")))
+        with self.state_lock:
+            if (new.pid, new.start) == (self.owner.pid, self.owner.start):
+                return {"op": "adopted", "pid": os.getpid(), "already": True}
+            why = None
+            if self.keep_s <= 0:
+                why = "this server is not kept"
+            elif self.owner.alive():
+                why = f"its owner pid {self.owner.pid} still runs"
+            elif msg.get("identity") != self.identity:
+                why = "other code"
+            elif os.path.realpath(str(msg.get("workdir"))) != os.path.realpath(self.workdir):
+                why = f"another workdir ({msg.get('workdir')}, this server's {self.workdir})"
+            if why is None:
+                key = server_key(new, self.slot)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(socket_name(key))
+                except OSError as e:
+                    sock.close()
+                    why = f"the new owner's socket is taken ({e})"
+            if why is not None:
+                return {"op": "refused", "reason": why}
+            sock.listen(64)
+            self.socks.append(sock)
+            old_owner, old_file = self.owner, self.registry_file
+            self.owner, self.key, self.orphaned = new, key, False
+            self.keep_s = 0.0 if slurm_job_id() else float(msg.get("keep_s") or 0.0)
+            self.registry_file = registry_dir() / f"{key}.json"
+            self.last_activity = time.monotonic()
+            self._write_registry()
+            with contextlib.suppress(OSError):
+                old_file.unlink()
+            os.write(self.wake_w, b"a")
+            self.adopted.set()
+        log.info("adopted by pid %d's run (owner pid %d, before: %d): the model stays loaded; kept %.0f s after this owner exits",
+                 peer_pid, new.pid, old_owner.pid, self.keep_s)
+        self.record("adopt", owner_pid=new.pid, previous_owner_pid=old_owner.pid, key=key, keep_s=self.keep_s,
+                    client_pid=peer_pid)
+        return {"op": "adopted", "pid": os.getpid(), "already": False}
 
     # -- connections
     def _handle(self, conn: socket.socket, peer_pid: int) -> None:
@@ -581,9 +663,14 @@ class Server:
                     with self.state_lock:
                         busy = self.active
                         idle = 0.0 if busy else time.monotonic() - self.last_activity
+                    models = sys.modules.get("causal_kl.models")
                     _send(conn, {"op": "hello", "pid": os.getpid(), "slot": self.slot, "key": self.key, "log": self.log_path,
-                                 "identity": self.identity, "busy": busy, "idle_s": idle, "owner_pid": self.owner.pid},
+                                 "identity": self.identity, "busy": busy, "idle_s": idle, "owner_pid": self.owner.pid,
+                                 "kept": self.orphaned, "keep_s": self.keep_s,
+                                 "models": [m["path"] for m in models.resident_models()] if models is not None else []},
                           send_lock)
+                elif op == "adopt":
+                    _send(conn, self._adopt(msg, peer_pid), send_lock)
                 elif op == "status":
                     from causal_kl import models
 
@@ -737,7 +824,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     for noisy in ("transformers", "datasets", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     owner = Owner(args.owner, args.owner_start, "spawning client" if args.origin == "job" else args.origin)
-    return Server(args.key, args.slot, owner, args.log, args.idle, origin=args.origin).serve()
+    return Server(args.key, args.slot, owner, args.log, args.idle, origin=args.origin, keep_s=args.keep).serve()
 
 
 # ----------------------------------------------------------------------------- the client
@@ -778,7 +865,7 @@ def _spawn(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle_s: float,
         return subprocess.Popen(
             [sys.executable, "-m", "causal_kl.server", "--serve", "--key", key, "--slot", slot.name,
              "--owner", str(owner.pid), "--owner-start", str(owner.start), "--log", log_path, "--idle", str(idle_s),
-             "--origin", origin],
+             "--origin", origin, "--keep", str(keep_s())],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             cwd=os.getcwd(), env=env,
         )
@@ -918,6 +1005,40 @@ def _stop_one(conn: socket.socket | None, pid: int, force: bool, timeout_s: floa
     return not pid_alive(pid, start)
 
 
+def keep_s() -> float:
+    """How long a server this process starts or adopts stays up after its owner exits (``CAUSAL_KL_SERVER_KEEP``,
+    set by the workflow from ``model_server: {keep_s: N}``); 0, never kept, inside a SLURM allocation."""
+    if slurm_job_id():
+        return 0.0
+    try:
+        return max(0.0, float(os.environ.get(KEEP_ENV) or 0.0))
+    except ValueError:
+        raise CausalKLError(None, KEEP_ENV, f"{os.environ[KEEP_ENV]!r} is not a number of seconds",
+                            f"set {KEEP_ENV} to seconds (0: not kept), or leave it to model_server.keep_s") from None
+
+
+def _try_adopt(conn: socket.socket, rec: dict, info: dict, owner: Owner, ident: dict | None,
+               model_path: str | None) -> str | None:
+    """Adopt ``rec``, a kept server of this run's previous invocation (its owner gone): None when adopted, else why not."""
+    if not rec.get("keep_s"):
+        return "not kept"
+    if ident is None or (info.get("identity") or rec.get("identity")) != ident:
+        return "other code"
+    if os.path.realpath(rec.get("workdir") or "") != os.path.realpath(os.getcwd()):
+        return "another workdir"
+    if model_path is not None and info.get("models") and model_path not in info["models"]:
+        return f"another model ({', '.join(info['models'])})"
+    try:
+        _send(conn, {"op": "adopt", "owner_pid": owner.pid, "owner_start": owner.start, "owner_how": owner.how,
+                     "identity": ident, "workdir": os.getcwd(), "keep_s": keep_s()})
+        reply = _recv(conn)
+    except (OSError, ValueError) as e:
+        return f"no answer ({e})"
+    if not reply or reply.get("op") != "adopted":
+        return (reply or {}).get("reason", "refused")
+    return None
+
+
 def handover_s() -> float:
     """How long another run's server must have been idle before a job of this run may stop it and take its slot."""
     return float(os.environ.get(HANDOVER_ENV, DEFAULT_HANDOVER_S))
@@ -930,7 +1051,8 @@ def _describe(rec: dict) -> str:
             f"workdir {rec.get('workdir')}, code {ident.get('code_version')} / {ident.get('source')}")
 
 
-def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[dict, dict] | None:
+def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float, ident: dict | None = None,
+               model_path: str | None = None) -> tuple[dict, dict] | None:
     """Make the held ``slot`` free of other runs' servers, or say which one to wait for.
 
     A slot's GPU holds one server, so another run's server there must go before this run starts its own; but
@@ -938,7 +1060,10 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[d
     for ``grace_s`` seconds (its run's model jobs stopped coming: between stages, or done). A server that is
     running a request, or whose run used it within ``grace_s``, is left alone: returns its (registry record,
     hello reply) and the caller releases the slot and waits. The slot lock is held here, so no job of that run
-    can start a request while this looks and stops. None: the slot is free for this run's own server.
+    can start a request while this looks and stops. A server whose run has ended but which was kept for the run's
+    next invocation is adopted instead when this is that invocation (same workdir, code ``ident``, ``model_path``
+    resident or none): it then listens under this run's key too, model loaded. None: the slot is free for this
+    run's own server.
     """
     for rec in list_servers(all_scopes=False):
         if not rec["alive"] or rec["slot"] != slot or (rec["owner_pid"], rec.get("owner_start")) == (owner.pid, owner.start):
@@ -961,6 +1086,15 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[d
         force = True
         if not pid_alive(rec["owner_pid"], rec.get("owner_start")):
             why = "its run has ended"
+            if conn is not None and info is not None and info.get("op") == "hello":
+                not_adopted = _try_adopt(conn, rec, info, owner, ident, model_path)
+                if not_adopted is None:
+                    conn.close()
+                    out.line(f"adopted the model server pid {rec['pid']} on slot {slot} that this run's previous invocation "
+                             f"kept (owner pid {rec['owner_pid']} gone; models loaded: {', '.join(info.get('models') or []) or 'none'})")
+                    continue
+                if rec.get("keep_s"):
+                    why += f", and it was kept for another run ({not_adopted})"
         elif conn is None or info is None or info.get("op") != "hello":
             why = "it does not listen"  # exiting, or it lost its socket: it can serve no one
         elif info.get("busy") or (info.get("idle_s") is not None and info["idle_s"] < grace_s):
@@ -975,7 +1109,7 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float) -> tuple[d
     return None
 
 
-def _take_slot(device: str, owner: Owner, out: _JobLog) -> gpu.Slot:
+def _take_slot(device: str, owner: Owner, out: _JobLog, ident: dict | None = None, model_path: str | None = None) -> gpu.Slot:
     """A slot for ``device`` that holds no other live run's server in use (``_hand_over``), waiting while there is none.
 
     While it waits the job holds no slot, so the other run's jobs keep using their server; it says once what it
@@ -993,7 +1127,7 @@ def _take_slot(device: str, owner: Owner, out: _JobLog) -> gpu.Slot:
         slot = gpu.acquire_slot(device, on_wait=out.line if first else None, last=avoid)
         first = False
         try:
-            blocker = _hand_over(slot.name, owner, out, grace)
+            blocker = _hand_over(slot.name, owner, out, grace, ident, model_path)
         except BaseException:
             slot.release()
             raise
@@ -1051,15 +1185,18 @@ def run_remote(
     try:
         t0 = time.perf_counter()
         owner = find_owner()
-        with _take_slot(device, owner, out) as slot:
-            ident = identity()
-            conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
-            expect = None
-            if expect_model is not None:
-                from causal_kl.checkpoints import fingerprint, resolved
+        ident = identity()
+        expect = model_path = None
+        if expect_model is not None:
+            from causal_kl.checkpoints import resolved
 
-                path = resolved(expect_model["path"])
-                expect = {"path": path, "fingerprint": fingerprint(path), "dtype": expect_model.get("dtype"),
+            model_path = resolved(expect_model["path"])
+        with _take_slot(device, owner, out, ident, model_path) as slot:
+            conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
+            if expect_model is not None:
+                from causal_kl.checkpoints import fingerprint
+
+                expect = {"path": model_path, "fingerprint": fingerprint(model_path), "dtype": expect_model.get("dtype"),
                           "device": expect_model.get("device")}
             pid, srv_log = info["pid"], info.get("log")
             out.line(f"{func} -> model server pid {pid} (slot {slot.name}{', busy: queued' if info.get('busy') else ''}; "
@@ -1147,6 +1284,14 @@ def _check_models(used: list[dict], expect: dict | None, pid: int, slot: str, sr
                               "rerun; if the model changed on disk mid-run, rerun the jobs that used it")
 
 
+def end_of_invocation(owner_pid: int) -> list[int]:
+    """For the Snakefile's ``onsuccess``/``onerror``: stop the servers ``owner_pid`` owns, unless they are kept
+    (``keep_s() > 0``): those stay up ``keep_s`` idle after this process exits, for the run's next invocation."""
+    if keep_s() > 0:
+        return []
+    return stop_servers(owner_pid=owner_pid)
+
+
 def stop_servers(owner_pid: int | None = None, workdir: str | None = None, all_scopes: bool = True,
                  timeout_s: float = 10.0) -> list[int]:
     """Stop this user's model servers (those owned by ``owner_pid`` and/or started in ``workdir``, or all); return their pids.
@@ -1187,6 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", help=argparse.SUPPRESS)
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S, help=argparse.SUPPRESS)
     ap.add_argument("--origin", default="job", help=argparse.SUPPRESS)
+    ap.add_argument("--keep", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         return _serve_main(args)

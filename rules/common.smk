@@ -145,6 +145,13 @@ def model_group(rule):
     return lambda w: register(group_components(), name)
 
 
+# model_server: {keep_s: N}: the servers this invocation starts or adopts outlive it N s, idle, for the run's next
+# invocation (jobs and the onstart preload inherit it; causal_kl.server.keep_s is 0 inside a SLURM allocation)
+from causal_kl.config import model_server_keep_s
+from causal_kl.server import KEEP_ENV
+
+os.environ[KEEP_ENV] = repr(model_server_keep_s(config))
+
 if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs(sys.argv[1:]):
     # this is a cluster allocation's own Snakemake (SLURM's batch step): start the model server(s) here, so that
     # they outlive each job step and every model job of the allocation shares one load (causal_kl.server)
@@ -345,10 +352,11 @@ def preload_run_model():
 
 
 def stop_model_servers():
-    """Stop the model servers this Snakemake process owns (they would also go when it exits)."""
-    from causal_kl.server import stop_servers
+    """Stop the model servers this Snakemake process owns (they would also go when it exits), unless
+    ``model_server: {keep_s: N}`` keeps them for the run's next invocation (causal_kl.server.end_of_invocation)."""
+    from causal_kl.server import end_of_invocation
 
-    stop_servers(owner_pid=os.getpid())
+    end_of_invocation(os.getpid())
 
 
 def external(path):

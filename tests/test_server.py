@@ -497,3 +497,91 @@ def test_job_steps_use_the_server_their_allocation_started(sandbox):
         alloc.wait()
     assert _wait_dead(next(iter(pids))), "the allocation's server outlived its Snakemake"
 
+
+
+# ----------------------------------------------------------------------------- kept servers (issue #32 item 4)
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def _end(owner: subprocess.Popen) -> None:
+    owner.kill()
+    owner.wait()
+
+
+def test_a_kept_server_outlives_its_owner_and_the_runs_next_invocation_adopts_it_with_the_model_loaded(sandbox, gemma3_dir):
+    """Invocation 1 (keep 60 s) loads the model; its owner exits and the server stays. Invocation 2 (same workdir and
+    code, a new owner, keep off) adopts it: same pid, no second load, logits equal to a direct forward here. With
+    keep off the adopted server then goes when invocation 2's owner does."""
+    from causal_kl.models import load_model
+
+    srv_log = sandbox.tmp / "model_server.log"
+    kept = dict(sandbox.env, CAUSAL_KL_SERVER_KEEP="60")
+    first = result_of(client(sandbox, "server_jobs:model_logits", {"model_path": str(gemma3_dir), "text": "one route"},
+                             env=kept, server_log=str(srv_log), expect_model={"path": str(gemma3_dir), "dtype": "float32"}))
+    pid = first["pid"]
+    assert first["loads"] == 1
+    _end(sandbox.owner)
+    _wait_for(lambda: any(r.get("kept") for r in _registry(sandbox.rt)), 10)
+    assert _alive(pid), "a kept server went with its owner"
+    second_owner = _sleeper()
+    try:
+        env2 = dict(sandbox.env, CAUSAL_KL_SERVER_OWNER=str(second_owner.pid))  # keep off: the default
+        code, out, err = client(sandbox, "server_jobs:model_logits", {"model_path": str(gemma3_dir), "text": "a second route"},
+                                env=env2, server_log=str(srv_log), expect_model={"path": str(gemma3_dir), "dtype": "float32"})
+        second = result_of((code, out, err))
+        assert second["pid"] == pid and second["loads"] == 1, "the next invocation loaded the model again"
+        assert f"adopted the model server pid {pid}" in err
+        direct = load_model(gemma3_dir)
+        ids = torch.tensor([direct.tokenizer("a second route").input_ids])
+        with torch.no_grad():
+            expected = direct.model(input_ids=ids).logits[0, -1].float()
+        assert torch.allclose(torch.tensor(second["logits"]), expected, atol=1e-5, rtol=0)
+        (rec,) = _registry(sandbox.rt)
+        assert (rec["pid"], rec["owner_pid"], rec["kept"]) == (pid, second_owner.pid, False)
+        events = _events(srv_log.with_suffix(".jsonl"))
+        assert [e["event"] for e in events if e["event"] in ("start", "load", "kept", "adopt")] == ["start", "load", "kept", "adopt"]
+        assert [e["loads"] for e in events if e["event"] == "request"] == [1, 0]
+    finally:
+        _end(second_owner)
+    assert _wait_dead(pid, 10), "keep off (the default): an adopted server must go with its new owner"
+
+
+def test_a_kept_server_exits_after_keep_s_is_not_adopted_by_another_run_and_stop_stops_it(sandbox, tmp_path):
+    """keep_s idle after the owner exits: gone. A kept server of another workdir is stopped (its run has ended), not
+    adopted. ``python -m causal_kl.server --stop`` stops a kept one."""
+    short = dict(sandbox.env, CAUSAL_KL_SERVER_KEEP="1")
+    pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=short))["pid"]
+    _end(sandbox.owner)
+    _wait_for(lambda: any(r.get("kept") for r in _registry(sandbox.rt)), 10)
+    assert _wait_dead(pid, 15), "a kept server outlived keep_s"
+
+    owner = _sleeper()
+    other_owner = _sleeper()
+    try:
+        env = dict(sandbox.env, CAUSAL_KL_SERVER_KEEP="60", CAUSAL_KL_SERVER_OWNER=str(owner.pid))
+        pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=env))["pid"]
+        _end(owner)
+        _wait_for(lambda: any(r.get("kept") for r in _registry(sandbox.rt)), 10)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        code, out, err = client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, cwd=elsewhere,
+                                env=dict(sandbox.env, CAUSAL_KL_SERVER_OWNER=str(other_owner.pid)))
+        other = result_of((code, out, err))["pid"]
+        assert other != pid and _wait_dead(pid, 10) and "kept for another run (another workdir" in err
+        owner = _sleeper()
+        env = dict(sandbox.env, CAUSAL_KL_SERVER_KEEP="60", CAUSAL_KL_SERVER_OWNER=str(owner.pid))
+        _end(other_owner)
+        pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=env))["pid"]
+        _end(owner)
+        _wait_for(lambda: any(r.get("kept") for r in _registry(sandbox.rt)), 10)
+        out = subprocess.run([sys.executable, "-m", "causal_kl.server", "--stop"], env=sandbox.env, cwd=sandbox.work,
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"stopped 1 server(s): {pid}" and _wait_dead(pid, 5)
+    finally:
+        _end(owner)
+        _end(other_owner)
