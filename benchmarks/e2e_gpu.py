@@ -162,6 +162,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--bootstrap", type=int, default=None, help="override analysis.bootstrap (the tests use few)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--keep-s", type=float, default=0.0,
+                    help="model_server: {keep_s: N} for both invocations: the second adopts the first's server (issue "
+                         "#32 item 4); the benchmark stops the kept server at its end")
     args = ap.parse_args(argv)
     import yaml
 
@@ -190,6 +193,9 @@ def main(argv=None) -> int:
     config["sites"]["max_sites"] = args.max_sites
     if args.bootstrap is not None:
         config.setdefault("analysis", {})["bootstrap"] = args.bootstrap
+    if args.keep_s:
+        config["model_server"] = {"keep_s": args.keep_s}
+    out["keep_s"] = args.keep_s
     from causal_kl.config import validate_config
     from causal_kl.timeline import format_timeline
 
@@ -218,6 +224,10 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(dict(out, runs=runs), indent=2))
     out["runs"] = runs
+    if args.keep_s:
+        from causal_kl.server import stop_servers
+
+        print(f"stopped the kept model server(s): {stop_servers(workdir=str(wd))}", flush=True)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -60,6 +60,7 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
     reqs = sorted((r for r in events if r.get("event") == "request" and start <= float(r.get("start", -1)) <= end),
                   key=lambda r: float(r["start"]))
     servers = [r for r in events if r.get("event") == "start" and start <= float(r.get("time", -1)) <= end]
+    adopted = [r for r in events if r.get("event") == "adopt" and start <= float(r.get("time", -1)) <= end]
     loads = [r for r in events if r.get("event") == "load" and start <= float(r.get("time", -1)) <= end]
     preloads = {(r.get("pid"), r.get("request")) for r in reqs if str(r.get("func", "")).endswith(PRELOAD)}
     jobs = [r for r in reqs if (r.get("pid"), r.get("request")) not in preloads]
@@ -69,6 +70,7 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
     out: dict[str, Any] = {
         "wall_s": round(wall, 2),
         "servers_started": len(servers),
+        "servers_adopted": len(adopted),
         "requests": len(jobs),
         "preloads": len(preloads),
         "loads": len(loads),
@@ -93,6 +95,7 @@ def format_timeline(t: dict[str, Any]) -> str:
 
     where = ", on a job's request" if t["load_on_request_path"] else (", preloaded" if t.get("preloads") else "")
     load = f"{t['loads']} ({s(t['load_s'])}{where})"
-    return (f"requests {t['requests']}, load {load}, first request at {s(t['first_request_s'])}, busy "
+    adopted = f", adopted {t['servers_adopted']} kept server(s)" if t.get("servers_adopted") else ""
+    return (f"requests {t['requests']}, load {load}{adopted}, first request at {s(t['first_request_s'])}, busy "
             f"{s(t['busy_s'])} ({100 * (t['busy_share'] or 0):.0f}%), gaps {t['gaps']} "
             f"(median {s(t['gap_median_s'])}, total {s(t['gap_total_s'])}), after the last request {s(t['tail_s'])}")
