@@ -111,6 +111,10 @@ def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: d
                    f"gives {', '.join(named) if named else 'none of them'}")
         return CausalKLError(source, key, f"names its SAE by exactly one of {', '.join(titles)}; it {problem}",
                              f"give exactly one of {', '.join(titles)}")
+    if err.validator == "oneOf" and all("title" in s for s in err.validator_value):
+        # alternative forms of one value (model_server: a boolean or {keep_s: N}): name each form
+        return CausalKLError(source, key, f"got {err.instance!r}",
+                             f"set it to {' or '.join(s['title'] for s in err.validator_value)}")
     if err.validator == "dependentRequired":
         missing, needed_by = (err.message.split("'") + ["?", "?", "?", "?"])[1:4:2]
         full = f"{key}.{missing}" if key != "(top level)" else missing
