@@ -585,3 +585,66 @@ def test_a_kept_server_exits_after_keep_s_is_not_adopted_by_another_run_and_stop
     finally:
         _end(owner)
         _end(other_owner)
+
+
+KEEP_SNAKEFILE = textwrap.dedent('''
+    import json, os
+    from causal_kl.config import model_server_keep_s
+    from causal_kl.server import KEEP_ENV, end_of_invocation, run_remote
+
+    os.environ[KEEP_ENV] = repr(model_server_keep_s(config))  # as rules/common.smk does
+    MODEL = config["model"]
+
+    rule all:
+        input: expand("out/{route}.json", route=config["routes"])
+
+    rule route:
+        output: "out/{route}.json"
+        log: "logs/{route}.log"
+        run:
+            res = run_remote("server_jobs:model_logits", {"model_path": MODEL, "text": wildcards.route}, log[0],
+                             device="cpu", expect_model={"path": MODEL, "dtype": "float32"},
+                             server_log="logs/model_server.log")
+            with open(output[0], "w") as f:
+                json.dump(res, f)
+
+    onsuccess:
+        end_of_invocation(os.getpid())
+
+    onerror:
+        end_of_invocation(os.getpid())
+''')
+
+
+def test_a_further_route_in_a_new_snakemake_invocation_finds_the_kept_model_and_keep_off_still_stops_it(sandbox, gemma3_dir):
+    """Two snakemake invocations of one run, a route added in the second. The first has model_server: {keep_s: 60};
+    the second's model timeline (from the server's own records) shows no server start and no load: it adopted the
+    first's server. The second has model_server: true (the default), so it stops the server at its end."""
+    from causal_kl.models import load_model
+    from causal_kl.timeline import read_events, server_timeline
+
+    (sandbox.work / "Snakefile").write_text(KEEP_SNAKEFILE)
+    env = {k: v for k, v in sandbox.env.items() if k != "CAUSAL_KL_SERVER_OWNER"}
+    timelines, pids = [], []
+    for routes, block in ((["a"], "{keep_s: 60}"), (["a", "b"], "true")):
+        cfg = sandbox.work / "run.yaml"
+        cfg.write_text(f"model: {gemma3_dir}\nroutes: {json.dumps(routes)}\nmodel_server: {block}\n")
+        t0 = time.time()
+        run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-q", "--configfile", str(cfg)],
+                             cwd=sandbox.work, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        timelines.append(server_timeline(read_events(sandbox.work / "logs/model_server.jsonl"), t0, time.time()))
+        pids.append(json.loads((sandbox.work / f"out/{routes[-1]}.json").read_text())["pid"])
+    assert len(set(pids)) == 1
+    assert [(t["requests"], t["servers_started"], t["servers_adopted"], t["loads"]) for t in timelines] == [
+        (1, 1, 0, 1), (1, 0, 1, 0)]
+    assert not LOAD_LINE.findall((sandbox.work / "logs/b.log").read_text())
+    assert "adopted the model server" in (sandbox.work / "logs/b.log").read_text()
+    direct = load_model(gemma3_dir)
+    for route in "ab":
+        ids = torch.tensor([direct.tokenizer(route).input_ids])
+        with torch.no_grad():
+            expected = direct.model(input_ids=ids).logits[0, -1].float()
+        got = json.loads((sandbox.work / f"out/{route}.json").read_text())["logits"]
+        assert torch.allclose(torch.tensor(got), expected, atol=1e-5, rtol=0)
+    assert _wait_dead(pids[0], 10), "model_server: true must stop the server at the end of the invocation"
