@@ -708,6 +708,17 @@ def resident_models() -> list[dict]:
         return [dict(zip(("path", "fingerprint", "dtype", "device", "attn_implementation"), k)) for k in _RESIDENT]
 
 
+def resident_paths() -> list[str]:
+    """The paths of the models this process holds, without waiting for a load in progress (which holds the
+    registry lock): what the model server's ``hello`` reports, so that a client is answered during a load."""
+    for _ in range(3):
+        try:
+            return sorted({k[0] for k in tuple(_RESIDENT)})
+        except RuntimeError:  # changed while copied: read again
+            continue
+    return []
+
+
 def evict_models(device: str | None = None) -> int:
     """Drop resident models (all, or those on ``device``); returns how many."""
     with _REGISTRY_LOCK:

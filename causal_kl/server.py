@@ -667,7 +667,7 @@ class Server:
                     _send(conn, {"op": "hello", "pid": os.getpid(), "slot": self.slot, "key": self.key, "log": self.log_path,
                                  "identity": self.identity, "busy": busy, "idle_s": idle, "owner_pid": self.owner.pid,
                                  "kept": self.orphaned, "keep_s": self.keep_s,
-                                 "models": [m["path"] for m in models.resident_models()] if models is not None else []},
+                                 "models": models.resident_paths() if models is not None else []},
                           send_lock)
                 elif op == "adopt":
                     _send(conn, self._adopt(msg, peer_pid), send_lock)
