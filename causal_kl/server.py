@@ -1319,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m causal_kl.server", description=(
         "causal-kl model servers: one per (snakemake invocation, GPU slot), started on demand by model jobs "
         "(causal_kl.server.run_remote). --list shows this user's servers; --stop stops those started in the "
-        "current directory (--all: every one of this user's)."))
+        "current directory (--all: every one of this user's), a server kept by model_server: {keep_s: N} included."))
     ap.add_argument("--list", action="store_true", help="list this user's servers (pid, slot, owner, workdir, log)")
     ap.add_argument("--stop", action="store_true", help="stop the servers started in this directory (with --all: all)")
     ap.add_argument("--all", action="store_true", help="with --stop: every server of this user, whatever its workdir")
@@ -1348,8 +1348,9 @@ def main(argv: list[str] | None = None) -> int:
         if not recs:
             print(f"no causal-kl model servers (registry: {gpu.runtime_dir()})")
         for r in recs:
+            kept = f"  kept (owner gone) up to {r['keep_s']:.0f} s idle" if r.get("kept") else ""
             print(f"pid {r['pid']}  slot {r['slot']}  owner {r['owner_pid']} ({r['owner_cmdline'][:60]})  "
-                  f"workdir {r['workdir']}  up {time.time() - r['started']:.0f} s  log {r['log']}")
+                  f"workdir {r['workdir']}  up {time.time() - r['started']:.0f} s  log {r['log']}{kept}")
         return 0
     ap.print_help()
     return 0

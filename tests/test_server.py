@@ -579,6 +579,9 @@ def test_a_kept_server_exits_after_keep_s_is_not_adopted_by_another_run_and_stop
         pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, env=env))["pid"]
         _end(owner)
         _wait_for(lambda: any(r.get("kept") for r in _registry(sandbox.rt)), 10)
+        listed = subprocess.run([sys.executable, "-m", "causal_kl.server", "--list"], env=sandbox.env, cwd=sandbox.work,
+                                capture_output=True, text=True, check=True).stdout
+        assert f"pid {pid}  slot cpu  owner {owner.pid}" in listed and "kept (owner gone) up to 60 s idle" in listed
         out = subprocess.run([sys.executable, "-m", "causal_kl.server", "--stop"], env=sandbox.env, cwd=sandbox.work,
                              capture_output=True, text=True, check=True).stdout
         assert out.strip() == f"stopped 1 server(s): {pid}" and _wait_dead(pid, 5)
