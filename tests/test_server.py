@@ -651,3 +651,19 @@ def test_a_further_route_in_a_new_snakemake_invocation_finds_the_kept_model_and_
         got = json.loads((sandbox.work / f"out/{route}.json").read_text())["logits"]
         assert torch.allclose(torch.tensor(got), expected, atol=1e-5, rtol=0)
     assert _wait_dead(pids[0], 10), "model_server: true must stop the server at the end of the invocation"
+
+
+def test_a_kept_server_is_adopted_only_by_its_own_run(tmp_path, monkeypatch):
+    """What makes an ended run's kept server another run's: not kept, other code, another workdir, another model
+    resident; each is refused before anything is sent (the caller then stops it as a server whose run has ended)."""
+    from causal_kl.server import Owner, _try_adopt
+
+    monkeypatch.chdir(tmp_path)
+    ident = {"protocol": 1, "code_version": "x", "source": "s"}
+    rec = {"keep_s": 60, "identity": ident, "workdir": str(tmp_path)}
+    info = {"op": "hello", "identity": ident, "models": ["/models/a"]}
+    owner = Owner(os.getpid(), 0, "test")
+    assert _try_adopt(None, dict(rec, keep_s=0), info, owner, ident, "/models/a") == "not kept"
+    assert _try_adopt(None, rec, info, owner, dict(ident, source="t"), "/models/a") == "other code"
+    assert _try_adopt(None, dict(rec, workdir=str(tmp_path / "other")), info, owner, ident, "/models/a") == "another workdir"
+    assert _try_adopt(None, rec, info, owner, ident, "/models/b") == "another model (/models/a)"
