@@ -656,13 +656,17 @@ def read_geometry(path: str | Path):
     return read_parquet(path, GEOMETRY).to_pandas()
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON file the pipeline wrote, as a dict; a missing or broken one is a one-line error."""
+def read_json(path: str | Path, fix: str | None = None) -> dict:
+    """The JSON object in a file; a missing or broken one, or one that holds no object, is a one-line error naming
+    it. ``fix`` says how to repair it (an SAE's config: re-save it); None: a file the pipeline writes (build it, or
+    delete it and rerun)."""
     path = Path(path)
     if not path.exists():
-        raise CausalKLError(path, None, "file not found", "build it with snakemake")
+        raise CausalKLError(path, None, "file not found", fix or "build it with snakemake")
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CausalKLError(path, None, f"not valid JSON ({e.msg})", "delete the file and rerun snakemake") from e
-    return obj if isinstance(obj, dict) else {"value": obj}
+        raise CausalKLError(path, None, f"not valid JSON ({e})", fix or "delete the file and rerun snakemake") from e
+    if not isinstance(obj, dict):
+        raise CausalKLError(path, None, "is not a JSON object", fix or "delete the file and rerun snakemake")
+    return obj
