@@ -140,12 +140,12 @@ def checkpoint_tensors(path: str | Path) -> dict[str, TensorEntry]:
     return out
 
 
-def fingerprint(path: str | Path) -> str:
+def stat_fingerprint(path: str | Path) -> str:
     """A short id of what a model folder holds: config.json's bytes, each weight file's name, size and mtime.
 
     Cheap (a few ``stat`` calls and one small file read) so it can be checked on every request;
     rewriting any weight file or the config changes it. A hub id that is not a local folder is
-    fingerprinted by its name only.
+    fingerprinted by its name only. (``io.content_fingerprint`` is the rules' one: by content.)
     """
     p = Path(path)
     if not p.exists():

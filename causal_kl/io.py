@@ -122,13 +122,14 @@ def _file_digest(path: Path, cache: dict) -> str:
     return cache[key]
 
 
-def fingerprint(path: str | Path, cache_file: str | Path | None = DIGEST_CACHE) -> str:
+def content_fingerprint(path: str | Path, cache_file: str | Path | None = DIGEST_CACHE) -> str:
     """What an external input is, by content: the sha256 of a file; for a folder (a model checkpoint),
     a digest of every file's name, size and modification time and of the content of its small files
     (config.json, tokenizer files), so that replaced weights change it without re-reading 50 GB.
 
     Rules pass this as a param, so replacing a file behind the same path reruns what read it.
-    Digests of unchanged files come from ``cache_file``.
+    Digests of unchanged files come from ``cache_file``. (``checkpoints.stat_fingerprint`` is the cheap one the
+    model server checks on every request: by stat alone.)
     """
     path = Path(path)
     cache: dict = {}

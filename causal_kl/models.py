@@ -673,12 +673,12 @@ def get_model(
     torch's cached-but-unused blocks; MemAvailable on the CPU). A hub id (size unknown) evicts
     every model on its device. Callers must not modify the model they get (hooks, weights).
     """
-    from causal_kl.checkpoints import fingerprint, resolved
+    from causal_kl.checkpoints import resolved, stat_fingerprint
 
     torch_dtype = resolve_dtype(dtype)
     dev = _canonical_device(resolve_device(device) if isinstance(device, str) else device)
     rpath = resolved(path)
-    key = (rpath, fingerprint(rpath), str(torch_dtype).removeprefix("torch."), str(dev), attn_implementation)
+    key = (rpath, stat_fingerprint(rpath), str(torch_dtype).removeprefix("torch."), str(dev), attn_implementation)
     with _REGISTRY_LOCK:
         for k in [k for k in _RESIDENT if k[0] == rpath and k[1] != key[1]]:
             log.info("causal-kl: %s changed on disk: dropping its resident copy (%s, %s)", rpath, k[2], k[3])

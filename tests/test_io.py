@@ -92,23 +92,23 @@ def test_fingerprint_follows_content_not_path_or_date(tmp_path):
     import hashlib
     import os
 
-    from causal_kl.io import fingerprint
+    from causal_kl.io import content_fingerprint
 
     f = tmp_path / "r.npy"
     f.write_bytes(b"one")
-    first = fingerprint(f, tmp_path / "cache.json")
+    first = content_fingerprint(f, tmp_path / "cache.json")
     assert first == hashlib.sha256(b"one").hexdigest()
     stamp = f.stat().st_mtime_ns
     f.write_bytes(b"two")
     os.utime(f, ns=(stamp - 10**9, stamp - 10**9))  # replaced by an older file: mtime alone would miss it
-    assert fingerprint(f, tmp_path / "cache.json") == hashlib.sha256(b"two").hexdigest()
+    assert content_fingerprint(f, tmp_path / "cache.json") == hashlib.sha256(b"two").hexdigest()
     d = tmp_path / "ckpt"
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / "w.safetensors").write_bytes(b"x" * 10)
-    a = fingerprint(d, None)
+    a = content_fingerprint(d, None)
     (d / "config.json").write_text('{"a": 1}')
-    assert fingerprint(d, None) != a
+    assert content_fingerprint(d, None) != a
 
 
 # ---------------------------------------------------------------------------- aggregates and readers at scale
