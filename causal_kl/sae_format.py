@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from causal_kl.checkpoints import read_safetensors_header
 from causal_kl.errors import CausalKLError
+from causal_kl.families import BLOCK_PATH, EMBED_TOKENS, FAMILIES
 from causal_kl.io import read_json
 from causal_kl import hooks as H
 
@@ -104,16 +105,14 @@ class HookSite:
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-_HF_LAYER_OUT = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)(?:\.output)?$")
-_EMBED = ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte")
+_HF_LAYER_OUT = re.compile(rf"^{BLOCK_PATH}(?:\.output)?$")  # a block's output by its module path, in any family
+_EMBED = ("hook_embed", "embed.hook_embed", *EMBED_TOKENS)
 
 
 def hf_point(hf_name: str, family_hooks=None) -> H.Point | None:
     """A transformers module path -> its point, by one family's table (``families.Family.hooks``), or without a family
     by every family's that has the module (None when they disagree or none has it). ``<norm>.output`` of a norm that
     feeds the MLP is ``mlp.input`` (``causal_kl.hooks.FEEDS_MLP``)."""
-    from causal_kl.families import FAMILIES
-
     tables = [family_hooks] if family_hooks is not None else [f.hooks for f in FAMILIES]
     found = set()
     for table in tables:
