@@ -13,7 +13,7 @@ job runs, without importing torch, so both refuse a bad SAE with the same one-li
 - ``safetensors_shapes``: a safetensors file's tensor shapes from its header, the file's size checked against
   the header's data offsets (``causal_kl.checkpoints.read_safetensors_header``: a truncated download is refused
   before any weight is read).
-- ``gemma_scope_config`` / ``gemma_scope_hook``: Gemma Scope 2's ``config.json`` and the hook a
+- ``gemma_scope_config`` / ``gemma_scope_hooks``: Gemma Scope 2's ``config.json`` and the hook a
   Gemma Scope SAE was trained at (its config, else the repos' folder layout).
 - ``parse_hook_name``: a hook name -> the design's layer (or none).
 - ``check_required_tensors``: the tensors an architecture needs are there.
@@ -421,11 +421,6 @@ def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
     affine = bool(raw_cfg.get("affine_connection", any(q.endswith("_affine") for q in parts[-1:])))
     return GemmaScopeHooks(hook_in, hook_out if transcoder else None, str(hf_in) if hf_in else None,
                            str(hf_out) if hf_out and transcoder else None, transcoder, affine and transcoder)
-
-
-def gemma_scope_hook(raw_cfg: dict, weights: Path) -> str | None:
-    """The hook a Gemma Scope SAE (or a transcoder's input) was trained at (``gemma_scope_hooks``)."""
-    return gemma_scope_hooks(raw_cfg, weights).hook_name
 
 
 def _gemma_scope_layer(folder: Path) -> int | None:
