@@ -612,9 +612,9 @@ class Server:
             return
         expect = msg.get("expect")
         if expect:
-            from causal_kl.checkpoints import fingerprint
+            from causal_kl.checkpoints import stat_fingerprint
 
-            seen = fingerprint(expect["path"])
+            seen = stat_fingerprint(expect["path"])
             if seen != expect["fingerprint"]:
                 _send(conn, {"op": "refused", "reason": f"{expect['path']} has fingerprint {seen} here, "
                              f"{expect['fingerprint']} for the client"}, send_lock)
@@ -1056,10 +1056,10 @@ def run_remote(
             conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
             expect = None
             if expect_model is not None:
-                from causal_kl.checkpoints import fingerprint, resolved
+                from causal_kl.checkpoints import resolved, stat_fingerprint
 
                 path = resolved(expect_model["path"])
-                expect = {"path": path, "fingerprint": fingerprint(path), "dtype": expect_model.get("dtype"),
+                expect = {"path": path, "fingerprint": stat_fingerprint(path), "dtype": expect_model.get("dtype"),
                           "device": expect_model.get("device")}
             pid, srv_log = info["pid"], info.get("log")
             out.line(f"{func} -> model server pid {pid} (slot {slot.name}{', busy: queued' if info.get('busy') else ''}; "
