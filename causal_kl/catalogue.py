@@ -38,7 +38,7 @@ Torch-free; reads only the YAML.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -461,12 +461,3 @@ def render_refused(items: list[Entry]) -> str:
     out = [f"{e.release} / {e.sae_id}: {e.reason} [{e.model}, {e.converter or 'saelens'}, {e.hook or '?'}]"
            for e in items if not e.read]
     return "\n".join(out) if out else "(none refused)"
-
-
-def summary_by_reason(items: list[Entry]) -> dict[str, int]:
-    """Refused entries per reason."""
-    counts: dict[str, int] = defaultdict(int)
-    for e in items:
-        if not e.read:
-            counts[e.reason] += 1
-    return dict(counts)

@@ -60,7 +60,7 @@ def made_by_workflow(config: dict) -> set[str]:
     corpus, model and SAE suite (one folder per sparsity and layer); none for any other run.
 
     Those are Snakemake inputs of the rules that read them; every other file a rule reads is fingerprinted
-    (``io.fingerprint``), in every config, so that replacing it behind the same path reruns what read it.
+    (``io.content_fingerprint``), in every config, so that replacing it behind the same path reruns what read it.
     """
     if not config.get("demo"):
         return set()

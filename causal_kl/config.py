@@ -346,11 +346,6 @@ def route_spans(config: dict, route: str) -> list[int]:
     return run_spans(config) if own is None else sorted(int(k) for k in own)
 
 
-def routes_at_span(config: dict, point: Point | int | str, span: int) -> list[str]:
-    """The routes of the run patched at ``span`` at ``point``, in name order."""
-    return [r for r in routes_at(config, point) if int(span) in route_spans(config, r)]
-
-
 def layer_path(template: str, layer: Point | int | str) -> str:
     """A configured path with ``{layer}`` filled in (an SAE suite, per-layer files, per-layer stored golds): a
     point's layer (a point name such as ``"3.mlp_out"`` fills in ``3``)."""

@@ -38,6 +38,7 @@ Torch-free at import: the parse-time checks (``causal_kl.checks``) read it from 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -113,6 +114,19 @@ FAMILIES: tuple[Family, ...] = (
 table of families says which SAE releases each serves)."""
 
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def _alternatives(names: Any) -> str:
+    return "|".join(re.escape(n) for n in sorted(set(names)))
+
+
+BLOCK_PATH = (rf"(?:(?:{_alternatives(p for f in FAMILIES for d in f.decoder for p in d.split('.'))})\.)*"
+              rf"(?:{_alternatives(f.blocks for f in FAMILIES)})\.(\d+)")
+"""A regex of block L's module path in any family (``model.layers.L``, ``model.language_model.layers.L``,
+``transformer.h.L``, ``gpt_neox.layers.L``, a bare ``layers.L``; group 1 is L), from the rows above: what
+SAELens' ``hf_hook_name`` and sparsify's hookpoints are read against (``causal_kl.hooks``, ``causal_kl.sae_format``)."""
+EMBED_TOKENS = tuple(sorted({f.embed_tokens for f in FAMILIES}))
+"""The families' names of the token embedding (``embed_tokens``, ``embed_in``, ``wte``)."""
 
 
 def supported() -> str:

@@ -25,6 +25,7 @@ Torch-free: parse-time checks read it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -110,8 +111,15 @@ def parse_point(name: "Point | str | int") -> Point:
 
 # TransformerLens / SAELens: blocks.L.<name>
 _TL_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-# transformers module paths: [model.][language_model.]layers.L.<module>[.input|.output]
-_HF_HOOK = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)\.(.+?)(?:\.(input|output))?$")
+
+
+@functools.cache
+def _hf_hook_re() -> re.Pattern:
+    """transformers module paths: ``<block L's path in any family>.<module>[.input|.output]``
+    (``families.BLOCK_PATH``; read on first use: ``causal_kl.families`` imports this module)."""
+    from causal_kl.families import BLOCK_PATH
+
+    return re.compile(rf"^{BLOCK_PATH}\.(.+?)(?:\.(input|output))?$")
 
 
 def tl_hook(hook_name: str) -> Point | None:
@@ -135,14 +143,14 @@ has no hook at ``<norm>.output`` (Gemma Scope 2's transcoders read ``pre_feedfor
 
 def is_module_path(name: str) -> bool:
     """Whether a hook name is a transformers module path inside a block (``model.layers.L.<module>[.input|.output]``)."""
-    return bool(_HF_HOOK.match(name.strip()))
+    return bool(_hf_hook_re().match(name.strip()))
 
 
 def hf_hook(hf_name: str, family_hooks: dict[str, HookModule]) -> Point | None:
     """A transformers module path (``model.layers.L.post_feedforward_layernorm.output``, SAELens' ``hf_hook_name``)
     -> its point, read against one family's table (``families.Family.hooks``; ``<norm>.output`` of a norm of
     ``FEEDS_MLP`` is ``mlp.input`` where the table has nothing there); None when no hook of the family is there."""
-    m = _HF_HOOK.match(hf_name.strip())
+    m = _hf_hook_re().match(hf_name.strip())
     if not m:
         return None
     block, module, side = int(m.group(1)), m.group(2), m.group(3) or "output"

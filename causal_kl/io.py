@@ -122,13 +122,14 @@ def _file_digest(path: Path, cache: dict) -> str:
     return cache[key]
 
 
-def fingerprint(path: str | Path, cache_file: str | Path | None = DIGEST_CACHE) -> str:
+def content_fingerprint(path: str | Path, cache_file: str | Path | None = DIGEST_CACHE) -> str:
     """What an external input is, by content: the sha256 of a file; for a folder (a model checkpoint),
     a digest of every file's name, size and modification time and of the content of its small files
     (config.json, tokenizer files), so that replaced weights change it without re-reading 50 GB.
 
     Rules pass this as a param, so replacing a file behind the same path reruns what read it.
-    Digests of unchanged files come from ``cache_file``.
+    Digests of unchanged files come from ``cache_file``. (``checkpoints.stat_fingerprint`` is the cheap one the
+    model server checks on every request: by stat alone.)
     """
     path = Path(path)
     cache: dict = {}
@@ -656,13 +657,17 @@ def read_geometry(path: str | Path):
     return read_parquet(path, GEOMETRY).to_pandas()
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON file the pipeline wrote, as a dict; a missing or broken one is a one-line error."""
+def read_json(path: str | Path, fix: str | None = None) -> dict:
+    """The JSON object in a file; a missing or broken one, or one that holds no object, is a one-line error naming
+    it. ``fix`` says how to repair it (an SAE's config: re-save it); None: a file the pipeline writes (build it, or
+    delete it and rerun)."""
     path = Path(path)
     if not path.exists():
-        raise CausalKLError(path, None, "file not found", "build it with snakemake")
+        raise CausalKLError(path, None, "file not found", fix or "build it with snakemake")
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CausalKLError(path, None, f"not valid JSON ({e.msg})", "delete the file and rerun snakemake") from e
-    return obj if isinstance(obj, dict) else {"value": obj}
+        raise CausalKLError(path, None, f"not valid JSON ({e})", fix or "delete the file and rerun snakemake") from e
+    if not isinstance(obj, dict):
+        raise CausalKLError(path, None, "is not a JSON object", fix or "delete the file and rerun snakemake")
+    return obj

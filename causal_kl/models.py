@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from causal_kl import families
+from causal_kl.checkpoints import SAFETENSORS_DTYPES
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST
 
@@ -351,11 +352,8 @@ class FastLoadUnsupported(Exception):
     """The checkpoint is one the fast loader does not read (not local, not safetensors, converted on load, ...)."""
 
 
-_SAFETENSORS_TORCH = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
+_SAFETENSORS_TORCH = {name: getattr(torch, torch_name) for name, (torch_name, _) in SAFETENSORS_DTYPES.items()
+                      if hasattr(torch, torch_name)}  # safetensors dtype -> torch dtype, from the one table
 _CHUNK_BYTES = 64 << 20  # one read / one host-to-device copy; a multiple of every element size
 _PINNED: list[torch.Tensor] = []  # pinned staging buffers, kept for the next load in this process
 
@@ -675,12 +673,12 @@ def get_model(
     torch's cached-but-unused blocks; MemAvailable on the CPU). A hub id (size unknown) evicts
     every model on its device. Callers must not modify the model they get (hooks, weights).
     """
-    from causal_kl.checkpoints import fingerprint, resolved
+    from causal_kl.checkpoints import resolved, stat_fingerprint
 
     torch_dtype = resolve_dtype(dtype)
     dev = _canonical_device(resolve_device(device) if isinstance(device, str) else device)
     rpath = resolved(path)
-    key = (rpath, fingerprint(rpath), str(torch_dtype).removeprefix("torch."), str(dev), attn_implementation)
+    key = (rpath, stat_fingerprint(rpath), str(torch_dtype).removeprefix("torch."), str(dev), attn_implementation)
     with _REGISTRY_LOCK:
         for k in [k for k in _RESIDENT if k[0] == rpath and k[1] != key[1]]:
             log.info("causal-kl: %s changed on disk: dropping its resident copy (%s, %s)", rpath, k[2], k[3])

@@ -86,10 +86,6 @@ out of the softmax."""
 class FastPathUnavailable(CausalKLError):
     """The fast path cannot run this model; ``patch_documents`` then uses the naive path (and says so once)."""
 
-SPAN_FIELD = pa.field("span", pa.int32())
-"""The PATCH column saying how many positions a row's splice covered (1: a single site)."""
-"""The column ``results_table`` adds beside the PATCH contract's: the span length k of the row's site."""
-
 
 # --------------------------------------------------------------------------- readout
 def readout(logp_clean: torch.Tensor, logp_patched: torch.Tensor, next_tokens: torch.Tensor,

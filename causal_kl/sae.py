@@ -78,7 +78,7 @@ Formats read (``load_sae`` picks by the files present):
   dataset-norm scaling folded into the weights as ``SAE.from_pretrained`` folds it.
 
 Every safetensors file's size is checked against its header's data offsets before it is read
-(``causal_kl.sae_format.read_safetensors_header``): a truncated file is one line, as at parse time.
+(``causal_kl.checkpoints.read_safetensors_header``): a truncated file is one line, as at parse time.
 
 Transcoders (SAELens' ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
 ``jumprelu_skip_transcoder``, ``sae_lens/saes/transcoder.py``; Gemma Scope 2 ``transcoder`` folders)
@@ -126,8 +126,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from causal_kl.checkpoints import read_safetensors_header
 from causal_kl.errors import CausalKLError
-from causal_kl.io import atomic_path
+from causal_kl.io import atomic_path, read_json
 from causal_kl import sae_scope
 
 from causal_kl.sae_format import (  # the formats' torch-free rules, shared with the parse-time route check
@@ -142,6 +143,7 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     SPARSIFY_WEIGHTS,
     GEMMA_SCOPE_SKIP,
     GATED_TENSORS,
+    SAE_WEIGHTS_FIX,
     HookSite,
     base_architecture,
     check_required_tensors,
@@ -157,8 +159,7 @@ from causal_kl.sae_format import (  # the formats' torch-free rules, shared with
     locate_sae,
     missing_scaler_error,
     parse_hook_name,
-    read_json,
-    read_safetensors_header,
+    SAE_CONFIG_FIX,
     read_saelens_cfg,
     read_sparsify_cfg,
     required_tensors,
@@ -553,7 +554,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    read_safetensors_header(path)  # a truncated file: the one line the parse-time check gives
+    read_safetensors_header(path, SAE_WEIGHTS_FIX)  # a truncated file: the one line the parse-time check gives
     try:
         return dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError, TypeError) as e:
@@ -573,7 +574,7 @@ def load_saelens(path: str | Path, norm_scaling_factor: float | None = None,
     ``cfg.json``'s top-level keys, as SAELens' loaders apply a release's ``config_overrides``."""
     d = Path(path)
     cfg_path, weights_path = saelens_files(d)
-    raw = {**read_json(cfg_path), **(cfg_overrides or {})}
+    raw = {**read_json(cfg_path, SAE_CONFIG_FIX), **(cfg_overrides or {})}
     cfg = read_saelens_cfg(raw, cfg_path)
     tensors = _read_safetensors(weights_path)
     if "threshold" not in tensors and "log_threshold" in tensors:
@@ -624,7 +625,7 @@ def load_sparsify(path: str | Path) -> SparseAutoencoder:
         if not f.exists():
             raise CausalKLError(f, f.name, "not found",
                                 f"a sparsify SAE folder holds {SPARSIFY_CFG} and {SPARSIFY_WEIGHTS} (SparseCoder.save_to_disk writes both)")
-    raw = read_json(cfg_path)
+    raw = read_json(cfg_path, SAE_CONFIG_FIX)
     cfg = read_sparsify_cfg(raw, cfg_path, d)
     tensors = sparsify_names(_read_safetensors(weights_path), transpose=lambda w: np.asarray(w).T)
     check_sparsify_tensors({k: np.shape(v) for k, v in tensors.items()}, cfg, weights_path, cfg_path)

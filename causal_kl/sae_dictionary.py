@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from causal_kl.errors import CausalKLError
+from causal_kl.io import read_json
 from causal_kl import sae_format as fmt
 
 DL_CFG = "config.json"
@@ -239,7 +240,7 @@ def _dl_settings(folder: Path) -> dict[str, Any]:
     cfg_path = folder / DL_CFG
     if not cfg_path.exists():
         raise CausalKLError(cfg_path, DL_CFG, "not found", "a dictionary_learning SAE folder holds config.json and ae.pt")
-    raw = fmt.read_json(cfg_path)
+    raw = read_json(cfg_path, fmt.SAE_CONFIG_FIX)
     trainer = raw.get("trainer")
     if not isinstance(trainer, dict):
         raise CausalKLError(cfg_path, "trainer", "missing (dictionary_learning's config.json keeps the SAE's settings there)",

@@ -10,9 +10,10 @@ job runs, without importing torch, so both refuse a bad SAE with the same one-li
 - ``read_saelens_cfg``: a SAELens ``cfg.json`` of any supported version -> the settings.
 - ``read_sparsify_cfg`` / ``sparsify_hook`` / ``check_sparsify_tensors``: sparsify's ``cfg.json``,
   the hookpoint its folder is named after, and its tensors (``encoder.weight`` ...).
-- ``read_safetensors_header``: a safetensors file's header, its size checked against the header's
-  data offsets (a truncated download is refused before any weight is read).
-- ``gemma_scope_config`` / ``gemma_scope_hook``: Gemma Scope 2's ``config.json`` and the hook a
+- ``safetensors_shapes``: a safetensors file's tensor shapes from its header, the file's size checked against
+  the header's data offsets (``causal_kl.checkpoints.read_safetensors_header``: a truncated download is refused
+  before any weight is read).
+- ``gemma_scope_config`` / ``gemma_scope_hooks``: Gemma Scope 2's ``config.json`` and the hook a
   Gemma Scope SAE was trained at (its config, else the repos' folder layout).
 - ``parse_hook_name``: a hook name -> the design's layer (or none).
 - ``check_required_tensors``: the tensors an architecture needs are there.
@@ -21,14 +22,15 @@ job runs, without importing torch, so both refuse a bad SAE with the same one-li
 from __future__ import annotations
 
 import json
-import math
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from causal_kl.checkpoints import read_safetensors_header
 from causal_kl.errors import CausalKLError
+from causal_kl.families import BLOCK_PATH, EMBED_TOKENS, FAMILIES
+from causal_kl.io import read_json
 from causal_kl import hooks as H
 
 TRANSCODERS = {"transcoder": "standard", "skip_transcoder": "standard", "jumprelu_transcoder": "jumprelu",
@@ -103,16 +105,14 @@ class HookSite:
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-_HF_LAYER_OUT = re.compile(r"^(?:(?:model|language_model|transformer|gpt_neox)\.)*(?:layers|h)\.(\d+)(?:\.output)?$")
-_EMBED = ("hook_embed", "embed.hook_embed", "embed_tokens", "embed_in", "wte")
+_HF_LAYER_OUT = re.compile(rf"^{BLOCK_PATH}(?:\.output)?$")  # a block's output by its module path, in any family
+_EMBED = ("hook_embed", "embed.hook_embed", *EMBED_TOKENS)
 
 
 def hf_point(hf_name: str, family_hooks=None) -> H.Point | None:
     """A transformers module path -> its point, by one family's table (``families.Family.hooks``), or without a family
     by every family's that has the module (None when they disagree or none has it). ``<norm>.output`` of a norm that
     feeds the MLP is ``mlp.input`` (``causal_kl.hooks.FEEDS_MLP``)."""
-    from causal_kl.families import FAMILIES
-
     tables = [family_hooks] if family_hooks is not None else [f.hooks for f in FAMILIES]
     found = set()
     for table in tables:
@@ -238,21 +238,14 @@ def saelens_files(folder: Path) -> tuple[Path, Path]:
     return cfg_path, weights
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from an SAE's config file, or a one-line error naming it."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise CausalKLError(path, None, f"not valid JSON ({e})", "re-save the SAE config") from e
-    if not isinstance(obj, dict):
-        raise CausalKLError(path, None, "is not a JSON object", "re-save the SAE config")
-    return obj
+SAE_CONFIG_FIX = "re-save the SAE config"
+"""The fix of an unreadable SAE config's error line (``causal_kl.io.read_json``)."""
 
 
 def scaler_factor(folder: Path) -> float | None:
     """The ``scaling_factor`` in SAELens' ``activation_scaler.json`` beside ``cfg.json`` (None: no file, or null)."""
     scaler = folder / SAELENS_SCALER
-    return read_json(scaler).get("scaling_factor") if scaler.exists() else None
+    return read_json(scaler, SAE_CONFIG_FIX).get("scaling_factor") if scaler.exists() else None
 
 
 def missing_scaler_error(cfg_path: Path, fix: str) -> CausalKLError:
@@ -376,7 +369,7 @@ def gemma_scope_config(weights: Path) -> dict:
     path = Path(weights).parent / GEMMA_SCOPE_CONFIG
     if not path.exists():
         return {}
-    raw = read_json(path)
+    raw = read_json(path, SAE_CONFIG_FIX)
     arch = str(raw.get("architecture", "jump_relu")).lower()
     if ARCH_ALIASES.get(arch, arch) != "jumprelu":
         raise CausalKLError(path, "architecture", f"not a JumpReLU SAE or transcoder ({arch})",
@@ -428,11 +421,6 @@ def gemma_scope_hooks(raw_cfg: dict, weights: Path) -> GemmaScopeHooks:
     affine = bool(raw_cfg.get("affine_connection", any(q.endswith("_affine") for q in parts[-1:])))
     return GemmaScopeHooks(hook_in, hook_out if transcoder else None, str(hf_in) if hf_in else None,
                            str(hf_out) if hf_out and transcoder else None, transcoder, affine and transcoder)
-
-
-def gemma_scope_hook(raw_cfg: dict, weights: Path) -> str | None:
-    """The hook a Gemma Scope SAE (or a transcoder's input) was trained at (``gemma_scope_hooks``)."""
-    return gemma_scope_hooks(raw_cfg, weights).hook_name
 
 
 def _gemma_scope_layer(folder: Path) -> int | None:
@@ -596,56 +584,15 @@ def check_sparsify_tensors(shapes: dict[str, tuple[int, ...]], cfg: dict[str, An
 
 
 # ----------------------------------------------------------------------------- safetensors files
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
-                           "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def read_safetensors_header(path: str | Path) -> dict[str, dict]:
-    """The header of a safetensors file (8-byte little-endian length, then JSON), no weights read, checked against
-    the file: every tensor's ``data_offsets`` span its dtype x shape, and the file is exactly the header plus the
-    data the offsets name (safetensors refuses any other size). A truncated copy or download is one line here,
-    at parse time, instead of a failure in the first job that reads the weights."""
-    path = Path(path)
-    fix = "re-save the SAE weights with safetensors"
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000 or n > size - 8:
-                raise ValueError(f"header length {n} does not fit the file")
-            header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        end = 0
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, stop = (int(o) for o in info["data_offsets"])
-            shape = [int(s) for s in info["shape"]]
-            width = SAFETENSORS_DTYPE_BYTES.get(str(info.get("dtype")))
-            if stop < start or (width is not None and stop - start != width * math.prod(shape)):
-                raise ValueError(f"tensor {name}: data_offsets {[start, stop]} do not hold {info.get('dtype')} {shape}")
-            end = max(end, stop)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CausalKLError(path, None, f"not a readable safetensors file ({str(e).splitlines()[0]})", fix) from e
-    expected = 8 + n + end
-    if size < expected:
-        raise CausalKLError(path, None, f"truncated: its header's tensors end at byte {expected:,} but the file has "
-                            f"{size:,} bytes ({expected - size:,} missing)",
-                            "copy or download the file again (a transfer that stopped early leaves it cut short)")
-    if size > expected:
-        raise CausalKLError(path, None, f"{size - expected:,} bytes past the end of its header's last tensor "
-                            f"(the file has {size:,} bytes, the header names {expected:,})",
-                            "copy or download the file again (safetensors refuses a file of any other size)")
-    return header
+SAE_WEIGHTS_FIX = "re-save the SAE weights with safetensors"
+"""The fix of an unreadable SAE safetensors file's error line (``checkpoints.read_safetensors_header``)."""
 
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """``{tensor name: shape}`` from a safetensors file's checked header (``read_safetensors_header``); no weights read."""
-    return {k: tuple(int(s) for s in v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
+    """``{tensor name: shape}`` from a safetensors file's checked header (``checkpoints.read_safetensors_header``);
+    no weights read."""
+    return {k: tuple(int(s) for s in v["shape"])
+            for k, v in read_safetensors_header(path, SAE_WEIGHTS_FIX).items() if k != "__metadata__"}
 
 
 # ------------------------------------------------------------------------------------- tensors

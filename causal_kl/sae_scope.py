@@ -56,6 +56,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from causal_kl.errors import CausalKLError
+from causal_kl.io import read_json
 from causal_kl import sae_format as fmt
 
 LLAMA_SCOPE_CFG = "hyperparams.json"
@@ -261,7 +262,7 @@ def _is_r1_folder(p: Path) -> bool:
     if not ((p / R1_CFG).exists() and (p / R1_WEIGHTS).exists()) or (p / fmt.SAELENS_CFG).exists():
         return False
     try:
-        return "hook_point_in" in fmt.read_json(p / R1_CFG)
+        return "hook_point_in" in read_json(p / R1_CFG, fmt.SAE_CONFIG_FIX)
     except CausalKLError:
         return False
 
@@ -304,7 +305,7 @@ def read_config(format_name: str, path: Path, norm_scaling_factor: float | None 
             if not f.exists():
                 raise CausalKLError(f, f.name, "not found", f"a {'Llama Scope' if llama else 'Llama Scope R1'} SAE folder holds "
                                     f"{cfg_file.relative_to(path)} and {weights.relative_to(path)}")
-        cfg = fmt.read_json(cfg_file)
+        cfg = read_json(cfg_file, fmt.SAE_CONFIG_FIX)
         fix = f"{cfg_file.name} of a Llama Scope SAE states d_model, hook_point_in and {'d_sae' if llama else 'expansion_factor'}"
         d_in = _positive_int(_get(cfg, "d_model", cfg_file, fix), cfg_file, "d_model")
         d_sae = (_positive_int(_get(cfg, "d_sae", cfg_file, fix), cfg_file, "d_sae") if llama
@@ -364,7 +365,7 @@ def read_config(format_name: str, path: Path, norm_scaling_factor: float | None 
         cfg_file = _connor_cfg(path)
         if not cfg_file.exists():
             raise CausalKLError(cfg_file, cfg_file.name, "not found", f"a hook_z SAE's .pt has <name>{CONNOR_CFG_SUFFIX} beside it")
-        cfg = fmt.read_json(cfg_file)
+        cfg = read_json(cfg_file, fmt.SAE_CONFIG_FIX)
         fix = "the SAE's _cfg.json states act_size, dict_size and act_name"
         hook = str(_get(cfg, "act_name", cfg_file, fix))
         site = fmt.parse_hook_name(hook)

@@ -699,9 +699,9 @@ class Server:
             return
         expect = msg.get("expect")
         if expect:
-            from causal_kl.checkpoints import fingerprint
+            from causal_kl.checkpoints import stat_fingerprint
 
-            seen = fingerprint(expect["path"])
+            seen = stat_fingerprint(expect["path"])
             if seen != expect["fingerprint"]:
                 _send(conn, {"op": "refused", "reason": f"{expect['path']} has fingerprint {seen} here, "
                              f"{expect['fingerprint']} for the client"}, send_lock)
@@ -1194,9 +1194,9 @@ def run_remote(
         with _take_slot(device, owner, out, ident, model_path) as slot:
             conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
             if expect_model is not None:
-                from causal_kl.checkpoints import fingerprint
+                from causal_kl.checkpoints import stat_fingerprint
 
-                expect = {"path": model_path, "fingerprint": fingerprint(model_path), "dtype": expect_model.get("dtype"),
+                expect = {"path": model_path, "fingerprint": stat_fingerprint(model_path), "dtype": expect_model.get("dtype"),
                           "device": expect_model.get("device")}
             pid, srv_log = info["pid"], info.get("log")
             out.line(f"{func} -> model server pid {pid} (slot {slot.name}{', busy: queued' if info.get('busy') else ''}; "

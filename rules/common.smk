@@ -57,7 +57,7 @@ from causal_kl.config import (
 )
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point, parse_point
-from causal_kl.io import fingerprint
+from causal_kl.io import content_fingerprint
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.repair import rebuild_missing_inputs
 from causal_kl.routes.file import input_files as file_route_inputs
@@ -366,7 +366,7 @@ def external(path):
     The files the run's own rules make (``MADE``: the demo's corpus, model and SAEs) are Snakemake inputs of the
     rules that read them instead.
     """
-    return None if os.path.normpath(path) in MADE else fingerprint(path)
+    return None if os.path.normpath(path) in MADE else content_fingerprint(path)
 
 
 MODEL_BLOCK = canonical({k: v for k, v in MODEL.items() if k != "layer"})

@@ -59,3 +59,17 @@ def family_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_path(tmp_path_factory) -> Path:
     return fixtures.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.parquet")
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache that both causal-kl (HF_HUB_CACHE) and SAELens' hf_hub_download (offline)
+    read: lay an SAE's files out in it with fixtures.lay_out_hub_cache."""
+    from huggingface_hub import constants
+
+    path = tmp_path / "hub"
+    path.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return path

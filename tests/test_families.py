@@ -153,6 +153,18 @@ def test_layer_convention_and_parts_against_the_models_own_states(name, request,
             torch.testing.assert_close(embedded, hidden[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(m.logits(last), out.logits[0], rtol=0, atol=1e-4)
     assert (m.embed_positions is not None) == (name == "gpt2") and (m.rotary_emb is None) == (name == "gpt2")
+    # the module paths transformers gives this model's blocks are read as those blocks' outputs (SAELens'
+    # hf_hook_name, sparsify's hookpoints), a module inside a block as a module path, the token embedding as one
+    from causal_kl.hooks import is_module_path
+    from causal_kl.sae_format import parse_hook_name
+
+    path_of = {id(module): path for path, module in m.model.named_modules()}
+    for block, module in enumerate(m.layers):
+        for hook in (path_of[id(module)], path_of[id(module)] + ".output"):
+            site = parse_hook_name(hook)
+            assert (site.kind, site.layer) == ("resid_post", block), hook
+        assert all(is_module_path(f"{path_of[id(module)]}.{child}.output") for child, _ in module.named_children())
+    assert parse_hook_name(path_of[id(m.embed_tokens)].rsplit(".", 1)[-1]).kind == "embed"
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma2", "gemma", "qwen3_moe", "gpt_oss"])

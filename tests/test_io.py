@@ -66,27 +66,49 @@ def test_a_truncated_parquet_says_delete_and_rerun(tmp_path):
     assert "\n" not in msg and "g.parquet" in msg and "delete it and rerun" in msg
 
 
+def test_one_json_reader_for_pipeline_files_and_sae_configs(tmp_path):
+    """``read_json``: the object ``json`` reads; a missing, broken or non-object file is one line, its fix the
+    caller's (an SAE config: re-save it) or, by default, a pipeline file's (build it / delete it and rerun)."""
+    import json
+
+    from causal_kl.io import read_json
+
+    good = {"a": [1, 2.5, None], "b": {"c": "d"}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert read_json(tmp_path / "good.json") == json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "broken.json").write_text('{"a": ')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, problem, default_fix in (("missing.json", "file not found", "build it with snakemake"),
+                                       ("broken.json", "not valid JSON", "delete the file and rerun snakemake"),
+                                       ("list.json", "is not a JSON object", "delete the file and rerun snakemake")):
+        for fix in (None, "re-save the SAE config"):
+            with pytest.raises(CausalKLError) as e:
+                read_json(tmp_path / name, fix)
+            msg = str(e.value)
+            assert "\n" not in msg and name in msg and problem in msg and (fix or default_fix) in msg, msg
+
+
 def test_fingerprint_follows_content_not_path_or_date(tmp_path):
     import hashlib
     import os
 
-    from causal_kl.io import fingerprint
+    from causal_kl.io import content_fingerprint
 
     f = tmp_path / "r.npy"
     f.write_bytes(b"one")
-    first = fingerprint(f, tmp_path / "cache.json")
+    first = content_fingerprint(f, tmp_path / "cache.json")
     assert first == hashlib.sha256(b"one").hexdigest()
     stamp = f.stat().st_mtime_ns
     f.write_bytes(b"two")
     os.utime(f, ns=(stamp - 10**9, stamp - 10**9))  # replaced by an older file: mtime alone would miss it
-    assert fingerprint(f, tmp_path / "cache.json") == hashlib.sha256(b"two").hexdigest()
+    assert content_fingerprint(f, tmp_path / "cache.json") == hashlib.sha256(b"two").hexdigest()
     d = tmp_path / "ckpt"
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / "w.safetensors").write_bytes(b"x" * 10)
-    a = fingerprint(d, None)
+    a = content_fingerprint(d, None)
     (d / "config.json").write_text('{"a": 1}')
-    assert fingerprint(d, None) != a
+    assert content_fingerprint(d, None) != a
 
 
 # ---------------------------------------------------------------------------- aggregates and readers at scale

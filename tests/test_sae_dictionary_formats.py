@@ -50,16 +50,8 @@ def releases():
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty hub cache that both causal-kl (HF_HUB_CACHE) and SAELens' hf_hub_download (offline) read."""
-    from huggingface_hub import constants
-
-    path = tmp_path / "hub"
-    path.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(path))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return path
+def cache(offline_hub):
+    return offline_hub
 
 
 @pytest.fixture(scope="module")

@@ -80,16 +80,8 @@ def _files(case: str, rng) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty hub cache that ours (HF_HUB_CACHE) and SAELens' offline hf_hub_download both read."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
+def hub(offline_hub):
+    return offline_hub
 
 
 def _lay_out(hub, case: str, seed: int = 0):

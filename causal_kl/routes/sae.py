@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from causal_kl.errors import CausalKLError
+from causal_kl.io import read_json
 from causal_kl import sae_format as fmt  # the formats' rules, shared with the loader (causal_kl.sae)
 from causal_kl.hooks import HOOKS
 from causal_kl import sae_scope
@@ -245,7 +246,7 @@ def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "con
         return SAEFiles(**sae_scope.read_files(found.format, found.file, found.norm_scaling_factor))
     if found.format == "saelens":
         cfg_path, weights = fmt.saelens_files(found.file)
-        cfg = fmt.read_saelens_cfg({**fmt.read_json(cfg_path), **found.config_overrides}, cfg_path)
+        cfg = fmt.read_saelens_cfg({**read_json(cfg_path, fmt.SAE_CONFIG_FIX), **found.config_overrides}, cfg_path)
         shapes = safetensors_shapes(weights)
         if "threshold" not in shapes and "log_threshold" in shapes:
             shapes["threshold"] = shapes["log_threshold"]
@@ -262,7 +263,7 @@ def read_sae_files(entry: dict, name: str | None, layer: int, source: str = "con
             if not f.exists():
                 raise CausalKLError(f, f.name, "not found", f"a sparsify SAE folder holds {fmt.SPARSIFY_CFG} and "
                                     f"{fmt.SPARSIFY_WEIGHTS} (SparseCoder.save_to_disk writes both)")
-        cfg = fmt.read_sparsify_cfg(fmt.read_json(cfg_path), cfg_path, found.file)
+        cfg = fmt.read_sparsify_cfg(read_json(cfg_path, fmt.SAE_CONFIG_FIX), cfg_path, found.file)
         fmt.check_sparsify_tensors(fmt.sparsify_names(safetensors_shapes(weights)), cfg, weights, cfg_path)
         return SAEFiles(cfg_path, "topk", cfg["d_in"], cfg["d_sae"], cfg["d_in"], cfg["hook_name"],
                         hf_hook_name=cfg["hf_hook_name"])
