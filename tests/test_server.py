@@ -497,3 +497,17 @@ def test_job_steps_use_the_server_their_allocation_started(sandbox):
         alloc.wait()
     assert _wait_dead(next(iter(pids))), "the allocation's server outlived its Snakemake"
 
+
+
+def test_each_request_records_when_its_clients_process_started_and_called(sandbox):
+    """The gap split of causal_kl.timeline stands on these: the client's process start (read here from /proc by the
+    test itself, against wall clocks taken around the spawn) and its call of run_remote, both before the request."""
+    t_spawn = time.time()
+    pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, server_log=str(sandbox.work / "srv.log")))["pid"]
+    t_done = time.time()
+    events = [json.loads(line) for line in (sandbox.work / "srv.jsonl").read_text().splitlines()]
+    (req,) = [e for e in events if e["event"] == "request"]
+    c = req["client"]
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert t_spawn - 2 * tick <= c["process_start"] <= c["entered"] <= c["sent"] <= req["start"] <= t_done
+    assert req["client_pid"] != pid
