@@ -295,7 +295,7 @@ def source_digest() -> str:
 
 def identity() -> dict[str, Any]:
     """What a client requires of a server, and a server reports of itself."""
-    from causal_kl.io import code_version
+    from causal_kl import code_version
 
     try:
         torch_version = importlib.metadata.version("torch")
