@@ -8,8 +8,11 @@ plus ``provenance`` when it writes parquet files: the record ``run_rule`` builds
 Every workflow script is the same three lines::
 
     from causal_kl.jobs import run_rule
-    from causal_kl.jobs.gold import gold
-    run_rule(gold, snakemake)
+    from causal_kl.jobs.whole_context import whole_context
+    run_rule(whole_context, snakemake)
+
+except the per-shard model rules', which name their job (``run_model_rule("causal_kl.jobs.gold:gold", snakemake)``)
+so that their process imports no numpy, pyarrow or pandas.
 
 ``tests/test_layout.py`` walks every rule of the parsed workflow and checks that this holds.
 
