@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
-
-import jsonschema
-import yaml
 
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import HOOKS, RESID_POST, Point, parse_point
@@ -38,10 +36,14 @@ PRODUCTION = {
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     with open(path) as fh:
+        import yaml
+
         return yaml.safe_load(fh)
 
 
 def _with_defaults(validator_class):
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -54,7 +56,13 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+@functools.cache
+def _validator():
+    """The schema validator that fills in defaults (built at first use: a model job's own process, which only reads
+    the config's hash, imports neither jsonschema nor yaml)."""
+    import jsonschema
+
+    return _with_defaults(jsonschema.Draft202012Validator)
 
 
 def validate_config(config: dict, source: str | Path = "config", schema: dict | None = None) -> dict:
@@ -66,7 +74,7 @@ def validate_config(config: dict, source: str | Path = "config", schema: dict | 
     # defaults of nested objects are filled on a second pass once their parents exist
     for _ in range(2):
         # at one key, a named missing companion (dependentRequired) says more than "not one of the alternatives" (oneOf)
-        errors = sorted(_Validator(schema).iter_errors(config),
+        errors = sorted(_validator()(schema).iter_errors(config),
                         key=lambda e: (len(e.path), list(e.path), e.validator == "oneOf"))
         if not errors:
             continue
@@ -74,7 +82,7 @@ def validate_config(config: dict, source: str | Path = "config", schema: dict | 
     return config
 
 
-def _config_error(err: jsonschema.ValidationError, source: str | Path, schema: dict) -> CausalKLError:
+def _config_error(err: "jsonschema.ValidationError", source: str | Path, schema: dict) -> CausalKLError:
     key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
@@ -129,6 +137,8 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise CausalKLError(path, None, "config file not found", "pass an existing YAML file with --configfile")
+    import yaml
+
     try:
         obj = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

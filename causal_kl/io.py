@@ -21,7 +21,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from causal_kl import __version__
+from causal_kl import __version__, code_version  # noqa: F401 - code_version: read here by the rest
 from causal_kl.contracts import (CONDITION_CHOICES, Contract, DOCS, EVAL_MEAN, GEOMETRY, GOLD, NOISE_DIRECTIONS, PATCH,
                                  RECON, SITES, SPAN_GOLD, SPAN_NOISE, SPAN_RECON)
 from causal_kl.errors import CausalKLError
@@ -89,19 +88,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the checkout it runs from, when there is one."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 DIGEST_CACHE = Path(".snakemake") / "causal_kl" / "digests.json"

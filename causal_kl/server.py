@@ -118,6 +118,19 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     return rest[0], int(rest[1]), int(rest[19])
 
 
+def process_start_time(pid: int | None = None) -> float | None:
+    """Wall-clock time a process started (this one by default), from /proc (to the clock tick); None off Linux.
+
+    A model job sends its own with each request, so that the timeline can say how much of a gap between requests
+    was the job's process starting and importing (``causal_kl.timeline``)."""
+    stat = _proc_stat(os.getpid() if pid is None else pid)
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])  # seconds since boot, as /proc/PID/stat counts
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if stat is None else time.time() - uptime + stat[2] / os.sysconf("SC_CLK_TCK")
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
@@ -287,7 +300,7 @@ def source_digest() -> str:
 
 def identity() -> dict[str, Any]:
     """What a client requires of a server, and a server reports of itself."""
-    from causal_kl.io import code_version
+    from causal_kl import code_version
 
     try:
         torch_version = importlib.metadata.version("torch")
@@ -785,7 +798,7 @@ class Server:
             for model in _model_loads()[len(_model_loads()) - loads:] if loads else []:
                 self.record("load", request=n, **model)
             self.record("request", request=n, func=func_name, start=t_wall, seconds=time.perf_counter() - t, ok=ok,
-                        loads=loads, client_pid=peer_pid, log=msg.get("log"))
+                        loads=loads, client_pid=peer_pid, log=msg.get("log"), client=msg.get("client"))
 
 
 def _model_usage() -> list[dict]:
@@ -1182,6 +1195,7 @@ def run_remote(
     ``RemoteJobError`` or ``ServerError``.
     """
     out = _JobLog(log_path, echo)
+    entered = time.time()
     try:
         t0 = time.perf_counter()
         owner = find_owner()
@@ -1203,7 +1217,8 @@ def run_remote(
                      f"slot wait {slot.waited_s:.2f} s, connect {time.perf_counter() - t0:.2f} s)")
             try:
                 _send(conn, {"op": "run", "func": func, "kwargs": kwargs, "cwd": os.getcwd(), "threads": threads,
-                             "identity": ident, "expect": expect, "log": log_path})
+                             "identity": ident, "expect": expect, "log": log_path,
+                             "client": {"process_start": process_start_time(), "entered": entered, "sent": time.time()}})
                 while True:
                     msg = _recv(conn)
                     if msg is None:

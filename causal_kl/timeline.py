@@ -66,6 +66,7 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
     jobs = [r for r in reqs if (r.get("pid"), r.get("request")) not in preloads]
     busy = _merged((float(r["start"]), float(r["start"]) + float(r.get("seconds", 0.0))) for r in reqs)
     gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
+    parts = gap_parts(busy, reqs)
     busy_s = sum(b - a for a, b in busy)
     out: dict[str, Any] = {
         "wall_s": round(wall, 2),
@@ -84,8 +85,37 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
         "gap_median_s": round(statistics.median(gaps), 3) if gaps else None,
         "gap_total_s": round(sum(gaps), 2),
         "tail_s": round(end - busy[-1][1], 2) if busy else None,
+        "gap_parts_s": parts,
     }
     return out
+
+
+GAP_PARTS = ("before_process", "process", "connect", "unknown")
+"""Where a gap between requests went, by the next request's client times (``causal_kl.server.run_remote`` sends
+them): ``before_process`` from the end of the busy time to the start of the next job's process (Snakemake finishing
+the last job and scheduling the next, or CPU jobs holding the cores), ``process`` from then to the job's call of
+``run_remote`` (the interpreter, Snakemake's script preamble, imports), ``connect`` from then to the request's start
+in the server (slot, identity, connect); ``unknown`` for a request without client times."""
+
+
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    return max(0.0, min(b, hi) - max(a, lo))
+
+
+def gap_parts(busy: list[tuple[float, float]], reqs: list[dict]) -> dict[str, float]:
+    """The gaps' seconds split into ``GAP_PARTS``, each part clipped to its gap."""
+    totals = dict.fromkeys(GAP_PARTS, 0.0)
+    for (_, lo), (hi, _) in zip(busy, busy[1:]):
+        nxt = next((r for r in reqs if abs(float(r["start"]) - hi) < 1e-9), None)
+        client = (nxt or {}).get("client") or {}
+        started, entered = client.get("process_start"), client.get("entered")
+        if started is None or entered is None:
+            totals["unknown"] += hi - lo
+            continue
+        totals["before_process"] += _overlap(lo, float(started), lo, hi)
+        totals["process"] += _overlap(float(started), float(entered), lo, hi)
+        totals["connect"] += _overlap(float(entered), hi, lo, hi)
+    return {k: round(v, 2) for k, v in totals.items()}
 
 
 def format_timeline(t: dict[str, Any]) -> str:
@@ -98,4 +128,10 @@ def format_timeline(t: dict[str, Any]) -> str:
     adopted = f", adopted {t['servers_adopted']} kept server(s)" if t.get("servers_adopted") else ""
     return (f"requests {t['requests']}, load {load}{adopted}, first request at {s(t['first_request_s'])}, busy "
             f"{s(t['busy_s'])} ({100 * (t['busy_share'] or 0):.0f}%), gaps {t['gaps']} "
-            f"(median {s(t['gap_median_s'])}, total {s(t['gap_total_s'])}), after the last request {s(t['tail_s'])}")
+            f"(median {s(t['gap_median_s'])}, total {s(t['gap_total_s'])}{_parts(t.get('gap_parts_s'))}), after the last "
+            f"request {s(t['tail_s'])}")
+
+
+def _parts(parts: dict[str, float] | None) -> str:
+    shown = [f"{k.replace('_', ' ')} {v} s" for k, v in (parts or {}).items() if v]
+    return f": {', '.join(shown)}" if shown else ""

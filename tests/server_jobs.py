@@ -72,3 +72,14 @@ def quiet(seconds: float, marker: str) -> dict:
     time.sleep(seconds)
     Path(marker + ".done").write_text("done")
     return {"pid": os.getpid()}
+
+
+def write_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
+    """A per-shard model job's shape: its fields and provenance written (as JSON) to its output, and the pid that ran it."""
+    import json
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"layer": layer, "shard": shard, "provenance": provenance, "pid": os.getpid()}))
+
+
+write_fields.model_job = True

@@ -667,3 +667,52 @@ def test_a_kept_server_is_adopted_only_by_its_own_run(tmp_path, monkeypatch):
     assert _try_adopt(None, rec, info, owner, dict(ident, source="t"), "/models/a") == "other code"
     assert _try_adopt(None, dict(rec, workdir=str(tmp_path / "other")), info, owner, ident, "/models/a") == "another workdir"
     assert _try_adopt(None, rec, info, owner, ident, "/models/b") == "another model (/models/a)"
+def test_each_request_records_when_its_clients_process_started_and_called(sandbox):
+    """The gap split of causal_kl.timeline stands on these: the client's process start (read here from /proc by the
+    test itself, against wall clocks taken around the spawn) and its call of run_remote, both before the request."""
+    t_spawn = time.time()
+    pid = result_of(client(sandbox, "server_jobs:add", {"a": 1, "b": 2}, server_log=str(sandbox.work / "srv.log")))["pid"]
+    t_done = time.time()
+    events = [json.loads(line) for line in (sandbox.work / "srv.jsonl").read_text().splitlines()]
+    (req,) = [e for e in events if e["event"] == "request"]
+    c = req["client"]
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert t_spawn - 2 * tick <= c["process_start"] <= c["entered"] <= c["sent"] <= req["start"] <= t_done
+    assert req["client_pid"] != pid
+
+
+MODEL_RULE_SCRIPT = textwrap.dedent("""
+    import json, sys, types
+    class Named(dict):  # Snakemake's named lists, as run_rule reads them
+        def items(self):
+            return super().items()
+    config = json.loads(sys.argv[1])
+    snakemake = types.SimpleNamespace(rule="patch_route", config=config, input=Named(), output=Named(out="o/shard_003.json"),
+                                      params=Named(), wildcards=Named(layer="3", shard="003"), log=["logs/job.log"], threads=1)
+    from causal_kl.jobs import run_model_rule
+    run_model_rule("server_jobs:write_fields", snakemake)
+    print("LOADED " + json.dumps(sorted(m for m in ("numpy", "pyarrow", "pandas", "yaml", "jsonschema", "torch")
+                                        if m in sys.modules)))
+""")
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_a_model_rule_script_names_its_job_and_its_process_imports_no_data_libraries(sandbox, server):
+    """run_model_rule (the per-shard model rules' scripts): through the server the job's own process imports none of
+    numpy, pyarrow, pandas, yaml, jsonschema (their import was most of its start-up); the job gets the same fields
+    and provenance as a direct call of the function with job_provenance's record, in the server or, with
+    ``model_server: false``, in the process itself."""
+    from causal_kl.jobs import job_provenance
+
+    config = {"run": "r", "device": "cpu", "model": {"path": "some/model", "layer": 3}, "model_server": server}
+    res = subprocess.run([sys.executable, "-c", MODEL_RULE_SCRIPT, json.dumps(config)], cwd=sandbox.work, env=sandbox.env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = json.loads(res.stdout.split("LOADED ", 1)[1])
+    got = json.loads((sandbox.work / "o/shard_003.json").read_text())
+    assert {k: v for k, v in got.items() if k != "pid"} == {
+        "layer": "3", "shard": "003", "provenance": job_provenance(config, "patch_route", {"layer": "3", "shard": "003"})}
+    if server:  # written by the server the registry lists
+        assert loaded == [] and [r["pid"] for r in _registry(sandbox.rt)] == [got["pid"]]
+    else:  # written by the job's own process: no server was started
+        assert _registry(sandbox.rt) == []

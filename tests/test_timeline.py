@@ -85,3 +85,22 @@ def test_a_local_run_preloads_only_a_model_it_does_not_make_and_only_for_model_j
     # the demo's model is made by the run itself: nothing to load before its rule has run
     assert not preload_plan({"demo_model", "gold"}, ["resources/demo/model", "logs/demo/model.log"], "resources/demo/model/")
     assert preload_plan({"gold"}, ["resources/demo/model_card.json"], "resources/demo/model")
+
+
+def test_gaps_split_by_the_next_jobs_client_times():
+    """Each gap cut at the next request's process start and run_remote call, clipped to the gap, summed by hand."""
+    start = 500.0
+    # (request start, seconds, client process start, client entered); the third job's process started while the
+    # second request still ran (only the part inside the gap counts); the last request has no client times
+    rows = [(501.0, 1.0, 500.5, 500.8), (502.6, 0.5, 502.1, 502.4), (503.9, 1.0, 503.0, 503.5),
+            (505.5, 0.2, None, None)]
+    events = [{"event": "request", "request": i, "start": s, "seconds": d,
+               **({"client": {"process_start": p, "entered": e, "sent": s}} if p is not None else {})}
+              for i, (s, d, p, e) in enumerate(rows)]
+    got = server_timeline(events, start, 510.0)
+    # gap 1: 502.0 -> 502.6: before the process 0.1, process 0.3, connect 0.2
+    # gap 2: 503.1 -> 503.9: process started 503.0 (before the gap): before 0, process 503.1->503.5 0.4, connect 0.4
+    # gap 3: 504.9 -> 505.5: no client times: unknown 0.6
+    assert got["gap_parts_s"] == {"before_process": 0.1, "process": 0.7, "connect": 0.6, "unknown": 0.6}
+    assert abs(sum(got["gap_parts_s"].values()) - got["gap_total_s"]) < 1e-6
+    assert "before process 0.1 s, process 0.7 s, connect 0.6 s, unknown 0.6 s" in format_timeline(got)

@@ -1,5 +1,4 @@
 """Rule gold (rules/gold.smk): Block-L output at each site of one shard."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.gold import gold
+from causal_kl.jobs import run_model_rule
 
-run_rule(gold, snakemake)  # noqa: F821
+run_model_rule("causal_kl.jobs.gold:gold", snakemake)  # noqa: F821

@@ -8,8 +8,11 @@ plus ``provenance`` when it writes parquet files: the record ``run_rule`` builds
 Every workflow script is the same three lines::
 
     from causal_kl.jobs import run_rule
-    from causal_kl.jobs.gold import gold
-    run_rule(gold, snakemake)
+    from causal_kl.jobs.whole_context import whole_context
+    run_rule(whole_context, snakemake)
+
+except the per-shard model rules', which name their job (``run_model_rule("causal_kl.jobs.gold:gold", snakemake)``)
+so that their process imports no numpy, pyarrow or pandas.
 
 ``tests/test_layout.py`` walks every rule of the parsed workflow and checks that this holds.
 
@@ -91,26 +94,49 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
     A model job runs in its slot's model server (loaded once per GPU per run) unless the config says
     ``model_server: false``.
     """
+    kwargs = job_kwargs(func, snakemake)
+    remote = getattr(func, "model_job", False) and snakemake.config.get("model_server", True)
+    _run_job(lambda log_path: _run_in_server(func, kwargs, log_path, snakemake) if remote else func(**kwargs),
+             func.__name__, remote, snakemake)
+
+
+def run_model_rule(target: str, snakemake: Any) -> None:
+    """``run_rule`` for a per-shard model rule, named ``"causal_kl.jobs.x:rule"`` rather than imported: with the model
+    server on, the job's process sends the rule's fields (and provenance: every such job function takes it) to the
+    server without importing the job's module, which pulls numpy, pyarrow and pandas into a process that only waits
+    (about half of its start-up, the largest part of the gaps between model requests: issue #32 item 3). With
+    ``model_server: false`` it imports the function and is ``run_rule``.
+    """
+    if not snakemake.config.get("model_server", True):
+        import importlib
+
+        module, name = target.split(":")
+        run_rule(getattr(importlib.import_module(module), name), snakemake)
+        return
+    kwargs = rule_fields(snakemake)
+    kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items()))
+    _run_job(lambda log_path: _run_remote(target, kwargs, log_path, snakemake), target, True, snakemake)
+
+
+def _run_job(call: Callable[[str | None], Any], name: str, remote: bool, snakemake: Any) -> None:
     from causal_kl.errors import CausalKLError
     from causal_kl.repair import job_input_files, remove_bad_input
 
-    kwargs = job_kwargs(func, snakemake)
     log_path = str(snakemake.log[0]) if snakemake.log else None
-    remote = getattr(func, "model_job", False) and snakemake.config.get("model_server", True)
     try:
         if remote:
-            _run_in_server(func, kwargs, log_path, snakemake)
+            call(log_path)
         else:
             from causal_kl.logs import setup
 
             setup(log_path)
             try:
-                func(**kwargs)
+                call(log_path)
             except Exception as e:
                 if not isinstance(e, CausalKLError):  # a bug: its traceback belongs in the job's log too
                     import logging
 
-                    logging.getLogger("causal_kl").exception("%s failed", func.__name__)
+                    logging.getLogger("causal_kl").exception("%s failed", name)
                 raise
     except CausalKLError as e:
         import logging
@@ -126,11 +152,15 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
 
 
 def _run_in_server(func: Callable[..., None], kwargs: dict, log_path: str | None, snakemake: Any) -> None:
+    _run_remote(f"{func.__module__}:{func.__name__}", kwargs, log_path, snakemake)
+
+
+def _run_remote(target: str, kwargs: dict, log_path: str | None, snakemake: Any) -> None:
     from causal_kl.server import run_remote
 
     config = snakemake.config
     model = kwargs.get("model")
     expect = {"path": model["path"], "dtype": kwargs.get("dtype")} if isinstance(model, dict) else None
-    run_remote(f"{func.__module__}:{func.__name__}", kwargs, log_path, device=config.get("device", "auto"),
+    run_remote(target, kwargs, log_path, device=config.get("device", "auto"),
                threads=snakemake.threads, expect_model=expect,
                server_log=f"logs/{config.get('run', 'run')}/model_server.log")
