@@ -1122,7 +1122,8 @@ def _hand_over(slot: str, owner: Owner, out: _JobLog, grace_s: float, ident: dic
     return None
 
 
-def _take_slot(device: str, owner: Owner, out: _JobLog, ident: dict | None = None, model_path: str | None = None) -> gpu.Slot:
+def _take_slot(device: str, owner: Owner, out: _JobLog, ident: dict | None = None, model_path: str | None = None,
+               set_env: bool = True) -> gpu.Slot:
     """A slot for ``device`` that holds no other live run's server in use (``_hand_over``), waiting while there is none.
 
     While it waits the job holds no slot, so the other run's jobs keep using their server; it says once what it
@@ -1137,7 +1138,7 @@ def _take_slot(device: str, owner: Owner, out: _JobLog, ident: dict | None = Non
     told: dict[int, float] = {}
     first = True
     while True:
-        slot = gpu.acquire_slot(device, on_wait=out.line if first else None, last=avoid)
+        slot = gpu.acquire_slot(device, on_wait=out.line if first else None, last=avoid, set_env=set_env)
         first = False
         try:
             blocker = _hand_over(slot.name, owner, out, grace, ident, model_path)
@@ -1182,6 +1183,7 @@ def run_remote(
     server_log: str | None = None,
     start_timeout_s: float = 120.0,
     echo: bool = True,
+    set_env: bool = True,
 ) -> Any:
     """Run ``func(**kwargs)`` (``"package.module:function"``, JSON-able kwargs) in this slot's model server; return its result.
 
@@ -1193,6 +1195,8 @@ def run_remote(
     sets torch's thread count for the request. ``server_log`` is the log of a server this call
     starts (default: beside the registry). Raises ``CausalKLError`` (the job's own, one line),
     ``RemoteJobError`` or ``ServerError``.
+    ``set_env``: narrow this process's ``CUDA_VISIBLE_DEVICES`` to
+    the slot's GPU (a job's process); False where the caller's environment is inherited by other jobs (the preload).
     """
     out = _JobLog(log_path, echo)
     entered = time.time()
@@ -1205,7 +1209,7 @@ def run_remote(
             from causal_kl.checkpoints import resolved
 
             model_path = resolved(expect_model["path"])
-        with _take_slot(device, owner, out, ident, model_path) as slot:
+        with _take_slot(device, owner, out, ident, model_path, set_env) as slot:
             conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
             if expect_model is not None:
                 from causal_kl.checkpoints import stat_fingerprint
@@ -1265,8 +1269,9 @@ def preload_in_background(func: str, kwargs: dict, log_path: str, *, device: str
     written there and left to the model jobs, which report their own."""
     def preload() -> None:
         try:
+            # set_env=False: the calling Snakemake's CUDA_VISIBLE_DEVICES is what every later job inherits
             run_remote(func, kwargs, log_path, device=device, expect_model=expect_model, server_log=server_log,
-                       echo=False)
+                       echo=False, set_env=False)
         except Exception as e:  # noqa: BLE001 - the first model job meets the same problem and says it in one line
             with contextlib.suppress(OSError), open(log_path, "a") as f:
                 f.write(f"preload failed (the model jobs load the model themselves): {e}\n")

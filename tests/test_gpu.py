@@ -24,6 +24,10 @@ def runtime(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_JOBID", raising=False)
     monkeypatch.setattr(gpu, "_original_visible", gpu._UNSET)
+    # acquire_slot narrows this process's CUDA_VISIBLE_DEVICES to its slot's GPU: put it back for the tests after
+    # (setenv first, so that the undo restores the variable's state before the test even where it was unset)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     return tmp_path / "rt"
 
 

@@ -716,3 +716,28 @@ def test_a_model_rule_script_names_its_job_and_its_process_imports_no_data_libra
         assert loaded == [] and [r["pid"] for r in _registry(sandbox.rt)] == [got["pid"]]
     else:  # written by the job's own process: no server was started
         assert _registry(sandbox.rt) == []
+
+
+def test_the_preload_runs_in_the_runs_server_and_leaves_the_callers_gpus_alone(sandbox, monkeypatch):
+    """What a local Snakemake's onstart does (server.preload_in_background, a thread of its own process): the request
+    runs in the server of the run's owner, its lines go to the preload's log only, and the caller's
+    CUDA_VISIBLE_DEVICES, which every later job inherits, is not narrowed to the slot's GPU."""
+    from causal_kl import gpu
+    from causal_kl.server import preload_in_background
+
+    for k, v in sandbox.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CAUSAL_KL_GPUS", "0,1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(gpu, "_original_visible", gpu._UNSET)
+    monkeypatch.chdir(sandbox.work)
+    log = sandbox.tmp / "model_preload.log"
+    thread = preload_in_background("server_jobs:add", {"a": 2, "b": 3}, str(log), device="cuda",
+                                   server_log=str(sandbox.tmp / "model_server.log"))
+    thread.join(120)
+    assert not thread.is_alive()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    text = log.read_text()
+    assert "server_jobs:add done in the server" in text and "preload failed" not in text, text
+    (rec,) = _registry(sandbox.rt)
+    assert rec["owner_pid"] == sandbox.owner.pid and rec["cuda_visible_devices"] in ("0", "1")
