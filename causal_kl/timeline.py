@@ -123,7 +123,7 @@ def format_timeline(t: dict[str, Any]) -> str:
     def s(v: Any, unit: str = " s") -> str:
         return "-" if v is None else f"{v}{unit}"
 
-    where = ", on a job's request" if t["load_on_request_path"] else (", preloaded" if t.get("preloads") else "")
+    where = ", on a job's request" if t["load_on_request_path"] else (", preloaded" if t.get("preloads") and t["loads"] else "")
     load = f"{t['loads']} ({s(t['load_s'])}{where})"
     adopted = f", adopted {t['servers_adopted']} kept server(s)" if t.get("servers_adopted") else ""
     return (f"requests {t['requests']}, load {load}{adopted}, first request at {s(t['first_request_s'])}, busy "
