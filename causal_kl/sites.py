@@ -67,10 +67,25 @@ def load_corpus_rows(corpus: dict, rows: Sequence[int] | None = None, source: st
     if not texts and start == 0:
         raise CausalKLError(where, "corpus.path", "the corpus holds no rows",
                             f"point corpus.path at a corpus with one document per row (its text in column '{column}')")
+    if not texts:  # start lies past the end: the rows read say nothing of how many there are
+        n = _local_row_count(path) if path else None
+        if n is None:
+            raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) start past the end of the corpus (no row {start})",
+                                "set corpus.rows to start below the corpus' row count")
+        raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) start past the end of the corpus ({n} rows)",
+                            f"set corpus.rows within [0, {n}]")
     if len(texts) < stop - start:
         raise CausalKLError(where, "corpus.rows", f"rows [{start}, {stop}) run past the end of the corpus ({start + len(texts)} rows)",
                             f"set corpus.rows within [0, {start + len(texts)}]")
     return [(start + i, t or "") for i, t in enumerate(texts)]
+
+
+def _local_row_count(path: str) -> int:
+    """The rows of a local corpus (a parquet file or a folder of them), from the files' metadata alone."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in (sorted(p.glob("*.parquet")) if p.is_dir() else [p]))
 
 
 def _local_rows(path: str, column: str, start: int, stop: int) -> list[str]:

@@ -68,6 +68,11 @@ def test_corpus_bad_column_and_rows(corpus_path):
         load_corpus_rows(_cfg(corpus_path, column="text")["corpus"])
     with pytest.raises(CausalKLError, match=r"corpus.rows: rows \[25, 40\) run past the end of the corpus \(30 rows\)"):
         load_corpus_rows(_cfg(corpus_path, (25, 40))["corpus"])
+    # a start past the end: the fix names the corpus' own length (pyarrow's count), not the start
+    n = len(pd.read_parquet(corpus_path))
+    with pytest.raises(CausalKLError, match=rf"rows \[{n + 5}, {n + 9}\) start past the end of the corpus \({n} rows\)"
+                       rf".*Fix: set corpus.rows within \[0, {n}\]"):
+        load_corpus_rows(_cfg(corpus_path, (n + 5, n + 9))["corpus"])
     with pytest.raises(CausalKLError, match="corpus file not found"):
         load_corpus_rows(_cfg(corpus_path.parent / "nope.parquet")["corpus"])
 
