@@ -587,7 +587,8 @@ def _categories(column: pa.ChunkedArray):
 
 def patch_index(files: list[str | Path], index: str | Path) -> dict[str, Any]:
     """The record of a layer's patch dataset (``L{layer}/patch.json``): every PATCH aggregate of the layer (each span's
-    floors and routes) with its span, route, row count and, for a route skipped at a span, why; paths relative to the
+    floors and routes) with its span, route, row count, the patch method that ran (and why not the fast one, where it
+    could not) and, for a route skipped at a span, why; paths relative to the
     index's folder, so a copied results folder keeps working. Read from the files' footers: no rows are read."""
     base = Path(index).parent
     entries = []
@@ -602,6 +603,9 @@ def patch_index(files: list[str | Path], index: str | Path) -> dict[str, Any]:
                  "rows": parquet_rows(f)}
         if prov.get("skipped"):
             entry["skipped"] = prov["skipped"]
+        for key in ("method", "fast_path_unavailable"):  # the patch path that ran (naive where fast could not)
+            if prov.get(key):
+                entry[key] = prov[key]
         entries.append(entry)
     return {"contract": PATCH.name, "columns": {f.name: str(f.type) for f in PATCH.schema()},
             "rows": sum(e["rows"] for e in entries), "files": entries}

@@ -234,8 +234,9 @@ def test_a_layers_patch_dataset_is_its_span_and_route_files(sharded, tmp_path):
     for k in (1, 3):
         for name, bucket in (("floors", floors), ("toy", routes)):
             out = L / f"span{k}/patch/{name}.parquet"
+            method = {"method": "naive", "fast_path_unavailable": "linear attention"} if k == 3 else {"method": "fast"}
             concat_parquet(sorted((sharded / f"span{k}/patch/{name}").glob("shard_*.parquet")), out, PATCH,
-                           meta={"span": k, "route": "" if name == "floors" else name})
+                           meta={"span": k, "route": "" if name == "floors" else name, **method})
             bucket.append(str(out))
     prov = {"config_hash": "h", "run": "syn", "model": "m", "layer": 3, "rule": "patch_aggregate"}
     patch_aggregate(floors=floors, routes=routes, index=str(L / "patch.json"), layer="3", provenance=prov)
@@ -243,6 +244,9 @@ def test_a_layers_patch_dataset_is_its_span_and_route_files(sharded, tmp_path):
     assert [(f["path"], f["span"], f["route"]) for f in index["files"]] == [
         ("span1/patch/floors.parquet", 1, ""), ("span3/patch/floors.parquet", 3, ""),
         ("span1/patch/toy.parquet", 1, "toy"), ("span3/patch/toy.parquet", 3, "toy")]
+    # each file says which patch path ran it, as its own provenance does
+    assert [(f["method"], f.get("fast_path_unavailable")) for f in index["files"]] == [
+        ("fast", None), ("naive", "linear attention"), ("fast", None), ("naive", "linear attention")]
     frames = [pd.read_parquet(p).astype({"route": str, "condition": str}) for p in floors + routes]
     assert index["rows"] == sum(len(f) for f in frames) and index["layer"] == 3
     copy = tmp_path / "copied"
