@@ -252,12 +252,13 @@ def _not_cached(source: str, field: str, repo_id: str, folder: str, revision: st
 
 def find_in_cache(repo_id: str, folder: str, revision: str | None, files: tuple[str, ...] | None, source: str,
                   field: str, label: str, norm_scaling_factor: float | None = None,
-                  config_overrides: dict | None = None) -> HubSAE:
+                  config_overrides: dict | None = None, format_name: str | None = None) -> HubSAE:
     """The cached snapshot of ``folder`` in ``repo_id`` at ``revision`` (a branch, tag or commit; None: main).
 
     ``files``: the files the SAE's format needs (``FORMAT_FILES``; None: the folder is recognised by
     ``PROBE_FILES`` and its format by ``causal_kl.sae_format.locate_sae``). A missing one is the one-line error
-    with the ``hf download`` command."""
+    with the ``hf download`` command. ``format_name``: the format when the caller knows it (``causal_kl.sae_scope``'s,
+    whose SAE of a one-file format is the first of ``files``, not the folder)."""
     revision = revision or None
     if files is None:
         probe = next(((f, h) for f in PROBE_FILES if (f or folder) and (h := _cached(repo_id, folder, f, revision)) is not None),
@@ -276,8 +277,11 @@ def find_in_cache(repo_id: str, folder: str, revision: str | None, files: tuple[
         raise CausalKLError(snapshot, None, "not a Hugging Face cache snapshot folder",
                             f"download it into the cache once: {download_command(repo_id, folder, revision)}")
     path = snapshot / folder if folder else snapshot
-    found_format, _ = fmt.locate_sae(path)
-    return HubSAE(repo_id=repo_id, folder=folder, revision=snapshot.name, path=path, format=found_format,
+    if format_name is None:
+        format_name, _ = fmt.locate_sae(path)
+    elif format_name in sae_scope.FILE_FORMATS:
+        path = path / first
+    return HubSAE(repo_id=repo_id, folder=folder, revision=snapshot.name, path=path, format=format_name,
                   files=tuple(files), norm_scaling_factor=norm_scaling_factor,
                   config_overrides=dict(config_overrides or {}), label=label)
 

@@ -192,29 +192,12 @@ def find_file(repo_id: str, path: str, revision: str | None, source: str, field:
 def find_in_cache(repo_id: str, folder: str, revision: str | None, files: tuple[str, ...], format_name: str,
                   source: str, field: str, label: str, norm_scaling_factor: float | None = None,
                   config_overrides: dict | None = None):
-    """``causal_kl.sae_hub.find_in_cache`` for these formats: the cached snapshot holding ``files`` (a missing one is
-    the one line with the ``hf download`` command); the ``HubSAE``'s path is the folder, or the SAE's file (the first
-    of ``files``) for a file format."""
+    """``causal_kl.sae_hub.find_in_cache`` for these formats, named by ``format_name`` (the files alone do not tell a
+    one-file format): the ``HubSAE``'s path is the folder, or the SAE's file (the first of ``files``)."""
     from causal_kl import sae_hub as hub
 
-    revision = revision or None
-    hits = {f: hub._cached(repo_id, folder, f, revision) for f in files}
-    missing = [f for f, h in hits.items() if h is None]
-    if missing:
-        raise hub._not_cached(source, field, repo_id, folder, revision, missing)
-    first = files[0]
-    snapshot = hits[first]
-    for _ in PurePosixPath(hub._join(folder, first)).parts:
-        snapshot = snapshot.parent
-    if snapshot.parent.name != "snapshots":
-        raise CausalKLError(snapshot, None, "not a Hugging Face cache snapshot folder",
-                            f"download it into the cache once: {hub.download_command(repo_id, folder, revision)}")
-    path = snapshot / folder if folder else snapshot
-    if format_name in FILE_FORMATS:
-        path = path / first
-    return hub.HubSAE(repo_id=repo_id, folder=folder, revision=snapshot.name, path=path, format=format_name,
-                      files=tuple(files), norm_scaling_factor=norm_scaling_factor,
-                      config_overrides=dict(config_overrides or {}), label=label)
+    return hub.find_in_cache(repo_id, folder, revision, files, source, field, label, norm_scaling_factor,
+                             config_overrides, format_name=format_name)
 
 
 # ------------------------------------------------------------------------------------ the files
