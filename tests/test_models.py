@@ -83,7 +83,7 @@ def test_fast_load_is_bit_identical_to_from_pretrained(fixture, dtype, request):
     """Every parameter and buffer, bit for bit, and the same ties, against transformers' own from_pretrained."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from causal_kl.models import fast_from_pretrained
+    from causal_kl.fast_load import fast_from_pretrained
 
     path = request.getfixturevalue(fixture)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -133,7 +133,7 @@ def test_get_model_loads_once_reloads_a_changed_checkpoint_and_evicts_when_short
     models.evict_models()
     models.take_model_usage()  # what earlier tests of this process got is theirs
     load_lines = re.compile(r"causal-kl: loaded model (\S+) \((\w+), (\w+)\) in [\d.]+ s \[load #(\d+) in pid (\d+)\]")
-    with caplog.at_level(logging.INFO, logger="causal_kl.models"):
+    with caplog.at_level(logging.INFO, logger="causal_kl"):  # models' lines and fast_load's
         n0 = models.load_count()
         a = models.get_model(path)
         b = models.get_model(str(path) + "/")  # the same folder, spelled differently
@@ -174,7 +174,7 @@ def test_fast_load_of_the_newer_families(model_type, family_dirs, caplog, monkey
     transformers fuses them on load: the fast loader declines, load_model says why and loads with from_pretrained."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from causal_kl.models import FastLoadUnsupported, fast_from_pretrained
+    from causal_kl.fast_load import FastLoadUnsupported, fast_from_pretrained
 
     path = family_dirs(model_type)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
