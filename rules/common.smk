@@ -27,14 +27,16 @@ from causal_kl.checks import (
     check_run,
     check_shard_targets,
     check_targets,
-    DEMO_SUBLAYER_KINDS,
-    demo_sae_dir,
-    demo_sae_ks,
-    made_by_workflow,
     requested_groups,
     runs_jobs_here,
     setting_source,
     submits_to_cluster,
+)
+from causal_kl.demo_paths import (
+    DEMO_SUBLAYER_KINDS,
+    demo_sae_dir,
+    demo_sae_ks,
+    made_by_workflow,
 )
 from causal_kl.config import (
     run_identity,

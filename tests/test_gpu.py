@@ -59,6 +59,37 @@ def test_cpu_pseudo_slot_and_cuda_without_gpus(monkeypatch, runtime):
         assert slot.name == "cpu"
 
 
+
+@pytest.mark.parametrize("override, cuda_visible", [("", "0"), ("0", None), (None, "-1"), (None, "1,0")])
+def test_the_parse_time_device_check_sees_the_gpus_the_slots_hand_out(override, cuda_visible, monkeypatch, runtime):
+    """``device: cuda`` is refused when the workflow is parsed (``checks.check_device``) exactly where taking a GPU slot
+    would fail at run time: ``CAUSAL_KL_GPUS`` overrides ``CUDA_VISIBLE_DEVICES`` for both (checks.py had a copy of
+    visible_gpus that read CUDA_VISIBLE_DEVICES only)."""
+    from causal_kl.checks import check_device
+
+    monkeypatch.setenv("PATH", str(runtime))  # no nvidia-smi: only the variables say which GPUs there are
+    for name, value in (("CAUSAL_KL_GPUS", override), ("CUDA_VISIBLE_DEVICES", cuda_visible)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    try:
+        with gpu.acquire_slot("cuda", timeout_s=1):
+            slot_refused = False
+    except CausalKLError:
+        slot_refused = True
+    monkeypatch.setattr(gpu, "_original_visible", gpu._UNSET)  # the variables as they were before the slot narrowed them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda_visible or "")
+    if cuda_visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    try:
+        check_device("cuda", "run.yaml")
+        check_refused = False
+    except CausalKLError as e:
+        assert str(e).startswith("run.yaml: device:") and "no visible GPU" in str(e), e
+        check_refused = True
+    assert check_refused == slot_refused == (override == "" or cuda_visible == "-1")
+
 def test_slot_sets_cuda_visible_devices_and_frees_on_release(monkeypatch, runtime):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
     a = gpu.acquire_slot("cuda")
