@@ -225,7 +225,7 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(dict(out, runs=runs), indent=2))
     out["runs"] = runs
     if args.keep_s:
-        from causal_kl.server import stop_servers
+        from causal_kl.client import stop_servers
 
         print(f"stopped the kept model server(s): {stop_servers(workdir=str(wd))}", flush=True)
     print(json.dumps(out, indent=2))

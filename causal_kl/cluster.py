@@ -3,7 +3,7 @@
 On a cluster every job is its own submission, and a job that loads the model pays the load (a 27B checkpoint from
 the cluster's file system) and a queue round trip for seconds of GPU work. Snakemake's own groups pack jobs into one
 submission: the allocation's Snakemake runs them one after another, and the model server it owns (started at parse
-time, ``causal_kl.server.prestart_servers``) loads the model once for all of them. Locally groups are inactive
+time, ``causal_kl.client.prestart_servers``) loads the model once for all of them. Locally groups are inactive
 (Snakemake ignores them), so a local run is what it was.
 
 The packing follows the DAG:

@@ -91,7 +91,7 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
 
 
 GAP_PARTS = ("before_process", "process", "connect", "unknown")
-"""Where a gap between requests went, by the next request's client times (``causal_kl.server.run_remote`` sends
+"""Where a gap between requests went, by the next request's client times (``causal_kl.client.run_remote`` sends
 them): ``before_process`` from the end of the busy time to the start of the next job's process (Snakemake finishing
 the last job and scheduling the next, or CPU jobs holding the cores), ``process`` from then to the job's call of
 ``run_remote`` (the interpreter, Snakemake's script preamble, imports), ``connect`` from then to the request's start

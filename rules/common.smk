@@ -148,16 +148,16 @@ def model_group(rule):
 
 
 # model_server: {keep_s: N}: the servers this invocation starts or adopts outlive it N s, idle, for the run's next
-# invocation (jobs and the onstart preload inherit it; causal_kl.server.keep_s is 0 inside a SLURM allocation)
+# invocation (jobs and the onstart preload inherit it; causal_kl.client.keep_s is 0 inside a SLURM allocation)
 from causal_kl.config import model_server_keep_s
-from causal_kl.server import KEEP_ENV
+from causal_kl.protocol import KEEP_ENV
 
 os.environ[KEEP_ENV] = repr(model_server_keep_s(config))
 
 if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs(sys.argv[1:]):
     # this is a cluster allocation's own Snakemake (SLURM's batch step): start the model server(s) here, so that
     # they outlive each job step and every model job of the allocation shares one load (causal_kl.server)
-    from causal_kl.server import prestart_servers
+    from causal_kl.client import prestart_servers
 
     prestart_servers(config["device"], f"logs/{config['run']}/model_server.log")
 
@@ -338,7 +338,7 @@ def preload_run_model():
     if CLUSTER_GROUPS or not workflow.local_exec or not config.get("model_server", True):
         return
     from causal_kl.jobs.gold import preload_plan
-    from causal_kl.server import preload_in_background
+    from causal_kl.client import preload_in_background
 
     jobs = list(workflow.dag.needrun_jobs())
     outputs = [str(f) for job in jobs for f in job.output]
@@ -355,8 +355,8 @@ def preload_run_model():
 
 def stop_model_servers():
     """Stop the model servers this Snakemake process owns (they would also go when it exits), unless
-    ``model_server: {keep_s: N}`` keeps them for the run's next invocation (causal_kl.server.end_of_invocation)."""
-    from causal_kl.server import end_of_invocation
+    ``model_server: {keep_s: N}`` keeps them for the run's next invocation (causal_kl.client.end_of_invocation)."""
+    from causal_kl.client import end_of_invocation
 
     end_of_invocation(os.getpid())
 

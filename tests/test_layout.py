@@ -154,7 +154,7 @@ def test_model_jobs_are_the_rules_that_ask_for_a_gpu_and_their_clients_stay_ligh
     model_rules = {name for name, rule in workflow.items() if "gpu" in rule.resources}
     marked = {name for name, rule in workflow.items() if getattr(_job(rule), "model_job", False)}
     assert model_rules == marked and {"gold", "patch_floors", "patch_route"} <= marked, (model_rules, marked)
-    modules = sorted({f"causal_kl.jobs.{_stage(workflow[n])}" for n in marked} | {"causal_kl.server", "causal_kl.jobs"})
+    modules = sorted({f"causal_kl.jobs.{_stage(workflow[n])}" for n in marked} | {"causal_kl.client", "causal_kl.jobs"})
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env=blocked_imports_env(("torch", "transformers")))

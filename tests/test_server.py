@@ -27,7 +27,8 @@ LOAD_LINE = re.compile(r"causal-kl: loaded model (\S+) \((\w+), (\S+)\) in [\d.]
 CLIENT = textwrap.dedent("""
     import json, sys
     from causal_kl.errors import CausalKLError
-    from causal_kl.server import RemoteJobError, run_remote
+    from causal_kl.client import run_remote
+    from causal_kl.protocol import RemoteJobError
     args = json.loads(sys.argv[1])
     try:
         res = run_remote(args["func"], args["kwargs"], args.get("log"), **{"device": "cpu", **args.get("opts", {})})
@@ -338,7 +339,7 @@ def test_with_two_gpus_a_run_takes_the_one_no_other_run_is_using(sandbox, second
 
 SNAKEFILE = textwrap.dedent('''
     import json
-    from causal_kl.server import run_remote, stop_servers
+    from causal_kl.client import run_remote, stop_servers
 
     MODEL = config["model"]
 
@@ -362,7 +363,7 @@ SNAKEFILE = textwrap.dedent('''
 
 SCRIPT = textwrap.dedent('''
     import json
-    from causal_kl.server import run_remote
+    from causal_kl.client import run_remote
 
     res = run_remote("server_jobs:model_logits", {"model_path": snakemake.config["model"], "text": snakemake.config["text"]},
                      snakemake.log[0], device="cpu")
@@ -425,7 +426,7 @@ def _wait_for(predicate, timeout_s: float) -> None:
     ([], False),
 ])
 def test_is_snakemake(argv, expected):
-    from causal_kl.server import is_snakemake
+    from causal_kl.procs import is_snakemake
 
     assert is_snakemake(argv) is expected
 
@@ -442,7 +443,7 @@ def test_owner_inside_a_slurm_allocation_is_the_allocations_snakemake(tmp_path):
                              env=dict(base, SLURM_JOB_ID="424242"))
     try:
         time.sleep(0.3)
-        code = "from causal_kl.server import find_owner; o = find_owner(); print(o.pid, o.how)"
+        code = "from causal_kl.procs import find_owner; o = find_owner(); print(o.pid, o.how)"
         out = subprocess.run([sys.executable, "-c", code], env=dict(base, SLURM_JOB_ID="424242", PYTHONPATH=str(ROOT)),
                              capture_output=True, text=True, check=True).stdout.split(None, 1)
         assert int(out[0]) == alloc.pid and out[1].strip() == "SLURM job 424242's snakemake"
@@ -456,21 +457,21 @@ ALLOCATION = textwrap.dedent("""
     # a cluster allocation's own Snakemake (the batch step): starts the allocation's server, then lives on
     import os, sys, time
     os.environ["CAUSAL_KL_SERVER_OWNER"] = str(os.getpid())
-    from causal_kl.server import prestart_servers
+    from causal_kl.client import prestart_servers
     print("STARTED", prestart_servers("cpu", sys.argv[1]), flush=True)
     time.sleep(600)
 """)
 
-STEP_CLIENT = CLIENT.replace("from causal_kl.server import RemoteJobError, run_remote",
-                             "import causal_kl.server as srv\n"
-                             "srv.slurm_step = lambda: '0'  # as in a job step's cgroup under proctrack/cgroup\n"
-                             "from causal_kl.server import RemoteJobError, run_remote")
+STEP_CLIENT = CLIENT.replace("from causal_kl.client import run_remote",
+                             "import causal_kl.procs as procs\n"
+                             "procs.slurm_step = lambda: '0'  # as in a job step's cgroup under proctrack/cgroup\n"
+                             "from causal_kl.client import run_remote")
 
 
 def test_job_steps_use_the_server_their_allocation_started(sandbox):
     """Under SLURM's proctrack/cgroup a server spawned inside a job step dies with the step: each model job of an
     allocation would load the model again. The allocation's Snakemake starts the server in the batch step
-    (server.prestart_servers, at parse time); every job step of the allocation finds and uses that one."""
+    (client.prestart_servers, at parse time); every job step of the allocation finds and uses that one."""
     env = dict(sandbox.env, SLURM_JOB_ID="4242")
     log = str(sandbox.work / "logs/model_server.log")
     alloc = subprocess.Popen([sys.executable, "-c", ALLOCATION, log], cwd=sandbox.work, env=env, text=True,
@@ -497,6 +498,64 @@ def test_job_steps_use_the_server_their_allocation_started(sandbox):
         alloc.wait()
     assert _wait_dead(next(iter(pids))), "the allocation's server outlived its Snakemake"
 
+
+
+# ----------------------------------------------------------------------------- the one spawn-and-wait (issue #30 item 3)
+def test_a_started_server_that_does_not_listen_in_time_is_killed(tmp_path, monkeypatch):
+    """client.connect_or_start, which both the model jobs and a cluster allocation start their servers with, gives up
+    on a server that does not listen within the timeout and kills it: a fake server that never listens, its pid
+    read from its own output, is gone from /proc (killed and reaped) when the one-line error comes."""
+    from causal_kl import client, gpu
+    from causal_kl.procs import Owner, proc_stat
+    from causal_kl.protocol import ServerError
+
+    monkeypatch.setenv("CAUSAL_KL_RUNTIME_DIR", str(tmp_path / "rt"))
+    never = [sys.executable, "-c", "import os, time; print('fake server pid', os.getpid(), flush=True); time.sleep(600)"]
+    monkeypatch.setattr(client, "server_argv", lambda *args: never)
+    log = tmp_path / "server.log"
+    owner = Owner(os.getpid(), proc_stat(os.getpid())[2], "test")
+    slot = gpu.Slot("cpu", None, Path(os.devnull))
+    with pytest.raises(ServerError, match=r"a new server for slot cpu did not listen within 2 s: killed it") as err:
+        client.connect_or_start(f"never-{os.getpid()}", slot, owner, str(log), 60.0, start_timeout_s=2.0)
+    assert "\n" not in str(err.value)
+    pid = int(re.search(r"fake server pid (\d+)", log.read_text()).group(1))
+    assert f"(pid {pid})" in str(err.value)
+    assert not Path(f"/proc/{pid}").exists(), "the server that did not listen in time is still there"
+
+
+def test_the_allocations_start_closes_its_probe_of_a_server_already_listening(tmp_path, monkeypatch):
+    """prestart_servers finds the allocation's server already listening (a socket of this test's, bound at the name
+    the server would have): it starts none, and closes the connection it probed with, which the server side sees
+    as an end of stream; closed by the code, not left to the garbage collector (no ResourceWarning)."""
+    import gc
+    import socket
+    import warnings
+
+    from causal_kl import client
+    from causal_kl.procs import find_owner
+    from causal_kl.protocol import server_key, socket_name
+
+    monkeypatch.setenv("CAUSAL_KL_RUNTIME_DIR", str(tmp_path / "rt"))
+    monkeypatch.setenv("CAUSAL_KL_SERVER_OWNER", str(os.getpid()))  # this process is the allocation's Snakemake
+    monkeypatch.setenv("SLURM_JOB_ID", f"7{os.getpid()}")
+    monkeypatch.delenv("SLURM_JOBID", raising=False)
+    monkeypatch.setattr(client, "spawn_and_wait", lambda *a, **k: pytest.fail("started a server beside a running one"))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_name(server_key(find_owner(), "cpu")))
+    listener.listen(4)
+    listener.settimeout(10)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ResourceWarning)
+            assert client.prestart_servers("cpu", str(tmp_path / "model_server.log")) == []
+            gc.collect()
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        assert conn.recv(1) == b"", "the probe connection was left open"
+        conn.close()
+        assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
+    finally:
+        listener.close()
 
 
 # ----------------------------------------------------------------------------- kept servers (issue #32 item 4)
@@ -593,7 +652,8 @@ def test_a_kept_server_exits_after_keep_s_is_not_adopted_by_another_run_and_stop
 KEEP_SNAKEFILE = textwrap.dedent('''
     import json, os
     from causal_kl.config import model_server_keep_s
-    from causal_kl.server import KEEP_ENV, end_of_invocation, run_remote
+    from causal_kl.client import end_of_invocation, run_remote
+    from causal_kl.protocol import KEEP_ENV
 
     os.environ[KEEP_ENV] = repr(model_server_keep_s(config))  # as rules/common.smk does
     MODEL = config["model"]
@@ -656,7 +716,8 @@ def test_a_further_route_in_a_new_snakemake_invocation_finds_the_kept_model_and_
 def test_a_kept_server_is_adopted_only_by_its_own_run(tmp_path, monkeypatch):
     """What makes an ended run's kept server another run's: not kept, other code, another workdir, another model
     resident; each is refused before anything is sent (the caller then stops it as a server whose run has ended)."""
-    from causal_kl.server import Owner, _try_adopt
+    from causal_kl.client import _try_adopt
+    from causal_kl.procs import Owner
 
     monkeypatch.chdir(tmp_path)
     ident = {"protocol": 1, "code_version": "x", "source": "s"}
@@ -719,11 +780,11 @@ def test_a_model_rule_script_names_its_job_and_its_process_imports_no_data_libra
 
 
 def test_the_preload_runs_in_the_runs_server_and_leaves_the_callers_gpus_alone(sandbox, monkeypatch):
-    """What a local Snakemake's onstart does (server.preload_in_background, a thread of its own process): the request
+    """What a local Snakemake's onstart does (client.preload_in_background, a thread of its own process): the request
     runs in the server of the run's owner, its lines go to the preload's log only, and the caller's
     CUDA_VISIBLE_DEVICES, which every later job inherits, is not narrowed to the slot's GPU."""
     from causal_kl import gpu
-    from causal_kl.server import preload_in_background
+    from causal_kl.client import preload_in_background
 
     for k, v in sandbox.env.items():
         monkeypatch.setenv(k, v)

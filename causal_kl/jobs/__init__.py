@@ -156,7 +156,7 @@ def _run_in_server(func: Callable[..., None], kwargs: dict, log_path: str | None
 
 
 def _run_remote(target: str, kwargs: dict, log_path: str | None, snakemake: Any) -> None:
-    from causal_kl.server import run_remote
+    from causal_kl.client import run_remote
 
     config = snakemake.config
     model = kwargs.get("model")
