@@ -162,8 +162,8 @@ def connect_or_start(key: str, slot: gpu.Slot, owner: Owner, log_path: str, idle
                               start_timeout_s, what)
 
 
-def _connect_or_spawn(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str | None, out: _JobLog,
-                      start_timeout_s: float) -> tuple[socket.socket, dict]:
+def _current_server(slot: gpu.Slot, owner: Owner, ident: dict, server_log: str | None, out: _JobLog,
+                    start_timeout_s: float) -> tuple[socket.socket, dict]:
     """A model job's connection to its (owner, slot)'s server, current (this code's identity) and greeted: the
     allocation's server inside a SLURM job step, else the run's own, started when absent, replaced when stale."""
     key = server_key(owner, slot.name)
@@ -455,7 +455,7 @@ def run_remote(
 
             model_path = resolved(expect_model["path"])
         with _take_slot(device, owner, out, ident, model_path, set_env) as slot:
-            conn, info = _connect_or_spawn(slot, owner, ident, server_log, out, start_timeout_s)
+            conn, info = _current_server(slot, owner, ident, server_log, out, start_timeout_s)
             if expect_model is not None:
                 from causal_kl.checkpoints import stat_fingerprint
 
