@@ -130,7 +130,8 @@ def spawn_and_wait(argv: list[str], slot: gpu.Slot, name: str, log_path: str, st
                               log_path)
         if time.monotonic() > deadline:
             proc.kill()
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # reaped, unless stuck in the kernel
+                proc.wait(10)
             raise ServerError(f"{what} did not listen within {start_timeout_s:.0f} s: killed it "
                               f"(pid {proc.pid}); {_tail(log_path, 3)!r}", log_path)
         time.sleep(0.02)
