@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from causal_kl import families
+from causal_kl import families, paths
 from causal_kl.demo_paths import DEMO_PATHS, made_by_workflow
 from causal_kl.errors import CausalKLError
 from causal_kl.gpu import visible_gpus
@@ -526,20 +526,13 @@ def submits_to_cluster(argv: list[str]) -> bool:
     return executor not in (None, "local") and not str(executor).endswith("jobstep")
 
 
-ROUTE_SLOTS = ("tables", "stats", "figures", "analysis", "patch", "recon", "geometry", "explanations", "sae",
-               "whole_context")
+ROUTE_SLOTS = paths.route_slots()
 """Folders of ``results/{run}/L{layer}/`` (and of its ``span{k}/``) whose next path component names a route."""
-RUN_LEVEL = {"tables": {"routes.csv", "frontier.csv"}, "figures": {"fig1_geometry_vs_kl.png", "fig1_geometry_vs_kl.svg",
-                                                                  "fig2_damage_per_energy.png", "fig2_damage_per_energy.svg",
-                                                                  "fig3_kl_by_offset.png", "fig3_kl_by_offset.svg",
-                                                                  "routes_comparison.png", "routes_comparison.svg",
-                                                                  "frontier.png", "frontier.svg"},
-             "analysis": {"error_norms.parquet"}, "patch": {"floors", "floors.parquet"}}
+RUN_LEVEL = paths.point_level()
 """Files in those folders that belong to the layer (every route of it), not to one route."""
-ACROSS_LAYERS = {"tables": {"layers.csv", "frontier.csv"},
-                 "figures": {"layers.png", "layers.svg", "frontier.png", "frontier.svg"}}
+ACROSS_LAYERS = paths.across_layers()
 """Files of ``results/{run}/`` itself that compare the layers."""
-REPORT_PAGES = "report"
+REPORT_PAGES = paths.route_pages_folder()
 """``results/{run}/report/L{layer}/{route}.html``: the page of a route at a layer, beside the main page."""
 
 
@@ -584,7 +577,7 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str
                                 f"dataset of its span{{k}}/patch/*.parquet files, which {prefix}L{layer}/patch.json lists",
                                 f"ask for {prefix}L{layer}/patch.json and read it with causal_kl.io.patch_dataset "
                                 f"(or duckdb over {prefix}L{layer}/span*/patch/*.parquet)")
-        if rest and (s := re.fullmatch(r"span(\d+)", rest[0])):
+        if rest and (s := re.fullmatch(_SPAN_DIR, rest[0])):
             if int(s.group(1)) not in spans:
                 raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",
                                     "add it to patch.spans in the config, or ask for one of the run's spans")
@@ -626,8 +619,10 @@ def check_shard_targets(argv: list[str], results: str) -> None:
                                 f"the shard; or ask for {whole}")
 
 
-_POINT_DIR = r"L(\d+(?:\.[a-z_]+)?)"
-"""A point's folder: ``L3`` (resid_post), ``L3.mlp_out``."""
+_POINT_DIR = paths.POINT.replace("{layer}", r"(\d+(?:\.[a-z_]+)?)")
+"""A point's folder: ``L3`` (resid_post), ``L3.mlp_out``, the point's name captured."""
+_SPAN_DIR = paths.SPAN.split("/")[-1].replace("{span}", r"(\d+)")
+"""A span's folder inside a point's (``span4``), the span captured."""
 
 
 def check_run(config: dict, source: str = "config", local_exec: bool = True) -> dict[str, Any]:

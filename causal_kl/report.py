@@ -30,6 +30,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 import pandas as pd
 
+from causal_kl import paths
 from causal_kl.conditions import CROSS_DOC, HEADLINE_FLOOR, LABELS, RECON, RESAMPLES, SAME_DOC
 from causal_kl.io import read_csv, write_text
 from causal_kl.records import stats_table
@@ -527,13 +528,11 @@ def _load_json(path: str | Path, missing: dict) -> dict:
     return json.loads(Path(path).read_text()) if path and Path(path).exists() else missing
 
 
-ROUTE_PAGE_DIR = "report"
-"""Route pages live in ``{this folder}/L{layer}/{route}.html`` beside the main page."""
-
-
 def route_page_path(main: str | Path, layer: int | str, route: str) -> Path:
-    """Where the page of ``route`` at ``layer`` lives, for the main page ``main`` (``results/{run}/report.html``)."""
-    return Path(main).parent / ROUTE_PAGE_DIR / f"L{layer}" / f"{route}.html"
+    """Where the page of ``route`` at ``layer`` lives, for the main page ``main`` (``results/{run}/report.html``):
+    ``paths.TEMPLATES["route_page"]`` in the main page's run folder."""
+    run_dir = Path(main).parents[len(Path(paths.TEMPLATES["report"]).parts) - 1]
+    return run_dir / paths.fill(paths.TEMPLATES["route_page"], layer=layer, route=route)
 
 
 def _relative(target: str | Path, page: str | Path) -> str:

@@ -60,6 +60,7 @@ from causal_kl.config import (
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.io import content_fingerprint
+from causal_kl.paths import FIG_NAMES, ROUTE_TABLES, STATS, figure_files, fill, for_run
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.repair import rebuild_missing_inputs
 from causal_kl.routes.file import input_files as file_route_inputs
@@ -163,7 +164,9 @@ if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs
 
 
 RUN = config["run"]
-R = f"results/{RUN}"
+P = for_run(RUN)
+"""Every output path of the run (``causal_kl.paths``: each template spelled there once), the run filled in."""
+R = P.root
 LOGS = f"logs/{RUN}"
 
 if not workflow.remote_exec and not rebuild_missing_inputs(lambda path: os.path.normpath(path).startswith(R + os.sep)):
@@ -186,13 +189,10 @@ GOLD_POINTS = [p.name for p in gold_points(config)]
 SPANS = run_spans(config)
 """The span lengths patched (1: the single-site splice)."""
 EXTRA_SPANS = [k for k in SPANS if k > 1]
-RL = f"{R}/L{{layer}}"
-"""A point's outputs (``{layer}`` is a wildcard naming a point: ``L3``, ``L3.mlp_out``): golds, conditions, routes,
-patches, analyses, gate."""
 LL = f"{LOGS}/L{{layer}}"
-RS = f"{RL}/span{{span}}"
-"""A span's patch files (every span, 1 included) and, for spans > 1, its golds, choices and reconstructions."""
+"""A point's logs (``{layer}`` is a wildcard naming a point: ``L3``, ``L3.mlp_out``), beside its outputs ``P.*``."""
 LS = f"{LL}/span{{span}}"
+"""A span's logs (every span, 1 included)."""
 ROUTES = sorted(config.get("routes", {}))
 SHOW_REF = show_reference(config)
 
@@ -226,7 +226,7 @@ def shard_ids(wildcards=None):
 @functools.cache
 def spans_fit_sites():
     """Once per Snakemake process (an error is raised again on every call): spans.check_spans_fit on the run's sites."""
-    check_spans_fit(EXTRA_SPANS, f"{R}/sites.parquet", f"{R}/docs.parquet", CONFIG_SOURCE)
+    check_spans_fit(EXTRA_SPANS, P.sites, P.docs, CONFIG_SOURCE)
 
 
 def shard_files(pattern, **kw):
@@ -394,7 +394,7 @@ def stored_base(wildcards):
     """The NLA base.parquet holding a layer's stored golds: the configured one, or the one the demo writes."""
     if config["gold"]["stored"]:
         return layer_path(config["gold"]["stored"], wildcards.layer)
-    return f"{R}/L{wildcards.layer}/base.parquet"
+    return fill(P.base, layer=wildcards.layer)
 
 
 def reads_stored_gold(point):
@@ -407,7 +407,7 @@ def reads_stored_gold(point):
 def stored_gold():
     """An input function: the golds the conditions read at the job's point: the NLA base.parquet (converted) when one
     is configured (resid_post points), else the extracted ones."""
-    return lambda w: f"{R}/L{w.layer}/{'stored_gold' if reads_stored_gold(w.layer) else 'gold'}.parquet"
+    return lambda w: fill(P.stored_gold if reads_stored_gold(w.layer) else P.gold, layer=w.layer)
 
 
 def input_point(wildcards):
@@ -419,13 +419,13 @@ def input_point(wildcards):
 def transcoder_gold(wildcards):
     """An input function: a transcoder's input golds (``L{layer}.{hook_in}/gold.parquet``); nothing for an SAE."""
     name = input_point(wildcards)
-    return [f"{R}/L{name}/gold.parquet"] if name != wildcards.layer else []
+    return [fill(P.gold, layer=name)] if name != wildcards.layer else []
 
 
 def transcoder_span_gold(wildcards):
     """An input function: a transcoder's input golds at a span's extra positions; nothing for an SAE."""
     name = input_point(wildcards)
-    return [f"{R}/L{name}/span{wildcards.span}/gold.parquet"] if name != wildcards.layer else []
+    return [fill(P.span_gold, layer=name, span=wildcards.span)] if name != wildcards.layer else []
 
 
 def reference_input(name):
@@ -435,10 +435,10 @@ def reference_input(name):
 
 def run_targets():
     """Every output of the run but the shards: planned (and shown by ``snakemake -n``) before sites exist."""
-    targets = [f"{R}/run.json", f"{R}/sites.parquet", f"{R}/report.html"] + across_layer_targets()
-    targets += [f"{R}/L{point}/gold.parquet" for point in GOLD_POINTS]
+    targets = [P.run_record, P.sites, P.report] + across_layer_targets()
+    targets += [fill(P.gold, layer=point) for point in GOLD_POINTS]
     for point in POINTS:
-        targets += [f"{R}/L{point}/patch.json"] + analysis_targets(point)
+        targets += [fill(P.patch_index, layer=point)] + analysis_targets(point)
     return targets
 
 
@@ -447,13 +447,15 @@ def shard_targets(wildcards):
     shards = shard_ids()
     targets = []
     for point in GOLD_POINTS:
-        targets += expand(f"{R}/L{point}/gold/shard_{{shard}}.parquet", shard=shards)
+        targets += expand(P.gold_shard, layer=point, shard=shards)
     for layer in POINTS:
         for k in spans_at(layer):
             if k > 1:
-                targets += expand(f"{R}/L{layer}/span{k}/gold/shard_{{shard}}.parquet", shard=shards)
-            for name in ["floors", *[r for r in routes_of(layer) if k in spans_of(r)]]:
-                targets += expand(f"{R}/L{layer}/span{k}/patch/{name}/shard_{{shard}}.parquet", shard=shards)
+                targets += expand(P.span_gold_shard, layer=layer, span=k, shard=shards)
+            targets += expand(P.floors_shard, layer=layer, span=k, shard=shards)
+            for r in routes_of(layer):
+                if k in spans_of(r):
+                    targets += expand(P.patch_shard, layer=layer, span=k, route=r, shard=shards)
     return targets
 
 
@@ -461,9 +463,6 @@ AN = config["analysis"]
 FIGS = AN["figures"]
 BOOTSTRAP = {"n_boot": AN["bootstrap"], "seed": config["seed"], "ci": AN["ci"]}
 """The site bootstrap of every CI (tables and statistics)."""
-FIG_NAMES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
-ROUTE_TABLES = ("conditions", "quartiles", "offsets", "token_classes")
-STATS = ("correlation", "paired", "energy", "floor_offsets")
 WHOLE_CONTEXT = config["whole_context"]["enabled"]
 SPAN_OFFSETS = [0, 1, 5, 31]
 """The offsets after a span's last position that the span comparison reports (0: the first token after it)."""
@@ -474,43 +473,44 @@ def figure_outputs(path, caption=None):
     name = Path(path).name
     caption = caption or next((k for k, v in FIG_NAMES.items() if v == name), "fig_routes")
     sub = "{route}" if "{route}" in path else "all routes"
+    files = figure_files(path)
     return {
-        "png": report(f"{path}.png", caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
-        "svg": f"{path}.svg",
+        "png": report(files["png"], caption=f"../reports/{caption}.rst", category="Figures", subcategory=sub),
+        "svg": files["svg"],
     }
 
 
 def analysis_targets(layer):
     """Every table, statistic and figure of one point (``layer``: its name), plus its gate."""
-    L = f"{R}/L{layer}"
+    at = functools.partial(fill, layer=layer)
+
+    def figure(stem, **kw):
+        return list(figure_files(at(stem, **kw)).values())
+
     routes = routes_of(layer)
     # the recorded choices and noise too: deleting one rebuilds it (and what read it) on a plain `snakemake`
-    t = [f"{L}/gate.json"] + [f"{L}/conditions/{name}.parquet" for name in ("choices", "mean", "noise")]
+    t = [at(P.gate)] + [at(P.conditions[name]) for name in ("choices", "mean", "noise")]
     for k in spans_at(layer)[1:]:
-        t += [f"{L}/span{k}/conditions/{name}.parquet" for name in ("choices", "noise")] + [f"{L}/span{k}/gold.parquet"]
+        t += [at(P.span_conditions[name], span=k) for name in ("choices", "noise")] + [at(P.span_gold, span=k)]
     for r in routes:
-        t += [f"{L}/tables/{r}/{name}.csv" for name in ROUTE_TABLES]
-        t += [f"{L}/stats/{r}/{name}.json" for name in STATS] + [f"{L}/stats/{r}.json"]
-        t += [f"{L}/figures/{r}/{f}.{ext}" for f in FIG_NAMES.values() for ext in ("png", "svg")]
+        t += [at(P.route_tables[name], route=r) for name in ROUTE_TABLES]
+        t += [at(P.route_stats[name], route=r) for name in STATS] + [at(P.route_record, route=r)]
+        t += [f for key in FIG_NAMES for f in figure(P.route_figures[key], route=r)]
         if WHOLE_CONTEXT:
-            t += [f"{L}/whole_context/{r}.json"]
+            t += [at(P.whole_context, route=r)]
         if config["routes"][r]["kind"] == "sae":
-            t += [f"{L}/sae/{r}.json"]
+            t += [at(P.sae, route=r)]
         for k in extra_spans_of(r):
             t += [
-                f"{L}/span{k}/tables/{r}/conditions.csv",
-                f"{L}/span{k}/tables/{r}/offsets.csv",
-                f"{L}/span{k}/figures/{r}/fig3_kl_by_offset.png",
+                at(P.span_route_tables["conditions"], span=k, route=r),
+                at(P.span_route_tables["offsets"], span=k, route=r),
+                figure_files(at(P.span_route_figures["fig3"], span=k, route=r))["png"],
             ]
         if extra_spans_of(r):
-            t += [f"{L}/tables/{r}/spans.csv"] + [f"{L}/figures/{r}/spans.{ext}" for ext in ("png", "svg")]
+            t += [at(P.route_tables["spans"], route=r)] + figure(P.route_figures["spans"], route=r)
     if routes:
-        t += [f"{L}/tables/routes.csv", f"{L}/tables/frontier.csv"]
-        t += [
-            f"{L}/figures/{f}.{ext}"
-            for f in list(FIG_NAMES.values()) + ["routes_comparison", "frontier"]
-            for ext in ("png", "svg")
-        ]
+        t += [at(P.point_tables["routes"]), at(P.point_tables["frontier"])]
+        t += [f for key in [*FIG_NAMES, "routes", "frontier"] for f in figure(P.point_figures[key])]
     return t
 
 
@@ -520,8 +520,8 @@ def across_layer_targets():
     in another space than the layers'."""
     if len(LAYERS) < 2 or not any(routes_of(layer) for layer in LAYERS):
         return []
-    return [f"{R}/tables/{name}.csv" for name in ("layers", "frontier")] + [
-        f"{R}/figures/{name}.{ext}" for name in ("layers", "frontier") for ext in ("png", "svg")
+    return [P.run_tables[name] for name in ("layers", "frontier")] + [
+        f for name in ("layers", "frontier") for f in figure_files(P.run_figures[name]).values()
     ]
 
 
@@ -570,7 +570,7 @@ def demo_sublayer_golds(role):
         if role == "input" and not transcoder:
             return []
         hook = ("mlp_in" if role == "input" else "mlp_out") if transcoder else w.kind
-        path = f"{R}/L{w.layer}.{hook}/train_gold/rows_{start}_{stop}.parquet"
+        path = fill(P.train_gold, layer=f"{w.layer}.{hook}", start=start, stop=stop)
         return [path] if role == "input" else path
 
     return golds
@@ -582,7 +582,7 @@ def train_rows_gold(wildcards):
     if "train_rows" not in entry:
         return []
     start, stop = entry["train_rows"]
-    return [f"{R}/L{wildcards.layer}/train_gold/rows_{start}_{stop}.parquet"]
+    return [fill(P.train_gold, layer=wildcards.layer, start=start, stop=stop)]
 
 
 def route_files(wildcards):
@@ -630,7 +630,7 @@ def nla_explanations(wildcards):
     """nla_av routes make their explanations; nla_ar routes read them from the configured file."""
     route = route_config(wildcards)
     if route["kind"] == "nla_av":
-        return [f"{R}/L{wildcards.layer}/explanations/{wildcards.route}.parquet"]
+        return [fill(P.explanations, layer=wildcards.layer, route=wildcards.route)]
     if route["kind"] == "nla_ar":
         return [route["explanations"]]
     return []
@@ -657,11 +657,9 @@ def span_file(path):
 
 def span_choices(w):
     """The resample choices of a span: the site choices for 1, the span's own (among sites whose span fits) else."""
-    return (
-        f"{R}/L{w.layer}/conditions/choices.parquet"
-        if int(w.span) == 1
-        else f"{R}/L{w.layer}/span{w.span}/conditions/choices.parquet"
-    )
+    if int(w.span) == 1:
+        return fill(P.conditions["choices"], layer=w.layer)
+    return fill(P.span_conditions["choices"], layer=w.layer, span=w.span)
 
 
 # ----------------------------------------------------------------------------- tables (rules/tables.smk)
@@ -673,34 +671,29 @@ def sae_routes_of(pattern):
 
 
 # ----------------------------------------------------------------------------- report (rules/report.smk)
-def figure_files(path):
-    """A figure in a report manifest: its PNG and SVG (the report embeds whichever is smaller)."""
-    return {"png": f"{path}.png", "svg": f"{path}.svg"}
-
-
 def route_manifest(layer, route):
     """What a route's page shows, file by file: its tables, statistics, figures, SAELens-comparable scores, SAE
     sparsity and spans at ``layer`` (a route the layer does not have is an error)."""
     route_config(SimpleNamespace(layer=str(layer), route=route))
-    L = f"{R}/L{layer}"
-    files = {name: f"{L}/tables/{route}/{name}.csv" for name in ROUTE_TABLES}
-    files["stats"] = f"{L}/stats/{route}.json"
-    files.update({key: figure_files(f"{L}/figures/{route}/{name}") for key, name in FIG_NAMES.items()})
+    at = functools.partial(fill, layer=layer, route=route)
+    files = {name: at(P.route_tables[name]) for name in ROUTE_TABLES}
+    files["stats"] = at(P.route_record)
+    files.update({key: figure_files(at(P.route_figures[key])) for key in FIG_NAMES})
     if WHOLE_CONTEXT:
-        files["whole_context"] = f"{L}/whole_context/{route}.json"
+        files["whole_context"] = at(P.whole_context)
     if config["routes"][route]["kind"] == "sae":
-        files["sae"] = f"{L}/sae/{route}.json"
+        files["sae"] = at(P.sae)
     if extra_spans_of(route):
         files["spans"] = {
-            "table": f"{L}/tables/{route}/spans.csv",
-            "figure": figure_files(f"{L}/figures/{route}/spans"),
+            "table": at(P.route_tables["spans"]),
+            "figure": figure_files(at(P.route_figures["spans"])),
             "per_span": {
                 str(k): {
-                    "conditions": f"{L}/span{k}/tables/{route}/conditions.csv",
-                    "offsets": f"{L}/span{k}/tables/{route}/offsets.csv",
-                    "fig3": figure_files(f"{L}/span{k}/figures/{route}/fig3_kl_by_offset"),
-                    "recon": f"{L}/span{k}/recon/{route}.parquet",
-                    "sites": f"{L}/span{k}/sites.json",
+                    "conditions": at(P.span_route_tables["conditions"], span=k),
+                    "offsets": at(P.span_route_tables["offsets"], span=k),
+                    "fig3": figure_files(at(P.span_route_figures["fig3"], span=k)),
+                    "recon": at(P.span_recon, span=k),
+                    "sites": at(P.span_sites, span=k),
                 }
                 for k in extra_spans_of(route)
             },
@@ -710,7 +703,7 @@ def route_manifest(layer, route):
 
 def route_page(layer, route):
     """The page of one route at one point (``layer``: its name), beside the main page."""
-    return f"{R}/report/L{layer}/{route}.html"
+    return fill(P.route_page, layer=layer, route=route)
 
 
 def route_pages():
@@ -731,18 +724,21 @@ def report_manifest():
     sweep. Route pages have their own manifest (route_manifest)."""
     layers = {}
     for layer in POINTS:  # a section per point: "3", "3.mlp_out"
-        L = f"{R}/L{layer}"
+        at = functools.partial(fill, layer=layer)
         routes = {r: route_page(layer, r) for r in routes_of(layer)}
         comparison, frontier = {}, {}
         if routes:
             comparison = {
-                "routes": f"{L}/tables/routes.csv",
-                "fig_routes": figure_files(f"{L}/figures/routes_comparison"),
-                **{key: figure_files(f"{L}/figures/{name}") for key, name in FIG_NAMES.items()},
+                "routes": at(P.point_tables["routes"]),
+                "fig_routes": figure_files(at(P.point_figures["routes"])),
+                **{key: figure_files(at(P.point_figures[key])) for key in FIG_NAMES},
             }
-            frontier = {"table": f"{L}/tables/frontier.csv", "figure": figure_files(f"{L}/figures/frontier")}
+            frontier = {
+                "table": at(P.point_tables["frontier"]),
+                "figure": figure_files(at(P.point_figures["frontier"])),
+            }
         layers[str(layer)] = {
-            "gate": f"{L}/gate.json",
+            "gate": at(P.gate),
             "routes": routes,
             "comparison": comparison,
             "frontier": frontier,
@@ -750,9 +746,9 @@ def report_manifest():
     across = {}
     if across_layer_targets():
         across = {
-            "table": f"{R}/tables/layers.csv",
-            "figure": figure_files(f"{R}/figures/layers"),
-            "frontier": {"table": f"{R}/tables/frontier.csv", "figure": figure_files(f"{R}/figures/frontier")},
+            "table": P.run_tables["layers"],
+            "figure": figure_files(P.run_figures["layers"]),
+            "frontier": {"table": P.run_tables["frontier"], "figure": figure_files(P.run_figures["frontier"])},
         }
     return canonical({"layers": layers, "across": across, "spans": SPANS})
 
@@ -760,7 +756,7 @@ def report_manifest():
 def manifest_files(node):
     """Every path in a manifest (its files are the report's inputs), except the route pages the main page links to."""
     if isinstance(node, str):
-        return [node] if not node.endswith(".html") else []
+        return [node] if node not in route_pages() else []
     if isinstance(node, dict):
         return [p for v in node.values() for p in manifest_files(v)]
     return []

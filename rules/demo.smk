@@ -60,7 +60,9 @@ if config.get("demo"):
         wildcard_constraints:
             k=_alternatives(demo_sae_ks(config)),
         input:
-            train_gold=lambda w: f"{R}/L{w.layer}/train_gold/rows_{DEMO['sae']['train_rows'][0]}_{DEMO['sae']['train_rows'][1]}.parquet",
+            train_gold=lambda w: fill(
+                P.train_gold, layer=w.layer, start=DEMO["sae"]["train_rows"][0], stop=DEMO["sae"]["train_rows"][1]
+            ),
         output:
             sae=directory(demo_sae_dir("{k}", "{layer}")),
         log:

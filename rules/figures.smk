@@ -22,10 +22,10 @@ FIG_STYLE = canonical(
 
 rule fig1_route:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
-        correlation=f"{RL}/stats/{{route}}/correlation.json",
+        per_site=P.per_site,
+        correlation=P.route_stats["correlation"],
     output:
-        **figure_outputs(f"{RL}/figures/{{route}}/fig1_geometry_vs_kl"),
+        **figure_outputs(P.route_figures["fig1"]),
     log:
         f"{LL}/analysis/{{route}}/fig1.log",
     params:
@@ -39,9 +39,9 @@ rule fig1_route:
 
 rule fig2_route:
     input:
-        energy=f"{RL}/stats/{{route}}/energy.json",
+        energy=P.route_stats["energy"],
     output:
-        **figure_outputs(f"{RL}/figures/{{route}}/fig2_damage_per_energy"),
+        **figure_outputs(P.route_figures["fig2"]),
     log:
         f"{LL}/analysis/{{route}}/fig2.log",
     params:
@@ -55,9 +55,9 @@ rule fig2_route:
 
 rule fig3_route:
     input:
-        offsets=f"{RL}/tables/{{route}}/offsets.csv",
+        offsets=P.route_tables["offsets"],
     output:
-        **figure_outputs(f"{RL}/figures/{{route}}/fig3_kl_by_offset"),
+        **figure_outputs(P.route_figures["fig3"]),
     log:
         f"{LL}/analysis/{{route}}/fig3.log",
     params:
@@ -71,10 +71,10 @@ rule fig3_route:
 
 rule fig1_all:
     input:
-        per_site=per_route(f"{RL}/analysis/{{route}}/per_site.parquet"),
-        correlation=per_route(f"{RL}/stats/{{route}}/correlation.json"),
+        per_site=per_route(P.per_site),
+        correlation=per_route(P.route_stats["correlation"]),
     output:
-        **figure_outputs(f"{RL}/figures/fig1_geometry_vs_kl"),
+        **figure_outputs(P.point_figures["fig1"]),
     log:
         f"{LL}/analysis/fig1_all.log",
     params:
@@ -89,9 +89,9 @@ rule fig1_all:
 
 rule fig2_all:
     input:
-        energy=per_route(f"{RL}/stats/{{route}}/energy.json"),
+        energy=per_route(P.route_stats["energy"]),
     output:
-        **figure_outputs(f"{RL}/figures/fig2_damage_per_energy"),
+        **figure_outputs(P.point_figures["fig2"]),
     log:
         f"{LL}/analysis/fig2_all.log",
     params:
@@ -106,9 +106,9 @@ rule fig2_all:
 
 rule fig3_all:
     input:
-        offsets=per_route(f"{RL}/tables/{{route}}/offsets.csv"),
+        offsets=per_route(P.route_tables["offsets"]),
     output:
-        **figure_outputs(f"{RL}/figures/fig3_kl_by_offset"),
+        **figure_outputs(P.point_figures["fig3"]),
     log:
         f"{LL}/analysis/fig3_all.log",
     params:
@@ -123,9 +123,9 @@ rule fig3_all:
 
 rule fig_routes:
     input:
-        routes_table=f"{RL}/tables/routes.csv",
+        routes_table=P.point_tables["routes"],
     output:
-        **figure_outputs(f"{RL}/figures/routes_comparison"),
+        **figure_outputs(P.point_figures["routes"]),
     log:
         f"{LL}/analysis/fig_routes.log",
     params:
@@ -141,9 +141,9 @@ rule fig3_span:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        offsets=f"{RS}/tables/{{route}}/offsets.csv",
+        offsets=P.span_route_tables["offsets"],
     output:
-        **figure_outputs(f"{RS}/figures/{{route}}/fig3_kl_by_offset", caption="span_offsets"),
+        **figure_outputs(P.span_route_figures["fig3"], caption="span_offsets"),
     log:
         f"{LS}/analysis/{{route}}/fig3.log",
     params:
@@ -157,9 +157,9 @@ rule fig3_span:
 
 rule fig_spans:
     input:
-        spans=f"{RL}/tables/{{route}}/spans.csv",
+        spans=P.route_tables["spans"],
     output:
-        **figure_outputs(f"{RL}/figures/{{route}}/spans", caption="fig_spans"),
+        **figure_outputs(P.route_figures["spans"], caption="fig_spans"),
     log:
         f"{LL}/analysis/{{route}}/fig_spans.log",
     params:
@@ -173,9 +173,9 @@ rule fig_spans:
 
 rule fig_layers:
     input:
-        layers=f"{R}/tables/layers.csv",
+        layers=P.run_tables["layers"],
     output:
-        **figure_outputs(f"{R}/figures/layers", caption="fig_layers"),
+        **figure_outputs(P.run_figures["layers"], caption="fig_layers"),
     log:
         f"{LOGS}/analysis/fig_layers.log",
     params:
@@ -189,9 +189,9 @@ rule fig_layers:
 
 rule fig_frontier:
     input:
-        frontier=f"{RL}/tables/frontier.csv",
+        frontier=P.point_tables["frontier"],
     output:
-        **figure_outputs(f"{RL}/figures/frontier", caption="frontier"),
+        **figure_outputs(P.point_figures["frontier"], caption="frontier"),
     log:
         f"{LL}/analysis/fig_frontier.log",
     params:
@@ -205,9 +205,9 @@ rule fig_frontier:
 
 rule fig_frontier_layers:
     input:
-        frontier=f"{R}/tables/frontier.csv",
+        frontier=P.run_tables["frontier"],
     output:
-        **figure_outputs(f"{R}/figures/frontier", caption="frontier"),
+        **figure_outputs(P.run_figures["frontier"], caption="frontier"),
     log:
         f"{LOGS}/analysis/fig_frontier_layers.log",
     params:

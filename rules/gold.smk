@@ -3,11 +3,11 @@
 
 rule gold:
     input:
-        sites=f"{R}/sites/shard_{{shard}}.parquet",
-        docs=f"{R}/docs.parquet",
+        sites=P.site_shard,
+        docs=P.docs,
         model_dir=model_input(),
     output:
-        gold=f"{RL}/gold/shard_{{shard}}.parquet",
+        gold=P.gold_shard,
     log:
         f"{LL}/gold/shard_{{shard}}.log",
     params:
@@ -26,9 +26,9 @@ rule gold:
 
 rule gold_aggregate:
     input:
-        shards=shard_files(f"{RL}/gold/shard_{{shard}}.parquet"),
+        shards=shard_files(P.gold_shard),
     output:
-        gold=f"{RL}/gold.parquet",
+        gold=P.gold,
     log:
         f"{LL}/gold_aggregate.log",
     conda:
@@ -39,12 +39,12 @@ rule gold_aggregate:
 
 rule demo_base:
     input:
-        gold=f"{RL}/gold.parquet",
-        sites=f"{R}/sites.parquet",
-        docs=f"{R}/docs.parquet",
+        gold=P.gold,
+        sites=P.sites,
+        docs=P.docs,
         model_dir=model_input(),
     output:
-        base=f"{RL}/base.parquet",
+        base=P.base,
     log:
         f"{LL}/demo_base.log",
     params:
@@ -58,12 +58,12 @@ rule demo_base:
 rule stored_gold:
     input:
         base=stored_base,
-        sites=f"{R}/sites.parquet",
-        gold=f"{RL}/gold.parquet",
+        sites=P.sites,
+        gold=P.gold,
     output:
-        stored=f"{RL}/stored_gold.parquet",
-        reextract=f"{RL}/reextract.parquet",
-        summary=f"{RL}/reextract.json",
+        stored=P.stored_gold,
+        reextract=P.reextract,
+        summary=P.reextract_summary,
     log:
         f"{LL}/stored_gold.log",
     params:

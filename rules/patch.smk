@@ -6,11 +6,11 @@
 rule conditions:
     input:
         gold=stored_gold(),
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
     output:
-        choices=f"{RL}/conditions/choices.parquet",
-        mean=f"{RL}/conditions/mean.parquet",
-        noise=f"{RL}/conditions/noise.parquet",
+        choices=P.conditions["choices"],
+        mean=P.conditions["mean"],
+        noise=P.conditions["noise"],
     log:
         f"{LL}/conditions.log",
     params:
@@ -23,15 +23,15 @@ rule conditions:
 
 rule patch_floors:
     input:
-        sites=f"{R}/sites/shard_{{shard}}.parquet",
-        docs=f"{R}/docs.parquet",
+        sites=P.site_shard,
+        docs=P.docs,
         gold=stored_gold(),
         choices=span_choices,
-        mean=f"{RL}/conditions/mean.parquet",
-        span_gold=span_file(f"{RS}/gold.parquet"),
+        mean=P.conditions["mean"],
+        span_gold=span_file(P.span_gold),
         model_dir=model_input(),
     output:
-        floors=f"{RS}/patch/floors/shard_{{shard}}.parquet",
+        floors=P.floors_shard,
     log:
         f"{LS}/patch/floors/shard_{{shard}}.log",
     params:
@@ -51,17 +51,17 @@ rule patch_floors:
 
 rule patch_route:
     input:
-        sites=f"{R}/sites/shard_{{shard}}.parquet",
-        docs=f"{R}/docs.parquet",
+        sites=P.site_shard,
+        docs=P.docs,
         gold=stored_gold(),
-        recon=f"{RL}/recon/{{route}}.parquet",
-        noise=f"{RL}/conditions/noise.parquet",
-        span_gold=span_file(f"{RS}/gold.parquet"),
-        span_recon=span_file(f"{RS}/recon/{{route}}.parquet"),
-        span_noise=span_file(f"{RS}/conditions/noise.parquet"),
+        recon=P.recon,
+        noise=P.conditions["noise"],
+        span_gold=span_file(P.span_gold),
+        span_recon=span_file(P.span_recon),
+        span_noise=span_file(P.span_conditions["noise"]),
         model_dir=model_input(),
     output:
-        patched=f"{RS}/patch/{{route}}/shard_{{shard}}.parquet",
+        patched=P.patch_shard,
     log:
         f"{LS}/patch/{{route}}/shard_{{shard}}.log",
     params:
@@ -82,9 +82,9 @@ rule patch_route:
 
 rule patch_floors_aggregate:
     input:
-        shards=shard_files(f"{RS}/patch/floors/shard_{{shard}}.parquet"),
+        shards=shard_files(P.floors_shard),
     output:
-        patch=f"{RS}/patch/floors.parquet",
+        patch=P.floors,
     log:
         f"{LS}/patch/floors_aggregate.log",
     conda:
@@ -95,9 +95,9 @@ rule patch_floors_aggregate:
 
 rule patch_route_aggregate:
     input:
-        shards=shard_files(f"{RS}/patch/{{route}}/shard_{{shard}}.parquet"),
+        shards=shard_files(P.patch_shard),
     output:
-        patch=f"{RS}/patch/{{route}}.parquet",
+        patch=P.patch,
     log:
         f"{LS}/patch/{{route}}_aggregate.log",
     conda:
@@ -108,15 +108,15 @@ rule patch_route_aggregate:
 
 rule patch_aggregate:
     input:
-        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=spans_at(w.layer)),
+        floors=lambda w: expand(P.floors, layer=w.layer, span=spans_at(w.layer)),
         routes=lambda w: [
-            f"{R}/L{w.layer}/span{k}/patch/{r}.parquet"
+            fill(P.patch, layer=w.layer, span=k, route=r)
             for k in spans_at(w.layer)
             for r in routes_of(w.layer)
             if k in spans_of(r)
         ],
     output:
-        index=f"{RL}/patch.json",
+        index=P.patch_index,
     log:
         f"{LL}/patch_aggregate.log",
     conda:

@@ -13,7 +13,7 @@ rule train_gold:
         corpus_file=corpus_input(),
         model_dir=model_input(),
     output:
-        gold=f"{RL}/train_gold/rows_{{start}}_{{stop}}.parquet",
+        gold=P.train_gold,
     log:
         f"{LL}/train_gold/rows_{{start}}_{{stop}}.log",
     params:
@@ -36,10 +36,10 @@ rule recon_file:
         route=route_regex("file"),
     input:
         vectors=route_files,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
     output:
-        recon=f"{RL}/recon/{{route}}.parquet",
+        recon=P.recon,
     log:
         f"{LL}/recon/{{route}}.log",
     params:
@@ -58,10 +58,10 @@ rule recon_pca:
         route=route_regex("pca"),
     input:
         train_gold=train_rows_gold,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
     output:
-        recon=f"{RL}/recon/{{route}}.parquet",
+        recon=P.recon,
     log:
         f"{LL}/recon/{{route}}.log",
     params:
@@ -80,12 +80,12 @@ rule recon_text_channel:
         route=route_regex("text_channel"),
     input:
         train_gold=train_rows_gold,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
         model_dir=model_input(),
     output:
-        recon=f"{RL}/recon/{{route}}.parquet",
-        explanations=f"{RL}/explanations/{{route}}.parquet",
+        recon=P.recon,
+        explanations=P.explanations,
     log:
         f"{LL}/recon/{{route}}.log",
     params:
@@ -107,12 +107,12 @@ rule recon_sae:
         route=route_regex("sae"),
     input:
         sae=sae_input,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
         gold_in=transcoder_gold,
     output:
-        recon=f"{RL}/recon/{{route}}.parquet",
-        sparsity=f"{RL}/sae/{{route}}.json",
+        recon=P.recon,
+        sparsity=P.sae,
     log:
         f"{LL}/recon/{{route}}.log",
     params:
@@ -133,11 +133,11 @@ rule explain_nla_av:
     wildcard_constraints:
         route=route_regex("nla_av"),
     input:
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
         checkpoint=lambda w: [p for p in [route_config(w)["checkpoint"]] if Path(p).exists()],
     output:
-        explanations=f"{RL}/explanations/{{route}}.parquet",
+        explanations=P.explanations,
     log:
         f"{LL}/explanations/{{route}}.log",
     params:
@@ -159,11 +159,11 @@ rule recon_nla_ar:
         route=route_regex("nla_ar", "nla_av"),
     input:
         explanations=nla_explanations,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         gold=stored_gold(),
         checkpoint=local_checkpoint,
     output:
-        recon=f"{RL}/recon/{{route}}.parquet",
+        recon=P.recon,
     log:
         f"{LL}/recon/{{route}}.log",
     params:
@@ -184,12 +184,12 @@ rule recon_nla_ar:
 
 rule geometry:
     input:
-        recon=f"{RL}/recon/{{route}}.parquet",
+        recon=P.recon,
         gold=stored_gold(),
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
     output:
-        table=f"{RL}/geometry/{{route}}.parquet",
-        summary=f"{RL}/geometry/{{route}}.json",
+        table=P.geometry,
+        summary=P.geometry_summary,
     log:
         f"{LL}/geometry/{{route}}.log",
     params:

@@ -11,11 +11,11 @@ report: "../reports/workflow.rst"
 
 rule gate:
     input:
-        geometry=per_route(f"{RL}/geometry/{{route}}.json"),
-        floors=f"{RL}/span1/patch/floors.parquet",
-        reextract=lambda w: [f"{R}/L{w.layer}/reextract.json"] if reads_stored_gold(w.layer) else [],
+        geometry=per_route(P.geometry_summary),
+        floors=fill(P.floors, span=1),
+        reextract=lambda w: [fill(P.reextract_summary, layer=w.layer)] if reads_stored_gold(w.layer) else [],
     output:
-        record=f"{RL}/gate.json",
+        record=P.gate,
     log:
         f"{LL}/analysis/gate.log",
     params:
@@ -37,7 +37,7 @@ rule report_route:
         files=lambda w: manifest_files(route_manifest(w.layer, w.route)),
     output:
         page=report(
-            f"{R}/report/L{{layer}}/{{route}}.html",
+            P.route_page,
             caption="../reports/report_route.rst",
             category="Report",
             subcategory="route pages",
@@ -46,7 +46,7 @@ rule report_route:
         f"{LL}/report/{{route}}.log",
     params:
         manifest=lambda w: route_manifest(w.layer, w.route),
-        main=f"{R}/report.html",
+        main=P.report,
         run_name=RUN,
         route_config=lambda w: route_settings(w.route),
         reference=SHOW_REF,
@@ -58,11 +58,11 @@ rule report_route:
 
 rule report_html:
     input:
-        run=f"{R}/run.json",
+        run=P.run_record,
         files=manifest_files(REPORT_MANIFEST),
         pages=route_pages(),
     output:
-        report=report(f"{R}/report.html", caption="../reports/report.rst", category="Report"),
+        report=report(P.report, caption="../reports/report.rst", category="Report"),
     log:
         f"{LOGS}/report.log",
     params:

@@ -4,7 +4,7 @@
 
 rule run_record:
     output:
-        json=f"{R}/run.json",
+        json=P.run_record,
     log:
         f"{LOGS}/run_record.log",
     params:
@@ -20,10 +20,10 @@ checkpoint sites:
         corpus_file=corpus_input(),
         model_dir=model_input(),
     output:
-        docs=f"{R}/docs.parquet",
-        sites=f"{R}/sites.parquet",
-        shards=directory(f"{R}/sites"),
-        stats=f"{R}/sites.json",
+        docs=P.docs,
+        sites=P.sites,
+        shards=directory(P.site_shards),
+        stats=P.sites_stats,
     log:
         f"{LOGS}/sites.log",
     params:

@@ -8,11 +8,11 @@ rule span_gold:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        sites=f"{R}/sites/shard_{{shard}}.parquet",
-        docs=f"{R}/docs.parquet",
+        sites=P.site_shard,
+        docs=P.docs,
         model_dir=model_input(),
     output:
-        gold=f"{RS}/gold/shard_{{shard}}.parquet",
+        gold=P.span_gold_shard,
     log:
         f"{LS}/gold/shard_{{shard}}.log",
     params:
@@ -33,9 +33,9 @@ rule span_gold_aggregate:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        shards=shard_files(f"{RS}/gold/shard_{{shard}}.parquet"),
+        shards=shard_files(P.span_gold_shard),
     output:
-        gold=f"{RS}/gold.parquet",
+        gold=P.span_gold,
     log:
         f"{LS}/gold_aggregate.log",
     conda:
@@ -49,12 +49,12 @@ rule span_conditions:
         span=EXTRA_SPAN,
     input:
         gold=stored_gold(),
-        sites=f"{R}/sites.parquet",
-        docs=f"{R}/docs.parquet",
+        sites=P.sites,
+        docs=P.docs,
     output:
-        choices=f"{RS}/conditions/choices.parquet",
-        noise=f"{RS}/conditions/noise.parquet",
-        summary=f"{RS}/sites.json",
+        choices=P.span_conditions["choices"],
+        noise=P.span_conditions["noise"],
+        summary=P.span_sites,
     log:
         f"{LS}/conditions.log",
     params:
@@ -69,9 +69,9 @@ rule recon_span:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        span_gold=f"{RS}/gold.parquet",
+        span_gold=P.span_gold,
         span_gold_in=transcoder_span_gold,
-        sites=f"{R}/sites.parquet",
+        sites=P.sites,
         train_gold=train_rows_gold,
         sae=sae_input,
         vectors=route_files,
@@ -79,7 +79,7 @@ rule recon_span:
         checkpoint=local_checkpoint,
         model_dir=model_input(),
     output:
-        recon=f"{RS}/recon/{{route}}.parquet",
+        recon=P.span_recon,
     log:
         f"{LS}/recon/{{route}}.log",
     params:

@@ -4,9 +4,9 @@
 
 rule stat_correlation:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        per_site=P.per_site,
     output:
-        record=f"{RL}/stats/{{route}}/correlation.json",
+        record=P.route_stats["correlation"],
     log:
         f"{LL}/analysis/{{route}}/stat_correlation.log",
     conda:
@@ -17,9 +17,9 @@ rule stat_correlation:
 
 rule stat_paired:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        per_site=P.per_site,
     output:
-        record=f"{RL}/stats/{{route}}/paired.json",
+        record=P.route_stats["paired"],
     log:
         f"{LL}/analysis/{{route}}/stat_paired.log",
     params:
@@ -32,9 +32,9 @@ rule stat_paired:
 
 rule stat_energy:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        per_site=P.per_site,
     output:
-        record=f"{RL}/stats/{{route}}/energy.json",
+        record=P.route_stats["energy"],
     log:
         f"{LL}/analysis/{{route}}/stat_energy.log",
     params:
@@ -47,9 +47,9 @@ rule stat_energy:
 
 rule stat_floor_offsets:
     input:
-        offsets=f"{RL}/tables/{{route}}/offsets.csv",
+        offsets=P.route_tables["offsets"],
     output:
-        record=f"{RL}/stats/{{route}}/floor_offsets.json",
+        record=P.route_stats["floor_offsets"],
     log:
         f"{LL}/analysis/{{route}}/stat_floor_offsets.log",
     params:
@@ -63,11 +63,11 @@ rule stat_floor_offsets:
 
 rule stats_route:
     input:
-        **{name: f"{RL}/stats/{{route}}/{name}.json" for name in STATS},
-        conditions=f"{RL}/tables/{{route}}/conditions.csv",
-        geometry_json=f"{RL}/geometry/{{route}}.json",
+        **P.route_stats,
+        conditions=P.route_tables["conditions"],
+        geometry_json=P.geometry_summary,
     output:
-        record=f"{RL}/stats/{{route}}.json",
+        record=P.route_record,
     log:
         f"{LL}/analysis/{{route}}/stats.log",
     conda:

@@ -5,10 +5,10 @@
 rule error_norms:
     input:
         gold=stored_gold(),
-        choices=f"{RL}/conditions/choices.parquet",
-        mean=f"{RL}/conditions/mean.parquet",
+        choices=P.conditions["choices"],
+        mean=P.conditions["mean"],
     output:
-        norms=f"{RL}/analysis/error_norms.parquet",
+        norms=P.error_norms,
     log:
         f"{LL}/analysis/error_norms.log",
     conda:
@@ -19,13 +19,13 @@ rule error_norms:
 
 rule per_site:
     input:
-        floors=f"{RL}/span1/patch/floors.parquet",
-        patch=f"{RL}/span1/patch/{{route}}.parquet",
-        geometry=f"{RL}/geometry/{{route}}.parquet",
-        error_norms=f"{RL}/analysis/error_norms.parquet",
-        sites=f"{R}/sites.parquet",
+        floors=fill(P.floors, span=1),
+        patch=fill(P.patch, span=1),
+        geometry=P.geometry,
+        error_norms=P.error_norms,
+        sites=P.sites,
     output:
-        table=f"{RL}/analysis/{{route}}/per_site.parquet",
+        table=P.per_site,
     log:
         f"{LL}/analysis/{{route}}/per_site.log",
     conda:
@@ -36,11 +36,11 @@ rule per_site:
 
 rule table_conditions:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
+        per_site=P.per_site,
         reference=reference_input("conditions"),
     output:
         table=report(
-            f"{RL}/tables/{{route}}/conditions.csv",
+            P.route_tables["conditions"],
             caption="../reports/conditions.rst",
             category="Tables",
             subcategory="{route}",
@@ -57,13 +57,13 @@ rule table_conditions:
 
 rule table_quartiles:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
-        geometry_json=f"{RL}/geometry/{{route}}.json",
+        per_site=P.per_site,
+        geometry_json=P.geometry_summary,
         gold=stored_gold(),
         reference=reference_input("quartiles"),
     output:
         table=report(
-            f"{RL}/tables/{{route}}/quartiles.csv",
+            P.route_tables["quartiles"],
             caption="../reports/quartiles.rst",
             category="Tables",
             subcategory="{route}",
@@ -80,12 +80,12 @@ rule table_quartiles:
 
 rule table_offsets:
     input:
-        floors=f"{RL}/span1/patch/floors.parquet",
-        patch=f"{RL}/span1/patch/{{route}}.parquet",
+        floors=fill(P.floors, span=1),
+        patch=fill(P.patch, span=1),
         reference=reference_input("offsets"),
     output:
         table=report(
-            f"{RL}/tables/{{route}}/offsets.csv",
+            P.route_tables["offsets"],
             caption="../reports/offsets.rst",
             category="Tables",
             subcategory="{route}",
@@ -100,12 +100,12 @@ rule table_offsets:
 
 rule table_token_classes:
     input:
-        per_site=f"{RL}/analysis/{{route}}/per_site.parquet",
-        geometry_json=f"{RL}/geometry/{{route}}.json",
+        per_site=P.per_site,
+        geometry_json=P.geometry_summary,
         reference=reference_input("token_classes"),
     output:
         table=report(
-            f"{RL}/tables/{{route}}/token_classes.csv",
+            P.route_tables["token_classes"],
             caption="../reports/token_classes.rst",
             category="Tables",
             subcategory="{route}",
@@ -122,13 +122,13 @@ rule table_token_classes:
 
 rule table_routes:
     input:
-        conditions=per_route(f"{RL}/tables/{{route}}/conditions.csv"),
-        geometry=per_route(f"{RL}/geometry/{{route}}.json"),
-        whole_context=per_route(f"{RL}/whole_context/{{route}}.json") if WHOLE_CONTEXT else [],
-        sae=sae_routes_of(f"{R}/L{{layer}}/sae/{{route}}.json"),
+        conditions=per_route(P.route_tables["conditions"]),
+        geometry=per_route(P.geometry_summary),
+        whole_context=per_route(P.whole_context) if WHOLE_CONTEXT else [],
+        sae=sae_routes_of(P.sae),
     output:
         table=report(
-            f"{RL}/tables/routes.csv", caption="../reports/routes.rst", category="Tables", subcategory="all routes"
+            P.point_tables["routes"], caption="../reports/routes.rst", category="Tables", subcategory="all routes"
         ),
     log:
         f"{LL}/analysis/table_routes.log",
@@ -144,11 +144,11 @@ rule table_span_conditions:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        floors=f"{RS}/patch/floors.parquet",
-        patch=f"{RS}/patch/{{route}}.parquet",
+        floors=P.floors,
+        patch=P.patch,
     output:
         table=report(
-            f"{RS}/tables/{{route}}/conditions.csv",
+            P.span_route_tables["conditions"],
             caption="../reports/span_conditions.rst",
             category="Spans",
             subcategory="{route}",
@@ -167,10 +167,10 @@ rule table_span_offsets:
     wildcard_constraints:
         span=EXTRA_SPAN,
     input:
-        floors=f"{RS}/patch/floors.parquet",
-        patch=f"{RS}/patch/{{route}}.parquet",
+        floors=P.floors,
+        patch=P.patch,
     output:
-        table=f"{RS}/tables/{{route}}/offsets.csv",
+        table=P.span_route_tables["offsets"],
     log:
         f"{LS}/analysis/{{route}}/table_span_offsets.log",
     conda:
@@ -181,13 +181,11 @@ rule table_span_offsets:
 
 rule table_spans:
     input:
-        floors=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/floors.parquet", span=spans_of(w.route)),
-        patches=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/patch/{w.route}.parquet", span=spans_of(w.route)),
-        summaries=lambda w: expand(f"{R}/L{w.layer}/span{{span}}/sites.json", span=extra_spans_of(w.route)),
+        floors=lambda w: expand(P.floors, layer=w.layer, span=spans_of(w.route)),
+        patches=lambda w: expand(P.patch, layer=w.layer, route=w.route, span=spans_of(w.route)),
+        summaries=lambda w: expand(P.span_sites, layer=w.layer, span=extra_spans_of(w.route)),
     output:
-        table=report(
-            f"{RL}/tables/{{route}}/spans.csv", caption="../reports/spans.rst", category="Spans", subcategory="{route}"
-        ),
+        table=report(P.route_tables["spans"], caption="../reports/spans.rst", category="Spans", subcategory="{route}"),
     log:
         f"{LL}/analysis/{{route}}/table_spans.log",
     params:
@@ -205,11 +203,11 @@ rule table_spans:
 
 rule table_layers:
     input:
-        conditions=[f"{R}/L{l}/tables/{r}/conditions.csv" for l in LAYERS for r in routes_of(l)],
-        geometry=[f"{R}/L{l}/geometry/{r}.json" for l in LAYERS for r in routes_of(l)],
+        conditions=[fill(P.route_tables["conditions"], layer=l, route=r) for l in LAYERS for r in routes_of(l)],
+        geometry=[fill(P.geometry_summary, layer=l, route=r) for l in LAYERS for r in routes_of(l)],
     output:
         table=report(
-            f"{R}/tables/layers.csv", caption="../reports/layers.rst", category="Tables", subcategory="all layers"
+            P.run_tables["layers"], caption="../reports/layers.rst", category="Tables", subcategory="all layers"
         ),
     log:
         f"{LOGS}/analysis/table_layers.log",
@@ -223,11 +221,11 @@ rule table_layers:
 
 rule table_frontier:
     input:
-        routes_table=f"{RL}/tables/routes.csv",
-        conditions=per_route(f"{RL}/tables/{{route}}/conditions.csv"),
+        routes_table=P.point_tables["routes"],
+        conditions=per_route(P.route_tables["conditions"]),
     output:
         table=report(
-            f"{RL}/tables/frontier.csv", caption="../reports/frontier.rst", category="Tables", subcategory="all routes"
+            P.point_tables["frontier"], caption="../reports/frontier.rst", category="Tables", subcategory="all routes"
         ),
     log:
         f"{LL}/analysis/table_frontier.log",
@@ -241,10 +239,10 @@ rule table_frontier:
 
 rule table_frontier_layers:
     input:
-        frontiers=[f"{R}/L{l}/tables/frontier.csv" for l in LAYERS],
+        frontiers=[fill(P.point_tables["frontier"], layer=l) for l in LAYERS],
     output:
         table=report(
-            f"{R}/tables/frontier.csv", caption="../reports/frontier.rst", category="Tables", subcategory="all layers"
+            P.run_tables["frontier"], caption="../reports/frontier.rst", category="Tables", subcategory="all layers"
         ),
     log:
         f"{LOGS}/analysis/table_frontier_layers.log",

@@ -5,7 +5,7 @@
 
 rule whole_context:
     input:
-        docs=f"{R}/docs.parquet",
+        docs=P.docs,
         train_gold=train_rows_gold,
         sae=sae_input,
         vectors=route_files,
@@ -13,7 +13,7 @@ rule whole_context:
         checkpoint=local_checkpoint,
         model_dir=model_input(),
     output:
-        scores=f"{RL}/whole_context/{{route}}.json",
+        scores=P.whole_context,
     log:
         f"{LL}/whole_context/{{route}}.log",
     params:

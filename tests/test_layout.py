@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from causal_kl import conditions
+from causal_kl import conditions, paths
 from causal_kl.jobs import PROVENANCE
 from workflow_helpers import ANALYSIS_ENV_BLOCKS, ROOT, TORCH_ENV_BLOCKS, blocked_imports_env, copy_workflow
 
@@ -173,3 +173,77 @@ def test_snakemake_lint_and_snakefmt_report_nothing(tmp_path):
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=wd,
                          capture_output=True, text=True, timeout=300)
     assert fmt.returncode == 0, fmt.stdout[-3000:] + fmt.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ one registry of output paths (causal_kl.paths)
+def _run_dir(workflow) -> str:
+    return f"results/{next(iter(workflow.values())).workflow.config['run']}"
+
+
+def _as_regex(template: str) -> re.Pattern:
+    """A template (``results/demo/L{layer}/gold.parquet``) as a pattern its filled-in forms match."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)))
+
+
+def test_every_output_of_a_rule_is_in_the_path_registry_and_every_registered_path_is_an_output(workflow):
+    """Snakemake's parsed rules against ``causal_kl.paths``: each output under ``results/{run}/`` is one of its templates
+    (the rules read it: a path re-spelled in a rule would differ from it, or go unregistered), outputs elsewhere are the
+    demo's assets; every template is some rule's output, but the sites checkpoint's shards (files in its folder)."""
+    from snakemake.io import strip_wildcard_constraints  # Snakemake writes each rule's constraints into its outputs
+
+    root = _run_dir(workflow)
+    registry = paths.file_templates(root)
+    outputs = {strip_wildcard_constraints(str(f)): name for name, rule in workflow.items() for f in rule.output}
+    outside = {name for f, name in outputs.items() if not f.startswith(root + "/")}
+    assert outside == {"demo_corpus", "demo_tokenizer", "demo_model", "demo_sae", "demo_sublayer_sae"}, outside
+    unregistered = sorted(f"{name}: {f}" for f, name in outputs.items() if f.startswith(root + "/") and f not in registry)
+    assert not unregistered, unregistered
+    assert sorted(registry[t] for t in set(registry) - set(outputs)) == ["site_shard"]
+    # a rule's fixed inputs under results/ are registered templates too (some fields filled: span1's floors)
+    patterns = [_as_regex(t) for t in registry]
+    for name, rule in workflow.items():
+        for f in (strip_wildcard_constraints(f) for f in rule.input if isinstance(f, str) and f.startswith(root + "/")):
+            assert any(p.fullmatch(f) for p in patterns), f"rule {name}: input {f} is not in causal_kl.paths"
+
+
+def test_the_rules_spell_no_output_path():
+    """Output paths are spelled in causal_kl/paths.py alone: no string in rules/ names a results file (only the demo's
+    training record, outside results/, and the published tables' folder, which are not outputs of a run)."""
+    files = re.compile(r"""(["'])[^"'\n]*\.(?:csv|parquet|json|html|png|svg)\1""")
+    allowed = {'"resources/demo/training.json"', '"{name}.csv"'}
+    spelled = [f"{smk.name}: {m.group(0)}" for smk in sorted((ROOT / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
+               for line in smk.read_text().splitlines() if not line.strip().startswith("#")
+               for m in files.finditer(line) if m.group(0) not in allowed]
+    assert not spelled, spelled
+
+
+def _brace_expand(text: str) -> list[str]:
+    """``a.{png,svg}`` -> ``a.png``, ``a.svg`` (a brace without a comma is a wildcard and stays)."""
+    m = re.search(r"\{([^{}]*,[^{}]*)\}", text)
+    if m is None:
+        return [text]
+    return [e for alt in m.group(1).split(",") for e in _brace_expand(text[:m.start()] + alt + text[m.end():])]
+
+
+def test_docs_paths_lists_exactly_the_registry():
+    """docs/PATHS.md's path column (R, RL, RS tables) and causal_kl.paths name the same files."""
+    prefixes = {"RS/": f"{paths.SPAN}/", "RL/": f"{paths.POINT}/", "R/": ""}
+    listed = set()
+    for line in (ROOT / "docs" / "PATHS.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        for path in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+            if path.startswith("resources/"):  # the demo's assets: not outputs of a run
+                continue
+            prefix = next(p for p in prefixes if path.startswith(p))
+            path = prefixes[prefix] + path[len(prefix):].replace("span{k}", "span{span}")
+            listed.update(_brace_expand(path))
+    registry = {t.lstrip("/") for t, name in paths.file_templates("").items() if name not in paths.FOLDERS}
+    assert sorted(listed - registry) == [] and sorted(registry - listed) == []
+
+
+def test_a_template_fills_only_the_fields_given():
+    template = paths.TEMPLATES["patch"]
+    assert paths.fill(template, span=1) == "L{layer}/span1/patch/{route}.parquet"
+    assert paths.fill(template, layer="3.mlp_out", span=4, route="pca", extra="x") == "L3.mlp_out/span4/patch/pca.parquet"
+    assert paths.for_run("demo").route_tables["conditions"] == "results/demo/L{layer}/tables/{route}/conditions.csv"
