@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from causal_kl.paths import FIG_NAMES, ROUTE_TABLES, STATS  # noqa: E402  (the registry's names of a route's files)
+
 LAYER = 3
 """The synthetic run's layer (``tests/synthetic_results.LAYER``)."""
-FIG_NAMES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
-STATS = ("correlation", "paired", "energy", "floor_offsets")
-ROUTE_TABLES = ("conditions", "quartiles", "offsets", "token_classes")
 SPAN_OFFSETS = [0, 1, 5, 31]
 LIMIT_MB = 4096
 """The target: every job at most 4 GB at the largest size."""

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from causal_kl.contracts import CONDITION_CHOICES, EVAL_MEAN, GEOMETRY, GOLD, PATCH, SITES
 from causal_kl.io import vectors_to_arrow, write_json, write_parquet
+from causal_kl.paths import FIG_NAMES
 
 TOKENS = (" the", " model", " 42", "7", " 1000", "x", ".", " 3 ")
 """Token texts of the synthetic sites (some digits-only, some with spaces), chosen per site."""
@@ -316,5 +317,5 @@ def build_outputs(R: Path, routes: tuple[str, ...] = ("toy",), reference: bool =
             "across": {}, "spans": [1], "route_files": {L: files}}
 
 
-FIGURES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
+FIGURES = FIG_NAMES
 """The write-up's figures, by key, as the workflow names their files."""

@@ -9,6 +9,7 @@ the one-shard rerun) is tests/test_slurm.py.
 from __future__ import annotations
 
 import importlib.metadata
+from collections import Counter
 import shlex
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from workflow_helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_scale  # noqa: E402  (the benchmark's dry-run readers: one reading of Snakemake's output)
+import same_plan  # noqa: E402  (issue #30's plan comparison: its reading of a dry run, checked on the one here)
 
 
 # ------------------------------------------------------------------ settings and checks, no Snakemake
@@ -328,6 +330,14 @@ def test_slurm_profile_packs_each_block_of_shards_into_one_allocation(study):
     assert sum(groups.values()) == model_jobs  # every model job is in a group
     local = dry_run(work, config)  # the same plan locally: the same jobs, no groups (Snakemake would ignore them)
     assert bench_scale.job_counts(local) == counts and not bench_scale.group_jobs(local)
+    # benchmarks/same_plan.py reads the same jobs and groups as Snakemake's job stats; it tells the two plans apart
+    # by their groups alone
+    jobs, local_jobs = same_plan.parse_plan(out), same_plan.parse_plan(local)
+    assert Counter(j["rule"] for j in jobs) == {r: n for r, n in counts.items() if r != "total"}
+    assert Counter(j["group"] for j in jobs if j["group"]) == groups
+    assert all(j["output"] for j in jobs if j["rule"] != "all") and not any(j["group"] for j in local_jobs)
+    assert len(same_plan.compare(jobs, local_jobs)) == 2 * sum(groups.values())
+    assert same_plan.compare([{**j, "group": None} for j in jobs], local_jobs) == []
 
 
 def test_a_smaller_block_size_from_the_command_line_splits_the_shards(study):

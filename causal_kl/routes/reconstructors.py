@@ -30,6 +30,7 @@ import numpy as np
 
 from causal_kl.errors import CausalKLError
 from causal_kl.io import preview
+from causal_kl.paths import RUN_DIR, TEMPLATES
 
 Where = Sequence[tuple[str, int]]
 
@@ -116,7 +117,7 @@ def _training_golds(entry: dict, route: str, train_gold: str | None, eval_doc_id
 
     if train_gold is None:
         raise CausalKLError(f"config routes.{route}", "train_rows", f"a {entry['kind']} route is fitted on training golds",
-                            "pass the route's train_gold file (results/{run}/train_gold/rows_{start}_{stop}.parquet)")
+                            f"pass the route's train_gold file ({RUN_DIR}/{TEMPLATES['train_gold']})")
     _, train = read_training_golds(train_gold, eval_doc_ids)
     return train
 
