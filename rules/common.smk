@@ -489,9 +489,9 @@ def analysis_targets(layer):
 
     routes = routes_of(layer)
     # the recorded choices and noise too: deleting one rebuilds it (and what read it) on a plain `snakemake`
-    t = [at(P.gate)] + [at(P.conditions[name]) for name in ("choices", "mean", "noise")]
+    t = [at(P.gate)] + [at(path) for path in P.conditions.values()]
     for k in spans_at(layer)[1:]:
-        t += [at(P.span_conditions[name], span=k) for name in ("choices", "noise")] + [at(P.span_gold, span=k)]
+        t += [at(path, span=k) for path in P.span_conditions.values()] + [at(P.span_gold, span=k)]
     for r in routes:
         t += [at(P.route_tables[name], route=r) for name in ROUTE_TABLES]
         t += [at(P.route_stats[name], route=r) for name in STATS] + [at(P.route_record, route=r)]
