@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -595,8 +596,9 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str
                                 "add the route under routes: in the config (or its layer to the route), or ask for one of those")
 
 
-SHARD_FILE = r"shard_(\d{3,})\.parquet"
-"""One shard's file of a per-shard output (``.../gold/shard_000.parquet``): a target only once the sites exist."""
+SHARD_FILE = re.escape(Path(paths.TEMPLATES["site_shard"]).name).replace(re.escape("{shard}"), r"(\d{3,})")
+"""One shard's file of a per-shard output (``.../gold/shard_000.parquet``, as every ``*_shard`` template of
+``causal_kl.paths`` names it): a target only once the sites exist."""
 
 
 def check_shard_targets(argv: list[str], results: str) -> None:
@@ -606,12 +608,12 @@ def check_shard_targets(argv: list[str], results: str) -> None:
     import re
 
     prefix = results.rstrip("/") + "/"
-    stats = Path(f"{prefix}sites.json")
+    stats = Path(prefix) / paths.TEMPLATES["sites_stats"]
     for target in (a for a in argv if not a.startswith("-") and a.startswith(prefix)):
         m = re.fullmatch(SHARD_FILE, Path(target).name)
         if m is None:
             continue
-        whole = f"{Path(target).parent}.parquet" if Path(target).parent.name != "sites" else str(stats)
+        whole = f"{Path(target).parent}.parquet" if Path(target).parent.name != paths.TEMPLATES["site_shards"] else str(stats)
         if not stats.exists():
             raise CausalKLError(target, "target", f"a shard's file is planned once the sites are sampled ({stats}, which "
                                 "says how many shards the run has, does not exist yet)",
