@@ -32,23 +32,11 @@ import inspect
 from collections.abc import Callable, Mapping
 
 from causal_kl.errors import CausalKLError
+from causal_kl.model_rules import GROUP_PACKING, LAYER, LM, MODEL_RULES, SHARDS
 
-SHARD_GROUPS: dict[str, tuple[str, ...]] = {"extract": ("gold", "span_gold"), "patch": ("patch_floors", "patch_route")}
-"""Groups of per-shard model jobs, packed by blocks of shards."""
-LAYER_GROUPS: dict[str, tuple[str, ...]] = {"routes": ("recon_text_channel", "recon_sae", "recon_span", "whole_context")}
-"""Groups of per-layer model jobs, one allocation per layer."""
-RUN_GROUPS: dict[str, tuple[str, ...]] = {"train": ("train_gold",)}
-"""Groups of a run's other model jobs, one allocation for all."""
-GROUPED_RULES: dict[str, str] = {rule: group for groups in (SHARD_GROUPS, LAYER_GROUPS, RUN_GROUPS)
-                                 for group, rules in groups.items() for rule in rules}
-"""Rule -> the group its jobs join on a cluster."""
-
-LM = "the run's model"
-RULE_MODELS: dict[str, str | None] = {
-    "gold": LM, "span_gold": LM, "patch_floors": LM, "patch_route": LM, "train_gold": LM, "recon_text_channel": LM,
-    "recon_span": LM, "whole_context": LM, "recon_sae": None,
-    "explain_nla_av": "an NLA AV checkpoint", "recon_nla_ar": "an NLA AR checkpoint",
-}
+GROUPED_RULES: dict[str, str] = {rule: entry.group for rule, entry in MODEL_RULES.items() if entry.group}
+"""Rule -> the group its jobs join on a cluster (from ``causal_kl.model_rules.MODEL_RULES``)."""
+RULE_MODELS: dict[str, str | None] = {rule: entry.loads for rule, entry in MODEL_RULES.items()}
 """What each model rule loads in the model server (None: no language model, e.g. an SAE alone)."""
 
 WHOLE_BLOCK = 1_000_000_000
@@ -94,6 +82,17 @@ def layer_group_id(group: str, layer: int | str) -> str:
     """The group id of a point's job in ``group`` (``recon_sae-L3``, ``recon_sae-L3.mlp_out``: ``layer`` is the point's
     name, the ``{layer}`` wildcard)."""
     return f"{group}-L{layer}"
+
+
+def model_group_id(rule: str, wildcards, shards: Mapping[str, int]) -> str:
+    """The group id of a job of model rule ``rule`` (its ``wildcards``): its block of shards (``shards``: shards per
+    allocation of each group), its point, or the run, as its group is packed (``model_rules.GROUP_PACKING``)."""
+    group = GROUPED_RULES[rule]
+    if GROUP_PACKING[group] == SHARDS:
+        return shard_group_id(group, wildcards.shard, shards)
+    if GROUP_PACKING[group] == LAYER:
+        return layer_group_id(group, wildcards.layer)
+    return group
 
 
 def register(group_components: dict, group_id: str) -> str:
