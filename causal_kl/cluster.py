@@ -27,12 +27,11 @@ keeps the block whole (``register``), just as ``--group-components ID=N`` would.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 
 from causal_kl.errors import CausalKLError
 from causal_kl.model_rules import GROUP_PACKING, LAYER, LM, MODEL_RULES, SHARDS
+from causal_kl.shims import wrap_where_source_fits
 
 GROUPED_RULES: dict[str, str] = {rule: entry.group for rule, entry in MODEL_RULES.items() if entry.group}
 """Rule -> the group its jobs join on a cluster (from ``causal_kl.model_rules.MODEL_RULES``)."""
@@ -154,33 +153,23 @@ def check_each_group_once(dag_class=None) -> bool:
     if dag_class is None:
         import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
         from snakemake.dag import DAG as dag_class
-    original = getattr(dag_class, "_check_groups", None)
-    if original is None:
-        return False
-    if getattr(original, "checks_each_group_once", False):
-        return True
-    try:
-        source = inspect.getsource(original)
-    except (OSError, TypeError):
-        return False
-    if source.count("self._group") != 1 or _CHECK_LOOP not in source:
-        return False
 
-    @functools.wraps(original)
-    def check_groups_once(self):
-        every = self._group
-        once: dict[int, tuple] = {}
-        for job, group in every.items():
-            once.setdefault(id(group), (job, group))
-        self._group = dict(once.values())
-        try:
-            return original(self)
-        finally:
-            self._group = every
+    def wrap(original):
+        def check_groups_once(self):
+            every = self._group
+            once: dict[int, tuple] = {}
+            for job, group in every.items():
+                once.setdefault(id(group), (job, group))
+            self._group = dict(once.values())
+            try:
+                return original(self)
+            finally:
+                self._group = every
 
-    check_groups_once.checks_each_group_once = True
-    dag_class._check_groups = check_groups_once
-    return True
+        return check_groups_once
+
+    return wrap_where_source_fits(dag_class, "_check_groups", wrap, "checks_each_group_once",
+                                  lambda source: source.count("self._group") == 1 and _CHECK_LOOP in source)
 
 
 _STATUS_QUERY_USE = "await query_job_status("
@@ -210,29 +199,21 @@ def see_cancelled_slurm_jobs(plugin=None) -> bool:
             import snakemake_executor_plugin_slurm as plugin
         except ImportError:
             return False
-    original = getattr(plugin, "query_job_status", None)
-    executor = getattr(plugin, "Executor", None)
-    if original is None or executor is None or not inspect.iscoroutinefunction(original):
-        return False
-    if getattr(original, "sees_cancelled_jobs", False):
-        return True
-    try:
-        source = inspect.getsource(executor.check_active_jobs)
-    except (AttributeError, OSError, TypeError):
-        return False
-    if _STATUS_QUERY_USE not in source:
+    caller = getattr(getattr(plugin, "Executor", None), "check_active_jobs", None)
+    if caller is None:
         return False
 
-    @functools.wraps(original)
-    async def query_base_states(*args, **kwargs):
-        states, seconds = await original(*args, **kwargs)
-        if states:
-            states = {job: base_slurm_state(state) for job, state in states.items()}
-        return states, seconds
+    def wrap(original):
+        async def query_base_states(*args, **kwargs):
+            states, seconds = await original(*args, **kwargs)
+            if states:
+                states = {job: base_slurm_state(state) for job, state in states.items()}
+            return states, seconds
 
-    query_base_states.sees_cancelled_jobs = True
-    plugin.query_job_status = query_base_states
-    return True
+        return query_base_states
+
+    return wrap_where_source_fits(plugin, "query_job_status", wrap, "sees_cancelled_jobs",
+                                  lambda source: _STATUS_QUERY_USE in source, source_of=caller, coroutine=True)
 
 
 def _version(dist: str) -> str:
