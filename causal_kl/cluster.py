@@ -193,6 +193,15 @@ def see_cancelled_slurm_jobs(plugin=None) -> bool:
     profile's ``retries`` resubmit it, ``--keep-going`` goes on with the rest). It is applied only where the installed
     plugin calls that function from ``check_active_jobs``; without the plugin (a local install) nothing changes.
     Returns whether the wrapper is in place.
+
+    Why a wrapper and not the plugin's own configuration (read in 2.8's source): its one status setting,
+    ``status_command`` (``--slurm-status-command``, ``slurm-status-command:`` in a profile), chooses between two fixed
+    queries, ``sacct`` (above) and ``squeue --format=%i|%T --states=all``, with no command or state mapping of one's
+    own. ``squeue`` does print a cancelled job as ``CANCELLED``, but only for ``MinJobAge`` seconds after it ends (a job
+    it no longer lists counts as still queued: the same wait for ever), the plugin goes back to ``sacct`` by itself
+    where ``MinJobAge`` is under three status intervals, and with ``squeue`` it cannot read a failed job's reasons. No
+    setting makes the plugin see a ``scancel``'d job under ``sacct``, so the wrapper stays (``tests/test_cluster.py``
+    fails, saying to drop it, once the plugin as installed fails such a job by itself).
     """
     if plugin is None:
         try:
