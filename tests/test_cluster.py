@@ -400,3 +400,39 @@ def test_a_shim_that_does_not_fit_says_so_with_the_version_and_the_cost(monkeypa
     monkeypatch.setattr(plugin, "query_job_status", plugin.query_job_status)
     monkeypatch.setattr(DAG, "_check_groups", DAG._check_groups)
     assert apply_cluster_shims() == []
+
+
+def test_model_groups_are_declared_from_the_table_and_only_on_a_cluster():
+    """The Snakefile's declare_model_groups gives each grouped model rule its group id (checked here by hand for a
+    shard of the 2nd extraction block and the 3rd patch block, a point inside a block, the run) and no other rule one;
+    each id is registered whole in Snakemake's group components. Locally nothing is set."""
+    from causal_kl.workflow_setup import declare_model_groups
+
+    rules = {name: SimpleNamespace(group=None) for name in (*RULE_MODELS, "conditions")}
+    workflow = SimpleNamespace(get_rule=rules.__getitem__, group_settings=SimpleNamespace(group_components=()))
+    declare_model_groups(workflow, False, {"extract": 20, "patch": 10})
+    assert all(rule.group is None for rule in rules.values())
+    declare_model_groups(workflow, True, {"extract": 20, "patch": 10})
+    w = SimpleNamespace(shard="023", layer="3.mlp_out")
+    ids = {name: rule.group(w) for name, rule in rules.items() if rule.group is not None}
+    assert ids == {"gold": "extract-1", "span_gold": "extract-1", "patch_floors": "patch-2", "patch_route": "patch-2",
+                   "recon_text_channel": "routes-L3.mlp_out", "recon_sae": "routes-L3.mlp_out",
+                   "recon_span": "routes-L3.mlp_out", "whole_context": "routes-L3.mlp_out", "train_gold": "train"}
+    assert workflow.group_settings.group_components == {g: 1_000_000_000 for g in set(ids.values())}
+
+
+def test_a_parse_time_error_is_one_line_and_exit_1():
+    from causal_kl.workflow_setup import exits_on_config_error, sort_config_keys
+
+    @exits_on_config_error
+    def check():
+        raise CausalKLError("run.yaml", "model.layer", "99 is past the last block", "give a layer below 4")
+
+    with pytest.raises(SystemExit) as e:
+        check()
+    assert e.value.code == "causal-kl: run.yaml: model.layer: 99 is past the last block. Fix: give a layer below 4"
+    config = {"b": {"y": 1, "x": [{"d": 1, "c": 2}]}, "a": 0}
+    same = config
+    sort_config_keys(config)
+    assert config is same and list(config) == ["a", "b"] and list(config["b"]) == ["x", "y"]
+    assert list(config["b"]["x"][0]) == ["c", "d"] and config == {"a": 0, "b": {"x": [{"c": 2, "d": 1}], "y": 1}}
