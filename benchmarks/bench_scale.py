@@ -37,8 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny-checkpoint builders (fixtures.py)
-MODEL_RULES = ("gold", "span_gold", "patch_floors", "patch_route", "train_gold", "recon_text_channel", "recon_sae",
-               "recon_span", "whole_context", "explain_nla_av", "recon_nla_ar")
+from causal_kl.model_rules import MODEL_RULES  # noqa: E402  (the rules whose jobs load a model)
 ROUTE_KINDS = ("pca", "text_channel", "sae", "sae")
 """The routes of a study, in order: ``--routes 4`` takes all four (two SAEs of a suite), 3 the demo's three."""
 
