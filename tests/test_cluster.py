@@ -148,9 +148,10 @@ def test_the_group_check_is_left_alone_where_it_differs():
     assert other._check_groups is _check_groups
 
 
-def _plugin_states(monkeypatch, states: str, wrapped: bool):
+def _plugin_states(monkeypatch, states: str, wrapped: bool, status_command: str = "sacct"):
     """The SLURM plugin's own ``check_active_jobs`` on one status query that prints ``states`` (sacct's
-    ``JobIdRaw|State`` lines): which jobs it reports failed, finished, and still running."""
+    ``JobIdRaw|State`` lines, or squeue's ``%i|%T`` with ``status_command="squeue"``): which jobs it reports failed,
+    finished, and still running."""
     import asyncio
     import contextlib
     import logging
@@ -160,7 +161,7 @@ def _plugin_states(monkeypatch, states: str, wrapped: bool):
     monkeypatch.setattr(plugin, "query_job_status", original)
     if wrapped:
         assert see_cancelled_slurm_jobs(plugin), "the installed plugin no longer calls query_job_status"
-    monkeypatch.setattr(plugin, "query_job_status_sacct", lambda run_uuid: f"printf {shlex.quote(states)}")
+    monkeypatch.setattr(plugin, f"query_job_status_{status_command}", lambda run_uuid: f"printf {shlex.quote(states)}")
     monkeypatch.setattr(plugin, "is_query_tool_available", lambda tool: True)
     monkeypatch.setattr(plugin, "get_min_job_age", lambda: 300)
     # the plugin asks sacct for a failed job's step reasons: none here
@@ -168,7 +169,7 @@ def _plugin_states(monkeypatch, states: str, wrapped: bool):
                                                               CalledProcessError=subprocess.CalledProcessError))
     seen = {"error": [], "success": []}
     ex = object.__new__(plugin.Executor)
-    settings = SimpleNamespace(init_seconds_before_status_checks=1, status_attempts=1, status_command="sacct",
+    settings = SimpleNamespace(init_seconds_before_status_checks=1, status_attempts=1, status_command=status_command,
                                keep_successful_logs=True, requeue=False)
     vars(ex).update(workflow=SimpleNamespace(executor_settings=settings), run_uuid="run",
                     logger=logging.getLogger("slurm-plugin-test"), status_rate_limiter=contextlib.AsyncExitStack(),
@@ -192,6 +193,16 @@ def test_a_cancelled_allocation_fails_instead_of_running_for_ever(monkeypatch):
     as_installed = _plugin_states(monkeypatch, states, wrapped=False)
     assert as_installed == {"error": [], "success": ["14"], "running": ["13", "15"]}, "the plugin fixed it: drop the wrapper"
     assert _plugin_states(monkeypatch, states, wrapped=True) == {"error": ["13"], "success": ["14"], "running": ["15"]}
+
+
+def test_the_plugins_squeue_setting_is_no_fix_for_a_cancelled_allocation(monkeypatch):
+    """The plugin's one status setting (``slurm-status-command: squeue``, tried before the wrapper): squeue prints a
+    cancelled job as ``CANCELLED``, so the plugin fails it, but only while squeue still lists it (``MinJobAge`` after
+    it ends); a job it no longer lists reads as queued, for ever, as before. Hence the wrapper (sacct, the default)."""
+    listed = _plugin_states(monkeypatch, r"13|CANCELLED\n14|COMPLETED\n15|RUNNING\n", False, "squeue")
+    assert listed == {"error": ["13"], "success": ["14"], "running": ["15"]}
+    aged_out = _plugin_states(monkeypatch, r"14|COMPLETED\n15|RUNNING\n", False, "squeue")  # 13 ended > MinJobAge ago
+    assert aged_out == {"error": [], "success": ["14"], "running": ["13", "15"]}
 
 
 def test_slurm_states_lose_only_their_annotation():
