@@ -17,8 +17,12 @@ include: "rules/figures.smk"
 include: "rules/report.smk"
 
 
+# each model rule's cluster group, from the one table of model rules (causal_kl.model_rules); none locally
+declare_model_groups(workflow, CLUSTER_GROUPS, SHARDS_PER_ALLOCATION)
+
+
 onstart:
-    preload_run_model()
+    preload_run_model(workflow, config, MODEL_BLOCK, CLUSTER_GROUPS)
 
 
 onsuccess:

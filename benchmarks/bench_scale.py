@@ -37,8 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny-checkpoint builders (fixtures.py)
-MODEL_RULES = ("gold", "span_gold", "patch_floors", "patch_route", "train_gold", "recon_text_channel", "recon_sae",
-               "recon_span", "whole_context", "explain_nla_av", "recon_nla_ar")
 ROUTE_KINDS = ("pca", "text_channel", "sae", "sae")
 """The routes of a study, in order: ``--routes 4`` takes all four (two SAEs of a suite), 3 the demo's three."""
 
@@ -246,6 +244,8 @@ def plan(args: argparse.Namespace) -> dict:
             raise SystemExit(f"dry run ({mode}) failed, see {work / f'plan-{mode}.log'}:\n{r['output'][-3000:]}")
         counts = job_counts(r["output"])
         groups = group_jobs(r["output"]) if mode == "slurm" else {}
+        from causal_kl.model_rules import MODEL_RULES  # the rules whose jobs load a model
+
         model_jobs = sum(v for k, v in counts.items() if k in MODEL_RULES)
         grouped = sum(groups.values())
         results[mode] = {"jobs": sum(counts.values()), "model_jobs": model_jobs, "group_jobs": len(groups),

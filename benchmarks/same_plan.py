@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="say whether two plans are identical")
     parser.add_argument("--fake-sites", action="store_true", help="plan the per-shard jobs too (sites made by hand)")
     parser.add_argument("-o", "--out", help="write the plan here (default: stdout)")
-    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake -n")
-    args = parser.parse_args(argv)
+    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake -n (any not ours)")
+    args, rest = parser.parse_known_args(argv)  # snakemake's own options (--configfile, --profile) pass through
+    args.snakemake_args = rest + args.snakemake_args
     if args.compare:
         a, b = (json.loads(Path(p).read_text()) for p in args.compare)
         diff = compare(a, b)

@@ -27,28 +27,15 @@ keeps the block whole (``register``), just as ``--group-components ID=N`` would.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 
 from causal_kl.errors import CausalKLError
+from causal_kl.model_rules import GROUP_PACKING, LAYER, LM, MODEL_RULES, SHARDS
+from causal_kl.shims import wrap_where_source_fits
 
-SHARD_GROUPS: dict[str, tuple[str, ...]] = {"extract": ("gold", "span_gold"), "patch": ("patch_floors", "patch_route")}
-"""Groups of per-shard model jobs, packed by blocks of shards."""
-LAYER_GROUPS: dict[str, tuple[str, ...]] = {"routes": ("recon_text_channel", "recon_sae", "recon_span", "whole_context")}
-"""Groups of per-layer model jobs, one allocation per layer."""
-RUN_GROUPS: dict[str, tuple[str, ...]] = {"train": ("train_gold",)}
-"""Groups of a run's other model jobs, one allocation for all."""
-GROUPED_RULES: dict[str, str] = {rule: group for groups in (SHARD_GROUPS, LAYER_GROUPS, RUN_GROUPS)
-                                 for group, rules in groups.items() for rule in rules}
-"""Rule -> the group its jobs join on a cluster."""
-
-LM = "the run's model"
-RULE_MODELS: dict[str, str | None] = {
-    "gold": LM, "span_gold": LM, "patch_floors": LM, "patch_route": LM, "train_gold": LM, "recon_text_channel": LM,
-    "recon_span": LM, "whole_context": LM, "recon_sae": None,
-    "explain_nla_av": "an NLA AV checkpoint", "recon_nla_ar": "an NLA AR checkpoint",
-}
+GROUPED_RULES: dict[str, str] = {rule: entry.group for rule, entry in MODEL_RULES.items() if entry.group}
+"""Rule -> the group its jobs join on a cluster (from ``causal_kl.model_rules.MODEL_RULES``)."""
+RULE_MODELS: dict[str, str | None] = {rule: entry.loads for rule, entry in MODEL_RULES.items()}
 """What each model rule loads in the model server (None: no language model, e.g. an SAE alone)."""
 
 WHOLE_BLOCK = 1_000_000_000
@@ -94,6 +81,17 @@ def layer_group_id(group: str, layer: int | str) -> str:
     """The group id of a point's job in ``group`` (``recon_sae-L3``, ``recon_sae-L3.mlp_out``: ``layer`` is the point's
     name, the ``{layer}`` wildcard)."""
     return f"{group}-L{layer}"
+
+
+def model_group_id(rule: str, wildcards, shards: Mapping[str, int]) -> str:
+    """The group id of a job of model rule ``rule`` (its ``wildcards``): its block of shards (``shards``: shards per
+    allocation of each group), its point, or the run, as its group is packed (``model_rules.GROUP_PACKING``)."""
+    group = GROUPED_RULES[rule]
+    if GROUP_PACKING[group] == SHARDS:
+        return shard_group_id(group, wildcards.shard, shards)
+    if GROUP_PACKING[group] == LAYER:
+        return layer_group_id(group, wildcards.layer)
+    return group
 
 
 def register(group_components: dict, group_id: str) -> str:
@@ -155,33 +153,23 @@ def check_each_group_once(dag_class=None) -> bool:
     if dag_class is None:
         import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
         from snakemake.dag import DAG as dag_class
-    original = getattr(dag_class, "_check_groups", None)
-    if original is None:
-        return False
-    if getattr(original, "checks_each_group_once", False):
-        return True
-    try:
-        source = inspect.getsource(original)
-    except (OSError, TypeError):
-        return False
-    if source.count("self._group") != 1 or _CHECK_LOOP not in source:
-        return False
 
-    @functools.wraps(original)
-    def check_groups_once(self):
-        every = self._group
-        once: dict[int, tuple] = {}
-        for job, group in every.items():
-            once.setdefault(id(group), (job, group))
-        self._group = dict(once.values())
-        try:
-            return original(self)
-        finally:
-            self._group = every
+    def wrap(original):
+        def check_groups_once(self):
+            every = self._group
+            once: dict[int, tuple] = {}
+            for job, group in every.items():
+                once.setdefault(id(group), (job, group))
+            self._group = dict(once.values())
+            try:
+                return original(self)
+            finally:
+                self._group = every
 
-    check_groups_once.checks_each_group_once = True
-    dag_class._check_groups = check_groups_once
-    return True
+        return check_groups_once
+
+    return wrap_where_source_fits(dag_class, "_check_groups", wrap, "checks_each_group_once",
+                                  lambda source: source.count("self._group") == 1 and _CHECK_LOOP in source)
 
 
 _STATUS_QUERY_USE = "await query_job_status("
@@ -205,35 +193,36 @@ def see_cancelled_slurm_jobs(plugin=None) -> bool:
     profile's ``retries`` resubmit it, ``--keep-going`` goes on with the rest). It is applied only where the installed
     plugin calls that function from ``check_active_jobs``; without the plugin (a local install) nothing changes.
     Returns whether the wrapper is in place.
+
+    Why a wrapper and not the plugin's own configuration (read in 2.8's source): its one status setting,
+    ``status_command`` (``--slurm-status-command``, ``slurm-status-command:`` in a profile), chooses between two fixed
+    queries, ``sacct`` (above) and ``squeue --format=%i|%T --states=all``, with no command or state mapping of one's
+    own. ``squeue`` does print a cancelled job as ``CANCELLED``, but only for ``MinJobAge`` seconds after it ends (a job
+    it no longer lists counts as still queued: the same wait for ever), the plugin goes back to ``sacct`` by itself
+    where ``MinJobAge`` is under three status intervals, and with ``squeue`` it cannot read a failed job's reasons. No
+    setting makes the plugin see a ``scancel``'d job under ``sacct``, so the wrapper stays (``tests/test_cluster.py``
+    fails, saying to drop it, once the plugin as installed fails such a job by itself).
     """
     if plugin is None:
         try:
             import snakemake_executor_plugin_slurm as plugin
         except ImportError:
             return False
-    original = getattr(plugin, "query_job_status", None)
-    executor = getattr(plugin, "Executor", None)
-    if original is None or executor is None or not inspect.iscoroutinefunction(original):
-        return False
-    if getattr(original, "sees_cancelled_jobs", False):
-        return True
-    try:
-        source = inspect.getsource(executor.check_active_jobs)
-    except (AttributeError, OSError, TypeError):
-        return False
-    if _STATUS_QUERY_USE not in source:
+    caller = getattr(getattr(plugin, "Executor", None), "check_active_jobs", None)
+    if caller is None:
         return False
 
-    @functools.wraps(original)
-    async def query_base_states(*args, **kwargs):
-        states, seconds = await original(*args, **kwargs)
-        if states:
-            states = {job: base_slurm_state(state) for job, state in states.items()}
-        return states, seconds
+    def wrap(original):
+        async def query_base_states(*args, **kwargs):
+            states, seconds = await original(*args, **kwargs)
+            if states:
+                states = {job: base_slurm_state(state) for job, state in states.items()}
+            return states, seconds
 
-    query_base_states.sees_cancelled_jobs = True
-    plugin.query_job_status = query_base_states
-    return True
+        return query_base_states
+
+    return wrap_where_source_fits(plugin, "query_job_status", wrap, "sees_cancelled_jobs",
+                                  lambda source: _STATUS_QUERY_USE in source, source_of=caller, coroutine=True)
 
 
 def _version(dist: str) -> str:

@@ -15,13 +15,12 @@ Two holes let a rerun of the same command say "Nothing to be done" over a result
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 from causal_kl.errors import CausalKLError
+from causal_kl.shims import wrap_where_source_fits
 
 REMADE_FIX = "it was written by this pipeline and is now removed: rerun the same snakemake command to remake it"
 """The fix of a job's error once the bad file it read (one this run's rules write) has been removed."""
@@ -84,36 +83,26 @@ def rebuild_missing_inputs(rebuildable: Callable[[str], bool], dag_class=None) -
     if dag_class is None:
         import snakemake.api  # noqa: F401  (snakemake.dag, imported first, is a circular import)
         from snakemake.dag import DAG as dag_class
-    original = getattr(dag_class, "update_needrun", None)
-    if original is None or not inspect.iscoroutinefunction(original):
-        return False
-    if getattr(original, "rebuilds_missing_inputs", False):
-        return True
-    try:
-        source = inspect.getsource(original)
-    except (OSError, TypeError):
-        return False
-    if _NEEDRUN_TARGET_CHECK not in source:
-        return False
 
-    @functools.wraps(original)
-    async def update_needrun(self, *args, **kwargs):
-        added, missing = set(), set()
-        for job in list(self.jobs):
-            if job in self.targetjobs or self.finished(job) or not self.depending[job]:
-                continue
-            gone = {f for f in job.output if rebuildable(str(f)) and not await f.exists()}
-            if gone:
-                added.add(job)
-                missing |= gone - self.targetfiles
-        self.targetjobs |= added
-        self.targetfiles |= missing  # (an output no job reads, e.g. a checkpoint's record, counts too)
-        try:
-            return await original(self, *args, **kwargs)
-        finally:
-            self.targetjobs -= added
-            self.targetfiles -= missing
+    def wrap(original):
+        async def update_needrun(self, *args, **kwargs):
+            added, missing = set(), set()
+            for job in list(self.jobs):
+                if job in self.targetjobs or self.finished(job) or not self.depending[job]:
+                    continue
+                gone = {f for f in job.output if rebuildable(str(f)) and not await f.exists()}
+                if gone:
+                    added.add(job)
+                    missing |= gone - self.targetfiles
+            self.targetjobs |= added
+            self.targetfiles |= missing  # (an output no job reads, e.g. a checkpoint's record, counts too)
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                self.targetjobs -= added
+                self.targetfiles -= missing
 
-    update_needrun.rebuilds_missing_inputs = True
-    dag_class.update_needrun = update_needrun
-    return True
+        return update_needrun
+
+    return wrap_where_source_fits(dag_class, "update_needrun", wrap, "rebuilds_missing_inputs",
+                                  lambda source: _NEEDRUN_TARGET_CHECK in source, coroutine=True)

@@ -1,5 +1,5 @@
-# Shared by every rule: which config the run uses, checks before any job, run paths, shard ids,
-# wildcard constraints, resources.
+# Shared by every rule: the parse-time steps (causal_kl.workflow_setup, one call each), run paths, shard ids,
+# wildcard constraints, resources, input functions.
 import functools
 import json
 import os
@@ -8,30 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from snakemake.logging import logger
 from snakemake.utils import validate
 
-from causal_kl.cluster import (
-    GROUPED_RULES,
-    LAYER_GROUPS,
-    SHARD_GROUPS,
-    apply_cluster_shims,
-    check_groups,
-    runs_model_jobs,
-    layer_group_id,
-    register,
-    shard_group_id,
-    shards_per_allocation,
-)
-from causal_kl.checks import (
-    check_run,
-    check_shard_targets,
-    check_targets,
-    requested_groups,
-    runs_jobs_here,
-    setting_source,
-    submits_to_cluster,
-)
 from causal_kl.demo_paths import (
     DEMO_SUBLAYER_KINDS,
     demo_sae_dir,
@@ -40,128 +18,53 @@ from causal_kl.demo_paths import (
 )
 from causal_kl.config import (
     run_identity,
-    DEFAULT_CONFIG,
     canonical,
     gold_points,
     layer_path,
-    resolve_config,
     route_layers,
     route_hook_in,
     route_spans,
-    set_route_hooks,
     route_points,
     routes_at,
     run_layers,
     run_points,
     run_spans,
     show_reference,
-    validate_config,
 )
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.io import content_fingerprint
 from causal_kl.paths import FIG_NAMES, ROUTE_TABLES, STATS, figure_files, fill, for_run
 from causal_kl.reference import REFERENCE_DIR
-from causal_kl.repair import rebuild_missing_inputs
 from causal_kl.routes.file import input_files as file_route_inputs
 from causal_kl.sae_hub import is_named as is_named_sae, resolve_named as resolve_named_sae
 from causal_kl.spans import check_spans_fit
+from causal_kl.workflow_setup import (
+    check_run_config,
+    cluster_blocks,
+    declare_model_groups,
+    groups_model_jobs,
+    keep_model_servers,
+    limit_model_jobs_to_gpus,
+    preload_run_model,
+    rebuild_missing_results,
+    sort_config_keys,
+    start_allocation_servers,
+    stop_model_servers,
+    wrap_cluster_internals,
+)
 
-try:
-    # the run's config: the --configfile file(s) alone, else config/config.yaml (the demo); --config on top
-    CONFIG_SOURCE = resolve_config(
-        config,
-        workflow.configfiles,
-        workflow.config_settings.config,
-        os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG),
-    )
-    # one-line, file/key/fix errors before snakemake's own (longer) schema report, then every check the
-    # config and the files it names allow (model config.json, layers, device, corpus, route files, SAEs)
-    validate_config(config, source=CONFIG_SOURCE)
-    # an sae route splices where its SAE's files say (a transcoder also reads another hook): written into the config
-    set_route_hooks(config, check_run(config, CONFIG_SOURCE, local_exec=runs_jobs_here(sys.argv[1:]))["route_hooks"])
-    check_targets(
-        sys.argv[1:],
-        f"results/{config['run']}",
-        {p.name: routes_at(config, p) for p in gold_points(config)},  # a transcoder's input point has golds only
-        run_spans(config),
-    )
-    check_shard_targets(sys.argv[1:], f"results/{config['run']}")  # a shard before the sites: what to build first
-except CausalKLError as _err:
-    sys.exit(f"causal-kl: {_err}")
+# what acts at parse time is causal_kl.workflow_setup, one call a step (docs/ARCHITECTURE.md: parse time)
+CONFIG_SOURCE = check_run_config(workflow, config, sys.argv[1:])
 validate(config, "../config/schema/config.schema.yaml")
-# every dict of the config in sorted key order, so that no param reads as changed because a file, an entry point or
-# a copy of the run gave the same keys in another order (Snakemake compares each param's repr)
-_canonical_config = canonical(config)
-config.clear()
-config.update(_canonical_config)
-
-if runs_jobs_here(sys.argv[1:]) and "gpu" not in workflow.global_resources:
-    # one model job per GPU at a time (each job also takes one GPU slot, causal_kl.gpu), so that
-    # `snakemake --cores N` on a GPU box is safe as written: model jobs run in priority order (shard
-    # by shard: the model server's clean-pass cache then serves every route of a shard) while CPU
-    # jobs fill the other cores. Pass --resources gpu=N to choose; cluster submission is not limited.
-    from causal_kl.gpu import visible_gpus
-
-    workflow.global_resources["gpu"] = max(1, len(visible_gpus()))
-
-# ----------------------------------------------------------------------------- cluster groups
-# On a cluster the model jobs of a block of shards share one allocation and one model load (causal_kl/cluster.py);
-# locally the rules carry none (CLUSTER_GROUPS). `cluster.shards_per_allocation` (profiles/slurm) sizes the blocks.
-try:
-    SHARDS_PER_ALLOCATION = shards_per_allocation(config, lambda key: setting_source(sys.argv[1:], key, CONFIG_SOURCE))
-    check_groups(requested_groups(sys.argv[1:]))
-except CausalKLError as _err:
-    sys.exit(f"causal-kl: {_err}")
-
-
-def group_components():
-    """Snakemake's --group-components, as a dict the workflow may add to (its group settings are set after parsing)."""
-    settings = workflow.group_settings
-    if not isinstance(settings.group_components, dict):
-        settings.group_components = dict(settings.group_components)
-    return settings.group_components
-
-
-CLUSTER_GROUPS = workflow.remote_exec or submits_to_cluster(sys.argv[1:])
-"""Whether the model rules are grouped: under a cluster executor, and in an allocation's own Snakemake. A local run
-(or dry run) has none, as Snakemake would ignore them there, and so skips its group checks."""
-
-if CLUSTER_GROUPS:
-    # Snakemake checks each group once per member (DAG._check_groups): quadratic in a block's jobs; once is enough.
-    # The SLURM plugin reads sacct's "CANCELLED by <uid>" as running: a scancel'd allocation would be waited on for ever.
-    # Each wrapper that does not fit the installed source says so in the log, with what the run loses.
-    for warning in apply_cluster_shims():
-        logger.warning(warning)
-
-
-def model_group(rule):
-    """``group:`` of a model rule: its block of shards, its layer, or the run (causal_kl.cluster); None locally. Each id
-    is registered so that Snakemake keeps the whole block in one group job (as ``--group-components ID=N`` would)."""
-    if not CLUSTER_GROUPS:
-        return None
-    name = GROUPED_RULES[rule]
-    if name in SHARD_GROUPS:
-        return lambda w: register(group_components(), shard_group_id(name, w.shard, SHARDS_PER_ALLOCATION))
-    if name in LAYER_GROUPS:
-        return lambda w: register(group_components(), layer_group_id(name, w.layer))
-    return lambda w: register(group_components(), name)
-
-
-# model_server: {keep_s: N}: the servers this invocation starts or adopts outlive it N s, idle, for the run's next
-# invocation (jobs and the onstart preload inherit it; causal_kl.client.keep_s is 0 inside a SLURM allocation)
-from causal_kl.config import model_server_keep_s
-from causal_kl.protocol import KEEP_ENV
-
-os.environ[KEEP_ENV] = repr(model_server_keep_s(config))
-
-if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs(sys.argv[1:]):
-    # this is a cluster allocation's own Snakemake (SLURM's batch step): start the model server(s) here, so that
-    # they outlive each job step and every model job of the allocation shares one load (causal_kl.server)
-    from causal_kl.client import prestart_servers
-
-    prestart_servers(config["device"], f"logs/{config['run']}/model_server.log")
-
+sort_config_keys(config)
+limit_model_jobs_to_gpus(workflow, sys.argv[1:])
+CLUSTER_GROUPS = groups_model_jobs(workflow, sys.argv[1:])
+"""Whether the model rules are grouped (a cluster): the Snakefile's declare_model_groups gives them their groups."""
+SHARDS_PER_ALLOCATION = cluster_blocks(config, sys.argv[1:], CONFIG_SOURCE)
+wrap_cluster_internals(CLUSTER_GROUPS)
+keep_model_servers(config)
+start_allocation_servers(workflow, config, sys.argv[1:])
 
 RUN = config["run"]
 P = for_run(RUN)
@@ -169,13 +72,7 @@ P = for_run(RUN)
 R = P.root
 LOGS = f"logs/{RUN}"
 
-if not workflow.remote_exec and not rebuild_missing_inputs(lambda path: os.path.normpath(path).startswith(R + os.sep)):
-    # without it, a failed aggregate's deleted output reads as an intermediate file: "Nothing to be done" above it
-    print(
-        "causal-kl: warning: this Snakemake's DAG.update_needrun is not the one causal_kl.repair wraps: a result file"
-        " deleted between others is remade only by a plain `snakemake` or when named as a target",
-        file=sys.stderr,
-    )
+rebuild_missing_results(workflow, R)
 
 MODEL = config["model"]
 LAYERS = run_layers(config)
@@ -329,36 +226,6 @@ def model_resources(base_mb=8000):
     A cluster profile maps ``gpu=1`` to ``--gpus=1``.
     """
     return {"gpu": 0 if config["device"] == "cpu" else 1, "mem_mb": mem_mb(base_mb)}
-
-
-def preload_run_model():
-    """From ``onstart`` (a local run that executes jobs; never a dry run, a cluster submission or a job's own
-    Snakemake, which run no hooks): load the run's model in its server while the jobs before the first model job
-    run, when the plan has model jobs (causal_kl.jobs.gold.preload_plan)."""
-    if CLUSTER_GROUPS or not workflow.local_exec or not config.get("model_server", True):
-        return
-    from causal_kl.jobs.gold import preload_plan
-    from causal_kl.client import preload_in_background
-
-    jobs = list(workflow.dag.needrun_jobs())
-    outputs = [str(f) for job in jobs for f in job.output]
-    if preload_plan({job.rule.name for job in jobs}, outputs, MODEL["path"]):
-        preload_in_background(
-            "causal_kl.jobs.gold:preload_model",
-            {"model": MODEL_BLOCK, "dtype": config["dtype"], "device": config["device"]},
-            f"{LOGS}/model_preload.log",
-            device=config["device"],
-            server_log=f"{LOGS}/model_server.log",
-            expect_model={"path": MODEL["path"], "dtype": config["dtype"]},
-        )
-
-
-def stop_model_servers():
-    """Stop the model servers this Snakemake process owns (they would also go when it exits), unless
-    ``model_server: {keep_s: N}`` keeps them for the run's next invocation (causal_kl.client.end_of_invocation)."""
-    from causal_kl.client import end_of_invocation
-
-    end_of_invocation(os.getpid())
 
 
 def external(path):

@@ -16,8 +16,6 @@ rule gold:
     resources:
         **model_resources(),
     priority: gold_priority
-    group:
-        model_group("gold")
     conda:
         "../envs/torch.yaml"
     script:

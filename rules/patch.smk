@@ -41,8 +41,6 @@ rule patch_floors:
     resources:
         **model_resources(),
     priority: shard_priority
-    group:
-        model_group("patch_floors")
     conda:
         "../envs/torch.yaml"
     script:
@@ -72,8 +70,6 @@ rule patch_route:
     resources:
         **model_resources(),
     priority: shard_priority
-    group:
-        model_group("patch_route")
     conda:
         "../envs/torch.yaml"
     script:

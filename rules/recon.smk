@@ -23,8 +23,6 @@ rule train_gold:
     resources:
         **model_resources(),
     priority: lambda w: parse_point(w.layer).layer
-    group:
-        model_group("train_gold")
     conda:
         "../envs/torch.yaml"
     script:
@@ -94,8 +92,6 @@ rule recon_text_channel:
         eval_rows=config["corpus"]["rows"],
     resources:
         **model_resources(),
-    group:
-        model_group("recon_text_channel")
     conda:
         "../envs/torch.yaml"
     script:
@@ -121,8 +117,6 @@ rule recon_sae:
         device=config["device"],
     resources:
         **model_resources(),
-    group:
-        model_group("recon_sae")
     conda:
         "../envs/torch.yaml"
     script:

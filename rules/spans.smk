@@ -21,8 +21,6 @@ rule span_gold:
     resources:
         **model_resources(),
     priority: gold_priority
-    group:
-        model_group("span_gold")
     conda:
         "../envs/torch.yaml"
     script:
@@ -89,8 +87,6 @@ rule recon_span:
         eval_rows=config["corpus"]["rows"],
     resources:
         **model_resources(),
-    group:
-        model_group("recon_span")
     conda:
         "../envs/torch.yaml"
     script:

@@ -25,8 +25,6 @@ rule whole_context:
     threads: MODEL_THREADS
     resources:
         **model_resources(),
-    group:
-        model_group("whole_context")
     conda:
         "../envs/torch.yaml"
     script:

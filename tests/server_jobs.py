@@ -81,5 +81,3 @@ def write_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"layer": layer, "shard": shard, "provenance": provenance, "pid": os.getpid()}))
 
-
-write_fields.model_job = True

@@ -150,9 +150,10 @@ def test_the_group_check_is_left_alone_where_it_differs():
     assert other._check_groups is _check_groups
 
 
-def _plugin_states(monkeypatch, states: str, wrapped: bool):
+def _plugin_states(monkeypatch, states: str, wrapped: bool, status_command: str = "sacct"):
     """The SLURM plugin's own ``check_active_jobs`` on one status query that prints ``states`` (sacct's
-    ``JobIdRaw|State`` lines): which jobs it reports failed, finished, and still running."""
+    ``JobIdRaw|State`` lines, or squeue's ``%i|%T`` with ``status_command="squeue"``): which jobs it reports failed,
+    finished, and still running."""
     import asyncio
     import contextlib
     import logging
@@ -162,7 +163,7 @@ def _plugin_states(monkeypatch, states: str, wrapped: bool):
     monkeypatch.setattr(plugin, "query_job_status", original)
     if wrapped:
         assert see_cancelled_slurm_jobs(plugin), "the installed plugin no longer calls query_job_status"
-    monkeypatch.setattr(plugin, "query_job_status_sacct", lambda run_uuid: f"printf {shlex.quote(states)}")
+    monkeypatch.setattr(plugin, f"query_job_status_{status_command}", lambda run_uuid: f"printf {shlex.quote(states)}")
     monkeypatch.setattr(plugin, "is_query_tool_available", lambda tool: True)
     monkeypatch.setattr(plugin, "get_min_job_age", lambda: 300)
     # the plugin asks sacct for a failed job's step reasons: none here
@@ -170,7 +171,7 @@ def _plugin_states(monkeypatch, states: str, wrapped: bool):
                                                               CalledProcessError=subprocess.CalledProcessError))
     seen = {"error": [], "success": []}
     ex = object.__new__(plugin.Executor)
-    settings = SimpleNamespace(init_seconds_before_status_checks=1, status_attempts=1, status_command="sacct",
+    settings = SimpleNamespace(init_seconds_before_status_checks=1, status_attempts=1, status_command=status_command,
                                keep_successful_logs=True, requeue=False)
     vars(ex).update(workflow=SimpleNamespace(executor_settings=settings), run_uuid="run",
                     logger=logging.getLogger("slurm-plugin-test"), status_rate_limiter=contextlib.AsyncExitStack(),
@@ -194,6 +195,16 @@ def test_a_cancelled_allocation_fails_instead_of_running_for_ever(monkeypatch):
     as_installed = _plugin_states(monkeypatch, states, wrapped=False)
     assert as_installed == {"error": [], "success": ["14"], "running": ["13", "15"]}, "the plugin fixed it: drop the wrapper"
     assert _plugin_states(monkeypatch, states, wrapped=True) == {"error": ["13"], "success": ["14"], "running": ["15"]}
+
+
+def test_the_plugins_squeue_setting_is_no_fix_for_a_cancelled_allocation(monkeypatch):
+    """The plugin's one status setting (``slurm-status-command: squeue``, tried before the wrapper): squeue prints a
+    cancelled job as ``CANCELLED``, so the plugin fails it, but only while squeue still lists it (``MinJobAge`` after
+    it ends); a job it no longer lists reads as queued, for ever, as before. Hence the wrapper (sacct, the default)."""
+    listed = _plugin_states(monkeypatch, r"13|CANCELLED\n14|COMPLETED\n15|RUNNING\n", False, "squeue")
+    assert listed == {"error": ["13"], "success": ["14"], "running": ["15"]}
+    aged_out = _plugin_states(monkeypatch, r"14|COMPLETED\n15|RUNNING\n", False, "squeue")  # 13 ended > MinJobAge ago
+    assert aged_out == {"error": [], "success": ["14"], "running": ["13", "15"]}
 
 
 def test_slurm_states_lose_only_their_annotation():
@@ -410,3 +421,39 @@ def test_a_shim_that_does_not_fit_says_so_with_the_version_and_the_cost(monkeypa
     monkeypatch.setattr(plugin, "query_job_status", plugin.query_job_status)
     monkeypatch.setattr(DAG, "_check_groups", DAG._check_groups)
     assert apply_cluster_shims() == []
+
+
+def test_model_groups_are_declared_from_the_table_and_only_on_a_cluster():
+    """The Snakefile's declare_model_groups gives each grouped model rule its group id (checked here by hand for a
+    shard of the 2nd extraction block and the 3rd patch block, a point inside a block, the run) and no other rule one;
+    each id is registered whole in Snakemake's group components. Locally nothing is set."""
+    from causal_kl.workflow_setup import declare_model_groups
+
+    rules = {name: SimpleNamespace(group=None) for name in (*RULE_MODELS, "conditions")}
+    workflow = SimpleNamespace(get_rule=rules.__getitem__, group_settings=SimpleNamespace(group_components=()))
+    declare_model_groups(workflow, False, {"extract": 20, "patch": 10})
+    assert all(rule.group is None for rule in rules.values())
+    declare_model_groups(workflow, True, {"extract": 20, "patch": 10})
+    w = SimpleNamespace(shard="023", layer="3.mlp_out")
+    ids = {name: rule.group(w) for name, rule in rules.items() if rule.group is not None}
+    assert ids == {"gold": "extract-1", "span_gold": "extract-1", "patch_floors": "patch-2", "patch_route": "patch-2",
+                   "recon_text_channel": "routes-L3.mlp_out", "recon_sae": "routes-L3.mlp_out",
+                   "recon_span": "routes-L3.mlp_out", "whole_context": "routes-L3.mlp_out", "train_gold": "train"}
+    assert workflow.group_settings.group_components == {g: 1_000_000_000 for g in set(ids.values())}
+
+
+def test_a_parse_time_error_is_one_line_and_exit_1():
+    from causal_kl.workflow_setup import exits_on_config_error, sort_config_keys
+
+    @exits_on_config_error
+    def check():
+        raise CausalKLError("run.yaml", "model.layer", "99 is past the last block", "give a layer below 4")
+
+    with pytest.raises(SystemExit) as e:
+        check()
+    assert e.value.code == "causal-kl: run.yaml: model.layer: 99 is past the last block. Fix: give a layer below 4"
+    config = {"b": {"y": 1, "x": [{"d": 1, "c": 2}]}, "a": 0}
+    same = config
+    sort_config_keys(config)
+    assert config is same and list(config) == ["a", "b"] and list(config["b"]) == ["x", "y"]
+    assert list(config["b"]["x"][0]) == ["c", "d"] and config == {"a": 0, "b": {"x": [{"c": 2, "d": 1}], "y": 1}}

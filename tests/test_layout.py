@@ -20,6 +20,7 @@ import pytest
 
 from causal_kl import conditions, paths
 from causal_kl.jobs import PROVENANCE
+from causal_kl.model_rules import GROUP_PACKING, MODEL_RULES, is_model_rule
 from workflow_helpers import ANALYSIS_ENV_BLOCKS, ROOT, TORCH_ENV_BLOCKS, blocked_imports_env, copy_workflow
 
 ENV_BLOCKS = {"analysis": ANALYSIS_ENV_BLOCKS, "torch": TORCH_ENV_BLOCKS}
@@ -70,7 +71,7 @@ def test_every_rule_has_a_script_named_after_it_calling_its_job(workflow):
         if name in MODEL_RULE_SCRIPTS:  # names its job instead of importing it (causal_kl.jobs.run_model_rule)
             func = _job(rule)
             assert f'run_model_rule("causal_kl.jobs.{_stage(rule)}:{name}", snakemake)' in script.read_text(), script.name
-            assert getattr(func, "model_job", False) and PROVENANCE in inspect.signature(func).parameters, name
+            assert is_model_rule(name) and PROVENANCE in inspect.signature(func).parameters, name
             continue
         assert (f"causal_kl.jobs.{_stage(rule)}", name) in imports, f"{script.name} does not import its job"
         assert f"run_rule({name}, snakemake)" in script.read_text(), script.name
@@ -150,15 +151,31 @@ def test_no_condition_name_is_spelled_outside_its_vocabulary():
 
 
 def test_model_jobs_are_the_rules_that_ask_for_a_gpu_and_their_clients_stay_light(workflow):
-    """A rule with a ``gpu`` resource runs its job in the model server; the job's own process imports no torch."""
+    """The rules with a ``gpu`` resource, as Snakemake parsed them, are exactly the table of model rules (whose jobs
+    run_rule sends to the model server); the job's own process imports no torch."""
     model_rules = {name for name, rule in workflow.items() if "gpu" in rule.resources}
-    marked = {name for name, rule in workflow.items() if getattr(_job(rule), "model_job", False)}
-    assert model_rules == marked and {"gold", "patch_floors", "patch_route"} <= marked, (model_rules, marked)
-    modules = sorted({f"causal_kl.jobs.{_stage(workflow[n])}" for n in marked} | {"causal_kl.client", "causal_kl.jobs"})
+    assert model_rules == set(MODEL_RULES) and {"gold", "patch_floors", "patch_route"} <= model_rules, model_rules
+    assert {entry.group for entry in MODEL_RULES.values()} - {None} <= set(GROUP_PACKING)
+    modules = sorted({f"causal_kl.jobs.{_stage(workflow[n])}" for n in model_rules} | {"causal_kl.client", "causal_kl.jobs"})
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env=blocked_imports_env(("torch", "transformers")))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_the_slurm_profile_gives_a_gpu_to_exactly_the_model_rules(workflow):
+    """profiles/slurm's set-resources (read as Snakemake reads a profile: YAML, after its YTE definitions) give a GPU to
+    the parsed rules that take one and to no other, and the same resources to every grouped rule (its jobs share an
+    allocation: one model job's resources each)."""
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    resources = profile["set-resources"]
+    assert set(resources) <= set(workflow), sorted(set(resources) - set(workflow))
+    gpu_rules = {name for name, rule in workflow.items() if "gpu" in rule.resources}
+    assert {name for name, res in resources.items() if res.get("gpu") or res.get("gres")} == gpu_rules
+    grouped = [resources[name] for name, entry in MODEL_RULES.items() if entry.group]
+    assert all(res == grouped[0] for res in grouped), grouped
 
 
 def test_snakemake_lint_and_snakefmt_report_nothing(tmp_path):

@@ -16,8 +16,8 @@ so that their process imports no numpy, pyarrow or pandas.
 
 ``tests/test_layout.py`` walks every rule of the parsed workflow and checks that this holds.
 
-Model jobs (``@model_job``: gold extraction, patching, the model routes) run inside the model
-server of their GPU slot (``causal_kl.server``): the model is loaded once per GPU per run and
+Model jobs (the rules of ``causal_kl.model_rules.MODEL_RULES``: gold extraction, patching, the model routes) run
+inside the model server of their GPU slot (``causal_kl.server``): the model is loaded once per GPU per run and
 serves every such job; the job's own process imports neither torch nor transformers (job modules
 import their model code inside the functions). ``model_server: false`` in the config runs them
 in their own process instead.
@@ -28,6 +28,8 @@ from __future__ import annotations
 import inspect
 import sys
 from typing import Any, Callable
+
+from causal_kl.model_rules import is_model_rule
 
 PROVENANCE = "provenance"
 """The one job argument that is not a rule field: the job's provenance record."""
@@ -40,12 +42,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value) if hasattr(value, "__fspath__") else value
-
-
-def model_job(func: Callable[..., None]) -> Callable[..., None]:
-    """Mark a job that loads the run's model: ``run_rule`` runs it in the model server."""
-    func.model_job = True
-    return func
 
 
 def rule_fields(snakemake: Any) -> dict[str, Any]:
@@ -91,11 +87,11 @@ def run_rule(func: Callable[..., None], snakemake: Any) -> None:
     """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1 (when it
     names an input this run's rules wrote, that file is removed first: ``causal_kl.repair.remove_bad_input``).
 
-    A model job runs in its slot's model server (loaded once per GPU per run) unless the config says
-    ``model_server: false``.
+    The job of a model rule (``causal_kl.model_rules.MODEL_RULES``) runs in its slot's model server (loaded once per
+    GPU per run) unless the config says ``model_server: false``.
     """
     kwargs = job_kwargs(func, snakemake)
-    remote = getattr(func, "model_job", False) and snakemake.config.get("model_server", True)
+    remote = is_model_rule(snakemake.rule) and snakemake.config.get("model_server", True)
     _run_job(lambda log_path: _run_in_server(func, kwargs, log_path, snakemake) if remote else func(**kwargs),
              func.__name__, remote, snakemake)
 

@@ -14,7 +14,6 @@ from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_gold, read_sites,
                           write_json, write_parquet)
 from causal_kl.hooks import RESID_POST, Point, parse_point
-from causal_kl.jobs import model_job
 from causal_kl.sites import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,9 +50,9 @@ def preload_plan(planned_rules: set[str], planned_outputs: list[str], model_path
     loads the run's model, and no planned job writes it (the demo's model is made by the run itself)."""
     import os
 
-    from causal_kl.cluster import LM, RULE_MODELS
+    from causal_kl.model_rules import LM, MODEL_RULES
 
-    if not any(RULE_MODELS.get(r) == LM for r in planned_rules):
+    if not any(r in MODEL_RULES and MODEL_RULES[r].loads == LM for r in planned_rules):
         return False
     model = os.path.normpath(str(model_path))
     return not any(o == model or o.startswith(model + os.sep) for o in map(os.path.normpath, planned_outputs))
@@ -78,7 +77,6 @@ def block_states():
     return _BLOCK_STATES
 
 
-@model_job
 def gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None, dtype: str,
          device: str, layer: str, shard: str, provenance: dict) -> None:
     """The activation at the job's point (block L's output, or a hook inside block L) at each site of one shard."""

@@ -17,7 +17,6 @@ from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (read_choices, read_docs, read_gold, read_mean, read_noise, read_recon, read_sites,
                           vectors_for_sites, write_parquet)
 from causal_kl.hooks import Point, parse_point
-from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
 
 log = logging.getLogger(__name__)
@@ -124,7 +123,6 @@ def _eligible_shard(sites: str, docs: str, span: int) -> pa.Table:
     return table.filter(pa.array(mask))
 
 
-@model_job
 def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span_gold: list[str], model_dir: list[str],
                  floors: str, model: dict, model_fingerprint: str | None, patch: dict, dtype: str, device: str, layer: str,
                  span: str, shard: str, provenance: dict) -> None:
@@ -162,7 +160,6 @@ def patch_floors(sites: str, docs: str, gold: str, choices: str, mean: str, span
     write_parquet(floors, results_table(results, "", include_clean=True), PATCH, meta=meta)
 
 
-@model_job
 def patch_route(sites: str, docs: str, gold: str, recon: str, noise: str, span_gold: list[str], span_recon: list[str],
                 span_noise: list[str], model_dir: list[str], patched: str, model: dict, model_fingerprint: str | None,
                 patch: dict, dtype: str, device: str, seed: int, layer: str, route: str, span: str, shard: str,

@@ -13,7 +13,6 @@ from causal_kl.geometry import check_recheck, geometry_summary, site_geometry
 from causal_kl.hooks import parse_point
 from causal_kl.io import provenance as provenance_record
 from causal_kl.io import read_gold, read_recon, read_sites, vectors_for_sites, write_json, write_parquet
-from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
 from causal_kl.routes import file as file_route
 from causal_kl.routes import pca
@@ -36,7 +35,6 @@ def _eval_golds(sites: str, gold: str) -> tuple[pa.Table, np.ndarray, np.ndarray
                                               fix="delete the golds and rerun, so they are extracted for this run's sites")
 
 
-@model_job
 def train_gold(corpus_file: list[str], model_dir: list[str], gold: str, rows: list[int], corpus: dict, sampling: dict,
                seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str, layer: str, start: str,
                stop: str, provenance: dict) -> None:
@@ -78,7 +76,6 @@ def recon_pca(train_gold: list[str], sites: str, gold: str, recon: str, route_en
                             explained_variance_ratio=float(basis.explained_variance_ratio.sum())))
 
 
-@model_job
 def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: list[str], recon: str, explanations: str,
                        route_entry: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,
                        device: str, layer: str, route: str, provenance: dict) -> None:
@@ -99,7 +96,6 @@ def recon_text_channel(train_gold: list[str], sites: str, gold: str, model_dir: 
                                                      n_features=len(reconstructor.vocab), top_k=top_k))
 
 
-@model_job
 def recon_sae(sae: list[str], sites: str, gold: str, gold_in: list[str], recon: str, sparsity: str, route_entry: dict,
               sae_fingerprint: str | None, device: str, layer: str, route: str, provenance: dict) -> None:
     """An ``sae`` route: decode(encode(gold)) in float32, and the SAE's L0 and dead latents on the eval golds. A
@@ -123,7 +119,6 @@ def recon_sae(sae: list[str], sites: str, gold: str, gold_in: list[str], recon: 
              stats["d_sae"], 100 * stats["dead_share"], len(site_ids))
 
 
-@model_job
 def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: str, route_entry: dict,
                    checkpoint_fingerprint: str | None, dtype: str, device: str, seed: int, layer: str, route: str,
                    provenance: dict) -> None:
@@ -148,7 +143,6 @@ def explain_nla_av(sites: str, gold: str, checkpoint: list[str], explanations: s
                                    n_without_tags=sum("<explanation>" not in t for t in raw)))
 
 
-@model_job
 def recon_nla_ar(explanations: list[str], sites: str, gold: str, checkpoint: list[str], recon: str, route_entry: dict,
                  checkpoint_fingerprint: str | None, explanations_fingerprint: str | None, dtype: str, device: str,
                  layer: str, route: str, provenance: dict) -> None:

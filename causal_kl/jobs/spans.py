@@ -13,7 +13,6 @@ from causal_kl.io import provenance as provenance_record
 from causal_kl.io import (concat_parquet, parquet_rows, parquet_schema, read_docs, read_docs_table, read_gold,
                           read_parquet, read_sites, read_span_gold, write_json, write_parquet)
 from causal_kl.hooks import parse_point
-from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import block_states, load_run_model
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ def _write_span(path: str, contract, column: str, site_ids: np.ndarray, js: np.n
                          column: vectors.astype(np.float32)}, contract, vectors.shape[-1], meta=meta)
 
 
-@model_job
 def span_gold(sites: str, docs: str, model_dir: list[str], gold: str, model: dict, model_fingerprint: str | None,
               dtype: str, device: str, layer: str, span: str, shard: str, provenance: dict) -> None:
     """The activation at the job's point at the extra positions p+1 .. p+k-1 of every span of one shard that fits its
@@ -97,7 +95,6 @@ def span_conditions(gold: str, sites: str, docs: str, choices: str, noise: str, 
              record["n_excluded"])
 
 
-@model_job
 def recon_span(span_gold: str, span_gold_in: list[str], sites: str, train_gold: list[str], sae: list[str], vectors: list[str],
                explanations: list[str], checkpoint: list[str], model_dir: list[str], recon: str, route_entry: dict,
                fingerprints: dict, eval_rows: list[int], model: dict, model_fingerprint: str | None, dtype: str,

@@ -6,7 +6,6 @@ import logging
 
 from causal_kl.hooks import parse_point
 from causal_kl.io import read_docs, write_json
-from causal_kl.jobs import model_job
 from causal_kl.jobs.gold import load_run_model
 
 log = logging.getLogger(__name__)
@@ -19,7 +18,6 @@ DEFINITIONS = {
 """What the scores mean, written beside them."""
 
 
-@model_job
 def whole_context(docs: str, train_gold: list[str], sae: list[str], vectors: list[str], explanations: list[str],
                   checkpoint: list[str], model_dir: list[str], scores: str, route_entry: dict, fingerprints: dict,
                   settings: dict, seed: int, model: dict, model_fingerprint: str | None, dtype: str, device: str,
