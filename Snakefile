@@ -19,14 +19,17 @@ include: "rules/report.smk"
 
 onstart:
     preload_run_model()
+    start_analysis_server()
 
 
 onsuccess:
     stop_model_servers()
+    stop_analysis_server()
 
 
 onerror:
     stop_model_servers()
+    stop_analysis_server()
 
 
 rule all:

@@ -351,6 +351,28 @@ def preload_run_model():
         )
 
 
+ANALYSIS_SERVER = []
+"""The analysis server this invocation started (``start_analysis_server``), to stop at its end."""
+
+
+def start_analysis_server():
+    """From ``onstart`` (a local run that executes jobs): a warm process that forks each analysis job with pandas,
+    pyarrow and matplotlib already imported (causal_kl.analysis_server), unless the rules run in conda envs of their
+    own (the server runs in Snakemake's) or on a cluster (each job on its own node)."""
+    if CLUSTER_GROUPS or not workflow.local_exec or workflow.deployment_settings.deployment_method:
+        return
+    from causal_kl.analysis_server import start
+
+    ANALYSIS_SERVER.append(start(f"{LOGS}/analysis_server.log"))
+
+
+def stop_analysis_server():
+    from causal_kl.analysis_server import stop
+
+    while ANALYSIS_SERVER:
+        stop(ANALYSIS_SERVER.pop())
+
+
 def stop_model_servers():
     """Stop the model servers this Snakemake process owns (they would also go when it exits), unless
     ``model_server: {keep_s: N}`` keeps them for the run's next invocation (causal_kl.server.end_of_invocation)."""

@@ -83,3 +83,20 @@ def write_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
 
 
 write_fields.model_job = True
+
+
+def bad_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape that finds its input bad (an analysis job through causal_kl.analysis_server)."""
+    from causal_kl.errors import CausalKLError
+
+    raise CausalKLError(f"in/shard_{shard}.parquet", "kl", "something the user can fix", "fix it")
+
+
+def bug_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape with a bug."""
+    return {}["missing"]
+
+
+def analysis_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
+    """write_fields as an analysis job (no model: run in the job's process or causal_kl.analysis_server)."""
+    write_fields(out, layer, shard, provenance)
