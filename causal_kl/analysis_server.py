@@ -10,10 +10,10 @@ same job function with the same arguments and the job's own log file, exactly as
 are the same. Each job still is its own Snakemake job, with its own files, log and rerun.
 
 Started from the Snakefile's ``onstart`` (``start``) in a local run that executes jobs without conda environments
-(``CAUSAL_KL_ANALYSIS_SERVER=0`` turns it off); its address reaches the jobs in ``ADDRESS_ENV``. A job that finds no
-server (none started, not listening yet, gone) runs its function in its own process, as before. The server exits with
-the Snakemake process that started it (its parent), or on ``stop``; a child whose job's process went away (Snakemake
-killed the job) exits too.
+(``CAUSAL_KL_ANALYSIS_SERVER=0`` turns it off); its address reaches the jobs in ``ADDRESS_ENV``; it imports when the
+first job connects. A job that finds no server (none started, gone) runs its function in its own process, as
+before. The server exits with the Snakemake process that started it (its parent), or on ``stop``; a child whose job's
+process went away (Snakemake killed the job) exits too.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ before the invocation starts: no server."""
 
 PRELOAD = ("causal_kl.jobs.tables", "causal_kl.jobs.statistics", "causal_kl.jobs.figures", "causal_kl.jobs.report",
            "scipy.stats")
-"""What the server imports before it listens: the job modules of the analysis rules (pandas, pyarrow, numpy,
-matplotlib with them) and scipy.stats, which the statistics import inside their functions."""
+"""What the server imports (once, when the first job connects): the job modules of the analysis rules (pandas,
+pyarrow, numpy, matplotlib with them) and scipy.stats, which the statistics import inside their functions."""
 
 _HEADER = struct.Struct("!Q")
 
@@ -82,8 +82,7 @@ def connect(address: str | None) -> socket.socket | None:
 
 def start(log_path: str) -> subprocess.Popen | None:
     """Start this invocation's analysis server (a child of this process) and point the jobs it spawns at it; None
-    when ``CAUSAL_KL_ANALYSIS_SERVER=0`` says not to. The server imports before it listens: jobs that start before
-    then run in their own process."""
+    when ``CAUSAL_KL_ANALYSIS_SERVER=0`` says not to. A job that starts before it listens runs in its own process."""
     if os.environ.get(ADDRESS_ENV) == "0":
         return None
     address = f"causal-kl-analysis-{os.getpid()}-{secrets.token_hex(6)}"
@@ -174,23 +173,29 @@ def _run_child(conn: socket.socket) -> None:
 
 
 def serve(address: str, owner: int, poll_s: float = 1.0) -> int:
-    """The server: import ``PRELOAD``, listen at ``address``, fork a child per connection; exit when its parent is no
-    longer ``owner`` (the Snakemake process that started it)."""
-    t0 = time.time()
-    for module in PRELOAD:
-        importlib.import_module(module)
+    """The server: listen at ``address``, import ``PRELOAD`` when the first job connects (not at the invocation's
+    start, where it would take CPU from the ``sites`` job and the model's load, nor in an invocation with no analysis
+    job), fork a child per connection; exit when its parent is no longer ``owner`` (the Snakemake process that
+    started it)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind("\0" + address)
     sock.listen(128)
     sock.settimeout(poll_s)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    print(f"analysis server {os.getpid()} listening at {address} (imports {time.time() - t0:.1f} s)", flush=True)
+    print(f"analysis server {os.getpid()} listening at {address}", flush=True)
+    imported = False
     while os.getppid() == owner:
         try:
             conn, _ = sock.accept()
         except socket.timeout:
             continue
         conn.settimeout(None)
+        if not imported:  # the jobs that connect meanwhile wait in the listen queue
+            t0 = time.time()
+            for module in PRELOAD:
+                importlib.import_module(module)
+            imported = True
+            print(f"imported {', '.join(PRELOAD)} in {time.time() - t0:.1f} s", flush=True)
         if os.fork() == 0:
             code = 1
             try:

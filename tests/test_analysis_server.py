@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent("""
                                       threads=1)
     from causal_kl.jobs import run_analysis_rule
     run_analysis_rule(target, snakemake)
-    print("LOADED " + json.dumps(sorted(m for m in ("numpy", "pyarrow", "pandas", "matplotlib", "yaml") if m in sys.modules)))
+    print("LOADED " + json.dumps(sorted(m for m in ("numpy", "pyarrow", "pandas", "matplotlib", "yaml")
+                                        if m in sys.modules)))
     print("PID", os.getpid())
 """)
 CONFIG = {"run": "r", "device": "cpu", "model": {"path": "some/model", "layer": 3}}
@@ -75,8 +76,9 @@ def test_a_job_runs_in_a_child_of_the_server_with_its_fields_and_provenance_and_
     assert res.returncode == 0, res.stderr
     got = json.loads((work.dir / "o/shard_003.json").read_text())
     # independent: the fields the fake rule names, and job_provenance's record of its config, rule and wildcards
+    wildcards = {"layer": "3", "shard": "003"}
     assert {k: v for k, v in got.items() if k != "pid"} == {
-        "layer": "3", "shard": "003", "provenance": job_provenance(CONFIG, "table_offsets", {"layer": "3", "shard": "003"})}
+        **wildcards, "provenance": job_provenance(CONFIG, "table_offsets", wildcards)}
     job_pid = int(res.stdout.split("PID ", 1)[1])
     loaded = json.loads(res.stdout.split("LOADED ", 1)[1].splitlines()[0])
     if with_server:  # a child of the server ran it; the job's own process imported no data library
@@ -93,7 +95,8 @@ def test_a_bad_input_is_one_line_from_the_job_and_in_its_log_and_a_bug_is_a_trac
     assert len(lines) == 1 and "Fix:" in lines[0], res.stderr
     assert lines[0].removeprefix("causal-kl: ") in (work.dir / "logs/job.log").read_text()
     res = _job(work, "server_jobs:bug_fields")
-    assert res.returncode == 1 and "KeyError" in res.stderr and "KeyError" in (work.dir / "logs/job.log").read_text()
+    assert res.returncode == 1 and "KeyError" in res.stderr
+    assert "KeyError" in (work.dir / "logs/job.log").read_text()
     assert server.poll() is None  # the server serves on
 
 
