@@ -100,3 +100,10 @@ def bug_fields(out: str, layer: str, shard: str) -> None:
 def analysis_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
     """write_fields as an analysis job (no model: run in the job's process or causal_kl.analysis_server)."""
     write_fields(out, layer, shard, provenance)
+
+
+def sleep_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape that writes its pid to ``out`` and then takes a minute."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(str(os.getpid()))
+    time.sleep(60)

@@ -114,3 +114,23 @@ def test_the_server_exits_with_the_process_that_started_it(work):
     while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the analysis server outlived its owner"
         time.sleep(0.2)
+
+
+def test_a_killed_jobs_child_exits_and_the_server_serves_on(work, server):
+    """Snakemake kills a job (Ctrl-C, --keep-going's end): the child forked for it does not run on."""
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(CONFIG), "server_jobs:sleep_fields", "o/pid"],
+                            cwd=work.dir, env=work.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = work.dir / "o/pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert child != proc.pid and Path(f"/proc/{child}").exists()
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists():
+        assert time.monotonic() < deadline, "the child of a killed job ran on"
+        time.sleep(0.05)
+    assert _job(work, "server_jobs:analysis_fields").returncode == 0 and server.poll() is None
