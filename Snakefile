@@ -23,14 +23,17 @@ declare_model_groups(workflow, CLUSTER_GROUPS, SHARDS_PER_ALLOCATION)
 
 onstart:
     preload_run_model(workflow, config, MODEL_BLOCK, CLUSTER_GROUPS)
+    start_analysis_server(workflow, config, CLUSTER_GROUPS)
 
 
 onsuccess:
     stop_model_servers()
+    stop_analysis_server()
 
 
 onerror:
     stop_model_servers()
+    stop_analysis_server()
 
 
 rule all:

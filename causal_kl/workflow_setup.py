@@ -226,6 +226,30 @@ def preload_run_model(workflow, config: Mapping, model_block: Mapping, cluster_g
         )
 
 
+_ANALYSIS_SERVERS: list = []
+"""The analysis server this invocation started (``start_analysis_server``), for ``stop_analysis_server``."""
+
+
+def start_analysis_server(workflow, config: Mapping, cluster_groups: bool) -> None:
+    """From ``onstart`` (a local run that executes jobs): a warm process that forks each analysis job with pandas,
+    pyarrow and matplotlib already imported (``causal_kl.analysis_server``), unless the rules run in conda envs of
+    their own (the server runs in Snakemake's) or on a cluster (each job on its own node)."""
+    if cluster_groups or not workflow.local_exec or workflow.deployment_settings.deployment_method:
+        return
+    from causal_kl.analysis_server import start
+
+    _ANALYSIS_SERVERS.append(start(f"logs/{config['run']}/analysis_server.log"))
+
+
+def stop_analysis_server() -> None:
+    """From ``onsuccess`` / ``onerror``: stop the analysis server ``start_analysis_server`` started (it would also go
+    when Snakemake exits)."""
+    from causal_kl.analysis_server import stop
+
+    while _ANALYSIS_SERVERS:
+        stop(_ANALYSIS_SERVERS.pop())
+
+
 def stop_model_servers() -> None:
     """Stop the model servers this Snakemake process owns (they would also go when it exits), unless
     ``model_server: {keep_s: N}`` keeps them for the run's next invocation (``causal_kl.client.end_of_invocation``)."""

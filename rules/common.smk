@@ -50,6 +50,8 @@ from causal_kl.workflow_setup import (
     rebuild_missing_results,
     sort_config_keys,
     start_allocation_servers,
+    start_analysis_server,
+    stop_analysis_server,
     stop_model_servers,
     wrap_cluster_internals,
 )

@@ -81,3 +81,27 @@ def write_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"layer": layer, "shard": shard, "provenance": provenance, "pid": os.getpid()}))
 
+
+
+def bad_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape that finds its input bad (an analysis job through causal_kl.analysis_server)."""
+    from causal_kl.errors import CausalKLError
+
+    raise CausalKLError(f"in/shard_{shard}.parquet", "kl", "something the user can fix", "fix it")
+
+
+def bug_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape with a bug."""
+    return {}["missing"]
+
+
+def analysis_fields(out: str, layer: str, shard: str, provenance: dict) -> None:
+    """write_fields as an analysis job (no model: run in the job's process or causal_kl.analysis_server)."""
+    write_fields(out, layer, shard, provenance)
+
+
+def sleep_fields(out: str, layer: str, shard: str) -> None:
+    """A job of write_fields' shape that writes its pid to ``out`` and then takes a minute."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(str(os.getpid()))
+    time.sleep(60)

@@ -73,6 +73,11 @@ def test_every_rule_has_a_script_named_after_it_calling_its_job(workflow):
             assert f'run_model_rule("causal_kl.jobs.{_stage(rule)}:{name}", snakemake)' in script.read_text(), script.name
             assert is_model_rule(name) and PROVENANCE in inspect.signature(func).parameters, name
             continue
+        if Path(rule.conda_env).stem == "analysis":  # names its job: forked from the analysis server
+            func = _job(rule)
+            assert f'run_analysis_rule("causal_kl.jobs.{_stage(rule)}:{name}", snakemake)' in script.read_text(), script.name
+            assert not getattr(func, "model_job", False), name
+            continue
         assert (f"causal_kl.jobs.{_stage(rule)}", name) in imports, f"{script.name} does not import its job"
         assert f"run_rule({name}, snakemake)" in script.read_text(), script.name
     scripts = {p.stem for p in (ROOT / "workflow_scripts").glob("*.py")}

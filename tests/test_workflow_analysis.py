@@ -6,7 +6,9 @@ includes only common.smk, analysis.smk and report.smk, so the upstream files are
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -22,12 +24,12 @@ FIG1 = "results/syn/L3/figures/toy/fig1_geometry_vs_kl.png"
 FIG3 = "results/syn/L3/figures/toy/fig3_kl_by_offset.png"
 
 
-def _snakemake(wd, *args):
+def _snakemake(wd, *args, env=None):
     """Snakemake with torch, transformers and friends unimportable, as in envs/analysis.yaml: every rule and
     job here (and the Snakefile's own parsing) must work without them."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *args]
     res = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=600,
-                         env=blocked_imports_env(ANALYSIS_ENV_BLOCKS))
+                         env=blocked_imports_env(ANALYSIS_ENV_BLOCKS, env))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res.stdout + res.stderr
 
@@ -50,6 +52,10 @@ def workdir(tmp_path_factory, root):
         'configfile: "config.yaml"\n'
         + "".join(f'include: "{root}/rules/{f}.smk"\n' for f in ("common", "tables", "statistics", "figures", "report"))
         + "rule all:\n    input: analysis_targets(3)\n"
+        # as the Snakefile does: the analysis jobs of these runs are forked from the analysis server
+        + "onstart:\n    start_analysis_server()\n"
+        + "onsuccess:\n    stop_analysis_server()\n"
+        + "onerror:\n    stop_analysis_server()\n"
     )
     # parse-time checks read the model's config.json only (no weights, no torch): a folder holding just that will do
     (wd / "model").mkdir()
@@ -103,3 +109,34 @@ def test_adding_a_route_writes_its_pages_and_the_main_page_not_the_other_routes_
     assert {"report_html", "table_routes", "table_frontier", "fig_frontier"} <= set(_planned(out))
     _snakemake(workdir, main)
     assert (workdir / toy).read_text() == page and "href='report/L3/toy2.html'" in (workdir / main).read_text()
+
+
+TABLES = [f"results/syn/L3/tables/toy/{t}.csv" for t in ("conditions", "quartiles", "offsets", "token_classes")]
+STATS = [f"results/syn/L3/stats/toy/{s}.json" for s in ("correlation", "paired", "energy", "floor_offsets")]
+
+
+def test_the_analysis_server_changes_no_output(workdir, tmp_path):
+    """The per-site table, the tables and the statistics built by jobs forked from the analysis server (the runs
+    above) equal those the same jobs write in their own processes (CAUSAL_KL_ANALYSIS_SERVER=0), rebuilt in a copy."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    targets = ["results/syn/L3/analysis/toy/per_site.parquet", *TABLES, *STATS, "results/syn/L3/stats/toy.json"]
+    _snakemake(workdir, *targets)
+    log = (workdir / "logs/syn/analysis_server.log").read_text()
+    assert "listening at" in log and "stats_route: causal_kl.jobs.statistics:stats_route in child" in log, log
+    copy = tmp_path / "wf"
+    shutil.copytree(workdir, copy, symlinks=True)
+    out = _snakemake(copy, "--forceall", *targets, env=dict(os.environ, CAUSAL_KL_ANALYSIS_SERVER="0"))
+    assert {"per_site", "table_conditions", "stats_route"} <= set(re.findall(r"rule (\w+):", out))
+    assert (copy / "logs/syn/analysis_server.log").read_text() == log  # no server was started in the copy
+    for t in targets:
+        a, b = workdir / t, copy / t
+        assert b.stat().st_mtime > a.stat().st_mtime, t  # rebuilt
+        if t.endswith(".parquet"):
+            assert pq.read_table(a).equals(pq.read_table(b)), t  # the rows; the provenance's timestamps differ
+        elif t.endswith(".json"):
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), t
+        else:
+            assert a.read_text() == b.read_text(), t

@@ -1,5 +1,4 @@
 """Rule error_norms (rules/tables.smk): Route-independent error norms per site (resamples, zero, mean)."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import error_norms
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(error_norms, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:error_norms", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig1_route (rules/figures.smk): Figure 1 of one route: direction-MSE vs KL@0 per site."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig1_route
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig1_route, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig1_route", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig2_all (rules/figures.smk): Figure 2, every route of the run side by side."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig2_all
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig2_all, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig2_all", snakemake)  # noqa: F821

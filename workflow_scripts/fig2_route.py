@@ -1,5 +1,4 @@
 """Rule fig2_route (rules/figures.smk): Figure 2 of one route: damage per unit squared error norm, noise = 1."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig2_route
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig2_route, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig2_route", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig3_all (rules/figures.smk): Figure 3, one panel per route of the run."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig3_all
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig3_all, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig3_all", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig3_span (rules/figures.smk): Figure 3 for a span of k positions: median KL by offset from the span's last position (inside the span shaded)."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig3_span
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig3_span, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig3_span", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig_frontier (rules/figures.smk): A layer's sparsity-damage frontier: damage against L0 and FVE, the non-dominated routes marked."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig_frontier
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig_frontier, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig_frontier", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig_frontier_layers (rules/figures.smk): Every layer's sparsity-damage frontier in one figure."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig_frontier_layers
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig_frontier_layers, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig_frontier_layers", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule fig_routes (rules/figures.smk): Multi-route comparison: loss recovered and median KL@0 per route, with CIs."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig_routes
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig_routes, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig_routes", snakemake)  # noqa: F821

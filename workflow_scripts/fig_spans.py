@@ -1,5 +1,4 @@
 """Rule fig_spans (rules/figures.smk): Median KL after the span and loss recovered against span length, per condition, with CIs."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.figures import fig_spans
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(fig_spans, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.figures:fig_spans", snakemake)  # noqa: F821

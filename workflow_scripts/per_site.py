@@ -1,5 +1,4 @@
 """Rule per_site (rules/tables.smk): The route's per-site table (offset 0 of every condition, geometry, error norms, token)."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import per_site
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(per_site, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:per_site", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule report_route (rules/report.smk): One route's page at one layer: its tables, statistics, figures, SAELens' scores and spans, linked to the main page."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.report import report_route
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(report_route, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.report:report_route", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule stat_energy (rules/statistics.smk): §4: damage per unit squared error norm (noise = 1) and the mixture α."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.statistics import stat_energy
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(stat_energy, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.statistics:stat_energy", snakemake)  # noqa: F821

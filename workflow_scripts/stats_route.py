@@ -1,5 +1,4 @@
 """Rule stats_route (rules/statistics.smk): A route's statistics JSON: every statistic record plus the headline numbers."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.statistics import stats_route
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(stats_route, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.statistics:stats_route", snakemake)  # noqa: F821

@@ -1,5 +1,4 @@
 """Rule table_frontier_layers (rules/tables.smk): Every layer's sparsity-damage frontier table in one."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import table_frontier_layers
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(table_frontier_layers, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:table_frontier_layers", snakemake)  # noqa: F821

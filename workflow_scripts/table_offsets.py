@@ -1,5 +1,4 @@
 """Rule table_offsets (rules/tables.smk): §5: median KL per condition at every offset, for one route."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import table_offsets
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(table_offsets, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:table_offsets", snakemake)  # noqa: F821

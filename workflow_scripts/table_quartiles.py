@@ -1,5 +1,4 @@
 """Rule table_quartiles (rules/tables.smk): §4: the quartiles of geometric error of one route."""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import table_quartiles
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(table_quartiles, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:table_quartiles", snakemake)  # noqa: F821

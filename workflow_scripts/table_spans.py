@@ -1,5 +1,4 @@
 """Rule table_spans (rules/tables.smk): Every span length side by side: median KL at offsets after the span and loss recovered, with CIs, and how"""
-from causal_kl.jobs import run_rule
-from causal_kl.jobs.tables import table_spans
+from causal_kl.jobs import run_analysis_rule
 
-run_rule(table_spans, snakemake)  # noqa: F821
+run_analysis_rule("causal_kl.jobs.tables:table_spans", snakemake)  # noqa: F821

@@ -12,7 +12,9 @@ Every workflow script is the same three lines::
     run_rule(whole_context, snakemake)
 
 except the per-shard model rules', which name their job (``run_model_rule("causal_kl.jobs.gold:gold", snakemake)``)
-so that their process imports no numpy, pyarrow or pandas.
+so that their process imports no numpy, pyarrow or pandas, and the analysis rules', which name theirs
+(``run_analysis_rule("causal_kl.jobs.tables:per_site", snakemake)``) so that a child of the invocation's analysis
+server (``causal_kl.analysis_server``), with those libraries imported once, runs it.
 
 ``tests/test_layout.py`` walks every rule of the parsed workflow and checks that this holds.
 
@@ -75,12 +77,18 @@ def job_provenance(config: dict, rule: str, wildcards: dict | None = None) -> di
     return record
 
 
+def kwargs_for(func: Callable[..., None], fields: dict[str, Any], provenance: Callable[[], dict]) -> dict[str, Any]:
+    """The keyword arguments ``func`` gets: the rule's ``fields``, plus ``provenance()`` when it takes it."""
+    kwargs = dict(fields)
+    if PROVENANCE in inspect.signature(func).parameters:
+        kwargs[PROVENANCE] = provenance()
+    return kwargs
+
+
 def job_kwargs(func: Callable[..., None], snakemake: Any) -> dict[str, Any]:
     """The keyword arguments ``func`` gets for this job: the rule's fields (+ provenance when it takes it)."""
-    kwargs = rule_fields(snakemake)
-    if PROVENANCE in inspect.signature(func).parameters:
-        kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items()))
-    return kwargs
+    return kwargs_for(func, rule_fields(snakemake),
+                      lambda: job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items())))
 
 
 def run_rule(func: Callable[..., None], snakemake: Any) -> None:
@@ -112,6 +120,30 @@ def run_model_rule(target: str, snakemake: Any) -> None:
     kwargs = rule_fields(snakemake)
     kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items()))
     _run_job(lambda log_path: _run_remote(target, kwargs, log_path, snakemake), target, True, snakemake)
+
+
+def run_analysis_rule(target: str, snakemake: Any) -> None:
+    """``run_rule`` for an analysis rule (envs/analysis.yaml: tables, statistics, figures, the report), named
+    ``"causal_kl.jobs.x:rule"`` rather than imported: when the invocation runs an analysis server
+    (``causal_kl.analysis_server``, started from the Snakefile's ``onstart``), a child forked from it runs the job
+    with the libraries already imported, and the job's own process imports none of pandas, pyarrow, numpy or
+    matplotlib (most of an analysis job's CPU time: issue #32 item 5); without a server, it is ``run_rule``.
+    """
+    import os
+
+    from causal_kl.analysis_server import ADDRESS_ENV, connect, run_in_server
+
+    sock = connect(os.environ.get(ADDRESS_ENV))
+    if sock is None:
+        import importlib
+
+        module, name = target.split(":")
+        run_rule(getattr(importlib.import_module(module), name), snakemake)
+        return
+    fields = rule_fields(snakemake)
+    wildcards = dict(snakemake.wildcards.items())
+    _run_job(lambda log_path: run_in_server(sock, target, fields, dict(snakemake.config), snakemake.rule, wildcards,
+                                            log_path), target, True, snakemake)
 
 
 def _run_job(call: Callable[[str | None], Any], name: str, remote: bool, snakemake: Any) -> None:
