@@ -53,7 +53,7 @@ def workdir(tmp_path_factory, root):
         + "".join(f'include: "{root}/rules/{f}.smk"\n' for f in ("common", "tables", "statistics", "figures", "report"))
         + "rule all:\n    input: analysis_targets(3)\n"
         # as the Snakefile does: the analysis jobs of these runs are forked from the analysis server
-        + "onstart:\n    start_analysis_server()\n"
+        + "onstart:\n    start_analysis_server(workflow, config, CLUSTER_GROUPS)\n"
         + "onsuccess:\n    stop_analysis_server()\n"
         + "onerror:\n    stop_analysis_server()\n"
     )
