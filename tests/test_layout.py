@@ -266,6 +266,41 @@ def test_a_template_fills_only_the_fields_given():
     assert paths.for_run("demo").route_tables["conditions"] == "results/demo/L{layer}/tables/{route}/conditions.csv"
 
 
+def test_a_path_reads_back_its_fields_and_the_logs_sit_beside_the_results():
+    patch = paths.TEMPLATES["patch"]
+    assert paths.fields(patch, "results/demo/L3.mlp_out/span2/patch/floors.parquet") == {
+        "layer": "3.mlp_out", "span": "2", "route": "floors"}
+    assert paths.fields(patch, "L3/span1/patch/pca.parquet") == {"layer": "3", "span": "1", "route": "pca"}
+    assert paths.fields(patch, "results/demo/span2/patch/floors.parquet") is None  # no point folder
+    assert paths.fields(patch, "results/demo/L3/span2/patch/floors.csv") is None
+    assert paths.fields(patch, "results/demo/L3/x/span2/patch/floors.parquet") is None  # a field spans no "/"
+    assert paths.in_point("patch_index") == "patch.json"
+    assert paths.log_roots("demo") == ("logs/demo", "logs/demo/L{layer}", "logs/demo/L{layer}/span{span}")
+    assert paths.run_log("demo", "model_server") == "logs/demo/model_server.log"
+
+
+def test_every_rules_log_sits_under_the_registrys_log_folders_at_its_level(workflow):
+    """Snakemake's parsed ``log:`` of every run rule is under ``paths.log_roots``: a span's rule under the span's
+    folder, a point's under the point's, a run's directly under the run's (the demo's asset rules log outside)."""
+    from snakemake.io import strip_wildcard_constraints
+
+    run_logs, point_logs, span_logs = paths.log_roots(next(iter(workflow.values())).workflow.config["run"])
+    outside, wrong = set(), []
+    for name, rule in workflow.items():
+        for log in (strip_wildcard_constraints(str(f)) for f in rule.log):
+            wildcards = set(rule.wildcard_names)
+            if _stage(rule) == "demo":
+                outside.add(name)
+            elif "span" in wildcards:
+                wrong += [] if log.startswith(span_logs + "/") else [f"{name}: {log}"]
+            elif "layer" in wildcards:
+                wrong += [] if log.startswith(point_logs + "/") and "{span}" not in log else [f"{name}: {log}"]
+            elif not (log.startswith(run_logs + "/") and "{layer}" not in log):
+                wrong.append(f"{name}: {log}")
+    assert not wrong, wrong
+    assert outside == {"demo_corpus", "demo_tokenizer", "demo_model", "demo_sae", "demo_sublayer_sae"}, outside
+
+
 def _module_rows() -> dict[str, str]:
     """docs/ARCHITECTURE.md's module table: each row's first cell -> the whole row."""
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
