@@ -574,10 +574,12 @@ def check_targets(argv: list[str], results: str, routes_by_layer: dict[int | str
                                 "points")
         rest = parts[1:]
         if rest == ["patch.parquet"]:
+            index = prefix + paths.fill(paths.TEMPLATES["patch_index"], layer=layer)
+            files = paths.fill(paths.TEMPLATES["patch"], layer=layer, route="*")
             raise CausalKLError(target, "target", "a layer's patch rows are no longer copied into one file: they are the "
-                                f"dataset of its span{{k}}/patch/*.parquet files, which {prefix}L{layer}/patch.json lists",
-                                f"ask for {prefix}L{layer}/patch.json and read it with causal_kl.io.patch_dataset "
-                                f"(or duckdb over {prefix}L{layer}/span*/patch/*.parquet)")
+                                f"dataset of its {paths.fill(files, span='{k}').split('/', 1)[1]} files, which {index} "
+                                f"lists", f"ask for {index} and read it with causal_kl.io.patch_dataset "
+                                f"(or duckdb over {prefix}{paths.fill(files, span='*')})")
         if rest and (s := re.fullmatch(_SPAN_DIR, rest[0])):
             if int(s.group(1)) not in spans:
                 raise CausalKLError(target, "span", f"span {s.group(1)} is not a span of this run (patch.spans: {spans})",

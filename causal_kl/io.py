@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from causal_kl import __version__, code_version  # noqa: F401 - code_version: read here by the rest
+from causal_kl import __version__, code_version, paths  # noqa: F401 - code_version: read here by the rest
 from causal_kl.contracts import (CONDITION_CHOICES, Contract, DOCS, EVAL_MEAN, GEOMETRY, GOLD, NOISE_DIRECTIONS, PATCH,
                                  RECON, SITES, SPAN_GOLD, SPAN_NOISE, SPAN_RECON)
 from causal_kl.errors import CausalKLError
@@ -597,8 +597,8 @@ def patch_index(files: list[str | Path], index: str | Path) -> dict[str, Any]:
         parquet_schema(f, PATCH)
         prov = read_provenance(f)
         span = prov.get("span")
-        if span is None and f.parent.parent.name.startswith("span"):  # span{k}/patch/{name}.parquet
-            span = int(f.parent.parent.name[4:])
+        if span is None and (where := paths.fields(paths.TEMPLATES["patch"], f)):  # L{layer}/span{k}/patch/{name}
+            span = int(where["span"])
         entry = {"path": os.path.relpath(f, base), "span": span, "route": prov.get("route") or "",
                  "rows": parquet_rows(f)}
         if prov.get("skipped"):
@@ -623,7 +623,7 @@ def patch_dataset(path: str | Path):
 
     index = Path(path)
     if index.is_dir():
-        index = index / "patch.json"
+        index = index / paths.in_point("patch_index")
     record = read_json(index)
     files = [index.parent / e["path"] for e in record.get("files", [])]
     missing = [f for f in files if not f.exists()]

@@ -9,7 +9,8 @@ figures) is a mapping name -> template. A **figure** is a stem: its files are th
 Everything that names a run's outputs reads this table: the rules' outputs and inputs, the target lists and the
 report manifests of ``rules/common.smk`` (through :func:`for_run`), ``checks.check_targets`` (which folder names a
 route: :func:`route_slots`), ``report.route_page_path``; ``tests/test_layout.py`` holds every rule's output and
-every path docs/PATHS.md lists to it. Torch-free, numpy-free: read at parse time.
+every path docs/PATHS.md lists to it. The run's logs (``LOG_DIR``) are here too: each rule's ``log:`` sits under
+:func:`log_roots`. Torch-free, numpy-free: read at parse time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ STATS = ("correlation", "paired", "energy", "floor_offsets")
 FIG_NAMES = {"fig1": "fig1_geometry_vs_kl", "fig2": "fig2_damage_per_energy", "fig3": "fig3_kl_by_offset"}
 """The write-up's figures: per route, and all routes of a point side by side (same file names)."""
 FIGURE_EXTS = ("png", "svg")
+
+LOG_DIR = "logs/{run}"
+"""A run's logs, beside its results: each rule's ``log:`` file sits under it at its outputs' level (the run, a point,
+a span: :func:`log_roots`), with the logs no rule names (``RUN_LOGS``)."""
+RUN_LOGS = {"model_server": "model_server.log", "model_preload": "model_preload.log"}
+"""The run's logs that no rule's ``log:`` names, relative to ``LOG_DIR``: the model servers' (their event records
+beside it, ``model_server.jsonl``) and a local run's model preload."""
 
 TEMPLATES: dict[str, str | dict[str, str]] = {
     # ------------------------------------------------------------------ the run
@@ -115,6 +123,35 @@ def for_run(run: str) -> SimpleNamespace:
     return SimpleNamespace(root=root, **{name: _rooted(node, root) for name, node in TEMPLATES.items()})
 
 
+def log_roots(run: str) -> tuple[str, str, str]:
+    """The run's log folder, a point's and a span's, the run filled in (``logs/demo``, ``logs/demo/L{layer}``,
+    ``logs/demo/L{layer}/span{span}``): what ``rules/common.smk`` calls ``LOGS``, ``LL`` and ``LS``."""
+    root = fill(LOG_DIR, run=run)
+    return root, f"{root}/{POINT}", f"{root}/{SPAN}"
+
+
+def run_log(run: str, name: str) -> str:
+    """One of the run's ``RUN_LOGS`` (``run_log("demo", "model_server")``: ``logs/demo/model_server.log``)."""
+    return f"{fill(LOG_DIR, run=run)}/{RUN_LOGS[name]}"
+
+
+def in_point(name: str) -> str:
+    """Entry ``name``'s template relative to its point's folder (``patch_index``: ``patch.json``)."""
+    template = TEMPLATES[name]
+    assert isinstance(template, str) and template.startswith(f"{POINT}/"), name
+    return template[len(POINT) + 1:]
+
+
+def fields(template: str, path: object) -> dict[str, str] | None:
+    """The wildcards ``path`` gives ``template``'s fields, read back from its end (``path`` may sit in any folder:
+    ``fields(TEMPLATES["patch"], "results/demo/L3/span2/patch/floors.parquet")`` is ``{"layer": "3", "span": "2",
+    "route": "floors"}``); None when it is not such a path. A field spans no ``/``."""
+    pattern = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)"
+                      for i, part in enumerate(_FIELD.split(template)))
+    m = re.search(f"(?:^|/){pattern}$", str(path))
+    return m.groupdict() if m else None
+
+
 def figure_files(stem: str) -> dict[str, str]:
     """A figure's files: ``{"png": stem.png, "svg": stem.svg}``."""
     return {ext: f"{stem}.{ext}" for ext in FIGURE_EXTS}
@@ -173,6 +210,7 @@ def route_pages_folder() -> str:
     return TEMPLATES["route_page"].split("/")[0]
 
 
-__all__ = ["CONDITIONS", "FIGURES", "FIGURE_EXTS", "FIG_NAMES", "FOLDERS", "POINT", "RESULTS", "ROUTE_TABLES", "RUN_DIR",
-           "SPAN", "SPAN_CONDITIONS", "SPAN_ROUTE_TABLES", "STATS", "TEMPLATES", "across_layers", "figure_files", "fill",
-           "file_templates", "for_run", "point_level", "route_pages_folder", "route_slots"]
+__all__ = ["CONDITIONS", "FIGURES", "FIGURE_EXTS", "FIG_NAMES", "FOLDERS", "LOG_DIR", "POINT", "RESULTS",
+           "ROUTE_TABLES", "RUN_DIR", "RUN_LOGS", "SPAN", "SPAN_CONDITIONS", "SPAN_ROUTE_TABLES", "STATS", "TEMPLATES",
+           "across_layers", "fields", "figure_files", "file_templates", "fill", "for_run", "in_point", "log_roots",
+           "point_level", "route_pages_folder", "route_slots", "run_log"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from causal_kl.errors import CausalKLError
+from causal_kl.paths import run_log
 
 
 def exits_on_config_error(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,7 +157,7 @@ def start_allocation_servers(workflow, config: Mapping, argv: list[str]) -> None
     if workflow.remote_exec and config.get("model_server", True) and runs_model_jobs(argv):
         from causal_kl.client import prestart_servers
 
-        prestart_servers(config["device"], f"logs/{config['run']}/model_server.log")
+        prestart_servers(config["device"], run_log(config["run"], "model_server"))
 
 
 def rebuild_missing_results(workflow, results: str) -> None:
@@ -212,16 +213,15 @@ def preload_run_model(workflow, config: Mapping, model_block: Mapping, cluster_g
     from causal_kl.client import preload_in_background
 
     model_path = config["model"]["path"]
-    logs = f"logs/{config['run']}"
     jobs = list(workflow.dag.needrun_jobs())
     outputs = [str(f) for job in jobs for f in job.output]
     if preload_plan({job.rule.name for job in jobs}, outputs, model_path):
         preload_in_background(
             "causal_kl.jobs.gold:preload_model",
             {"model": model_block, "dtype": config["dtype"], "device": config["device"]},
-            f"{logs}/model_preload.log",
+            run_log(config["run"], "model_preload"),
             device=config["device"],
-            server_log=f"{logs}/model_server.log",
+            server_log=run_log(config["run"], "model_server"),
             expect_model={"path": model_path, "dtype": config["dtype"]},
         )
 

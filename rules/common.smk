@@ -34,7 +34,7 @@ from causal_kl.config import (
 from causal_kl.errors import CausalKLError
 from causal_kl.hooks import RESID_POST, Point, parse_point
 from causal_kl.io import content_fingerprint
-from causal_kl.paths import FIG_NAMES, ROUTE_TABLES, STATS, figure_files, fill, for_run
+from causal_kl.paths import FIG_NAMES, ROUTE_TABLES, STATS, figure_files, fill, for_run, log_roots
 from causal_kl.reference import REFERENCE_DIR
 from causal_kl.routes.file import input_files as file_route_inputs
 from causal_kl.sae_hub import is_named as is_named_sae, resolve_named as resolve_named_sae
@@ -72,7 +72,9 @@ RUN = config["run"]
 P = for_run(RUN)
 """Every output path of the run (``causal_kl.paths``: each template spelled there once), the run filled in."""
 R = P.root
-LOGS = f"logs/{RUN}"
+LOGS, LL, LS = log_roots(RUN)
+"""The run's logs (``causal_kl.paths.log_roots``), a point's (``{layer}`` is a wildcard naming a point: ``L3``,
+``L3.mlp_out``) beside its outputs ``P.*``, and a span's (every span, 1 included): each rule's ``log:`` is under one."""
 
 rebuild_missing_results(workflow, R)
 
@@ -88,10 +90,6 @@ GOLD_POINTS = [p.name for p in gold_points(config)]
 SPANS = run_spans(config)
 """The span lengths patched (1: the single-site splice)."""
 EXTRA_SPANS = [k for k in SPANS if k > 1]
-LL = f"{LOGS}/L{{layer}}"
-"""A point's logs (``{layer}`` is a wildcard naming a point: ``L3``, ``L3.mlp_out``), beside its outputs ``P.*``."""
-LS = f"{LL}/span{{span}}"
-"""A span's logs (every span, 1 included)."""
 ROUTES = sorted(config.get("routes", {}))
 SHOW_REF = show_reference(config)
 

@@ -261,3 +261,15 @@ def test_a_layers_patch_dataset_is_its_span_and_route_files(sharded, tmp_path):
     (copy / "span3/patch/toy.parquet").unlink()
     with pytest.raises(CausalKLError, match="listed files missing"):
         patch_dataset(copy)
+
+
+def test_patch_index_reads_a_files_span_from_its_path_when_its_provenance_has_none(sharded, tmp_path):
+    """An aggregate whose provenance names no span (written before spans were recorded) is indexed at the span its
+    path names (``L{layer}/span{k}/patch/{route}.parquet``)."""
+    from causal_kl.io import concat_parquet, patch_index, read_provenance
+
+    out = tmp_path / "L3.mlp_out" / "span3" / "patch" / "toy.parquet"
+    concat_parquet(sorted((sharded / "span3/patch/toy").glob("shard_*.parquet")), out, PATCH, meta={"route": "toy"})
+    assert "span" not in read_provenance(out)
+    (entry,) = patch_index([out], tmp_path / "L3.mlp_out" / "patch.json")["files"]
+    assert (entry["path"], entry["span"], entry["route"]) == ("span3/patch/toy.parquet", 3, "toy")

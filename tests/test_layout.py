@@ -269,3 +269,80 @@ def test_a_template_fills_only_the_fields_given():
     assert paths.fill(template, span=1) == "L{layer}/span1/patch/{route}.parquet"
     assert paths.fill(template, layer="3.mlp_out", span=4, route="pca", extra="x") == "L3.mlp_out/span4/patch/pca.parquet"
     assert paths.for_run("demo").route_tables["conditions"] == "results/demo/L{layer}/tables/{route}/conditions.csv"
+
+
+def test_a_path_reads_back_its_fields_and_the_logs_sit_beside_the_results():
+    patch = paths.TEMPLATES["patch"]
+    assert paths.fields(patch, "results/demo/L3.mlp_out/span2/patch/floors.parquet") == {
+        "layer": "3.mlp_out", "span": "2", "route": "floors"}
+    assert paths.fields(patch, "L3/span1/patch/pca.parquet") == {"layer": "3", "span": "1", "route": "pca"}
+    assert paths.fields(patch, "results/demo/span2/patch/floors.parquet") is None  # no point folder
+    assert paths.fields(patch, "results/demo/L3/span2/patch/floors.csv") is None
+    assert paths.fields(patch, "results/demo/L3/x/span2/patch/floors.parquet") is None  # a field spans no "/"
+    assert paths.in_point("patch_index") == "patch.json"
+    assert paths.log_roots("demo") == ("logs/demo", "logs/demo/L{layer}", "logs/demo/L{layer}/span{span}")
+    assert paths.run_log("demo", "model_server") == "logs/demo/model_server.log"
+
+
+def test_every_rules_log_sits_under_the_registrys_log_folders_at_its_level(workflow):
+    """Snakemake's parsed ``log:`` of every run rule is under ``paths.log_roots``: a span's rule under the span's
+    folder, a point's under the point's, a run's directly under the run's (the demo's asset rules log outside)."""
+    from snakemake.io import strip_wildcard_constraints
+
+    run_logs, point_logs, span_logs = paths.log_roots(next(iter(workflow.values())).workflow.config["run"])
+    outside, wrong = set(), []
+    for name, rule in workflow.items():
+        for log in (strip_wildcard_constraints(str(f)) for f in rule.log):
+            wildcards = set(rule.wildcard_names)
+            if _stage(rule) == "demo":
+                outside.add(name)
+            elif "span" in wildcards:
+                wrong += [] if log.startswith(span_logs + "/") else [f"{name}: {log}"]
+            elif "layer" in wildcards:
+                wrong += [] if log.startswith(point_logs + "/") and "{span}" not in log else [f"{name}: {log}"]
+            elif not (log.startswith(run_logs + "/") and "{layer}" not in log):
+                wrong.append(f"{name}: {log}")
+    assert not wrong, wrong
+    assert outside == {"demo_corpus", "demo_tokenizer", "demo_model", "demo_sae", "demo_sublayer_sae"}, outside
+
+
+def _module_rows() -> dict[str, str]:
+    """docs/ARCHITECTURE.md's module table: each row's first cell -> the whole row."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = text.split("## Modules: one concept each", 1)[1].split("\n## ", 1)[0]
+    return {row.split("|")[1]: row for row in table.splitlines() if row.startswith("| `")}
+
+
+def test_architecture_names_every_module_and_only_modules_that_exist():
+    """Every module of the package has a row in docs/ARCHITECTURE.md (a subpackage's modules are named in its
+    row, or as ``pkg/name`` anywhere on the page), and every module or subpackage the page names exists."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    rows = _module_rows()
+    first_cells = {name for cell in rows for name in re.findall(r"`([^`]+)`", cell)}
+    package = ROOT / "causal_kl"
+    unnamed = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if path.name == "__init__.py":
+            continue
+        if len(rel.parts) == 1:
+            if path.stem not in first_cells:
+                unnamed.append(str(rel))
+            continue
+        sub = "/".join(rel.parts[:-1])
+        row = next((r for cell, r in rows.items() if f"`{sub}/`" in cell), "")
+        named = f"`{path.stem}`" in row or re.search(rf"`{re.escape(sub)}/{path.stem}(\.py)?[`:]", text)
+        if not named:
+            unnamed.append(str(rel))
+    assert not unnamed, f"modules without a mention in docs/ARCHITECTURE.md: {unnamed}"
+
+    missing = [name for name in first_cells
+               if not ((package / f"{name}.py").is_file() or (name.endswith("/") and (package / name).is_dir()))]
+    for sub in (name for name in first_cells if name.endswith("/")):
+        row = next(r for cell, r in rows.items() if f"`{sub}`" in cell)
+        missing += [f"{sub}{name}" for name in re.findall(r"`([a-z_]+)`", row.split("|")[2])
+                    if not (package / sub / f"{name}.py").is_file() and not (package / f"{name}.py").is_file()
+                    and f"def {name}(" not in (package / sub / "__init__.py").read_text()]
+    missing += [ref for ref in re.findall(r"`((?:jobs|demo|routes)/[a-z_]+)(?:\.py)?[`:]", text)
+                if not (package / f"{ref}.py").is_file()]
+    assert not missing, f"docs/ARCHITECTURE.md names modules that do not exist: {sorted(set(missing))}"

@@ -32,6 +32,7 @@ import sys
 from typing import Any, Callable
 
 from causal_kl.model_rules import is_model_rule
+from causal_kl.paths import run_log
 
 PROVENANCE = "provenance"
 """The one job argument that is not a rule field: the job's provenance record."""
@@ -191,4 +192,4 @@ def _run_remote(target: str, kwargs: dict, log_path: str | None, snakemake: Any)
     expect = {"path": model["path"], "dtype": kwargs.get("dtype")} if isinstance(model, dict) else None
     run_remote(target, kwargs, log_path, device=config.get("device", "auto"),
                threads=snakemake.threads, expect_model=expect,
-               server_log=f"logs/{config.get('run', 'run')}/model_server.log")
+               server_log=run_log(config.get("run", "run"), "model_server"))
