@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""The fast path's work as a list of aten calls, compared between two checkouts: a regression check the box's load cannot blur.
+"""The patch paths' work as a list of aten calls, compared between two checkouts: a regression check the box's load cannot blur.
 
-Records every aten operator the fast path (``patch_documents(..., "fast")``) dispatches on ``bench_patch.py``'s
-model and sites (CPU, float32, one thread) with its inputs' shapes, strides, dtypes and contiguity, and the matmul
+Records every aten operator the fast path (``patch_documents(..., "fast")`` on every site) and the naive path
+(``naive_site`` on the first ``--naive-sites`` of the bench's naive sample) dispatch on ``bench_patch.py``'s model
+and sites (CPU, float32, one thread) with its inputs' shapes, strides, dtypes and contiguity, and the matmul
 FLOPs those calls do (``mm``/``addmm``/``bmm``). With ``--against TREE`` the same trace is taken in a second process
 whose ``PYTHONPATH`` is another checkout (``git worktree add /tmp/old COMMIT``) and the two are compared as multisets:
 equal means both checkouts do the same kernels on the same layouts, so a timing difference between them is the box,
@@ -11,7 +12,7 @@ not the code. Timings on a shared 2-core box move by +-20% from process to proce
     python benchmarks/op_trace.py --against /tmp/old-3202950            # the bench's 160 sites (a minute or two)
     python benchmarks/op_trace.py --shape tiny --docs 1 --json trace.json
 
-Prints (and ``--json`` writes) per checkout: aten calls, distinct call signatures, matmul GFLOP, calls per
+Prints (and ``--json`` writes) per path and checkout: aten calls, distinct call signatures, matmul GFLOP, calls per
 operator; then the calls one checkout makes that the other does not (first 20), and whether the order alone differs.
 """
 
@@ -75,15 +76,18 @@ def record(fn, *args, **kwargs) -> dict:
     return {"calls": calls, "matmul_flops": flops[0]}
 
 
-def trace(shape_name: str = "cpu", docs: int | None = None, sites_per_doc: int | None = None) -> dict:
-    """The fast path's aten calls (``record``) on ``bench_patch``'s model and sites (float32, CPU, one thread), with
-    whatever ``causal_kl`` this process imports (``"causal_kl"``: its path)."""
+def trace(shape_name: str = "cpu", docs: int | None = None, sites_per_doc: int | None = None, naive_sites: int = 2) -> dict:
+    """Both paths' aten calls (``record``) on ``bench_patch``'s model and sites (float32, CPU, one thread), with
+    whatever ``causal_kl`` this process imports: ``{"fast": every site, "naive": the first ``naive_sites`` of the
+    bench's naive sample, "causal_kl": its path}``."""
+    import random
+
     import torch
 
     sys.path.insert(0, str(HERE))
     import bench_patch
     import causal_kl
-    from causal_kl.patching import patch_documents
+    from causal_kl.patching import naive_site, patch_documents
 
     torch.set_num_threads(1)
     shape = dict(bench_patch.SHAPES[shape_name])
@@ -95,14 +99,21 @@ def trace(shape_name: str = "cpu", docs: int | None = None, sites_per_doc: int |
     documents = bench_patch.make_docs(shape)
     site_sets = bench_patch._sites(documents, shape, torch.float32, "cpu", 1)
     docs_sv = [(ids, sv) for (ids, _), sv in zip(documents, site_sets)]
-    patch_documents(m, docs_sv[:1], shape["layer"], "fast")  # once outside the trace: lazy one-time set-up stays out
-    out = record(patch_documents, m, docs_sv, shape["layer"], "fast")
-    return {**out, "causal_kl": str(Path(causal_kl.__file__).parent)}
+    sample = [(ids, s) for ids, sv in docs_sv for s in sv]
+    random.Random(0).shuffle(sample)  # bench_patch's naive sample
+    sample = sample[:naive_sites]
+    L = shape["layer"]
+    patch_documents(m, docs_sv[:1], L, "fast")  # once outside the trace: lazy one-time set-up stays out
+    naive_site(m, sample[0][0], L, sample[0][1])
+    return {"fast": record(patch_documents, m, docs_sv, L, "fast"),
+            "naive": record(lambda: [naive_site(m, ids, L, s) for ids, s in sample]),
+            "causal_kl": str(Path(causal_kl.__file__).parent)}
 
 
 def summary(t: dict) -> dict:
+    """Calls, distinct signatures, matmul GFLOP and calls per operator of one path's trace."""
     ops = collections.Counter(c.split("\t", 1)[0] for c in t["calls"])
-    return {"causal_kl": t["causal_kl"], "aten_calls": len(t["calls"]), "distinct_signatures": len(set(t["calls"])),
+    return {"aten_calls": len(t["calls"]), "distinct_signatures": len(set(t["calls"])),
             "matmul_gflop": round(t["matmul_flops"] / 1e9, 3), "calls_per_operator": dict(ops.most_common())}
 
 
@@ -120,7 +131,7 @@ def compare(a: dict, b: dict, limit: int = 20) -> dict:
 def _trace_in(tree: str, args) -> dict:
     """``trace`` in a fresh process that imports ``causal_kl`` from ``tree``."""
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape, "--dump", "-"]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape, "--naive-sites", str(args.naive_sites), "--dump", "-"]
     if args.docs is not None:
         cmd += ["--docs", str(args.docs)]
     if args.sites_per_doc is not None:
@@ -134,19 +145,22 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="cpu", help="a bench_patch.py shape (cpu: its 160 sites)")
     ap.add_argument("--docs", type=int, default=None)
     ap.add_argument("--sites-per-doc", dest="sites_per_doc", type=int, default=None)
+    ap.add_argument("--naive-sites", dest="naive_sites", type=int, default=2, help="naive-path sites traced (the bench's sample)")
     ap.add_argument("--against", help="another checkout's root: trace its causal_kl in a second process and compare")
     ap.add_argument("--json", help="write the summaries and the comparison here")
     ap.add_argument("--dump", help=argparse.SUPPRESS)  # '-': the raw trace as JSON on stdout (what --against runs)
     args = ap.parse_args(argv)
     if args.dump:
-        json.dump(trace(args.shape, args.docs, args.sites_per_doc), sys.stdout)
+        json.dump(trace(args.shape, args.docs, args.sites_per_doc, args.naive_sites), sys.stdout)
         return 0
-    here = trace(args.shape, args.docs, args.sites_per_doc)
-    out: dict = {"this": summary(here)}
-    if args.against:
-        other = _trace_in(args.against, args)
-        out["against"] = summary(other)
-        out["comparison (against -> this)"] = compare(other, here)
+    here = trace(args.shape, args.docs, args.sites_per_doc, args.naive_sites)
+    other = _trace_in(args.against, args) if args.against else None
+    out: dict = {"this": here["causal_kl"], "against": other["causal_kl"] if other else None}
+    for path in ("fast", "naive"):
+        out[path] = {"this": summary(here[path])}
+        if other:
+            out[path]["against"] = summary(other[path])
+            out[path]["comparison (against -> this)"] = compare(other[path], here[path])
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
