@@ -4,6 +4,7 @@ The 27B run's code path (model built in bf16, spans, the float32 block-by-block 
 ``--fidelity``) runs here at the tiny shape on CPU: same code, smaller numbers.
 """
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -84,3 +85,60 @@ def test_flop_model_by_hand(bench):
     assert naive_end == pytest.approx((bench.N_VARIANTS + 1) * (sum(tok(t) for t in range(40) for _ in kinds) + 10 * head))
     assert fast_end == pytest.approx(sum(tok(t) for t in range(40) for _ in kinds) + 10 * head
                                      + bench.N_VARIANTS * (sum(tok(30 + i) for i in range(10)) + 10 * head))
+
+
+@pytest.fixture(scope="module")
+def op_trace(root):
+    spec = importlib.util.spec_from_file_location("op_trace", root / "benchmarks/op_trace.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_op_trace_counts_the_fast_paths_matmuls(bench, op_trace):
+    """benchmarks/op_trace.py (the load-proof regression check of the fast path): its FLOP count against matmuls of
+    known size, its mm calls against the model's nn.Linear calls counted by forward hooks, and its comparison."""
+    import torch
+    import torch.nn.functional as F
+
+    from causal_kl.patching import patch_documents
+
+    a, b, x, y = torch.randn(3, 5), torch.randn(5, 7), torch.randn(2, 3, 4), torch.randn(2, 4, 6)
+    u, w, bias = torch.randn(9, 5), torch.randn(8, 5), torch.randn(8)
+    r = op_trace.record(lambda: (a @ b, torch.bmm(x, y), F.linear(u, w, bias), a + 1))
+    assert r["matmul_flops"] == 2 * 3 * 5 * 7 + 2 * 2 * 3 * 4 * 6 + 2 * 9 * 5 * 8
+    assert any(c.startswith("aten.add.Tensor\t(3, 5)(5, 1)float32") for c in r["calls"])
+
+    shape = dict(bench.SHAPES["tiny"], docs=1, sites_per_doc=2)
+    m = bench.build_model(shape, torch.float32, "cpu")
+    docs = bench.make_docs(shape)
+    sv = bench._sites(docs, shape, torch.float32, "cpu", 1)
+    run = [(ids, s) for (ids, _), s in zip(docs, sv)]
+    linear = {"calls": 0, "flops": 0}
+
+    def count(mod, inp, out):
+        linear["calls"] += 1
+        linear["flops"] += 2 * inp[0].numel() // mod.in_features * mod.in_features * mod.out_features
+
+    hooks = [mod.register_forward_hook(count) for mod in m.model.modules() if isinstance(mod, torch.nn.Linear)]
+    try:
+        t = op_trace.record(patch_documents, m, run, shape["layer"], "fast")
+    finally:
+        for h in hooks:
+            h.remove()
+    mm = [c for c in t["calls"] if c.split("\t")[0] in ("aten.mm.default", "aten.addmm.default")]
+    assert linear["calls"] > 0 and len(mm) == linear["calls"]
+    def shapes(sig: str) -> list[tuple[int, ...]]:  # the tensors' shapes as the signature spells them
+        return [tuple(int(n) for n in t.split(",") if n.strip()) for t in re.findall(r"(?:^| )\(([\d, ]*)\)\(", sig)]
+
+    mm_flops = 0
+    for c in mm:
+        op, sig = c.split("\t")
+        x_, w_ = shapes(sig)[-2:]  # addmm: (bias, input, weight.T); mm: (input, weight.T)
+        mm_flops += 2 * x_[0] * x_[1] * w_[1]
+    assert mm_flops == linear["flops"]
+    assert t["matmul_flops"] > linear["flops"]  # the window attention's bmm on top of the linear maps
+    same = op_trace.record(patch_documents, m, run, shape["layer"], "fast")
+    assert op_trace.compare(t, same)["same_calls"]
+    fewer = op_trace.compare(t, op_trace.record(patch_documents, m, [(run[0][0], run[0][1][:1])], shape["layer"], "fast"))
+    assert not fewer["same_calls"] and fewer["extra_in_first"] and fewer["matmul_gflop_difference"] < 0
