@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -434,19 +435,47 @@ class SnakemakeRun:
                 for m in pat.finditer(self.log)}
 
 
-def snakemake_command(args: Sequence[str], timeout_s: float) -> list[str]:
+STEADY_STATUS_CHECKS = """
+import sys
+
+import snakemake_executor_plugin_slurm as slurm
+
+
+def steady(self):
+    return self.workflow.executor_settings.init_seconds_before_status_checks
+
+
+# the wait before the next round of status checks stays --slurm-init-seconds-before-status-checks: what the plugin
+# sets after a round (+10 s while nothing finished) is not kept
+slurm.Executor.next_seconds_between_status_checks = property(steady, lambda self, value: None)
+from snakemake.cli import main
+
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+"""``snakemake`` whose SLURM plugin checks the jobs' status at a steady interval. The plugin (2.8) waits 10 s longer
+after each round of ``sacct`` that finds no job finished (``next_seconds_between_status_checks``, up to 180 s), which
+suits a busy cluster; on the test cluster, whose jobs take seconds, it only waited (a level of the pipeline's jobs
+was seen finished 16 or 40 s after its submission). No option sets it, so only that attribute is replaced: the
+plugin's own ``check_active_jobs`` runs unchanged (the same ``sacct`` or ``squeue`` query, the same reading of each
+state, cancelled jobs failing; its source, which causal_kl.cluster.see_cancelled_slurm_jobs inspects, too)."""
+
+
+def snakemake_command(args: Sequence[str], timeout_s: float, steady_status_checks: bool = False) -> list[str]:
     """``snakemake ARGS`` under a hard ``timeout -k``: a hang fails fast. Snakemake can wait forever on a lost SLURM
-    job while ignoring SIGTERM, hence SIGKILL 10 s after the TERM."""
-    return ["timeout", "-k", "10", str(int(timeout_s)), "snakemake", *args]
+    job while ignoring SIGTERM, hence SIGKILL 10 s after the TERM. ``steady_status_checks``: SLURM runs poll at a
+    steady interval (``STEADY_STATUS_CHECKS``); Snakemake is still the child process of ``timeout``."""
+    snakemake = [sys.executable, "-c", STEADY_STATUS_CHECKS] if steady_status_checks else ["snakemake"]
+    return ["timeout", "-k", "10", str(int(timeout_s)), *snakemake, *args]
 
 
 def start_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None,
-                    log_path: Path) -> subprocess.Popen:
+                    log_path: Path, steady_status_checks: bool = False) -> subprocess.Popen:
     """Start ``snakemake ARGS`` in ``cwd`` (``snakemake_command``), its combined output going to ``log_path`` as it
     runs; ``finish_snakemake`` waits for it."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(snakemake_command(args, timeout_s), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(snakemake_command(args, timeout_s, steady_status_checks), cwd=cwd, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     proc.started = time.monotonic()
     proc.log_path = log_path
     return proc
@@ -463,11 +492,11 @@ def finish_snakemake(proc: subprocess.Popen, timeout_s: float) -> SnakemakeRun:
 
 
 def run_snakemake(args: Sequence[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None,
-                  log_path: Path | None = None) -> SnakemakeRun:
+                  log_path: Path | None = None, steady_status_checks: bool = False) -> SnakemakeRun:
     """Run ``snakemake ARGS`` in ``cwd`` (``snakemake_command``) to its end; the combined output is also written to
     ``log_path``."""
     t0 = time.monotonic()
-    r = subprocess.run(snakemake_command(args, timeout_s), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    r = subprocess.run(snakemake_command(args, timeout_s, steady_status_checks), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        stdin=subprocess.DEVNULL)
     run = SnakemakeRun(r.returncode, r.stdout, time.monotonic() - t0)
     if log_path is not None:

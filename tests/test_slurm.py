@@ -2,7 +2,9 @@
 
 The cluster (tests/slurm_harness.py) has partitions named like the profile's placeholders
 (`cpu`, `gpu`) and one pretend GPU, so the profile runs unchanged; the only test-only
-overrides are a short first status check and the account. Each test proves:
+overrides are a short first status check, kept as the interval between checks (the plugin's
+growing wait only idled on jobs of seconds: slurm_harness.STEADY_STATUS_CHECKS), and the
+account. Each test proves:
 
 - the jobs went through SLURM: Snakemake logs "submitted with SLURM jobid N" per job and
   accounting (``sacct``) lists every one of those ids as COMPLETED;
@@ -179,7 +181,8 @@ def test_tiny_workflow_runs_through_slurm_and_matches_local(cluster: SlurmCluste
 
     wf = make_workflow(tmp_path / "slurm", TINY_SNAKEFILE)
     r = run_snakemake(["--profile", str(PROFILE), *profile_overrides(cluster)], wf,
-                      timeout_s=SNAKEMAKE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm.log")
+                      timeout_s=SNAKEMAKE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm.log",
+                      steady_status_checks=True)
     assert not r.timed_out, f"snakemake hung and was killed after {r.seconds:.0f}s\n{r.log[-3000:]}\n{cluster.log_tail()}"
     assert r.returncode == 0, f"{r.log[-4000:]}\n{cluster.log_tail()}"
 
@@ -284,7 +287,8 @@ def pipeline_runs(cluster: SlurmCluster, pipeline_inputs: Path, tmp_path_factory
                                 timeout_s=PIPELINE_TIMEOUT_S, log_path=d / "local.log")
         # targets first: --default-resources takes every value after it
         r = run_snakemake([*PIPELINE_TARGETS, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
-                          timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=d / "slurm.log")
+                          timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=d / "slurm.log",
+                          steady_status_checks=True)
         r_local = local_run.result()
     return SimpleNamespace(local=local, wf=wf, r=r, r_local=r_local, dir=d)
 
@@ -318,7 +322,8 @@ def test_pipeline_shards_run_through_slurm_and_match_local(cluster: SlurmCluster
     before = len(server_events(wf))
     # (the workflow's default target names every shard file; these explicit targets need the deleted one named too)
     r2 = run_snakemake([*PIPELINE_TARGETS, shard, "--profile", str(PROFILE), *profile_overrides(cluster)], wf,
-                       timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm_rerun.log")
+                       timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "slurm_rerun.log",
+                       steady_status_checks=True)
     assert not r2.timed_out and r2.returncode == 0, f"{r2.log[-5000:]}\n{cluster.log_tail()}"
     jobs2 = r2.slurm_jobs()
     assert sorted(jobs2.values()) == ["group:patch-0", "patch_aggregate", "patch_floors_aggregate"], jobs2
@@ -343,7 +348,8 @@ def start_and_kill_patching(cluster: SlurmCluster, wf: Path, log: Path, args: li
     (with ``kill_snakemake``, SIGKILL the Snakemake that submitted it first, as a lost login session would). Returns
     the running (or killed) Snakemake and the killed allocation's id."""
     before = len(server_events(wf))
-    proc = start_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=log)
+    proc = start_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=log,
+                           steady_status_checks=True)
     try:
         cluster.wait_until("the patch allocation's submission",
                            lambda: PATCH_ALLOCATION.search(log.read_text()) or proc.poll() is not None, 240)
@@ -436,7 +442,8 @@ def test_a_killed_run_recovers_with_unlock_and_rerun_incomplete(cluster: SlurmCl
     u = run_snakemake([*args, "--unlock"], wf, timeout_s=120, env=run_env(cluster), log_path=tmp_path / "unlock.log")
     assert u.returncode == 0, u.log[-3000:]
     after_kill = len(server_events(wf))
-    r = run_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "recovered.log")
+    r = run_snakemake(args, wf, timeout_s=PIPELINE_TIMEOUT_S, env=run_env(cluster), log_path=tmp_path / "recovered.log",
+                      steady_status_checks=True)
     assert not r.timed_out and r.returncode == 0, f"{r.log[-5000:]}\n{cluster.log_tail()}"
     jobs = r.slurm_jobs()
     assert sorted(jobs.values()) == ["group:patch-0", "patch_aggregate", "patch_floors_aggregate"], jobs
