@@ -239,6 +239,13 @@ def stop_process(proc: subprocess.Popen, term_timeout_s: float = 10.0) -> None:
         proc.wait(timeout=30)
 
 
+def _left_by_a_killed_test(target: str) -> bool:
+    """Whether a ``/etc/slurm/slurm.conf`` link points at one of these tests' clusters (a ``slurm.conf`` in a pytest
+    temp dir) rather than at the machine's own configuration."""
+    parts = Path(target).parts
+    return Path(target).name == "slurm.conf" and any(p.startswith("pytest-of-") for p in parts)
+
+
 @contextlib.contextmanager
 def etc_slurm_conf_pointing_to(conf: Path) -> Iterator[None]:
     """Make ``/etc/slurm/slurm.conf`` a symlink to ``conf``; restore what was there on exit."""
@@ -246,6 +253,11 @@ def etc_slurm_conf_pointing_to(conf: Path) -> Iterator[None]:
     created_dir = not etc_dir.exists()
     etc_dir.mkdir(parents=True, exist_ok=True)
     saved = etc_dir / f".slurm.conf.causal-kl-saved.{os.getpid()}"
+    if ETC_SLURM_CONF.is_symlink() and _left_by_a_killed_test(os.readlink(ETC_SLURM_CONF)):
+        # a test session killed before its cleanup left its link to a cluster that is gone: not the machine's own
+        # config, and worth removing, as every `scontrol show config` (which the SLURM plugin runs when any
+        # Snakemake starts, even a local run) then waits 9 s for that cluster's controller
+        ETC_SLURM_CONF.unlink()
     had = ETC_SLURM_CONF.is_symlink() or ETC_SLURM_CONF.exists()
     if had:
         os.replace(ETC_SLURM_CONF, saved)
