@@ -6,7 +6,9 @@ so it loads through exactly the code path of a real model.
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 import string
 from pathlib import Path
 
@@ -20,6 +22,17 @@ WORDS = [
     "of", "to", "in", "is", "for", "with", "on", "that", "by", "this", "we", "it", "as", "at", "from",
     "0", "1", "2", "3", "42", "1000", "2048",
 ]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/{name}.py`` imported as a module named ``name`` (the benchmarks are scripts, not a package; the
+    module is registered in ``sys.modules`` before it runs, as its dataclasses need)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_texts(n_docs: int, n_words: tuple[int, int] = (250, 400), seed: int = 0) -> list[str]:

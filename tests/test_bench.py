@@ -3,20 +3,15 @@
 The 27B run's code path (model built in bf16, spans, the float32 block-by-block reference of
 ``--fidelity``) runs here at the tiny shape on CPU: same code, smaller numbers.
 """
-import importlib.util
 import re
-import sys
 
+import fixtures
 import pytest
 
 
 @pytest.fixture(scope="module")
 def bench(root):
-    spec = importlib.util.spec_from_file_location("bench_patch", root / "benchmarks/bench_patch.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_patch"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return fixtures.load_benchmark("bench_patch")
 
 
 def test_tiny_benchmark_runs_and_paths_agree(bench, tmp_path):
@@ -89,10 +84,7 @@ def test_flop_model_by_hand(bench):
 
 @pytest.fixture(scope="module")
 def op_trace(root):
-    spec = importlib.util.spec_from_file_location("op_trace", root / "benchmarks/op_trace.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return fixtures.load_benchmark("op_trace")
 
 
 def test_op_trace_counts_the_fast_paths_matmuls(bench, op_trace):

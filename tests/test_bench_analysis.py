@@ -3,7 +3,6 @@
 Not a timed test: the numbers are the benchmark's business (README, "Analysis at scale").
 """
 import importlib
-import importlib.util
 import inspect
 import json
 import re
@@ -11,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fixtures
 import pytest
 
 JOBS = ["patch_floors_aggregate", "patch_route_aggregate", "table_offsets"]
@@ -19,10 +19,7 @@ JOBS = ["patch_floors_aggregate", "patch_route_aggregate", "table_offsets"]
 
 @pytest.fixture(scope="module")
 def bench(root):
-    spec = importlib.util.spec_from_file_location("bench_analysis", root / "benchmarks/bench_analysis.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return fixtures.load_benchmark("bench_analysis")
 
 
 def test_tiny_analysis_benchmark_runs_and_its_output_parses(root, tmp_path):
