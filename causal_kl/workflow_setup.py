@@ -67,14 +67,17 @@ def check_run_config(workflow, config: dict, argv: list[str]) -> str:
     source = resolve_config(config, workflow.configfiles, workflow.config_settings.config,
                             os.path.relpath(Path(workflow.basedir) / DEFAULT_CONFIG))
     validate_config(config, source=source)
+    from causal_kl.paths import RUN_DIR, fill
+
     set_route_hooks(config, check_run(config, source, local_exec=runs_jobs_here(argv))["route_hooks"])
+    results = fill(RUN_DIR, run=config["run"])  # the run's folder, from the registry
     check_targets(
         argv,
-        f"results/{config['run']}",
+        results,
         {p.name: routes_at(config, p) for p in gold_points(config)},  # a transcoder's input point has golds only
         run_spans(config),
     )
-    check_shard_targets(argv, f"results/{config['run']}")  # a shard before the sites: what to build first
+    check_shard_targets(argv, results)  # a shard before the sites: what to build first
     return source
 
 
