@@ -22,17 +22,20 @@ declare_model_groups(workflow, CLUSTER_GROUPS, SHARDS_PER_ALLOCATION)
 
 
 onstart:
+    plan_work_ahead(workflow, config, CLUSTER_GROUPS)
     preload_run_model(workflow, config, MODEL_BLOCK, CLUSTER_GROUPS)
     start_analysis_server(workflow, config, CLUSTER_GROUPS)
 
 
 onsuccess:
     stop_model_servers()
+    remove_work_ahead_plan()
     stop_analysis_server()
 
 
 onerror:
     stop_model_servers()
+    remove_work_ahead_plan()
     stop_analysis_server()
 
 

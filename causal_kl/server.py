@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from causal_kl import gpu
+from causal_kl.ahead import WorkAhead, discard, fingerprints, plan_path
 from causal_kl.errors import CausalKLError
 from causal_kl.procs import Owner, cmdline, proc_stat, slurm_job_id
 from causal_kl.protocol import (
@@ -107,6 +108,17 @@ class _Tee:
         return getattr(self.inner, name)
 
 
+class _Kept:
+    """The request of a job computed ahead (``causal_kl.ahead``): its log lines are kept for the job's own request."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        self.gone = threading.Event()
+
+    def relay(self, line: str) -> None:
+        self.lines.append(line)
+
+
 class _Request:
     def __init__(self, conn: socket.socket, send_lock: threading.Lock, thread_id: int):
         self.conn, self.send_lock, self.thread_id = conn, send_lock, thread_id
@@ -159,6 +171,9 @@ class Server:
         self.state_lock = threading.Lock()
         self.active = 0  # requests running or waiting
         self.n_requests = 0
+        self.ahead = WorkAhead()  # the next planned shard jobs, computed while Snakemake starts their processes
+        self.ahead_running = False  # a work-ahead thread is on (``_work_ahead``)
+        self.n_ahead = 0
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.registry_file = registry_dir() / f"{key}.json"
@@ -222,6 +237,7 @@ class Server:
         return 0
 
     def _exit(self, why: str, code: int) -> None:
+        self.ahead.discard_all()
         log.info("causal-kl model server pid %d exits: %s (%d requests served)", os.getpid(), why, self.n_requests)
         try:
             rec = json.loads(self.registry_file.read_text())
@@ -265,6 +281,8 @@ class Server:
                 self.last_activity = time.monotonic()  # kept keep_s from here (or from the request running now)
                 self.adopted.clear()
                 self._write_registry()
+            with self.run_lock:  # what was computed ahead for that invocation is not left beside its outputs
+                self.ahead.discard_all()
             log.info("owner pid %d exited: kept for %.0f s idle, for this run's next invocation to adopt", owner.pid, self.keep_s)
             self.record("kept", owner_pid=owner.pid, keep_s=self.keep_s)
             self.adopted.wait()
@@ -385,7 +403,13 @@ class Server:
                     send_frame(conn, {"op": "started", "request": n, "pid": os.getpid(), "waited_s": waited}, send_lock)
                 except OSError:
                     request.gone.set()
-                reply = self._execute(request, msg, n, peer_pid)
+                kept, why = self.ahead.claim(msg["func"], msg.get("kwargs", {}), msg.get("threads"), msg.get("cwd"))
+                if why is not None:
+                    log.info("request #%d: the job computed ahead for it is not used (%s): computing it now", n, why)
+                if kept is not None:
+                    reply = self._claim(request, msg, n, peer_pid, kept)
+                else:
+                    reply = self._execute(request, msg, n, peer_pid)
                 request.done.set()
                 if reply is not None and not request.gone.is_set():
                     try:
@@ -396,9 +420,79 @@ class Server:
             with self.state_lock:
                 self.active -= 1
                 self.last_activity = time.monotonic()
+            self._start_work_ahead()
 
-    def _execute(self, request: _Request, msg: dict, n: int, peer_pid: int) -> dict | None:
+    # -- work ahead (causal_kl.ahead)
+    def _start_work_ahead(self) -> None:
+        """With no request waiting, compute the invocation's next planned shard jobs until one comes."""
+        with self.state_lock:
+            if self.active or self.ahead_running or self.orphaned or self.stopping.is_set():
+                return
+            self.ahead_running = True
+        threading.Thread(target=self._work_ahead, daemon=True, name="work-ahead").start()
+
+    def _work_ahead(self) -> None:
+        try:
+            while True:
+                with self.run_lock:
+                    with self.state_lock:
+                        if self.active or self.orphaned or self.stopping.is_set():
+                            self.ahead_running = False  # the request that waits restarts it when it is done
+                            return
+                    found = self.ahead.next_entry(plan_path(self.owner.pid, self.owner.start))
+                    if found is None:
+                        with self.state_lock:
+                            self.ahead_running = False
+                        return
+                    self._compute_ahead(*found)
+        except BaseException:
+            with self.state_lock:
+                self.ahead_running = False
+            log.exception("work ahead stopped")
+
+    def _compute_ahead(self, entry: dict, cwd: str) -> None:
+        """Compute a planned job into staging files beside its outputs; keep it for its own request to claim."""
+        self.ahead.tried.add(entry["key"])
+        self.n_ahead += 1
+        k = self.n_ahead
+        kwargs, moves = self.ahead.staged_kwargs(entry)
+        before = fingerprints(cwd, entry["inputs"])
+        lines: list[str] = []
+        msg = {"func": entry["func"], "kwargs": kwargs, "cwd": cwd, "threads": entry["threads"], "log": entry["log"]}
+        reply = self._execute(_Kept(lines), msg, k, None, event="ahead")
+        if reply is not None and reply.get("op") == "done" and before is not None:
+            self.ahead.keep(entry, cwd, moves, lines, reply, before, k, time.time())
+        else:  # the job's own request computes it again and reports what went wrong
+            discard({"cwd": cwd, "moves": moves})
+
+    def _claim(self, request: _Request, msg: dict, n: int, peer_pid: int, kept: dict) -> dict | None:
+        """The reply to a request whose job was computed ahead: its kept log lines, then its reply."""
+        t, t_wall = time.perf_counter(), time.time()
+        ok = False
+        handler = _Forwarder(request)
+        logging.getLogger().addHandler(handler)
+        try:
+            try:
+                log.info("request #%d from pid %d: %s was computed ahead (work-ahead #%d, %.2f s, done %.2f s before this "
+                         "request) while Snakemake started this job; its outputs are in place and its log follows", n,
+                         peer_pid, msg["func"], kept["n"], kept["reply"].get("seconds", 0), t_wall - kept["finished"])
+            finally:
+                logging.getLogger().removeHandler(handler)
+            for line in kept["lines"]:
+                request.relay(line)
+            ok = True
+            return dict(kept["reply"])
+        except RequestAbandoned:
+            return None
+        finally:
+            self.record("request", request=n, func=msg["func"], start=t_wall, seconds=time.perf_counter() - t, ok=ok,
+                        loads=0, client_pid=peer_pid, log=msg.get("log"), client=msg.get("client"), ahead=kept["n"])
+
+    def _execute(self, request: _Request | _Kept, msg: dict, n: int, peer_pid: int | None,
+                 event: str = "request") -> dict | None:
+        """Run a request's function (``event="ahead"``: a planned job computed ahead, its lines kept)."""
         func_name = msg["func"]
+        tag = {"request": n} if event == "request" else {"ahead": n}
         root = logging.getLogger()
         handler = _Forwarder(request)
         root.addHandler(handler)
@@ -411,8 +505,12 @@ class Server:
         ok = False
         _model_usage()  # forget what earlier requests used
         try:
-            log.info("request #%d from pid %d: %s in %s (server pid %d, slot %s)", n, peer_pid, func_name, msg.get("cwd"),
-                     os.getpid(), self.slot)
+            if event == "request":
+                log.info("request #%d from pid %d: %s in %s (server pid %d, slot %s)", n, peer_pid, func_name,
+                         msg.get("cwd"), os.getpid(), self.slot)
+            else:
+                log.info("work-ahead #%d: %s for %s, computed while Snakemake starts its job (server pid %d, slot %s)",
+                         n, func_name, msg.get("log"), os.getpid(), self.slot)
             if msg.get("cwd"):
                 os.chdir(msg["cwd"])
             if msg.get("threads"):
@@ -424,7 +522,7 @@ class Server:
             json.dumps(result, default=json_default)
             used = _model_usage()
             ok = True
-            log.info("request #%d done in %.2f s", n, time.perf_counter() - t)
+            log.info("%s #%d done in %.2f s", "request" if event == "request" else "work-ahead", n, time.perf_counter() - t)
             return {"op": "done", "result": result, "models": used, "seconds": time.perf_counter() - t}
         except RequestAbandoned:
             _conn_log.info("request #%d abandoned after %.1f s: its client is gone", n, time.perf_counter() - t)
@@ -446,8 +544,8 @@ class Server:
             os.chdir(old_cwd)
             loads = _load_count() - loads_before
             for model in _model_loads()[len(_model_loads()) - loads:] if loads else []:
-                self.record("load", request=n, **model)
-            self.record("request", request=n, func=func_name, start=t_wall, seconds=time.perf_counter() - t, ok=ok,
+                self.record("load", **tag, **model)
+            self.record(event, **tag, func=func_name, start=t_wall, seconds=time.perf_counter() - t, ok=ok,
                         loads=loads, client_pid=peer_pid, log=msg.get("log"), client=msg.get("client"))
 
 

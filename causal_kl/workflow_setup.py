@@ -17,7 +17,8 @@ one of these functions, called once, in this order:
 7. ``rebuild_missing_results``: the repair wrapper (``causal_kl.repair``), a warning where it does not fit;
 8. ``declare_model_groups`` (from the ``Snakefile``, once every rule is defined): each model rule's cluster group,
    from ``causal_kl.model_rules.MODEL_RULES``;
-9. ``preload_run_model`` (``onstart``) and ``stop_model_servers`` (``onsuccess``/``onerror``).
+9. ``preload_run_model``, ``plan_work_ahead`` and ``start_analysis_server`` (``onstart``); ``stop_model_servers``,
+   ``remove_work_ahead_plan`` and ``stop_analysis_server`` (``onsuccess``/``onerror``).
 
 Each takes what it needs (Snakemake's ``workflow`` object, the config, the command line) as arguments, so that it can
 be called, and tested, without a Snakefile.
@@ -227,6 +228,39 @@ def preload_run_model(workflow, config: Mapping, model_block: Mapping, cluster_g
             server_log=run_log(config["run"], "model_server"),
             expect_model={"path": model_path, "dtype": config["dtype"]},
         )
+
+
+_PLANS: list = []
+"""The work-ahead plan files this invocation wrote (``plan_work_ahead``), for ``remove_work_ahead_plan``."""
+
+
+def plan_work_ahead(workflow, config: Mapping, cluster_groups: bool) -> None:
+    """From ``onstart`` (a local run that executes jobs, with the model server on and not ``{work_ahead: false}``):
+    the plan its model servers work ahead on (``causal_kl.ahead``): the planned per-shard jobs of the run's model,
+    each with the request its job will send, so that a server computes the next one while Snakemake starts it."""
+    if cluster_groups or not workflow.local_exec:
+        return
+    from causal_kl.ahead import plan_path, replan_after_checkpoints, work_ahead_on, write_plan
+    from causal_kl.procs import find_owner
+
+    if not work_ahead_on(config):
+        return
+    owner = find_owner()
+    path, cwd = plan_path(owner.pid, owner.start), os.getcwd()
+    _PLANS.append(path)
+    write_plan(path, workflow.dag.needrun_jobs(), config, cwd)
+    if not replan_after_checkpoints(lambda dag: write_plan(path, dag.needrun_jobs(), config, cwd) if path in _PLANS else None):
+        print("causal-kl: warning: this Snakemake's DAG.postprocess_after_update is not the one causal_kl.ahead wraps: "
+              "the model server computes no job ahead that a checkpoint adds (the shards, after sites)", file=sys.stderr)
+
+
+def remove_work_ahead_plan() -> None:
+    """From ``onsuccess`` / ``onerror``: remove the plan ``plan_work_ahead`` wrote."""
+    while _PLANS:
+        try:
+            _PLANS.pop().unlink()
+        except OSError:
+            pass
 
 
 _ANALYSIS_SERVERS: list = []

@@ -105,3 +105,14 @@ def sleep_fields(out: str, layer: str, shard: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(str(os.getpid()))
     time.sleep(60)
+
+
+def scale(src: str, out: str, factor: float) -> dict:
+    """A shard job in miniature: reads numbers from ``src``, writes them times ``factor`` to ``out`` atomically, logs."""
+    from causal_kl.io import atomic_path
+
+    values = [float(v) for v in Path(src).read_text().split()]
+    log.info("scaling %d values of %s by %s", len(values), src, factor)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(" ".join(repr(v * factor) for v in values))
+    return {"n": len(values), "pid": os.getpid()}

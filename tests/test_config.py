@@ -161,10 +161,12 @@ def test_a_route_hook_outside_the_vocabulary_is_one_line(tmp_path):
 @pytest.mark.parametrize("block, ok, keep", [
     (True, True, 0.0), (False, True, 0.0), ({"keep_s": 600}, True, 600.0), ({"keep_s": 0}, True, 0.0),
     ({"keep_s": -1}, False, None), ({}, False, None), ({"keep": 60}, False, None),
+    ({"work_ahead": False}, True, 0.0), ({"keep_s": 60, "work_ahead": True}, True, 60.0), ({"work_ahead": "no"}, False, None),
 ])
 def test_model_server_is_a_boolean_or_a_keep_s_block_and_keep_s_leaves_the_config_hash_alone(block, ok, keep, tmp_path, root):
     from snakemake.utils import validate
 
+    from causal_kl.ahead import work_ahead_on
     from causal_kl.config import model_server_keep_s
 
     cfg = dict(copy.deepcopy(MIN), model_server=block)
@@ -174,11 +176,13 @@ def test_model_server_is_a_boolean_or_a_keep_s_block_and_keep_s_leaves_the_confi
         with pytest.raises(CausalKLError) as e:
             load_config(path)
         assert "\n" not in str(e.value) and str(e.value).startswith(f"{path}: model_server: got ")
-        assert str(e.value).endswith("Fix: set it to true or false or {keep_s: seconds (0 or more)}")
+        assert str(e.value).endswith("Fix: set it to true or false or {keep_s: seconds (0 or more), work_ahead: true or false}")
         return
     c = load_config(path)
     validate(c, str(root / "config/schema/config.schema.yaml"))
     assert model_server_keep_s(c) == keep
+    # the server works ahead unless it is off or told not to (a re-implementation of the rule)
+    assert work_ahead_on(c) == (block is not False and not (isinstance(block, dict) and block.get("work_ahead") is False))
     # how long a server is kept is how a run executes, not what it computes: the same hash as plain `true`
     plain = load_config(path) | {"model_server": bool(block)}
     assert config_hash(c) == config_hash(plain)

@@ -104,3 +104,27 @@ def test_gaps_split_by_the_next_jobs_client_times():
     assert got["gap_parts_s"] == {"before_process": 0.1, "process": 0.7, "connect": 0.6, "unknown": 0.6}
     assert abs(sum(got["gap_parts_s"].values()) - got["gap_total_s"]) < 1e-6
     assert "before process 0.1 s, process 0.7 s, connect 0.6 s, unknown 0.6 s" in format_timeline(got)
+
+
+def test_jobs_computed_ahead_are_busy_time_and_a_handoff_is_no_gap():
+    """The server computed shards 2 and 3 ahead (``ahead`` records); their jobs' requests only took the results. Busy
+    time, gaps and handoffs counted by hand from the records."""
+    events = [
+        {"event": "request", "pid": 7, "request": 1, "func": "causal_kl.jobs.gold:gold", "start": 100.0, "seconds": 1.0},
+        {"event": "ahead", "pid": 7, "ahead": 1, "func": "causal_kl.jobs.gold:gold", "start": 101.002, "seconds": 1.0},
+        {"event": "request", "pid": 7, "request": 2, "func": "causal_kl.jobs.gold:gold", "start": 102.003,
+         "seconds": 0.001, "ahead": 1},
+        {"event": "ahead", "pid": 7, "ahead": 2, "func": "causal_kl.jobs.gold:gold", "start": 102.006, "seconds": 1.0},
+        {"event": "request", "pid": 7, "request": 3, "func": "causal_kl.jobs.gold:gold", "start": 103.5,
+         "seconds": 0.001, "ahead": 2},
+        {"event": "request", "pid": 7, "request": 4, "func": "causal_kl.jobs.patch:patch_route", "start": 105.0,
+         "seconds": 1.0},
+    ]
+    t = server_timeline(events, 99.0, 107.0)
+    assert (t["requests"], t["computed_ahead"], t["claimed"]) == (4, 2, 2)
+    # busy: 100-101, 101.002-102.002 (the ahead job), 102.003-102.004 (its claim), 102.006-103.006, 103.5-103.501,
+    # 105-106 (rounded to 10 ms)
+    assert abs(t["busy_s"] - (1.0 + 1.0 + 0.001 + 1.0 + 0.001 + 1.0)) < 0.006
+    # idle: 0.002, 0.001 and 0.002 (handoffs, under HANDOFF_S), 0.494 (103.006 -> 103.5), 1.499 (103.501 -> 105)
+    assert t["gaps"] == 2 and t["handoffs"] == 3 and abs(t["gap_total_s"] - 1.998) < 0.006
+    assert "4, 2 of them computed ahead" in format_timeline(t)

@@ -7,12 +7,17 @@ shard (plus the aggregate that collects them).
 """
 
 import json
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
+import yaml
 
+from causal_kl.timeline import read_events
 from workflow_helpers import TORCH_ENV_BLOCKS, copy_workflow, dry_run_jobs, dry_run_shards, run_snakemake, tiny_config, write_config
 
 
@@ -45,6 +50,14 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     model_jobs = len(list((tmp_path / "logs/t/L2/gold").glob("*.log"))) + len(list((tmp_path / "logs/t/L2").rglob("patch/**/shard_*.log")))
     assert len(loads) == 1 and model_jobs == 6, (loads, model_jobs)
     assert gone(int(loads[0])), "the model server outlived snakemake"
+    # the server computed the next planned shard jobs while Snakemake started them (causal_kl.ahead), and each was
+    # claimed by exactly its own job's request: the plan's requests are the jobs' own
+    events = read_events(tmp_path / "logs/t/model_server.jsonl")
+    ahead = [e for e in events if e["event"] == "ahead"]
+    claims = [e for e in events if e["event"] == "request" and e.get("ahead")]
+    assert ahead and all(e["ok"] for e in ahead) and sorted(e["ahead"] for e in claims) == [e["ahead"] for e in ahead]
+    assert {e["func"] for e in ahead} == {"causal_kl.jobs.gold:gold", "causal_kl.jobs.patch:patch_floors"}, ahead
+    assert not list(R.rglob(".ahead-*")) and not list(Path(os.environ["CAUSAL_KL_RUNTIME_DIR"]).glob("*/plans/*"))
     patch = pd.read_parquet(RL / "span1/patch/floors.parquet")
     index = json.loads((RL / "patch.json").read_text())  # the layer's patch dataset: here the floors of span 1 alone
     assert [(f["path"], f["span"], f["route"], f["rows"]) for f in index["files"]] == [
@@ -77,3 +90,17 @@ def test_shards_rerun_alone(root, gemma3_dir, corpus_path, tmp_path):
     jobs = dry_run_jobs(out)
     assert sorted(r for r, _ in jobs) == ["patch_aggregate", "patch_floors", "patch_floors_aggregate"], jobs
     assert dry_run_shards(out, "patch_floors") == ["002"]
+
+    # the same shards computed only when their jobs ask (model_server: {work_ahead: false}), in a copy: equal data
+    copy = tmp_path.parent / f"{tmp_path.name}-no-ahead"
+    shutil.copytree(tmp_path, copy, symlinks=True)
+    shutil.rmtree(copy / "results/t/L2")
+    (copy / "logs/t/model_server.jsonl").unlink()
+    config = yaml.safe_load((copy / "config/config.yaml").read_text())
+    write_config(copy, dict(config, model_server={"work_ahead": False}))
+    run_snakemake(copy, "results/t/L2/patch.json", "results/t/run.json")
+    assert not [e for e in read_events(copy / "logs/t/model_server.jsonl") if e["event"] == "ahead" or e.get("ahead")]
+    made = sorted(p.relative_to(tmp_path) for p in RL.rglob("*.parquet"))  # (floors shard 2 was deleted above)
+    assert set(made) <= {p.relative_to(copy) for p in (copy / "results/t/L2").rglob("*.parquet")} and len(made) > 6
+    for rel in made:
+        assert pq.read_table(tmp_path / rel).equals(pq.read_table(copy / rel)), rel  # rows; provenance times differ

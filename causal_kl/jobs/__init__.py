@@ -118,9 +118,17 @@ def run_model_rule(target: str, snakemake: Any) -> None:
         module, name = target.split(":")
         run_rule(getattr(importlib.import_module(module), name), snakemake)
         return
+    kwargs = model_job_kwargs(snakemake)
+    _run_job(lambda log_path: _run_remote(target, kwargs, log_path, snakemake), target, True, snakemake)
+
+
+def model_job_kwargs(snakemake: Any) -> dict[str, Any]:
+    """What a per-shard model job sends to the server: its rule's fields and its provenance (every such job function
+    takes it). The model server's plan (``causal_kl.ahead``) builds the same from Snakemake's planned job, so that a
+    job computed ahead is claimed only by the request that is exactly it."""
     kwargs = rule_fields(snakemake)
     kwargs[PROVENANCE] = job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items()))
-    _run_job(lambda log_path: _run_remote(target, kwargs, log_path, snakemake), target, True, snakemake)
+    return kwargs
 
 
 def run_analysis_rule(target: str, snakemake: Any) -> None:

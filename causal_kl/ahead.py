@@ -1,0 +1,266 @@
+"""Work ahead: the model server computes the next planned shard job while Snakemake finishes the last one and starts
+the next one's process (issue #32 item 3).
+
+Between two model requests the model waits for Snakemake: it notes the finished job, schedules the next one and
+starts its process (Python, Snakemake's script preamble, the client's imports, the connect): about 0.2 s a job on a
+2-core box, ~1 s on the H200 box, 31 times in the production run. Each shard stays its own Snakemake job with its
+own file, log and rerun; what changes is when the model computes it:
+
+- **the plan** (``write_plan``, from the Snakefile's ``onstart`` of a local run with the model server on, and again
+  each time Snakemake adds the jobs after a checkpoint: ``replan_after_checkpoints``; the shards exist only once
+  ``sites`` has run): the invocation's planned jobs of the per-shard rules of the run's model (``works_ahead``:
+  gold, span_gold, patch_floors, patch_route), each with the exact request its job will send
+  (``causal_kl.jobs.model_job_kwargs`` on the planned job, the code the job's process runs on its ``snakemake``
+  object), in Snakemake's priority order, in a file keyed by the invocation (its owner:
+  ``causal_kl.procs.find_owner``);
+- **the server** (``WorkAhead``), when its queue is empty after a request, computes the first planned job whose
+  inputs all exist and whose outputs do not, with the outputs renamed to hidden staging files beside them
+  (``staging_path``) and its log lines kept, at most ``MAX_STAGED`` unclaimed at a time;
+- **the job's own request** then claims it (``WorkAhead.claim``): same function, same arguments (outputs, params,
+  provenance), same thread count, and every input unchanged since the computation began (size and mtime): the
+  staged files are renamed onto the outputs and the kept lines go to the job's log after one line saying so.
+  Anything else is computed as before, and the staged files are removed.
+
+So the numbers are those of the job's own request (the same function on the same arguments in the same process),
+a shard deleted after a run is planned alone and reruns alone, and a job Snakemake never runs costs at most
+``MAX_STAGED`` shards of model time. ``model_server: {work_ahead: false}`` turns it off. Local runs only: in a
+cluster allocation each job is its own submission's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+PLANS = "plans"
+"""Folder of the plan files in the runtime scope (beside ``servers``)."""
+
+MAX_STAGED = 2
+"""Computed-ahead jobs waiting for their request, at most: the model time a job Snakemake does not run can cost."""
+
+WINDOW = 64
+"""Planned jobs looked at past the first one not yet done (Snakemake runs the ready jobs of highest priority: the
+next ones in the plan); the plan of a 100k-site study is never scanned whole per request."""
+
+STAGING_PREFIX = ".ahead-"
+
+
+def works_ahead(rule: str) -> bool:
+    """Whether the server may compute ``rule``'s jobs ahead: the per-shard rules of the run's model (the rules of a
+    shard-packed cluster group: many short jobs of the model the server has loaded)."""
+    from causal_kl.model_rules import GROUP_PACKING, LM, MODEL_RULES, SHARDS
+
+    spec = MODEL_RULES.get(rule)
+    return spec is not None and spec.loads == LM and spec.group is not None and GROUP_PACKING[spec.group] == SHARDS
+
+
+def work_ahead_on(config: Mapping) -> bool:
+    """``model_server`` on and not ``{work_ahead: false}``."""
+    block = config.get("model_server", True)
+    if isinstance(block, dict):
+        return bool(block.get("work_ahead", True))
+    return bool(block)
+
+
+def plan_path(owner_pid: int, owner_start: int) -> Path:
+    """The plan file of the invocation whose Snakemake is (``owner_pid``, ``owner_start``)."""
+    from causal_kl import gpu
+    from causal_kl.protocol import step_scope
+
+    d = gpu.runtime_dir() / step_scope() / PLANS
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d / f"{owner_pid}-{owner_start}.json"
+
+
+def job_target(rule_name: str, snakefile: str) -> str:
+    """``"causal_kl.jobs.<rule file>:<rule>"``: the job function a model rule's script names (``tests/test_layout``
+    holds every rule to this)."""
+    return f"causal_kl.jobs.{Path(snakefile).stem}:{rule_name}"
+
+
+def entry_key(func: str, kwargs: Mapping, threads: Any) -> str:
+    """What a request must match to claim a computed-ahead job: its function, arguments and thread count."""
+    from causal_kl.protocol import json_default
+
+    text = json.dumps([func, kwargs, threads], sort_keys=True, default=json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class _JobView:
+    """A planned Snakemake job seen as a job's process sees its ``snakemake`` object (what ``model_job_kwargs`` reads)."""
+
+    def __init__(self, job: Any, config: Mapping):
+        self.input, self.output, self.params, self.wildcards = job.input, job.output, job.params, job.wildcards
+        self.rule, self.config, self.threads = job.rule.name, config, job.threads
+
+
+def plan_entry(job: Any, config: Mapping) -> dict | None:
+    """The request a planned job will send, with its input and output files; None for a job that cannot be staged
+    (an unnamed or non-file output)."""
+    from causal_kl.jobs import model_job_kwargs
+    from causal_kl.protocol import json_default
+
+    outputs = dict(job.output.items())
+    if not outputs or len(outputs) != len(job.output) or not all(isinstance(v, str) for v in outputs.values()):
+        return None
+    view = _JobView(job, config)
+    kwargs = json.loads(json.dumps(model_job_kwargs(view), default=json_default))  # as the wire carries it
+    func = job_target(job.rule.name, job.rule.snakefile)
+    return {"func": func, "kwargs": kwargs, "threads": view.threads, "key": entry_key(func, kwargs, view.threads),
+            "inputs": [str(f) for f in job.input], "outputs": {k: str(v) for k, v in outputs.items()},
+            "log": str(job.log[0]) if job.log else None, "priority": job.priority}
+
+
+def write_plan(path: Path, jobs: Iterable[Any], config: Mapping, cwd: str) -> int:
+    """Write the plan of ``jobs`` (Snakemake's planned jobs; those of ``works_ahead`` rules kept) to ``path``, highest
+    priority first (Snakemake's order of ready jobs); returns the number of entries."""
+    from causal_kl.protocol import write_json_atomic
+
+    entries = [e for job in jobs if works_ahead(job.rule.name) for e in [plan_entry(job, config)] if e is not None]
+    entries.sort(key=lambda e: -e["priority"])  # stable: Snakemake's own order among equals
+    write_json_atomic(path, {"cwd": cwd, "entries": entries})
+    return len(entries)
+
+
+def replan_after_checkpoints(replan: Callable[[Any], None]) -> bool:
+    """Call ``replan(dag)`` each time Snakemake's DAG has taken in the jobs that depend on a finished checkpoint
+    (``DAG.postprocess_after_update``, where the installed Snakemake is the one this was written for: 9.x). Returns
+    whether the hook is in place."""
+    from snakemake.dag import DAG
+
+    from causal_kl.shims import wrap_where_source_fits
+
+    def wrap(original):
+        async def postprocess_after_update(self, *args, **kwargs):
+            out = await original(self, *args, **kwargs)
+            for hook in _REPLANS:
+                hook(self)
+            return out
+
+        return postprocess_after_update
+
+    _REPLANS.append(replan)
+    return wrap_where_source_fits(DAG, "postprocess_after_update", wrap, "causal_kl_replans",
+                                  lambda source: "await self.postprocess()" in source, coroutine=True)
+
+
+_REPLANS: list[Callable[[Any], None]] = []
+"""The ``replan`` hooks ``replan_after_checkpoints`` installed (one per invocation: the Snakemake process's own)."""
+
+
+def staging_path(path: str) -> str:
+    """The hidden file beside ``path`` that a computed-ahead output waits in (same folder: the claim is a rename)."""
+    p = Path(path)
+    return str(p.with_name(f"{STAGING_PREFIX}{os.getpid()}.{p.name}"))
+
+
+def fingerprints(cwd: str, paths: Iterable[str]) -> list[list[int]] | None:
+    """(size, mtime_ns) of each path; None when one is missing."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(os.path.join(cwd, p))
+        except OSError:
+            return None
+        out.append([st.st_size, st.st_mtime_ns])
+    return out
+
+
+class WorkAhead:
+    """The server's side: the invocation's plan, the jobs computed ahead and their claims. Called with the server's
+    run lock held (one computation at a time)."""
+
+    def __init__(self) -> None:
+        self.staged: dict[str, dict] = {}  # key -> the computed job: entry, staged files, lines, reply, fingerprints
+        self.tried: set[str] = set()  # keys computed ahead once (never twice, claimed or not)
+        self._plan: tuple[str, int, dict] | None = None  # path, mtime_ns, plan
+        self._first = 0  # every planned job before this one is done or was computed ahead
+
+    def plan(self, path: Path) -> dict | None:
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if self._plan is None or self._plan[:2] != (str(path), mtime):
+            try:
+                self._plan = (str(path), mtime, json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                return None
+            self._first = 0
+        return self._plan[2]
+
+    def next_entry(self, path: Path) -> tuple[dict, str] | None:
+        """The first planned job not yet computed whose inputs all exist and whose outputs do not, and its workdir."""
+        if len(self.staged) >= MAX_STAGED:
+            return None
+        plan = self.plan(path)
+        if not plan:
+            return None
+        cwd = plan["cwd"]
+        entries = plan.get("entries", [])
+
+        def done(entry: dict) -> bool:
+            return entry["key"] in self.tried or any(os.path.exists(os.path.join(cwd, o)) for o in entry["outputs"].values())
+
+        while self._first < len(entries) and done(entries[self._first]):
+            self._first += 1
+        for entry in entries[self._first:self._first + WINDOW]:
+            if not done(entry) and all(os.path.exists(os.path.join(cwd, i)) for i in entry["inputs"]):
+                return entry, cwd
+        return None
+
+    def staged_kwargs(self, entry: dict) -> tuple[dict, dict[str, str]]:
+        """The entry's arguments with each output renamed to its staging file, and ``{output: staging file}``."""
+        kwargs = dict(entry["kwargs"])
+        moves = {}
+        for name, path in entry["outputs"].items():
+            kwargs[name] = moves[path] = staging_path(path)
+        return kwargs, moves
+
+    def keep(self, entry: dict, cwd: str, moves: dict[str, str], lines: list[str], reply: dict,
+             before: list | None, n: int, finished: float) -> None:
+        """Keep a computed-ahead job for its request."""
+        self.staged[entry["key"]] = {"entry": entry, "cwd": cwd, "moves": moves, "lines": lines, "reply": reply,
+                                     "fingerprints": before, "n": n, "finished": finished}
+
+    def claim(self, func: str, kwargs: Mapping, threads: Any, cwd: str | None) -> tuple[dict | None, str | None]:
+        """The computed-ahead job a request is, with its staged files now renamed onto its outputs; or None and why
+        not (None: nothing was computed for it)."""
+        rec = self.staged.pop(entry_key(func, json.loads(json.dumps(kwargs)), threads), None)
+        if rec is None:
+            return None, None
+        entry = rec["entry"]
+        why = None
+        if cwd is not None and os.path.realpath(cwd) != os.path.realpath(rec["cwd"]):
+            why = f"another workdir ({cwd})"
+        elif rec["fingerprints"] is None or fingerprints(rec["cwd"], entry["inputs"]) != rec["fingerprints"]:
+            why = "an input changed after it was computed"
+        elif not all(os.path.isfile(os.path.join(rec["cwd"], s)) for s in rec["moves"].values()):
+            why = "a staged file is gone"
+        if why is not None:
+            discard(rec)
+            return None, why
+        for out, staged in rec["moves"].items():
+            dst = os.path.join(rec["cwd"], out)
+            os.replace(os.path.join(rec["cwd"], staged), dst)
+            os.utime(dst)  # written now, as far as Snakemake's dates go: the job that owns it is running
+        return rec, None
+
+    def discard_all(self) -> None:
+        """Remove every staged file not claimed and forget what was tried (the server exits, or its invocation
+        ended: the run's next invocation, adopting a kept server, plans afresh)."""
+        while self.staged:
+            discard(self.staged.popitem()[1])
+        self.tried.clear()
+
+
+def discard(rec: Mapping) -> None:
+    """Remove a computed-ahead job's staged files."""
+    for staged in rec["moves"].values():
+        try:
+            os.unlink(os.path.join(rec["cwd"], staged))
+        except OSError:
+            pass
