@@ -285,14 +285,26 @@ def overhead(args: argparse.Namespace) -> dict:
         raise SystemExit(f"the run failed, see {work / 'overhead.log'}:\n{r['output'][-3000:]}")
     events = [json.loads(l) for l in (wf / "logs/scale/model_server.jsonl").read_text().splitlines() if l.strip()]
     reqs = sorted((e for e in events if e["event"] == "request"), key=lambda e: e["start"])
+    # the model's work: the requests and the jobs a server computed ahead (causal_kl.ahead; their requests then only
+    # take the result), merged per server
+    work = sorted((e for e in events if e["event"] in ("request", "ahead")), key=lambda e: e["start"])
     loads = [e for e in events if e["event"] == "load"]
-    first, last = reqs[0]["start"], max(e["start"] + e["seconds"] for e in reqs)
-    busy = sum(e["seconds"] for e in reqs)
+    first, last = work[0]["start"], max(e["start"] + e["seconds"] for e in work)
+    busy, gaps = 0.0, []
+    for pid in {e["pid"] for e in work}:
+        spans: list[list[float]] = []
+        for e in (e for e in work if e["pid"] == pid):
+            a, b = e["start"], e["start"] + e["seconds"]
+            if spans and a <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
+        busy += sum(b - a for a, b in spans)
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
     # servers side by side: one per slot (a server restarted on the same slot, e.g. after a code change, is the
     # same slot's time, not another one running in parallel)
     n_slots = len({e["slot"] for e in reqs})
     n_servers = len({e["pid"] for e in reqs})
-    gaps = [b["start"] - (a["start"] + a["seconds"]) for a, b in zip(reqs, reqs[1:]) if b["pid"] == a["pid"]]
     gaps.sort()
     phase = last - first
     res = {"machine": machine(), "cores": args.cores, "scheduler": args.scheduler or "default", "shards": n_shards, "shard_size": args.shard_size,
@@ -301,10 +313,11 @@ def overhead(args: argparse.Namespace) -> dict:
            "overhead_per_job_s": round((phase * n_slots - busy) / len(reqs), 3),
            "gap_median_s": round(gaps[len(gaps) // 2], 3) if gaps else None,
            "gap_p90_s": round(gaps[int(len(gaps) * 0.9)], 3) if gaps else None,
-           "compute_per_job_s": round(busy / len(reqs), 3)}
+           "compute_per_job_s": round(busy / len(reqs), 3),
+           "computed_ahead": sum(1 for e in work if e["event"] == "ahead")}
     print(f"{len(reqs)} model jobs ({n_shards} shards of {args.shard_size} sites, --cores {args.cores}) on "
           f"{n_slots} slot(s), {n_servers} server(s), {len(loads)} load(s): model phase {phase:.1f} s, the server computed {busy:.1f} s "
-          f"({busy / len(reqs):.3f} s per job); overhead {res['overhead_per_job_s']:.3f} s per model job "
+          f"({busy / len(reqs):.3f} s per job, {res['computed_ahead']} computed ahead); overhead {res['overhead_per_job_s']:.3f} s per model job "
           f"(gap between requests: median {res['gap_median_s']} s, p90 {res['gap_p90_s']} s)", flush=True)
     return res
 

@@ -75,6 +75,28 @@ def plan_path(owner_pid: int, owner_start: int) -> Path:
     return d / f"{owner_pid}-{owner_start}.json"
 
 
+def sweep_plans(folder: Path) -> None:
+    """Remove the plans (and their marks) of invocations that are gone without removing them (a killed Snakemake)."""
+    from causal_kl.procs import pid_alive
+
+    for f in folder.glob("*-*.json"):
+        try:
+            pid, start = (int(x) for x in f.stem.split("-"))
+        except ValueError:
+            continue
+        if not pid_alive(pid, start):
+            remove_plan(f)
+
+
+def remove_plan(path: Path) -> None:
+    """Remove a plan and the marks its servers left (``WorkAhead.take``)."""
+    for f in [path, *path.parent.glob(f"{path.stem}.*.taken")]:
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
 def job_target(rule_name: str, snakefile: str) -> str:
     """``"causal_kl.jobs.<rule file>:<rule>"``: the job function a model rule's script names (``tests/test_layout``
     holds every rule to this)."""
@@ -193,7 +215,11 @@ class WorkAhead:
         return self._plan[2]
 
     def next_entry(self, path: Path) -> tuple[dict, str] | None:
-        """The first planned job not yet computed whose inputs all exist and whose outputs do not, and its workdir."""
+        """The first planned job not yet computed whose inputs all exist and whose outputs do not, and its workdir;
+        taken for this server (``take``: with several GPUs each server computes other jobs ahead)."""
+        for key, rec in list(self.staged.items()):  # made meanwhile by a request to another server: never claimed here
+            if any(os.path.exists(os.path.join(rec["cwd"], o)) for o in rec["moves"]):
+                discard(self.staged.pop(key))
         if len(self.staged) >= MAX_STAGED:
             return None
         plan = self.plan(path)
@@ -209,8 +235,21 @@ class WorkAhead:
             self._first += 1
         for entry in entries[self._first:self._first + WINDOW]:
             if not done(entry) and all(os.path.exists(os.path.join(cwd, i)) for i in entry["inputs"]):
-                return entry, cwd
+                self.tried.add(entry["key"])
+                if self.take(path, entry["key"]):
+                    return entry, cwd
         return None
+
+    @staticmethod
+    def take(path: Path, key: str) -> bool:
+        """Mark a planned job as computed ahead by this server; False when another server of the invocation has."""
+        try:
+            os.close(os.open(path.parent / f"{path.stem}.{key}.taken", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            return True  # no mark possible: compute it all the same
 
     def staged_kwargs(self, entry: dict) -> tuple[dict, dict[str, str]]:
         """The entry's arguments with each output renamed to its staging file, and ``{output: staging file}``."""

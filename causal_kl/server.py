@@ -452,10 +452,11 @@ class Server:
 
     def _compute_ahead(self, entry: dict, cwd: str) -> None:
         """Compute a planned job into staging files beside its outputs; keep it for its own request to claim."""
-        self.ahead.tried.add(entry["key"])
         self.n_ahead += 1
         k = self.n_ahead
         kwargs, moves = self.ahead.staged_kwargs(entry)
+        for staged in moves.values():
+            Path(cwd, staged).parent.mkdir(parents=True, exist_ok=True)
         before = fingerprints(cwd, entry["inputs"])
         lines: list[str] = []
         msg = {"func": entry["func"], "kwargs": kwargs, "cwd": cwd, "threads": entry["threads"], "log": entry["log"]}

@@ -240,13 +240,14 @@ def plan_work_ahead(workflow, config: Mapping, cluster_groups: bool) -> None:
     each with the request its job will send, so that a server computes the next one while Snakemake starts it."""
     if cluster_groups or not workflow.local_exec:
         return
-    from causal_kl.ahead import plan_path, replan_after_checkpoints, work_ahead_on, write_plan
+    from causal_kl.ahead import plan_path, replan_after_checkpoints, sweep_plans, work_ahead_on, write_plan
     from causal_kl.procs import find_owner
 
     if not work_ahead_on(config):
         return
     owner = find_owner()
     path, cwd = plan_path(owner.pid, owner.start), os.getcwd()
+    sweep_plans(path.parent)
     _PLANS.append(path)
     write_plan(path, workflow.dag.needrun_jobs(), config, cwd)
     if not replan_after_checkpoints(lambda dag: write_plan(path, dag.needrun_jobs(), config, cwd) if path in _PLANS else None):
@@ -256,11 +257,10 @@ def plan_work_ahead(workflow, config: Mapping, cluster_groups: bool) -> None:
 
 def remove_work_ahead_plan() -> None:
     """From ``onsuccess`` / ``onerror``: remove the plan ``plan_work_ahead`` wrote."""
+    from causal_kl.ahead import remove_plan
+
     while _PLANS:
-        try:
-            _PLANS.pop().unlink()
-        except OSError:
-            pass
+        remove_plan(_PLANS.pop())
 
 
 _ANALYSIS_SERVERS: list = []

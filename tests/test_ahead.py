@@ -80,20 +80,24 @@ def test_the_server_computes_the_next_planned_jobs_and_only_the_exact_job_claims
     log1 = (box.work / "job1.log").read_text()
     assert "was computed ahead (work-ahead #1" in log1 and "scaling 4 values of in/1.txt by 2.0" in log1, log1
 
-    # another job at the same output (other arguments) does not take it; the staged file is left for its own job
-    (box.work / "in/2.txt").write_text("7 8")  # and then its input changes: the computed result is stale
-    job(2, factor=3.0)
-    assert (box.work / "out/2.txt").read_text() == direct(2, 3.0)
-    (box.work / "out/2.txt").unlink()
+    # its input changed after it was computed: the job's request computes it again, from the new input
+    (box.work / "in/2.txt").write_text("7 8")
+    (box.work / "in/not-yet.txt").write_text("")  # and job 3 can now be computed ahead, once this request is done
     job(2)
-    assert (box.work / "out/2.txt").read_text() == direct(2)  # recomputed from the new input, not the staged one
+    assert (box.work / "out/2.txt").read_text() == direct(2)
     assert "was computed ahead" not in (box.work / "job2.log").read_text()
     server_log = next(box.rt.glob("*/servers/*.log")).read_text()
     assert "the job computed ahead for it is not used (an input changed after it was computed)" in server_log
-    assert not (box.work / "out/3.txt").exists() and _staged(box) == []  # 3 waits for an input; nothing left over
+    assert _wait(lambda: len(_staged(box)) == 1)
+
+    # another job at the same output (other arguments) does not take it; what it wrote makes the staged one moot
+    job(3, factor=3.0)
+    assert (box.work / "out/3.txt").read_text() == direct(3, 3.0)
+    assert _wait(lambda: _staged(box) == [])  # removed by the server, nothing left over
 
     reqs = [e for e in _events(box) if e["event"] == "request"]
     assert [e.get("ahead") for e in reqs] == [None, 1, None, None]
+    assert [e["log"] for e in _events(box) if e["event"] == "ahead"] == ["logs/1.log", "logs/2.log", "logs/3.log"]
 
 
 def test_staged_results_go_with_the_server_and_no_plan_means_no_work_ahead(sandbox, monkeypatch):
@@ -114,3 +118,35 @@ def test_staged_results_go_with_the_server_and_no_plan_means_no_work_ahead(sandb
     box.owner.kill()  # the invocation ends: the server exits and removes what no job claimed
     box.owner.wait()
     assert _wait(lambda: _staged(box) == [], 20), _staged(box)
+
+
+def test_two_servers_of_one_invocation_take_different_jobs_and_a_dead_invocations_plan_is_swept(tmp_path):
+    import subprocess
+    import sys
+
+    from causal_kl.ahead import WorkAhead, remove_plan, sweep_plans
+
+    work = tmp_path / "work"
+    (work / "in").mkdir(parents=True)
+    for i in range(3):
+        (work / f"in/{i}.txt").write_text("1")
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    me = plans / f"{os.getpid()}-{proc_stat(os.getpid())[2]}.json"
+    me.write_text(json.dumps({"cwd": str(work), "entries": [_entry(i) for i in range(3)]}))
+    a, b = WorkAhead(), WorkAhead()  # two GPUs' servers, one plan
+    assert a.next_entry(me)[0]["kwargs"]["out"] == "out/0.txt" and b.next_entry(me)[0]["kwargs"]["out"] == "out/1.txt"
+    (work / "out").mkdir()
+    (work / "out/2.txt").write_text("made by its job")  # done: nobody computes it ahead
+    assert a.next_entry(me) is None and b.next_entry(me) is None
+    # a plan whose Snakemake is gone (killed before its onerror) is swept with its marks; a live one stays
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = proc_stat(gone.pid)[2]
+    gone.wait()
+    dead = plans / f"{gone.pid}-{start}.json"
+    dead.write_text("{}")
+    (plans / f"{dead.stem}.abc.taken").write_text("")
+    sweep_plans(plans)
+    assert sorted(p.name for p in plans.iterdir()) == sorted([me.name, *(f"{me.stem}.{e['key']}.taken" for e in map(_entry, (0, 1)))])
+    remove_plan(me)
+    assert list(plans.iterdir()) == []
