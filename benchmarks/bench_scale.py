@@ -290,15 +290,11 @@ def overhead(args: argparse.Namespace) -> dict:
     work = sorted((e for e in events if e["event"] in ("request", "ahead")), key=lambda e: e["start"])
     loads = [e for e in events if e["event"] == "load"]
     first, last = work[0]["start"], max(e["start"] + e["seconds"] for e in work)
+    from causal_kl.timeline import merged
+
     busy, gaps = 0.0, []
     for pid in {e["pid"] for e in work}:
-        spans: list[list[float]] = []
-        for e in (e for e in work if e["pid"] == pid):
-            a, b = e["start"], e["start"] + e["seconds"]
-            if spans and a <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], b)
-            else:
-                spans.append([a, b])
+        spans = merged((e["start"], e["start"] + e["seconds"]) for e in work if e["pid"] == pid)
         busy += sum(b - a for a, b in spans)
         gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
     # servers side by side: one per slot (a server restarted on the same slot, e.g. after a code change, is the

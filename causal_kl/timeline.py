@@ -47,7 +47,8 @@ def read_events(path: str | Path) -> list[dict]:
     return out
 
 
-def _merged(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+def merged(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of ``(start, end)`` intervals, as sorted disjoint intervals."""
     merged: list[list[float]] = []
     for a, b in sorted(intervals):
         if merged and a <= merged[-1][1]:
@@ -74,7 +75,7 @@ def server_timeline(events: list[dict], start: float, end: float) -> dict[str, A
     ahead = [r for r in events if r.get("event") == "ahead" and start <= float(r.get("start", -1)) <= end]
     preloads = {(r.get("pid"), r.get("request")) for r in reqs if str(r.get("func", "")).endswith(PRELOAD)}
     jobs = [r for r in reqs if (r.get("pid"), r.get("request")) not in preloads]
-    busy = _merged((float(r["start"]), float(r["start"]) + float(r.get("seconds", 0.0))) for r in [*reqs, *ahead])
+    busy = merged((float(r["start"]), float(r["start"]) + float(r.get("seconds", 0.0))) for r in [*reqs, *ahead])
     idle = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
     gaps = [g for g in idle if g >= HANDOFF_S]
     parts = gap_parts(busy, reqs)
