@@ -3,21 +3,24 @@ the next one's process (issue #32 item 3).
 
 Between two model requests the model waits for Snakemake: it notes the finished job, schedules the next one and
 starts its process (Python, Snakemake's script preamble, the client's imports, the connect): about 0.2 s a job on a
-2-core box, ~1 s on the H200 box, 31 times in the production run. Each shard stays its own Snakemake job with its
-own file, log and rerun; what changes is when the model computes it:
+2-core box, ~1 s on the H200 box, 31 times in the production run. Snakemake 9 runs every script job, group members
+too, as a process of its own and removes a job's outputs before it runs, so one job cannot stand for several shards
+while a deleted shard still reruns alone. Each shard stays its own Snakemake job with its own file, log and rerun;
+what changes is when the model computes it:
 
-- **the plan** (``write_plan``, from the Snakefile's ``onstart`` of a local run with the model server on, and again
-  each time Snakemake adds the jobs after a checkpoint: ``replan_after_checkpoints``; the shards exist only once
-  ``sites`` has run): the invocation's planned jobs of the per-shard rules of the run's model (``works_ahead``:
-  gold, span_gold, patch_floors, patch_route), each with the exact request its job will send
-  (``causal_kl.jobs.model_job_kwargs`` on the planned job, the code the job's process runs on its ``snakemake``
-  object), in Snakemake's priority order, in a file keyed by the invocation (its owner:
-  ``causal_kl.procs.find_owner``);
-- **the server** (``WorkAhead``), when its queue is empty after a request, computes the first planned job whose
-  inputs all exist and whose outputs do not, with the outputs renamed to hidden staging files beside them
+- **the plan** (``Planner``, from the Snakefile's ``onstart`` of a local run with the model server on; written again
+  when a checkpoint finishes: the shards exist only once ``sites`` has run): the invocation's planned jobs of the
+  per-shard rules of the run's model (``works_ahead``: gold, span_gold, patch_floors, patch_route), each with the
+  exact request its job will send (``causal_kl.jobs.model_job_kwargs`` on the planned job, the code the job's
+  process runs on its ``snakemake`` object), in Snakemake's priority order, in a file keyed by the invocation (its
+  owner: ``causal_kl.procs.find_owner``); beside it, the jobs Snakemake has made ready since (``follow_finished_jobs``:
+  after each finished job, whose outputs Snakemake has checked and touched, the planned jobs that wait for nothing
+  more);
+- **the server** (``WorkAhead``), when its queue is empty after a request, computes the first planned job that is
+  ready and whose outputs are not there, with the outputs renamed to hidden staging files beside them
   (``staging_path``) and its log lines kept, at most ``MAX_STAGED`` unclaimed at a time;
 - **the job's own request** then claims it (``WorkAhead.claim``): same function, same arguments (outputs, params,
-  provenance), same thread count, and every input unchanged since the computation began (size and mtime): the
+  provenance), same thread count, and every input unchanged since the computation began (inode, size, mtime): the
   staged files are renamed onto the outputs and the kept lines go to the job's log after one line saying so.
   Anything else is computed as before, and the staged files are removed.
 
@@ -33,7 +36,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 PLANS = "plans"
 """Folder of the plan files in the runtime scope (beside ``servers``)."""
@@ -89,8 +92,8 @@ def sweep_plans(folder: Path) -> None:
 
 
 def remove_plan(path: Path) -> None:
-    """Remove a plan and the marks its servers left (``WorkAhead.take``)."""
-    for f in [path, *path.parent.glob(f"{path.stem}.*.taken")]:
+    """Remove a plan, its ready list and the marks its servers left (``WorkAhead.take``)."""
+    for f in [path, ready_path(path), *path.parent.glob(f"{path.stem}.*.taken")]:
         try:
             f.unlink()
         except OSError:
@@ -136,41 +139,87 @@ def plan_entry(job: Any, config: Mapping) -> dict | None:
             "log": str(job.log[0]) if job.log else None, "priority": job.priority}
 
 
-def write_plan(path: Path, jobs: Iterable[Any], config: Mapping, cwd: str) -> int:
-    """Write the plan of ``jobs`` (Snakemake's planned jobs; those of ``works_ahead`` rules kept) to ``path``, highest
-    priority first (Snakemake's order of ready jobs); returns the number of entries."""
-    from causal_kl.protocol import write_json_atomic
-
-    entries = [e for job in jobs if works_ahead(job.rule.name) for e in [plan_entry(job, config)] if e is not None]
-    entries.sort(key=lambda e: -e["priority"])  # stable: Snakemake's own order among equals
-    write_json_atomic(path, {"cwd": cwd, "entries": entries})
-    return len(entries)
+def _deps_done(dag: Any, job: Any) -> bool:
+    """Whether every job ``job`` depends on has finished in this invocation or was not planned (its files are there)."""
+    return all(dag.finished(dep) or not dag.needrun(dep) for dep in dag.dependencies[job])
 
 
-def replan_after_checkpoints(replan: Callable[[Any], None]) -> bool:
-    """Call ``replan(dag)`` each time Snakemake's DAG has taken in the jobs that depend on a finished checkpoint
-    (``DAG.postprocess_after_update``, where the installed Snakemake is the one this was written for: 9.x). Returns
-    whether the hook is in place."""
+class Planner:
+    """The Snakemake process's side: writes the invocation's plan, and after each finished job (``DAG.finish``, where
+    Snakemake has checked and touched its outputs) appends the keys of the planned jobs it made ready to
+    ``<plan>.ready`` (Snakemake's own readiness: a computation never starts on an input a running or planned job is
+    still to write); a finished checkpoint (``sites``: the shards) writes the plan again."""
+
+    def __init__(self, path: Path, config: Mapping, cwd: str):
+        self.path, self.config, self.cwd = path, config, cwd
+        self.keys: dict[int, str] = {}  # jobid -> plan key of the planned works-ahead jobs
+        self.active = True
+
+    def write(self, dag: Any) -> int:
+        """Write the plan of ``dag``'s planned jobs (those of ``works_ahead`` rules), highest priority first (Snakemake's
+        order of ready jobs; stable, so its own order among equals); returns the number of entries."""
+        from causal_kl.protocol import write_json_atomic
+
+        entries = []
+        for job in dag.needrun_jobs():
+            if works_ahead(job.rule.name):
+                entry = plan_entry(job, self.config)
+                if entry is not None:
+                    entry["ready"] = _deps_done(dag, job)
+                    self.keys[job.jobid] = entry["key"]
+                    entries.append(entry)
+        entries.sort(key=lambda e: -e["priority"])
+        write_json_atomic(self.path, {"cwd": self.cwd, "entries": entries})
+        return len(entries)
+
+    def finished(self, dag: Any, job: Any) -> None:
+        """After Snakemake finished ``job``: the planned jobs it made ready, or a new plan after a checkpoint."""
+        if not self.active:
+            return
+        jobs = list(job) if job.is_group() else [job]
+        if any(j.is_checkpoint for j in jobs):
+            self.write(dag)  # the jobs the checkpoint decided (the shards), with what is ready now
+            return
+        ready = {self.keys[d.jobid] for j in jobs for d in dag.depending[j]
+                 if d.jobid in self.keys and not dag.finished(d) and _deps_done(dag, d)}
+        if ready:
+            with open(ready_path(self.path), "a") as f:
+                f.write("".join(k + "\n" for k in sorted(ready)))
+
+    def remove(self) -> None:
+        self.active = False
+        remove_plan(self.path)
+
+
+def ready_path(plan: Path) -> Path:
+    """The keys of the planned jobs Snakemake made ready since the plan was written, a line each."""
+    return plan.with_suffix(".ready")
+
+
+def follow_finished_jobs(planner: Planner) -> bool:
+    """Call ``planner.finished(dag, job)`` after Snakemake finishes each job (``DAG.finish``, where the installed
+    Snakemake is the one this was written for: 9.x). Returns whether the hook is in place."""
     from snakemake.dag import DAG
 
     from causal_kl.shims import wrap_where_source_fits
 
     def wrap(original):
-        async def postprocess_after_update(self, *args, **kwargs):
-            out = await original(self, *args, **kwargs)
-            for hook in _REPLANS:
-                hook(self)
+        async def finish(self, job, *args, **kwargs):
+            out = await original(self, job, *args, **kwargs)
+            for p in _PLANNERS:
+                p.finished(self, job)
             return out
 
-        return postprocess_after_update
+        return finish
 
-    _REPLANS.append(replan)
-    return wrap_where_source_fits(DAG, "postprocess_after_update", wrap, "causal_kl_replans",
-                                  lambda source: "await self.postprocess()" in source, coroutine=True)
+    _PLANNERS.append(planner)
+    return wrap_where_source_fits(DAG, "finish", wrap, "causal_kl_follows_jobs",
+                                  lambda source: "self._finished.update(jobs)" in source
+                                  and "update_checkpoint_dependencies(jobs)" in source, coroutine=True)
 
 
-_REPLANS: list[Callable[[Any], None]] = []
-"""The ``replan`` hooks ``replan_after_checkpoints`` installed (one per invocation: the Snakemake process's own)."""
+_PLANNERS: list[Planner] = []
+"""The planners ``follow_finished_jobs`` serves (one per invocation: the Snakemake process's own)."""
 
 
 def staging_path(path: str) -> str:
@@ -180,14 +229,15 @@ def staging_path(path: str) -> str:
 
 
 def fingerprints(cwd: str, paths: Iterable[str]) -> list[list[int]] | None:
-    """(size, mtime_ns) of each path; None when one is missing."""
+    """(inode, size, mtime_ns) of each path (a rewrite, atomic or in place, or a touch changes it); None when one is
+    missing."""
     out = []
     for p in paths:
         try:
             st = os.stat(os.path.join(cwd, p))
         except OSError:
             return None
-        out.append([st.st_size, st.st_mtime_ns])
+        out.append([st.st_ino, st.st_size, st.st_mtime_ns])
     return out
 
 
@@ -200,6 +250,8 @@ class WorkAhead:
         self.tried: set[str] = set()  # keys computed ahead once (never twice, claimed or not)
         self._plan: tuple[str, int, dict] | None = None  # path, mtime_ns, plan
         self._first = 0  # every planned job before this one is done or was computed ahead
+        self._ready: set[str] = set()  # keys Snakemake made ready since the plan was written
+        self._ready_read: tuple[str | None, int] = (None, 0)  # the ready list read so far: path, offset
 
     def plan(self, path: Path) -> dict | None:
         try:
@@ -227,6 +279,7 @@ class WorkAhead:
             return None
         cwd = plan["cwd"]
         entries = plan.get("entries", [])
+        self._read_ready(path)
 
         def done(entry: dict) -> bool:
             return entry["key"] in self.tried or any(os.path.exists(os.path.join(cwd, o)) for o in entry["outputs"].values())
@@ -234,11 +287,27 @@ class WorkAhead:
         while self._first < len(entries) and done(entries[self._first]):
             self._first += 1
         for entry in entries[self._first:self._first + WINDOW]:
-            if not done(entry) and all(os.path.exists(os.path.join(cwd, i)) for i in entry["inputs"]):
+            if (not done(entry) and (entry.get("ready") or entry["key"] in self._ready)
+                    and all(os.path.exists(os.path.join(cwd, i)) for i in entry["inputs"])):
                 self.tried.add(entry["key"])
                 if self.take(path, entry["key"]):
                     return entry, cwd
         return None
+
+    def _read_ready(self, path: Path) -> None:
+        f = ready_path(path)
+        where, offset = self._ready_read
+        if where != str(f):
+            self._ready, offset = set(), 0
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except OSError:
+            data = b""
+        complete = data[:data.rfind(b"\n") + 1]  # a line being appended is read next time
+        self._ready.update(complete.decode().split())
+        self._ready_read = (str(f), offset + len(complete))
 
     @staticmethod
     def take(path: Path, key: str) -> bool:

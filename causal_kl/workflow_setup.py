@@ -230,37 +230,37 @@ def preload_run_model(workflow, config: Mapping, model_block: Mapping, cluster_g
         )
 
 
-_PLANS: list = []
-"""The work-ahead plan files this invocation wrote (``plan_work_ahead``), for ``remove_work_ahead_plan``."""
+_PLANNERS: list = []
+"""The work-ahead planner of this invocation (``plan_work_ahead``), for ``remove_work_ahead_plan``."""
 
 
 def plan_work_ahead(workflow, config: Mapping, cluster_groups: bool) -> None:
     """From ``onstart`` (a local run that executes jobs, with the model server on and not ``{work_ahead: false}``):
     the plan its model servers work ahead on (``causal_kl.ahead``): the planned per-shard jobs of the run's model,
-    each with the request its job will send, so that a server computes the next one while Snakemake starts it."""
+    each with the request its job will send, and, as jobs finish, which of them Snakemake has made ready, so that a
+    server computes the next one while Snakemake starts it."""
     if cluster_groups or not workflow.local_exec:
         return
-    from causal_kl.ahead import plan_path, replan_after_checkpoints, sweep_plans, work_ahead_on, write_plan
+    from causal_kl.ahead import Planner, follow_finished_jobs, plan_path, sweep_plans, work_ahead_on
     from causal_kl.procs import find_owner
 
     if not work_ahead_on(config):
         return
     owner = find_owner()
-    path, cwd = plan_path(owner.pid, owner.start), os.getcwd()
-    sweep_plans(path.parent)
-    _PLANS.append(path)
-    write_plan(path, workflow.dag.needrun_jobs(), config, cwd)
-    if not replan_after_checkpoints(lambda dag: write_plan(path, dag.needrun_jobs(), config, cwd) if path in _PLANS else None):
-        print("causal-kl: warning: this Snakemake's DAG.postprocess_after_update is not the one causal_kl.ahead wraps: "
-              "the model server computes no job ahead that a checkpoint adds (the shards, after sites)", file=sys.stderr)
+    planner = Planner(plan_path(owner.pid, owner.start), config, os.getcwd())
+    sweep_plans(planner.path.parent)
+    if not follow_finished_jobs(planner):
+        print("causal-kl: warning: this Snakemake's DAG.finish is not the one causal_kl.ahead follows: the model server "
+              "computes no shard job ahead", file=sys.stderr)
+        return
+    _PLANNERS.append(planner)
+    planner.write(workflow.dag)
 
 
 def remove_work_ahead_plan() -> None:
-    """From ``onsuccess`` / ``onerror``: remove the plan ``plan_work_ahead`` wrote."""
-    from causal_kl.ahead import remove_plan
-
-    while _PLANS:
-        remove_plan(_PLANS.pop())
+    """From ``onsuccess`` / ``onerror``: remove the plan ``plan_work_ahead`` wrote (and what its servers marked)."""
+    while _PLANNERS:
+        _PLANNERS.pop().remove()
 
 
 _ANALYSIS_SERVERS: list = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_server import client, result_of, sandbox  # noqa: F401 - the sandbox fixture
 
-from causal_kl.ahead import MAX_STAGED, entry_key, plan_path, staging_path
+from causal_kl.ahead import MAX_STAGED, entry_key, plan_path, ready_path, staging_path
 from causal_kl.procs import proc_stat
 from server_jobs import scale
 
@@ -20,7 +20,7 @@ FUNC = "server_jobs:scale"
 
 def _entry(i: int, factor: float = 2.0, priority: int = 0) -> dict:
     kwargs = {"src": f"in/{i}.txt", "out": f"out/{i}.txt", "factor": factor}
-    return {"func": FUNC, "kwargs": kwargs, "threads": None, "key": entry_key(FUNC, kwargs, None),
+    return {"func": FUNC, "kwargs": kwargs, "threads": None, "key": entry_key(FUNC, kwargs, None), "ready": True,
             "inputs": [kwargs["src"]], "outputs": {"out": kwargs["out"]}, "log": f"logs/{i}.log", "priority": priority}
 
 
@@ -55,8 +55,8 @@ def test_the_server_computes_the_next_planned_jobs_and_only_the_exact_job_claims
     for i in range(5):
         (box.work / f"in/{i}.txt").write_text(" ".join(str(i + k / 10) for k in range(4)))
     entries = [_entry(i) for i in range(4)]
-    entries[3]["inputs"].append("in/not-yet.txt")  # not ready: never computed ahead
-    _write_plan(box, monkeypatch, entries)
+    entries[3]["ready"] = False  # waits for a job Snakemake has not finished: not computed ahead until it says so
+    plan = _write_plan(box, monkeypatch, entries)
     ref = tmp_path / "ref"
     ref.mkdir()
 
@@ -82,7 +82,8 @@ def test_the_server_computes_the_next_planned_jobs_and_only_the_exact_job_claims
 
     # its input changed after it was computed: the job's request computes it again, from the new input
     (box.work / "in/2.txt").write_text("7 8")
-    (box.work / "in/not-yet.txt").write_text("")  # and job 3 can now be computed ahead, once this request is done
+    with open(ready_path(plan), "a") as f:  # Snakemake finished what job 3 waited for (Planner.finished)
+        f.write(entries[3]["key"] + "\n")
     job(2)
     assert (box.work / "out/2.txt").read_text() == direct(2)
     assert "was computed ahead" not in (box.work / "job2.log").read_text()
@@ -150,3 +151,75 @@ def test_two_servers_of_one_invocation_take_different_jobs_and_a_dead_invocation
     assert sorted(p.name for p in plans.iterdir()) == sorted([me.name, *(f"{me.stem}.{e['key']}.taken" for e in map(_entry, (0, 1)))])
     remove_plan(me)
     assert list(plans.iterdir()) == []
+
+
+class _NL(list):
+    """A Snakemake named list, as a planned job has them."""
+
+    def __init__(self, **named):
+        super().__init__(named.values())
+        self.named = named
+
+    def items(self):
+        return self.named.items()
+
+
+class _Job:
+    def __init__(self, jobid: int, rule: str, out: str, inputs: dict, checkpoint: bool = False, priority: int = 0):
+        self.jobid, self.is_checkpoint, self.priority, self.threads = jobid, checkpoint, priority, 1
+        self.rule = type("Rule", (), {"name": rule, "snakefile": f"rules/{rule}.smk"})
+        self.input, self.output = _NL(**inputs), _NL(out=out)
+        self.params, self.wildcards, self.log = _NL(), _NL(shard=str(jobid)), _NL(log=f"logs/{jobid}.log")
+
+    def is_group(self):
+        return False
+
+
+class _Dag:
+    def __init__(self, deps: dict):
+        self.dependencies = {j: {d: set() for d in ds} for j, ds in deps.items()}
+        self.depending = {j: {k: set() for k, ds in deps.items() if j in ds} for j in deps}
+        self.done: set = set()
+
+    def needrun_jobs(self):
+        return [j for j in self.dependencies if j not in self.done]
+
+    def needrun(self, job):
+        return True
+
+    def finished(self, job):
+        return job in self.done
+
+
+def test_the_plan_marks_a_job_ready_only_once_snakemake_has_finished_every_job_it_waits_for(tmp_path):
+    from causal_kl.ahead import Planner
+
+    sites = _Job(1, "sites", "sites.json", {}, checkpoint=True)
+    g0, g1 = (_Job(i, "gold", f"gold/{i}.parquet", {"sites": "sites.json"}, priority=10 - i) for i in (2, 3))
+    agg = _Job(4, "gold_aggregate", "gold.parquet", {"a": "gold/2.parquet", "b": "gold/3.parquet"})
+    floors = _Job(5, "patch_floors", "floors/5.parquet", {"gold": "gold.parquet"})
+    dag = _Dag({sites: [], g0: [sites], g1: [sites], agg: [g0, g1], floors: [agg]})
+    planner = Planner(tmp_path / "plan.json", {"run": "t"}, str(tmp_path))
+
+    def plan():
+        return {e["log"]: e for e in json.loads((tmp_path / "plan.json").read_text())["entries"]}
+
+    def ready_list():
+        f = tmp_path / "plan.ready"
+        return f.read_text().split() if f.exists() else []
+
+    assert planner.write(dag) == 3  # the per-shard model jobs only; highest priority first
+    assert list(plan()) == ["logs/2.log", "logs/3.log", "logs/5.log"] and not any(e["ready"] for e in plan().values())
+    assert plan()["logs/2.log"]["func"] == "causal_kl.jobs.gold:gold"
+    dag.done.add(sites)
+    planner.finished(dag, sites)  # the checkpoint: the plan is written again, its golds now wait for nothing
+    assert [e["ready"] for e in plan().values()] == [True, True, False] and ready_list() == []
+    for job in (g0, g1):
+        dag.done.add(job)
+        planner.finished(dag, job)
+    assert ready_list() == []  # the floors wait for the aggregate, which is not a job the server runs
+    dag.done.add(agg)
+    planner.finished(dag, agg)
+    assert ready_list() == [plan()["logs/5.log"]["key"]]
+    planner.remove()
+    assert list(tmp_path.iterdir()) == []
