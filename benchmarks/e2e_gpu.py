@@ -165,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-s", type=float, default=0.0,
                     help="model_server: {keep_s: N} for both invocations: the second adopts the first's server (issue "
                          "#32 item 4); the benchmark stops the kept server at its end")
+    ap.add_argument("--no-work-ahead", action="store_true",
+                    help="model_server: {work_ahead: false}: each shard job computed only when its request comes (the "
+                         "A of an A/B of issue #32 item 3 on one checkout)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -193,9 +196,10 @@ def main(argv=None) -> int:
     config["sites"]["max_sites"] = args.max_sites
     if args.bootstrap is not None:
         config.setdefault("analysis", {})["bootstrap"] = args.bootstrap
-    if args.keep_s:
-        config["model_server"] = {"keep_s": args.keep_s}
-    out["keep_s"] = args.keep_s
+    server = {**({"keep_s": args.keep_s} if args.keep_s else {}), **({"work_ahead": False} if args.no_work_ahead else {})}
+    if server:
+        config["model_server"] = server
+    out["keep_s"], out["work_ahead"] = args.keep_s, not args.no_work_ahead
     from causal_kl.config import validate_config
     from causal_kl.timeline import format_timeline
 
