@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_run.sh bench   # bench_patch.py at the gemma-3-27b shape: fast vs naive vs FLOP limit, TFLOP/s,
 #                                      # share of a matmul peak measured in the run, bf16 fidelity; then a span-16 row
 #   bash benchmarks/gpu_run.sh e2e     # e2e_gpu.py: the production run end to end (27B shape, 1000 sites), then a 2nd route
+#                                      # that adopts the kept server (model_server: {keep_s: 300}); the server works ahead
+#   bash benchmarks/gpu_run.sh e2e-ab  # the same without work ahead (--no-work-ahead), then with it, one model written
 #
 # Everything it prints also lands in $OUT (or /tmp/gpu_out) as logs and JSON.
 set -uo pipefail
@@ -31,9 +33,16 @@ case "${1:-bench}" in
         --json "$OUT/bench_span16.json" 2>&1 | tee "$OUT/bench_span16.log"
     ;;
   e2e)
-    python3 benchmarks/e2e_gpu.py --shape 27b --device cuda --dtype bfloat16 --workdir /dev/shm/ckl-e2e \
+    python3 benchmarks/e2e_gpu.py --shape 27b --device cuda --dtype bfloat16 --workdir /dev/shm/ckl-e2e --keep-s 300 \
         --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
     cp /dev/shm/ckl-e2e/logs/e2e/model_server.log "$OUT/" 2>/dev/null || true
     ;;
-  *) echo "usage: $0 bench|span|e2e"; exit 2 ;;
+  e2e-ab)
+    for arm in off on; do
+        rm -rf /dev/shm/ckl-e2e/results /dev/shm/ckl-e2e/logs /dev/shm/ckl-e2e/.snakemake  # the model and corpus stay
+        python3 benchmarks/e2e_gpu.py --shape 27b --device cuda --dtype bfloat16 --workdir /dev/shm/ckl-e2e --keep-s 300 \
+            $([ "$arm" = off ] && echo --no-work-ahead) --json "$OUT/e2e_$arm.json" 2>&1 | tee "$OUT/e2e_$arm.log"
+    done
+    ;;
+  *) echo "usage: $0 bench|span|e2e|e2e-ab"; exit 2 ;;
 esac
