@@ -186,6 +186,21 @@ class Planner:
             with open(ready_path(self.path), "a") as f:
                 f.write("".join(k + "\n" for k in sorted(ready)))
 
+    def finished_safely(self, dag: Any, job: Any) -> None:
+        """``finished``, never failing the run it follows: a planner that fails says so once and stops (the model jobs
+        then run as they would without work ahead)."""
+        try:
+            self.finished(dag, job)
+        except Exception as e:  # noqa: BLE001 - work ahead is an optimisation; the run must not pay for its bug
+            self.fail(e)
+
+    def fail(self, e: BaseException) -> None:
+        import sys
+
+        print(f"causal-kl: warning: work ahead stopped ({type(e).__name__}: {e}); the model jobs run as they come",
+              file=sys.stderr)
+        self.remove()
+
     def remove(self) -> None:
         self.active = False
         remove_plan(self.path)
@@ -207,7 +222,7 @@ def follow_finished_jobs(planner: Planner) -> bool:
         async def finish(self, job, *args, **kwargs):
             out = await original(self, job, *args, **kwargs)
             for p in _PLANNERS:
-                p.finished(self, job)
+                p.finished_safely(self, job)
             return out
 
         return finish

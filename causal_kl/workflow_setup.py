@@ -254,7 +254,10 @@ def plan_work_ahead(workflow, config: Mapping, cluster_groups: bool) -> None:
               "computes no shard job ahead", file=sys.stderr)
         return
     _PLANNERS.append(planner)
-    planner.write(workflow.dag)
+    try:
+        planner.write(workflow.dag)
+    except Exception as e:  # noqa: BLE001 - an optimisation: the run goes on without it
+        planner.fail(e)
 
 
 def remove_work_ahead_plan() -> None:

@@ -223,3 +223,21 @@ def test_the_plan_marks_a_job_ready_only_once_snakemake_has_finished_every_job_i
     assert ready_list() == [plan()["logs/5.log"]["key"]]
     planner.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_planner_that_fails_says_so_once_and_leaves_the_run_alone(tmp_path, capsys):
+    from causal_kl.ahead import Planner
+
+    planner = Planner(tmp_path / "plan.json", {"run": "t"}, str(tmp_path))
+    (tmp_path / "plan.json").write_text("{}")
+
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("a Snakemake this was not written for")
+
+    job = _Job(1, "gold", "gold/1.parquet", {})
+    planner.finished_safely(Broken(), job)  # what the DAG.finish wrapper calls: no exception reaches Snakemake
+    planner.finished_safely(Broken(), job)
+    err = capsys.readouterr().err
+    assert err.count("causal-kl: warning: work ahead stopped (RuntimeError: a Snakemake this was not written for)") == 1
+    assert not planner.active and list(tmp_path.iterdir()) == []  # the plan is gone: no server works ahead on it
