@@ -91,6 +91,20 @@ def sweep_plans(folder: Path) -> None:
             remove_plan(f)
 
 
+def sweep_staged(folders: Iterable[str]) -> None:
+    """Remove the staging files a server killed without its cleanup (SIGKILL, a lost node) left in ``folders``."""
+    from causal_kl.procs import pid_alive
+
+    for folder in folders:
+        for f in Path(folder).glob(f"{STAGING_PREFIX}*"):
+            pid = f.name[len(STAGING_PREFIX):].split(".", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+
+
 def remove_plan(path: Path) -> None:
     """Remove a plan, its ready list and the marks its servers left (``WorkAhead.take``)."""
     for f in [path, ready_path(path), *path.parent.glob(f"{path.stem}.*.taken")]:
@@ -170,6 +184,7 @@ class Planner:
                     entries.append(entry)
         entries.sort(key=lambda e: -e["priority"])
         write_json_atomic(self.path, {"cwd": self.cwd, "entries": entries})
+        sweep_staged({os.path.dirname(os.path.join(self.cwd, o)) for e in entries for o in e["outputs"].values()})
         return len(entries)
 
     def finished(self, dag: Any, job: Any) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,9 +124,6 @@ def test_staged_results_go_with_the_server_and_no_plan_means_no_work_ahead(sandb
 
 
 def test_two_servers_of_one_invocation_take_different_jobs_and_a_dead_invocations_plan_is_swept(tmp_path):
-    import subprocess
-    import sys
-
     from causal_kl.ahead import WorkAhead, remove_plan, sweep_plans
 
     work = tmp_path / "work"
@@ -208,7 +207,16 @@ def test_the_plan_marks_a_job_ready_only_once_snakemake_has_finished_every_job_i
         f = tmp_path / "plan.ready"
         return f.read_text().split() if f.exists() else []
 
+    (tmp_path / "gold").mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = [tmp_path / f"gold/.ahead-{gone.pid}.2.parquet", tmp_path / f"gold/.ahead-{os.getpid()}.3.parquet"]
+    for f in left:  # a staging file of a server killed without its cleanup, and one of a live server
+        f.write_text("")
     assert planner.write(dag) == 3  # the per-shard model jobs only; highest priority first
+    assert [f.exists() for f in left] == [False, True]
+    left[1].unlink()
+    (tmp_path / "gold").rmdir()
     assert list(plan()) == ["logs/2.log", "logs/3.log", "logs/5.log"] and not any(e["ready"] for e in plan().values())
     assert plan()["logs/2.log"]["func"] == "causal_kl.jobs.gold:gold"
     dag.done.add(sites)
