@@ -223,7 +223,9 @@ def test_sigkill_real_patch_shard_then_rerun_incomplete(tmp_path: Path, gemma3_d
     from workflow_helpers import copy_workflow, run_snakemake as run_wf, tiny_config, write_config
 
     sites = {"positions_per_doc": 2, "min_position": 50, "max_length": 256, "max_sites": 16, "shard_size": 8}
-    cfg = tiny_config(corpus_path, gemma3_dir, sites=sites, patch={"method": "naive"})
+    # the shard is killed while its own job computes it (its log shows it half-way): with the server working ahead
+    # the next shard would be computed before its job starts, its lines reaching the log only when it is claimed
+    cfg = tiny_config(corpus_path, gemma3_dir, sites=sites, patch={"method": "naive"}, model_server={"work_ahead": False})
     cfg["corpus"]["rows"] = [0, 8]
     wf = copy_workflow(tmp_path / "killed")
     write_config(wf, cfg)
