@@ -16,6 +16,7 @@ case works on a copy of it (``shutil.copytree``, dates kept), breaks one file an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,10 @@ def fails_in_one_line_and_replans(wd: Path, rel: str) -> str:
     assert line.startswith(f"causal-kl: {rel}: ") and "rerun the same snakemake command to remake it" in line, line
     assert "Traceback" not in res.stderr
     assert not (wd / rel).exists()
+    # the failed job's own log says so too, also when a model or analysis server wrote the rest of that log
+    said = [p for p in (wd / "logs").rglob("*.log")
+            if re.search(rf"ERROR causal_kl: removed \S*{re.escape(rel)}; rerun the same command", p.read_text())]
+    assert len(said) == 1, [str(p) for p in (wd / "logs").rglob("*.log") if "removed" in p.read_text()]
     out, jobs = planned_outputs(wd, TARGET)
     assert "Nothing to be done" not in out
     # the job that writes it (for a shard of the sites checkpoint's folder: the checkpoint, its record removed too)

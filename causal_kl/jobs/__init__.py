@@ -182,8 +182,14 @@ def _run_job(call: Callable[[str | None], Any], name: str, remote: bool, snakema
             logging.getLogger("causal_kl").error("%s", e)
         # a bad file this run's own rules wrote (a truncated shard) is removed, so the same command remakes it
         reported = remove_bad_input(e, job_input_files(snakemake), snakemake.config.get("run"))
-        if reported is not e and not remote:  # (a model job's process has no log handler: its one line says it)
-            logging.getLogger("causal_kl").error("removed %s; rerun the same command to remake it", e.file)
+        if reported is not e:
+            removed = f"removed {e.file}; rerun the same command to remake it"
+            if remote:  # the server wrote the job's log; this process has no handler on it
+                from causal_kl.logs import append
+
+                append(log_path, "ERROR", removed)
+            else:
+                logging.getLogger("causal_kl").error("%s", removed)
         print(f"causal-kl: {reported}", file=sys.stderr)
         sys.exit(1)
 
