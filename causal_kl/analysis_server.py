@@ -109,7 +109,7 @@ def _run_child(conn: socket.socket) -> None:
     import traceback
 
     from causal_kl.errors import CausalKLError
-    from causal_kl.jobs import job_provenance, kwargs_for
+    from causal_kl.jobs import job_function, job_provenance, kwargs_for
     from causal_kl.logs import setup
 
     req = recv_frame(conn)
@@ -131,8 +131,7 @@ def _run_child(conn: socket.socket) -> None:
     setup(req["log"])
     log = logging.getLogger("causal_kl")
     try:
-        module, name = req["target"].split(":")
-        func = getattr(importlib.import_module(module), name)
+        func = job_function(req["target"])
         func(**kwargs_for(func, req["fields"], lambda: job_provenance(req["config"], req["rule"], req["wildcards"])))
         reply: dict = {"ok": True}
     except CausalKLError as e:

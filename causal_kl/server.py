@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -39,11 +38,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from causal_kl import gpu
 from causal_kl.ahead import WorkAhead, discard, fingerprints, plan_path
 from causal_kl.errors import CausalKLError
+from causal_kl.jobs import job_function
 from causal_kl.procs import Owner, cmdline, proc_stat, slurm_job_id
 from causal_kl.protocol import (
     DATE_FORMAT,
@@ -518,7 +518,7 @@ class Server:
                 import torch
 
                 torch.set_num_threads(int(msg["threads"]))
-            func = _resolve(func_name)
+            func = job_function(func_name)
             result = func(**msg.get("kwargs", {}))
             json.dumps(result, default=json_default)
             used = _model_usage()
@@ -565,16 +565,6 @@ def _load_count() -> int:
 def _model_loads() -> list[dict]:
     models = sys.modules.get("causal_kl.models")
     return models.load_records() if models is not None else []
-
-
-def _resolve(func: str) -> Callable:
-    module, _, name = func.partition(":")
-    if not module or not name:
-        raise CausalKLError(None, "func", f"{func!r} is not 'package.module:function'", "name the job function as module:function")
-    obj: Any = importlib.import_module(module)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _serve_main(args: argparse.Namespace) -> int:

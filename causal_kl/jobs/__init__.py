@@ -92,6 +92,22 @@ def job_kwargs(func: Callable[..., None], snakemake: Any) -> dict[str, Any]:
                       lambda: job_provenance(snakemake.config, snakemake.rule, dict(snakemake.wildcards.items())))
 
 
+def job_function(target: str) -> Callable[..., Any]:
+    """The function ``target`` names (``"causal_kl.jobs.gold:gold"``: module, colon, attribute path), imported: how a
+    model rule's or analysis rule's script, the model server and the analysis server's children find a job."""
+    import importlib
+
+    from causal_kl.errors import CausalKLError
+
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise CausalKLError(None, "func", f"{target!r} is not 'package.module:function'", "name the job function as module:function")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def run_rule(func: Callable[..., None], snakemake: Any) -> None:
     """Run a rule's job function with logging to the rule's log; a CausalKLError becomes one line and exit 1 (when it
     names an input this run's rules wrote, that file is removed first: ``causal_kl.repair.remove_bad_input``).
@@ -113,10 +129,7 @@ def run_model_rule(target: str, snakemake: Any) -> None:
     ``model_server: false`` it imports the function and is ``run_rule``.
     """
     if not snakemake.config.get("model_server", True):
-        import importlib
-
-        module, name = target.split(":")
-        run_rule(getattr(importlib.import_module(module), name), snakemake)
+        run_rule(job_function(target), snakemake)
         return
     kwargs = model_job_kwargs(snakemake)
     _run_job(lambda log_path: _run_remote(target, kwargs, log_path, snakemake), target, True, snakemake)
@@ -144,10 +157,7 @@ def run_analysis_rule(target: str, snakemake: Any) -> None:
 
     sock = connect(os.environ.get(ADDRESS_ENV))
     if sock is None:
-        import importlib
-
-        module, name = target.split(":")
-        run_rule(getattr(importlib.import_module(module), name), snakemake)
+        run_rule(job_function(target), snakemake)
         return
     fields = rule_fields(snakemake)
     wildcards = dict(snakemake.wildcards.items())
