@@ -297,8 +297,8 @@ class WorkAhead:
         return self._plan[2]
 
     def next_entry(self, path: Path) -> tuple[dict, str] | None:
-        """The first planned job not yet computed whose inputs all exist and whose outputs do not, and its workdir;
-        taken for this server (``take``: with several GPUs each server computes other jobs ahead)."""
+        """The first planned job not yet computed that Snakemake has made ready (its inputs there) and whose outputs
+        are not, and its workdir; taken for this server (``take``: with several GPUs each server computes other jobs ahead)."""
         for key, rec in list(self.staged.items()):  # made meanwhile by a request to another server: never claimed here
             if any(os.path.exists(os.path.join(rec["cwd"], o)) for o in rec["moves"]):
                 discard(self.staged.pop(key))
@@ -366,8 +366,10 @@ class WorkAhead:
 
     def claim(self, func: str, kwargs: Mapping, threads: Any, cwd: str | None) -> tuple[dict | None, str | None]:
         """The computed-ahead job a request is, with its staged files now renamed onto its outputs; or None and why
-        not (None: nothing was computed for it)."""
-        rec = self.staged.pop(entry_key(func, json.loads(json.dumps(kwargs)), threads), None)
+        not (None: nothing was computed for it). ``kwargs`` as the wire carried them (plain JSON, as the plan's)."""
+        if not self.staged:  # most requests: nothing to hash
+            return None, None
+        rec = self.staged.pop(entry_key(func, kwargs, threads), None)
         if rec is None:
             return None, None
         entry = rec["entry"]
