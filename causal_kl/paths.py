@@ -41,9 +41,10 @@ FIGURE_EXTS = ("png", "svg")
 LOG_DIR = "logs/{run}"
 """A run's logs, beside its results: each rule's ``log:`` file sits under it at its outputs' level (the run, a point,
 a span: :func:`log_roots`), with the logs no rule names (``RUN_LOGS``)."""
-RUN_LOGS = {"model_server": "model_server.log", "model_preload": "model_preload.log"}
+RUN_LOGS = {"model_server": "model_server.log", "model_preload": "model_preload.log",
+            "analysis_server": "analysis_server.log"}
 """The run's logs that no rule's ``log:`` names, relative to ``LOG_DIR``: the model servers' (their event records
-beside it, ``model_server.jsonl``) and a local run's model preload."""
+beside it, ``model_server.jsonl``), a local run's model preload and its analysis server."""
 
 TEMPLATES: dict[str, str | dict[str, str]] = {
     # ------------------------------------------------------------------ the run

@@ -278,7 +278,7 @@ def start_analysis_server(workflow, config: Mapping, cluster_groups: bool) -> No
         return
     from causal_kl.analysis_server import start
 
-    _ANALYSIS_SERVERS.append(start(f"logs/{config['run']}/analysis_server.log"))
+    _ANALYSIS_SERVERS.append(start(run_log(config["run"], "analysis_server")))
 
 
 def stop_analysis_server() -> None:
